@@ -16,13 +16,76 @@ and S_last is the same over only the last non-padding token of each sequence.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import Metric
 
-__all__ = ["LayerStats"]
+from lorp_lightning.architectures import decoder_layers
+
+__all__ = [
+    "HiddenStateRecorder",
+    "LayerSimilarity",
+    "LayerStats",
+    "collect_layer_stats",
+    "gram_of_normalized_states",
+    "normalize_states",
+]
+
+EPS = 1e-8  # in f_l(t) = h_l(t) / (||h_l(t)||_2 + EPS)
+_TOKENS_PER_CHUNK = 256  # tokens per float64 product in gram_of_normalized_states
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def normalize_states(hidden: Tensor) -> Tensor:
+    """f = h / (||h||_2 + 1e-8) along the last dimension, in float32 whatever the input dtype."""
+    hidden = hidden.float()
+    return hidden / (torch.linalg.vector_norm(hidden, dim=-1, keepdim=True) + EPS)
+
+
+def gram_of_normalized_states(states: Tensor, token_mask: Tensor | None = None) -> tuple[Tensor, int]:
+    """G = sum_t f(t) f(t)^T over the tokens selected by ``token_mask``, in float64.
+
+    Args:
+        states: (L, ..., D) hidden states of L layers over the same tokens (any dtype).
+        token_mask: boolean (...) tensor selecting the tokens to count; all tokens if None.
+
+    Returns:
+        ``(G, count)``: the (L, L) float64 sum of outer products of the normalised states and
+        the number of tokens counted. Works in chunks of tokens, so the only large tensor it
+        holds is its input.
+    """
+    num_layers, dim = states.shape[0], states.shape[-1]
+    flat = states.reshape(num_layers, -1, dim)
+    if token_mask is not None:
+        keep = token_mask.reshape(-1).to(device=states.device, dtype=torch.bool)
+        if keep.shape[0] != flat.shape[1]:
+            raise ValueError(f"token_mask covers {keep.shape[0]} tokens but states hold {flat.shape[1]}")
+        index = keep.nonzero().squeeze(1)
+    else:
+        index = torch.arange(flat.shape[1], device=states.device)
+    gram = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=states.device)
+    for chunk in index.split(_TOKENS_PER_CHUNK):
+        f = normalize_states(flat[:, chunk]).double().reshape(num_layers, -1)
+        gram += f @ f.T
+    return gram, int(index.numel())
+
+
+def _last_token_index(attention_mask: Tensor) -> Tensor:
+    """Position of the last non-padding token of each sequence (left or right padding)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.bool() * (positions + 1)).argmax(dim=1)
+
+
+def _similarity_from_gram(gram: Tensor, count: Tensor) -> Tensor:
+    similarity = gram / count
+    similarity.fill_diagonal_(1.0)
+    return similarity
 
 
 @dataclass
@@ -79,3 +142,211 @@ class LayerStats:
             num_tokens=int(data["num_tokens"]),
             num_sequences=int(data["num_sequences"]),
         )
+
+
+# --------------------------------------------------------------------------- the metric
+
+
+class LayerSimilarity(Metric):
+    """Streaming similarity statistics of the N+1 hidden states of a decoder-only model.
+
+    A ``torchmetrics.Metric``: its states (the Gram sums and the counts) reduce by sum, so
+    statistics gathered on several processes, or merged with ``merge_state``, equal those of
+    one process over all the data.
+
+    Example:
+        >>> metric = LayerSimilarity(num_layers=2)
+        >>> states = torch.randn(3, 2, 5, 8)          # (N+1, batch, tokens, hidden)
+        >>> metric.update(states, torch.ones(2, 5))
+        >>> metric.compute().similarity.shape
+        torch.Size([3, 3])
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, num_layers: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive int (the number of decoder blocks), got {num_layers!r}")
+        self.num_layers = num_layers
+        size = num_layers + 1
+        self.add_state("gram", torch.zeros(size, size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("last_token_gram", torch.zeros(size, size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_tokens", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("num_sequences", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, hidden_states: Tensor | Sequence[Tensor], attention_mask: Tensor | None = None) -> None:
+        """Add one batch.
+
+        Args:
+            hidden_states: the N+1 hidden states h_0..h_N of the batch, as a (N+1, B, T, D)
+                tensor or a sequence of N+1 (B, T, D) tensors, in any dtype.
+            attention_mask: (B, T), 1 for real tokens and 0 for padding; all ones if None.
+        """
+        if not isinstance(hidden_states, Tensor):
+            hidden_states = torch.stack(list(hidden_states))
+        if hidden_states.dim() != 4 or hidden_states.shape[0] != self.num_layers + 1:
+            raise ValueError(
+                f"hidden_states must be N+1={self.num_layers + 1} states of shape (B, T, D), "
+                f"got a tensor of shape {tuple(hidden_states.shape)}"
+            )
+        batch, length = hidden_states.shape[1:3]
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, length, dtype=torch.long, device=hidden_states.device)
+        if tuple(attention_mask.shape) != (batch, length):
+            raise ValueError(f"attention_mask must have shape {(batch, length)}, got {tuple(attention_mask.shape)}")
+        attention_mask = attention_mask.to(hidden_states.device)
+        gram, count = gram_of_normalized_states(hidden_states, attention_mask.bool())  # (1) G
+        self.gram += gram.to(self.gram.device)
+        self.num_tokens += count
+        has_tokens = attention_mask.bool().any(dim=1)
+        last = _last_token_index(attention_mask)
+        last_states = hidden_states[:, torch.arange(batch, device=last.device), last]  # (N+1, B, D)
+        last_gram, num_sequences = gram_of_normalized_states(last_states, has_tokens)
+        self.last_token_gram += last_gram.to(self.last_token_gram.device)
+        self.num_sequences += num_sequences
+
+    def compute(self) -> LayerStats:
+        if self.num_tokens.item() == 0:
+            raise RuntimeError("LayerSimilarity saw no tokens: call update with at least one non-padding token first")
+        return LayerStats(
+            similarity=_similarity_from_gram(self.gram, self.num_tokens).cpu(),
+            last_token_similarity=_similarity_from_gram(self.last_token_gram, self.num_sequences).cpu(),
+            num_tokens=int(self.num_tokens.item()),
+            num_sequences=int(self.num_sequences.item()),
+        )
+
+
+# --------------------------------------------------------------------------- hooks on a model
+
+
+class HiddenStateRecorder:
+    """Hooks on a model's decoder blocks that keep the N+1 hidden states of one forward pass.
+
+    The state entering block l is h_l; the state leaving the last block is h_N. Each is stored
+    normalised, in float32, as the forward pass reaches it, so the recorder holds one copy of
+    the normalised states of one batch and nothing more. Non-finite states raise an error that
+    names the block.
+
+    Use as a context manager; after each forward pass, :meth:`pop` returns the (N+1, B, T, D)
+    states and clears them.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = decoder_layers(model)
+        self.num_layers = len(self.layers)
+        self._states: Tensor | None = None
+        self._seen = 0
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "HiddenStateRecorder":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        if self._handles:
+            return
+        for index, layer in enumerate(self.layers):
+            self._handles.append(layer.register_forward_pre_hook(self._input_hook(index), with_kwargs=True))
+        self._handles.append(self.layers[-1].register_forward_hook(self._output_hook()))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._states = None
+        self._seen = 0
+
+    def pop(self) -> Tensor:
+        """The normalised states h_0..h_N of the last forward pass, as a (N+1, B, T, D) tensor."""
+        if self._states is None or self._seen != self.num_layers + 1:
+            raise RuntimeError(
+                f"the recorder saw {self._seen} of the {self.num_layers + 1} hidden states; "
+                "run one full forward pass of the model between calls to pop()"
+            )
+        states, self._states, self._seen = self._states, None, 0
+        return states
+
+    def _store(self, index: int, hidden: Tensor) -> None:
+        if not torch.isfinite(hidden).all():
+            where = f"entering block {index}" if index < self.num_layers else f"leaving block {index - 1}"
+            raise FloatingPointError(f"non-finite values (inf or NaN) in the hidden state {where}")
+        if index == 0 or self._states is None:
+            self._states = torch.empty((self.num_layers + 1, *hidden.shape), dtype=torch.float32, device=hidden.device)
+            self._seen = 0
+        self._states[index] = normalize_states(hidden)
+        self._seen += 1
+
+    def _input_hook(self, index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self._store(index, args[0] if args else kwargs["hidden_states"])
+
+        return hook
+
+    def _output_hook(self):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            self._store(self.num_layers, output[0] if isinstance(output, (tuple, list)) else output)
+
+        return hook
+
+
+def _as_model_inputs(batch: Tensor | Mapping[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, Mapping):
+        if "input_ids" not in batch:
+            raise ValueError(f"a batch dict needs 'input_ids'; got keys {sorted(batch)}")
+        input_ids = batch["input_ids"]
+        attention_mask = batch.get("attention_mask")
+    elif isinstance(batch, Tensor):
+        input_ids, attention_mask = batch, None
+    else:
+        raise TypeError(f"a batch must be a tensor of input ids or a dict with 'input_ids', got {type(batch).__name__}")
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+        attention_mask = attention_mask.unsqueeze(0) if attention_mask is not None else None
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack without the language-model head (the head is not needed for statistics)."""
+    base = getattr(model, "base_model", model)
+    return base if isinstance(base, nn.Module) else model
+
+
+@torch.no_grad()
+def collect_layer_stats(model: nn.Module, batches: Iterable[Tensor | Mapping[str, Tensor]], progress: bool = True) -> LayerStats:
+    """Run a Hugging Face causal LM over calibration batches and return its :class:`LayerStats`.
+
+    Args:
+        model: a Hugging Face causal LM (any architecture in ``lorp_lightning.architectures``).
+        batches: an iterable of input-id tensors ((B, T) or (T,)) or dicts with ``input_ids``
+            and optionally ``attention_mask``.
+        progress: show a progress bar.
+
+    Runs under ``torch.no_grad()`` and holds at most one batch's normalised states at a time.
+    The language-model head is skipped: statistics need only the decoder blocks.
+    """
+    from tqdm.auto import tqdm
+
+    recorder = HiddenStateRecorder(model)
+    metric = LayerSimilarity(recorder.num_layers)
+    device = next(model.parameters()).device
+    metric.to(device)
+    stack = backbone(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with recorder:
+            for batch in tqdm(batches, desc="calibration", unit="batch", disable=not progress):
+                input_ids, attention_mask = _as_model_inputs(batch, device)
+                stack(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                metric.update(recorder.pop(), attention_mask)
+    finally:
+        model.train(was_training)
+    return metric.compute()

@@ -1,0 +1,180 @@
+"""Bundled models and texts load offline, verified, cached, and split without overlap."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+
+import pytest
+import torch
+
+from lorp_lightning import assets
+from lorp_lightning.assets import BUNDLED_MODELS, BundledModel, ChecksumError, load_documents, load_model, load_text
+from lorp_lightning.evaluation import perplexity, token_windows
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"])
+def test_each_bundled_model_gives_a_sane_heldout_perplexity(name):
+    model, tokenizer = load_model(name, progress=False)
+    assert model.config.num_hidden_layers == BUNDLED_MODELS[name].num_layers
+    assert model.config.model_type == BUNDLED_MODELS[name].model_type
+    windows = token_windows(tokenizer, load_text("wiki", "heldout"), window=512, max_windows=4)
+    assert windows.shape == (4, 512)
+    ppl = perplexity(model, windows)
+    # A real model gives tens on Wikipedia text; a broken load gives thousands or NaN.
+    assert math.isfinite(ppl) and 5 < ppl < 200, ppl
+
+
+def test_second_load_reads_the_cache_and_gives_the_same_logits(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORP_CACHE_DIR", str(tmp_path))
+    start = time.perf_counter()
+    first, tokenizer = load_model("smollm2-135m", progress=False)
+    first_seconds = time.perf_counter() - start
+    cached = list((tmp_path / "models").iterdir())
+    assert [p.name for p in cached] == [f"smollm2-135m-{BUNDLED_MODELS['smollm2-135m'].sha256[:12]}"]
+    assert (cached[0] / "model.safetensors").is_file()
+
+    start = time.perf_counter()
+    second, _ = load_model("smollm2-135m", progress=False)
+    second_seconds = time.perf_counter() - start
+    ids = tokenizer("The capital of France is Paris, and the capital of Italy is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(first(ids).logits, second(ids).logits)
+    assert second_seconds < first_seconds
+
+
+def test_load_model_returns_the_requested_dtype_and_a_pad_token():
+    model, tokenizer = load_model("smollm2-135m", dtype=torch.bfloat16, progress=False)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert tokenizer.pad_token is not None
+    assert not model.training
+
+
+def _fake_parts(tmp_path, monkeypatch, contents: list[bytes]) -> list:
+    """Install a fake multi-part asset package in tmp_path; return the part paths."""
+    package = tmp_path / "site" / "lorp_fake_parts"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('asset packages are never imported')\n")
+    paths = []
+    for i, content in enumerate(contents):
+        path = package / "data" / f"part{i:02d}"
+        path.write_bytes(content)
+        paths.append(path)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    return paths
+
+
+def _register_fake_model(monkeypatch, num_parts: int, sha256: str) -> str:
+    fake = BundledModel(
+        name="fake-model", parts=tuple(("lorp_fake_parts", f"data/part{i:02d}") for i in range(num_parts)),
+        gguf_file="fake.gguf", sha256=sha256, model_type="llama", num_layers=1, hidden_size=1,
+        num_parameters="0", gguf_megabytes=0, licence="none", source="test",
+    )
+    monkeypatch.setitem(BUNDLED_MODELS, fake.name, fake)
+    return fake.name
+
+
+def test_a_corrupted_part_is_a_checksum_error_and_leaves_no_cache_entry(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LORP_CACHE_DIR", str(cache))
+    contents = [b"part one " * 1000, b"part two " * 1000, b"part three " * 1000]
+    paths = _fake_parts(tmp_path, monkeypatch, contents)
+    name = _register_fake_model(monkeypatch, 3, hashlib.sha256(b"".join(contents)).hexdigest())
+    damaged = bytearray(contents[1])
+    damaged[10] ^= 0xFF
+    paths[1].write_bytes(bytes(damaged))
+
+    with pytest.raises(ChecksumError, match="checksum mismatch for fake-model") as error:
+        load_model(name, progress=False)
+    assert hashlib.sha256(b"".join(contents)).hexdigest() in str(error.value)
+    leftovers = [p for p in cache.rglob("*") if p.is_file()]
+    assert leftovers == []
+    assert not (cache / "models").exists() or list((cache / "models").iterdir()) == []
+
+
+def test_a_failed_conversion_leaves_no_cache_entry(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LORP_CACHE_DIR", str(cache))
+    contents = [b"not a gguf file, ", b"just bytes"]
+    _fake_parts(tmp_path, monkeypatch, contents)
+    name = _register_fake_model(monkeypatch, 2, hashlib.sha256(b"".join(contents)).hexdigest())
+    with pytest.raises(Exception):
+        load_model(name, progress=False)
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_an_unknown_name_lists_the_bundled_models():
+    with pytest.raises(ValueError) as error:
+        load_model("no-such-model")
+    message = str(error.value)
+    assert "'no-such-model'" in message
+    for name in ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"]:
+        assert name in message
+
+
+def test_an_unreachable_hub_id_names_the_bundled_models(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError) as error:
+        load_model("no-org/no-such-model-anywhere")
+    assert "no-org/no-such-model-anywhere" in str(error.value)
+    assert "smollm2-135m" in str(error.value)
+
+
+def test_a_missing_asset_package_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORP_CACHE_DIR", str(tmp_path))
+    fake = BundledModel(
+        name="absent-model", parts=(("lorp_no_such_package", "x.gguf"),), gguf_file="x.gguf", sha256="0" * 64,
+        model_type="llama", num_layers=1, hidden_size=1, num_parameters="0", gguf_megabytes=0, licence="none", source="test",
+    )
+    monkeypatch.setitem(BUNDLED_MODELS, fake.name, fake)
+    with pytest.raises(FileNotFoundError, match="lorp_no_such_package.*requirements-assets.txt"):
+        load_model("absent-model")
+
+
+@pytest.mark.parametrize("name", ["wiki", "c4", "tinystories", "lambada"])
+def test_calibration_and_heldout_never_share_a_document(name):
+    calibration = load_documents(name, "calibration")
+    heldout = load_documents(name, "heldout")
+    assert set(calibration).isdisjoint(heldout)
+    assert len(calibration) > 0 and len(heldout) > 0
+    # About a fifth of the documents are held out.
+    assert 0.1 < len(heldout) / (len(calibration) + len(heldout)) < 0.3
+    text = load_text(name, "heldout")
+    assert "<doc" not in text and "</doc>" not in text
+    assert text == "\n\n".join(heldout)
+
+
+def test_the_split_is_the_documented_hash_rule():
+    heldout = load_documents("c4", "heldout")
+    for doc in heldout:
+        assert int(hashlib.sha256(doc.encode()).hexdigest()[:8], 16) % 5 == 0
+    for doc in load_documents("c4", "calibration"):
+        assert int(hashlib.sha256(doc.encode()).hexdigest()[:8], 16) % 5 != 0
+
+
+def test_bundled_texts_have_the_documented_document_counts():
+    counts = {name: len(load_documents(name, "calibration")) + len(load_documents(name, "heldout"))
+              for name in ["wiki", "c4", "lambada"]}
+    assert counts == {"wiki": 2349, "c4": 118, "lambada": 5153}
+
+
+def test_bad_text_arguments_name_the_value():
+    with pytest.raises(ValueError, match="'nope'.*wiki"):
+        load_text("nope", "heldout")
+    with pytest.raises(ValueError, match="'test'"):
+        load_text("wiki", "test")
+
+
+def test_discovery_lists_sizes_and_licences():
+    models = {m["name"]: m for m in assets.list_models()}
+    assert set(models) == {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"}
+    assert "Gemma Terms of Use" in models["gemma3-270m"]["licence"]
+    assert "not an open-source licence" in models["gemma3-270m"]["licence"]
+    assert models["smollm2-135m"]["num_layers"] == 30 and models["smollm2-135m"]["installed"]
+    texts = {t["name"]: t for t in assets.list_texts()}
+    assert set(texts) == {"wiki", "c4", "tinystories", "lambada"}
+    assert texts["wiki"]["stands_in_for"] == "WikiText-2"
