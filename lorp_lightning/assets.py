@@ -17,6 +17,7 @@ it) can never be in both splits.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -25,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -214,7 +216,7 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
         name_or_path: a bundled name (see :func:`list_models`), a local Hugging Face model
             directory, a ``.gguf`` file, or a hub id (``org/name``, which needs a reachable hub).
         dtype: the dtype of the returned model's weights.
-        progress: show progress bars while a GGUF file is converted.
+        progress: show transformers' progress bars (GGUF conversion, loading).
 
     Returns:
         ``(model, tokenizer)``: a plain ``PreTrainedModel`` in eval mode, and its tokenizer,
@@ -223,18 +225,22 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     Bundled models are assembled from their parts, verified against their sha256, converted
     from GGUF and cached as safetensors on first use; later loads read the cache.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
-    key = str(name_or_path)
+    with _progress_bars(progress):
+        return _load_model(str(name_or_path), dtype)
+
+
+def _load_model(key: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     path = Path(key).expanduser()
     if key in BUNDLED_MODELS:
-        directory = _cached_bundled_model(BUNDLED_MODELS[key], progress=progress)
+        directory = _cached_bundled_model(BUNDLED_MODELS[key])
     elif path.is_dir():
         directory = path
     elif path.is_file() and path.suffix == ".gguf":
-        directory = _cached_gguf_file(path, progress=progress)
+        directory = _cached_gguf_file(path)
     elif path.exists():
         raise ValueError(f"name_or_path={key!r} is a file but not a .gguf file; pass a model directory, a .gguf file or one of {sorted(BUNDLED_MODELS)}")
     elif _looks_like_hub_id(key):
@@ -258,6 +264,27 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     return _ready(model, tokenizer)
 
 
+@contextmanager
+def _progress_bars(enabled: bool):
+    """Silence transformers' progress bars (loading, GGUF conversion, saving) unless ``enabled``."""
+    if enabled:
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    gguf_tqdm = gguf_utils.tqdm  # the GGUF reader uses tqdm directly, not transformers' switch
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = gguf_tqdm
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _ready(model, tokenizer):
     model.eval()
     if tokenizer.pad_token is None:
@@ -269,7 +296,7 @@ def _looks_like_hub_id(key: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", key) is not None
 
 
-def _cached_bundled_model(model: BundledModel, progress: bool) -> Path:
+def _cached_bundled_model(model: BundledModel) -> Path:
     target = cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}"
     if (target / "config.json").exists():
         return target
@@ -279,20 +306,20 @@ def _cached_bundled_model(model: BundledModel, progress: bool) -> Path:
             raise FileNotFoundError(f"the model file {part} is missing; {SETUP_HINT}")
     if len(parts) == 1:
         _verify_sha256([parts[0]], model.sha256, what=model.name)
-        _convert_gguf(parts[0], target, progress=progress)
+        _convert_gguf(parts[0], target)
     else:
         with tempfile.TemporaryDirectory(dir=_make_dirs(cache_dir() / "tmp")) as tmp:
             assembled = Path(tmp) / model.gguf_file
             _verify_sha256(parts, model.sha256, what=model.name, write_to=assembled)
-            _convert_gguf(assembled, target, progress=progress)
+            _convert_gguf(assembled, target)
     return target
 
 
-def _cached_gguf_file(path: Path, progress: bool) -> Path:
+def _cached_gguf_file(path: Path) -> Path:
     digest = _sha256_of([path])
     target = cache_dir() / "models" / f"{path.stem}-{digest[:12]}"
     if not (target / "config.json").exists():
-        _convert_gguf(path, target, progress=progress)
+        _convert_gguf(path, target)
     return target
 
 
@@ -330,20 +357,13 @@ def _verify_sha256(files: list[Path], expected: str, what: str, write_to: Path |
         )
 
 
-def _convert_gguf(gguf_path: Path, target: Path, progress: bool) -> None:
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
     """Convert a GGUF file to a safetensors model directory at ``target``, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     _make_dirs(target.parent)
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    finally:
-        if not progress:
-            hf_logging.enable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The weights are de-quantised to ordinary float tensors; what stays is a marker that
     # makes save_pretrained refuse the model. Removing it gives a plain model.
     model.hf_quantizer = None

@@ -1,0 +1,392 @@
+"""Which decoder blocks to prune: LoRP and the baselines, from one set of layer statistics.
+
+    plan = select_layers(stats, 0.25)                      # LoRP, a quarter of the blocks
+    plan = select_layers(stats, 7, method="shortgpt")      # a baseline, 7 blocks
+    print(plan); plan.pruned; PruningPlan.from_json(plan.to_json())
+
+Input. ``select_layers`` takes either a :class:`~lorp_lightning.stats.LayerStats` (the full
+(N+1) x (N+1) similarity S, whose last index is the output of the last block, and the last-token
+similarity S_last), or a plain N x N matrix (NumPy array or tensor). A plain matrix is **always**
+read as the block-input similarity S[:N, :N]: an (N+1) x (N+1) matrix cannot be told apart from
+the inputs of N+1 blocks, so to use the full statistics pass the LayerStats itself. A plain matrix
+is enough for ``lorp``, ``streamline``, ``random``, ``last``, and for ``shortgpt`` while the last
+block is protected; ``angular`` needs S_last, hence a LayerStats.
+
+Methods (all share the budget rule (6) and the protected set, default {0, N-1}):
+
+    lorp        LoRP, equations (2)-(5), see :mod:`lorp_lightning.locality`
+    shortgpt    Block Influence (Men et al.): BI_l = 1 - S[l, l+1]; the k lowest-BI blocks
+    streamline  LLM-Streamline: the run [s, s+k) of unprotected blocks maximising S[s, s+k]
+    angular     Gromov et al.: the run [s, s+k) minimising arccos(S_last[s, s+k]) / pi
+    random      k unprotected blocks drawn with ``seed`` (a floor)
+    last        the k unprotected blocks nearest the output (a floor)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from lorp_lightning.locality import (
+    _is_int,
+    allocate_lorp,
+    as_similarity_matrix,
+    block_redundancy,
+    cluster_layers,
+    clusters_for_rls,
+    representation_locality_score,
+)
+
+__all__ = ["METHODS", "PruningPlan", "resolve_budget", "select_layers"]
+
+METHODS = ("lorp", "shortgpt", "streamline", "angular", "random", "last")
+
+
+# --------------------------------------------------------------------------------------------
+# the plan
+
+
+def _encode_float(x: float | None) -> float | str | None:
+    """JSON has no infinities or NaN: store them as the strings "inf", "-inf", "nan"."""
+    if x is None or math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _decode_float(x: float | str | None) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, str):
+        if x not in ("inf", "-inf", "nan"):
+            raise ValueError(f"not an encoded float: {x!r}")
+        return float(x)
+    return float(x)
+
+
+def _runs(labels: list[int]) -> str:
+    """[0, 0, 1, 1, 1, 0] -> "[0]*2 + [1]*3 + [0]*1"."""
+    parts, start = [], 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            parts.append(f"[{labels[start]}]*{i - start}")
+            start = i
+    return " + ".join(parts)
+
+
+@dataclass
+class PruningPlan:
+    """Which blocks to remove, and why.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        num_layers: N, the number of decoder blocks of the unpruned model.
+        pruned: the blocks to remove, ascending.
+        kept: the other blocks, ascending.
+        protected: the blocks that were never candidates, ascending.
+        rls: the Representation Locality Score (2) for ``lorp``, else None.
+        num_clusters: K, the number of clusters used by ``lorp`` (from (3), or forced), else None.
+        labels: ``lorp``: the cluster of every block (renumbered by first appearance), else None.
+        scores: one entry per block, or None. ``lorp``: redundancy in its cluster (-inf when
+            alone); ``shortgpt``: BI_l (None where not computable); ``streamline``: S[s, s+k] for
+            every start s of a candidate run (None elsewhere); ``angular``: the angular distance
+            arccos(S_last[s, s+k]) / pi per candidate start s; ``random``, ``last``: None.
+        seed: the seed used (clustering seed for ``lorp``, draw seed for ``random``), else None.
+    """
+
+    method: str
+    num_layers: int
+    pruned: list[int]
+    kept: list[int]
+    protected: list[int]
+    rls: float | None = None
+    num_clusters: int | None = None
+    labels: list[int] | None = None
+    scores: list[float | None] | None = None
+    seed: int | None = None
+
+    @property
+    def num_pruned(self) -> int:
+        return len(self.pruned)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (infinities and NaN as the strings "inf", "-inf", "nan")."""
+        d = asdict(self)
+        d["rls"] = _encode_float(self.rls)
+        d["scores"] = None if self.scores is None else [_encode_float(s) for s in self.scores]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruningPlan":
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown PruningPlan fields: {sorted(unknown)}")
+        d = dict(data)
+        d["rls"] = _decode_float(d.get("rls"))
+        if d.get("scores") is not None:
+            d["scores"] = [_decode_float(s) for s in d["scores"]]
+        for key in ("pruned", "kept", "protected", "labels"):
+            if d.get(key) is not None:
+                d[key] = [int(x) for x in d[key]]
+        return cls(**d)
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Strict JSON (no Infinity/NaN literals); :meth:`from_json` restores an equal plan."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PruningPlan":
+        return cls.from_dict(json.loads(text))
+
+    def __str__(self) -> str:
+        s = f"{self.method}: prune {len(self.pruned)} of {self.num_layers} blocks {self.pruned}"
+        if self.rls is not None:
+            s += f"; RLS {self.rls:.3f}"
+        if self.num_clusters is not None:
+            s += f", K {self.num_clusters}"
+        if self.labels is not None:
+            s += f", clusters {_runs(self.labels)}"
+        s += f"; protected {self.protected}"
+        if self.seed is not None:
+            s += f"; seed {self.seed}"
+        return s
+
+
+# --------------------------------------------------------------------------------------------
+# (6) the budget rule
+
+
+def resolve_budget(num_prune: Any, num_layers: int, num_unprotected: int) -> int:
+    """(6) The number of blocks to prune.
+
+    An int is a count of blocks. A float in (0, 1) is a fraction of N = ``num_layers``, rounded
+    down (never prune more than asked); the float is read as the decimal it prints as, so
+    0.29 of 100 is 29 although ``0.29 * 100 == 28.999999999999996``. A bool is not a count.
+    The result must be >= 1 and <= ``num_unprotected``, else a ValueError naming both numbers.
+    """
+    if _is_int(num_prune):
+        k = int(num_prune)
+        asked = f"num_prune={k}"
+    elif isinstance(num_prune, numbers.Real) and not isinstance(num_prune, (bool, np.bool_)):
+        x = float(num_prune)
+        if not (0.0 < x < 1.0):  # also rejects NaN
+            raise ValueError(
+                f"num_prune as a float must be a fraction in (0, 1) of the {num_layers} blocks, got {num_prune!r}"
+            )
+        k = math.floor(Fraction(repr(x)) * num_layers)  # (6) rounded down
+        asked = f"num_prune={x!r} of {num_layers} blocks rounds down to {k} blocks and"
+    else:
+        raise ValueError(
+            f"num_prune must be an int (a count) or a float in (0, 1) (a fraction), got {num_prune!r}"
+        )
+    if k < 1:
+        raise ValueError(f"{asked} is fewer than 1; prune at least 1 block")
+    if k > num_unprotected:
+        raise ValueError(
+            f"{asked} exceeds the {num_unprotected} unprotected blocks (of {num_layers}); "
+            "prune fewer or protect fewer"
+        )
+    return k
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+@dataclass
+class _Inputs:
+    blocks: np.ndarray  # S[:N, :N]
+    full: np.ndarray | None  # S, (N+1) x (N+1), from a LayerStats
+    last: np.ndarray | None  # S_last, (N+1) x (N+1), from a LayerStats
+    source: str
+
+    @property
+    def N(self) -> int:
+        return self.blocks.shape[0]
+
+
+def _read_inputs(stats_or_similarity: Any, method: str) -> _Inputs:
+    if hasattr(stats_or_similarity, "similarity") and hasattr(stats_or_similarity, "last_token_similarity"):
+        full = as_similarity_matrix(stats_or_similarity.similarity, name="stats.similarity", min_size=3)
+        last = None
+        if method == "angular":  # validated only where it is used
+            last = as_similarity_matrix(
+                stats_or_similarity.last_token_similarity, name="stats.last_token_similarity"
+            )
+            if last.shape != full.shape:
+                raise ValueError(
+                    f"stats.last_token_similarity has shape {last.shape}, stats.similarity {full.shape}"
+                )
+        return _Inputs(blocks=full[:-1, :-1], full=full, last=last, source="LayerStats")
+    blocks = as_similarity_matrix(stats_or_similarity, name="similarity", min_size=2)
+    return _Inputs(blocks=blocks, full=None, last=None, source="plain N x N matrix")
+
+
+def _protected_set(protect: Iterable[int] | None, N: int) -> set[int]:
+    if protect is None:
+        return {0, N - 1}
+    if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
+        raise ValueError(f"protect must be an iterable of block indices, got {protect!r}")
+    out = set()
+    for p in protect:
+        if not _is_int(p) or not 0 <= p < N:
+            raise ValueError(f"protect holds {p!r}, which is not a block index in 0..{N - 1}")
+        out.add(int(p))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# baselines
+
+
+def _shortgpt(inp: _Inputs, k: int, protected: set[int]) -> tuple[list[int], list[float | None]]:
+    """Block Influence: BI_l = 1 - S[l, l+1]; the k unprotected blocks with the lowest BI."""
+    N = inp.N
+    S = inp.full if inp.full is not None else inp.blocks
+    scores: list[float | None] = [1.0 - float(S[l, l + 1]) if l + 1 < S.shape[0] else None for l in range(N)]
+    if scores[N - 1] is None and (N - 1) not in protected:
+        raise ValueError(
+            f"shortgpt needs S[{N - 1}, {N}] (the output of the last block) to score block {N - 1}, "
+            "which a plain N x N matrix lacks: pass a LayerStats, or protect the last block"
+        )
+    candidates = sorted((l for l in range(N) if l not in protected), key=lambda l: scores[l])  # stable
+    return sorted(candidates[:k]), scores
+
+
+def _contiguous_runs(N: int, k: int, protected: set[int], method: str) -> list[int]:
+    starts = [s for s in range(N - k + 1) if not any(l in protected for l in range(s, s + k))]
+    if not starts:
+        raise ValueError(
+            f"{method}: no contiguous run of {k} unprotected blocks exists among {N} blocks "
+            f"with protected blocks {sorted(protected)}"
+        )
+    return starts
+
+
+def _streamline(inp: _Inputs, k: int, protected: set[int]) -> tuple[list[int], list[float | None]]:
+    """LLM-Streamline: the run [s, s+k) maximising S[s, s+k] (ties: the shallowest s)."""
+    N = inp.N
+    starts = _contiguous_runs(N, k, protected, "streamline")
+    S = inp.full if inp.full is not None else inp.blocks
+    if starts[-1] + k >= S.shape[0]:
+        raise ValueError(
+            f"streamline needs S[{starts[-1]}, {N}] (the output of the last block) to score the run "
+            f"[{starts[-1]}, {N}), which a plain N x N matrix lacks: pass a LayerStats, or protect the last block"
+        )
+    scores: list[float | None] = [None] * N
+    best = None
+    for s in starts:
+        scores[s] = float(S[s, s + k])
+        if best is None or scores[s] > scores[best]:  # strict: ties keep the shallowest
+            best = s
+    return list(range(best, best + k)), scores
+
+
+def _angular(inp: _Inputs, k: int, protected: set[int]) -> tuple[list[int], list[float | None]]:
+    """Gromov et al.: the run [s, s+k) minimising arccos(S_last[s, s+k]) / pi (ties: shallowest)."""
+    if inp.last is None:
+        raise ValueError(
+            "angular needs the last-token similarity S_last, which a plain matrix lacks: pass a LayerStats"
+        )
+    N = inp.N
+    starts = _contiguous_runs(N, k, protected, "angular")
+    scores: list[float | None] = [None] * N
+    best = None
+    for s in starts:
+        scores[s] = math.acos(min(1.0, max(-1.0, float(inp.last[s, s + k])))) / math.pi
+        if best is None or scores[s] < scores[best]:  # strict: ties keep the shallowest
+            best = s
+    return list(range(best, best + k)), scores
+
+
+def _random(N: int, k: int, protected: set[int], seed: int) -> list[int]:
+    """k unprotected blocks, a seeded permutation's first k (so budgets nest for one seed)."""
+    unprotected = np.array([l for l in range(N) if l not in protected])
+    return sorted(int(l) for l in np.random.default_rng(seed).permutation(unprotected)[:k])
+
+
+def _last(N: int, k: int, protected: set[int]) -> list[int]:
+    """The k unprotected blocks nearest the output."""
+    unprotected = [l for l in range(N) if l not in protected]
+    return unprotected[-k:]
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point
+
+
+def select_layers(
+    stats_or_similarity: Any,
+    num_prune: int | float,
+    method: str = "lorp",
+    num_clusters: int | None = None,
+    protect: Iterable[int] | None = None,
+    seed: int = 0,
+) -> PruningPlan:
+    """Choose the decoder blocks to prune.
+
+    Args:
+        stats_or_similarity: a :class:`~lorp_lightning.stats.LayerStats`, or a plain N x N
+            block-input similarity (NumPy array or torch tensor). A plain matrix is always read
+            as N x N over the block inputs, never as the (N+1) x (N+1) S; see the module docs.
+        num_prune: (6) an int, the number of blocks, or a float in (0, 1), a fraction of N
+            rounded down. Must come to >= 1 and <= the number of unprotected blocks.
+        method: one of ``"lorp"`` (default), ``"shortgpt"``, ``"streamline"``, ``"angular"``,
+            ``"random"``, ``"last"``.
+        num_clusters: ``lorp`` only: force K (an int, 1 <= K <= N) instead of (3). Default
+            None: K from the RLS, capped at N.
+        protect: block indices never pruned. Default None: {0, N-1}. Pass ``()`` to protect none.
+        seed: an int >= 0 (default 0): the spectral clustering's ``random_state`` for
+            ``lorp``, the draw for ``random``; the other methods ignore it.
+
+    Returns:
+        A :class:`PruningPlan`.
+    """
+    # validation up front, before any computation
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    inp = _read_inputs(stats_or_similarity, method)
+    N = inp.N
+    protected = _protected_set(protect, N)
+    k = resolve_budget(num_prune, N, N - len(protected))
+    if num_clusters is not None:
+        if method != "lorp":
+            raise ValueError(f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}")
+        if not _is_int(num_clusters) or not 1 <= num_clusters <= N:
+            raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
+    seed = int(seed)
+
+    plan = dict(method=method, num_layers=N, protected=sorted(protected))
+    if method == "lorp":
+        S = inp.blocks
+        rls = representation_locality_score(S)  # (2)
+        K = int(num_clusters) if num_clusters is not None else min(clusters_for_rls(rls), N)  # (3)
+        labels = cluster_layers(S, K, seed=seed)  # (4)
+        pruned = sorted(allocate_lorp(S, labels, k, protected))  # (5)
+        plan.update(rls=rls, num_clusters=K, labels=labels, scores=block_redundancy(S, labels), seed=seed)
+    elif method == "shortgpt":
+        pruned, scores = _shortgpt(inp, k, protected)
+        plan.update(scores=scores)
+    elif method == "streamline":
+        pruned, scores = _streamline(inp, k, protected)
+        plan.update(scores=scores)
+    elif method == "angular":
+        pruned, scores = _angular(inp, k, protected)
+        plan.update(scores=scores)
+    elif method == "random":
+        pruned = _random(N, k, protected, seed)
+        plan.update(seed=seed)
+    else:  # "last"
+        pruned = _last(N, k, protected)
+
+    pruned_set = set(pruned)
+    return PruningPlan(pruned=sorted(pruned), kept=[l for l in range(N) if l not in pruned_set], **plan)
