@@ -140,10 +140,16 @@ def test_hidden_states_are_block_inputs_and_the_prenorm_output(smollm2, calibrat
     torch.testing.assert_close(stats.similarity, expected, atol=1e-5, rtol=0)
 
 
-def test_statistics_of_smollm2_are_a_similarity_matrix_and_repeat_exactly(smollm2, calibration_batches):
+def test_statistics_rls_and_plan_of_smollm2_repeat_exactly(smollm2, calibration_batches):
+    from lorp_lightning import select_layers
+
     model, _ = smollm2
     first = collect_layer_stats(model, calibration_batches.split(2), progress=False)
     second = collect_layer_stats(model, calibration_batches.split(2), progress=False)
+    first_plan, second_plan = select_layers(first, 0.25), select_layers(second, 0.25)
+    assert first_plan == second_plan
+    assert first_plan.rls == second_plan.rls and first_plan.num_layers == 30 and len(first_plan.pruned) == 7
+    assert 0 not in first_plan.pruned and 29 not in first_plan.pruned
     s = first.similarity
     assert s.shape == (31, 31)
     assert torch.equal(s, s.T)
