@@ -16,6 +16,7 @@ from lorp_lightning.assets import list_models, list_texts, load_model, load_text
 from lorp_lightning.locality import clusters_for_rls, representation_locality_score
 from lorp_lightning.selection import METHODS, PruningPlan, select_layers
 from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
+from lorp_lightning.surgery import prune_layers, pruning_record
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,8 @@ __all__ = [
     "list_texts",
     "load_model",
     "load_text",
+    "prune_layers",
+    "pruning_record",
     "representation_locality_score",
     "select_layers",
 ]

@@ -1,0 +1,412 @@
+"""prune_layers on small random models of every supported family (no downloads).
+
+The reference for a pruned model is the original model run with the removed blocks skipped:
+forward hooks on those blocks hand their input on unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+from lorp_lightning import architectures
+from lorp_lightning.architectures import Architecture, decoder_layers
+from lorp_lightning.surgery import prune_layers, pruning_record
+
+N = 6  # blocks of every test model
+PRUNED = [1, 2]  # first prune
+SECOND = [2]  # second prune, in the numbering after the first: original block 4
+SEQ_LEN = 16  # longer than the sliding window (4) of the families that have one
+VOCAB = 128
+S, F = "sliding_attention", "full_attention"
+MIXED = [S, F, F, S, F, S]  # pruning [1, 2] keeps [S, S, F, S]; cutting the list short would give [S, F, F, S]
+
+SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=N, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+@dataclass(frozen=True)
+class Family:
+    config: Callable[[], transformers.PreTrainedConfig]
+    blocks_path: str  # where the decoder blocks are, written out here independently of the code under test
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(lambda: transformers.LlamaConfig(**SMALL), "model.layers"),
+    "mistral": Family(lambda: transformers.MistralConfig(**SMALL, sliding_window=4), "model.layers"),  # one window for all blocks
+    "ministral": Family(lambda: transformers.MinistralConfig(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED), "model.layers"),
+    # no layer_types given: derived from max_window_layers, sliding from block 2 on
+    "qwen2": Family(lambda: transformers.Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=4, max_window_layers=2), "model.layers"),
+    "qwen3": Family(lambda: transformers.Qwen3Config(**SMALL, head_dim=16, use_sliding_window=True, sliding_window=4, layer_types=MIXED), "model.layers"),
+    "qwen2_moe": Family(lambda: transformers.Qwen2MoeConfig(
+        **SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+        mlp_only_layers=[0, 2, 4], decoder_sparse_step=1), "model.layers"),
+    "gemma": Family(lambda: transformers.GemmaConfig(**SMALL, head_dim=16), "model.layers"),
+    "gemma2": Family(lambda: transformers.Gemma2Config(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED), "model.layers"),
+    "gemma3_text": Family(lambda: transformers.Gemma3TextConfig(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED), "model.layers"),
+    "gemma3": Family(lambda: transformers.Gemma3Config(  # multimodal: the blocks and their config are the text part's
+        text_config=dict(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2, image_token_index=VOCAB - 1),
+        "model.language_model.layers"),
+    "phi3": Family(lambda: transformers.Phi3Config(**SMALL, sliding_window=4), "model.layers"),
+    "olmo2": Family(lambda: transformers.Olmo2Config(**SMALL), "model.layers"),
+    "gpt2": Family(lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=N, n_head=4, n_positions=128,
+                                                   bos_token_id=1, eos_token_id=2, pad_token_id=0), "transformer.h"),
+    "gpt_neox": Family(lambda: transformers.GPTNeoXConfig(**{k: v for k, v in SMALL.items() if k != "num_key_value_heads"}), "gpt_neox.layers"),
+    "opt": Family(lambda: transformers.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=N, num_attention_heads=4,
+                                                 max_position_embeddings=128, word_embed_proj_dim=64, bos_token_id=1, eos_token_id=2,
+                                                 pad_token_id=0), "model.decoder.layers"),
+    "falcon": Family(lambda: transformers.FalconConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=N, num_attention_heads=4,
+                                                       bos_token_id=1, eos_token_id=2, pad_token_id=0), "transformer.h"),
+    "stablelm": Family(lambda: transformers.StableLmConfig(**SMALL), "model.layers"),
+    "starcoder2": Family(lambda: transformers.Starcoder2Config(**SMALL, sliding_window=4), "model.layers"),
+}
+
+
+def build(family: str, **config_changes):
+    """The family's small random model (the same weights on every call), in eval mode."""
+    config = FAMILIES[family].config()
+    for name, value in config_changes.items():
+        setattr(config, name, value)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def blocks_of(model, family: str):
+    return model.get_submodule(FAMILIES[family].blocks_path)
+
+
+def text_config(model):
+    return model.config.get_text_config(decoder=True)
+
+
+def input_ids() -> torch.Tensor:
+    return torch.randint(3, VOCAB - 3, (2, SEQ_LEN), generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def logits(model, ids=None) -> torch.Tensor:
+    return model(input_ids() if ids is None else ids, use_cache=False).logits
+
+
+@torch.no_grad()
+def logits_with_blocks_skipped(model, family: str, skipped: list[int]) -> torch.Tensor:
+    """The logits of ``model`` when the ``skipped`` blocks pass their input on unchanged."""
+
+    def skip(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
+
+    handles = [blocks_of(model, family)[i].register_forward_hook(skip, with_kwargs=True) for i in skipped]
+    try:
+        return logits(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def greedy(model, use_cache: bool) -> torch.Tensor:
+    ids = input_ids()[:1, :8]
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20, min_new_tokens=20,
+                         use_cache=use_cache, pad_token_id=0)
+    assert out.shape == (1, 8 + 20)
+    return out
+
+
+def snapshot(model, family: str) -> dict:
+    """Everything prune_layers may change, to compare before and after."""
+    return {
+        "blocks": [id(b) for b in blocks_of(model, family)],
+        "layer_idx": [(name, m.layer_idx) for name, m in model.named_modules() if hasattr(m, "layer_idx")],
+        "config": model.config.to_dict(),
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+    }
+
+
+def assert_same_snapshot(before: dict, after: dict) -> None:
+    assert after["blocks"] == before["blocks"]
+    assert after["layer_idx"] == before["layer_idx"]
+    assert after["config"] == before["config"]
+    assert after["state"].keys() == before["state"].keys()
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), key
+
+
+def save_and_reload(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    return reloaded.eval(), info
+
+
+@dataclass
+class Plan:  # stands in for lorp_lightning.selection.PruningPlan (prune_layers duck-types it)
+    pruned: list
+    num_layers: int
+    method: str = "lorp"
+    rls: float | None = 0.625
+    num_clusters: int | None = 3
+
+
+every_family = pytest.mark.parametrize("family", list(FAMILIES))
+
+
+# --------------------------------------------------------------------------- invariants, for every family
+
+
+@every_family
+def test_pruned_logits_equal_the_original_run_with_the_removed_blocks_skipped(family):
+    original = build(family)
+    expected = logits_with_blocks_skipped(original, family, PRUNED)
+    pruned = prune_layers(build(family), PRUNED)
+    assert len(blocks_of(pruned, family)) == N - len(PRUNED)
+    torch.testing.assert_close(logits(pruned), expected, rtol=0, atol=1e-5)
+    # and skipping is not a no-op: the removed blocks did change the output
+    assert not torch.allclose(logits(original), expected, atol=1e-4)
+
+
+@every_family
+def test_kept_blocks_are_the_same_objects_in_order_and_every_layer_idx_is_renumbered(family):
+    model = build(family)
+    blocks = list(blocks_of(model, family))
+    pruned = prune_layers(model, PRUNED)
+    assert pruned is model
+    kept = [b for i, b in enumerate(blocks) if i not in PRUNED]
+    new_blocks = list(blocks_of(model, family))
+    assert len(new_blocks) == len(kept) and all(a is b for a, b in zip(new_blocks, kept))
+    assert decoder_layers(model) is blocks_of(model, family)
+    for new_index, block in enumerate(new_blocks):
+        indices = [m.layer_idx for m in block.modules() if hasattr(m, "layer_idx")]
+        assert indices and set(indices) == {new_index}
+
+
+@every_family
+def test_config_depth_and_per_block_lists_describe_the_kept_blocks(family):
+    model = build(family)
+    before = copy.deepcopy(text_config(model))
+    prune_layers(model, PRUNED)
+    after = text_config(model)
+    kept = [i for i in range(N) if i not in PRUNED]
+    assert after.num_hidden_layers == N - len(PRUNED)
+    if getattr(before, "layer_types", None) is not None:
+        assert after.layer_types == [before.layer_types[i] for i in kept]
+    assert pruning_record(model) == {
+        "original_num_layers": N,
+        "pruned_layers": PRUNED,
+        "steps": [{"method": None, "pruned_layers": PRUNED, "rls": None, "num_clusters": None}],
+    }
+
+
+@every_family
+def test_save_and_plain_transformers_reload_give_identical_logits_and_keys(family, tmp_path):
+    pruned = prune_layers(build(family), PRUNED)
+    reloaded, info = save_and_reload(pruned, tmp_path)
+    assert not info["missing_keys"]
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert len(blocks_of(reloaded, family)) == N - len(PRUNED)
+    assert text_config(reloaded).num_hidden_layers == N - len(PRUNED)
+    assert getattr(text_config(reloaded), "layer_types", None) == getattr(text_config(pruned), "layer_types", None)
+    assert pruning_record(reloaded) == pruning_record(pruned)
+    assert torch.equal(logits(reloaded), logits(pruned))
+
+
+@every_family
+def test_greedy_generation_with_the_cache_equals_generation_without_it(family):
+    pruned = prune_layers(build(family), PRUNED)
+    assert torch.equal(greedy(pruned, use_cache=True), greedy(pruned, use_cache=False))
+
+
+@every_family
+def test_pruning_a_reloaded_pruned_model_again_composes_the_record_in_original_numbering(family, tmp_path):
+    reloaded, _ = save_and_reload(prune_layers(build(family), PRUNED), tmp_path)
+    twice = prune_layers(reloaded, Plan(pruned=SECOND, num_layers=N - len(PRUNED)))
+    assert pruning_record(twice) == {
+        "original_num_layers": N,
+        "pruned_layers": [1, 2, 4],
+        "steps": [
+            {"method": None, "pruned_layers": [1, 2], "rls": None, "num_clusters": None},
+            {"method": "lorp", "pruned_layers": [4], "rls": 0.625, "num_clusters": 3},
+        ],
+    }
+    assert text_config(twice).num_hidden_layers == N - 3
+    torch.testing.assert_close(logits(twice), logits_with_blocks_skipped(build(family), family, [1, 2, 4]), rtol=0, atol=1e-5)
+
+
+BAD_BLOCKS = [
+    ([], "plan_or_blocks=[]"),
+    ([N], f"plan_or_blocks=[{N}] holds {N}, out of range"),
+    ([1, 3, 1], "plan_or_blocks=[1, 3, 1] holds block 1 more than once"),
+    ([-1], "plan_or_blocks=[-1] holds the negative index -1"),
+    ([1.0], "plan_or_blocks=[1.0] holds 1.0 (float)"),
+    ([True], "plan_or_blocks=[True] holds True (bool)"),
+    (["1"], "plan_or_blocks=['1'] holds '1' (str)"),
+    (list(range(N)), f"removes all {N} blocks"),
+]
+
+
+@every_family
+def test_bad_blocks_are_a_value_error_naming_the_value_and_leave_the_model_unchanged(family):
+    model = build(family)
+    before = snapshot(model, family)
+    for bad, message in BAD_BLOCKS:
+        with pytest.raises(ValueError) as error:
+            prune_layers(model, bad)
+        assert message in str(error.value)
+        assert_same_snapshot(before, snapshot(model, family))
+    with pytest.raises(ValueError, match=rf"plan.num_layers={N + 1} blocks, but this model has {N}"):
+        prune_layers(model, Plan(pruned=[1], num_layers=N + 1))
+    with pytest.raises(ValueError, match=r"plan.pruned=\[7\] holds 7, out of range"):
+        prune_layers(model, Plan(pruned=[7], num_layers=N))
+    assert_same_snapshot(before, snapshot(model, family))
+
+
+# --------------------------------------------------------------------------- one family is enough
+
+
+def test_inplace_false_returns_a_pruned_copy_and_leaves_the_caller_model_untouched():
+    model = build("gemma3_text")
+    before = snapshot(model, "gemma3_text")
+    expected_logits = logits(model)
+    pruned = prune_layers(model, PRUNED, inplace=False)
+    assert pruned is not model
+    assert len(blocks_of(pruned, "gemma3_text")) == N - 2
+    assert not any(a is b for a in blocks_of(pruned, "gemma3_text") for b in blocks_of(model, "gemma3_text"))
+    assert_same_snapshot(before, snapshot(model, "gemma3_text"))
+    assert model.config.num_hidden_layers == N and pruning_record(model) is None
+    assert torch.equal(logits(model), expected_logits)
+
+
+def test_blocks_may_be_given_in_any_order_as_a_tuple_of_numpy_ints():
+    model = prune_layers(build("llama"), (np.int64(2), np.int64(1)))
+    assert pruning_record(model)["pruned_layers"] == [1, 2]
+    torch.testing.assert_close(logits(model), logits_with_blocks_skipped(build("llama"), "llama", [1, 2]), rtol=0, atol=1e-5)
+
+
+def test_plan_or_blocks_of_another_type_is_a_type_error_naming_it():
+    with pytest.raises(TypeError, match=r"plan_or_blocks must be a list or tuple .* got str '1,2'"):
+        prune_layers(build("llama"), "1,2")
+
+
+def test_pruning_twice_in_memory_composes_the_record_like_after_a_reload():
+    model = prune_layers(build("llama"), [0, 5])  # keeps original 1, 2, 3, 4
+    prune_layers(model, [1, 3])  # current 1 and 3 are original 2 and 4
+    assert pruning_record(model)["pruned_layers"] == [0, 2, 4, 5]
+    assert [s["pruned_layers"] for s in pruning_record(model)["steps"]] == [[0, 5], [2, 4]]
+    torch.testing.assert_close(logits(model), logits_with_blocks_skipped(build("llama"), "llama", [0, 2, 4, 5]), rtol=0, atol=1e-5)
+
+
+def test_a_stale_record_is_refused():
+    model = build("llama")
+    model.config.lorp_pruning = {"original_num_layers": 10, "pruned_layers": [1, 2], "steps": []}
+    before = snapshot(model, "llama")
+    with pytest.raises(ValueError, match=r"10 - 2 = 8 blocks remain, but the model has 6"):
+        prune_layers(model, [1])
+    assert_same_snapshot(before, snapshot(model, "llama"))
+
+
+def test_qwen2_max_window_layers_counts_the_kept_full_attention_blocks():
+    model = build("qwen2")  # max_window_layers=2: blocks 0, 1 full, 2..5 sliding
+    prune_layers(model, PRUNED)
+    assert model.config.max_window_layers == 1
+    assert model.config.layer_types == [F, S, S, S]
+    # the field now derives the same layer_types as the trimmed list
+    derived = transformers.Qwen2Config(**{**model.config.to_dict(), "layer_types": None})
+    assert derived.layer_types == model.config.layer_types
+
+
+def test_moe_mlp_only_layers_are_renumbered_and_the_removed_ones_dropped(tmp_path):
+    model = prune_layers(build("qwen2_moe"), PRUNED)  # mlp_only_layers [0, 2, 4]: 2 is removed, 4 becomes 2
+    assert model.config.mlp_only_layers == [0, 2]
+    dense = [type(b.mlp).__name__ for b in blocks_of(model, "qwen2_moe")]
+    assert dense == ["Qwen2MoeMLP", "Qwen2MoeSparseMoeBlock", "Qwen2MoeMLP", "Qwen2MoeSparseMoeBlock"]
+    reloaded, _ = save_and_reload(model, tmp_path)
+    assert [type(b.mlp).__name__ for b in blocks_of(reloaded, "qwen2_moe")] == dense
+
+
+def test_gemma3_multimodal_prunes_its_text_blocks_and_records_on_the_top_config():
+    model = prune_layers(build("gemma3"), PRUNED)
+    assert model.config.text_config.num_hidden_layers == N - 2
+    assert model.config.text_config.layer_types == [S, S, F, S]
+    assert model.config.vision_config.num_hidden_layers == 2
+    assert model.config.lorp_pruning["pruned_layers"] == PRUNED
+
+
+def test_device_map_entries_of_blocks_are_renamed_to_the_new_numbering():
+    model = build("llama")
+    model.hf_device_map = {"model.embed_tokens": "cpu", **{f"model.layers.{i}": "cpu" for i in range(N)},
+                           "model.layers.3.mlp": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    prune_layers(model, PRUNED)
+    assert model.hf_device_map == {"model.embed_tokens": "cpu", **{f"model.layers.{i}": "cpu" for i in range(N - 2)},
+                                   "model.layers.1.mlp": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_an_unknown_architecture_is_refused_naming_model_type_and_the_table():
+    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=4, n_head=4)
+    model = transformers.BloomForCausalLM(config).eval()
+    with pytest.raises(NotImplementedError, match=r"model_type='bloom'.*ARCHITECTURES in lorp_lightning/architectures.py"):
+        prune_layers(model, [1])
+    assert len(model.transformer.h) == 4
+
+
+def test_gpt2_with_attention_scaled_by_inverse_layer_index_is_refused():
+    model = build("gpt2", scale_attn_by_inverse_layer_idx=True)
+    before = snapshot(model, "gpt2")
+    with pytest.raises(ValueError, match=r"scale_attn_by_inverse_layer_idx=True.*absolute index"):
+        prune_layers(model, PRUNED)
+    assert_same_snapshot(before, snapshot(model, "gpt2"))
+
+
+def test_moe_with_a_sparse_step_other_than_one_is_refused():
+    model = build("qwen2_moe", decoder_sparse_step=2)
+    with pytest.raises(ValueError, match=r"decoder_sparse_step=2"):
+        prune_layers(model, PRUNED)
+    assert len(blocks_of(model, "qwen2_moe")) == N
+
+
+@pytest.mark.parametrize("device_map", [
+    {"model.embed_tokens": 0, "model.layers": "cpu", "model.norm": 0, "lm_head": 0},
+    {"model.embed_tokens": "cpu", "model.layers": "disk", "model.norm": "cpu", "lm_head": "cpu"},
+])
+def test_a_model_offloaded_by_its_device_map_is_refused(device_map):
+    model = build("llama")
+    model.hf_device_map = device_map
+    before = snapshot(model, "llama")
+    with pytest.raises(ValueError, match=r"accelerate offloads \(hf_device_map spreads it over"):
+        prune_layers(model, PRUNED)
+    assert_same_snapshot(before, snapshot(model, "llama"))
+
+
+def test_a_model_with_accelerate_offload_hooks_is_refused():
+    from accelerate import cpu_offload
+
+    model = cpu_offload(build("llama"), execution_device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"accelerate offloads \(module .* has an offload hook\)"):
+        prune_layers(model, PRUNED)
+    assert len(model.model.layers) == N
+
+
+def test_a_table_entry_that_misses_a_per_block_field_fails_at_once_not_at_save_time(monkeypatch):
+    monkeypatch.setitem(architectures.ARCHITECTURES, "gemma3_text", Architecture("model.layers", per_layer_fields=()))
+    model = build("gemma3_text")
+    before = snapshot(model, "gemma3_text")
+    with pytest.raises(NotImplementedError, match=r"(?s)invalid config .*layer_types.*ARCHITECTURES entry for model_type='gemma3_text'"):
+        prune_layers(model, PRUNED)
+    assert_same_snapshot(before, snapshot(model, "gemma3_text"))
+
+
+def test_a_config_that_disagrees_with_the_model_depth_is_refused():
+    model = build("llama")
+    del model.model.layers[5]
+    with pytest.raises(ValueError, match=r"config says num_hidden_layers=6 but the model has 5 decoder blocks"):
+        prune_layers(model, [1])
