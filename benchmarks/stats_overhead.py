@@ -16,32 +16,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 
-import psutil
 import torch
-
-
-class PeakRSS:
-    """Samples the resident memory of this process while the ``with`` block runs."""
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak = psutil.Process().memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        process = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, process.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def main() -> None:
@@ -53,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lorp_lightning import collect_layer_stats, load_model, load_text
-    from lorp_lightning.evaluation import token_windows
+    from lorp_lightning.evaluation import PeakRSS, token_windows
 
     model, tokenizer = load_model(args.model, dtype=torch.bfloat16, progress=False)
     windows = token_windows(tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.batches)

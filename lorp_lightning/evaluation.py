@@ -9,10 +9,21 @@ tokens).
 
 from __future__ import annotations
 
+import threading
+import time
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["perplexity", "token_windows"]
+__all__ = [
+    "PeakRSS",
+    "matmul_flops_per_token",
+    "measure_speed",
+    "num_parameters",
+    "parameter_bytes",
+    "perplexity",
+    "token_windows",
+]
 
 
 def token_windows(tokenizer, text: str, window: int = 512, max_windows: int | None = None) -> Tensor:
@@ -52,3 +63,134 @@ def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 1, progress:
     finally:
         model.train(was_training)
     return float(metric.compute())
+
+
+# --------------------------------------------------------------------------- size, speed, memory
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def matmul_flops_per_token(model: nn.Module) -> int:
+    """Multiply-accumulate FLOPs (2 per weight) of the model's matrix multiplications for one token.
+
+    Counts every ``nn.Linear`` (the decoder blocks and the language-model head); attention's
+    score and value products, which grow with the context, are left out. The ratio of this
+    count between a dense and a pruned model is the ideal speed-up of depth pruning.
+    """
+    return sum(2 * m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes held by the model's distinct parameters and buffers."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class PeakRSS:
+    """Samples the resident memory (RSS) of this process every 2 ms while the ``with`` block runs.
+
+    ``.start`` is the RSS on entry, ``.peak`` the highest seen; ``.growth`` their difference.
+    """
+
+    def __enter__(self) -> "PeakRSS":
+        import psutil
+
+        self._process = psutil.Process()
+        self.start = self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+@torch.no_grad()
+def _prefill(model: nn.Module, ids: Tensor) -> None:
+    model(input_ids=ids, use_cache=False)
+
+
+@torch.no_grad()
+def _decode(model: nn.Module, ids: Tensor, new_tokens: int) -> None:
+    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+
+
+def measure_speed(models: dict[str, nn.Module], prompt_tokens: int = 512, new_tokens: int = 64, batch_size: int = 1,
+                  repeats: int = 5, vocab_size: int | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Prefill latency and decode throughput of several models, measured side by side.
+
+    The models run in turns (model A, model B, A, B, ...) ``repeats`` times after one warm-up
+    each, so that a slower or busier moment of the machine affects all of them alike; each
+    figure is the median over the repeats. The prompt is ``batch_size`` x ``prompt_tokens``
+    random token ids (seeded), the same for every model.
+
+    Returns, per model name: ``prefill_seconds`` (one forward pass over the prompt, no cache),
+    ``decode_tokens_per_second`` (``new_tokens`` greedy tokens per sequence with the KV cache,
+    after the prompt's prefill, whose time is subtracted), and ``peak_memory_mb``: on CUDA,
+    ``max_memory_allocated`` during the model's runs; on CPU, where one process's resident
+    memory cannot be split between the models it holds, the model's parameter and buffer bytes
+    plus the largest growth of resident memory seen during one of its runs (activations and
+    KV cache).
+    """
+    import statistics
+
+    if not models:
+        raise ValueError("models must name at least one model")
+    first = next(iter(models.values()))
+    device = next(first.parameters()).device
+    vocab = vocab_size or first.config.vocab_size
+    ids = torch.randint(0, vocab, (batch_size, prompt_tokens), generator=torch.Generator().manual_seed(seed)).to(device)
+    times: dict[str, dict[str, list[float]]] = {name: {"prefill": [], "decode": []} for name in models}
+    peaks = {name: 0 for name in models}
+
+    def timed(run) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for name, model in models.items():  # warm-up
+        model.eval()
+        _prefill(model, ids)
+        _decode(model, ids, 2)
+    for _ in range(repeats):
+        for name, model in models.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with PeakRSS() as memory:
+                times[name]["prefill"].append(timed(lambda: _prefill(model, ids)))
+                times[name]["decode"].append(timed(lambda: _decode(model, ids, new_tokens)))
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+            else:
+                peak = parameter_bytes(model) + memory.growth
+            peaks[name] = max(peaks[name], peak)
+    results = {}
+    for name in models:
+        prefill = statistics.median(times[name]["prefill"])
+        decode = statistics.median(times[name]["decode"])
+        results[name] = {
+            "prefill_seconds": prefill,
+            "decode_tokens_per_second": batch_size * new_tokens / max(decode - prefill, 1e-9),
+            "peak_memory_mb": peaks[name] / 2**20,
+        }
+    return results

@@ -1,0 +1,487 @@
+"""The ``lorp`` command line: analyze, prune, compare and evaluate, offline on the bundled assets.
+
+    lorp analyze [MODEL]                 statistics, RLS, K, clusters, heatmap
+    lorp prune [MODEL] --amount 0.25     analyze, select, prune, save, and compare dense and pruned
+    lorp compare MODEL --amounts ... --methods ...   every method at every budget from one pass
+    lorp eval MODEL_OR_DIR               perplexity, size, speed and memory of one model
+
+Every command writes a ``report.json`` into its output directory and prints a table. Output
+directories are written to a temporary folder beside them and renamed at the end, so a failed
+run leaves nothing half-written; an existing directory needs ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m"
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+class UsageError(Exception):
+    """A bad argument: reported as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _fraction_or_count(text: str) -> float | int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"amount must be a fraction in (0, 1) or a block count, got {text!r}")
+    if value >= 1 and value == int(value):
+        return int(value)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"amount must be a fraction in (0, 1) or a block count >= 1, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser, out_default: str | None) -> None:
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
+                        help="weights' dtype for calibration and evaluation (default: bfloat16, about twice as fast as float32 on CPU)")
+    parser.add_argument("--out", default=out_default, help=f"output directory (default: {out_default})")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_calibration(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text", default="wiki", help="calibration text: a bundled name (wiki, c4, tinystories, lambada); its calibration split is used (default: wiki)")
+    parser.add_argument("--windows", type=_positive_int, default=32, help="calibration windows (default: 32)")
+    parser.add_argument("--window", type=_positive_int, default=512, help="tokens per window (default: 512)")
+    parser.add_argument("--batch-size", type=_positive_int, default=4, help="calibration batch size (default: 4)")
+    parser.add_argument("--stats", help="reuse statistics saved by `lorp analyze` (stats.pt) instead of calibrating")
+
+
+def _add_evaluation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval-text", default="wiki", help="held-out text for perplexity: a bundled name or a path to a text file (default: wiki)")
+    parser.add_argument("--eval-windows", type=_positive_int, default=40, help="evaluation windows of --window tokens (default: 40)")
+    parser.add_argument("--speed-repeats", type=_positive_int, default=5, help="repeats of the interleaved speed runs (default: 5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = commands.add_parser("analyze", help="calibration statistics, RLS, K, clusters and a heatmap")
+    analyze.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"bundled name, model directory or .gguf file (default: {DEFAULT_MODEL})")
+    _add_calibration(analyze)
+    analyze.add_argument("--num-clusters", type=_positive_int, help="force K instead of deriving it from the RLS")
+    analyze.add_argument("--seed", type=int, default=0, help="spectral clustering seed (default: 0)")
+    _add_common(analyze, "lorp-analysis")
+
+    prune = commands.add_parser("prune", help="analyze, select, prune, save, and evaluate dense against pruned")
+    prune.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"bundled name, model directory or .gguf file (default: {DEFAULT_MODEL})")
+    prune.add_argument("--amount", type=_fraction_or_count, default=0.25, help="fraction of the blocks in (0, 1), or a block count (default: 0.25)")
+    prune.add_argument("--method", default="lorp", help="lorp, shortgpt, streamline, angular, random or last (default: lorp)")
+    prune.add_argument("--num-clusters", type=_positive_int, help="lorp: force K instead of deriving it from the RLS")
+    prune.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
+    _add_calibration(prune)
+    _add_evaluation(prune)
+    _add_common(prune, "lorp-pruned")
+
+    compare = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
+    compare.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    compare.add_argument("--amounts", default="0.125,0.25,0.33", help="comma-separated budgets (default: 0.125,0.25,0.33)")
+    compare.add_argument("--methods", default="lorp,shortgpt,streamline,angular,random,last", help="comma-separated methods")
+    compare.add_argument("--seed", type=int, default=0)
+    _add_calibration(compare)
+    compare.add_argument("--eval-text", default="wiki")
+    compare.add_argument("--eval-windows", type=_positive_int, default=40)
+    _add_common(compare, "lorp-compare")
+
+    evaluate = commands.add_parser("eval", help="perplexity, size, speed and memory of one model")
+    evaluate.add_argument("model", help="bundled name, model directory (e.g. the output of `lorp prune`) or .gguf file")
+    evaluate.add_argument("--window", type=_positive_int, default=512)
+    _add_evaluation(evaluate)
+    evaluate.add_argument("--texts", default=None, help="comma-separated held-out texts (bundled names or files); default: --eval-text")
+    _add_common(evaluate, "lorp-eval")
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Output:
+    """An output directory written in a temporary folder beside it and renamed at the end."""
+
+    def __init__(self, path: str, overwrite: bool) -> None:
+        self.final = Path(path)
+        if self.final.exists() and not overwrite:
+            raise UsageError(f"the output directory {self.final} exists; pass --overwrite to replace it or --out to choose another")
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}-"))
+
+    def commit(self) -> Path:
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        os.replace(self.path, self.final)
+        return self.final
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import lorp_lightning
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "lorp_lightning": lorp_lightning.__version__}
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def _load(model: str, dtype: str, quiet: bool):
+    from lorp_lightning.assets import load_model
+
+    try:
+        return load_model(model, dtype=_dtype(dtype), progress=not quiet)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+def _eval_text(name_or_path: str) -> str:
+    from lorp_lightning.assets import BUNDLED_TEXTS, load_text
+
+    if name_or_path in BUNDLED_TEXTS:
+        return load_text(name_or_path, "heldout")
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise UsageError(f"unknown evaluation text {name_or_path!r}: not a bundled text ({', '.join(BUNDLED_TEXTS)}) nor a file")
+    return path.read_text(encoding="utf-8")
+
+
+def _calibrate(args, model, tokenizer):
+    from lorp_lightning.assets import BUNDLED_TEXTS, load_text
+    from lorp_lightning.evaluation import token_windows
+    from lorp_lightning.stats import LayerStats, collect_layer_stats
+
+    if args.stats:
+        stats = LayerStats.load(args.stats)
+        from lorp_lightning.architectures import decoder_layers
+
+        if stats.num_layers != len(decoder_layers(model)):
+            raise UsageError(f"--stats {args.stats} holds statistics of {stats.num_layers} blocks; the model has {len(decoder_layers(model))}")
+        return stats, 0.0
+    if args.text not in BUNDLED_TEXTS:
+        raise UsageError(f"unknown calibration text {args.text!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
+    windows = token_windows(tokenizer, load_text(args.text, "calibration"), window=args.window, max_windows=args.windows)
+    start = time.perf_counter()
+    stats = collect_layer_stats(model, windows.split(args.batch_size), progress=not args.quiet)
+    return stats, time.perf_counter() - start
+
+
+def _check_method(method: str) -> None:
+    from lorp_lightning.selection import METHODS
+
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+
+
+def _select(stats, amount, method, num_clusters=None, seed=0):
+    from lorp_lightning.selection import select_layers
+
+    try:
+        return select_layers(stats, amount, method=method, num_clusters=num_clusters, seed=seed)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+def _stats_summary(stats, analysis_plan) -> dict[str, Any]:
+    return {
+        "num_layers": stats.num_layers,
+        "num_tokens": stats.num_tokens,
+        "num_sequences": stats.num_sequences,
+        "rls": analysis_plan.rls,
+        "num_clusters": analysis_plan.num_clusters,
+        "labels": analysis_plan.labels,
+    }
+
+
+def _heatmap(stats, labels, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lorp_lightning.plots import similarity_heatmap
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    similarity_heatmap(stats, labels=labels, ax=ax, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+
+
+def _finite(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_analyze(args) -> dict:
+    out = _Output(args.out, args.overwrite)
+    try:
+        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        stats, seconds = _calibrate(args, model, tokenizer)
+        plan = _select(stats, 1, "lorp", num_clusters=args.num_clusters, seed=args.seed)
+        stats.save(out.path / "stats.pt")
+        _heatmap(stats, plan.labels, out.path / "similarity.png", f"{args.model}: RLS {plan.rls:.3f}, K {plan.num_clusters}")
+        report = {"command": "analyze", "model": args.model, "dtype": args.dtype,
+                  "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds, "stats_file": args.stats},
+                  "statistics": _stats_summary(stats, plan), "versions": _versions()}
+        _write_json(out.path / "report.json", report)
+        final = out.commit()
+    except BaseException:
+        out.abandon()
+        raise
+    clusters = _clusters_text(plan.labels)
+    print(f"{args.model}: {stats.num_layers} blocks, {stats.num_tokens} calibration tokens")
+    print(f"RLS {plan.rls:.3f}  ->  K {plan.num_clusters}")
+    print(f"clusters: {clusters}")
+    print(f"wrote {final}/stats.pt, report.json, similarity.png")
+    return report
+
+
+def _clusters_text(labels: list[int]) -> str:
+    groups: dict[int, list[int]] = {}
+    for block, label in enumerate(labels):
+        groups.setdefault(label, []).append(block)
+    return "  ".join(f"{label}: {_ranges(blocks)}" for label, blocks in sorted(groups.items()))
+
+
+def _ranges(blocks: list[int]) -> str:
+    parts, start = [], 0
+    for i in range(1, len(blocks) + 1):
+        if i == len(blocks) or blocks[i] != blocks[i - 1] + 1:
+            parts.append(str(blocks[start]) if i - 1 == start else f"{blocks[start]}-{blocks[i - 1]}")
+            start = i
+    return "{" + ",".join(parts) + "}"
+
+
+def _evaluate(models: dict, tokenizer, args) -> dict[str, dict[str, Any]]:
+    from lorp_lightning.evaluation import matmul_flops_per_token, measure_speed, num_parameters, perplexity, token_windows
+
+    windows = token_windows(tokenizer, _eval_text(args.eval_text), window=args.window, max_windows=args.eval_windows)
+    results: dict[str, dict[str, Any]] = {}
+    for name, model in models.items():
+        results[name] = {
+            "perplexity": _finite(perplexity(model, windows, progress=not args.quiet)),
+            "num_parameters": num_parameters(model),
+            "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
+            "matmul_flops_per_token": matmul_flops_per_token(model),
+        }
+    speed = measure_speed(models, prompt_tokens=512, new_tokens=64, repeats=args.speed_repeats)
+    for name in models:
+        results[name].update(speed[name])
+    results["_eval"] = {"text": args.eval_text, "split": "heldout", "windows": int(windows.shape[0]), "window": args.window}
+    return results
+
+
+def cmd_prune(args) -> dict:
+    from lorp_lightning.surgery import prune_layers
+
+    _check_method(args.method)
+    out = _Output(args.out, args.overwrite)
+    try:
+        timings = {}
+        start = time.perf_counter()
+        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        timings["load_seconds"] = time.perf_counter() - start
+        stats, timings["calibration_seconds"] = _calibrate(args, model, tokenizer)
+        analysis = _select(stats, 1, "lorp", seed=args.seed)
+        plan = _select(stats, args.amount, args.method, num_clusters=args.num_clusters, seed=args.seed)
+        start = time.perf_counter()
+        pruned = prune_layers(model, plan, inplace=False)
+        timings["prune_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        metrics = _evaluate({"dense": model, "pruned": pruned}, tokenizer, args)
+        timings["evaluation_seconds"] = time.perf_counter() - start
+        eval_setup = metrics.pop("_eval")
+        pruned.save_pretrained(out.path)
+        tokenizer.save_pretrained(out.path)
+        report = {"command": "prune", "model": args.model, "dtype": args.dtype, "plan": plan.to_dict(),
+                  "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "stats_file": args.stats},
+                  "statistics": _stats_summary(stats, analysis), "evaluation": eval_setup, "metrics": metrics,
+                  "timings": timings, "versions": _versions()}
+        _write_json(out.path / "report.json", report)
+        final = out.commit()
+    except BaseException:
+        out.abandon()
+        raise
+    print(plan)
+    print(_comparison_table(metrics))
+    print(f"saved the pruned model to {final} (report.json beside it)")
+    return report
+
+
+def _comparison_table(metrics: dict[str, dict[str, Any]]) -> str:
+    dense, pruned = metrics["dense"], metrics["pruned"]
+    rows = [
+        ("blocks", "num_layers", "{:d}", None),
+        ("parameters (M)", "num_parameters", "{:.1f}", 1e-6),
+        ("held-out perplexity", "perplexity", "{:.2f}", None),
+        ("prefill latency, 512 tokens (ms)", "prefill_seconds", "{:.1f}", 1e3),
+        ("decode throughput (tokens/s)", "decode_tokens_per_second", "{:.1f}", None),
+        ("peak memory (MB)", "peak_memory_mb", "{:.0f}", None),
+    ]
+    lines = [f"{'':34} {'dense':>12} {'pruned':>12} {'pruned/dense':>13}"]
+    for label, key, fmt, scale in rows:
+        a, b = dense[key], pruned[key]
+        if isinstance(a, str) or isinstance(b, str):
+            lines.append(f"{label:34} {a!s:>12} {b!s:>12} {'':>13}")
+            continue
+        shown_a, shown_b = (a * scale, b * scale) if scale else (a, b)
+        lines.append(f"{label:34} {fmt.format(shown_a):>12} {fmt.format(shown_b):>12} {b / a:>13.3f}")
+    ideal = dense["matmul_flops_per_token"] / pruned["matmul_flops_per_token"]
+    measured_prefill = dense["prefill_seconds"] / pruned["prefill_seconds"]
+    measured_decode = pruned["decode_tokens_per_second"] / dense["decode_tokens_per_second"]
+    lines.append(f"speed-up: prefill {measured_prefill:.2f}x, decode {measured_decode:.2f}x; ideal from matmul FLOPs per token {ideal:.2f}x")
+    return "\n".join(lines)
+
+
+def cmd_compare(args) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lorp_lightning.evaluation import perplexity, token_windows
+    from lorp_lightning.surgery import prune_layers
+
+    methods = [m for m in args.methods.split(",") if m]
+    for method in methods:
+        _check_method(method)
+    amounts = [_fraction_or_count_or_usage(a) for a in args.amounts.split(",") if a]
+    out = _Output(args.out, args.overwrite)
+    try:
+        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        stats, seconds = _calibrate(args, model, tokenizer)
+        windows = token_windows(tokenizer, _eval_text(args.eval_text), window=args.window, max_windows=args.eval_windows)
+        dense_ppl = perplexity(model, windows)
+        rows = []
+        for amount in amounts:
+            for method in methods:
+                plan = _select(stats, amount, method, seed=args.seed)
+                pruned = prune_layers(model, plan, inplace=False)
+                rows.append({"amount": amount, "method": method, "pruned": plan.pruned, "num_pruned": len(plan.pruned),
+                             "perplexity": _finite(perplexity(pruned, windows))})
+                del pruned
+        analysis = _select(stats, 1, "lorp", seed=args.seed)
+        report = {"command": "compare", "model": args.model, "dtype": args.dtype, "dense_perplexity": dense_ppl,
+                  "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds},
+                  "statistics": _stats_summary(stats, analysis),
+                  "evaluation": {"text": args.eval_text, "split": "heldout", "windows": int(windows.shape[0]), "window": args.window},
+                  "results": rows, "versions": _versions()}
+        _write_json(out.path / "report.json", report)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for method in methods:
+            points = [(r["num_pruned"], r["perplexity"]) for r in rows if r["method"] == method and not isinstance(r["perplexity"], str)]
+            ax.plot(*zip(*points), marker="o", label=method) if points else None
+        ax.axhline(dense_ppl, color="black", linestyle=":", label="dense")
+        ax.set_yscale("log")
+        ax.set_xlabel("blocks removed")
+        ax.set_ylabel(f"held-out perplexity ({args.eval_text})")
+        ax.set_title(args.model)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out.path / "perplexity.png", dpi=120)
+        plt.close(fig)
+        final = out.commit()
+    except BaseException:
+        out.abandon()
+        raise
+    print(f"{args.model}: dense perplexity {dense_ppl:.2f} on {args.eval_text} (held-out)")
+    print(f"{'amount':>7} {'blocks':>6} " + " ".join(f"{m:>11}" for m in methods))
+    for amount in amounts:
+        cells = {r["method"]: r for r in rows if r["amount"] == amount}
+        ppl = [cells[m]["perplexity"] for m in methods]
+        print(f"{amount!s:>7} {cells[methods[0]]['num_pruned']:>6} " + " ".join(f"{p:>11.2f}" if not isinstance(p, str) else f"{p:>11}" for p in ppl))
+    print(f"wrote {final}/report.json, perplexity.png")
+    return report
+
+
+def _fraction_or_count_or_usage(text: str):
+    try:
+        return _fraction_or_count(text)
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(str(error)) from error
+
+
+def cmd_eval(args) -> dict:
+    from lorp_lightning.evaluation import matmul_flops_per_token, measure_speed, num_parameters, perplexity, token_windows
+
+    out = _Output(args.out, args.overwrite)
+    try:
+        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        texts = (args.texts or args.eval_text).split(",")
+        ppl = {}
+        for text in texts:
+            windows = token_windows(tokenizer, _eval_text(text), window=args.window, max_windows=args.eval_windows)
+            ppl[text] = _finite(perplexity(model, windows, progress=not args.quiet))
+        speed = measure_speed({"model": model}, repeats=args.speed_repeats)["model"]
+        metrics = {"perplexity": ppl, "num_parameters": num_parameters(model),
+                   "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
+                   "matmul_flops_per_token": matmul_flops_per_token(model), **speed}
+        report = {"command": "eval", "model": args.model, "dtype": args.dtype, "window": args.window,
+                  "eval_windows": args.eval_windows, "metrics": metrics, "versions": _versions()}
+        _write_json(out.path / "report.json", report)
+        final = out.commit()
+    except BaseException:
+        out.abandon()
+        raise
+    print(f"{args.model}: {metrics['num_layers']} blocks, {metrics['num_parameters'] / 1e6:.1f} M parameters")
+    for text, value in ppl.items():
+        print(f"  held-out perplexity on {text}: {value if isinstance(value, str) else f'{value:.2f}'}")
+    print(f"  prefill latency (512 tokens): {speed['prefill_seconds'] * 1e3:.1f} ms; decode: {speed['decode_tokens_per_second']:.1f} tokens/s; peak memory {speed['peak_memory_mb']:.0f} MB")
+    print(f"wrote {final}/report.json")
+    return report
+
+
+COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "compare": cmd_compare, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quiet:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"lorp {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The `lorp` command line, run for real on SmolLM2 with small budgets."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lorp_lightning.cli import main
+
+SMALL = ["--windows", "4", "--window", "128", "--batch-size", "2", "--quiet"]
+SMALL_EVAL = ["--eval-windows", "2", "--speed-repeats", "1"]
+
+
+def test_analyze_writes_reloadable_stats_a_report_and_a_heatmap(tmp_path, capsys):
+    from lorp_lightning import LayerStats, select_layers
+
+    out = tmp_path / "analysis"
+    assert main(["analyze", "smollm2-135m", *SMALL, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "similarity.png", "stats.pt"]
+    stats = LayerStats.load(out / "stats.pt")
+    report = json.loads((out / "report.json").read_text())
+    plan = select_layers(stats, 1)
+    assert stats.num_layers == 30 and stats.num_tokens == 4 * 128
+    assert report["statistics"]["rls"] == plan.rls
+    assert report["statistics"]["num_clusters"] == plan.num_clusters
+    assert report["statistics"]["labels"] == plan.labels
+    assert set(report["versions"]) == {"torch", "transformers", "lorp_lightning"}
+    printed = capsys.readouterr().out
+    assert f"RLS {plan.rls:.3f}  ->  K {plan.num_clusters}" in printed
+
+
+def test_prune_saves_a_model_that_plain_transformers_reloads_and_reports_both_sides(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorp_lightning import LayerStats, select_layers
+
+    analysis = tmp_path / "analysis"
+    assert main(["analyze", *SMALL, "--out", str(analysis)]) == 0
+    out = tmp_path / "pruned"
+    code = main(["prune", "--amount", "0.25", "--method", "shortgpt", "--stats", str(analysis / "stats.pt"),
+                 "--out", str(out), *SMALL, *SMALL_EVAL])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    expected = select_layers(LayerStats.load(analysis / "stats.pt"), 0.25, method="shortgpt")
+    assert report["plan"]["pruned"] == expected.pruned and len(expected.pruned) == 7
+    assert report["metrics"]["dense"]["num_layers"] == 30 and report["metrics"]["pruned"]["num_layers"] == 23
+    for side in ("dense", "pruned"):
+        metrics = report["metrics"][side]
+        assert math.isfinite(metrics["perplexity"]) and metrics["perplexity"] > 1
+        assert metrics["prefill_seconds"] > 0 and metrics["decode_tokens_per_second"] > 0 and metrics["peak_memory_mb"] > 0
+    assert report["metrics"]["pruned"]["num_parameters"] < report["metrics"]["dense"]["num_parameters"]
+    assert report["timings"]["calibration_seconds"] == 0.0  # statistics were reused, not recomputed
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert reloaded.config.num_hidden_layers == 23
+    assert reloaded.config.lorp_pruning["pruned_layers"] == expected.pruned
+    ids = tokenizer("The history of the city", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.isfinite(reloaded(ids).logits).all()
+    printed = capsys.readouterr().out
+    assert "held-out perplexity" in printed and "ideal from matmul FLOPs" in printed
+
+
+def test_an_existing_output_directory_needs_overwrite_and_is_left_as_it_was(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert main(["analyze", *SMALL, "--out", str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no temporary folder left beside it
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prune", "no-such-model"], "unknown model name_or_path='no-such-model'"),
+        (["prune", "--method", "best"], "unknown method 'best'"),
+        (["prune", "--amount", "29"], "num_prune"),
+        (["analyze", "--text", "ptb"], "unknown calibration text 'ptb'"),
+    ],
+)
+def test_bad_arguments_end_with_one_clear_line_and_exit_status_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert main([*argv, *SMALL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_console_script_rejects_an_amount_out_of_range():
+    result = subprocess.run([sys.executable, "-m", "lorp_lightning.cli", "prune", "--amount", "1.5"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "amount must be a fraction in (0, 1) or a block count" in result.stderr
+
+
+def test_compare_runs_every_method_at_every_budget_from_one_pass(tmp_path):
+    out = tmp_path / "compare"
+    code = main(["compare", "--amounts", "0.1,0.2", "--methods", "lorp,last", "--eval-windows", "1", "--out", str(out), *SMALL])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["amount"], r["method"], r["num_pruned"]) for r in report["results"]] == [
+        (0.1, "lorp", 3), (0.1, "last", 3), (0.2, "lorp", 6), (0.2, "last", 6)]
+    assert [r["pruned"] for r in report["results"] if r["method"] == "last"] == [[26, 27, 28], [23, 24, 25, 26, 27, 28]]
+    assert (out / "perplexity.png").is_file()
