@@ -76,6 +76,8 @@ def _add_evaluation(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-text", default="wiki", help="held-out text for perplexity: a bundled name or a path to a text file (default: wiki)")
     parser.add_argument("--eval-windows", type=_positive_int, default=40, help="evaluation windows of --window tokens (default: 40)")
     parser.add_argument("--speed-repeats", type=_positive_int, default=5, help="repeats of the interleaved speed runs (default: 5)")
+    parser.add_argument("--prompt-tokens", type=_positive_int, default=512, help="prompt length for prefill latency (default: 512)")
+    parser.add_argument("--new-tokens", type=_positive_int, default=64, help="tokens generated with the KV cache for decode throughput (default: 64)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
     _add_calibration(prune)
     _add_evaluation(prune)
-    _add_common(prune, "lorp-pruned")
+    _add_common(prune, "pruned/MODEL-METHOD-AMOUNT")
 
     compare = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
     compare.add_argument("model", nargs="?", default=DEFAULT_MODEL)
@@ -301,7 +303,7 @@ def _evaluate(models: dict, tokenizer, args) -> dict[str, dict[str, Any]]:
             "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
             "matmul_flops_per_token": matmul_flops_per_token(model),
         }
-    speed = measure_speed(models, prompt_tokens=512, new_tokens=64, repeats=args.speed_repeats)
+    speed = measure_speed(models, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.speed_repeats)
     for name in models:
         results[name].update(speed[name])
     results["_eval"] = {"text": args.eval_text, "split": "heldout", "windows": int(windows.shape[0]), "window": args.window}
@@ -312,6 +314,8 @@ def cmd_prune(args) -> dict:
     from lorp_lightning.surgery import prune_layers
 
     _check_method(args.method)
+    if args.out == "pruned/MODEL-METHOD-AMOUNT":
+        args.out = f"pruned/{Path(args.model).name}-{args.method}-{args.amount}"
     out = _Output(args.out, args.overwrite)
     try:
         timings = {}
@@ -351,7 +355,7 @@ def _comparison_table(metrics: dict[str, dict[str, Any]]) -> str:
         ("blocks", "num_layers", "{:d}", None),
         ("parameters (M)", "num_parameters", "{:.1f}", 1e-6),
         ("held-out perplexity", "perplexity", "{:.2f}", None),
-        ("prefill latency, 512 tokens (ms)", "prefill_seconds", "{:.1f}", 1e3),
+        ("prefill latency (ms)", "prefill_seconds", "{:.1f}", 1e3),
         ("decode throughput (tokens/s)", "decode_tokens_per_second", "{:.1f}", None),
         ("peak memory (MB)", "peak_memory_mb", "{:.0f}", None),
     ]
@@ -449,7 +453,8 @@ def cmd_eval(args) -> dict:
         for text in texts:
             windows = token_windows(tokenizer, _eval_text(text), window=args.window, max_windows=args.eval_windows)
             ppl[text] = _finite(perplexity(model, windows, progress=not args.quiet))
-        speed = measure_speed({"model": model}, repeats=args.speed_repeats)["model"]
+        speed = measure_speed({"model": model}, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                              repeats=args.speed_repeats)["model"]
         metrics = {"perplexity": ppl, "num_parameters": num_parameters(model),
                    "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
                    "matmul_flops_per_token": matmul_flops_per_token(model), **speed}
@@ -463,7 +468,7 @@ def cmd_eval(args) -> dict:
     print(f"{args.model}: {metrics['num_layers']} blocks, {metrics['num_parameters'] / 1e6:.1f} M parameters")
     for text, value in ppl.items():
         print(f"  held-out perplexity on {text}: {value if isinstance(value, str) else f'{value:.2f}'}")
-    print(f"  prefill latency (512 tokens): {speed['prefill_seconds'] * 1e3:.1f} ms; decode: {speed['decode_tokens_per_second']:.1f} tokens/s; peak memory {speed['peak_memory_mb']:.0f} MB")
+    print(f"  prefill latency ({args.prompt_tokens} tokens): {speed['prefill_seconds'] * 1e3:.1f} ms; decode: {speed['decode_tokens_per_second']:.1f} tokens/s; peak memory {speed['peak_memory_mb']:.0f} MB")
     print(f"wrote {final}/report.json")
     return report
 

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 EPS = 1e-8  # in f_l(t) = h_l(t) / (||h_l(t)||_2 + EPS)
-_TOKENS_PER_CHUNK = 256  # tokens per float64 product in gram_of_normalized_states
+_TOKENS_PER_CHUNK = 64  # tokens per float64 product in gram_of_normalized_states (small: bounds temporaries)
 
 
 # --------------------------------------------------------------------------- pure functions

@@ -13,7 +13,7 @@ import torch
 from lorp_lightning.cli import main
 
 SMALL = ["--windows", "4", "--window", "128", "--batch-size", "2", "--quiet"]
-SMALL_EVAL = ["--eval-windows", "2", "--speed-repeats", "1"]
+SMALL_EVAL = ["--eval-windows", "2", "--speed-repeats", "1", "--prompt-tokens", "64", "--new-tokens", "8"]
 
 
 def test_analyze_writes_reloadable_stats_a_report_and_a_heatmap(tmp_path, capsys):
@@ -110,3 +110,18 @@ def test_compare_runs_every_method_at_every_budget_from_one_pass(tmp_path):
         (0.1, "lorp", 3), (0.1, "last", 3), (0.2, "lorp", 6), (0.2, "last", 6)]
     assert [r["pruned"] for r in report["results"] if r["method"] == "last"] == [[26, 27, 28], [23, 24, 25, 26, 27, 28]]
     assert (out / "perplexity.png").is_file()
+
+
+def test_eval_reports_perplexity_on_each_text_size_speed_and_memory(tmp_path, capsys):
+    text_file = tmp_path / "mine.txt"
+    text_file.write_text("The river flows through the old town and under seven stone bridges. " * 40)
+    out = tmp_path / "eval"
+    code = main(["eval", "smollm2-135m", "--texts", f"wiki,lambada,{text_file}", "--window", "64", "--quiet",
+                 "--out", str(out), *SMALL_EVAL])
+    assert code == 0
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    assert list(metrics["perplexity"]) == ["wiki", "lambada", str(text_file)]
+    assert all(math.isfinite(v) and v > 1 for v in metrics["perplexity"].values())
+    assert metrics["perplexity"][str(text_file)] < metrics["perplexity"]["wiki"]  # a repeated sentence is easy
+    assert metrics["num_layers"] == 30 and metrics["num_parameters"] == 134_515_008
+    assert "held-out perplexity on lambada" in capsys.readouterr().out
