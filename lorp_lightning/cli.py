@@ -17,8 +17,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -480,11 +482,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quiet:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        # A terminated run unwinds like Ctrl-C, so its temporary output folder is removed.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         COMMANDS[args.command](args)
     except UsageError as error:
         print(f"lorp {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

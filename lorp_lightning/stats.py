@@ -32,10 +32,13 @@ __all__ = [
     "LayerStats",
     "collect_layer_stats",
     "gram_of_normalized_states",
+    "last_token_index",
+    "model_inputs",
     "normalize_states",
 ]
 
 EPS = 1e-8  # in f_l(t) = h_l(t) / (||h_l(t)||_2 + EPS)
+_FORMAT = "lorp_lightning.LayerStats/1"
 _TOKENS_PER_CHUNK = 64  # tokens per float64 product in gram_of_normalized_states (small: bounds temporaries)
 
 
@@ -76,7 +79,7 @@ def gram_of_normalized_states(states: Tensor, token_mask: Tensor | None = None) 
     return gram, int(index.numel())
 
 
-def _last_token_index(attention_mask: Tensor) -> Tensor:
+def last_token_index(attention_mask: Tensor) -> Tensor:
     """Position of the last non-padding token of each sequence (left or right padding)."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask.bool() * (positions + 1)).argmax(dim=1)
@@ -110,38 +113,34 @@ class LayerStats:
         """N, the number of decoder blocks (one less than the number of hidden states)."""
         return self.similarity.shape[0] - 1
 
-    def to_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """The statistics as a dict of tensors and ints (what checkpoints and :meth:`save` store)."""
         return {
-            "similarity": self.similarity.tolist(),
-            "last_token_similarity": self.last_token_similarity.tolist(),
+            "similarity": self.similarity,
+            "last_token_similarity": self.last_token_similarity,
             "num_tokens": self.num_tokens,
             "num_sequences": self.num_sequences,
         }
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "LayerStats":
+        return cls(
+            similarity=state["similarity"],
+            last_token_similarity=state["last_token_similarity"],
+            num_tokens=int(state["num_tokens"]),
+            num_sequences=int(state["num_sequences"]),
+        )
+
     def save(self, path: str | os.PathLike) -> None:
         """Save to a file that :meth:`load` reads back exactly (a ``torch.save`` of tensors)."""
-        torch.save(
-            {
-                "format": "lorp_lightning.LayerStats/1",
-                "similarity": self.similarity,
-                "last_token_similarity": self.last_token_similarity,
-                "num_tokens": self.num_tokens,
-                "num_sequences": self.num_sequences,
-            },
-            path,
-        )
+        torch.save({"format": _FORMAT, **self.state_dict()}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LayerStats":
         data = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or data.get("format") != "lorp_lightning.LayerStats/1":
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a file written by LayerStats.save")
-        return cls(
-            similarity=data["similarity"],
-            last_token_similarity=data["last_token_similarity"],
-            num_tokens=int(data["num_tokens"]),
-            num_sequences=int(data["num_sequences"]),
-        )
+        return cls.from_state_dict(data)
 
 
 # --------------------------------------------------------------------------- the metric
@@ -202,7 +201,7 @@ class LayerSimilarity(Metric):
         self.gram += gram.to(self.gram.device)
         self.num_tokens += count
         has_tokens = attention_mask.bool().any(dim=1)
-        last = _last_token_index(attention_mask)
+        last = last_token_index(attention_mask)
         last_states = hidden_states[:, torch.arange(batch, device=last.device), last]  # (N+1, B, D)
         last_gram, num_sequences = gram_of_normalized_states(last_states, has_tokens)
         self.last_token_gram += last_gram.to(self.last_token_gram.device)
@@ -295,7 +294,7 @@ class HiddenStateRecorder:
         return hook
 
 
-def _as_model_inputs(batch: Tensor | Mapping[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+def model_inputs(batch: Tensor | Mapping[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
     if isinstance(batch, Mapping):
         if "input_ids" not in batch:
             raise ValueError(f"a batch dict needs 'input_ids'; got keys {sorted(batch)}")
@@ -344,7 +343,7 @@ def collect_layer_stats(model: nn.Module, batches: Iterable[Tensor | Mapping[str
     try:
         with recorder:
             for batch in tqdm(batches, desc="calibration", unit="batch", disable=not progress):
-                input_ids, attention_mask = _as_model_inputs(batch, device)
+                input_ids, attention_mask = model_inputs(batch, device)
                 stack(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
                 metric.update(recorder.pop(), attention_mask)
     finally:

@@ -1,0 +1,460 @@
+"""Lightning callbacks: gather layer statistics while a loop runs, and prune with LoRP.
+
+Both callbacks listen to the decoder blocks of ``pl_module.model`` (a Hugging Face causal LM;
+:class:`~lorp_lightning.module.LoRPModule` is such a module) and feed
+:class:`~lorp_lightning.stats.LayerSimilarity`, whose sum states are synchronised across
+processes when computed, so statistics gathered under DDP equal those of one process over all
+the batches. The selection is :func:`~lorp_lightning.selection.select_layers` and the surgery
+:func:`~lorp_lightning.surgery.prune_layers`; nothing here computes anything itself.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from typing_extensions import override
+
+from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.selection import METHODS, PruningPlan, resolve_budget, select_layers
+from lorp_lightning.stats import HiddenStateRecorder, LayerSimilarity, LayerStats, model_inputs
+from lorp_lightning.surgery import prune_layers
+
+__all__ = ["LayerStatsCallback", "LoRPPruneCallback"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _causal_lm(pl_module: pl.LightningModule, owner: str) -> nn.Module:
+    """``pl_module.model``, checked to be a Hugging Face causal LM whose blocks lorp_lightning knows."""
+    model = getattr(pl_module, "model", None)
+    try:
+        decoder_layers(model)
+    except (AttributeError, NotImplementedError, TypeError) as error:
+        raise TypeError(
+            f"{owner} works on a LightningModule whose `.model` is a Hugging Face causal LM (LoRPModule is one); "
+            f"{type(pl_module).__name__}.model is {type(model).__name__}: {error}"
+        ) from error
+    return model
+
+
+class _Listener:
+    """Hooks on the decoder blocks feeding a fresh :class:`LayerSimilarity`, for one run of a loop."""
+
+    def __init__(self) -> None:
+        self.recorder: HiddenStateRecorder | None = None
+        self.metric: LayerSimilarity | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.recorder is not None
+
+    def start(self, model: nn.Module, device: torch.device) -> None:
+        self.stop()
+        self.recorder = HiddenStateRecorder(model)
+        self.metric = LayerSimilarity(self.recorder.num_layers).to(device)
+        self.recorder.attach()
+
+    def update(self, batch: Any) -> None:
+        assert self.recorder is not None and self.metric is not None
+        _, attention_mask = model_inputs(batch, self.metric.device)
+        self.metric.update(self.recorder.pop(), attention_mask)
+
+    def finish(self) -> LayerStats:
+        """Detach, and compute the statistics (synchronised across processes: call it on every rank)."""
+        assert self.metric is not None
+        metric = self.metric
+        self.stop()
+        stats = metric.compute()
+        with torch.inference_mode(False):  # plain tensors, even when computed inside an evaluation loop
+            return LayerStats(
+                similarity=stats.similarity.clone(),
+                last_token_similarity=stats.last_token_similarity.clone(),
+                num_tokens=stats.num_tokens,
+                num_sequences=stats.num_sequences,
+            )
+
+    def stop(self) -> None:
+        if self.recorder is not None:
+            self.recorder.detach()
+        self.recorder = None
+        self.metric = None
+
+
+class LayerStatsCallback(Callback):
+    r"""Gathers the layer statistics of the model (a :class:`~lorp_lightning.stats.LayerStats`)
+    while ``predict`` runs, and, if asked, while validation runs.
+
+    Example::
+
+        stats_callback = LayerStatsCallback()
+        Trainer(callbacks=[stats_callback]).predict(LoRPModule("smollm2-135m"), datamodule=TextDataModule("wiki"))
+        plan = select_layers(stats_callback.stats, 0.25)
+
+    Args:
+        stages: the loops to listen to: ``"predict"`` (default), ``"validation"``, or both as a
+            tuple. Each run of a loop (each validation, sanity check excluded) starts the
+            statistics afresh; :attr:`stats` holds those of the latest run.
+
+    The statistics are part of the callback's state, so they are saved in checkpoints.
+    """
+
+    STAGES = ("predict", "validation")
+
+    def __init__(self, stages: str | Iterable[str] = "predict") -> None:
+        requested = (stages,) if isinstance(stages, str) else tuple(stages) if isinstance(stages, Iterable) else None
+        if not requested or any(stage not in self.STAGES for stage in requested):
+            raise ValueError(
+                f"stages must be 'predict', 'validation' or both as a tuple, got stages={stages!r}"
+            )
+        self.stages = tuple(dict.fromkeys(requested))
+        self.stats: LayerStats | None = None
+        self._listener = _Listener()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(stages=self.stages)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _causal_lm(pl_module, type(self).__name__)
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage in self.stages and not trainer.sanity_checking:
+            self._listener.start(pl_module.model, pl_module.device)
+
+    def _finish(self) -> None:
+        if self._listener.active:
+            self.stats = self._listener.finish()
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module, "validation")
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._listener.active:
+            self._listener.update(batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish()
+
+    @override
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module, "predict")
+
+    @override
+    def on_predict_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._listener.active:
+            self._listener.update(batch)
+
+    @override
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._listener.stop()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"stats": None if self.stats is None else self.stats.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stats = None if state_dict.get("stats") is None else LayerStats.from_state_dict(state_dict["stats"])
+
+
+class LoRPPruneCallback(Callback):
+    r"""Prunes decoder blocks of the model with LoRP (or a baseline) once, at the end of a loop.
+
+    Example::
+
+        Trainer(callbacks=[LoRPPruneCallback(0.25)]).validate(LoRPModule("smollm2-135m"), datamodule=TextDataModule("wiki"))
+
+    The statistics come from the batches the model runs on before the pruning: those of the
+    validation (``prune_on="validation_end"``, or the last validation of ``fit`` for
+    ``"fit_end"``) or of ``predict`` (``"predict_end"``). The callback gathers them itself, unless
+    the Trainer has a :class:`LayerStatsCallback`, whose statistics it then uses. It selects the
+    blocks with :func:`~lorp_lightning.selection.select_layers`, removes them with
+    :func:`~lorp_lightning.surgery.prune_layers`, and logs the RLS (``lorp/rls``), K
+    (``lorp/num_clusters``), ``lorp/num_pruned`` and ``lorp/num_layers`` to the loggers' metrics,
+    the plan to their hyper-parameters, and a one-line summary.
+
+    It never prunes during the sanity check and prunes only once: later validations leave the
+    model alone. Pruned in the middle of ``fit``, the model keeps training: the optimizers and
+    learning-rate schedulers are built again by ``configure_optimizers``, over the kept
+    parameters (single-device and DDP strategies). Under DDP, every process prunes the same
+    blocks, selected from the statistics of all processes. (Lightning's ``DistributedSampler``
+    repeats samples to even out the processes: for exact statistics, use a number of batches
+    divisible by the number of processes.)
+
+    Args:
+        amount: how many blocks to prune: an int (a count) or a float in (0, 1) (a fraction of
+            the blocks, rounded down).
+        method: ``"lorp"`` (default) or a baseline of :data:`~lorp_lightning.selection.METHODS`.
+        num_clusters: ``"lorp"`` only: force K instead of deriving it from the RLS.
+        protect: block indices never pruned; default None: the first and the last block.
+        prune_on: ``"validation_end"`` (default), ``"fit_end"`` or ``"predict_end"``.
+        seed: the seed of the clustering (``"lorp"``) or of the draw (``"random"``).
+        verbose: print the one-line summary (on rank zero).
+
+    After pruning, :attr:`plan` is the :class:`~lorp_lightning.selection.PruningPlan` and
+    :attr:`stats` the statistics it was chosen from; both are part of the callback's state.
+    """
+
+    PRUNE_ON = ("validation_end", "fit_end", "predict_end")
+
+    def __init__(
+        self,
+        amount: int | float,
+        method: str = "lorp",
+        num_clusters: int | None = None,
+        protect: Iterable[int] | None = None,
+        prune_on: str = "validation_end",
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        if _is_int(amount):
+            if amount < 1:
+                raise ValueError(f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
+            amount = int(amount)
+        elif isinstance(amount, numbers.Real) and not isinstance(amount, bool):
+            amount = float(amount)
+            if not 0.0 < amount < 1.0:  # also rejects NaN
+                raise ValueError(
+                    f"amount={amount!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, "
+                    "or an int count"
+                )
+        else:
+            raise ValueError(
+                f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
+            )
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got method={method!r}")
+        if num_clusters is not None:
+            if method != "lorp":
+                raise ValueError(
+                    f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}"
+                )
+            if not _is_int(num_clusters) or num_clusters < 1:
+                raise ValueError(f"num_clusters must be a positive int or None, got num_clusters={num_clusters!r}")
+        if protect is not None:
+            if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
+                raise ValueError(f"protect must be a list of block indices or None, got protect={protect!r}")
+            protect = tuple(protect)
+            if not all(_is_int(p) and p >= 0 for p in protect):
+                raise ValueError(f"protect must hold block indices (ints >= 0), got protect={protect!r}")
+            protect = tuple(int(p) for p in protect)
+        if prune_on not in self.PRUNE_ON:
+            raise ValueError(f"prune_on must be one of {', '.join(map(repr, self.PRUNE_ON))}, got prune_on={prune_on!r}")
+        if not _is_int(seed) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got seed={seed!r}")
+        self.amount = amount
+        self.method = method
+        self.num_clusters = None if num_clusters is None else int(num_clusters)
+        self.protect = protect
+        self.prune_on = prune_on
+        self.seed = int(seed)
+        self.verbose = verbose
+        self.plan: PruningPlan | None = None
+        self.stats: LayerStats | None = None
+        self._listener = _Listener()
+        self._stats_callback: LayerStatsCallback | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(amount=self.amount, method=self.method, prune_on=self.prune_on)
+
+    @property
+    def _listens_to(self) -> str:
+        return "predict" if self.prune_on == "predict_end" else "validation"
+
+    # ------------------------------------------------------------------ setup
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        model = _causal_lm(pl_module, type(self).__name__)
+        if self.plan is None:
+            self._check_budget(len(decoder_layers(model)))
+        self._stats_callback = next((cb for cb in trainer.callbacks if isinstance(cb, LayerStatsCallback)), None)
+        if self._stats_callback is not None and self._listens_to not in self._stats_callback.stages:
+            raise ValueError(
+                f"LoRPPruneCallback(prune_on={self.prune_on!r}) reads the statistics of the {self._listens_to} loop, "
+                f"but the Trainer's LayerStatsCallback listens to {self._stats_callback.stages}; pass "
+                f"LayerStatsCallback(stages=('predict', 'validation')) or remove it"
+            )
+        if (
+            stage == "fit"
+            and self.prune_on == "validation_end"
+            and not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        ):
+            raise ValueError(
+                f"LoRPPruneCallback(prune_on='validation_end') rebuilds the optimizers after pruning in the middle of "
+                f"fit, which it does for single-device and DDP strategies only, not {type(trainer.strategy).__name__}; "
+                "prune with prune_on='fit_end', or before fit with trainer.validate"
+            )
+
+    def _check_budget(self, num_layers: int) -> None:
+        """The errors select_layers would raise about the arguments, now rather than after a loop."""
+        protect = {0, num_layers - 1} if self.protect is None else set(self.protect)
+        outside = sorted(p for p in protect if p >= num_layers)
+        if outside:
+            raise ValueError(f"protect={self.protect!r} holds {outside}, beyond the {num_layers} blocks of the model")
+        if self.num_clusters is not None and self.num_clusters > num_layers:
+            raise ValueError(
+                f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}"
+            )
+        resolve_budget(self.amount, num_layers, num_layers - len(protect))
+
+    # ------------------------------------------------------------------ listening
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loop: str) -> None:
+        if (
+            loop == self._listens_to
+            and self.plan is None
+            and self._stats_callback is None
+            and not trainer.sanity_checking
+        ):
+            self._listener.start(pl_module.model, pl_module.device)
+
+    def _finish(self) -> None:
+        if self._listener.active:
+            self.stats = self._listener.finish()
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module, "validation")
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._listener.active:
+            self._listener.update(batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish()
+
+    @override
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module, "predict")
+
+    @override
+    def on_predict_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._listener.active:
+            self._listener.update(batch)
+
+    @override
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._listener.stop()
+
+    # ------------------------------------------------------------------ pruning
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.prune_on == "validation_end" and not trainer.sanity_checking:
+            self._prune(trainer, pl_module)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.prune_on == "fit_end":
+            self._prune(trainer, pl_module)
+
+    @override
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.prune_on == "predict_end":
+            self._prune(trainer, pl_module)
+
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.plan is not None:
+            return
+        if self._stats_callback is not None:
+            self.stats = self._stats_callback.stats
+        if self.stats is None:
+            raise RuntimeError(
+                f"LoRPPruneCallback(prune_on={self.prune_on!r}) has no statistics to select from: no "
+                f"{self._listens_to} batch ran through the model. Give the Trainer {self._listens_to} data "
+                "(a datamodule or dataloader, and limit_val_batches > 0 for validation)"
+            )
+        plan = select_layers(
+            self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect, seed=self.seed
+        )
+        plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
+        with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode
+            prune_layers(pl_module.model, plan)
+            if trainer.state.fn == TrainerFn.FITTING and self.prune_on == "validation_end":
+                self._rebuild_optimizers(trainer, pl_module)
+        self.plan = plan
+        self._log(trainer)
+
+    @staticmethod
+    def _rebuild_optimizers(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Training continues on the pruned model: new DDP wrapper and optimizers over the kept parameters."""
+        strategy = trainer.strategy
+        if isinstance(strategy.model, DistributedDataParallel):
+            strategy.model = pl_module
+            strategy.configure_ddp()
+        strategy.setup_optimizers(trainer)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        plan = self.plan
+        assert plan is not None
+        metrics: dict[str, float] = {"lorp/num_pruned": len(plan.pruned), "lorp/num_layers": len(plan.kept)}
+        if plan.rls is not None:
+            metrics["lorp/rls"] = plan.rls
+        if plan.num_clusters is not None:
+            metrics["lorp/num_clusters"] = plan.num_clusters
+        hyperparameters = {
+            "lorp_method": plan.method,
+            "lorp_amount": self.amount,
+            "lorp_num_layers": plan.num_layers,
+            "lorp_pruned_layers": plan.pruned,
+            "lorp_rls": plan.rls,
+            "lorp_num_clusters": plan.num_clusters,
+            "lorp_prune_on": self.prune_on,
+        }
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hyperparameters)
+            logger.log_metrics(metrics, step=trainer.global_step)
+        if self.verbose:
+            rank_zero_info(f"LoRPPruneCallback: {plan}; {len(plan.kept)} blocks remain")
+
+    # ------------------------------------------------------------------ state
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        plan = None if self.plan is None else json.loads(self.plan.to_json())  # plain Python values only
+        return {"plan": plan, "stats": None if self.stats is None else self.stats.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        plan = state_dict.get("plan")
+        self.plan = None if plan is None else PruningPlan.from_dict(plan)
+        self.stats = None if state_dict.get("stats") is None else LayerStats.from_state_dict(state_dict["stats"])

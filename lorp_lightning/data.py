@@ -1,0 +1,230 @@
+"""Token windows of a text as a LightningDataModule: calibration, evaluation and healing data.
+
+Splits. A bundled text (``"wiki"``, ``"c4"``, ``"tinystories"``, ``"lambada"``) uses the splits of
+:mod:`lorp_lightning.assets`. A text file is cut into documents at blank lines (paragraphs), a
+list of strings is a list of documents, and each document goes to the held-out split by the same
+rule as the bundled texts: when the first eight hex digits of the sha256 of its (stripped) text,
+read as an integer, are divisible by 5 (about one document in five). The rule depends on the
+document alone, so the split is deterministic and independent of the order of the documents.
+
+Windows. The documents of a split are joined by blank lines, tokenized once and cut into
+consecutive, non-overlapping windows of ``window`` tokens (:func:`~lorp_lightning.evaluation.token_windows`);
+``num_calibration_windows`` (or ``num_eval_windows``) of them are drawn with ``seed`` and kept
+in text order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
+
+from lorp_lightning.assets import BUNDLED_TEXTS, load_documents, split_documents
+from lorp_lightning.evaluation import token_windows
+
+__all__ = ["TextDataModule"]
+
+SPLITS = ("calibration", "heldout")
+
+
+class _Windows(Dataset):
+    """Rows of a (num_windows, window) tensor as ``{"input_ids", "attention_mask"}`` samples."""
+
+    def __init__(self, windows: Tensor) -> None:
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return self.windows.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        ids = self.windows[index]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _positive_int_or_none(value: Any, name: str, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int ({what}) or None for all of them, got {name}={value!r}")
+
+
+class TextDataModule(pl.LightningDataModule):
+    """Fixed-length token windows of a text: calibration windows for ``predict`` and ``train``,
+    held-out windows for ``validate`` and ``test``.
+
+    Example::
+
+        dm = TextDataModule("wiki", window=512, num_calibration_windows=32)
+        trainer.validate(LoRPModule("smollm2-135m"), datamodule=dm)
+
+    Args:
+        text: a bundled text name (``"wiki"``, ``"c4"``, ``"tinystories"``, ``"lambada"``), the
+            path of a UTF-8 text file, or a list of strings (documents). See the module docs for
+            how a file or a list is split into calibration and held-out documents.
+        tokenizer: a Hugging Face tokenizer. Default None: the ``tokenizer`` of the Trainer's
+            LightningModule (a :class:`~lorp_lightning.module.LoRPModule` has one).
+        window: tokens per window (>= 2).
+        num_calibration_windows: how many calibration windows to draw (None: all of them).
+        num_eval_windows: how many held-out windows to draw (None: all of them).
+        batch_size: windows per batch.
+        seed: which windows are drawn, and the order of the training batches.
+        num_workers: passed to the DataLoaders.
+
+    After ``setup``, :meth:`windows` returns the drawn windows of a split as a tensor.
+    """
+
+    def __init__(
+        self,
+        text: str | os.PathLike | Sequence[str] = "wiki",
+        tokenizer: Any = None,
+        *,
+        window: int = 512,
+        num_calibration_windows: int | None = 32,
+        num_eval_windows: int | None = 32,
+        batch_size: int = 4,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self._source = self._check_text(text)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise ValueError(f"window must be an int >= 2 (tokens per window), got window={window!r}")
+        _positive_int_or_none(num_calibration_windows, "num_calibration_windows", "calibration windows to draw")
+        _positive_int_or_none(num_eval_windows, "num_eval_windows", "held-out windows to draw")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got batch_size={batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got seed={seed!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got num_workers={num_workers!r}")
+        self.tokenizer = tokenizer
+        self.window = window
+        self.num_windows = {"calibration": num_calibration_windows, "heldout": num_eval_windows}
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self._windows: dict[str, Tensor] = {}
+        self.save_hyperparameters(
+            {
+                "text": self._source[1] if self._source[0] != "documents" else f"{len(self._source[1])} documents",
+                "window": window,
+                "num_calibration_windows": num_calibration_windows,
+                "num_eval_windows": num_eval_windows,
+                "batch_size": batch_size,
+                "seed": seed,
+            }
+        )
+
+    @staticmethod
+    def _check_text(text: Any) -> tuple[str, Any]:
+        """("bundled", name) | ("file", path) | ("documents", tuple of strings)."""
+        if isinstance(text, (str, os.PathLike)):
+            if isinstance(text, str) and text in BUNDLED_TEXTS:
+                return "bundled", text
+            if Path(text).is_file():
+                return "file", os.fspath(text)
+            raise ValueError(
+                f"text={text!r} is neither a bundled text ({', '.join(BUNDLED_TEXTS)}) nor an existing file; "
+                "pass one of those names, the path of a text file, or a list of strings"
+            )
+        if isinstance(text, Sequence) and text and all(isinstance(doc, str) for doc in text):
+            return "documents", tuple(text)
+        raise ValueError(
+            f"text must be a bundled text name ({', '.join(BUNDLED_TEXTS)}), the path of a text file, or a non-empty "
+            f"list of strings; got {type(text).__name__} {text!r:.80}"
+        )
+
+    # ------------------------------------------------------------------ the windows
+
+    def documents(self, split: str) -> list[str]:
+        """The documents of ``split`` (``"calibration"`` or ``"heldout"``), in their original order."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
+        kind, source = self._source
+        if kind == "bundled":
+            return load_documents(source, split)
+        if kind == "file":
+            documents = re.split(r"\n\s*\n", Path(source).read_text(encoding="utf-8"))
+        else:
+            documents = list(source)
+        documents = [d.strip() for d in documents if d.strip()]
+        return split_documents(documents, split)
+
+    def windows(self, split: str) -> Tensor:
+        """The drawn windows of ``split`` as a (num_windows, window) tensor of token ids."""
+        if split not in self._windows:
+            self._windows[split] = self._draw(split)
+        return self._windows[split]
+
+    def _draw(self, split: str) -> Tensor:
+        documents = self.documents(split)
+        if not documents:
+            raise ValueError(
+                f"text={self._source[1]!r:.80} has no {split} documents under the hash rule (see "
+                "lorp_lightning.data); pass more documents (a file with more paragraphs, or a longer list)"
+            )
+        tokenizer = self._tokenizer()
+        try:
+            every = token_windows(tokenizer, "\n\n".join(documents), window=self.window)
+        except ValueError as error:
+            raise ValueError(f"the {split} split of text={self._source[1]!r:.80}: {error}") from error
+        wanted = self.num_windows[split]
+        if wanted is None:
+            return every
+        if wanted > every.shape[0]:
+            option = "num_calibration_windows" if split == "calibration" else "num_eval_windows"
+            raise ValueError(
+                f"{option}={wanted} but the {split} split of text={self._source[1]!r:.80} has only "
+                f"{every.shape[0]} windows of {self.window} tokens; ask for at most {every.shape[0]}, or pass None for all"
+            )
+        generator = torch.Generator().manual_seed(self.seed)
+        chosen = torch.randperm(every.shape[0], generator=generator)[:wanted].sort().values
+        return every[chosen]
+
+    def _tokenizer(self) -> Any:
+        if self.tokenizer is not None:
+            return self.tokenizer
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        tokenizer = getattr(module, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(
+                "TextDataModule has no tokenizer: pass TextDataModule(..., tokenizer=tokenizer), or use it with a "
+                "LightningModule that has a `tokenizer` attribute (LoRPModule has one)"
+            )
+        return tokenizer
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    @override
+    def setup(self, stage: str) -> None:
+        needed = {"fit": SPLITS, "validate": ("heldout",), "test": ("heldout",), "predict": ("calibration",)}
+        for split in needed.get(stage, SPLITS):
+            self.windows(split)
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return self._loader("calibration", shuffle=True, generator=generator)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("heldout")
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("heldout")
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("calibration")
+
+    def _loader(self, split: str, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            _Windows(self.windows(split)), batch_size=self.batch_size, num_workers=self.num_workers, **kwargs
+        )
