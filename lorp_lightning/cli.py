@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--window", type=_positive_int, default=512)
     _add_evaluation(evaluate)
     evaluate.add_argument("--texts", default=None, help="comma-separated held-out texts (bundled names or files); default: --eval-text")
+    evaluate.add_argument("--tasks", default=None,
+                          help="zero-shot tasks through lm-evaluation-harness: 'all' or a comma-separated subset of "
+                               "arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa,rte,copa,piqa "
+                               "(default: none; the full sets take hours on a CPU, see --limit)")
+    evaluate.add_argument("--limit", type=_positive_int, default=None, help="zero-shot: the first N documents of each task (default: all)")
+    evaluate.add_argument("--zero-shot-batch-size", type=_positive_int, default=8, help="zero-shot batch size (default: 8)")
     _add_common(evaluate, "lorp-eval")
     return parser
 
@@ -447,6 +453,7 @@ def _fraction_or_count_or_usage(text: str):
 def cmd_eval(args) -> dict:
     from lorp_lightning.evaluation import matmul_flops_per_token, measure_speed, num_parameters, perplexity, token_windows
 
+    tasks = _zero_shot_tasks(args.tasks)
     out = _Output(args.out, args.overwrite)
     try:
         model, tokenizer = _load(args.model, args.dtype, args.quiet)
@@ -455,13 +462,22 @@ def cmd_eval(args) -> dict:
         for text in texts:
             windows = token_windows(tokenizer, _eval_text(text), window=args.window, max_windows=args.eval_windows)
             ppl[text] = _finite(perplexity(model, windows, progress=not args.quiet))
+        zero_shot = None
+        if tasks:
+            from lorp_lightning.zeroshot import evaluate_zero_shot
+
+            zero_shot = evaluate_zero_shot(model, tokenizer, tasks=tasks, limit=args.limit,
+                                           batch_size=args.zero_shot_batch_size, progress=not args.quiet)
         speed = measure_speed({"model": model}, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                               repeats=args.speed_repeats)["model"]
         metrics = {"perplexity": ppl, "num_parameters": num_parameters(model),
                    "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
                    "matmul_flops_per_token": matmul_flops_per_token(model), **speed}
+        if zero_shot is not None:
+            metrics["zero_shot"] = zero_shot
         report = {"command": "eval", "model": args.model, "dtype": args.dtype, "window": args.window,
-                  "eval_windows": args.eval_windows, "metrics": metrics, "versions": _versions()}
+                  "eval_windows": args.eval_windows, "zero_shot_limit": args.limit, "metrics": metrics,
+                  "versions": _versions()}
         _write_json(out.path / "report.json", report)
         final = out.commit()
     except BaseException:
@@ -470,9 +486,30 @@ def cmd_eval(args) -> dict:
     print(f"{args.model}: {metrics['num_layers']} blocks, {metrics['num_parameters'] / 1e6:.1f} M parameters")
     for text, value in ppl.items():
         print(f"  held-out perplexity on {text}: {value if isinstance(value, str) else f'{value:.2f}'}")
+    for task, figures in (zero_shot or {}).items():
+        if task == "average":
+            print(f"  zero-shot average acc over {figures['num_tasks']} tasks: {figures['acc']:.4f}")
+        else:
+            norm = f", acc_norm {figures['acc_norm']:.4f}" if "acc_norm" in figures else ""
+            print(f"  {task}: acc {figures['acc']:.4f}{norm} ({figures['num_examples']} documents)")
     print(f"  prefill latency ({args.prompt_tokens} tokens): {speed['prefill_seconds'] * 1e3:.1f} ms; decode: {speed['decode_tokens_per_second']:.1f} tokens/s; peak memory {speed['peak_memory_mb']:.0f} MB")
     print(f"wrote {final}/report.json")
     return report
+
+
+def _zero_shot_tasks(spec: str | None) -> tuple[str, ...]:
+    """The zero-shot tasks named by ``--tasks``, checked before any work is done."""
+    if not spec:
+        return ()
+    try:
+        from lorp_lightning.zeroshot import ZERO_SHOT_TASKS
+    except ImportError as error:
+        raise UsageError(f"zero-shot tasks need lm-evaluation-harness: pip install 'lorp_lightning[eval]' ({error})") from error
+    tasks = ZERO_SHOT_TASKS if spec == "all" else tuple(t for t in spec.split(",") if t)
+    unknown = [t for t in tasks if t not in ZERO_SHOT_TASKS]
+    if unknown:
+        raise UsageError(f"unknown zero-shot task {unknown[0]!r}; tasks: all, {', '.join(ZERO_SHOT_TASKS)}")
+    return tasks
 
 
 COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "compare": cmd_compare, "eval": cmd_eval}

@@ -117,11 +117,23 @@ def test_eval_reports_perplexity_on_each_text_size_speed_and_memory(tmp_path, ca
     text_file.write_text("The river flows through the old town and under seven stone bridges. " * 40)
     out = tmp_path / "eval"
     code = main(["eval", "smollm2-135m", "--texts", f"wiki,lambada,{text_file}", "--window", "64", "--quiet",
-                 "--out", str(out), *SMALL_EVAL])
+                 "--tasks", "copa", "--limit", "4", "--out", str(out), *SMALL_EVAL])
     assert code == 0
     metrics = json.loads((out / "report.json").read_text())["metrics"]
     assert list(metrics["perplexity"]) == ["wiki", "lambada", str(text_file)]
     assert all(math.isfinite(v) and v > 1 for v in metrics["perplexity"].values())
     assert metrics["perplexity"][str(text_file)] < metrics["perplexity"]["wiki"]  # a repeated sentence is easy
     assert metrics["num_layers"] == 30 and metrics["num_parameters"] == 134_515_008
-    assert "held-out perplexity on lambada" in capsys.readouterr().out
+    copa = metrics["zero_shot"]["copa"]
+    assert copa["num_examples"] == 4 and copa["acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert metrics["zero_shot"]["average"] == {"acc": copa["acc"], "num_tasks": 1}
+    printed = capsys.readouterr().out
+    assert "held-out perplexity on lambada" in printed and "copa: acc" in printed
+
+
+def test_an_unknown_zero_shot_task_is_one_clear_line(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "smollm2-135m", "--tasks", "race", "--window", "64", "--quiet", "--out", str(out), *SMALL_EVAL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'race'" in err[0] and "piqa" in err[0], err
+    assert list(tmp_path.iterdir()) == []
