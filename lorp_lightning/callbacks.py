@@ -183,7 +183,7 @@ class LayerStatsCallback(Callback):
         self.stats = None if state_dict.get("stats") is None else LayerStats.from_state_dict(state_dict["stats"])
 
 
-class LoRPPruneCallback(Callback):
+class LoRPPruneCallback(LayerStatsCallback):
     r"""Prunes decoder blocks of the model with LoRP (or a baseline) once, at the end of a loop.
 
     Example::
@@ -219,6 +219,7 @@ class LoRPPruneCallback(Callback):
 
     After pruning, :attr:`plan` is the :class:`~lorp_lightning.selection.PruningPlan` and
     :attr:`stats` the statistics it was chosen from; both are part of the callback's state.
+    (It gathers statistics with the hooks of :class:`LayerStatsCallback`, which it extends.)
     """
 
     PRUNE_ON = ("validation_end", "fit_end", "predict_end")
@@ -275,9 +276,8 @@ class LoRPPruneCallback(Callback):
         self.prune_on = prune_on
         self.seed = int(seed)
         self.verbose = verbose
+        super().__init__(stages="predict" if prune_on == "predict_end" else "validation")
         self.plan: PruningPlan | None = None
-        self.stats: LayerStats | None = None
-        self._listener = _Listener()
         self._stats_callback: LayerStatsCallback | None = None
 
     @property
@@ -287,7 +287,7 @@ class LoRPPruneCallback(Callback):
 
     @property
     def _listens_to(self) -> str:
-        return "predict" if self.prune_on == "predict_end" else "validation"
+        return self.stages[0]
 
     # ------------------------------------------------------------------ setup
 
@@ -296,7 +296,9 @@ class LoRPPruneCallback(Callback):
         model = _causal_lm(pl_module, type(self).__name__)
         if self.plan is None:
             self._check_budget(len(decoder_layers(model)))
-        self._stats_callback = next((cb for cb in trainer.callbacks if isinstance(cb, LayerStatsCallback)), None)
+        self._stats_callback = next(
+            (cb for cb in trainer.callbacks if isinstance(cb, LayerStatsCallback) and not isinstance(cb, LoRPPruneCallback)), None
+        )
         if self._stats_callback is not None and self._listens_to not in self._stats_callback.stages:
             raise ValueError(
                 f"LoRPPruneCallback(prune_on={self.prune_on!r}) reads the statistics of the {self._listens_to} loop, "
@@ -328,52 +330,11 @@ class LoRPPruneCallback(Callback):
 
     # ------------------------------------------------------------------ listening
 
-    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loop: str) -> None:
-        if (
-            loop == self._listens_to
-            and self.plan is None
-            and self._stats_callback is None
-            and not trainer.sanity_checking
-        ):
-            self._listener.start(pl_module.model, pl_module.device)
-
-    def _finish(self) -> None:
-        if self._listener.active:
-            self.stats = self._listener.finish()
-
     @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(trainer, pl_module, "validation")
-
-    @override
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if self._listener.active:
-            self._listener.update(batch)
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish()
-
-    @override
-    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(trainer, pl_module, "predict")
-
-    @override
-    def on_predict_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if self._listener.active:
-            self._listener.update(batch)
-
-    @override
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish()
-
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._listener.stop()
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Listen only until the pruning, and only when no LayerStatsCallback does it already.
+        if self.plan is None and self._stats_callback is None:
+            super()._start(trainer, pl_module, stage)
 
     # ------------------------------------------------------------------ pruning
 
