@@ -70,7 +70,7 @@ class _Listener:
     def update(self, batch: Any) -> None:
         assert self.recorder is not None and self.metric is not None
         _, attention_mask = model_inputs(batch, self.metric.device)
-        self.metric.update(self.recorder.pop(), attention_mask)
+        self.metric.update(self.recorder.pop(), attention_mask, normalized=True)
 
     def finish(self) -> LayerStats:
         """Detach, and compute the statistics (synchronised across processes: call it on every rank)."""

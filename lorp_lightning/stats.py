@@ -31,7 +31,7 @@ __all__ = [
     "LayerSimilarity",
     "LayerStats",
     "collect_layer_stats",
-    "gram_of_normalized_states",
+    "gram_of_states",
     "last_token_index",
     "model_inputs",
     "normalize_states",
@@ -39,7 +39,7 @@ __all__ = [
 
 EPS = 1e-8  # in f_l(t) = h_l(t) / (||h_l(t)||_2 + EPS)
 _FORMAT = "lorp_lightning.LayerStats/1"
-_TOKENS_PER_CHUNK = 64  # tokens per float64 product in gram_of_normalized_states (small: bounds temporaries)
+_TOKENS_PER_CHUNK = 32  # tokens per float64 product in gram_of_states (small: bounds temporaries, fastest here)
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -51,12 +51,14 @@ def normalize_states(hidden: Tensor) -> Tensor:
     return hidden / (torch.linalg.vector_norm(hidden, dim=-1, keepdim=True) + EPS)
 
 
-def gram_of_normalized_states(states: Tensor, token_mask: Tensor | None = None) -> tuple[Tensor, int]:
-    """G = sum_t f(t) f(t)^T over the tokens selected by ``token_mask``, in float64.
+def gram_of_states(states: Tensor, token_mask: Tensor | None = None, normalized: bool = False) -> tuple[Tensor, int]:
+    """G = sum_t f(t) f(t)^T of the normalised states f, over the tokens selected by ``token_mask``, in float64.
 
     Args:
         states: (L, ..., D) hidden states of L layers over the same tokens (any dtype).
         token_mask: boolean (...) tensor selecting the tokens to count; all tokens if None.
+        normalized: True when ``states`` are already the normalised f (as
+            :class:`HiddenStateRecorder` stores them), which skips normalising them again.
 
     Returns:
         ``(G, count)``: the (L, L) float64 sum of outer products of the normalised states and
@@ -74,7 +76,8 @@ def gram_of_normalized_states(states: Tensor, token_mask: Tensor | None = None) 
         index = torch.arange(flat.shape[1], device=states.device)
     gram = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=states.device)
     for chunk in index.split(_TOKENS_PER_CHUNK):
-        f = normalize_states(flat[:, chunk]).double().reshape(num_layers, -1)
+        f = flat[:, chunk] if normalized else normalize_states(flat[:, chunk])
+        f = f.double().reshape(num_layers, -1)
         gram += f @ f.T
     return gram, int(index.numel())
 
@@ -176,13 +179,16 @@ class LayerSimilarity(Metric):
         self.add_state("num_tokens", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_sequences", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, hidden_states: Tensor | Sequence[Tensor], attention_mask: Tensor | None = None) -> None:
+    def update(self, hidden_states: Tensor | Sequence[Tensor], attention_mask: Tensor | None = None,
+               normalized: bool = False) -> None:
         """Add one batch.
 
         Args:
             hidden_states: the N+1 hidden states h_0..h_N of the batch, as a (N+1, B, T, D)
                 tensor or a sequence of N+1 (B, T, D) tensors, in any dtype.
             attention_mask: (B, T), 1 for real tokens and 0 for padding; all ones if None.
+            normalized: True when the states are already f_l = h_l / (||h_l|| + 1e-8) in
+                float32, as :meth:`HiddenStateRecorder.pop` returns them (saves normalising twice).
         """
         if not isinstance(hidden_states, Tensor):
             hidden_states = torch.stack(list(hidden_states))
@@ -197,13 +203,13 @@ class LayerSimilarity(Metric):
         if tuple(attention_mask.shape) != (batch, length):
             raise ValueError(f"attention_mask must have shape {(batch, length)}, got {tuple(attention_mask.shape)}")
         attention_mask = attention_mask.to(hidden_states.device)
-        gram, count = gram_of_normalized_states(hidden_states, attention_mask.bool())  # (1) G
+        gram, count = gram_of_states(hidden_states, attention_mask.bool(), normalized)  # (1) G
         self.gram += gram.to(self.gram.device)
         self.num_tokens += count
         has_tokens = attention_mask.bool().any(dim=1)
         last = last_token_index(attention_mask)
         last_states = hidden_states[:, torch.arange(batch, device=last.device), last]  # (N+1, B, D)
-        last_gram, num_sequences = gram_of_normalized_states(last_states, has_tokens)
+        last_gram, num_sequences = gram_of_states(last_states, has_tokens, normalized)
         self.last_token_gram += last_gram.to(self.last_token_gram.device)
         self.num_sequences += num_sequences
 
@@ -349,7 +355,7 @@ def collect_layer_stats(model: nn.Module, batches: Iterable[Tensor | Mapping[str
             for batch in tqdm(batches, desc="calibration", unit="batch", disable=not progress):
                 input_ids, attention_mask = model_inputs(batch, device)
                 stack(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-                metric.update(recorder.pop(), attention_mask)
+                metric.update(recorder.pop(), attention_mask, normalized=True)
     finally:
         model.train(was_training)
     return metric.compute()

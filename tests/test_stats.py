@@ -80,6 +80,19 @@ def test_two_half_batches_equal_one_batch_and_merged_states_equal_one_metric():
         assert other.compute().num_tokens == whole.compute().num_tokens == 26
 
 
+def test_states_already_normalized_give_the_same_statistics_without_normalizing_twice():
+    from lorp_lightning.stats import normalize_states
+
+    torch.manual_seed(5)
+    states = 50 * torch.randn(4, 2, 6, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    raw, normalized = LayerSimilarity(3), LayerSimilarity(3)
+    raw.update(states, mask)
+    normalized.update(normalize_states(states), mask, normalized=True)
+    torch.testing.assert_close(normalized.compute().similarity, raw.compute().similarity, atol=1e-12, rtol=0)
+    torch.testing.assert_close(normalized.compute().last_token_similarity, raw.compute().last_token_similarity, atol=1e-12, rtol=0)
+
+
 def test_update_rejects_states_of_the_wrong_depth_and_masks_of_the_wrong_shape():
     metric = LayerSimilarity(num_layers=3)
     with pytest.raises(ValueError, match="N\\+1=4.*\\(3, 2, 5, 8\\)"):
