@@ -249,7 +249,17 @@ def _heatmap(stats, labels, path: Path, title: str) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+    """Strict JSON: infinities and NaN (a diverged perplexity, an undefined stderr) become strings."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    path.write_text(json.dumps(clean(data), indent=2, allow_nan=False, default=str) + "\n")
 
 
 def _finite(x: float) -> float | str:
