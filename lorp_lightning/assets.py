@@ -31,9 +31,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "BundledModel",
@@ -212,7 +215,8 @@ def _is_installed(model: BundledModel) -> bool:
 # --------------------------------------------------------------------------- models
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, progress: bool = True):
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+               progress: bool = True) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """Load a causal LM and its tokenizer, offline.
 
     Args:

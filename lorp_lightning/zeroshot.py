@@ -545,8 +545,8 @@ def zero_shot_task_info() -> list[dict[str, Any]]:
 
 
 def evaluate_zero_shot(
-    model,
-    tokenizer,
+    model: Any,
+    tokenizer: Any,
     tasks: Iterable[str] | str = ZERO_SHOT_TASKS,
     limit: int | None = None,
     batch_size: int = 8,

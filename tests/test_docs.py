@@ -1,0 +1,18 @@
+"""The documentation site builds, with every warning treated as an error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_docs_build_in_strict_mode_without_a_warning(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WARNING" not in result.stderr
+    assert (tmp_path / "site" / "api" / "index.html").is_file()
+    assert "select_layers" in (tmp_path / "site" / "api" / "index.html").read_text()
