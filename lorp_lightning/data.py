@@ -109,7 +109,7 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
-        self._windows: dict[str, Tensor] = {}
+        self._windows: dict[str, tuple[Any, Tensor]] = {}  # split -> (the tokenizer, its windows)
         self.save_hyperparameters(
             {
                 "text": self._source[1] if self._source[0] != "documents" else f"{len(self._source[1])} documents",
@@ -157,19 +157,24 @@ class TextDataModule(pl.LightningDataModule):
         return split_documents(documents, split)
 
     def windows(self, split: str) -> Tensor:
-        """The drawn windows of ``split`` as a (num_windows, window) tensor of token ids."""
-        if split not in self._windows:
-            self._windows[split] = self._draw(split)
-        return self._windows[split]
+        """The drawn windows of ``split`` as a (num_windows, window) tensor of token ids.
 
-    def _draw(self, split: str) -> Tensor:
+        They are tokenized by the current tokenizer, and kept per tokenizer: the same data module
+        used with another model's module gives that model's token ids.
+        """
+        tokenizer = self._tokenizer()
+        cached = self._windows.get(split)
+        if cached is None or cached[0] is not tokenizer:
+            self._windows[split] = (tokenizer, self._draw(split, tokenizer))
+        return self._windows[split][1]
+
+    def _draw(self, split: str, tokenizer: Any) -> Tensor:
         documents = self.documents(split)
         if not documents:
             raise ValueError(
                 f"text={self._source[1]!r:.80} has no {split} documents under the hash rule (see "
                 "lorp_lightning.data); pass more documents (a file with more paragraphs, or a longer list)"
             )
-        tokenizer = self._tokenizer()
         try:
             every = token_windows(tokenizer, "\n\n".join(documents), window=self.window)
         except ValueError as error:

@@ -534,3 +534,17 @@ def test_the_prune_callback_state_holds_the_plan_and_the_statistics(tokenizer, t
     assert isinstance(restored.plan, PruningPlan) and restored.plan == callback.plan
     assert torch.equal(restored.stats.similarity, callback.stats.similarity)
     assert restored.stats.num_tokens == callback.stats.num_tokens == 4 * 64
+
+
+def test_one_datamodule_used_with_another_tokenizer_gives_that_tokenizers_windows(smollm2):
+    from lorp_lightning.assets import load_model
+
+    _, smollm2_tokenizer = smollm2
+    _, gemma_tokenizer = load_model("gemma3-270m", progress=False)
+    dm = TextDataModule("wiki", tokenizer=smollm2_tokenizer, window=64, num_calibration_windows=2, num_eval_windows=2)
+    first = dm.windows("heldout")
+    dm.tokenizer = gemma_tokenizer
+    second = dm.windows("heldout")
+    fresh = TextDataModule("wiki", tokenizer=gemma_tokenizer, window=64, num_calibration_windows=2, num_eval_windows=2)
+    assert torch.equal(second, fresh.windows("heldout"))
+    assert not torch.equal(first, second)
