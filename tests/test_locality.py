@@ -20,15 +20,7 @@ from lorp_lightning.locality import (
     representation_locality_score,
     residual_redundancy,
 )
-
-
-def sym(n, pairs, default=0.0):
-    """An n x n symmetric matrix with unit diagonal, ``pairs[(i, j)]`` off the diagonal."""
-    S = np.full((n, n), default, dtype=np.float64)
-    for (i, j), v in pairs.items():
-        S[i, j] = S[j, i] = v
-    np.fill_diagonal(S, 1.0)
-    return S
+from hand_matrices import sym
 
 
 @pytest.fixture(autouse=True)

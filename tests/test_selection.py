@@ -14,15 +14,7 @@ import torch
 from lorp_lightning import locality
 from lorp_lightning.selection import METHODS, PruningPlan, resolve_budget, select_layers
 from lorp_lightning.stats import LayerStats
-
-
-def sym(n, pairs, default=0.0):
-    """An n x n symmetric matrix with unit diagonal, ``pairs[(i, j)]`` off the diagonal."""
-    S = np.full((n, n), default, dtype=np.float64)
-    for (i, j), v in pairs.items():
-        S[i, j] = S[j, i] = v
-    np.fill_diagonal(S, 1.0)
-    return S
+from hand_matrices import sym
 
 
 def stats_of(S, S_last=None):
