@@ -26,15 +26,13 @@ from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.locality import is_integer
 from lorp_lightning.selection import METHODS, PruningPlan, resolve_budget, select_layers
 from lorp_lightning.stats import HiddenStateRecorder, LayerSimilarity, LayerStats, model_inputs
 from lorp_lightning.surgery import prune_layers
 
 __all__ = ["LayerStatsCallback", "LoRPPruneCallback"]
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _causal_lm(pl_module: pl.LightningModule, owner: str) -> nn.Module:
@@ -234,7 +232,7 @@ class LoRPPruneCallback(LayerStatsCallback):
         seed: int = 0,
         verbose: bool = True,
     ) -> None:
-        if _is_int(amount):
+        if is_integer(amount):
             if amount < 1:
                 raise ValueError(f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
             amount = int(amount)
@@ -256,18 +254,18 @@ class LoRPPruneCallback(LayerStatsCallback):
                 raise ValueError(
                     f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}"
                 )
-            if not _is_int(num_clusters) or num_clusters < 1:
+            if not is_integer(num_clusters) or num_clusters < 1:
                 raise ValueError(f"num_clusters must be a positive int or None, got num_clusters={num_clusters!r}")
         if protect is not None:
             if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
                 raise ValueError(f"protect must be a list of block indices or None, got protect={protect!r}")
             protect = tuple(protect)
-            if not all(_is_int(p) and p >= 0 for p in protect):
+            if not all(is_integer(p) and p >= 0 for p in protect):
                 raise ValueError(f"protect must hold block indices (ints >= 0), got protect={protect!r}")
             protect = tuple(int(p) for p in protect)
         if prune_on not in self.PRUNE_ON:
             raise ValueError(f"prune_on must be one of {', '.join(map(repr, self.PRUNE_ON))}, got prune_on={prune_on!r}")
-        if not _is_int(seed) or seed < 0:
+        if not is_integer(seed) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got seed={seed!r}")
         self.amount = amount
         self.method = method

@@ -55,8 +55,8 @@ RLS_MEDIUM = 0.7  # 0.7 <= RLS < 1.0 -> K = 3, below -> K = 4
 # input checks
 
 
-def _is_int(value: Any) -> bool:
-    """An integer that is not a bool (``True`` is not a block count or an index here)."""
+def is_integer(value: Any) -> bool:
+    """An integer that is not a bool (``True`` is not a block count or an index here); numpy ints count."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
@@ -179,9 +179,9 @@ def cluster_layers(similarity: Any, num_clusters: int, seed: int = 0) -> list[in
     """
     S = as_similarity_matrix(similarity)
     N = S.shape[0]
-    if not _is_int(num_clusters) or not 1 <= num_clusters <= N:
+    if not is_integer(num_clusters) or not 1 <= num_clusters <= N:
         raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     num_clusters, seed = int(num_clusters), int(seed)
     if num_clusters == 1:  # the only partition into one cluster
@@ -301,11 +301,11 @@ def allocate_lorp(
     labels = _check_labels(labels, N)
     protected = set(protected)
     for p in protected:
-        if not _is_int(p) or not 0 <= p < N:
+        if not is_integer(p) or not 0 <= p < N:
             raise ValueError(f"protected holds {p!r}, which is not a block index in 0..{N - 1}")
     protected = {int(p) for p in protected}
     unprotected = [l for l in range(N) if l not in protected]
-    if not _is_int(num_prune) or not 0 <= num_prune <= len(unprotected):
+    if not is_integer(num_prune) or not 0 <= num_prune <= len(unprotected):
         raise ValueError(
             f"num_prune must be an int between 0 and the {len(unprotected)} unprotected blocks, got {num_prune!r}"
         )

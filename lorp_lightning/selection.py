@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 
 from lorp_lightning.locality import (
-    _is_int,
     allocate_lorp,
     as_similarity_matrix,
     block_redundancy,
     cluster_layers,
     clusters_for_rls,
+    is_integer,
     representation_locality_score,
 )
 
@@ -171,7 +171,7 @@ def resolve_budget(num_prune: Any, num_layers: int, num_unprotected: int) -> int
     0.29 of 100 is 29 although ``0.29 * 100 == 28.999999999999996``. A bool is not a count.
     The result must be >= 1 and <= ``num_unprotected``, else a ValueError naming both numbers.
     """
-    if _is_int(num_prune):
+    if is_integer(num_prune):
         k = int(num_prune)
         asked = f"num_prune={k}"
     elif isinstance(num_prune, numbers.Real) and not isinstance(num_prune, (bool, np.bool_)):
@@ -236,7 +236,7 @@ def _protected_set(protect: Iterable[int] | None, N: int) -> set[int]:
         raise ValueError(f"protect must be an iterable of block indices, got {protect!r}")
     out = set()
     for p in protect:
-        if not _is_int(p) or not 0 <= p < N:
+        if not is_integer(p) or not 0 <= p < N:
             raise ValueError(f"protect holds {p!r}, which is not a block index in 0..{N - 1}")
         out.add(int(p))
     return out
@@ -352,7 +352,7 @@ def select_layers(
     # validation up front, before any computation
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if not _is_int(seed) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     inp = _read_inputs(stats_or_similarity, method)
     N = inp.N
@@ -361,7 +361,7 @@ def select_layers(
     if num_clusters is not None:
         if method != "lorp":
             raise ValueError(f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}")
-        if not _is_int(num_clusters) or not 1 <= num_clusters <= N:
+        if not is_integer(num_clusters) or not 1 <= num_clusters <= N:
             raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
     seed = int(seed)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
-import numbers
 from typing import Any
 
 from torch import nn
 
 from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers
+from lorp_lightning.locality import is_integer
 
 __all__ = ["RECORD_ATTRIBUTE", "prune_layers", "pruning_record"]
 
@@ -65,7 +65,7 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
         del layers[index]  # nn.ModuleList renumbers its keys, so state_dict names follow
     for new_index, block in enumerate(layers):
         for module in block.modules():
-            if _is_int(getattr(module, "layer_idx", None)):
+            if is_integer(getattr(module, "layer_idx", None)):
                 module.layer_idx = new_index
     for config in configs_to_edit:
         _edit_config(config, architecture, kept)
@@ -117,7 +117,7 @@ def _checked_blocks(blocks: Any, num_layers: int, name: str) -> list[int]:
         raise ValueError(f"{name}={blocks!r} is empty: there is nothing to remove; {valid}")
     seen: set[int] = set()
     for value in blocks:
-        if not _is_int(value):
+        if not is_integer(value):
             raise ValueError(
                 f"{name}={blocks!r} holds {value!r} ({type(value).__name__}), which is not an integer block index; {valid}"
             )
@@ -134,9 +134,6 @@ def _checked_blocks(blocks: Any, num_layers: int, name: str) -> list[int]:
         raise ValueError(f"{name}={blocks!r} removes all {num_layers} blocks of the model; keep at least one")
     return sorted(seen)
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- refusals
