@@ -12,12 +12,16 @@ The pieces, each in one module:
 - ``evaluation``: held-out perplexity, size, speed and memory.
 - ``module``, ``data``, ``callbacks``: the Lightning glue (``LoRPModule``, ``TextDataModule``,
   ``LayerStatsCallback``, ``LoRPPruneCallback``).
+- ``heal``: optional healing after pruning, LoRA adapters or the blocks next to the removed ones
+  (``LoRPHealCallback``, and ``lorp_lightning.heal.heal``, which is not re-exported here so that
+  the name ``lorp_lightning.heal`` stays the module; LoRA needs the ``heal`` extra, peft).
 - ``cli``: the ``lorp`` command line.
 """
 
 from lorp_lightning.assets import list_models, list_texts, load_model, load_text
 from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
 from lorp_lightning.data import TextDataModule
+from lorp_lightning.heal import LoRPHealCallback, healing_records
 from lorp_lightning.locality import clusters_for_rls, representation_locality_score
 from lorp_lightning.module import LoRPModule
 from lorp_lightning.selection import METHODS, PruningPlan, select_layers
@@ -31,6 +35,7 @@ __all__ = [
     "LayerSimilarity",
     "LayerStats",
     "LayerStatsCallback",
+    "LoRPHealCallback",
     "LoRPModule",
     "LoRPPruneCallback",
     "PruningPlan",
@@ -38,6 +43,7 @@ __all__ = [
     "__version__",
     "clusters_for_rls",
     "collect_layer_stats",
+    "healing_records",
     "list_models",
     "list_texts",
     "load_model",

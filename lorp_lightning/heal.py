@@ -1,0 +1,715 @@
+"""Healing: a short training run that recovers part of the quality a pruned model lost.
+
+Pruning removes blocks without training; healing trains the pruned model a little on the
+**calibration** split of a text (never the held-out split, which measures perplexity), in one of
+two ways (``mode``):
+
+- ``"lora"`` (default): LoRA adapters (through peft) on the linear layers of every decoder
+  block; everything else is frozen. At the end the adapters are merged into the weights.
+- ``"adjacent"``: the weights of the blocks next to each removed block (the nearest kept block
+  below and above it, in the original numbering), of the final normalisation and of the
+  language-model head are trained; everything else is frozen. (A head tied to the input
+  embeddings trains them too.)
+
+Either way, the healed model is again a plain Hugging Face model: no adapter modules or peft
+attributes are left, ``save_pretrained`` writes an ordinary checkpoint, and plain
+``AutoModelForCausalLM.from_pretrained`` reloads it. ``config.lorp_pruning`` keeps its pruning
+record, and each healing adds an entry to its ``"healing"`` list.
+
+Two entry points:
+
+- :class:`LoRPHealCallback`, for a Lightning user: added to the Trainer after
+  :class:`~lorp_lightning.callbacks.LoRPPruneCallback`, it heals the pruned model while
+  ``Trainer.fit`` trains it (the module's ``training_step`` and optimizer; ``LoRPModule`` has both).
+- :func:`heal`, a function that runs that ``fit`` itself: the calibration windows, a Trainer
+  with ``max_steps``, AdamW with warm-up and cosine decay.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import os
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from lorp_lightning.architectures import architecture_of, decoder_layers
+from lorp_lightning.callbacks import LoRPPruneCallback, _causal_lm
+from lorp_lightning.locality import is_integer
+from lorp_lightning.module import LoRPModule
+from lorp_lightning.stats import model_inputs
+from lorp_lightning.surgery import RECORD_ATTRIBUTE, pruning_record
+
+__all__ = ["DEFAULT_LR", "MODES", "LoRPHealCallback", "blocks_next_to_removed", "heal", "healing_records"]
+
+MODES = ("lora", "adjacent")
+"""The ways to heal: LoRA adapters on every block, or full training of the blocks next to the removed ones."""
+
+DEFAULT_RANK = 8
+DEFAULT_ALPHA = 16.0
+DEFAULT_DROPOUT = 0.0
+DEFAULT_LR = {"lora": 1e-3, "adjacent": 1e-4}
+"""Learning rate :func:`heal` uses when none is given, per mode (see ``docs/healing.md`` for how they were chosen)."""
+
+HEALING_KEY = "healing"
+"""Key of the list of healing entries inside the pruning record (``config.lorp_pruning``)."""
+
+_ADAPTER = "default"
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def blocks_next_to_removed(original_num_layers: int, pruned_layers: Sequence[int]) -> list[int]:
+    """The kept blocks next to a removed block, in the pruned model's numbering.
+
+    For each removed block (original numbering), the nearest kept block below it and the nearest
+    kept block above it, where they exist. A run of removed blocks has one neighbour on each side.
+
+    Example: 10 blocks with blocks 2, 3 and 7 removed keep 0 1 4 5 6 8 9; the neighbours are the
+    original blocks 1, 4, 6 and 8, which are blocks ``[1, 2, 4, 5]`` of the pruned model.
+    """
+    removed = set(int(i) for i in pruned_layers)
+    kept = [i for i in range(int(original_num_layers)) if i not in removed]
+    neighbours: set[int] = set()
+    for block in removed:
+        below = [i for i in kept if i < block]
+        above = [i for i in kept if i > block]
+        if below:
+            neighbours.add(below[-1])
+        if above:
+            neighbours.add(above[0])
+    return sorted(kept.index(i) for i in neighbours)
+
+
+def healing_records(model_or_config: Any) -> list[dict]:
+    """The healing entries of a model's pruning record (oldest first); empty for a model never healed."""
+    record = pruning_record(model_or_config) or {}
+    return copy.deepcopy(list(record.get(HEALING_KEY, [])))
+
+
+def _check_number(value: Any, name: str, *, low: float, low_inclusive: bool, high: float | None = None,
+                  what: str) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value >= low if low_inclusive else value > low) and (high is None or value < high)
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {name}={value!r}")
+    return float(value)
+
+
+def _check_positive_int(value: Any, name: str, what: str) -> int:
+    if not is_integer(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int ({what}), got {name}={value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- the settings
+
+
+@dataclass(frozen=True)
+class _Settings:
+    mode: str
+    rank: int | None
+    alpha: float | None
+    dropout: float | None
+    target_modules: tuple[str, ...] | None
+    seed: int
+
+    @classmethod
+    def checked(cls, mode: Any, rank: Any, alpha: Any, dropout: Any, target_modules: Any, seed: Any) -> "_Settings":
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got mode={mode!r}")
+        if mode == "adjacent":
+            given = {name: value for name, value in
+                     (("rank", rank), ("alpha", alpha), ("dropout", dropout), ("target_modules", target_modules))
+                     if value is not None}
+            if given:
+                name, value = next(iter(given.items()))
+                raise ValueError(
+                    f"{name} applies only to mode='lora', got {name}={value!r} with mode='adjacent' "
+                    "(which trains whole blocks, without adapters); leave it out or pass mode='lora'"
+                )
+        else:
+            rank = DEFAULT_RANK if rank is None else _check_positive_int(rank, "rank", "the LoRA rank")
+            alpha = DEFAULT_ALPHA if alpha is None else _check_number(
+                alpha, "alpha", low=0.0, low_inclusive=False, what="a number > 0 (LoRA scales its update by alpha / rank)")
+            dropout = DEFAULT_DROPOUT if dropout is None else _check_number(
+                dropout, "dropout", low=0.0, low_inclusive=True, high=1.0, what="a number in [0, 1) (LoRA dropout)")
+            if target_modules is not None:
+                if isinstance(target_modules, (str, bytes)) or not isinstance(target_modules, Iterable):
+                    raise ValueError(
+                        f"target_modules must be a list of module names (e.g. ['q_proj', 'v_proj']) or None for "
+                        f"every linear layer of the blocks, got target_modules={target_modules!r}"
+                    )
+                target_modules = tuple(target_modules)
+                if not target_modules or not all(isinstance(t, str) and t for t in target_modules):
+                    raise ValueError(
+                        f"target_modules must be a non-empty list of module names (e.g. ['q_proj', 'v_proj']), "
+                        f"got target_modules={target_modules!r}"
+                    )
+        if not is_integer(seed) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got seed={seed!r}")
+        return cls(mode, rank, alpha, dropout, target_modules, int(seed))
+
+
+def _linear_layers_of_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Full name -> module of every linear layer inside the decoder blocks (``nn.Linear`` or GPT-2's ``Conv1D``)."""
+    from transformers.pytorch_utils import Conv1D
+
+    prefix = architecture_of(model).layers_path
+    layers = {}
+    for index, block in enumerate(decoder_layers(model)):
+        for name, module in block.named_modules():
+            if isinstance(module, (nn.Linear, Conv1D)):
+                layers[f"{prefix}.{index}.{name}"] = module
+    return layers
+
+
+def _features(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    rows, columns = module.weight.shape  # transformers' Conv1D stores (in, out)
+    return rows, columns
+
+
+def _lora_targets(model: nn.Module, settings: _Settings) -> dict[str, nn.Module]:
+    """The linear layers LoRA adapts, checked against ``target_modules`` and the rank."""
+    layers = _linear_layers_of_blocks(model)
+    leaf_names = sorted({name.rpartition(".")[2] for name in layers})
+    if settings.target_modules is None:
+        targets = layers
+    else:
+        unknown = [t for t in settings.target_modules if t not in leaf_names]
+        if unknown:
+            raise ValueError(
+                f"target_modules={list(settings.target_modules)!r} names {unknown[0]!r}, which is not a linear layer "
+                f"of the decoder blocks; the blocks' linear layers are {leaf_names}"
+            )
+        wanted = set(settings.target_modules)
+        targets = {name: m for name, m in layers.items() if name.rpartition(".")[2] in wanted}
+    if not targets:
+        raise ValueError(f"the decoder blocks of this {model.config.model_type} model have no linear layer for LoRA")
+    narrowest = min(targets, key=lambda name: min(_features(targets[name])))
+    fan_in, fan_out = _features(targets[narrowest])
+    if settings.rank > min(fan_in, fan_out):
+        raise ValueError(
+            f"rank={settings.rank} does not fit: the target module {narrowest.rpartition('.')[2]!r} maps {fan_in} to "
+            f"{fan_out} features, so a LoRA update of it has rank at most {min(fan_in, fan_out)}; pass "
+            f"rank <= {min(fan_in, fan_out)}, or leave that module out of target_modules"
+        )
+    return targets
+
+
+def _final_norms(model: nn.Module) -> dict[str, nn.Module]:
+    """The normalisation layers that follow the blocks: children of the module holding them, named for a norm."""
+    owner_path = architecture_of(model).layers_path.rpartition(".")[0]
+    owner = model.get_submodule(owner_path)
+    return {
+        f"{owner_path}.{name}": module
+        for name, module in owner.named_children()
+        if "norm" in type(module).__name__.lower() or "norm" in name.lower() or name in ("ln_f",)
+    }
+
+
+def _record_of(model: nn.Module) -> dict:
+    record = pruning_record(model)
+    if record is None:
+        raise ValueError(
+            "healing recovers what pruning lost, but this model has no pruning record (config.lorp_pruning): prune it "
+            "first (prune_layers, LoRPPruneCallback or `lorp prune`); for plain fine-tuning, fit a LoRPModule"
+        )
+    try:
+        original = int(record["original_num_layers"])
+        pruned = [int(i) for i in record["pruned_layers"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"config.{RECORD_ATTRIBUTE}={record!r} is not a pruning record written by lorp_lightning") from error
+    if original - len(pruned) != len(decoder_layers(model)):
+        raise ValueError(
+            f"config.{RECORD_ATTRIBUTE} says {original} - {len(pruned)} blocks remain, but the model has "
+            f"{len(decoder_layers(model))}; the record is stale"
+        )
+    return record
+
+
+def _check_dtype(model: nn.Module, settings: _Settings) -> None:
+    if settings.mode == "adjacent":
+        low = sorted({str(p.dtype) for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)})
+        if low:
+            raise ValueError(
+                f"mode='adjacent' trains the block weights themselves, which are {', '.join(low)} here: AdamW updates "
+                "smaller than their precision would be lost. Heal a float32 model (model.float()), or use mode='lora' "
+                "(float32 adapters on a frozen low-precision model)"
+            )
+
+
+# --------------------------------------------------------------------------- one healing
+
+
+@dataclass
+class _Healing:
+    """What one healing changed in the model, to undo the freezing and merge the adapters at the end."""
+
+    settings: _Settings
+    requires_grad: dict[str, bool]
+    trainable: list[str]
+    target_modules: list[str] | None
+    trained_blocks: list[int] | None
+    num_trainable_parameters: int
+    start_step: int
+    tuner: Any = None
+    tokens: int = 0
+    losses: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _check(model: nn.Module, settings: _Settings) -> dict:
+    """Every check that needs the model, before anything changes; returns the pruning record."""
+    record = _record_of(model)
+    _check_dtype(model, settings)
+    if settings.mode == "lora":
+        _lora_targets(model, settings)
+        _peft()
+    return record
+
+
+def _peft():
+    try:
+        import peft
+    except ImportError as error:
+        raise ImportError(
+            f"healing with LoRA adapters needs peft: pip install 'lorp_lightning[heal]' ({error}); or heal with "
+            "mode='adjacent'"
+        ) from error
+    return peft
+
+
+def _begin(model: nn.Module, settings: _Settings, start_step: int) -> _Healing:
+    """Freeze the model and add what trains: LoRA adapters, or the blocks next to the removed ones."""
+    record = _check(model, settings)
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    tuner, targets, trained_blocks = None, None, None
+    if settings.mode == "lora":
+        from peft import LoraConfig, LoraModel
+
+        targets = _lora_targets(model, settings)
+        config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                            target_modules=list(targets), bias="none")
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # peft's notes on the config it fills in
+            torch.manual_seed(settings.seed)  # the adapters' random initialisation
+            tuner = LoraModel(model, config, _ADAPTER)  # injects into `model` itself and freezes the rest
+        tuner._cast_adapter_dtype(_ADAPTER, autocast_adapter_dtype=True)  # float32 adapters on a bf16/fp16 model
+    else:
+        trained_blocks = blocks_next_to_removed(record["original_num_layers"], record["pruned_layers"])
+        prefix = architecture_of(model).layers_path
+        modules = [f"{prefix}.{i}" for i in trained_blocks] + list(_final_norms(model))
+        trainable_ids = {id(p) for path in modules for p in model.get_submodule(path).parameters()}
+        head = model.get_output_embeddings()
+        if head is not None:
+            trainable_ids |= {id(p) for p in head.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable_ids)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    count = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    leaf_names = None if targets is None else sorted({name.rpartition(".")[2] for name in targets})
+    return _Healing(settings, requires_grad, trainable, leaf_names, trained_blocks, count, start_step, tuner)
+
+
+def _end(model: nn.Module, healing: _Healing, num_steps: int, completed: bool) -> dict:
+    """Merge the adapters (LoRA), restore what was trainable, and add the healing to the pruning record."""
+    if healing.tuner is not None:
+        with torch.no_grad():
+            healing.tuner.merge_and_unload(safe_merge=True)
+    for name, p in model.named_parameters():
+        p.requires_grad_(healing.requires_grad.get(name, True))
+    losses = healing.losses
+    tenth = max(1, len(losses) // 10)
+    settings = healing.settings
+    entry = {
+        "mode": settings.mode,
+        "rank": settings.rank,
+        "alpha": settings.alpha,
+        "dropout": settings.dropout,
+        "target_modules": healing.target_modules,
+        "trained_blocks": healing.trained_blocks,
+        "num_trainable_parameters": healing.num_trainable_parameters,
+        "num_steps": int(num_steps),
+        "tokens": healing.tokens,
+        "initial_loss": sum(losses[:tenth]) / tenth if losses else None,
+        "final_loss": sum(losses[-tenth:]) / tenth if losses else None,
+        "seconds": time.perf_counter() - healing.started,
+        "completed": bool(completed),
+        "seed": settings.seed,
+    }
+    record = copy.deepcopy(pruning_record(model))
+    record[HEALING_KEY] = list(record.get(HEALING_KEY, [])) + [entry]
+    setattr(model.config, RECORD_ATTRIBUTE, record)
+    return entry
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+class LoRPHealCallback(Callback):
+    r"""Heals a pruned model while ``Trainer.fit`` trains it: LoRA adapters (or the blocks next to
+    the removed ones) train, and are merged into the weights at the end of ``fit``.
+
+    Example::
+
+        trainer = Trainer(max_steps=200, callbacks=[LoRPPruneCallback(0.25), LoRPHealCallback()])
+        trainer.validate(module, datamodule=data)   # prunes, from the validation batches
+        trainer.fit(module, datamodule=data)        # heals on the training batches, then merges
+
+    The callback changes which parameters train; the LightningModule does the rest (its
+    ``training_step`` and ``configure_optimizers``; :class:`~lorp_lightning.module.LoRPModule`
+    trains on the calibration windows of :class:`~lorp_lightning.data.TextDataModule` and builds
+    AdamW over the parameters that require a gradient). LoRA wants a larger learning rate than
+    full fine-tuning: ``LoRPModule(..., lr=1e-3)``. The Trainer's ``max_steps`` (or ``max_time``)
+    is the length of the healing.
+
+    When healing starts: at the start of ``fit`` if the model is pruned already (by an earlier
+    ``validate`` or ``predict`` with :class:`~lorp_lightning.callbacks.LoRPPruneCallback`, or by
+    :func:`~lorp_lightning.surgery.prune_layers`); or, when a ``LoRPPruneCallback`` earlier in the
+    Trainer's callbacks prunes in the middle of this ``fit`` (``prune_on="validation_end"``), right
+    after it prunes (the optimizers are built again over what trains; until then the whole dense
+    model trains). At the end of ``fit`` (or when it stops on an exception) the adapters are
+    merged, the model's parameters train as before, and the healing is added to the pruning
+    record: ``config.lorp_pruning["healing"]`` (see :func:`healing_records`).
+
+    Checkpoints written during healing hold the adapters unmerged, and resuming a healing from
+    them is not supported: save the healed model after ``fit`` (``save_pretrained``).
+
+    Args:
+        mode: ``"lora"`` (default) or ``"adjacent"``.
+        rank: LoRA rank (``"lora"`` only; default 8).
+        alpha: LoRA alpha; the update is scaled by alpha / rank (``"lora"`` only; default 16).
+        dropout: LoRA dropout (``"lora"`` only; default 0).
+        target_modules: names of the linear layers of the blocks that get adapters, e.g.
+            ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block).
+        seed: seed of the adapters' random initialisation.
+        verbose: print a line when healing starts and ends (on rank zero).
+
+    ``mode="adjacent"`` trains the weights of the blocks next to each removed block, the final
+    normalisation and the language-model head (and the input embeddings, when tied to the head);
+    it needs float32 weights.
+    """
+
+    def __init__(
+        self,
+        mode: str = "lora",
+        rank: int | None = None,
+        alpha: float | None = None,
+        dropout: float | None = None,
+        target_modules: Sequence[str] | None = None,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        self.settings = _Settings.checked(mode, rank, alpha, dropout, target_modules, seed)
+        self.verbose = verbose
+        self.records: list[dict] = []
+        self._healing: _Healing | None = None
+        self._prune_callback: LoRPPruneCallback | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.settings.mode, rank=self.settings.rank)
+
+    @property
+    def healing(self) -> bool:
+        """True while adapters (or the unfrozen blocks) are training."""
+        return self._healing is not None
+
+    # ------------------------------------------------------------------ setup
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        model = _causal_lm(pl_module, type(self).__name__)
+        if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            raise ValueError(
+                f"LoRPHealCallback changes which parameters train, and rebuilds the optimizers for that with "
+                f"single-device and DDP strategies only, not {type(trainer.strategy).__name__}"
+            )
+        self._prune_callback = self._pending_prune(trainer)
+        if self._prune_callback is None:
+            self._check_ready(model)
+            self._begin(trainer, pl_module)  # before the strategy builds the optimizers and the DDP wrapper
+        else:  # the checks that do not need the pruning, now rather than in the middle of fit
+            _check_dtype(model, self.settings)
+            if self.settings.mode == "lora":
+                _lora_targets(model, self.settings)
+                _peft()
+
+    def _pending_prune(self, trainer: pl.Trainer) -> LoRPPruneCallback | None:
+        """The Trainer's LoRPPruneCallback that will prune during this fit, checked to run before this callback."""
+        callbacks = list(trainer.callbacks)
+        pending = [cb for cb in callbacks if isinstance(cb, LoRPPruneCallback) and cb.plan is None]
+        if not pending:
+            return None
+        prune = pending[0]
+        if prune.prune_on != "validation_end":
+            return None  # it prunes at the end of fit or of predict: not during this fit
+        if callbacks.index(prune) > callbacks.index(self):
+            raise ValueError(
+                "LoRPHealCallback comes before LoRPPruneCallback in the Trainer's callbacks, so it would see the model "
+                "before the pruning; pass callbacks=[LoRPPruneCallback(...), LoRPHealCallback(...)]"
+            )
+        return prune
+
+    def _check_ready(self, model: nn.Module) -> None:
+        if pruning_record(model) is None:
+            raise ValueError(
+                "LoRPHealCallback heals a pruned model, but the model has no pruning record and no LoRPPruneCallback "
+                "of this Trainer prunes during fit (prune_on='validation_end'). Prune first: trainer.validate(...) "
+                "with LoRPPruneCallback, then trainer.fit(...)"
+            )
+        _check(model, self.settings)
+
+    # ------------------------------------------------------------------ healing
+
+    def _begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        with torch.inference_mode(False):  # adapters made inside an evaluation loop must be ordinary tensors
+            self._healing = _begin(pl_module.model, self.settings, trainer.global_step)
+            pl_module.model.to(pl_module.device)
+        if self.verbose:
+            healing = self._healing
+            what = (f"LoRA rank {self.settings.rank} on {', '.join(healing.target_modules)}" if self.settings.mode == "lora"
+                    else f"blocks {healing.trained_blocks}, the final norm and the head")
+            rank_zero_info(f"LoRPHealCallback: healing {what}: {healing.num_trainable_parameters / 1e6:.2f} M trainable parameters")
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Right after the LoRPPruneCallback before this one pruned in the middle of fit.
+        if (
+            self._healing is None
+            and self._prune_callback is not None
+            and self._prune_callback.plan is not None
+            and trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+        ):
+            self._begin(trainer, pl_module)
+            with torch.inference_mode(False):
+                LoRPPruneCallback._rebuild_optimizers(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._healing is not None:
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if isinstance(loss, torch.Tensor):
+                self._healing.losses.append(float(loss.detach()))
+            input_ids, _ = model_inputs(batch, pl_module.device)
+            self._healing.tokens += int(input_ids.numel())
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer, pl_module, completed=True)
+        if self._prune_callback is not None and self._prune_callback.plan is None:
+            rank_zero_warn("LoRPHealCallback: the LoRPPruneCallback never pruned during fit, so nothing was healed")
+        self._prune_callback = None
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._end(trainer, pl_module, completed=False)  # the model is left plain, with what it learned so far
+
+    def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, completed: bool) -> None:
+        healing, self._healing = self._healing, None
+        if healing is None:
+            return
+        with torch.inference_mode(False):
+            entry = _end(pl_module.model, healing, trainer.global_step - healing.start_step, completed)
+        self.records.append(entry)
+        if self.verbose:
+            losses = (f"; training loss {entry['initial_loss']:.3f} -> {entry['final_loss']:.3f}"
+                      if entry["initial_loss"] is not None else "")
+            rank_zero_info(f"LoRPHealCallback: healed for {entry['num_steps']} steps{losses}; merged into the weights")
+
+    # ------------------------------------------------------------------ state
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": copy.deepcopy(self.records)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.records = copy.deepcopy(list(state_dict.get("records", [])))
+
+
+# --------------------------------------------------------------------------- the function
+
+
+class _HealingModule(LoRPModule):
+    """LoRPModule with AdamW under a linear warm-up (5% of the steps) and a cosine decay to 10% of ``lr``."""
+
+    def __init__(self, model: Any, tokenizer: Any, lr: float, weight_decay: float, steps: int) -> None:
+        super().__init__(model, tokenizer, lr=lr, weight_decay=weight_decay)
+        self.steps = steps
+
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer = super().configure_optimizers()
+        steps, warmup = self.steps, max(1, round(0.05 * self.steps))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def heal(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    steps: int,
+    text: str | os.PathLike | Sequence[str] = "wiki",
+    mode: str = "lora",
+    rank: int | None = None,
+    alpha: float | None = None,
+    dropout: float | None = None,
+    target_modules: Sequence[str] | None = None,
+    lr: float | None = None,
+    weight_decay: float = 0.0,
+    window: int = 256,
+    batch_size: int = 4,
+    num_windows: int | None = None,
+    max_seconds: float | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    inplace: bool = True,
+    trainer_options: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Heal a pruned model by a short Lightning training run on calibration text, and return it.
+
+    Example::
+
+        pruned = prune_layers(model, select_layers(stats, 0.25))
+        heal(pruned, tokenizer, steps=200)            # LoRA rank 8 on every block, merged
+        pruned.save_pretrained("smollm2-healed")       # a plain Hugging Face model
+
+    The training windows are the **calibration** split of ``text`` (see
+    :class:`~lorp_lightning.data.TextDataModule` for the splits), cut into windows of ``window``
+    tokens and shuffled with ``seed``; the held-out split is never read. The run is
+    ``Trainer.fit`` of a :class:`~lorp_lightning.module.LoRPModule` with a
+    :class:`LoRPHealCallback` for ``steps`` optimizer steps: AdamW (``lr``, ``weight_decay``),
+    linear warm-up over the first 5% of the steps, cosine decay to 10% of ``lr``, gradients
+    clipped to norm 1. The model trains in its own dtype on its own device (a bfloat16 model
+    trains float32 adapters on frozen bfloat16 weights).
+
+    Args:
+        model: a pruned Hugging Face causal LM (it has ``config.lorp_pruning``).
+        tokenizer: its tokenizer.
+        steps: optimizer steps (>= 1).
+        text: a bundled text name, a text file or a list of documents; its calibration split trains.
+        mode: ``"lora"`` (default) or ``"adjacent"`` (see :class:`LoRPHealCallback`).
+        rank, alpha, dropout, target_modules: LoRA settings (``"lora"`` only; defaults 8, 16, 0,
+            every linear layer of the blocks).
+        lr: peak learning rate; default :data:`DEFAULT_LR` of the mode (1e-3 for LoRA, 1e-4 for
+            ``"adjacent"``).
+        weight_decay: AdamW weight decay.
+        window: tokens per training window.
+        batch_size: windows per step.
+        num_windows: how many calibration windows to draw (None: all).
+        max_seconds: stop earlier when training has taken this long (wall clock); None: no limit.
+        seed: the adapters' initialisation and the order of the windows.
+        progress: show Lightning's progress bar, with the training loss.
+        inplace: heal ``model`` itself (True) or a deep copy of it, leaving ``model`` as it was.
+        trainer_options: extra keyword arguments for the ``Trainer`` (e.g. ``logger``,
+            ``precision``); ``callbacks`` listed there are added after the healing callback.
+
+    Returns:
+        The healed model (``model`` itself when ``inplace``), with a new entry in
+        ``config.lorp_pruning["healing"]``: the settings, the steps done, the mean training loss
+        over the first and the last tenth of the steps, the seconds, and the data.
+
+    Raises:
+        ValueError: a bad argument (named, with its value), a model without a pruning record,
+            ``rank`` larger than a target layer allows, ``mode="adjacent"`` on low-precision
+            weights. Everything is checked before anything changes: on an error the model is left
+            as it was.
+    """
+    steps = _check_positive_int(steps, "steps", "optimizer steps; steps=0 would train nothing")
+    settings = _Settings.checked(mode, rank, alpha, dropout, target_modules, seed)
+    lr = DEFAULT_LR[settings.mode] if lr is None else _check_number(lr, "lr", low=0.0, low_inclusive=False, what="a number > 0")
+    weight_decay = _check_number(weight_decay, "weight_decay", low=0.0, low_inclusive=True, what="a number >= 0")
+    if max_seconds is not None:
+        max_seconds = _check_number(max_seconds, "max_seconds", low=0.0, low_inclusive=False, what="a number of seconds > 0, or None")
+    if trainer_options is not None and not isinstance(trainer_options, dict):
+        raise ValueError(f"trainer_options must be a dict of Trainer arguments or None, got trainer_options={trainer_options!r}")
+    options = dict(trainer_options or {})
+    for owned in ("max_steps", "max_epochs", "max_time", "limit_val_batches"):
+        if owned in options:
+            raise ValueError(f"trainer_options may not set {owned!r}: heal() sets it from its own arguments")
+    _check(model, settings)
+    from lorp_lightning.data import TextDataModule
+
+    data = TextDataModule(text, tokenizer, window=window, num_calibration_windows=num_windows, batch_size=batch_size, seed=seed)
+    windows = data.windows("calibration")  # the calibration split only: the held-out split is never read
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    device = next(model.parameters()).device
+    callback = LoRPHealCallback(mode, rank, alpha, dropout, target_modules, seed=seed, verbose=False)
+    extra_callbacks = list(options.pop("callbacks", None) or [])
+    trainer_arguments = dict(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        gradient_clip_val=1.0,
+        num_sanity_val_steps=0,
+    )
+    trainer_arguments.update(options)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        max_epochs=-1,
+        max_time=None if max_seconds is None else {"seconds": max_seconds},
+        limit_val_batches=0,
+        callbacks=[callback, *extra_callbacks],
+        **trainer_arguments,
+    )
+    module = _HealingModule(model, tokenizer, lr=lr, weight_decay=weight_decay, steps=steps)
+    loader = torch.utils.data.DataLoader(
+        windows, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
+        trainer.fit(module, train_dataloaders=loader)
+    model.to(device)  # Lightning's teardown moves a model trained on a GPU back to the CPU
+    if not callback.records:
+        raise RuntimeError("heal(): the training run ended without healing; see the Trainer's messages above")
+    record = copy.deepcopy(pruning_record(model))
+    record[HEALING_KEY][-1].update({
+        "text": text if isinstance(text, str) else os.fspath(text) if isinstance(text, os.PathLike) else f"{len(text)} documents",
+        "split": "calibration",
+        "window": window,
+        "batch_size": batch_size,
+        "num_windows": int(windows.shape[0]),
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "max_seconds": max_seconds,
+    })
+    setattr(model.config, RECORD_ATTRIBUTE, record)
+    return model

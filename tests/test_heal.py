@@ -1,0 +1,366 @@
+"""Healing: LoRA adapters (merged) or the blocks next to the removed ones, trained on calibration text.
+
+On SmolLM2-135M with blocks 4-6 removed (a damage healing visibly repairs in a few steps), a
+few steps of 64-token windows; the behaviours that need no real model use a tiny random Llama
+with the SmolLM2 tokenizer.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.callbacks import LoRPPruneCallback
+from lorp_lightning.data import TextDataModule
+from lorp_lightning.heal import LoRPHealCallback, blocks_next_to_removed, heal, healing_records
+from lorp_lightning.module import LoRPModule
+from lorp_lightning.surgery import prune_layers, pruning_record
+
+REMOVED = [4, 5, 6]
+WINDOW = 64
+BATCH = 2
+STEPS = 4
+SEED = 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tiny_llama(vocab_size: int, num_layers: int = 10, tie: bool = False, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=vocab_size, tie_word_embeddings=tie)
+    return LlamaForCausalLM(config).eval()
+
+
+def snapshot(model) -> dict:
+    """Everything a failed call must leave as it was."""
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "modules": [(name, type(m)) for name, m in model.named_modules()],
+        "requires_grad": {name: p.requires_grad for name, p in model.named_parameters()},
+        "record": copy.deepcopy(pruning_record(model)),
+        "peft_config": hasattr(model, "peft_config"),
+    }
+
+
+def assert_unchanged(model, before: dict) -> None:
+    after = snapshot(model)
+    assert after["modules"] == before["modules"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["record"] == before["record"] and after["peft_config"] == before["peft_config"]
+    assert after["state"].keys() == before["state"].keys()
+    assert all(torch.equal(after["state"][k], before["state"][k]) for k in before["state"])
+
+
+def mean_loss(model, windows: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(model(input_ids=windows, labels=windows, use_cache=False).loss)
+
+
+def changed_parameters(before: dict, model) -> set[str]:
+    after = model.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+class Probe(Callback):
+    """Logits of a fixed batch at the end of training, while the adapters are still separate."""
+
+    def __init__(self, ids: torch.Tensor) -> None:
+        self.ids = ids
+        self.logits = None
+        self.adapter_modules = 0
+
+    def on_train_end(self, trainer, pl_module):
+        self.adapter_modules = sum(type(m).__module__.startswith("peft") for m in pl_module.model.modules())
+        pl_module.model.eval()
+        with torch.no_grad():
+            self.logits = pl_module.model(input_ids=self.ids, use_cache=False).logits.clone()
+
+
+class Batches(Callback):
+    """Every batch the model trained on."""
+
+    def __init__(self) -> None:
+        self.rows: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        ids = batch["input_ids"] if isinstance(batch, dict) else batch
+        self.rows.extend(ids.clone())
+
+
+class Optimized(Callback):
+    """The names of the parameters the optimizer holds at each training batch."""
+
+    def __init__(self) -> None:
+        self.names: list[set[str]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        ids = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
+        self.names.append({n for n, p in pl_module.model.named_parameters() if id(p) in ids})
+
+
+def quiet_trainer(tmp_path, **kwargs) -> Trainer:
+    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=tmp_path)
+    options.update(kwargs)
+    return Trainer(**options)
+
+
+# --------------------------------------------------------------------------- SmolLM2, healed once
+
+
+@pytest.fixture(scope="module")
+def healed(smollm2):
+    """SmolLM2 without blocks 4-6, before healing (a copy) and after 4 LoRA steps, with the probe's logits."""
+    model, tokenizer = smollm2
+    pruned = prune_layers(model, REMOVED, inplace=False)
+    before = copy.deepcopy(pruned)
+    training = TextDataModule("wiki", tokenizer, window=WINDOW, num_calibration_windows=8, seed=SEED).windows("calibration")
+    probe = Probe(training[:2])
+    result = heal(pruned, tokenizer, steps=STEPS, text="wiki", window=WINDOW, batch_size=BATCH, num_windows=8, seed=SEED,
+                  trainer_options={"callbacks": [probe]})
+    return {"before": before, "model": result, "returned_self": result is pruned, "probe": probe,
+            "training": training, "tokenizer": tokenizer}
+
+
+def test_a_few_lora_steps_lower_the_training_loss(healed):
+    before = mean_loss(healed["before"], healed["training"])
+    after = mean_loss(healed["model"], healed["training"])
+    assert after < before - 0.2, (before, after)  # 4.55 -> 4.14 when measured
+
+
+def test_the_merged_weights_give_the_logits_of_the_model_with_adapters(healed):
+    probe = healed["probe"]
+    assert probe.adapter_modules > 0  # the probe saw the adapters, unmerged
+    with torch.no_grad():
+        merged = healed["model"](input_ids=probe.ids, use_cache=False).logits
+        unhealed = healed["before"](input_ids=probe.ids, use_cache=False).logits
+    torch.testing.assert_close(merged, probe.logits, atol=1e-4, rtol=1e-4)
+    assert (merged - unhealed).abs().max() > 0.1  # and the adapters had changed something
+
+
+def test_the_healed_model_is_a_plain_hugging_face_model_again(healed):
+    model, before = healed["model"], healed["before"]
+    assert healed["returned_self"] and type(model) is LlamaForCausalLM
+    assert not any(type(m).__module__.startswith("peft") for m in model.modules())
+    assert not hasattr(model, "peft_config")
+    assert model.state_dict().keys() == before.state_dict().keys()
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in before.parameters()]
+    assert not model.training  # in the mode it came in
+
+
+def test_the_pruning_record_survives_and_gains_a_healing_entry(healed):
+    record = pruning_record(healed["model"])
+    assert {k: v for k, v in record.items() if k != "healing"} == pruning_record(healed["before"])
+    assert record["pruned_layers"] == REMOVED
+    [entry] = healing_records(healed["model"])
+    assert entry["mode"] == "lora" and (entry["rank"], entry["alpha"], entry["dropout"]) == (8, 16.0, 0.0)
+    assert entry["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert entry["num_steps"] == STEPS and entry["tokens"] == STEPS * BATCH * WINDOW and entry["completed"]
+    assert (entry["text"], entry["split"], entry["window"], entry["num_windows"]) == ("wiki", "calibration", WINDOW, 8)
+    # 27 blocks x rank 8 x (q 576+576, k 576+192, v 576+192, o 576+576, gate/up 576+1536 twice, down 1536+576)
+    assert entry["num_trainable_parameters"] == 27 * 8 * (1152 + 768 + 768 + 1152 + 3 * 2112)
+
+
+def test_the_healed_model_saves_reloads_with_plain_transformers_and_generates_with_its_cache(healed, tmp_path):
+    model, tokenizer = healed["model"], healed["tokenizer"]
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert type(reloaded) is LlamaForCausalLM and reloaded.config.num_hidden_layers == 27
+    assert reloaded.config.lorp_pruning == pruning_record(model)
+    ids = tokenizer("The history of the city begins", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    options = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    cached = reloaded.generate(ids, use_cache=True, **options)
+    uncached = reloaded.generate(ids, use_cache=False, **options)
+    assert cached.shape == (1, ids.shape[1] + 8) and torch.equal(cached, uncached)
+
+
+# --------------------------------------------------------------------------- which weights train
+
+
+@pytest.mark.parametrize(
+    "num_layers, removed, expected",
+    [
+        (10, [2, 3, 7], [1, 2, 4, 5]),  # kept 0 1 4 5 6 8 9; neighbours 1, 4 (of 2-3) and 6, 8 (of 7)
+        (8, [0], [0]),                   # only a block above: block 1, now block 0
+        (8, [7], [6]),                   # only a block below
+        (6, [1, 3], [0, 1, 2]),          # kept 0 2 4 5; block 2 is next to both removed blocks
+    ],
+)
+def test_blocks_next_to_removed_are_the_nearest_kept_blocks_on_each_side(num_layers, removed, expected):
+    assert blocks_next_to_removed(num_layers, removed) == expected
+
+
+def test_adjacent_mode_trains_the_neighbour_blocks_the_final_norm_and_the_head_only(smollm2):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2, 3, 7])  # trains blocks 1, 2, 4, 5 of the 7 left
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    heal(model, tokenizer, steps=2, mode="adjacent", text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=4)
+    trained = {f"model.layers.{i}." for i in (1, 2, 4, 5)}
+    expected = {k for k in before if any(k.startswith(t) for t in trained)} | {"model.norm.weight", "lm_head.weight"}
+    assert changed_parameters(before, model) == expected
+    [entry] = healing_records(model)
+    assert entry["mode"] == "adjacent" and entry["trained_blocks"] == [1, 2, 4, 5] and entry["rank"] is None
+
+
+def test_a_head_tied_to_the_embeddings_trains_them_too_and_stays_tied(smollm2):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer), tie=True), [2, 3, 7])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    heal(model, tokenizer, steps=1, mode="adjacent", text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=4)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert "model.embed_tokens.weight" in changed_parameters(before, model)
+
+
+def test_lora_on_chosen_modules_changes_those_weights_only(smollm2):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2, 3, 7])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    heal(model, tokenizer, steps=2, target_modules=["q_proj", "v_proj"], rank=4, text="tinystories", window=WINDOW,
+         batch_size=BATCH, num_windows=4)
+    expected = {f"model.layers.{i}.self_attn.{m}_proj.weight" for i in range(7) for m in "qv"}
+    assert changed_parameters(before, model) == expected
+
+
+def test_training_reads_the_calibration_split_only(smollm2):
+    _, tokenizer = smollm2
+    data = TextDataModule("tinystories", tokenizer, window=WINDOW, num_calibration_windows=None, num_eval_windows=None)
+    calibration = {tuple(row.tolist()) for row in data.windows("calibration")}
+    heldout = {tuple(row.tolist()) for row in data.windows("heldout")}
+    batches = Batches()
+    model = prune_layers(tiny_llama(len(tokenizer)), [2])
+    heal(model, tokenizer, steps=6, text="tinystories", window=WINDOW, batch_size=4, seed=3,
+         trainer_options={"callbacks": [batches]})
+    trained = [tuple(row.tolist()) for row in batches.rows]
+    assert len(trained) == 24 and set(trained) <= calibration and not set(trained) & heldout
+
+
+def test_a_healed_model_on_a_copy_leaves_the_original_alone(smollm2):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2])
+    before = snapshot(model)
+    healed_copy = heal(model, tokenizer, steps=1, text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=2,
+                       inplace=False)
+    assert healed_copy is not model and len(healing_records(healed_copy)) == 1
+    assert_unchanged(model, before)
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 0}, "steps must be a positive int (optimizer steps; steps=0 would train nothing), got steps=0"),
+        ({"rank": 100}, "rank=100 does not fit: the target module 'k_proj' maps 64 to 32 features"),
+        ({"rank": 0}, "rank must be a positive int (the LoRA rank), got rank=0"),
+        ({"mode": "qlora"}, "mode must be one of 'lora', 'adjacent', got mode='qlora'"),
+        ({"mode": "adjacent", "rank": 4}, "rank applies only to mode='lora', got rank=4 with mode='adjacent'"),
+        ({"target_modules": ["w_q"]}, "names 'w_q', which is not a linear layer of the decoder blocks"),
+        ({"target_modules": "q_proj"}, "target_modules must be a list of module names"),
+        ({"lr": 0.0}, "lr must be a number > 0, got lr=0.0"),
+        ({"alpha": -1}, "alpha must be a number > 0"),
+        ({"dropout": 1.0}, "dropout must be a number in [0, 1) (LoRA dropout), got dropout=1.0"),
+        ({"text": "ptb"}, "text='ptb' is neither a bundled text"),
+        ({"trainer_options": {"max_steps": 9}}, "trainer_options may not set 'max_steps'"),
+    ],
+)
+def test_bad_arguments_are_clear_errors_and_leave_the_model_as_it_was(smollm2, kwargs, message):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2])
+    before = snapshot(model)
+    arguments = dict(steps=1, text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=2)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError) as error:
+        heal(model, tokenizer, **arguments)
+    assert message in str(error.value)
+    assert_unchanged(model, before)
+
+
+def test_an_unpruned_model_is_refused(smollm2):
+    _, tokenizer = smollm2
+    model = tiny_llama(len(tokenizer))
+    with pytest.raises(ValueError, match=r"no pruning record \(config.lorp_pruning\): prune it first"):
+        heal(model, tokenizer, steps=1, text="tinystories")
+
+
+def test_adjacent_mode_refuses_bfloat16_weights_whose_updates_would_be_lost(smollm2):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2]).to(torch.bfloat16)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"mode='adjacent' trains the block weights themselves, which are torch.bfloat16"):
+        heal(model, tokenizer, steps=1, mode="adjacent", text="tinystories")
+    assert_unchanged(model, before)
+
+
+def test_lora_on_bfloat16_weights_trains_float32_adapters_and_merges_into_bfloat16(smollm2):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2]).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    heal(model, tokenizer, steps=2, lr=1e-2, text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=2)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert any(k.endswith("q_proj.weight") for k in changed_parameters(before, model))
+
+
+# --------------------------------------------------------------------------- the callback in a Lightning workflow
+
+
+def test_prune_with_validate_then_heal_with_fit_trains_the_adapters_only_and_merges_them(smollm2, tmp_path):
+    _, tokenizer = smollm2
+    module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3)
+    data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=8, num_eval_windows=2, batch_size=BATCH)
+    optimized = Optimized()
+    heal_callback = LoRPHealCallback(rank=4, verbose=False)
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0,
+                            callbacks=[LoRPPruneCallback(2, verbose=False), heal_callback, optimized])
+    trainer.validate(module, datamodule=data, verbose=False)
+    assert len(decoder_layers(module.model)) == 8 and not heal_callback.healing
+    trainer.fit(module, datamodule=data)
+    adapters = {n for n in optimized.names[0] if ".lora_" in n}
+    assert len(adapters) == 8 * 7 * 2 and all(names == adapters for names in optimized.names)  # A and B, 7 layers, 8 blocks
+    assert not any(type(m).__module__.startswith("peft") for m in module.model.modules())
+    [entry] = healing_records(module.model)
+    assert entry["num_steps"] == 3 and entry["rank"] == 4 and heal_callback.records == [entry]
+
+
+def test_pruning_in_the_middle_of_fit_starts_the_healing_right_after_it(smollm2, tmp_path):
+    _, tokenizer = smollm2
+    module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3)
+    data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=8, num_eval_windows=2, batch_size=BATCH)
+    optimized = Optimized()
+    trainer = quiet_trainer(tmp_path, max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
+                            callbacks=[LoRPPruneCallback(2, verbose=False), LoRPHealCallback(verbose=False), optimized])
+    trainer.fit(module, datamodule=data)
+    dense = {n for n, _ in tiny_llama(len(tokenizer)).named_parameters()}
+    assert optimized.names[0] == optimized.names[1] == dense  # steps 1-2: the dense model, before pruning
+    assert all(n and all(".lora_" in x for x in n) for n in optimized.names[2:])  # steps 3-4: the adapters
+    assert len(decoder_layers(module.model)) == 8
+    [entry] = healing_records(module.model)
+    assert entry["num_steps"] == 2
+
+
+def test_the_heal_callback_must_come_after_the_prune_callback(smollm2, tmp_path):
+    _, tokenizer = smollm2
+    module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
+    data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=2, num_eval_windows=2, batch_size=BATCH)
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LoRPHealCallback(), LoRPPruneCallback(2)])
+    with pytest.raises(ValueError, match=r"LoRPHealCallback comes before LoRPPruneCallback"):
+        trainer.fit(module, datamodule=data)
+
+
+def test_fit_with_the_heal_callback_on_a_model_never_pruned_is_refused(smollm2, tmp_path):
+    _, tokenizer = smollm2
+    module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
+    data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=2, num_eval_windows=2, batch_size=BATCH)
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LoRPHealCallback()])
+    with pytest.raises(ValueError, match=r"the model has no pruning record and no LoRPPruneCallback"):
+        trainer.fit(module, datamodule=data)
+    assert not any(type(m).__module__.startswith("peft") for m in module.model.modules())
