@@ -4,6 +4,7 @@
     lorp prune [MODEL] --amount 0.25     analyze, select, prune, save, and compare dense and pruned
     lorp compare MODEL --amounts ... --methods ...   every method at every budget from one pass
     lorp eval MODEL_OR_DIR               perplexity, size, speed and memory of one model
+    lorp heal DIR --steps N              heal a pruned model by a short training run, merge, save
 
 Every command writes a ``report.json`` into its output directory and prints a table. Output
 directories are written to a temporary folder beside them and renamed at the end, so a failed
@@ -58,6 +59,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser, out_default: str | None) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
                         help="weights' dtype for calibration and evaluation (default: bfloat16, about twice as fast as float32 on CPU)")
@@ -101,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
     _add_calibration(prune)
     _add_evaluation(prune)
+    prune.add_argument("--heal-steps", type=_non_negative_int, default=0,
+                       help="heal the pruned model for N steps (LoRA, on the calibration split of --text) before "
+                            "evaluating and saving it; see `lorp heal` (default: 0, no healing)")
     _add_common(prune, "pruned/MODEL-METHOD-AMOUNT")
 
     compare = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
@@ -125,6 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=_positive_int, default=None, help="zero-shot: the first N documents of each task (default: all)")
     evaluate.add_argument("--zero-shot-batch-size", type=_positive_int, default=8, help="zero-shot batch size (default: 8)")
     _add_common(evaluate, "lorp-eval")
+
+    heal = commands.add_parser("heal", help="heal a pruned model by a short training run on calibration text, merge, save")
+    heal.add_argument("model", help="directory of a pruned model (the output of `lorp prune`)")
+    heal.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps (default: 200)")
+    heal.add_argument("--mode", choices=["lora", "adjacent"], default="lora",
+                      help="lora: adapters on every block, merged at the end; adjacent: train the blocks next to the "
+                           "removed ones, the final norm and the head (needs --dtype float32) (default: lora)")
+    heal.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default: 8)")
+    heal.add_argument("--alpha", type=_positive_float, default=None, help="LoRA alpha; the update is scaled by alpha/rank (default: 16)")
+    heal.add_argument("--target-modules", default=None,
+                      help="comma-separated linear layers of the blocks that get adapters, e.g. q_proj,v_proj (default: all)")
+    heal.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default: 1e-3 for lora, 1e-4 for adjacent)")
+    heal.add_argument("--text", default="wiki", help="training text: a bundled name (wiki, c4, tinystories, lambada); its calibration split is used (default: wiki)")
+    heal.add_argument("--window", type=_positive_int, default=256, help="tokens per training window (default: 256)")
+    heal.add_argument("--batch-size", type=_positive_int, default=4, help="training windows per step (default: 4)")
+    heal.add_argument("--max-minutes", type=_positive_float, default=None, help="stop training after this many minutes (default: no limit)")
+    heal.add_argument("--seed", type=int, default=0, help="adapter initialisation and window order (default: 0)")
+    heal.add_argument("--eval-text", default="wiki", help="held-out text for perplexity before and after: a bundled name or a text file (default: wiki)")
+    heal.add_argument("--eval-windows", type=_non_negative_int, default=40, help="evaluation windows of --eval-window tokens; 0 skips the evaluation (default: 40)")
+    heal.add_argument("--eval-window", type=_positive_int, default=512, help="tokens per evaluation window (default: 512)")
+    _add_common(heal, "DIR-healed")
     return parser
 
 
@@ -346,6 +391,10 @@ def cmd_prune(args) -> dict:
         start = time.perf_counter()
         pruned = prune_layers(model, plan, inplace=False)
         timings["prune_seconds"] = time.perf_counter() - start
+        healing = None
+        if args.heal_steps:
+            healing = _heal_pruned(pruned, tokenizer, args)
+            timings["heal_seconds"] = healing["record"]["seconds"]
         start = time.perf_counter()
         metrics = _evaluate({"dense": model, "pruned": pruned}, tokenizer, args)
         timings["evaluation_seconds"] = time.perf_counter() - start
@@ -356,12 +405,16 @@ def cmd_prune(args) -> dict:
                   "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "stats_file": args.stats},
                   "statistics": _stats_summary(stats, analysis), "evaluation": eval_setup, "metrics": metrics,
                   "timings": timings, "versions": _versions()}
+        if healing is not None:
+            report["healing"] = healing
         _write_json(out.path / "report.json", report)
         final = out.commit()
     except BaseException:
         out.abandon()
         raise
     print(plan)
+    if healing is not None:
+        print(_healing_line(healing["record"], healing["perplexity_before_healing"], metrics["pruned"]["perplexity"]))
     print(_comparison_table(metrics))
     print(f"saved the pruned model to {final} (report.json beside it)")
     return report
@@ -522,7 +575,110 @@ def _zero_shot_tasks(spec: str | None) -> tuple[str, ...]:
     return tasks
 
 
-COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "compare": cmd_compare, "eval": cmd_eval}
+def _heal_pruned(pruned, tokenizer, args) -> dict:
+    """`lorp prune --heal-steps N`: the pruned model's perplexity, then N steps of LoRA healing on the calibration text."""
+    from lorp_lightning.evaluation import perplexity, token_windows
+
+    windows = token_windows(tokenizer, _eval_text(args.eval_text), window=args.window, max_windows=args.eval_windows)
+    before = _finite(perplexity(pruned, windows, progress=not args.quiet))
+    record, losses = _run_healing(pruned, tokenizer, args.quiet, steps=args.heal_steps, text=args.text, window=args.window,
+                                  batch_size=args.batch_size, seed=args.seed)
+    return {"record": record, "losses": losses, "perplexity_before_healing": before}
+
+
+def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[float]]:
+    """heal(model, ...) with Lightning's progress bar (unless quiet); the healing record and the loss of every step."""
+    import logging
+
+    from lightning.pytorch.callbacks import Callback
+
+    from lorp_lightning.heal import heal, healing_records
+
+    class LossCurve(Callback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            self.losses.append(float(loss))
+
+    from lorp_lightning.assets import BUNDLED_TEXTS
+
+    if options["text"] not in BUNDLED_TEXTS:
+        raise UsageError(f"unknown training text {options['text']!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
+    curve = LossCurve()
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
+    lightning_logger.setLevel(logging.WARNING)  # no "GPU available: False" lines
+    try:
+        heal(model, tokenizer, progress=not quiet, trainer_options={"callbacks": [curve]}, **options)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    finally:
+        lightning_logger.setLevel(level)
+    return healing_records(model)[-1], curve.losses
+
+
+def _healing_line(record: dict, before, after) -> str:
+    """One line: what trained, on how much text, for how long; training loss and held-out perplexity before and after."""
+    what = f"LoRA rank {record['rank']}" if record["mode"] == "lora" else f"blocks {record['trained_blocks']}, final norm, head"
+    line = (f"healed for {record['num_steps']} steps ({what}; {record['tokens']} calibration tokens of {record['text']}, "
+            f"{record['seconds']:.0f} s): training loss {record['initial_loss']:.3f} -> {record['final_loss']:.3f}")
+    if before is None:
+        return line
+    show = lambda x: x if isinstance(x, str) else f"{x:.2f}"
+    return f"{line}; held-out perplexity {show(before)} -> {show(after)}"
+
+
+def cmd_heal(args) -> dict:
+    from lorp_lightning.evaluation import perplexity, token_windows
+    from lorp_lightning.heal import MODES
+    from lorp_lightning.surgery import pruning_record
+
+    if args.out == "DIR-healed":
+        args.out = f"{str(args.model).rstrip('/')}-healed"
+    if args.mode not in MODES:  # argparse's choices already say so; kept for callers of cmd_heal
+        raise UsageError(f"unknown mode {args.mode!r}; modes: {', '.join(MODES)}")
+    if args.mode == "adjacent" and args.dtype != "float32":
+        raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {args.dtype}, "
+                         "AdamW's small updates would be lost); or heal with --mode lora")
+    targets = None if args.target_modules is None else [t for t in args.target_modules.split(",") if t]
+    out = _Output(args.out, args.overwrite)
+    try:
+        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        if pruning_record(model) is None:
+            raise UsageError(f"{args.model} holds a model that was not pruned (no lorp_pruning record in its config); "
+                             "heal the output directory of `lorp prune`")
+        windows = before = after = None
+        if args.eval_windows:
+            windows = token_windows(tokenizer, _eval_text(args.eval_text), window=args.eval_window, max_windows=args.eval_windows)
+            before = _finite(perplexity(model, windows, progress=not args.quiet))
+        lora_only = {"rank": args.rank, "alpha": args.alpha, "target_modules": targets}  # heal() refuses them for adjacent
+        record, losses = _run_healing(
+            model, tokenizer, args.quiet, steps=args.steps, mode=args.mode, lr=args.lr, text=args.text, window=args.window,
+            batch_size=args.batch_size, seed=args.seed, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+            **{k: v for k, v in lora_only.items() if v is not None},
+        )
+        if windows is not None:
+            after = _finite(perplexity(model, windows, progress=not args.quiet))
+        model.save_pretrained(out.path)
+        tokenizer.save_pretrained(out.path)
+        report = {"command": "heal", "model": args.model, "dtype": args.dtype, "healing": record, "losses": losses,
+                  "evaluation": None if windows is None else {"text": args.eval_text, "split": "heldout",
+                                                              "windows": int(windows.shape[0]), "window": args.eval_window,
+                                                              "perplexity_before": before, "perplexity_after": after},
+                  "versions": _versions()}
+        _write_json(out.path / "report.json", report)
+        final = out.commit()
+    except BaseException:
+        out.abandon()
+        raise
+    print(_healing_line(record, before, after))
+    print(f"saved the healed model to {final} (report.json beside it)")
+    return report
+
+
+COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "compare": cmd_compare, "eval": cmd_eval, "heal": cmd_heal}
 
 
 def main(argv: list[str] | None = None) -> int:

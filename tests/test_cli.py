@@ -137,3 +137,92 @@ def test_an_unknown_zero_shot_task_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'race'" in err[0] and "piqa" in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- lorp heal, lorp prune --heal-steps
+
+HEAL_SMALL = ["--steps", "2", "--window", "64", "--batch-size", "2", "--eval-windows", "1", "--eval-window", "64", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(smollm2, tmp_path_factory):
+    """SmolLM2 without blocks 4-6, saved in bfloat16 as `lorp prune` saves it."""
+    from lorp_lightning import prune_layers
+
+    model, tokenizer = smollm2
+    directory = tmp_path_factory.mktemp("pruned") / "smollm2-pruned"
+    prune_layers(model, [4, 5, 6], inplace=False).to(torch.bfloat16).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_heal_saves_a_healed_model_that_plain_transformers_reloads_with_a_report(pruned_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "healed"
+    assert main(["heal", str(pruned_dir), *HEAL_SMALL, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    record = report["healing"]
+    assert (record["mode"], record["rank"], record["num_steps"], record["tokens"]) == ("lora", 8, 2, 2 * 2 * 64)
+    assert record["text"] == "wiki" and record["split"] == "calibration" and len(report["losses"]) == 2
+    evaluation = report["evaluation"]
+    assert evaluation["split"] == "heldout" and evaluation["windows"] == 1
+    assert evaluation["perplexity_after"] < evaluation["perplexity_before"]  # blocks 4-6 cost a lot; 2 steps win some back
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.num_hidden_layers == 27 and reloaded.dtype == torch.bfloat16
+    assert reloaded.config.lorp_pruning["pruned_layers"] == [4, 5, 6]
+    assert reloaded.config.lorp_pruning["healing"] == [record]
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".safetensors")) == [
+        "config.json", "generation_config.json", "model.safetensors", "report.json", "tokenizer.json", "tokenizer_config.json"]
+    printed = capsys.readouterr().out
+    assert "healed for 2 steps (LoRA rank 8" in printed and "held-out perplexity" in printed
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--rank", "1000"], "rank=1000 does not fit: the target module 'k_proj' maps 576 to 192 features"),
+        (["--mode", "adjacent"], "--mode adjacent trains the block weights themselves and needs --dtype float32"),
+        (["--mode", "adjacent", "--dtype", "float32", "--rank", "4"], "rank applies only to mode='lora'"),
+        (["--target-modules", "q_proj,w_x"], "names 'w_x', which is not a linear layer of the decoder blocks"),
+        (["--text", "ptb"], "unknown training text 'ptb'"),
+    ],
+)
+def test_heal_with_bad_arguments_ends_with_one_clear_line_and_writes_nothing(pruned_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "healed"
+    assert main(["heal", str(pruned_dir), *HEAL_SMALL, *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_heal_refuses_a_model_that_was_never_pruned(tmp_path, capsys):
+    out = tmp_path / "healed"
+    assert main(["heal", "smollm2-135m", *HEAL_SMALL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "smollm2-135m holds a model that was not pruned" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_console_script_rejects_zero_heal_steps():
+    result = subprocess.run([sys.executable, "-m", "lorp_lightning.cli", "heal", "some-dir", "--steps", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "argument --steps: expected a positive integer, got '0'" in result.stderr
+
+
+def test_prune_with_heal_steps_saves_the_healed_model_and_reports_both_perplexities(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "pruned"
+    code = main(["prune", "--amount", "3", "--method", "last", "--heal-steps", "2", "--out", str(out), *SMALL, *SMALL_EVAL])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    healing = report["healing"]
+    assert healing["record"]["num_steps"] == 2 and healing["record"]["window"] == 128 and len(healing["losses"]) == 2
+    assert healing["perplexity_before_healing"] > report["metrics"]["pruned"]["perplexity"]
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.lorp_pruning["pruned_layers"] == [26, 27, 28]
+    assert reloaded.config.lorp_pruning["healing"] == [healing["record"]]
+    assert "healed for 2 steps" in capsys.readouterr().out
