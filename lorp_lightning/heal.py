@@ -53,7 +53,15 @@ from lorp_lightning.module import LoRPModule
 from lorp_lightning.stats import model_inputs
 from lorp_lightning.surgery import RECORD_ATTRIBUTE, pruning_record
 
-__all__ = ["DEFAULT_LR", "MODES", "LoRPHealCallback", "blocks_next_to_removed", "heal", "healing_records"]
+__all__ = [
+    "DEFAULT_LR",
+    "MODES",
+    "LoRPHealCallback",
+    "blocks_next_to_removed",
+    "heal",
+    "healing_records",
+    "learning_rate_factor",
+]
 
 MODES = ("lora", "adjacent")
 """The ways to heal: LoRA adapters on every block, or full training of the blocks next to the removed ones."""
@@ -553,26 +561,79 @@ class LoRPHealCallback(Callback):
 # --------------------------------------------------------------------------- the function
 
 
-class _HealingModule(LoRPModule):
-    """LoRPModule with AdamW under a linear warm-up (5% of the steps) and a cosine decay to 10% of ``lr``."""
+WARMUP = 0.05
+"""Fraction of the healing run over which the learning rate rises linearly to ``lr``."""
 
-    def __init__(self, model: Any, tokenizer: Any, lr: float, weight_decay: float, steps: int) -> None:
+FINAL_LR_FRACTION = 0.1
+"""The cosine decay ends at this fraction of ``lr``."""
+
+
+def learning_rate_factor(progress: float) -> float:
+    """The multiple of ``lr`` at ``progress`` in [0, 1] of a healing run: linear warm-up over the
+    first 5%, then a cosine decay from 1 to 0.1."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < WARMUP:
+        return progress / WARMUP
+    decay = (progress - WARMUP) / (1.0 - WARMUP)
+    return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * decay))
+
+
+class _HealingModule(LoRPModule):
+    """LoRPModule with AdamW under :func:`learning_rate_factor`, over ``steps`` or ``max_seconds``.
+
+    The progress of the run is the larger of the share of the steps done and the share of the
+    time spent, so a run cut by ``max_seconds`` still warms up and decays over the time it has.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, lr: float, weight_decay: float, steps: int,
+                 max_seconds: float | None) -> None:
         super().__init__(model, tokenizer, lr=lr, weight_decay=weight_decay)
         self.steps = steps
+        self.max_seconds = max_seconds
+        self._started: float | None = None
+
+    @override
+    def on_train_start(self) -> None:
+        self._started = time.perf_counter()
+
+    def progress(self, step: int) -> float:
+        """The share of the run done once ``step`` steps are done (the next step's learning rate uses it)."""
+        share = step / self.steps
+        if self.max_seconds is not None and self._started is not None:
+            share = max(share, (time.perf_counter() - self._started) / self.max_seconds)
+        return share
 
     @override
     def configure_optimizers(self) -> Any:
         optimizer = super().configure_optimizers()
-        steps, warmup = self.steps, max(1, round(0.05 * self.steps))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        # LambdaLR gives the step count: the learning rate of step k (from 0) is that of progress (k + 1) / steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(self.progress(step + 1)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class _TimeBudget(Callback):
+    """Stops ``fit`` before a step that would end after ``seconds`` (judged by the longest step so far)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._started = 0.0
+        self._step_started = 0.0
+        self._longest_step = 0.0
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self._longest_step = max(self._longest_step, now - self._step_started)
+        if now - self._started + self._longest_step > self.seconds:
+            trainer.should_stop = True
 
 
 def heal(
@@ -609,9 +670,10 @@ def heal(
     :class:`~lorp_lightning.data.TextDataModule` for the splits), cut into windows of ``window``
     tokens and shuffled with ``seed``; the held-out split is never read. The run is
     ``Trainer.fit`` of a :class:`~lorp_lightning.module.LoRPModule` with a
-    :class:`LoRPHealCallback` for ``steps`` optimizer steps: AdamW (``lr``, ``weight_decay``),
-    linear warm-up over the first 5% of the steps, cosine decay to 10% of ``lr``, gradients
-    clipped to norm 1. The model trains in its own dtype on its own device (a bfloat16 model
+    :class:`LoRPHealCallback` for ``steps`` optimizer steps, or until ``max_seconds`` have passed,
+    whichever comes first: AdamW (``lr``, ``weight_decay``) with a linear warm-up over the first 5%
+    of the run and a cosine decay to 10% of ``lr`` (the run's progress is the larger of the share
+    of the steps done and the share of ``max_seconds`` spent), gradients clipped to norm 1. The model trains in its own dtype on its own device (a bfloat16 model
     trains float32 adapters on frozen bfloat16 weights).
 
     Args:
@@ -628,7 +690,9 @@ def heal(
         window: tokens per training window.
         batch_size: windows per step.
         num_windows: how many calibration windows to draw (None: all).
-        max_seconds: stop earlier when training has taken this long (wall clock); None: no limit.
+        max_seconds: a wall-clock budget for the training: it stops before a step that would
+            end later than this (judged by the longest step so far), and the learning-rate
+            schedule follows the time spent; None: ``steps`` alone.
         seed: the adapters' initialisation and the order of the windows.
         progress: show Lightning's progress bar, with the training loss.
         inplace: heal ``model`` itself (True) or a deep copy of it, leaving ``model`` as it was.
@@ -655,7 +719,7 @@ def heal(
     if trainer_options is not None and not isinstance(trainer_options, dict):
         raise ValueError(f"trainer_options must be a dict of Trainer arguments or None, got trainer_options={trainer_options!r}")
     options = dict(trainer_options or {})
-    for owned in ("max_steps", "max_epochs", "max_time", "limit_val_batches"):
+    for owned in ("max_steps", "max_epochs", "limit_val_batches"):
         if owned in options:
             raise ValueError(f"trainer_options may not set {owned!r}: heal() sets it from its own arguments")
     _check(model, settings)
@@ -683,12 +747,11 @@ def heal(
     trainer = pl.Trainer(
         max_steps=steps,
         max_epochs=-1,
-        max_time=None if max_seconds is None else {"seconds": max_seconds},
         limit_val_batches=0,
-        callbacks=[callback, *extra_callbacks],
+        callbacks=[callback, *([] if max_seconds is None else [_TimeBudget(max_seconds)]), *extra_callbacks],
         **trainer_arguments,
     )
-    module = _HealingModule(model, tokenizer, lr=lr, weight_decay=weight_decay, steps=steps)
+    module = _HealingModule(model, tokenizer, lr=lr, weight_decay=weight_decay, steps=steps, max_seconds=max_seconds)
     loader = torch.utils.data.DataLoader(
         windows, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.callbacks import LoRPPruneCallback
 from lorp_lightning.data import TextDataModule
-from lorp_lightning.heal import LoRPHealCallback, blocks_next_to_removed, heal, healing_records
+from lorp_lightning.heal import LoRPHealCallback, blocks_next_to_removed, heal, healing_records, learning_rate_factor
 from lorp_lightning.module import LoRPModule
 from lorp_lightning.surgery import prune_layers, pruning_record
 
@@ -253,6 +253,33 @@ def test_a_healed_model_on_a_copy_leaves_the_original_alone(smollm2):
     assert_unchanged(model, before)
 
 
+# --------------------------------------------------------------------------- the schedule and the time budget
+
+
+@pytest.mark.parametrize("progress, factor", [(0.0, 0.0), (0.025, 0.5), (0.05, 1.0), (0.525, 0.55), (1.0, 0.1), (1.5, 0.1)])
+def test_the_learning_rate_warms_up_over_5_percent_then_decays_by_a_cosine_to_a_tenth(progress, factor):
+    assert learning_rate_factor(progress) == pytest.approx(factor)
+
+
+class LearningRates(Callback):
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_a_time_budget_stops_the_run_in_time_and_the_schedule_follows_the_time(smollm2):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2])
+    rates = LearningRates()
+    heal(model, tokenizer, steps=100_000, max_seconds=5.0, lr=1e-3, text="tinystories", window=16, batch_size=1,
+         trainer_options={"callbacks": [rates]})
+    [entry] = healing_records(model)
+    assert 10 <= entry["num_steps"] < 100_000 and entry["seconds"] < 5.0 + 2.0  # (the entry also counts the set-up)
+    assert rates.rates[0] < 0.5e-3 and max(rates.rates) > 0.9e-3 and rates.rates[-1] < 0.3e-3
+
+
 # --------------------------------------------------------------------------- bad arguments
 
 
@@ -271,6 +298,7 @@ def test_a_healed_model_on_a_copy_leaves_the_original_alone(smollm2):
         ({"dropout": 1.0}, "dropout must be a number in [0, 1) (LoRA dropout), got dropout=1.0"),
         ({"text": "ptb"}, "text='ptb' is neither a bundled text"),
         ({"trainer_options": {"max_steps": 9}}, "trainer_options may not set 'max_steps'"),
+        ({"max_seconds": 0}, "max_seconds must be a number of seconds > 0, or None, got max_seconds=0"),
     ],
 )
 def test_bad_arguments_are_clear_errors_and_leave_the_model_as_it_was(smollm2, kwargs, message):
