@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -18,7 +20,7 @@ from torch import nn
 from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers
 from lorp_lightning.locality import is_integer
 
-__all__ = ["RECORD_ATTRIBUTE", "prune_layers", "pruning_record"]
+__all__ = ["RECORD_ATTRIBUTE", "prune_layers", "pruning_record", "temporarily_pruned"]
 
 RECORD_ATTRIBUTE = "lorp_pruning"
 """Name of the config attribute that records the pruning (a JSON-able dict, saved in config.json)."""
@@ -72,6 +74,50 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
     setattr(model.config, RECORD_ATTRIBUTE, record)
     _renumber_device_map(model, architecture, kept)
     return model
+
+
+@contextmanager
+def temporarily_pruned(model: nn.Module, blocks: Any) -> Iterator[nn.Module]:
+    """Inside the ``with`` block, ``model`` is pruned of ``blocks`` (in place, by
+    :func:`prune_layers`); on leaving it, the model is exactly as it was.
+
+    This is how a candidate plan is tried on the real model without copying its weights: the
+    removed blocks are kept aside, and on exit the block list, every ``layer_idx``, the config
+    fields pruning edits, the pruning record and the device map are put back.
+
+        with temporarily_pruned(model, [4, 5]) as pruned:
+            loss = pruned(input_ids, labels=input_ids).loss
+    """
+    architecture = architecture_of(model)
+    layers = decoder_layers(model)
+    original_blocks = list(layers)
+    layer_indices = [(module, module.layer_idx) for block in original_blocks for module in block.modules()
+                     if is_integer(getattr(module, "layer_idx", None))]
+    configs = _decoder_configs(model, architecture)
+    fields = architecture.depth_fields + architecture.per_layer_fields + architecture.block_index_fields + architecture.block_count_fields
+    saved_fields = [(config, {name: copy.copy(vars(config)[name]) for name in fields if name in vars(config)}) for config in configs]
+    missing = object()
+    saved_record = getattr(model.config, RECORD_ATTRIBUTE, missing)
+    saved_device_map = getattr(model, "hf_device_map", missing)
+    saved_device_map = saved_device_map if saved_device_map is missing else copy.copy(saved_device_map)
+    prune_layers(model, list(blocks), inplace=True)  # validates first: on an error nothing changed
+    try:
+        yield model
+    finally:
+        while len(layers):
+            del layers[len(layers) - 1]
+        layers.extend(original_blocks)
+        for module, index in layer_indices:
+            module.layer_idx = index
+        for config, values in saved_fields:
+            for name, value in values.items():
+                setattr(config, name, value)
+        if saved_record is missing:
+            delattr(model.config, RECORD_ATTRIBUTE)
+        else:
+            setattr(model.config, RECORD_ATTRIBUTE, saved_record)
+        if saved_device_map is not missing:
+            model.hf_device_map = saved_device_map
 
 
 def pruning_record(model_or_config: Any) -> dict | None:

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from lorp_lightning import architectures
 from lorp_lightning.architectures import Architecture, decoder_layers
-from lorp_lightning.surgery import prune_layers, pruning_record
+from lorp_lightning.surgery import prune_layers, pruning_record, temporarily_pruned
 
 N = 6  # blocks of every test model
 PRUNED = [1, 2]  # first prune
@@ -238,6 +238,39 @@ def test_pruning_a_reloaded_pruned_model_again_composes_the_record_in_original_n
     }
     assert text_config(twice).num_hidden_layers == N - 3
     torch.testing.assert_close(logits(twice), logits_with_blocks_skipped(build(family), family, [1, 2, 4]), rtol=0, atol=1e-5)
+
+
+@every_family
+def test_temporarily_pruned_is_the_pruned_model_inside_and_the_unchanged_model_after(family):
+    model = build(family)
+    before = snapshot(model, family)
+    with temporarily_pruned(model, PRUNED) as inside:
+        assert inside is model
+        assert len(blocks_of(model, family)) == N - len(PRUNED)
+        torch.testing.assert_close(logits(model), logits_with_blocks_skipped(build(family), family, PRUNED), rtol=0, atol=1e-5)
+    assert_same_snapshot(before, snapshot(model, family))
+    assert pruning_record(model) is None
+    assert torch.equal(logits(model), logits(build(family)))
+
+
+def test_temporarily_pruned_restores_the_model_after_an_error_inside_and_keeps_an_earlier_record():
+    model = prune_layers(build("gemma3_text"), [5])
+    before = snapshot(model, "gemma3_text")
+    with pytest.raises(RuntimeError, match="inside"):
+        with temporarily_pruned(model, [0, 2]):
+            assert pruning_record(model)["pruned_layers"] == [0, 2, 5]
+            raise RuntimeError("inside")
+    assert_same_snapshot(before, snapshot(model, "gemma3_text"))
+    assert pruning_record(model)["pruned_layers"] == [5]
+
+
+def test_temporarily_pruned_rejects_bad_blocks_before_changing_anything():
+    model = build("llama")
+    before = snapshot(model, "llama")
+    with pytest.raises(ValueError, match=r"holds 6, out of range"):
+        with temporarily_pruned(model, [6]):
+            pass
+    assert_same_snapshot(before, snapshot(model, "llama"))
 
 
 BAD_BLOCKS = [
