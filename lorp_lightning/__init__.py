@@ -7,6 +7,8 @@ The pieces, each in one module:
   ``collect_layer_stats``).
 - ``locality``: the locality analysis (RLS, granularity, clustering, allocation), pure maths.
 - ``selection``: which blocks to prune, by LoRP or a baseline (``select_layers``, ``PruningPlan``).
+- ``checked``: ``lorp_checked``, candidate plans of the locality analysis checked against the
+  calibration loss on the model itself (``select_checked``).
 - ``surgery``: removing blocks so the result is a normal Hugging Face model (``prune_layers``).
 - ``architectures``: the model specifics, one table entry per architecture.
 - ``evaluation``: held-out perplexity, size, speed and memory.
@@ -20,6 +22,7 @@ The pieces, each in one module:
 
 from lorp_lightning.assets import list_models, list_texts, load_model, load_text
 from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
+from lorp_lightning.checked import select_checked
 from lorp_lightning.data import TextDataModule
 from lorp_lightning.heal import LoRPHealCallback, healing_records
 from lorp_lightning.locality import clusters_for_rls, representation_locality_score
@@ -51,5 +54,6 @@ __all__ = [
     "prune_layers",
     "pruning_record",
     "representation_locality_score",
+    "select_checked",
     "select_layers",
 ]

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.checked import METHOD as CHECKED, select_checked
 from lorp_lightning.locality import is_integer
 from lorp_lightning.selection import METHODS, PruningPlan, resolve_budget, select_layers
 from lorp_lightning.stats import HiddenStateRecorder, LayerSimilarity, LayerStats, model_inputs
@@ -48,12 +49,20 @@ def _causal_lm(pl_module: pl.LightningModule, owner: str) -> nn.Module:
     return model
 
 
+CHECK_WINDOWS = 4  # calibration windows kept for lorp_checked's loss checks
+
+
 class _Listener:
-    """Hooks on the decoder blocks feeding a fresh :class:`LayerSimilarity`, for one run of a loop."""
+    """Hooks on the decoder blocks feeding a fresh :class:`LayerSimilarity`, for one run of a loop.
+
+    It also keeps the first :data:`CHECK_WINDOWS` unpadded sequences it sees (token ids, on the
+    CPU), the calibration windows ``lorp_checked`` checks its candidate plans on.
+    """
 
     def __init__(self) -> None:
         self.recorder: HiddenStateRecorder | None = None
         self.metric: LayerSimilarity | None = None
+        self.windows: list[torch.Tensor] = []
 
     @property
     def active(self) -> bool:
@@ -63,12 +72,16 @@ class _Listener:
         self.stop()
         self.recorder = HiddenStateRecorder(model)
         self.metric = LayerSimilarity(self.recorder.num_layers).to(device)
+        self.windows = []
         self.recorder.attach()
 
     def update(self, batch: Any) -> None:
         assert self.recorder is not None and self.metric is not None
-        _, attention_mask = model_inputs(batch, self.metric.device)
+        input_ids, attention_mask = model_inputs(batch, self.metric.device)
         self.metric.update(self.recorder.pop(), attention_mask, normalized=True)
+        for ids, mask in zip(input_ids, attention_mask):
+            if len(self.windows) < CHECK_WINDOWS and bool(mask.all()) and (not self.windows or ids.numel() == self.windows[0].numel()):
+                self.windows.append(ids.detach().to("cpu", copy=True))
 
     def finish(self) -> LayerStats:
         """Detach, and compute the statistics (synchronised across processes: call it on every rank)."""
@@ -107,6 +120,8 @@ class LayerStatsCallback(Callback):
             statistics afresh; :attr:`stats` holds those of the latest run.
 
     The statistics are part of the callback's state, so they are saved in checkpoints.
+    :attr:`windows` holds the first 4 unpadded sequences of the latest run (token ids), which
+    ``LoRPPruneCallback(method="lorp_checked")`` checks its candidate plans on.
     """
 
     STAGES = ("predict", "validation")
@@ -119,6 +134,7 @@ class LayerStatsCallback(Callback):
             )
         self.stages = tuple(dict.fromkeys(requested))
         self.stats: LayerStats | None = None
+        self.windows: torch.Tensor | None = None
         self._listener = _Listener()
 
     @property
@@ -136,7 +152,9 @@ class LayerStatsCallback(Callback):
 
     def _finish(self) -> None:
         if self._listener.active:
+            windows = self._listener.windows
             self.stats = self._listener.finish()
+            self.windows = torch.stack(windows) if windows else None
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -208,7 +226,10 @@ class LoRPPruneCallback(LayerStatsCallback):
     Args:
         amount: how many blocks to prune: an int (a count) or a float in (0, 1) (a fraction of
             the blocks, rounded down).
-        method: ``"lorp"`` (default) or a baseline of :data:`~lorp_lightning.selection.METHODS`.
+        method: ``"lorp"`` (default), ``"lorp_checked"`` (candidate plans of the locality
+            analysis checked on the calibration loss of the first 4 unpadded sequences of the
+            loop, :mod:`lorp_lightning.checked`) or a baseline of
+            :data:`~lorp_lightning.selection.METHODS`.
         num_clusters: ``"lorp"`` only: force K instead of deriving it from the RLS.
         protect: block indices never pruned; default None: the first and the last block.
         prune_on: ``"validation_end"`` (default), ``"fit_end"`` or ``"predict_end"``.
@@ -247,8 +268,8 @@ class LoRPPruneCallback(LayerStatsCallback):
             raise ValueError(
                 f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
             )
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got method={method!r}")
+        if method not in METHODS + (CHECKED,):
+            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS + (CHECKED,)))}, got method={method!r}")
         if num_clusters is not None:
             if method != "lorp":
                 raise ValueError(
@@ -362,9 +383,20 @@ class LoRPPruneCallback(LayerStatsCallback):
                 f"{self._listens_to} batch ran through the model. Give the Trainer {self._listens_to} data "
                 "(a datamodule or dataloader, and limit_val_batches > 0 for validation)"
             )
-        plan = select_layers(
-            self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect, seed=self.seed
-        )
+        if self.method == CHECKED:
+            source = self._stats_callback if self._stats_callback is not None else self
+            if source.windows is None:
+                raise RuntimeError(
+                    f"LoRPPruneCallback(method={CHECKED!r}) checks its candidates on unpadded {self._listens_to} "
+                    "sequences, and none ran through the model; give it unpadded windows (TextDataModule's are)"
+                )
+            with torch.inference_mode(False):
+                plan = select_checked(pl_module.model, source.windows, self.amount, stats=self.stats,
+                                      check_windows=len(source.windows), protect=self.protect, seed=self.seed, progress=False)
+        else:
+            plan = select_layers(
+                self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect, seed=self.seed
+            )
         plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
         with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode
             prune_layers(pl_module.model, plan)

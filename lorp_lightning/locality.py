@@ -271,11 +271,13 @@ def allocate_lorp(
     labels: Sequence[int],
     num_prune: int,
     protected: Iterable[int] = (),
+    ranking: Sequence[float] | None = None,
 ) -> list[int]:
     """(5) The two-stage LoRP allocation of a pruning budget over the clusters.
 
-    Each cluster's unprotected members are ranked once by :func:`block_redundancy`, highest
-    first, ties in depth order; the ranking is not recomputed as blocks are removed.
+    Each cluster's unprotected members are ranked once by :func:`block_redundancy` (or by
+    ``ranking`` when given), highest first, ties in depth order; the ranking is not recomputed
+    as blocks are removed.
 
     (5a) Coverage: for clusters 0, 1, ..., K-1 in turn, prune the cluster's first-ranked block,
          until the budget is spent (clusters without unprotected members are skipped).
@@ -290,6 +292,8 @@ def allocate_lorp(
         labels: N cluster labels (0..K-1, as from :func:`cluster_layers`).
         num_prune: how many blocks to prune, 0 <= num_prune <= number of unprotected blocks.
         protected: block indices never pruned (default: none).
+        ranking: one score per block, higher = pruned first within its cluster; default None:
+            :func:`block_redundancy`, as the method defines it.
 
     Returns:
         The pruned blocks **in the order they were chosen** (sort them for a plan). Since the
@@ -312,7 +316,12 @@ def allocate_lorp(
 
     K = max(labels) + 1
     members = [[l for l in range(N) if labels[l] == c] for c in range(K)]
-    redundancy = _block_redundancy(S, labels)
+    if ranking is None:
+        redundancy = _block_redundancy(S, labels)
+    else:
+        redundancy = [float(r) for r in ranking]
+        if len(redundancy) != N:
+            raise ValueError(f"ranking must have one score per block (N={N}), got {len(redundancy)}")
     # each cluster's unprotected members, highest redundancy first; sorted() is stable, so ties
     # keep depth order
     ranked = [sorted((l for l in members[c] if l not in protected), key=lambda l: -redundancy[l]) for c in range(K)]

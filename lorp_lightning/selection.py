@@ -44,7 +44,7 @@ from lorp_lightning.locality import (
     representation_locality_score,
 )
 
-__all__ = ["METHODS", "PruningPlan", "resolve_budget", "select_layers"]
+__all__ = ["METHODS", "PruningPlan", "candidate_plans", "protected_blocks", "resolve_budget", "select_layers"]
 
 METHODS = ("lorp", "shortgpt", "streamline", "angular", "random", "last")
 
@@ -98,6 +98,9 @@ class PruningPlan:
             every start s of a candidate run (None elsewhere); ``angular``: the angular distance
             arccos(S_last[s, s+k]) / pi per candidate start s; ``random``, ``last``: None.
         seed: the seed used (clustering seed for ``lorp``, draw seed for ``random``), else None.
+        candidates: ``lorp_checked`` only: every candidate plan with the rule that made it and
+            its calibration loss (see :mod:`lorp_lightning.checked`), else None.
+        cost: ``lorp_checked`` only: the forward passes it ran, else None.
     """
 
     method: str
@@ -110,6 +113,8 @@ class PruningPlan:
     labels: list[int] | None = None
     scores: list[float | None] | None = None
     seed: int | None = None
+    candidates: list[dict[str, Any]] | None = None
+    cost: dict[str, Any] | None = None
 
     @property
     def num_pruned(self) -> int:
@@ -120,6 +125,8 @@ class PruningPlan:
         d = asdict(self)
         d["rls"] = _encode_float(self.rls)
         d["scores"] = None if self.scores is None else [_encode_float(s) for s in self.scores]
+        if self.candidates is not None:
+            d["candidates"] = [dict(c, loss=_encode_float(c["loss"])) for c in self.candidates]
         return d
 
     @classmethod
@@ -132,6 +139,8 @@ class PruningPlan:
         d["rls"] = _decode_float(d.get("rls"))
         if d.get("scores") is not None:
             d["scores"] = [_decode_float(s) for s in d["scores"]]
+        if d.get("candidates") is not None:
+            d["candidates"] = [dict(c, loss=_decode_float(c["loss"])) for c in d["candidates"]]
         for key in ("pruned", "kept", "protected", "labels"):
             if d.get(key) is not None:
                 d[key] = [int(x) for x in d[key]]
@@ -229,7 +238,8 @@ def _read_inputs(stats_or_similarity: Any, method: str) -> _Inputs:
     return _Inputs(blocks=blocks, full=None, last=None, source="plain N x N matrix")
 
 
-def _protected_set(protect: Iterable[int] | None, N: int) -> set[int]:
+def protected_blocks(protect: Iterable[int] | None, N: int) -> set[int]:
+    """The blocks never pruned: ``protect`` checked against N, or {0, N-1} when it is None."""
     if protect is None:
         return {0, N - 1}
     if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
@@ -319,6 +329,91 @@ def _last(N: int, k: int, protected: set[int]) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------
+# candidate plans for lorp_checked
+
+
+def candidate_plans(
+    stats: Any,
+    num_prune: int | float,
+    protect: Iterable[int] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The plans ``lorp_checked`` checks against the calibration loss, all from one locality analysis.
+
+    The RLS gives K (2)-(3), spectral clustering the clusters (4); then, with BI_l = 1 - S[l, l+1]
+    the influence of block l (the similarity of its input and output, as in ``shortgpt``):
+
+    - ``lorp``: the faithful two-stage allocation (5), blocks ranked by redundancy in their cluster;
+    - ``lorp/influence``: the same allocation, blocks ranked by lowest influence in their cluster;
+    - ``spare c`` for each cluster c: the faithful allocation over the other clusters, c kept whole
+      (a small model may not be able to spare any block of some cluster);
+    - ``within c`` for each cluster c with enough unprotected blocks: the k lowest-influence
+      blocks of c (the whole budget spent where representations are most alike);
+    - ``run from c`` for each cluster c: the run [s, s+k) of unprotected blocks with s in c
+      maximising S[s, s+k] (the span over which the representation changes least).
+
+    The rules are applied to the clustering of the RLS's K, then to the coarsest one, K = 1 (all
+    blocks one cluster), whose rules reduce to the global ones: ``within 0 (K=1)`` is
+    ShortGPT's plan and ``run from 0 (K=1)`` LLM-Streamline's. Each rule's name ends with its K.
+
+    Args:
+        stats: a :class:`~lorp_lightning.stats.LayerStats` (the full (N+1) x (N+1) S is needed
+            for the influence of the last block and for runs that end at the output).
+        num_prune, protect, seed: as for :func:`select_layers`.
+
+    Returns:
+        ``[{"rule": str, "pruned": [blocks, ascending]}, ...]`` in the order above, identical
+        plans listed once (under the first rule that made them).
+    """
+    inp = _read_inputs(stats, "lorp")
+    if inp.full is None:
+        raise ValueError("candidate_plans needs a LayerStats (the full (N+1) x (N+1) similarity), not a plain matrix")
+    N, S, full = inp.N, inp.blocks, inp.full
+    protected = protected_blocks(protect, N)
+    k = resolve_budget(num_prune, N, N - len(protected))
+    rls = representation_locality_score(S)  # (2)
+    K = min(clusters_for_rls(rls), N)  # (3)
+    labels = cluster_layers(S, K, seed=int(seed))  # (4)
+
+    plans: list[tuple[str, list[int]]] = []
+    for granularity in ([labels, [0] * N] if K > 1 else [labels]):
+        plans += _rule_plans(S, full, granularity, k, protected)
+
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[int, ...]] = set()
+    for rule, pruned in plans:
+        key = tuple(sorted(pruned))
+        if key not in seen:
+            seen.add(key)
+            out.append({"rule": rule, "pruned": list(key)})
+    return out
+
+
+def _rule_plans(S: np.ndarray, full: np.ndarray, labels: list[int], k: int, protected: set[int]) -> list[tuple[str, list[int]]]:
+    """The plans of :func:`candidate_plans`' rules for one clustering ``labels``."""
+    N, K = len(labels), max(labels) + 1
+    tag = f" (K={K})"
+    closeness = [float(full[l, l + 1]) for l in range(N)]  # 1 - BI_l: higher = less influence
+    unprotected = [l for l in range(N) if l not in protected]
+    plans = [("lorp" + tag, allocate_lorp(S, labels, k, protected)),
+             ("lorp/influence" + tag, allocate_lorp(S, labels, k, protected, ranking=closeness))]
+    for c in range(K if K > 1 else 0):
+        spared = protected | {l for l in range(N) if labels[l] == c}
+        if N - len(spared) >= k:
+            plans.append((f"spare {c}" + tag, allocate_lorp(S, labels, k, spared)))
+    for c in range(K):
+        members = [l for l in unprotected if labels[l] == c]
+        if len(members) >= k:
+            plans.append((f"within {c}" + tag, sorted(members, key=lambda l: -closeness[l])[:k]))
+    for c in range(K):
+        starts = [s for s in range(N - k + 1) if labels[s] == c and not any(l in protected for l in range(s, s + k))]
+        if starts:
+            best = max(starts, key=lambda s: float(full[s, s + k]))  # max() keeps the first of ties
+            plans.append((f"run from {c}" + tag, list(range(best, best + k))))
+    return plans
+
+
+# --------------------------------------------------------------------------------------------
 # the entry point
 
 
@@ -356,7 +451,7 @@ def select_layers(
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     inp = _read_inputs(stats_or_similarity, method)
     N = inp.N
-    protected = _protected_set(protect, N)
+    protected = protected_blocks(protect, N)
     k = resolve_budget(num_prune, N, N - len(protected))
     if num_clusters is not None:
         if method != "lorp":

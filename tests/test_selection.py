@@ -354,3 +354,64 @@ def test_every_budget_from_one_layerstats():
     assert [len(p.pruned) for p in plans] == [1, 2, 3, 4]
     for small, large in zip(plans, plans[1:]):
         assert set(small.pruned) <= set(large.pruned)  # the allocation order nests
+
+
+# --------------------------------------------------------------------------------------------
+# candidate plans of lorp_checked
+
+# PAIRS with the output state appended: S[l, l+1] = 0.875, 0.5, 0.875, 0.5, 0.875, 0.5 (l = 0..5)
+PAIRS_FULL = sym(7, {(0, 1): 0.875, (2, 3): 0.875, (4, 5): 0.875}, default=0.5)
+
+
+def test_allocate_lorp_with_a_ranking_orders_blocks_within_clusters_by_it():
+    labels = [0, 0, 1, 1, 2, 2]
+    assert locality.allocate_lorp(PAIRS, labels, 4, protected={0, 5}) == [1, 2, 4, 3]
+    # ranking 3 above 2 in cluster 1: stage 1 takes 3 there
+    ranking = [0.0, 0.0, 0.25, 0.75, 0.0, 0.0]
+    assert locality.allocate_lorp(PAIRS, labels, 4, protected={0, 5}, ranking=ranking) == [1, 3, 4, 2]
+    with pytest.raises(ValueError, match="ranking must have one score per block"):
+        locality.allocate_lorp(PAIRS, labels, 2, ranking=[0.0])
+
+
+def test_candidate_plans_by_hand():
+    # clusters {0,1} {2,3} {4,5} (as in test_lorp_end_to_end_on_three_pairs); k = 2, protected {0, 5}
+    # lorp: stage 1 takes 1 (cluster 0), 2 (cluster 1)              -> [1, 2]
+    # lorp/influence: in cluster 1, S[2,3] = 0.875 > S[3,4] = 0.5   -> [1, 2] again (listed once)
+    # spare 0: clusters 1, 2 only -> 2, 4;  spare 1: -> 1, 4;  spare 2: -> 1, 2 (again)
+    # within c: only cluster 1 has 2 unprotected blocks             -> [2, 3]
+    # run from c: S[1,3] = S[2,4] = S[3,5] = 0.5, ties keep the shallowest start:
+    #   from 0: [1, 2] (again), from 1: [2, 3] (again), from 2: none ([4, 5] holds protected 5)
+    # K = 1: lorp: every block's redundancy is 3.5/5, depth order -> [1, 2] (again);
+    #   influence S[l, l+1] ranks 2, 4 first -> lorp/influence and within 0: [2, 4] (again);
+    #   run from 0: [1, 2] (again)
+    from lorp_lightning.selection import candidate_plans
+
+    plans = candidate_plans(stats_of(PAIRS_FULL), 2)
+    assert [(p["rule"], p["pruned"]) for p in plans] == [
+        ("lorp (K=3)", [1, 2]), ("spare 0 (K=3)", [2, 4]), ("spare 1 (K=3)", [1, 4]), ("within 1 (K=3)", [2, 3]),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_candidate_plans_hold_the_faithful_shortgpt_and_streamline_plans_and_respect_the_budget(seed):
+    from lorp_lightning.selection import candidate_plans
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(13, 8)).cumsum(axis=0)  # 12 blocks and the output, states drifting with depth
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    stats = stats_of(X @ X.T)
+    for k in (1, 3, 5):
+        plans = candidate_plans(stats, k)
+        blocks = [tuple(p["pruned"]) for p in plans]
+        assert blocks[0] == tuple(select_layers(stats, k).pruned)
+        assert tuple(select_layers(stats, k, method="streamline").pruned) in blocks
+        assert tuple(select_layers(stats, k, method="shortgpt").pruned) in blocks
+        assert len(set(blocks)) == len(blocks)
+        assert all(len(b) == k and 0 not in b and 11 not in b and list(b) == sorted(b) for b in blocks)
+
+
+def test_candidate_plans_need_layerstats():
+    from lorp_lightning.selection import candidate_plans
+
+    with pytest.raises(ValueError, match="needs a LayerStats"):
+        candidate_plans(PAIRS, 2)
