@@ -515,6 +515,22 @@ def test_prune_on_predict_end_prunes_from_the_calibration_windows(tokenizer, tmp
     assert_kept_blocks_are(module.model, decoder_layers(model), callback.plan.kept)
 
 
+def test_lorp_checked_prunes_from_the_statistics_and_the_first_four_calibration_windows(tokenizer, tmp_path):
+    from lorp_lightning.checked import select_checked
+
+    model = tiny_llama(len(tokenizer))
+    module = LoRPModule(copy.deepcopy(model), tokenizer)
+    dm = stories(tokenizer, num_calibration_windows=6)
+    callback = LoRPPruneCallback(0.25, method="lorp_checked", prune_on="predict_end")
+    make_trainer(tmp_path, callbacks=[callback]).predict(module, datamodule=dm)
+    windows = dm.windows("calibration")
+    assert torch.equal(callback.windows, windows[:4])
+    expected = select_checked(model, windows, 0.25, stats=callback.stats, check_windows=4, progress=False)
+    assert callback.plan.method == "lorp_checked" and callback.plan.pruned == expected.pruned
+    assert [c["pruned"] for c in callback.plan.candidates] == [c["pruned"] for c in expected.candidates]
+    assert_kept_blocks_are(module.model, decoder_layers(model), callback.plan.kept)
+
+
 def test_pruning_at_fit_end_without_any_validation_batch_says_what_is_missing(tokenizer, tmp_path):
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
     callback = LoRPPruneCallback(2, prune_on="fit_end")
