@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="analyze, select, prune, save, and evaluate dense against pruned")
     prune.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"bundled name, model directory or .gguf file (default: {DEFAULT_MODEL})")
     prune.add_argument("--amount", type=_fraction_or_count, default=0.25, help="fraction of the blocks in (0, 1), or a block count (default: 0.25)")
-    prune.add_argument("--method", default="lorp", help="lorp, shortgpt, streamline, angular, random or last (default: lorp)")
+    prune.add_argument("--method", default="lorp",
+                       help="lorp (as published), lorp_checked (candidate plans of the locality analysis checked on the "
+                            "calibration loss of 4 windows), shortgpt, streamline, angular, random or last (default: lorp)")
     prune.add_argument("--num-clusters", type=_positive_int, help="lorp: force K instead of deriving it from the RLS")
     prune.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
     _add_calibration(prune)
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
     compare.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     compare.add_argument("--amounts", default="0.125,0.25,0.33", help="comma-separated budgets (default: 0.125,0.25,0.33)")
-    compare.add_argument("--methods", default="lorp,shortgpt,streamline,angular,random,last", help="comma-separated methods")
+    compare.add_argument("--methods", default="lorp,lorp_checked,shortgpt,streamline,angular,random,last", help="comma-separated methods")
     compare.add_argument("--seed", type=int, default=0)
     _add_calibration(compare)
     compare.add_argument("--eval-text", default="wiki")
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     heal.add_argument("--text", default="wiki", help="training text: a bundled name (wiki, c4, tinystories, lambada); its calibration split is used (default: wiki)")
     heal.add_argument("--window", type=_positive_int, default=256, help="tokens per training window (default: 256)")
     heal.add_argument("--batch-size", type=_positive_int, default=4, help="training windows per step (default: 4)")
-    heal.add_argument("--max-minutes", type=_positive_float, default=None, help="stop training after this many minutes (default: no limit)")
+    heal.add_argument("--max-minutes", type=_positive_float, default=None, help="a wall-clock budget: training stops before a step that would overrun it, and the learning rate decays over it (default: none, --steps alone)")
     heal.add_argument("--seed", type=int, default=0, help="adapter initialisation and window order (default: 0)")
     heal.add_argument("--eval-text", default="wiki", help="held-out text for perplexity before and after: a bundled name or a text file (default: wiki)")
     heal.add_argument("--eval-windows", type=_non_negative_int, default=40, help="evaluation windows of --eval-window tokens; 0 skips the evaluation (default: 40)")
@@ -231,9 +233,16 @@ def _eval_text(name_or_path: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _calibrate(args, model, tokenizer):
+def _calibration_windows(args, tokenizer):
     from lorp_lightning.assets import BUNDLED_TEXTS, load_text
     from lorp_lightning.evaluation import token_windows
+
+    if args.text not in BUNDLED_TEXTS:
+        raise UsageError(f"unknown calibration text {args.text!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
+    return token_windows(tokenizer, load_text(args.text, "calibration"), window=args.window, max_windows=args.windows)
+
+
+def _calibrate(args, model, tokenizer):
     from lorp_lightning.stats import LayerStats, collect_layer_stats
 
     if args.stats:
@@ -243,25 +252,35 @@ def _calibrate(args, model, tokenizer):
         if stats.num_layers != len(decoder_layers(model)):
             raise UsageError(f"--stats {args.stats} holds statistics of {stats.num_layers} blocks; the model has {len(decoder_layers(model))}")
         return stats, 0.0
-    if args.text not in BUNDLED_TEXTS:
-        raise UsageError(f"unknown calibration text {args.text!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
-    windows = token_windows(tokenizer, load_text(args.text, "calibration"), window=args.window, max_windows=args.windows)
+    windows = _calibration_windows(args, tokenizer)
     start = time.perf_counter()
     stats = collect_layer_stats(model, windows.split(args.batch_size), progress=not args.quiet)
     return stats, time.perf_counter() - start
 
 
-def _check_method(method: str) -> None:
+def _all_methods() -> tuple[str, ...]:
+    from lorp_lightning.checked import METHOD as CHECKED
     from lorp_lightning.selection import METHODS
 
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    return (CHECKED,) + METHODS
 
 
-def _select(stats, amount, method, num_clusters=None, seed=0):
+def _check_method(method: str) -> None:
+    if method not in _all_methods():
+        raise UsageError(f"unknown method {method!r}; methods: {', '.join(_all_methods())}")
+
+
+def _select(stats, amount, method, num_clusters=None, seed=0, checked_on=None):
+    """The plan; ``lorp_checked`` also needs ``checked_on=(model, tokenizer, args)`` for its loss checks."""
+    from lorp_lightning.checked import METHOD as CHECKED, select_checked
     from lorp_lightning.selection import select_layers
 
     try:
+        if method == CHECKED:
+            if num_clusters is not None:
+                raise ValueError(f"--num-clusters applies only to --method lorp, got --num-clusters {num_clusters} with --method {method}")
+            model, tokenizer, args = checked_on
+            return select_checked(model, _calibration_windows(args, tokenizer), amount, stats=stats, seed=seed, progress=not args.quiet)
         return select_layers(stats, amount, method=method, num_clusters=num_clusters, seed=seed)
     except ValueError as error:
         raise UsageError(str(error)) from error
@@ -387,7 +406,10 @@ def cmd_prune(args) -> dict:
         timings["load_seconds"] = time.perf_counter() - start
         stats, timings["calibration_seconds"] = _calibrate(args, model, tokenizer)
         analysis = _select(stats, 1, "lorp", seed=args.seed)
-        plan = _select(stats, args.amount, args.method, num_clusters=args.num_clusters, seed=args.seed)
+        start = time.perf_counter()
+        plan = _select(stats, args.amount, args.method, num_clusters=args.num_clusters, seed=args.seed,
+                       checked_on=(model, tokenizer, args))
+        timings["selection_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         pruned = prune_layers(model, plan, inplace=False)
         timings["prune_seconds"] = time.perf_counter() - start
@@ -467,7 +489,7 @@ def cmd_compare(args) -> dict:
         rows = []
         for amount in amounts:
             for method in methods:
-                plan = _select(stats, amount, method, seed=args.seed)
+                plan = _select(stats, amount, method, seed=args.seed, checked_on=(model, tokenizer, args))
                 pruned = prune_layers(model, plan, inplace=False)
                 rows.append({"amount": amount, "method": method, "pruned": plan.pruned, "num_pruned": len(plan.pruned),
                              "perplexity": _finite(perplexity(pruned, windows))})
