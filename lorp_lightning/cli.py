@@ -624,10 +624,7 @@ def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[f
             loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
             self.losses.append(float(loss))
 
-    from lorp_lightning.assets import BUNDLED_TEXTS
-
-    if options["text"] not in BUNDLED_TEXTS:
-        raise UsageError(f"unknown training text {options['text']!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
+    _check_training_text(options["text"])
     curve = LossCurve()
     lightning_logger = logging.getLogger("lightning.pytorch")
     level = lightning_logger.level
@@ -639,6 +636,13 @@ def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[f
     finally:
         lightning_logger.setLevel(level)
     return healing_records(model)[-1], curve.losses
+
+
+def _check_training_text(name: str) -> None:
+    from lorp_lightning.assets import BUNDLED_TEXTS
+
+    if name not in BUNDLED_TEXTS:
+        raise UsageError(f"unknown training text {name!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
 
 
 def _healing_line(record: dict, before, after) -> str:
@@ -664,6 +668,7 @@ def cmd_heal(args) -> dict:
     if args.mode == "adjacent" and args.dtype != "float32":
         raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {args.dtype}, "
                          "AdamW's small updates would be lost); or heal with --mode lora")
+    _check_training_text(args.text)
     targets = None if args.target_modules is None else [t for t in args.target_modules.split(",") if t]
     out = _Output(args.out, args.overwrite)
     try:

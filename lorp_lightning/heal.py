@@ -682,8 +682,11 @@ def heal(
         steps: optimizer steps (>= 1).
         text: a bundled text name, a text file or a list of documents; its calibration split trains.
         mode: ``"lora"`` (default) or ``"adjacent"`` (see :class:`LoRPHealCallback`).
-        rank, alpha, dropout, target_modules: LoRA settings (``"lora"`` only; defaults 8, 16, 0,
-            every linear layer of the blocks).
+        rank: LoRA rank (``"lora"`` only; default 8).
+        alpha: LoRA alpha; the update is scaled by alpha / rank (``"lora"`` only; default 16).
+        dropout: LoRA dropout (``"lora"`` only; default 0).
+        target_modules: names of the linear layers of the blocks that get adapters, e.g.
+            ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block).
         lr: peak learning rate; default :data:`DEFAULT_LR` of the mode (1e-3 for LoRA, 1e-4 for
             ``"adjacent"``).
         weight_decay: AdamW weight decay.

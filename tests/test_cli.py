@@ -203,8 +203,6 @@ def test_heal_saves_a_healed_model_that_plain_transformers_reloads_with_a_report
     [
         (["--rank", "1000"], "rank=1000 does not fit: the target module 'k_proj' maps 576 to 192 features"),
         (["--mode", "adjacent"], "--mode adjacent trains the block weights themselves and needs --dtype float32"),
-        (["--mode", "adjacent", "--dtype", "float32", "--rank", "4"], "rank applies only to mode='lora'"),
-        (["--target-modules", "q_proj,w_x"], "names 'w_x', which is not a linear layer of the decoder blocks"),
         (["--text", "ptb"], "unknown training text 'ptb'"),
     ],
 )
@@ -224,11 +222,11 @@ def test_heal_refuses_a_model_that_was_never_pruned(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_console_script_rejects_zero_heal_steps():
-    result = subprocess.run([sys.executable, "-m", "lorp_lightning.cli", "heal", "some-dir", "--steps", "0"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "argument --steps: expected a positive integer, got '0'" in result.stderr
+def test_zero_heal_steps_are_refused_by_the_argument_parser(capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        main(["heal", "some-dir", "--steps", "0"])
+    assert exit_status.value.code == 2
+    assert "argument --steps: expected a positive integer, got '0'" in capsys.readouterr().err
 
 
 def test_prune_with_heal_steps_saves_the_healed_model_and_reports_both_perplexities(tmp_path, capsys):

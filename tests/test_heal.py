@@ -237,10 +237,10 @@ def test_training_reads_the_calibration_split_only(smollm2):
     heldout = {tuple(row.tolist()) for row in data.windows("heldout")}
     batches = Batches()
     model = prune_layers(tiny_llama(len(tokenizer)), [2])
-    heal(model, tokenizer, steps=6, text="tinystories", window=WINDOW, batch_size=4, seed=3,
+    heal(model, tokenizer, steps=4, text="tinystories", window=WINDOW, batch_size=BATCH, seed=3,
          trainer_options={"callbacks": [batches]})
     trained = [tuple(row.tolist()) for row in batches.rows]
-    assert len(trained) == 24 and set(trained) <= calibration and not set(trained) & heldout
+    assert len(trained) == 4 * BATCH and set(trained) <= calibration and not set(trained) & heldout
 
 
 def test_a_healed_model_on_a_copy_leaves_the_original_alone(smollm2):
