@@ -9,6 +9,9 @@ run's seconds per token, times the full split's tokens).
 
 The full run is long on a CPU: every choice of every document is a forward pass, about 4.3
 million tokens in all for the nine tasks with SmolLM2's tokenizer (HellaSwag alone 3.1 million).
+On the project's 2-core machine (AMX bfloat16 units), one thread per task, the nine tasks took
+1.6 hours in bfloat16 (HellaSwag 73 minutes) and float32 about 2.3 times as long; see
+docs/results.md for the figures of both dtypes.
 
     python benchmarks/zeroshot_dense.py [--model smollm2-135m] [--limit N] [--tasks copa piqa]
                                         [--batch-size 8] [--dtype float32|bfloat16] [--threads N]
