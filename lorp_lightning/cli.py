@@ -222,12 +222,19 @@ def _eval_text(name_or_path: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def _check_bundled_text(name: str, use: str) -> None:
+    """``--text`` names a bundled text whose calibration split is read; ``use`` ("calibration", "training") names its role."""
+    from lorp_lightning.assets import BUNDLED_TEXTS
+
+    if name not in BUNDLED_TEXTS:
+        raise UsageError(f"unknown {use} text {name!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
+
+
 def _calibration_windows(args, tokenizer):
-    from lorp_lightning.assets import BUNDLED_TEXTS, load_text
+    from lorp_lightning.assets import load_text
     from lorp_lightning.evaluation import token_windows
 
-    if args.text not in BUNDLED_TEXTS:
-        raise UsageError(f"unknown calibration text {args.text!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
+    _check_bundled_text(args.text, "calibration")
     return token_windows(tokenizer, load_text(args.text, "calibration"), window=args.window, max_windows=args.windows)
 
 
@@ -385,6 +392,8 @@ def cmd_prune(args) -> dict:
     from lorp_lightning.surgery import prune_layers
 
     _check_method(args.method)
+    if args.heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
+        _check_bundled_text(args.text, "calibration")
     if args.out == "pruned/MODEL-METHOD-AMOUNT":
         args.out = f"pruned/{Path(args.model).name}-{args.method}-{args.amount}"
     out = _Output(args.out, args.overwrite)
@@ -613,7 +622,6 @@ def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[f
             loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
             self.losses.append(float(loss))
 
-    _check_training_text(options["text"])
     curve = LossCurve()
     lightning_logger = logging.getLogger("lightning.pytorch")
     level = lightning_logger.level
@@ -625,13 +633,6 @@ def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[f
     finally:
         lightning_logger.setLevel(level)
     return healing_records(model)[-1], curve.losses
-
-
-def _check_training_text(name: str) -> None:
-    from lorp_lightning.assets import BUNDLED_TEXTS
-
-    if name not in BUNDLED_TEXTS:
-        raise UsageError(f"unknown training text {name!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
 
 
 def _healing_line(record: dict, before, after) -> str:
@@ -657,7 +658,7 @@ def cmd_heal(args) -> dict:
     if args.mode == "adjacent" and args.dtype != "float32":
         raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {args.dtype}, "
                          "AdamW's small updates would be lost); or heal with --mode lora")
-    _check_training_text(args.text)
+    _check_bundled_text(args.text, "training")
     targets = None if args.target_modules is None else [t for t in args.target_modules.split(",") if t]
     out = _Output(args.out, args.overwrite)
     try:

@@ -103,6 +103,8 @@ def test_an_existing_output_directory_needs_overwrite_and_is_left_as_it_was(tmp_
         (["prune", "--method", "best"], "unknown method 'best'"),
         (["prune", "--amount", "29"], "num_prune"),
         (["analyze", "--text", "ptb"], "unknown calibration text 'ptb'"),
+        # with --stats nothing is calibrated, but healing would train on --text: refused before loading
+        (["prune", "--stats", "no-such-stats.pt", "--heal-steps", "2", "--text", "ptb"], "unknown calibration text 'ptb'"),
     ],
 )
 def test_bad_arguments_end_with_one_clear_line_and_exit_status_2(tmp_path, capsys, argv, message):
