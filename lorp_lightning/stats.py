@@ -79,7 +79,10 @@ def gram_of_states(states: Tensor, token_mask: Tensor | None = None, normalized:
         f = flat[:, chunk] if normalized else normalize_states(flat[:, chunk])
         f = f.double().reshape(num_layers, -1)
         gram += f @ f.T
-    return gram, int(index.numel())
+    # G is symmetric by definition, but a blocked matrix product may round G[i, j] and G[j, i]
+    # differently (it did on an AVX-512 CPU). Averaging with the transpose makes it exactly
+    # symmetric: both entries become the same sum of the same two numbers.
+    return (gram + gram.T) / 2, int(index.numel())
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
