@@ -70,7 +70,7 @@ def main() -> None:
     from lorp_lightning.evaluation import perplexity, token_windows
     from lorp_lightning.heal import heal, healing_records
 
-    dtype = torch.float32 if args.mode == "adjacent" else torch.bfloat16
+    dtype = "float32" if args.mode == "adjacent" else "auto"  # adjacent trains block weights: float32
     started = time.strftime("%Y-%m-%d %H:%M")
     load_before = os.getloadavg()
     model, tokenizer = load_model(args.model, dtype=dtype, progress=False)
@@ -83,7 +83,7 @@ def main() -> None:
         return {text: perplexity(m, windows, batch_size=4) for text, windows in evaluation.items()}
 
     dense = perplexities(model)
-    print(f"{args.model}, {dtype}, {torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}; "
+    print(f"{args.model}, {model.dtype}, {torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}; "
           f"started {started}, load average {load_before[0]:.1f}", flush=True)
     print(f"dense perplexity: " + ", ".join(f"{t} {p:.2f}" for t, p in dense.items()), flush=True)
     rows = []

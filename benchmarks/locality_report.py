@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 
 
 def main() -> None:
@@ -27,13 +26,13 @@ def main() -> None:
 
     text = load_text("wiki", "calibration")
     for name in args.models.split(","):
-        model, tokenizer = load_model(name, dtype=torch.bfloat16, progress=False)
+        model, tokenizer = load_model(name, progress=False)  # dtype="auto"
         windows = token_windows(tokenizer, text, window=args.window, max_windows=args.windows)
         start = time.perf_counter()
         stats = collect_layer_stats(model, windows.split(4), progress=False)
         seconds = time.perf_counter() - start
         plan = select_layers(stats, args.amount)
-        print(f"{name}: {windows.shape[0]} x {windows.shape[1]} tokens of wiki calibration, {seconds:.1f} s")
+        print(f"{name} ({model.dtype}): {windows.shape[0]} x {windows.shape[1]} tokens of wiki calibration, {seconds:.1f} s")
         print(f"  RLS {plan.rls:.3f}, K {plan.num_clusters}")
         print(f"  {plan}")
         del model

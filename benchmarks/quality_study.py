@@ -68,7 +68,7 @@ def _evaluate(model, tokenizer, eval_windows: dict, zs_limit: int) -> dict:
 
 def run_model(name: str, args) -> dict:
     torch.manual_seed(0)
-    model, tokenizer = load_model(name, dtype=torch.bfloat16, progress=False)
+    model, tokenizer = load_model(name, progress=False)  # dtype="auto", recorded in the results
     calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.calibration_windows)
     start = time.perf_counter()
     stats = collect_layer_stats(model, calibration.split(1), progress=False)
@@ -105,7 +105,7 @@ def run_model(name: str, args) -> dict:
                      "window_passes": window_passes, **{k2: v for k2, v in evaluated[key].items() if k2 != "seconds"}})
         print(f"  {method:>15} k={k:<2} {pruned} {evaluated[key]['perplexity']}", flush=True)
     return {
-        "model": name, "num_layers": N, "budgets": budgets, "dtype": "bfloat16",
+        "model": name, "num_layers": N, "budgets": budgets, "dtype": str(model.dtype).removeprefix("torch."),
         "calibration": {"text": "wiki", "windows": args.calibration_windows, "window": args.window, "seconds": stats_seconds},
         "evaluation": {"texts": list(TEXTS), "windows": args.eval_windows, "window": args.window, "zero_shot_limit": args.zs_limit},
         "checked_plans": checked, "dense": dense, "rows": rows,
@@ -245,7 +245,7 @@ def cmd_zeroshot(args) -> None:
     for name in args.models:
         path = Path(args.results) / f"{name}.json"
         result = json.loads(path.read_text())
-        model, tokenizer = load_model(name, dtype=torch.bfloat16, progress=False)
+        model, tokenizer = load_model(name, dtype=result["dtype"], progress=False)  # the dtype the plans were chosen in
         k = int(Fraction(args.budget) * result["num_layers"])
         done: dict[tuple, dict] = {}
 

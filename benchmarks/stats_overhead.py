@@ -33,7 +33,7 @@ def main() -> None:
     from lorp_lightning import collect_layer_stats, load_model, load_text
     from lorp_lightning.evaluation import PeakRSS, token_windows
 
-    model, tokenizer = load_model(args.model, dtype=torch.bfloat16, progress=False)
+    model, tokenizer = load_model(args.model, progress=False)  # dtype="auto"
     windows = token_windows(tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.batches)
     batches = list(windows.split(1))
 
@@ -67,7 +67,7 @@ def main() -> None:
         stats()
     n = model.config.num_hidden_layers
     bound = (n + 1) * batches[0].numel() * model.config.hidden_size * 4
-    print(f"model {args.model} (bf16), {len(batches)} x {args.window} tokens, median of {args.repeats}, torch threads {torch.get_num_threads()}")
+    print(f"model {args.model} ({model.dtype}), {len(batches)} x {args.window} tokens, median of {args.repeats}, torch threads {torch.get_num_threads()}")
     print(f"plain forward        {plain_s:8.2f} s")
     print(f"backbone forward     {backbone_s:8.2f} s   (the same without the language-model head)")
     print(f"collect_layer_stats  {stats_s:8.2f} s")

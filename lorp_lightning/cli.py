@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "smollm2-135m"
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 class UsageError(Exception):
@@ -69,8 +69,9 @@ _positive_float = _checked_number(float, lambda v: v > 0 and math.isfinite(v), "
 
 
 def _add_common(parser: argparse.ArgumentParser, out_default: str | None) -> None:
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
-                        help="weights' dtype for calibration and evaluation (default: bfloat16, about twice as fast as float32 on CPU)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="weights' dtype for calibration and evaluation (default: auto, bfloat16 on a CPU that runs it "
+                             "natively and float32 on one that does not, where bf16 is several times slower)")
     parser.add_argument("--out", default=out_default, help=f"output directory (default: {out_default})")
     parser.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -196,17 +197,25 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "lorp_lightning": lorp_lightning.__version__}
 
 
-def _dtype(name: str):
-    import torch
+def _resolve_dtype(args) -> None:
+    """Turn ``--dtype auto`` into a dtype, once per command, and say which and why on one line."""
+    from lorp_lightning.precision import DtypeChoice, choose_dtype
 
-    return getattr(torch, DTYPES[name])
+    if args.dtype == "auto" and getattr(args, "mode", None) == "adjacent":
+        import torch
+
+        choice = DtypeChoice(torch.float32, "auto: --mode adjacent trains the block weights, which needs float32")
+    else:
+        choice = choose_dtype(args.dtype)
+    args.dtype = choice.name
+    print(choice)
 
 
 def _load(model: str, dtype: str, quiet: bool):
     from lorp_lightning.assets import load_model
 
     try:
-        return load_model(model, dtype=_dtype(dtype), progress=not quiet)
+        return load_model(model, dtype=dtype, progress=not quiet)
     except ValueError as error:
         raise UsageError(str(error)) from error
 
@@ -707,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         # A terminated run unwinds like Ctrl-C, so its temporary output folder is removed.
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
+        _resolve_dtype(args)
         COMMANDS[args.command](args)
     except UsageError as error:
         print(f"lorp {args.command}: error: {error}", file=sys.stderr)

@@ -39,6 +39,9 @@ class LoRPModule(pl.LightningModule):
         tokenizer: the model's tokenizer (optional; a name or path brings its own).
         lr: learning rate of the default optimizer (AdamW).
         weight_decay: weight decay of the default optimizer.
+        dtype: the weights' dtype when ``model`` is a name or path (a model object keeps its
+            own): ``"auto"`` (bf16 on a CPU that runs it natively, float32 elsewhere; see
+            :func:`lorp_lightning.precision.choose_dtype`), a ``torch.dtype`` or its name.
 
     The steps: ``predict_step`` is the calibration pass (a forward pass through the decoder
     blocks, during which the statistics callbacks listen; it returns the final hidden state of
@@ -61,6 +64,7 @@ class LoRPModule(pl.LightningModule):
         tokenizer: Any = None,
         lr: float = 1e-5,
         weight_decay: float = 0.0,
+        dtype: torch.dtype | str = "auto",
     ) -> None:
         super().__init__()
         from transformers import PreTrainedModel
@@ -72,9 +76,12 @@ class LoRPModule(pl.LightningModule):
         if isinstance(model, (str, os.PathLike)):
             model = os.fspath(model)  # saved as a hyper-parameter, so load_from_checkpoint(path) rebuilds it
             self.save_hyperparameters(ignore=["tokenizer"])
-            hf_model, loaded_tokenizer = load_model(model, progress=False)
+            hf_model, loaded_tokenizer = load_model(model, dtype=dtype, progress=False)
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         elif isinstance(model, PreTrainedModel):
+            if not (isinstance(dtype, str) and dtype == "auto"):
+                raise ValueError(f"dtype={dtype!r} applies only to a model loaded by name or path; "
+                                 f"a model object keeps its own dtype ({model.dtype}): cast it with model.to(dtype)")
             self.save_hyperparameters(ignore=["model", "tokenizer"])
             hf_model = model
         else:

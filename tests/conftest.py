@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -10,7 +11,7 @@ def smollm2():
     """The bundled SmolLM2-135M (llama, 30 blocks) in float32, with its tokenizer."""
     from lorp_lightning.assets import load_model
 
-    return load_model("smollm2-135m", progress=False)
+    return load_model("smollm2-135m", dtype=torch.float32, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -77,13 +77,35 @@ def test_prune_with_lorp_checked_reuses_saved_statistics_and_checks_on_the_calib
     assert main(["prune", "--amount", "3", "--method", "lorp_checked", "--stats", str(analysis / "stats.pt"),
                  "--out", str(out), *SMALL, *SMALL_EVAL]) == 0
     report = json.loads((out / "report.json").read_text())
-    model, tokenizer = load_model("smollm2-135m", dtype=torch.bfloat16, progress=False)  # the command's default dtype
+    model, tokenizer = load_model("smollm2-135m", dtype=report["dtype"], progress=False)  # the dtype "auto" chose
     windows = token_windows(tokenizer, load_text("wiki", "calibration"), window=128, max_windows=4)
     expected = select_checked(model, windows, 3, stats=LayerStats.load(analysis / "stats.pt"), progress=False)
     assert report["plan"]["method"] == "lorp_checked"
     assert report["plan"]["pruned"] == expected.pruned
     assert [c["pruned"] for c in report["plan"]["candidates"]] == [c["pruned"] for c in expected.candidates]
     assert report["metrics"]["pruned"]["num_layers"] == 27
+
+
+@pytest.mark.parametrize("dtype, expected", [(None, None), ("float32", "dtype: float32 (requested)")])
+def test_a_command_says_once_which_dtype_it_computes_in_and_why(tmp_path, capsys, dtype, expected):
+    from lorp_lightning.precision import choose_dtype
+
+    out = tmp_path / "analysis"
+    assert main(["analyze", *SMALL, "--out", str(out), *(["--dtype", dtype] if dtype else [])]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dtype: ")]
+    assert lines == [expected or str(choose_dtype("auto"))]  # the default is auto, decided by this CPU
+    assert json.loads((out / "report.json").read_text())["dtype"] == (dtype or choose_dtype("auto").name)
+
+
+def test_auto_heals_the_adjacent_blocks_in_float32(capsys):
+    from argparse import Namespace
+
+    from lorp_lightning.cli import _resolve_dtype
+
+    args = Namespace(dtype="auto", mode="adjacent")
+    _resolve_dtype(args)
+    assert args.dtype == "float32"
+    assert capsys.readouterr().out == "dtype: float32 (auto: --mode adjacent trains the block weights, which needs float32)\n"
 
 
 def test_an_existing_output_directory_needs_overwrite_and_is_left_as_it_was(tmp_path, capsys):
@@ -191,7 +213,7 @@ def test_heal_saves_a_healed_model_that_plain_transformers_reloads_with_a_report
     assert evaluation["perplexity_after"] < evaluation["perplexity_before"]  # blocks 4-6 cost a lot; 2 steps win some back
 
     reloaded = AutoModelForCausalLM.from_pretrained(out)
-    assert reloaded.config.num_hidden_layers == 27 and reloaded.dtype == torch.bfloat16
+    assert reloaded.config.num_hidden_layers == 27 and reloaded.dtype == getattr(torch, report["dtype"])
     assert reloaded.config.lorp_pruning["pruned_layers"] == [4, 5, 6]
     assert reloaded.config.lorp_pruning["healing"] == [record]
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".safetensors")) == [
@@ -204,7 +226,7 @@ def test_heal_saves_a_healed_model_that_plain_transformers_reloads_with_a_report
     "extra, message",
     [
         (["--rank", "1000"], "rank=1000 does not fit: the target module 'k_proj' maps 576 to 192 features"),
-        (["--mode", "adjacent"], "--mode adjacent trains the block weights themselves and needs --dtype float32"),
+        (["--mode", "adjacent", "--dtype", "bfloat16"], "--mode adjacent trains the block weights themselves and needs --dtype float32"),
         (["--text", "ptb"], "unknown training text 'ptb'"),
     ],
 )

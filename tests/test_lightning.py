@@ -450,7 +450,7 @@ def test_pruning_at_the_first_validation_inside_fit_then_training_the_pruned_mod
 
 def test_a_checkpoint_after_pruning_loads_into_a_fresh_module_and_resumes_fit(smollm2, tmp_path):
     model, tokenizer = smollm2
-    module = LoRPModule("smollm2-135m", lr=1e-4)
+    module = LoRPModule("smollm2-135m", lr=1e-4, dtype=torch.float32)  # the dtype of the smollm2 fixture
     dm = wiki(tokenizer, num_calibration_windows=BATCH, num_eval_windows=BATCH)  # one batch of each
     callback = LoRPPruneCallback(0.25)
     trainer = make_trainer(tmp_path, callbacks=[callback], max_epochs=2, limit_train_batches=1, num_sanity_val_steps=0)

@@ -51,7 +51,7 @@ def logits_with_blocks_skipped(model, blocks, skipped, ids):
 def case(request, tmp_path_factory):
     name = request.param
     model_type, num_layers, blocks_path = BUNDLED[name]
-    model, tokenizer = load_model(name, progress=False)
+    model, tokenizer = load_model(name, dtype=torch.float32, progress=False)
     assert model.config.model_type == model_type and len(model.get_submodule(blocks_path)) == num_layers
     length = num_tokens(model.config)
     ids = tokenizer(load_text("wiki", "heldout")[: 8 * length], return_tensors="pt").input_ids[:, :length]
