@@ -18,18 +18,21 @@ warm-up. It runs once per process and takes 0.05 s on the project's CPU and 0.2 
 path, where bf16 is slow (measured while another job kept both cores busy: the ratio was 3.9x
 to 4.0x on the native path, 0.26x on AVX2 and 0.77x on AVX-512 without bf16). What torch reports of the CPU is not enough:
 ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is True on AVX-512 CPUs without native bf16,
-where bf16 is 1.5x slower than float32. An explicit dtype always wins over ``auto``.
+where bf16 is 1.5x slower than float32. An explicit dtype always wins over ``auto``; the
+environment variable ``LORP_DTYPE`` (``float32``, ``bfloat16`` or ``float16``) decides what
+``auto`` means in a whole process, for instance to run every notebook in float32.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-__all__ = ["BF16_MIN_SPEEDUP", "DTYPE_NAMES", "DtypeChoice", "choose_dtype", "cpu_bf16_speedup"]
+__all__ = ["BF16_MIN_SPEEDUP", "DTYPE_NAMES", "DTYPE_VARIABLE", "DtypeChoice", "choose_dtype", "cpu_bf16_speedup"]
 
 BF16_MIN_SPEEDUP = 1.5
 """bf16 is chosen on a CPU only where its matrix products are at least this much faster: the
@@ -37,6 +40,9 @@ precision it gives up is worth a clear gain in speed, not a marginal one."""
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """The dtypes a user may name, as strings (the command line's ``--dtype``), besides ``"auto"``."""
+
+DTYPE_VARIABLE = "LORP_DTYPE"
+"""The environment variable that, when set to a dtype name, is what ``auto`` resolves to."""
 
 _PROBE_SHAPE = (256, 576, 1536)  # tokens, in features, out features: SmolLM2's MLP up-projection
 _PROBE_REPEATS = 5
@@ -82,6 +88,12 @@ def choose_dtype(dtype: torch.dtype | str = "auto", device: torch.device | str =
         raise ValueError(f"dtype must be 'auto', a torch.dtype or one of {', '.join(DTYPE_NAMES)}, got dtype={dtype!r}")
     if dtype != "auto":
         return DtypeChoice(DTYPE_NAMES[dtype], "requested")
+    forced = os.environ.get(DTYPE_VARIABLE)
+    if forced:
+        if forced not in DTYPE_NAMES:
+            raise ValueError(f"the environment variable {DTYPE_VARIABLE} must be one of {', '.join(DTYPE_NAMES)} "
+                             f"(or unset), got {DTYPE_VARIABLE}={forced!r}")
+        return DtypeChoice(DTYPE_NAMES[forced], f"auto: {DTYPE_VARIABLE}={forced}")
     device = torch.device(device)
     if device.type == "cuda":
         return _cuda_choice(checkpoint_dtype)
