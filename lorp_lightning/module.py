@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.assets import load_model
+from lorp_lightning.precision import choose_dtype
 from lorp_lightning.stats import model_inputs, last_token_index, backbone
 from lorp_lightning.surgery import RECORD_ATTRIBUTE, prune_layers, pruning_record
 
@@ -40,7 +41,7 @@ class LoRPModule(pl.LightningModule):
         lr: learning rate of the default optimizer (AdamW).
         weight_decay: weight decay of the default optimizer.
         dtype: the weights' dtype when ``model`` is a name or path (a model object keeps its
-            own): ``"auto"`` (bf16 on a CPU that runs it natively, float32 elsewhere; see
+            own, and another dtype than its own is an error): ``"auto"`` (bf16 on a CPU that runs it natively, float32 elsewhere; see
             :func:`lorp_lightning.precision.choose_dtype`), a ``torch.dtype`` or its name.
 
     The steps: ``predict_step`` is the calibration pass (a forward pass through the decoder
@@ -79,7 +80,7 @@ class LoRPModule(pl.LightningModule):
             hf_model, loaded_tokenizer = load_model(model, dtype=dtype, progress=False)
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         elif isinstance(model, PreTrainedModel):
-            if not (isinstance(dtype, str) and dtype == "auto"):
+            if not (isinstance(dtype, str) and dtype == "auto") and choose_dtype(dtype).dtype != model.dtype:
                 raise ValueError(f"dtype={dtype!r} applies only to a model loaded by name or path; "
                                  f"a model object keeps its own dtype ({model.dtype}): cast it with model.to(dtype)")
             self.save_hyperparameters(ignore=["model", "tokenizer"])

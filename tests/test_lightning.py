@@ -196,6 +196,15 @@ def test_module_rejects_what_is_not_a_model_or_a_name():
         LoRPModule(42)
 
 
+def test_a_model_object_keeps_its_own_dtype_and_another_is_refused(tokenizer):
+    model = tiny_llama(len(tokenizer))
+    assert LoRPModule(model, tokenizer, dtype=torch.float32).model.dtype == torch.float32  # its own: accepted
+    with pytest.raises(ValueError, match=r"dtype=torch.bfloat16 applies only to a model loaded by name or path; "
+                                         r"a model object keeps its own dtype \(torch.float32\)"):
+        LoRPModule(model, tokenizer, dtype=torch.bfloat16)
+    assert model.dtype == torch.float32
+
+
 def test_a_budget_beyond_the_unprotected_blocks_fails_at_setup_before_any_batch(tokenizer, tmp_path):
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
     with pytest.raises(ValueError, match="num_prune=7 exceeds the 6 unprotected blocks"):
