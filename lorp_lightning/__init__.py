@@ -3,6 +3,8 @@
 The pieces, each in one module:
 
 - ``assets``: the bundled models and texts (``load_model``, ``load_text``).
+- ``precision``: ``dtype="auto"``, bf16 where the CPU runs it natively, float32 elsewhere
+  (``choose_dtype``).
 - ``stats``: layer statistics from one calibration pass (``LayerSimilarity``, ``LayerStats``,
   ``collect_layer_stats``).
 - ``locality``: the locality analysis (RLS, granularity, clustering, allocation), pure maths.

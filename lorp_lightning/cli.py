@@ -206,7 +206,10 @@ def _resolve_dtype(args) -> None:
 
         choice = DtypeChoice(torch.float32, "auto: --mode adjacent trains the block weights, which needs float32")
     else:
-        choice = choose_dtype(args.dtype)
+        try:
+            choice = choose_dtype(args.dtype)
+        except ValueError as error:  # a bad LORP_DTYPE
+            raise UsageError(str(error)) from error
     args.dtype = choice.name
     print(choice)
 

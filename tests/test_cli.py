@@ -97,6 +97,14 @@ def test_a_command_says_once_which_dtype_it_computes_in_and_why(tmp_path, capsys
     assert json.loads((out / "report.json").read_text())["dtype"] == (dtype or choose_dtype("auto").name)
 
 
+def test_a_bad_lorp_dtype_variable_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LORP_DTYPE", "fp32")
+    assert main(["analyze", *SMALL, "--out", str(tmp_path / "analysis")]) == 2
+    assert capsys.readouterr().err.strip() == ("lorp analyze: error: the environment variable LORP_DTYPE must be one of "
+                                               "float32, bfloat16, float16 (or unset), got LORP_DTYPE='fp32'")
+    assert not (tmp_path / "analysis").exists()
+
+
 def test_auto_heals_the_adjacent_blocks_in_float32(capsys):
     from argparse import Namespace
 
