@@ -36,8 +36,8 @@ run_job() {  # run_job KERNELS DTYPE JOB TIMEOUT -> prints "seconds exit-status"
 }
 
 printf '%-8s %-34s %-10s %10s %10s %10s\n' kernels job "auto is" auto bfloat16 float32
-for kernels in native avx2; do
-  for job in "${jobs[@]}"; do
+for job in "${jobs[@]}"; do
+  for kernels in native avx2; do
     read -r auto_s auto_rc < <(run_job "$kernels" auto "$job" 3600)
     chosen=$(grep -ho '^dtype: [a-z0-9]*' "$out/$kernels-auto-$job.log" | head -n 1 | cut -d' ' -f2)
     if [ -z "$chosen" ]; then  # a notebook does not print it: ask the same process settings
