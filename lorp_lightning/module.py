@@ -40,9 +40,10 @@ class LoRPModule(pl.LightningModule):
         tokenizer: the model's tokenizer (optional; a name or path brings its own).
         lr: learning rate of the default optimizer (AdamW).
         weight_decay: weight decay of the default optimizer.
-        dtype: the weights' dtype when ``model`` is a name or path (a model object keeps its
-            own, and another dtype than its own is an error): ``"auto"`` (bf16 on a CPU that runs it natively, float32 elsewhere; see
-            :func:`lorp_lightning.precision.choose_dtype`), a ``torch.dtype`` or its name.
+        dtype: the weights' dtype when ``model`` is a name or path: ``"auto"`` (bf16 on a CPU
+            that runs it natively, float32 elsewhere; see
+            :func:`lorp_lightning.precision.choose_dtype`), a ``torch.dtype`` or its name. A
+            model object keeps its own dtype, and another one is an error.
 
     The steps: ``predict_step`` is the calibration pass (a forward pass through the decoder
     blocks, during which the statistics callbacks listen; it returns the final hidden state of
@@ -80,7 +81,7 @@ class LoRPModule(pl.LightningModule):
             hf_model, loaded_tokenizer = load_model(model, dtype=dtype, progress=False)
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         elif isinstance(model, PreTrainedModel):
-            if not (isinstance(dtype, str) and dtype == "auto") and choose_dtype(dtype).dtype != model.dtype:
+            if dtype != "auto" and choose_dtype(dtype).dtype != model.dtype:
                 raise ValueError(f"dtype={dtype!r} applies only to a model loaded by name or path; "
                                  f"a model object keeps its own dtype ({model.dtype}): cast it with model.to(dtype)")
             self.save_hyperparameters(ignore=["model", "tokenizer"])
