@@ -8,9 +8,12 @@ The pieces, each in one module:
 - ``stats``: layer statistics from one calibration pass (``LayerSimilarity``, ``LayerStats``,
   ``collect_layer_stats``).
 - ``locality``: the locality analysis (RLS, granularity, clustering, allocation), pure maths.
-- ``selection``: which blocks to prune, by LoRP or a baseline (``select_layers``, ``PruningPlan``).
-- ``checked``: ``lorp_checked``, candidate plans of the locality analysis checked against the
-  calibration loss on the model itself (``select_checked``).
+- ``methods``: the table of every method, and the entry point (``select_layers``, ``METHODS``,
+  ``DEFAULT_METHOD``); ``selection``: the plan, the budget rule and the baselines' rules
+  (``PruningPlan``).
+- ``search``: methods that try plans on the model with the calibration loss: the default
+  ``lorp_search``, ``sleb`` and ``ppl`` (``PlanLoss``); ``checked``: ``lorp_checked``
+  (``select_checked``).
 - ``surgery``: removing blocks so the result is a normal Hugging Face model (``prune_layers``).
 - ``architectures``: the model specifics, one table entry per architecture.
 - ``evaluation``: held-out perplexity, size, speed and memory.
@@ -29,13 +32,15 @@ from lorp_lightning.data import TextDataModule
 from lorp_lightning.heal import LoRPHealCallback, healing_records
 from lorp_lightning.locality import clusters_for_rls, representation_locality_score
 from lorp_lightning.module import LoRPModule
-from lorp_lightning.selection import METHODS, PruningPlan, select_layers
+from lorp_lightning.methods import DEFAULT_METHOD, METHODS, SelectionContext, select_layers
+from lorp_lightning.selection import PruningPlan
 from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_METHOD",
     "METHODS",
     "LayerSimilarity",
     "LayerStats",
@@ -44,6 +49,7 @@ __all__ = [
     "LoRPModule",
     "LoRPPruneCallback",
     "PruningPlan",
+    "SelectionContext",
     "TextDataModule",
     "__version__",
     "clusters_for_rls",

@@ -1,6 +1,7 @@
-"""Which decoder blocks to prune: LoRP and the baselines, from one set of layer statistics.
+"""Which decoder blocks to prune, from one set of layer statistics: the plan, the budget rule, and
+the rules of LoRP's baselines. The entry point, :func:`~lorp_lightning.methods.select_layers`,
+and the table of methods are in :mod:`lorp_lightning.methods`.
 
-    plan = select_layers(stats, 0.25)                      # LoRP, a quarter of the blocks
     plan = select_layers(stats, 7, method="shortgpt")      # a baseline, 7 blocks
     print(plan); plan.pruned; PruningPlan.from_json(plan.to_json())
 
@@ -28,7 +29,7 @@ import json
 import math
 import numbers
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from typing import Any
 
@@ -37,16 +38,13 @@ import numpy as np
 from lorp_lightning.locality import (
     allocate_lorp,
     as_similarity_matrix,
-    block_redundancy,
     cluster_layers,
     clusters_for_rls,
     is_integer,
     representation_locality_score,
 )
 
-__all__ = ["METHODS", "PruningPlan", "candidate_plans", "protected_blocks", "resolve_budget", "select_layers"]
-
-METHODS = ("lorp", "shortgpt", "streamline", "angular", "random", "last")
+__all__ = ["PruningPlan", "candidate_plans", "protected_blocks", "resolve_budget"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,7 +83,7 @@ class PruningPlan:
     """Which blocks to remove, and why.
 
     Attributes:
-        method: one of :data:`METHODS`.
+        method: the method's name (:data:`~lorp_lightning.methods.METHODS`, or a callable's name).
         num_layers: N, the number of decoder blocks of the unpruned model.
         pruned: the blocks to remove, ascending.
         kept: the other blocks, ascending.
@@ -96,11 +94,16 @@ class PruningPlan:
         scores: one entry per block, or None. ``lorp``: redundancy in its cluster (-inf when
             alone); ``shortgpt``: BI_l (None where not computable); ``streamline``: S[s, s+k] for
             every start s of a candidate run (None elsewhere); ``angular``: the angular distance
-            arccos(S_last[s, s+k]) / pi per candidate start s; ``random``, ``last``: None.
+            arccos(S_last[s, s+k]) / pi per candidate start s; ``ppl``: the calibration loss
+            with the block removed alone; the others: None.
         seed: the seed used (clustering seed for ``lorp``, draw seed for ``random``), else None.
-        candidates: ``lorp_checked`` only: every candidate plan with the rule that made it and
-            its calibration loss (see :mod:`lorp_lightning.checked`), else None.
-        cost: ``lorp_checked`` only: the forward passes it ran, else None.
+        candidates: methods that try plans on the model: the plans tried on the way, each with
+            the rule that made it and its calibration loss (``lorp_search``, ``lorp_checked``: the
+            candidates of the locality analysis, then ``move i`` for each improving move;
+            ``sleb``: ``step i``, the blocks removed after i steps), else None.
+        cost: what the selection ran: ``statistics_windows`` (the calibration pass it read, 0 for
+            methods that read only the model), ``check_windows`` (window passes of loss checks),
+            ``plans_checked`` where plans were tried, and ``seconds`` (selection only).
     """
 
     method: str
@@ -114,7 +117,7 @@ class PruningPlan:
     scores: list[float | None] | None = None
     seed: int | None = None
     candidates: list[dict[str, Any]] | None = None
-    cost: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = field(default=None, compare=False)  # a measurement, not part of the plan
 
     @property
     def num_pruned(self) -> int:
@@ -411,77 +414,3 @@ def _rule_plans(S: np.ndarray, full: np.ndarray, labels: list[int], k: int, prot
             best = max(starts, key=lambda s: float(full[s, s + k]))  # max() keeps the first of ties
             plans.append((f"run from {c}" + tag, list(range(best, best + k))))
     return plans
-
-
-# --------------------------------------------------------------------------------------------
-# the entry point
-
-
-def select_layers(
-    stats_or_similarity: Any,
-    num_prune: int | float,
-    method: str = "lorp",
-    num_clusters: int | None = None,
-    protect: Iterable[int] | None = None,
-    seed: int = 0,
-) -> PruningPlan:
-    """Choose the decoder blocks to prune.
-
-    Args:
-        stats_or_similarity: a :class:`~lorp_lightning.stats.LayerStats`, or a plain N x N
-            block-input similarity (NumPy array or torch tensor). A plain matrix is always read
-            as N x N over the block inputs, never as the (N+1) x (N+1) S; see the module docs.
-        num_prune: (6) an int, the number of blocks, or a float in (0, 1), a fraction of N
-            rounded down. Must come to >= 1 and <= the number of unprotected blocks.
-        method: one of ``"lorp"`` (default), ``"shortgpt"``, ``"streamline"``, ``"angular"``,
-            ``"random"``, ``"last"``.
-        num_clusters: ``lorp`` only: force K (an int, 1 <= K <= N) instead of (3). Default
-            None: K from the RLS, capped at N.
-        protect: block indices never pruned. Default None: {0, N-1}. Pass ``()`` to protect none.
-        seed: an int >= 0 (default 0): the spectral clustering's ``random_state`` for
-            ``lorp``, the draw for ``random``; the other methods ignore it.
-
-    Returns:
-        A :class:`PruningPlan`.
-    """
-    # validation up front, before any computation
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    if not is_integer(seed) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    inp = _read_inputs(stats_or_similarity, method)
-    N = inp.N
-    protected = protected_blocks(protect, N)
-    k = resolve_budget(num_prune, N, N - len(protected))
-    if num_clusters is not None:
-        if method != "lorp":
-            raise ValueError(f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}")
-        if not is_integer(num_clusters) or not 1 <= num_clusters <= N:
-            raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
-    seed = int(seed)
-
-    plan = dict(method=method, num_layers=N, protected=sorted(protected))
-    if method == "lorp":
-        S = inp.blocks
-        rls = representation_locality_score(S)  # (2)
-        K = int(num_clusters) if num_clusters is not None else min(clusters_for_rls(rls), N)  # (3)
-        labels = cluster_layers(S, K, seed=seed)  # (4)
-        pruned = sorted(allocate_lorp(S, labels, k, protected))  # (5)
-        plan.update(rls=rls, num_clusters=K, labels=labels, scores=block_redundancy(S, labels), seed=seed)
-    elif method == "shortgpt":
-        pruned, scores = _shortgpt(inp, k, protected)
-        plan.update(scores=scores)
-    elif method == "streamline":
-        pruned, scores = _streamline(inp, k, protected)
-        plan.update(scores=scores)
-    elif method == "angular":
-        pruned, scores = _angular(inp, k, protected)
-        plan.update(scores=scores)
-    elif method == "random":
-        pruned = _random(N, k, protected, seed)
-        plan.update(seed=seed)
-    else:  # "last"
-        pruned = _last(N, k, protected)
-
-    pruned_set = set(pruned)
-    return PruningPlan(pruned=sorted(pruned), kept=[l for l in range(N) if l not in pruned_set], **plan)

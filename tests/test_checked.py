@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from lorp_lightning.assets import load_text
 from lorp_lightning.checked import calibration_loss, select_checked
 from lorp_lightning.evaluation import token_windows
-from lorp_lightning.selection import PruningPlan, candidate_plans, select_layers
+from lorp_lightning.methods import select_layers
+from lorp_lightning.selection import PruningPlan, candidate_plans
 from lorp_lightning.stats import collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record
 
@@ -49,9 +50,11 @@ def test_the_chosen_plan_is_the_candidate_with_the_lowest_calibration_loss(smoll
         assert candidate["loss"] == pytest.approx(loss, abs=1e-4)
     assert plan.pruned == expected[min(range(len(losses)), key=losses.__getitem__)]["pruned"]
     assert plan.method == "lorp_checked" and len(plan.pruned) == 7 and 0 not in plan.pruned and 29 not in plan.pruned
-    faithful = select_layers(stats, 7)
+    faithful = select_layers(stats, 7, method="lorp")
     assert (plan.rls, plan.num_clusters, plan.labels) == (faithful.rls, faithful.num_clusters, faithful.labels)
-    assert plan.cost["calibration_windows"] == 6 and plan.cost["check_windows"] == 2 * len(expected)
+    # the cost: the 6 windows of the statistics, and 2 windows per candidate plus one dense pass over them
+    assert plan.cost["statistics_windows"] == 6 and plan.cost["plans_checked"] == len(expected)
+    assert plan.cost["check_windows"] == 2 * len(expected) + 2
 
 
 def test_the_model_is_left_exactly_as_it_was(smollm2, calibration):

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from lorp_lightning import locality
-from lorp_lightning.selection import METHODS, PruningPlan, resolve_budget, select_layers
+from lorp_lightning.methods import METHODS, STATS_METHODS, select_layers
+from lorp_lightning.selection import PruningPlan, resolve_budget
 from lorp_lightning.stats import LayerStats
 from hand_matrices import sym
 
@@ -333,7 +334,7 @@ def test_plan_json_round_trip_with_minus_inf_scores():
 
 def test_plan_json_round_trip_of_every_method_and_infinite_rls():
     stats = stats_of(RUNS, RUNS_LAST)
-    for method in METHODS:
+    for method in STATS_METHODS:
         plan = select_layers(stats, 2, method=method)
         assert PruningPlan.from_json(plan.to_json(indent=2)) == plan, method
     odd = PruningPlan("lorp", 3, [1], [0, 2], [0], rls=math.inf, num_clusters=2, labels=[0, 0, 1],

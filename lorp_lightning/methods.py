@@ -1,0 +1,379 @@
+"""The method registry: every way of choosing blocks to prune, by name, in one table.
+
+    plan = select_layers(stats, 0.25)                                   # LoRP as published
+    plan = select_layers(stats, 7, method="shortgpt")                   # a baseline; reads the statistics only
+    plan = select_layers(stats, 0.25, method="lorp_search", model=model, windows=windows)  # the default of
+                                                                        # the callback and the CLI: tries plans
+
+Each entry of :data:`REGISTRY` is a :class:`Method`: a selector, a function of one
+:class:`SelectionContext` that returns the blocks to prune (or a whole
+:class:`~lorp_lightning.selection.PruningPlan`), and what it reads: the statistics, the model
+and calibration windows, or both. :func:`select_layers` resolves the budget and the protected
+set, calls the selector, checks its plan, and records the plan's cost (window passes and
+seconds). A plain function with the selector's signature can stand in for a name wherever a
+method is taken (``select_layers``, ``LoRPPruneCallback(method=...)``).
+
+Adding a method means adding one entry here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorp_lightning import selection as sel
+from lorp_lightning.locality import (
+    allocate_lorp,
+    block_redundancy,
+    cluster_layers,
+    clusters_for_rls,
+    is_integer,
+    representation_locality_score,
+)
+from lorp_lightning.selection import PruningPlan, candidate_plans, protected_blocks, resolve_budget
+
+__all__ = ["CHECK_WINDOWS", "DEFAULT_METHOD", "METHODS", "Method", "REGISTRY", "CHECK_TOKENS", "SCORE_LAST", "SelectionContext",
+           "STATS_METHODS", "get_method", "select_layers"]
+
+DEFAULT_METHOD = "lorp_search"  # of LoRPPruneCallback and `lorp prune`
+CHECK_WINDOWS = 8  # calibration windows each loss check runs (the first ones given)
+CHECK_TOKENS = 256  # tokens of each check window (its first ones)
+SCORE_LAST = 128  # predicted tokens scored per check window (the last ones)
+
+
+@dataclass(frozen=True)
+class SelectionContext:
+    """What a selector may read.
+
+    Attributes:
+        method: the method's name (a callable's ``__name__``).
+        stats: the :class:`~lorp_lightning.stats.LayerStats` or plain N x N similarity given,
+            or None for a method that reads only the model.
+        num_layers: N, the blocks of the model.
+        num_prune: k, the blocks to prune (the budget already resolved).
+        protected: the blocks never pruned, ascending.
+        seed: the seed (clustering for ``lorp``, draw for ``random``).
+        num_clusters: ``lorp``: K forced, else None.
+        model: the model, for methods that try plans on it (else None). A selector must leave it
+            as it was (:func:`~lorp_lightning.surgery.temporarily_pruned` does).
+        windows: the calibration windows, a (B, T) tensor of token ids, or None.
+        check_windows, check_tokens, score_last: the loss checks' settings (:data:`CHECK_WINDOWS`,
+            :data:`CHECK_TOKENS`, :data:`SCORE_LAST`).
+        progress: show progress bars.
+        shared_checks: a PlanLoss shared by several selections (see :func:`select_layers`), or None.
+        cost: a selector adds what it ran here (e.g. ``check_windows``: window passes of loss checks).
+    """
+
+    method: str
+    stats: Any
+    num_layers: int
+    num_prune: int
+    protected: tuple[int, ...]
+    seed: int = 0
+    num_clusters: int | None = None
+    model: Any = None
+    windows: Any = None
+    check_windows: int = CHECK_WINDOWS
+    check_tokens: int | None = CHECK_TOKENS
+    score_last: int | None = SCORE_LAST
+    progress: bool = False
+    cost: dict[str, Any] = field(default_factory=dict)
+
+    shared_checks: Any = None
+
+    def plan_loss(self):
+        """The :class:`~lorp_lightning.search.PlanLoss` over the first ``check_windows`` calibration windows."""
+        from lorp_lightning.search import PlanLoss
+
+        if self.shared_checks is not None:
+            return self.shared_checks.start()
+        return PlanLoss(self.model, self.windows[:self.check_windows, :self.check_tokens], score_last=self.score_last)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One entry of the registry: a selector and what it reads."""
+
+    name: str
+    select: Callable[[SelectionContext], Sequence[int] | PruningPlan]
+    summary: str
+    reads_stats: bool = True
+    reads_model: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# selectors that read the statistics only (the mathematics is in selection.py and locality.py)
+
+
+def _inputs(ctx: SelectionContext) -> sel._Inputs:
+    return sel._read_inputs(ctx.stats, ctx.method)
+
+
+def _lorp(ctx: SelectionContext) -> PruningPlan:
+    S = _inputs(ctx).blocks
+    rls = representation_locality_score(S)  # (2)
+    K = ctx.num_clusters if ctx.num_clusters is not None else min(clusters_for_rls(rls), ctx.num_layers)  # (3)
+    labels = cluster_layers(S, K, seed=ctx.seed)  # (4)
+    pruned = allocate_lorp(S, labels, ctx.num_prune, set(ctx.protected))  # (5)
+    return _plan(ctx, pruned, rls=rls, num_clusters=K, labels=labels, scores=block_redundancy(S, labels), seed=ctx.seed)
+
+
+def _scored(rule: Callable) -> Callable[[SelectionContext], PruningPlan]:
+    def select(ctx: SelectionContext) -> PruningPlan:
+        pruned, scores = rule(_inputs(ctx), ctx.num_prune, set(ctx.protected))
+        return _plan(ctx, pruned, scores=scores)
+
+    return select
+
+
+def _random(ctx: SelectionContext) -> PruningPlan:
+    return _plan(ctx, sel._random(ctx.num_layers, ctx.num_prune, set(ctx.protected), ctx.seed), seed=ctx.seed)
+
+
+def _last(ctx: SelectionContext) -> list[int]:
+    return sel._last(ctx.num_layers, ctx.num_prune, set(ctx.protected))
+
+
+# --------------------------------------------------------------------------------------------
+# selectors that try plans on the model (the searches are in search.py)
+
+
+def _analysis(ctx: SelectionContext) -> dict[str, Any]:
+    """The faithful analysis's RLS, K and clusters, recorded on the plans built on it."""
+    plan = _lorp(ctx)
+    return dict(rls=plan.rls, num_clusters=plan.num_clusters, labels=plan.labels, seed=ctx.seed)
+
+
+def _lorp_checked(ctx: SelectionContext) -> PruningPlan:
+    loss = ctx.plan_loss()
+    candidates = candidate_plans(ctx.stats, ctx.num_prune, protect=ctx.protected, seed=ctx.seed)
+    return _searched(ctx, loss, candidates, max_checks=0)
+
+
+def _lorp_search(ctx: SelectionContext) -> PruningPlan:
+    from lorp_lightning.search import sleb_checks
+
+    loss = ctx.plan_loss()
+    candidates = candidate_plans(ctx.stats, ctx.num_prune, protect=ctx.protected, seed=ctx.seed)
+    quarter = sleb_checks(ctx.num_layers - len(ctx.protected), ctx.num_prune) // 4
+    return _searched(ctx, loss, candidates, max_checks=quarter)
+
+
+def _searched(ctx: SelectionContext, loss, candidates: list[dict[str, Any]], max_checks: int) -> PruningPlan:
+    """Check ``candidates``, then move from the best while it helps and ``max_checks`` allows."""
+    from tqdm.auto import tqdm
+
+    from lorp_lightning.search import finite_best, local_search
+
+    for candidate in tqdm(candidates, desc=ctx.method, unit="plan", disable=not ctx.progress):
+        candidate["loss"] = loss(candidate["pruned"])
+    best = finite_best({i: c["loss"] for i, c in enumerate(candidates)}, f"{ctx.method}'s candidate plans")
+    moves = local_search(loss, candidates[best]["pruned"], ctx.num_layers, set(ctx.protected), max_checks) if max_checks else []
+    candidates += [dict(rule=f"move {i + 1}", **move) for i, move in enumerate(moves)]
+    ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
+    chosen = moves[-1]["pruned"] if moves else candidates[best]["pruned"]
+    return _plan(ctx, chosen, candidates=candidates, **_analysis(ctx))
+
+
+def _sleb(ctx: SelectionContext) -> PruningPlan:
+    from lorp_lightning.search import sleb_order
+
+    loss = ctx.plan_loss()
+    steps = sleb_order(loss, ctx.num_prune, set(ctx.protected), progress=ctx.progress)
+    ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
+    removed = [step["block"] for step in steps]
+    candidates = [{"rule": f"step {i + 1}", "pruned": sorted(removed[:i + 1]), "loss": step["loss"]} for i, step in enumerate(steps)]
+    return _plan(ctx, removed, candidates=candidates)
+
+
+def _ppl(ctx: SelectionContext) -> PruningPlan:
+    from lorp_lightning.search import finite_best, one_shot_losses
+
+    loss = ctx.plan_loss()
+    alone = one_shot_losses(loss, set(ctx.protected), progress=ctx.progress)
+    finite_best(alone, "ppl")  # the error when no block's loss is finite
+    ranked = sorted((b for b in alone if math.isfinite(alone[b])), key=lambda b: alone[b])  # stable: ties by index
+    if len(ranked) < ctx.num_prune:
+        raise FloatingPointError(f"ppl: only {len(ranked)} blocks have a finite loss when removed alone, fewer than the {ctx.num_prune} to prune")
+    ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
+    scores = [alone.get(b) for b in range(ctx.num_layers)]
+    return _plan(ctx, ranked[:ctx.num_prune], scores=scores)
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+
+
+REGISTRY: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("lorp_search", _lorp_search, "LoRP's candidate plans checked on the calibration loss, the best then "
+               "improved one block at a time within a quarter of SLEB's checks (the default)", reads_model=True),
+        Method("lorp", _lorp, "LoRP as published: RLS, clusters, two-stage allocation (equations (2)-(5))"),
+        Method("lorp_checked", _lorp_checked, "LoRP's candidate plans checked on the calibration loss; the lowest wins",
+               reads_model=True),
+        Method("sleb", _sleb, "SLEB: greedy, each step removes the block whose removal gives the lowest calibration loss",
+               reads_stats=False, reads_model=True),
+        Method("ppl", _ppl, "one-shot perplexity (Shortened LLaMA): the k blocks whose removal alone hurts least",
+               reads_stats=False, reads_model=True),
+        Method("shortgpt", _scored(sel._shortgpt), "ShortGPT: the k blocks of lowest Block Influence 1 - S[l, l+1]"),
+        Method("streamline", _scored(sel._streamline), "LLM-Streamline: the run of k blocks maximising S[s, s+k]"),
+        Method("angular", _scored(sel._angular), "Gromov et al.: the run of k blocks of least last-token angular distance"),
+        Method("random", _random, "k unprotected blocks drawn with the seed (a floor)"),
+        Method("last", _last, "the k unprotected blocks nearest the output (a floor)"),
+    )
+}
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+STATS_METHODS: tuple[str, ...] = tuple(name for name, m in REGISTRY.items() if not m.reads_model)
+
+
+def get_method(method: str | Callable) -> Method:
+    """The registry entry of a name, or an entry for a callable (a selector of one's own)."""
+    if callable(method) and not isinstance(method, str):
+        name = getattr(method, "__name__", type(method).__name__)
+        return Method(name, method, "a callable given by the user", reads_stats=True, reads_model=True)
+    if method not in REGISTRY:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))} or a callable, got method={method!r}")
+    return REGISTRY[method]
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point
+
+
+def select_layers(
+    stats_or_similarity: Any,
+    num_prune: int | float,
+    method: str | Callable = "lorp",
+    num_clusters: int | None = None,
+    protect: Iterable[int] | None = None,
+    seed: int = 0,
+    *,
+    model: Any = None,
+    windows: Any = None,
+    check_windows: int | None = None,
+    check_tokens: int | None = CHECK_TOKENS,
+    score_last: int | None = SCORE_LAST,
+    progress: bool = False,
+    shared_checks: Any = None,
+) -> PruningPlan:
+    """Choose the decoder blocks to prune.
+
+    Args:
+        stats_or_similarity: a :class:`~lorp_lightning.stats.LayerStats`, or a plain N x N
+            block-input similarity (NumPy array or torch tensor), read as N x N over the block
+            inputs, never as the (N+1) x (N+1) S (see :mod:`lorp_lightning.selection`). May be
+            None for ``sleb`` and ``ppl``, which read only the model.
+        num_prune: (6) an int, the number of blocks, or a float in (0, 1), a fraction of N
+            rounded down. Must come to >= 1 and <= the number of unprotected blocks.
+        method: a name of :data:`METHODS` or a callable taking a :class:`SelectionContext` and
+            returning the blocks to prune. Default ``"lorp"``, the paper's method, which reads
+            the statistics alone; :data:`DEFAULT_METHOD` (``"lorp_search"``, the default of
+            ``LoRPPruneCallback`` and ``lorp prune``) also needs ``model`` and ``windows``.
+        num_clusters: ``lorp`` only: force K (an int, 1 <= K <= N) instead of (3).
+        protect: block indices never pruned. Default None: {0, N-1}. Pass ``()`` to protect none.
+        seed: an int >= 0 (default 0): the spectral clustering's ``random_state``, the draw for
+            ``random``; methods without randomness ignore it.
+        model: the model the statistics describe, for methods that try plans on it
+            (``lorp_search``, ``lorp_checked``, ``sleb``, ``ppl``); it is left as it was.
+        windows: the calibration windows for those methods, a (B, T) tensor of token ids (or a
+            list of 1-D tensors of one length); only the first ``check_windows`` are checked.
+        check_windows: calibration windows per loss check, the first ones (default None: the
+            first :data:`CHECK_WINDOWS`, or all of them when fewer are given).
+        check_tokens: tokens of each check window, its first ones (default :data:`CHECK_TOKENS`;
+            None: the whole window).
+        score_last: predicted tokens scored per check window, the last ones (default
+            :data:`SCORE_LAST`; None scores all).
+        progress: show progress bars for methods that try plans.
+        shared_checks: a :class:`~lorp_lightning.search.PlanLoss` to check plans with instead of
+            a new one over ``windows[:check_windows]`` (which it replaces): a study of several
+            methods and budgets computes each plan's loss once. The plan's cost still counts
+            what this selection asked for, as if run alone.
+
+    Returns:
+        A :class:`~lorp_lightning.selection.PruningPlan` whose ``cost`` records the window
+        passes (``statistics_windows`` of the calibration pass, for methods that read the
+        statistics, and ``check_windows`` of loss checks) and the selection's ``seconds``
+        (the calibration pass not included).
+    """
+    entry = get_method(method)
+    name = entry.name
+    if not is_integer(seed) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if num_clusters is not None and name != "lorp":
+        raise ValueError(f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={name!r}")
+    if entry.reads_model:
+        if shared_checks is not None:
+            model, windows, check_windows, check_tokens, score_last = (
+                shared_checks.model, shared_checks.windows, len(shared_checks.windows), None, shared_checks.score_last)
+        if model is None or windows is None:
+            raise ValueError(f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)")
+        from lorp_lightning.architectures import decoder_layers
+        from lorp_lightning.search import as_windows
+
+        windows = as_windows(windows)
+        N = len(decoder_layers(model))
+        if check_windows is None:
+            check_windows = min(CHECK_WINDOWS, windows.shape[0])
+        if not is_integer(check_windows) or not 1 <= check_windows <= windows.shape[0]:
+            raise ValueError(f"check_windows must be an int between 1 and the {windows.shape[0]} windows given, got {check_windows!r}")
+        if check_tokens is not None and (not is_integer(check_tokens) or check_tokens < 2):
+            raise ValueError(f"check_tokens must be an int >= 2 or None, got {check_tokens!r}")
+    if stats_or_similarity is None:
+        if entry.reads_stats:
+            raise ValueError(f"method={name!r} reads the layer statistics: pass a LayerStats or a similarity matrix")
+    else:
+        inp = sel._read_inputs(stats_or_similarity, name if name in REGISTRY else "lorp")
+        if entry.reads_model and inp.N != N:
+            raise ValueError(f"stats describe {inp.N} blocks but the model has {N}; collect them on this model")
+        N = inp.N
+    protected = protected_blocks(protect, N)
+    k = resolve_budget(num_prune, N, N - len(protected))
+    if num_clusters is not None and (not is_integer(num_clusters) or not 1 <= num_clusters <= N):
+        raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
+    ctx = SelectionContext(
+        method=name, stats=stats_or_similarity, num_layers=N, num_prune=k, protected=tuple(sorted(protected)),
+        seed=int(seed), num_clusters=None if num_clusters is None else int(num_clusters), model=model,
+        windows=windows, check_windows=int(check_windows or CHECK_WINDOWS), check_tokens=check_tokens,
+        score_last=score_last, progress=progress,
+        shared_checks=shared_checks,
+    )
+    start = time.perf_counter()
+    chosen = entry.select(ctx)
+    seconds = time.perf_counter() - start
+    plan = chosen if isinstance(chosen, PruningPlan) else _plan(ctx, chosen)
+    _check_plan(name, plan.pruned, ctx)
+    statistics = getattr(stats_or_similarity, "num_sequences", None) if entry.reads_stats else 0
+    plan.cost = {"statistics_windows": statistics, "check_windows": ctx.cost.get("check_windows", 0), **ctx.cost,
+                 "seconds": seconds}
+    return plan
+
+
+def _plan(ctx: SelectionContext, pruned: Sequence[int], **fields: Any) -> PruningPlan:
+    _check_plan(ctx.method, pruned, ctx)
+    chosen = sorted(int(b) for b in pruned)
+    return PruningPlan(method=ctx.method, num_layers=ctx.num_layers, pruned=chosen,
+                       kept=[b for b in range(ctx.num_layers) if b not in set(chosen)], protected=list(ctx.protected), **fields)
+
+
+def _check_plan(method: str, pruned: Any, ctx: SelectionContext) -> None:
+    """A selector's plan: k distinct, unprotected block indices of the model."""
+    blocks = list(pruned) if isinstance(pruned, Iterable) and not isinstance(pruned, (str, bytes)) else None
+    problem = None
+    if blocks is None:
+        problem = "is not a list of block indices"
+    elif not all(is_integer(b) for b in blocks):
+        problem = "holds something other than block indices (ints)"
+    elif len(blocks) != ctx.num_prune:
+        problem = f"has {len(blocks)} blocks, not the {ctx.num_prune} asked for"
+    elif len(set(map(int, blocks))) != len(blocks):
+        problem = "lists a block twice"
+    elif any(not 0 <= b < ctx.num_layers for b in blocks):
+        problem = f"holds blocks outside 0..{ctx.num_layers - 1}"
+    elif set(map(int, blocks)) & set(ctx.protected):
+        problem = f"holds protected blocks {sorted(set(map(int, blocks)) & set(ctx.protected))}"
+    if problem:
+        raise ValueError(f"method {method!r} returned the plan {pruned!r}, which {problem}; the model was not changed")

@@ -1,0 +1,281 @@
+"""Methods that try plans on the model: the calibration loss of a plan, and the searches built on it.
+
+    sleb         Song et al. 2024 (arXiv 2402.09025): greedy; at each step remove the block whose
+                 removal gives the lowest calibration loss, then look again.
+    ppl          Kim et al. 2024 (arXiv 2402.02834), the one-shot perplexity criterion: remove each
+                 block alone, and drop the k whose removal hurts the calibration loss least.
+    lorp_search  the locality analysis proposes, the calibration loss decides: the candidate plans
+                 of LoRP's clusters (:func:`~lorp_lightning.selection.candidate_plans`) are checked,
+                 then the best is improved by swaps around its removed blocks (one removed block
+                 kept, a block next to the removed ones removed instead), while that lowers the
+                 loss, within a quarter of SLEB's checks.
+
+Every check goes through :class:`PlanLoss`: the plan is applied with
+:func:`~lorp_lightning.surgery.temporarily_pruned` (no weights copied; the model is left as it
+was) and its mean next-token loss measured on calibration windows only. Two things make a check
+cheaper without changing its value:
+
+- *the dense prefix is computed once.* Blocks before a plan's first removed block b see exactly
+  what they see in the dense model, so the inputs of every block are recorded once, on the
+  dense model, and a plan's pass starts at block b from the recorded input of block b;
+- *only the last* ``score_last`` *positions of a window are scored,* so the head (a large share of
+  the cost for models with big vocabularies) runs on those positions alone.
+
+All three methods share the protected set (default {0, N-1}: SLEB's rule that the first and the
+last block are never candidates) and exclude a candidate whose loss is not finite.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.surgery import temporarily_pruned
+
+__all__ = ["PlanLoss", "as_windows", "calibration_loss", "finite_best", "local_search", "neighbours", "one_shot_losses", "sleb_checks", "sleb_order"]
+
+
+def as_windows(windows: Any) -> Tensor:
+    """``windows`` as a (B, T) tensor of token ids: a (B, T) or (T,) tensor, or a list of 1-D tensors of one length."""
+    if isinstance(windows, (list, tuple)) and windows and all(isinstance(w, Tensor) for w in windows):
+        if len({w.numel() for w in windows}) != 1:
+            raise ValueError(f"windows must all have the same length, got lengths {sorted({w.numel() for w in windows})}")
+        windows = torch.stack([w.reshape(-1) for w in windows])
+    if not isinstance(windows, Tensor):
+        raise ValueError(f"windows must be a (B, T) tensor of token ids or a list of 1-D tensors of one length, got {type(windows).__name__}")
+    if windows.dim() == 1:
+        windows = windows.unsqueeze(0)
+    if windows.dim() != 2 or windows.shape[1] < 2 or windows.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"windows must be a (B, T) tensor of integer token ids with T >= 2, got shape {tuple(windows.shape)} "
+            f"and dtype {windows.dtype}"
+        )
+    return windows
+
+
+def _scored(T: int, score_last: int | None) -> int:
+    """How many next-token predictions of a window of T tokens are scored."""
+    return T - 1 if score_last is None else min(int(score_last), T - 1)
+
+
+def _window_loss(model: nn.Module, ids: Tensor, scored: int) -> float:
+    """Mean next-token cross-entropy of the last ``scored`` tokens of the (1, T) window ``ids``."""
+    # The logits at positions T-scored-1 .. T-2 predict tokens T-scored .. T-1. Models that know
+    # ``logits_to_keep`` run their head on those positions only; the slice serves the others.
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=scored + 1).logits[:, -(scored + 1):-1]
+    return float(F.cross_entropy(logits[0].float(), ids[0, ids.shape[1] - scored:]))
+
+
+@torch.no_grad()
+def calibration_loss(model: nn.Module, windows: Any, score_last: int | None = None) -> float:
+    """Mean next-token loss (nats) of ``model`` over token ``windows``, one window per forward pass.
+
+    ``score_last``: score only the last this many predicted tokens of each window (default None:
+    all T - 1 of them, which is Hugging Face's ``model(input_ids, labels=input_ids).loss``).
+    """
+    windows = as_windows(windows)
+    device = next(model.parameters()).device
+    scored = _scored(windows.shape[1], score_last)
+    was_training = model.training
+    model.eval()
+    try:
+        losses = [_window_loss(model, w.unsqueeze(0).to(device), scored) for w in windows]
+    finally:
+        model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def sleb_checks(num_unprotected: int, num_prune: int) -> int:
+    """The plans SLEB checks to remove ``num_prune`` of ``num_unprotected`` candidate blocks: U + (U-1) + ... ."""
+    return sum(num_unprotected - step for step in range(num_prune))
+
+
+class PlanLoss:
+    """The calibration loss of pruning plans on one model and one set of calibration windows.
+
+        loss = PlanLoss(model, windows, score_last=256)
+        loss([12, 13, 14])     # mean next-token loss with blocks 12-14 removed; the model is unchanged
+        loss.window_passes     # windows run through the model so far (the dense prefix included)
+
+    A plan's loss is computed once and remembered. A loss that is not finite is returned as
+    ``math.inf``, so that a search excludes that plan. See the module docs for the dense prefix
+    (``reuse_prefix``) and ``score_last``.
+
+    One PlanLoss may serve several selections on the same model and windows (a study of many
+    methods and budgets): :meth:`start` begins a selection's count, and :attr:`plans_checked` and
+    :attr:`window_passes` then count what that selection asked for, as if run alone, while the
+    losses remembered from earlier selections are not computed again.
+    """
+
+    def __init__(self, model: nn.Module, windows: Any, score_last: int | None = None, reuse_prefix: bool = True) -> None:
+        self.model = model
+        self.windows = as_windows(windows)
+        if score_last is not None and (isinstance(score_last, bool) or not isinstance(score_last, int) or score_last < 1):
+            raise ValueError(f"score_last must be a positive int or None, got {score_last!r}")
+        self.score_last = score_last
+        self.scored = _scored(self.windows.shape[1], score_last)
+        self.num_layers = len(decoder_layers(model))
+        self.reuse_prefix = bool(reuse_prefix)
+        self.losses: dict[tuple[int, ...], float] = {}
+        self.window_losses: dict[tuple[int, ...], list[float]] = {}  # per window, for paired statistics
+        self.asked: set[tuple[int, ...]] = set()
+        self._prefix_asked = False
+        self._inputs: list[Tensor] | None = None  # per window: the inputs of blocks 0..N-1 in the dense model
+
+    def start(self) -> "PlanLoss":
+        """Begin counting a new selection (the remembered losses are kept)."""
+        self.asked, self._prefix_asked = set(), False
+        return self
+
+    @property
+    def plans_checked(self) -> int:
+        """Distinct plans asked for since :meth:`start`."""
+        return len(self.asked)
+
+    @property
+    def window_passes(self) -> int:
+        """Window passes those plans cost when run alone: one per window and plan, and the dense prefix's."""
+        return len(self.windows) * (len(self.asked) + self._prefix_asked)
+
+    def __call__(self, pruned: Iterable[int]) -> float:
+        key = tuple(sorted(int(b) for b in pruned))
+        self.asked.add(key)
+        if self.reuse_prefix and key and 0 < key[0] and len(key) + key[0] < self.num_layers:
+            self._prefix_asked = True
+        if key not in self.losses:
+            self.window_losses[key] = self._losses(list(key))
+            loss = sum(self.window_losses[key]) / len(self.windows)
+            self.losses[key] = loss if math.isfinite(loss) else math.inf
+        return self.losses[key]
+
+    @torch.no_grad()
+    def _losses(self, pruned: list[int]) -> list[float]:
+        model = self.model
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            first = min(pruned) if pruned else self.num_layers
+            skipped = list(range(first)) + pruned  # the dense prefix and the plan
+            if not self.reuse_prefix or first == 0 or len(skipped) >= self.num_layers:
+                with temporarily_pruned(model, pruned) if pruned else nullcontext():
+                    losses = [_window_loss(model, w.unsqueeze(0).to(device), self.scored) for w in self.windows]
+            else:
+                inputs = self._dense_inputs(device)
+                with temporarily_pruned(model, skipped):
+                    losses = [self._loss_from(model, w.unsqueeze(0).to(device), inputs[i][first]) for i, w in enumerate(self.windows)]
+        finally:
+            model.train(was_training)
+        return losses
+
+    def _loss_from(self, model: nn.Module, ids: Tensor, hidden: Tensor) -> float:
+        """The loss of ``ids`` with the input of the model's first (remaining) block replaced by ``hidden``."""
+        def replace(module: nn.Module, args: tuple, kwargs: dict):
+            if args:
+                return (hidden,) + tuple(args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        handle = decoder_layers(model)[0].register_forward_pre_hook(replace, with_kwargs=True)
+        try:
+            return _window_loss(model, ids, self.scored)
+        finally:
+            handle.remove()
+
+    def _dense_inputs(self, device: torch.device) -> list[Tensor]:
+        """The input of every block of the dense model, per window (one dense pass, counted)."""
+        if self._inputs is None:
+            layers = decoder_layers(self.model)
+            store: list[Tensor] = []
+
+            def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                store.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+            handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
+            inputs = []
+            try:
+                for w in self.windows:
+                    store.clear()
+                    self.model(input_ids=w.unsqueeze(0).to(device), use_cache=False, logits_to_keep=1)
+                    inputs.append(torch.stack(store))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            self._inputs = inputs
+        return self._inputs
+
+
+def finite_best(losses: dict[Any, float], what: str) -> Any:
+    """The key with the lowest finite loss (ties: the first); a clear error when none is finite."""
+    finite = {key: loss for key, loss in losses.items() if math.isfinite(loss)}
+    if not finite:
+        raise FloatingPointError(
+            f"{what}: the calibration loss is not finite for any of the {len(losses)} candidates; "
+            "check the model and the calibration windows (try dtype=torch.float32)"
+        )
+    return min(finite, key=finite.__getitem__)  # min() keeps the first of ties
+
+
+def sleb_order(loss: PlanLoss, num_prune: int, protected: set[int], progress: bool = False) -> list[dict[str, Any]]:
+    """SLEB's greedy steps: ``[{"block": b, "loss": loss with the blocks so far removed, "tried": n}, ...]``."""
+    from tqdm.auto import tqdm
+
+    removed: list[int] = []
+    steps = []
+    for _ in tqdm(range(num_prune), desc="sleb", unit="block", disable=not progress):
+        tried = {b: loss(removed + [b]) for b in range(loss.num_layers) if b not in protected and b not in removed}
+        block = finite_best(tried, f"sleb, removing block {len(removed) + 1} of {num_prune}")
+        removed.append(block)
+        steps.append({"block": block, "loss": tried[block], "tried": len(tried)})
+    return steps
+
+
+def one_shot_losses(loss: PlanLoss, protected: set[int], progress: bool = False) -> dict[int, float]:
+    """The calibration loss with each unprotected block removed alone."""
+    from tqdm.auto import tqdm
+
+    blocks = [b for b in range(loss.num_layers) if b not in protected]
+    return {b: loss([b]) for b in tqdm(blocks, desc="ppl", unit="block", disable=not progress)}
+
+
+def neighbours(plan: Sequence[int], num_layers: int, protected: set[int]) -> list[list[int]]:
+    """The plans one swap away from ``plan`` around its removed blocks: one removed block kept
+    instead, and one kept, unprotected block next to a removed block removed instead (a run
+    [12, 18] may shift to [11, 17] or [13, 19], or give up block 15 for block 11 or 19)."""
+    removed = set(plan)
+    border = sorted(c for c in range(num_layers) if c not in removed and c not in protected
+                    and (c - 1 in removed or c + 1 in removed))
+    out, seen = [], set()
+    for b in sorted(removed):
+        for c in border:
+            swapped = tuple(sorted((removed - {b}) | {c}))
+            if swapped not in seen:
+                seen.add(swapped)
+                out.append(list(swapped))
+    return out
+
+
+def local_search(loss: PlanLoss, start: list[int], num_layers: int, protected: set[int], max_checks: int) -> list[dict[str, Any]]:
+    """Move to the best neighbour (:func:`neighbours`) while it lowers the loss and checks remain.
+
+    Returns the moves made: ``[{"pruned": plan, "loss": its loss}, ...]`` (empty if none helped).
+    """
+    current, moves = sorted(start), []
+    while True:
+        around = neighbours(current, num_layers, protected)
+        tried = [p for p in around if tuple(p) in loss.asked]
+        untried = [p for p in around if tuple(p) not in loss.asked]
+        candidates = tried + untried[:max(max_checks - loss.plans_checked, 0)]  # checked ones cost nothing
+        if not candidates:
+            return moves
+        best = min(candidates, key=loss)  # min() keeps the first of ties
+        if not loss(best) < loss(current):
+            return moves
+        current = best
+        moves.append({"pruned": best, "loss": loss(best)})
