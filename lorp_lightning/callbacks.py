@@ -4,7 +4,7 @@ Both callbacks listen to the decoder blocks of ``pl_module.model`` (a Hugging Fa
 :class:`~lorp_lightning.module.LoRPModule` is such a module) and feed
 :class:`~lorp_lightning.stats.LayerSimilarity`, whose sum states are synchronised across
 processes when computed, so statistics gathered under DDP equal those of one process over all
-the batches. The selection is :func:`~lorp_lightning.selection.select_layers` and the surgery
+the batches. The selection is :func:`~lorp_lightning.methods.select_layers` and the surgery
 :func:`~lorp_lightning.surgery.prune_layers`; nothing here computes anything itself.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -26,9 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lorp_lightning.architectures import decoder_layers
-from lorp_lightning.checked import METHOD as CHECKED, select_checked
 from lorp_lightning.locality import is_integer
-from lorp_lightning.selection import METHODS, PruningPlan, resolve_budget, select_layers
+from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, get_method, select_layers
+from lorp_lightning.selection import PruningPlan, resolve_budget
 from lorp_lightning.stats import HiddenStateRecorder, LayerSimilarity, LayerStats, model_inputs
 from lorp_lightning.surgery import prune_layers
 
@@ -49,14 +49,12 @@ def _causal_lm(pl_module: pl.LightningModule, owner: str) -> nn.Module:
     return model
 
 
-CHECK_WINDOWS = 4  # calibration windows kept for lorp_checked's loss checks
-
-
 class _Listener:
     """Hooks on the decoder blocks feeding a fresh :class:`LayerSimilarity`, for one run of a loop.
 
-    It also keeps the first :data:`CHECK_WINDOWS` unpadded sequences it sees (token ids, on the
-    CPU), the calibration windows ``lorp_checked`` checks its candidate plans on.
+    It also keeps the first :data:`~lorp_lightning.methods.CHECK_WINDOWS` unpadded sequences it
+    sees (token ids, on the CPU), the calibration windows the methods that try plans on the model
+    (``lorp_search``, ``sleb``, ...) check them on.
     """
 
     def __init__(self) -> None:
@@ -120,8 +118,8 @@ class LayerStatsCallback(Callback):
             statistics afresh; :attr:`stats` holds those of the latest run.
 
     The statistics are part of the callback's state, so they are saved in checkpoints.
-    :attr:`windows` holds the first 4 unpadded sequences of the latest run (token ids), which
-    ``LoRPPruneCallback(method="lorp_checked")`` checks its candidate plans on.
+    :attr:`windows` holds the first 8 unpadded sequences of the latest run (token ids), which
+    ``LoRPPruneCallback``'s methods that try plans on the model check them on.
     """
 
     STAGES = ("predict", "validation")
@@ -200,7 +198,7 @@ class LayerStatsCallback(Callback):
 
 
 class LoRPPruneCallback(LayerStatsCallback):
-    r"""Prunes decoder blocks of the model with LoRP (or a baseline) once, at the end of a loop.
+    r"""Prunes decoder blocks of the model once, at the end of a loop, by a method of the registry.
 
     Example::
 
@@ -209,8 +207,10 @@ class LoRPPruneCallback(LayerStatsCallback):
     The statistics come from the batches the model runs on before the pruning: those of the
     validation (``prune_on="validation_end"``, or the last validation of ``fit`` for
     ``"fit_end"``) or of ``predict`` (``"predict_end"``). The callback gathers them itself, unless
-    the Trainer has a :class:`LayerStatsCallback`, whose statistics it then uses. It selects the
-    blocks with :func:`~lorp_lightning.selection.select_layers`, removes them with
+    the Trainer has a :class:`LayerStatsCallback`, whose statistics it then uses. Methods that try
+    plans on the model (the default ``lorp_search``, ``sleb``, ...) check them on the first 8
+    unpadded sequences of that loop. It selects the blocks with
+    :func:`~lorp_lightning.methods.select_layers`, removes them with
     :func:`~lorp_lightning.surgery.prune_layers`, and logs the RLS (``lorp/rls``), K
     (``lorp/num_clusters``), ``lorp/num_pruned`` and ``lorp/num_layers`` to the loggers' metrics,
     the plan to their hyper-parameters, and a one-line summary.
@@ -226,10 +226,12 @@ class LoRPPruneCallback(LayerStatsCallback):
     Args:
         amount: how many blocks to prune: an int (a count) or a float in (0, 1) (a fraction of
             the blocks, rounded down).
-        method: ``"lorp"`` (default), ``"lorp_checked"`` (candidate plans of the locality
-            analysis checked on the calibration loss of the first 4 unpadded sequences of the
-            loop, :mod:`lorp_lightning.checked`) or a baseline of
-            :data:`~lorp_lightning.selection.METHODS`.
+        method: a name of :data:`~lorp_lightning.methods.METHODS`: ``"lorp_search"`` (default:
+            the locality analysis's candidate plans checked and improved on the calibration
+            loss), ``"lorp"`` (the paper's method, as published), a baseline; or a callable
+            that takes a :class:`~lorp_lightning.methods.SelectionContext` and returns the
+            blocks to prune (as Lightning's ``ModelPruning(pruning_fn=...)``). A plan that is
+            not k distinct unprotected blocks is refused with a ValueError, the model unchanged.
         num_clusters: ``"lorp"`` only: force K instead of deriving it from the RLS.
         protect: block indices never pruned; default None: the first and the last block.
         prune_on: ``"validation_end"`` (default), ``"fit_end"`` or ``"predict_end"``.
@@ -246,7 +248,7 @@ class LoRPPruneCallback(LayerStatsCallback):
     def __init__(
         self,
         amount: int | float,
-        method: str = "lorp",
+        method: str | Callable = DEFAULT_METHOD,
         num_clusters: int | None = None,
         protect: Iterable[int] | None = None,
         prune_on: str = "validation_end",
@@ -268,10 +270,9 @@ class LoRPPruneCallback(LayerStatsCallback):
             raise ValueError(
                 f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
             )
-        if method not in METHODS + (CHECKED,):
-            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS + (CHECKED,)))}, got method={method!r}")
+        self._method = get_method(method)  # a ValueError naming the methods for an unknown name
         if num_clusters is not None:
-            if method != "lorp":
+            if self._method.name != "lorp":
                 raise ValueError(
                     f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}"
                 )
@@ -302,7 +303,7 @@ class LoRPPruneCallback(LayerStatsCallback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(amount=self.amount, method=self.method, prune_on=self.prune_on)
+        return self._generate_state_key(amount=self.amount, method=self._method.name, prune_on=self.prune_on)
 
     @property
     def _listens_to(self) -> str:
@@ -383,19 +384,19 @@ class LoRPPruneCallback(LayerStatsCallback):
                 f"{self._listens_to} batch ran through the model. Give the Trainer {self._listens_to} data "
                 "(a datamodule or dataloader, and limit_val_batches > 0 for validation)"
             )
-        if self.method == CHECKED:
+        model = windows = None
+        if self._method.reads_model:
             source = self._stats_callback if self._stats_callback is not None else self
             if source.windows is None:
                 raise RuntimeError(
-                    f"LoRPPruneCallback(method={CHECKED!r}) checks its candidates on unpadded {self._listens_to} "
+                    f"LoRPPruneCallback(method={self._method.name!r}) checks its plans on unpadded {self._listens_to} "
                     "sequences, and none ran through the model; give it unpadded windows (TextDataModule's are)"
                 )
-            with torch.inference_mode(False):
-                plan = select_checked(pl_module.model, source.windows, self.amount, stats=self.stats,
-                                      check_windows=len(source.windows), protect=self.protect, seed=self.seed, progress=False)
-        else:
+            model, windows = pl_module.model, source.windows
+        with torch.inference_mode(False):  # plans tried on the model run outside Lightning's inference mode
             plan = select_layers(
-                self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect, seed=self.seed
+                self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect,
+                seed=self.seed, model=model, windows=windows,
             )
         plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
         with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode

@@ -26,8 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lorp_lightning.methods import DEFAULT_METHOD
+
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+COMPARED = ("lorp_search", "lorp", "lorp_checked", "ppl", "shortgpt", "streamline", "angular", "random", "last")
 
 
 class UsageError(Exception):
@@ -107,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="analyze, select, prune, save, and evaluate dense against pruned")
     prune.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"bundled name, model directory or .gguf file (default: {DEFAULT_MODEL})")
     prune.add_argument("--amount", type=_fraction_or_count, default=0.25, help="fraction of the blocks in (0, 1), or a block count (default: 0.25)")
-    prune.add_argument("--method", default="lorp",
-                       help="lorp (as published), lorp_checked (candidate plans of the locality analysis checked on the "
-                            "calibration loss of 4 windows), shortgpt, streamline, angular, random or last (default: lorp)")
+    prune.add_argument("--method", default=DEFAULT_METHOD,
+                       help=f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
+                            "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
+                            "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last")
     prune.add_argument("--num-clusters", type=_positive_int, help="lorp: force K instead of deriving it from the RLS")
     prune.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
     _add_calibration(prune)
@@ -122,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
     compare.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     compare.add_argument("--amounts", default="0.125,0.25,0.33", help="comma-separated budgets (default: 0.125,0.25,0.33)")
-    compare.add_argument("--methods", default="lorp,lorp_checked,shortgpt,streamline,angular,random,last", help="comma-separated methods")
+    compare.add_argument("--methods", default=",".join(COMPARED),
+                         help=f"comma-separated methods (default: {','.join(COMPARED)}; sleb, left out, checks about 4x as "
+                              "many plans as lorp_search)")
     compare.add_argument("--seed", type=int, default=0)
     _add_calibration(compare)
     compare.add_argument("--eval-text", default="wiki")
@@ -266,32 +272,23 @@ def _calibrate(args, model, tokenizer):
     return stats, time.perf_counter() - start
 
 
-def _all_methods() -> tuple[str, ...]:
-    from lorp_lightning.checked import METHOD as CHECKED
-    from lorp_lightning.selection import METHODS
-
-    return (CHECKED,) + METHODS
-
-
 def _check_method(method: str) -> None:
-    if method not in _all_methods():
-        raise UsageError(f"unknown method {method!r}; methods: {', '.join(_all_methods())}")
+    from lorp_lightning.methods import METHODS
+
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
 
-def _select(stats, amount, method, num_clusters=None, seed=0, checked_on=None):
-    """The plan; ``lorp_checked`` also needs ``checked_on=(model, tokenizer, args)`` for its loss checks."""
-    from lorp_lightning.checked import METHOD as CHECKED, select_checked
-    from lorp_lightning.selection import select_layers
+def _select(stats, amount, method, *, args, model, tokenizer, num_clusters=None):
+    """The plan of ``method``; methods that try plans on the model check them on --text's calibration windows."""
+    from lorp_lightning.methods import get_method, select_layers
 
+    windows = _calibration_windows(args, tokenizer) if get_method(method).reads_model else None
     try:
-        if method == CHECKED:
-            if num_clusters is not None:
-                raise ValueError(f"--num-clusters applies only to --method lorp, got --num-clusters {num_clusters} with --method {method}")
-            model, tokenizer, args = checked_on
-            return select_checked(model, _calibration_windows(args, tokenizer), amount, stats=stats, seed=seed, progress=not args.quiet)
-        return select_layers(stats, amount, method=method, num_clusters=num_clusters, seed=seed)
+        return select_layers(stats, amount, method=method, num_clusters=num_clusters, seed=args.seed,
+                             model=model if windows is not None else None, windows=windows, progress=not args.quiet)
     except ValueError as error:
-        raise UsageError(str(error)) from error
+        raise UsageError(str(error).replace("num_clusters", "--num-clusters").replace("method=", "--method ")) from error
 
 
 def _stats_summary(stats, analysis_plan) -> dict[str, Any]:
@@ -346,7 +343,7 @@ def cmd_analyze(args) -> dict:
     try:
         model, tokenizer = _load(args.model, args.dtype, args.quiet)
         stats, seconds = _calibrate(args, model, tokenizer)
-        plan = _select(stats, 1, "lorp", num_clusters=args.num_clusters, seed=args.seed)
+        plan = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer, num_clusters=args.num_clusters)
         stats.save(out.path / "stats.pt")
         _heatmap(stats, plan.labels, out.path / "similarity.png", f"{args.model}: RLS {plan.rls:.3f}, K {plan.num_clusters}")
         report = {"command": "analyze", "model": args.model, "dtype": args.dtype,
@@ -415,10 +412,9 @@ def cmd_prune(args) -> dict:
         model, tokenizer = _load(args.model, args.dtype, args.quiet)
         timings["load_seconds"] = time.perf_counter() - start
         stats, timings["calibration_seconds"] = _calibrate(args, model, tokenizer)
-        analysis = _select(stats, 1, "lorp", seed=args.seed)
+        analysis = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer)
         start = time.perf_counter()
-        plan = _select(stats, args.amount, args.method, num_clusters=args.num_clusters, seed=args.seed,
-                       checked_on=(model, tokenizer, args))
+        plan = _select(stats, args.amount, args.method, args=args, model=model, tokenizer=tokenizer, num_clusters=args.num_clusters)
         timings["selection_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         pruned = prune_layers(model, plan, inplace=False)
@@ -499,12 +495,12 @@ def cmd_compare(args) -> dict:
         rows = []
         for amount in amounts:
             for method in methods:
-                plan = _select(stats, amount, method, seed=args.seed, checked_on=(model, tokenizer, args))
+                plan = _select(stats, amount, method, args=args, model=model, tokenizer=tokenizer)
                 pruned = prune_layers(model, plan, inplace=False)
                 rows.append({"amount": amount, "method": method, "pruned": plan.pruned, "num_pruned": len(plan.pruned),
                              "perplexity": _finite(perplexity(pruned, windows))})
                 del pruned
-        analysis = _select(stats, 1, "lorp", seed=args.seed)
+        analysis = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer)
         report = {"command": "compare", "model": args.model, "dtype": args.dtype, "dense_perplexity": dense_ppl,
                   "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds},
                   "statistics": _stats_summary(stats, analysis),

@@ -6,8 +6,8 @@ Run as a script so that Lightning's ``strategy="ddp"`` can launch the second pro
 does in a user's project: it runs this same command again with ``LOCAL_RANK=1``. Both processes
 build the same tiny random Llama (seeded) and then
 
-1. ``validate`` with ``LoRPPruneCallback(0.25)``: each process sees half of the held-out windows;
-2. ``fit`` with ``LoRPPruneCallback(0.25)`` pruning at the first validation, then training on.
+1. ``validate`` with ``LoRPPruneCallback(0.25, method="lorp")``: each process sees half of the held-out windows;
+2. ``fit`` with ``LoRPPruneCallback(0.25, method="lorp")`` pruning at the first validation, then training on.
 
 Each process writes what it saw and did to ``OUT_DIR/rank{rank}.json``.
 """
@@ -78,7 +78,7 @@ def main(out: Path, tokenizer_dir: str) -> None:
 
     # 1. statistics over two processes, and the pruning they agree on
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
-    callback, seen = LoRPPruneCallback(0.25), SeenBatches()
+    callback, seen = LoRPPruneCallback(0.25, method="lorp"), SeenBatches()
     validate = trainer(out, [callback, seen])
     validate.validate(module, datamodule=datamodule(tokenizer))
     rank = validate.global_rank
@@ -98,7 +98,7 @@ def main(out: Path, tokenizer_dir: str) -> None:
 
     # 2. pruning in the middle of fit, then training on under DDP
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3)
-    callback = LoRPPruneCallback(0.25)
+    callback = LoRPPruneCallback(0.25, method="lorp")
     fit = trainer(out, [callback], max_epochs=2, limit_train_batches=2, num_sanity_val_steps=0)
     fit.fit(module, datamodule=datamodule(tokenizer))
     optimizer_ids = [id(p) for group in fit.optimizers[0].param_groups for p in group["params"]]

@@ -67,22 +67,22 @@ def test_prune_saves_a_model_that_plain_transformers_reloads_and_reports_both_si
     assert "held-out perplexity" in printed and "ideal from matmul FLOPs" in printed
 
 
-def test_prune_with_lorp_checked_reuses_saved_statistics_and_checks_on_the_calibration_windows(tmp_path):
-    from lorp_lightning import LayerStats, load_model, load_text, select_checked
+def test_prune_by_default_with_lorp_search_reuses_saved_statistics_and_checks_on_the_calibration_windows(tmp_path):
+    from lorp_lightning import LayerStats, load_model, load_text, select_layers
     from lorp_lightning.evaluation import token_windows
 
     analysis = tmp_path / "analysis"
     assert main(["analyze", *SMALL, "--out", str(analysis)]) == 0
     out = tmp_path / "pruned"
-    assert main(["prune", "--amount", "3", "--method", "lorp_checked", "--stats", str(analysis / "stats.pt"),
-                 "--out", str(out), *SMALL, *SMALL_EVAL]) == 0
+    assert main(["prune", "--amount", "3", "--stats", str(analysis / "stats.pt"), "--out", str(out), *SMALL, *SMALL_EVAL]) == 0
     report = json.loads((out / "report.json").read_text())
     model, tokenizer = load_model("smollm2-135m", dtype=report["dtype"], progress=False)  # the dtype "auto" chose
     windows = token_windows(tokenizer, load_text("wiki", "calibration"), window=128, max_windows=4)
-    expected = select_checked(model, windows, 3, stats=LayerStats.load(analysis / "stats.pt"), progress=False)
-    assert report["plan"]["method"] == "lorp_checked"
+    expected = select_layers(LayerStats.load(analysis / "stats.pt"), 3, method="lorp_search", model=model, windows=windows)
+    assert report["plan"]["method"] == "lorp_search"
     assert report["plan"]["pruned"] == expected.pruned
     assert [c["pruned"] for c in report["plan"]["candidates"]] == [c["pruned"] for c in expected.candidates]
+    assert report["plan"]["cost"]["check_windows"] == expected.cost["check_windows"] > 0
     assert report["metrics"]["pruned"]["num_layers"] == 27
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorp_lightning.selection import select_layers
+from lorp_lightning.methods import select_layers
 from lorp_lightning.stats import collect_layer_stats
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

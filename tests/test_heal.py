@@ -364,7 +364,7 @@ def test_prune_with_validate_then_heal_with_fit_trains_the_adapters_only_and_mer
     optimized = Optimized()
     heal_callback = LoRPHealCallback(rank=4, verbose=False)
     trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0,
-                            callbacks=[LoRPPruneCallback(2, verbose=False), heal_callback, optimized])
+                            callbacks=[LoRPPruneCallback(2, method="lorp", verbose=False), heal_callback, optimized])
     trainer.validate(module, datamodule=data, verbose=False)
     assert len(decoder_layers(module.model)) == 8 and not heal_callback.healing
     trainer.fit(module, datamodule=data)
@@ -381,7 +381,7 @@ def test_pruning_in_the_middle_of_fit_starts_the_healing_right_after_it(smollm2,
     data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=8, num_eval_windows=2, batch_size=BATCH)
     optimized = Optimized()
     trainer = quiet_trainer(tmp_path, max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
-                            callbacks=[LoRPPruneCallback(2, verbose=False), LoRPHealCallback(verbose=False), optimized])
+                            callbacks=[LoRPPruneCallback(2, method="lorp", verbose=False), LoRPHealCallback(verbose=False), optimized])
     trainer.fit(module, datamodule=data)
     dense = {n for n, _ in tiny_llama(len(tokenizer)).named_parameters()}
     assert optimized.names[0] == optimized.names[1] == dense  # steps 1-2: the dense model, before pruning
@@ -395,7 +395,7 @@ def test_the_heal_callback_must_come_after_the_prune_callback(smollm2, tmp_path)
     _, tokenizer = smollm2
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
     data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=2, num_eval_windows=2, batch_size=BATCH)
-    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LoRPHealCallback(), LoRPPruneCallback(2)])
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LoRPHealCallback(), LoRPPruneCallback(2, method="lorp")])
     with pytest.raises(ValueError, match=r"LoRPHealCallback comes before LoRPPruneCallback"):
         trainer.fit(module, datamodule=data)
 

@@ -25,7 +25,8 @@ from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
 from lorp_lightning.data import TextDataModule
 from lorp_lightning.evaluation import perplexity, token_windows
 from lorp_lightning.module import LoRPModule
-from lorp_lightning.selection import PruningPlan, select_layers
+from lorp_lightning.methods import select_layers
+from lorp_lightning.selection import PruningPlan
 from lorp_lightning.stats import LayerStats, collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record
 
@@ -158,7 +159,7 @@ def test_prune_callback_rejects_an_unknown_prune_on_and_lists_the_choices():
 
 
 def test_prune_callback_rejects_an_unknown_method_and_lists_the_methods():
-    with pytest.raises(ValueError, match=r"method must be one of 'lorp', 'shortgpt', .*got method='magic'"):
+    with pytest.raises(ValueError, match=r"method must be one of 'lorp_search', 'lorp', .*'last' or a callable, got method='magic'"):
         LoRPPruneCallback(0.25, method="magic")
 
 
@@ -214,7 +215,7 @@ def test_a_budget_beyond_the_unprotected_blocks_fails_at_setup_before_any_batch(
 
 def test_a_layer_stats_callback_deaf_to_the_pruning_loop_is_refused_at_setup(tokenizer, tmp_path):
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
-    trainer = make_trainer(tmp_path, callbacks=[LayerStatsCallback("predict"), LoRPPruneCallback(2)])
+    trainer = make_trainer(tmp_path, callbacks=[LayerStatsCallback("predict"), LoRPPruneCallback(2, method="lorp")])
     with pytest.raises(ValueError, match=r"reads the statistics of the validation loop.*stages=\('predict', 'validation'\)"):
         trainer.validate(module, datamodule=stories(tokenizer))
 
@@ -334,16 +335,17 @@ def test_validate_prunes_smollm2_from_30_to_23_blocks_exactly_as_select_layers_o
     model, tokenizer = smollm2
     module = LoRPModule(copy.deepcopy(model), tokenizer)
     dm = wiki(tokenizer)
-    callback = LoRPPruneCallback(0.25)
+    callback = LoRPPruneCallback(0.25)  # the default method, lorp_search, checks plans on the validation windows
     trainer = make_trainer(tmp_path, callbacks=[callback], logger=CSVLogger(tmp_path))
     [results] = trainer.validate(module, datamodule=dm)
 
     windows = dm.windows("heldout")
     expected_stats = collect_layer_stats(model, windows.split(BATCH), progress=False)
-    expected_plan = select_layers(expected_stats, 0.25)
+    expected_plan = select_layers(expected_stats, 0.25, method="lorp_search", model=model, windows=windows)
     assert_same_stats(callback.stats, expected_stats)
     assert callback.stats.num_tokens == 4 * WINDOW and callback.stats.num_layers == 30
-    assert callback.plan == select_layers(callback.stats, 0.25)
+    assert torch.equal(callback.windows, windows)
+    assert callback.plan.method == "lorp_search"
     assert callback.plan.pruned == expected_plan.pruned and len(expected_plan.pruned) == 7
     assert callback.plan.labels == expected_plan.labels and callback.plan.num_clusters == expected_plan.num_clusters
     assert callback.plan.rls == pytest.approx(expected_plan.rls, abs=1e-9)
@@ -362,7 +364,7 @@ def test_validate_prunes_smollm2_from_30_to_23_blocks_exactly_as_select_layers_o
     assert float(logged["lorp/num_clusters"]) == expected_plan.num_clusters
     assert float(logged["lorp/num_pruned"]) == 7 and float(logged["lorp/num_layers"]) == 23
     hparams = yaml.safe_load((log_dir / "hparams.yaml").read_text())
-    assert hparams["lorp_pruned_layers"] == expected_plan.pruned and hparams["lorp_method"] == "lorp"
+    assert hparams["lorp_pruned_layers"] == expected_plan.pruned and hparams["lorp_method"] == "lorp_search"
 
 
 # --------------------------------------------------------------------------- scenario 2: predict
@@ -402,7 +404,7 @@ def test_fit_prunes_at_fit_end_from_the_statistics_of_the_last_validation(smollm
     model, tokenizer = smollm2
     module = LoRPModule(copy.deepcopy(model), tokenizer, lr=1e-4)
     dm = wiki(tokenizer)
-    record, callback = Record(snapshot=True), LoRPPruneCallback(0.25, prune_on="fit_end")
+    record, callback = Record(snapshot=True), LoRPPruneCallback(0.25, method="lorp", prune_on="fit_end")
     trainer = make_trainer(
         tmp_path, callbacks=[record, callback], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0
     )
@@ -428,7 +430,7 @@ def test_pruning_at_the_first_validation_inside_fit_then_training_the_pruned_mod
     hf_model = module.model
     dm = wiki(tokenizer, num_calibration_windows=BATCH)  # one training batch: the same windows every epoch
     original_blocks = list(decoder_layers(module.model))  # holds the removed blocks, so their ids stay unique
-    record, callback = Record(), LoRPPruneCallback(0.25)
+    record, callback = Record(), LoRPPruneCallback(0.25, method="lorp")
     trainer = make_trainer(tmp_path, callbacks=[record, callback], max_epochs=3, num_sanity_val_steps=1)
     trainer.fit(module, datamodule=dm)
 
@@ -461,7 +463,7 @@ def test_a_checkpoint_after_pruning_loads_into_a_fresh_module_and_resumes_fit(sm
     model, tokenizer = smollm2
     module = LoRPModule("smollm2-135m", lr=1e-4, dtype=torch.float32)  # the dtype of the smollm2 fixture
     dm = wiki(tokenizer, num_calibration_windows=BATCH, num_eval_windows=BATCH)  # one batch of each
-    callback = LoRPPruneCallback(0.25)
+    callback = LoRPPruneCallback(0.25, method="lorp")
     trainer = make_trainer(tmp_path, callbacks=[callback], max_epochs=2, limit_train_batches=1, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)  # a step, the pruning, a step of the pruned model
     assert len(decoder_layers(module.model)) == 23
@@ -478,7 +480,7 @@ def test_a_checkpoint_after_pruning_loads_into_a_fresh_module_and_resumes_fit(sm
 
     # resuming: the fresh dense module is pruned the same way, and the callback does not prune again
     resumed_module = LoRPModule(copy.deepcopy(model), tokenizer, lr=1e-4)
-    resumed_callback, record = LoRPPruneCallback(0.25), Record()
+    resumed_callback, record = LoRPPruneCallback(0.25, method="lorp"), Record()
     resumed = make_trainer(
         tmp_path, callbacks=[record, resumed_callback], max_epochs=3, limit_train_batches=1, num_sanity_val_steps=0
     )
@@ -499,7 +501,7 @@ def test_a_checkpoint_after_pruning_loads_into_a_fresh_module_and_resumes_fit(sm
 def test_the_prune_callback_uses_a_layer_stats_callback_instead_of_listening_itself(tokenizer, tmp_path):
     model = tiny_llama(len(tokenizer))
     module = LoRPModule(copy.deepcopy(model), tokenizer)
-    stats_callback, callback = LayerStatsCallback(stages=("predict", "validation")), LoRPPruneCallback(2)
+    stats_callback, callback = LayerStatsCallback(stages=("predict", "validation")), LoRPPruneCallback(2, method="lorp")
     make_trainer(tmp_path, callbacks=[callback, stats_callback]).validate(module, datamodule=stories(tokenizer))
     assert callback.stats is stats_callback.stats and callback._listener.metric is None
     expected = collect_layer_stats(model, stories(tokenizer).windows("heldout").split(BATCH), progress=False)
@@ -524,17 +526,17 @@ def test_prune_on_predict_end_prunes_from_the_calibration_windows(tokenizer, tmp
     assert_kept_blocks_are(module.model, decoder_layers(model), callback.plan.kept)
 
 
-def test_lorp_checked_prunes_from_the_statistics_and_the_first_four_calibration_windows(tokenizer, tmp_path):
+def test_lorp_checked_prunes_from_the_statistics_and_the_first_eight_calibration_windows(tokenizer, tmp_path):
     from lorp_lightning.checked import select_checked
 
     model = tiny_llama(len(tokenizer))
     module = LoRPModule(copy.deepcopy(model), tokenizer)
-    dm = stories(tokenizer, num_calibration_windows=6)
+    dm = stories(tokenizer, num_calibration_windows=10)
     callback = LoRPPruneCallback(0.25, method="lorp_checked", prune_on="predict_end")
     make_trainer(tmp_path, callbacks=[callback]).predict(module, datamodule=dm)
     windows = dm.windows("calibration")
-    assert torch.equal(callback.windows, windows[:4])
-    expected = select_checked(model, windows, 0.25, stats=callback.stats, check_windows=4, progress=False)
+    assert torch.equal(callback.windows, windows[:8])
+    expected = select_checked(model, windows, 0.25, stats=callback.stats, check_windows=8, progress=False)
     assert callback.plan.method == "lorp_checked" and callback.plan.pruned == expected.pruned
     assert [c["pruned"] for c in callback.plan.candidates] == [c["pruned"] for c in expected.candidates]
     assert_kept_blocks_are(module.model, decoder_layers(model), callback.plan.kept)
@@ -573,3 +575,28 @@ def test_one_datamodule_used_with_another_tokenizer_gives_that_tokenizers_window
     fresh = TextDataModule("wiki", tokenizer=gemma_tokenizer, window=64, num_calibration_windows=2, num_eval_windows=2)
     assert torch.equal(second, fresh.windows("heldout"))
     assert not torch.equal(first, second)
+
+
+def test_a_callable_method_prunes_the_blocks_it_returns(tokenizer, tmp_path):
+    module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
+    before = list(decoder_layers(module.model))
+
+    def middle_pair(ctx):
+        assert ctx.num_prune == 2 and ctx.model is module.model and ctx.windows is not None
+        return [4, 5]
+
+    callback = LoRPPruneCallback(2, method=middle_pair, verbose=False)
+    make_trainer(tmp_path, callbacks=[callback]).validate(module, datamodule=stories(tokenizer))
+    assert callback.plan.method == "middle_pair" and callback.plan.pruned == [4, 5]
+    assert_kept_blocks_are(module.model, before, callback.plan.kept)
+
+
+def test_a_callable_method_returning_a_bad_plan_is_refused_and_the_model_is_left_unchanged(tokenizer, tmp_path):
+    module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
+    state = {k: v.clone() for k, v in module.model.state_dict().items()}
+    callback = LoRPPruneCallback(2, method=lambda ctx: [0, 5], verbose=False)
+    with pytest.raises(ValueError, match=r"method '<lambda>' returned the plan \[0, 5\], which holds protected blocks \[0\]"):
+        make_trainer(tmp_path, callbacks=[callback]).validate(module, datamodule=stories(tokenizer))
+    assert module.model.state_dict().keys() == state.keys()
+    assert all(torch.equal(module.model.state_dict()[k], v) for k, v in state.items())
+    assert callback.plan is None
