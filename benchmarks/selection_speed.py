@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from lorp_lightning.locality import clear_cluster_cache
-from lorp_lightning.selection import METHODS, select_layers
+from lorp_lightning.methods import STATS_METHODS as METHODS, select_layers
 from lorp_lightning.stats import LayerStats
 
 
