@@ -1,21 +1,25 @@
-"""The quality study: every method at every budget on every bundled family, from ONE calibration pass.
+"""The quality study: every method of the registry at every budget on the bundled families.
 
-For each model: one calibration pass (``wiki`` calibration split, 32 windows of 512 tokens)
-gives the statistics every method selects from; ``lorp_checked`` also runs its loss checks on
-the first 4 of those windows. Each plan is applied with ``temporarily_pruned`` (the weights are
-never copied) and evaluated on the held-out splits of ``wiki``, ``c4`` and ``lambada``
-(perplexity over non-overlapping windows of 512 tokens) and on the nine zero-shot tasks with a
-fixed ``--limit`` of documents per task. Identical plans are evaluated once.
+For each model: one calibration pass (``wiki`` calibration split, 32 windows of 512 tokens) gives
+the statistics every method that reads them selects from. The methods that try plans on the model
+(``lorp_search``, ``lorp_checked``, ``sleb``, ``ppl``) check them on the first 256 tokens of the
+same first 8 of those windows, scoring the last 128 predicted tokens of each (the library's
+defaults); one
+``PlanLoss`` serves them all, so a plan met twice is computed once, while each plan's cost counts
+what its selection asked for as if run alone.
 
-Budgets are 1/8, 1/4 and 1/3 of the N blocks, rounded down. Cost is counted two ways: window
-passes (one window of 512 tokens through the model; the faithful method and the baselines run
-the 32 calibration windows once) and seconds on this machine.
+Each plan is then scored on held-out text: the first ``--eval-windows`` non-overlapping windows of
+512 tokens of the held-out splits of ``wiki`` and ``lambada``, every token scored. Perplexity is
+exp(mean window loss). The per-window losses are kept: for each budget, the default method's
+perplexity ratio to the best other method has a 95% paired-bootstrap interval over the windows.
 
-    python benchmarks/quality_study.py run [--models smollm2-135m gemma3-270m qwen2.5-0.5b] [--out benchmarks/results]
+    python benchmarks/quality_study.py run [--models smollm2-135m ...] [--eval-windows 40] [--out benchmarks/results]
+    python benchmarks/quality_study.py zeroshot --models smollm2-135m [--limit 100]
     python benchmarks/quality_study.py render [--results benchmarks/results] [--docs docs]
 
-``run`` writes one JSON per model; ``render`` turns them into ``docs/study.md`` (the tables,
-the target check) and the plots ``docs/images/study_<model>.png``.
+``run`` writes one JSON per model; ``zeroshot`` adds zero-shot accuracy at the 1/4 budget for the
+default, the faithful ``lorp`` and the two best other methods; ``render`` writes ``docs/study.md``
+and the plots ``docs/images/study_<model>.png``.
 """
 
 from __future__ import annotations
@@ -30,40 +34,23 @@ from datetime import date
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lorp_lightning.assets import load_model, load_text
-from lorp_lightning.evaluation import perplexity, token_windows
-from lorp_lightning.checked import METHOD as CHECKED, select_checked
-from lorp_lightning.selection import METHODS, select_layers
+from lorp_lightning.evaluation import token_windows
+from lorp_lightning.methods import CHECK_TOKENS, CHECK_WINDOWS, DEFAULT_METHOD, METHODS, REGISTRY, SCORE_LAST, select_layers
+from lorp_lightning.search import PlanLoss
 from lorp_lightning.stats import collect_layer_stats
-from lorp_lightning.surgery import temporarily_pruned
 
 BUDGETS = (Fraction(1, 8), Fraction(1, 4), Fraction(1, 3))
-TEXTS = ("wiki", "c4", "lambada")
-ALL_METHODS = (CHECKED,) + METHODS
+TEXTS = ("wiki", "lambada")
 MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b")
+BOOTSTRAP = 10_000
 
 
 def _finite(x: float):
     return x if math.isfinite(x) else str(x)
-
-
-def _evaluate(model, tokenizer, eval_windows: dict, zs_limit: int) -> dict:
-    out = {"perplexity": {}, "seconds": {}}
-    for text, windows in eval_windows.items():
-        start = time.perf_counter()
-        out["perplexity"][text] = _finite(perplexity(model, windows))
-        out["seconds"][text] = time.perf_counter() - start
-    if zs_limit:
-        from lorp_lightning.zeroshot import evaluate_zero_shot
-
-        start = time.perf_counter()
-        zs = evaluate_zero_shot(model, tokenizer, limit=zs_limit, batch_size=8, progress=False)
-        out["zero_shot"] = {task: r["acc"] for task, r in zs.items() if task != "average"}
-        out["zero_shot_average"] = zs["average"]["acc"]
-        out["seconds"]["zero_shot"] = time.perf_counter() - start
-    return out
 
 
 def run_model(name: str, args) -> dict:
@@ -71,44 +58,45 @@ def run_model(name: str, args) -> dict:
     model, tokenizer = load_model(name, progress=False)  # dtype="auto", recorded in the results
     calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.calibration_windows)
     start = time.perf_counter()
-    stats = collect_layer_stats(model, calibration.split(1), progress=False)
+    stats = collect_layer_stats(model, calibration.split(4), progress=False)
     stats_seconds = time.perf_counter() - start
     N = stats.num_layers
     budgets = [int(b * N) for b in BUDGETS]  # rounded down
-    print(f"{name}: {N} blocks, budgets {budgets}; statistics {stats_seconds:.1f} s", flush=True)
+    print(f"{name}: {N} blocks, budgets {budgets}, {model.dtype}; statistics {stats_seconds:.1f} s", flush=True)
 
-    plans = {}
-    for method in METHODS:
-        for k in budgets:
-            start = time.perf_counter()
-            plan = select_layers(stats, k, method=method)
-            plans[(method, k)] = (plan.pruned, stats_seconds + time.perf_counter() - start, args.calibration_windows)
-    checked = {}
-    for k in budgets:
-        plan = select_checked(model, calibration, k, stats=stats, progress=False)
-        checked[k] = plan.to_dict()
-        plans[(CHECKED, k)] = (plan.pruned, stats_seconds + plan.cost["seconds"],
-                               args.calibration_windows + plan.cost["check_windows"])
-        print(f"  {CHECKED} k={k}: {plan.pruned} ({len(plan.candidates)} candidates, {plan.cost['seconds']:.1f} s)", flush=True)
-
-    eval_windows = {t: token_windows(tokenizer, load_text(t, "heldout"), window=args.window, max_windows=args.eval_windows) for t in TEXTS}
-    dense = _evaluate(model, tokenizer, eval_windows, args.zs_limit)
-    print(f"  dense {dense['perplexity']}", flush=True)
-    evaluated: dict[tuple, dict] = {}
+    checks = PlanLoss(model, calibration[:CHECK_WINDOWS, :CHECK_TOKENS], score_last=SCORE_LAST)
     rows = []
-    for (method, k), (pruned, seconds, window_passes) in plans.items():
-        key = tuple(pruned)
-        if key not in evaluated:
-            with temporarily_pruned(model, list(pruned)):
-                evaluated[key] = _evaluate(model, tokenizer, eval_windows, args.zs_limit)
-        rows.append({"method": method, "num_pruned": k, "pruned": pruned, "selection_seconds": seconds,
-                     "window_passes": window_passes, **{k2: v for k2, v in evaluated[key].items() if k2 != "seconds"}})
-        print(f"  {method:>15} k={k:<2} {pruned} {evaluated[key]['perplexity']}", flush=True)
+    for k in sorted(budgets, reverse=True):  # greedy SLEB's big budget first: the smaller ones reuse its checks
+        for method in args.methods:
+            entry = REGISTRY[method]
+            plan = select_layers(stats, k, method=method, shared_checks=checks if entry.reads_model else None)
+            cost = dict(plan.cost)
+            cost["window_passes"] = cost["statistics_windows"] + cost["check_windows"]
+            cost["seconds_with_statistics"] = cost["seconds"] + (stats_seconds if entry.reads_stats else 0.0)
+            rows.append({"method": method, "num_pruned": k, "pruned": plan.pruned, "cost": cost,
+                         "candidates": plan.candidates})
+            print(f"  k={k:<2} {method:>12} {plan.pruned} {cost['window_passes']} window passes, {cost['seconds']:.0f} s", flush=True)
+
+    evaluation = {t: PlanLoss(model, token_windows(tokenizer, load_text(t, "heldout"), window=args.window,
+                                                   max_windows=args.eval_windows), score_last=None) for t in TEXTS}
+    held_out: dict[tuple, dict] = {}
+    for plan in [()] + [tuple(r["pruned"]) for r in rows]:
+        if plan not in held_out:
+            start = time.perf_counter()
+            for t in TEXTS:
+                evaluation[t](list(plan))
+            losses = {t: evaluation[t].window_losses[plan] for t in TEXTS}
+            held_out[plan] = losses
+            print(f"  held-out {list(plan)}: " + ", ".join(f"{t} {math.exp(np.mean(l)):.1f}" for t, l in losses.items())
+                  + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+    for row in rows:
+        row["window_losses"] = held_out[tuple(row["pruned"])]
     return {
         "model": name, "num_layers": N, "budgets": budgets, "dtype": str(model.dtype).removeprefix("torch."),
-        "calibration": {"text": "wiki", "windows": args.calibration_windows, "window": args.window, "seconds": stats_seconds},
-        "evaluation": {"texts": list(TEXTS), "windows": args.eval_windows, "window": args.window, "zero_shot_limit": args.zs_limit},
-        "checked_plans": checked, "dense": dense, "rows": rows,
+        "calibration": {"text": "wiki", "windows": args.calibration_windows, "window": args.window, "seconds": stats_seconds,
+                        "check_windows": CHECK_WINDOWS, "check_tokens": CHECK_TOKENS, "score_last": SCORE_LAST},
+        "evaluation": {"texts": list(TEXTS), "windows": {t: len(evaluation[t].windows) for t in TEXTS}, "window": args.window},
+        "dense": {"window_losses": held_out[()]}, "rows": rows,
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
     }
@@ -120,33 +108,59 @@ def cmd_run(args) -> None:
     for name in args.models:
         result = run_model(name, args)
         result["command"] = "python benchmarks/quality_study.py run " + " ".join(sys.argv[2:])
-        (out / f"{name}.json").write_text(json.dumps(result, indent=1, allow_nan=False, default=str) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(result, indent=1, allow_nan=False, default=_finite) + "\n")
         print(f"wrote {out / (name + '.json')}", flush=True)
 
 
-def _ppl(value) -> float:
-    return float(value)  # "inf" / "nan" strings back to floats
+# --------------------------------------------------------------------------- the figures
 
 
-def _fmt(value) -> str:
-    x = _ppl(value)
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.3g}" if x >= 1e4 else f"{x:.1f}"
+def _losses(row: dict, text: str) -> np.ndarray:
+    return np.array([float(x) for x in row["window_losses"][text]])
 
 
-def target_cells(result: dict) -> list[dict]:
-    """For every budget: lorp_checked's wiki and lambada perplexity against the lowest of every other method."""
+def perplexity(row: dict, text: str) -> float:
+    """exp(mean window loss): the perplexity of windows of one length, every token scored."""
+    with np.errstate(over="ignore"):
+        return float(np.exp(_losses(row, text).mean()))
+
+
+def ratio_interval(mine: np.ndarray, other: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """The perplexity ratio exp(mean(mine) - mean(other)) and its 95% paired-bootstrap interval over the windows."""
+    diff = mine - other
+    if not np.isfinite(diff).all():
+        return (math.inf, math.inf, math.inf) if np.isinf(mine).any() else (0.0, 0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(BOOTSTRAP, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    with np.errstate(over="ignore"):
+        return float(np.exp(diff.mean())), float(np.exp(low)), float(np.exp(high))
+
+
+def target_cells(result: dict, default: str = DEFAULT_METHOD) -> list[dict]:
+    """For every budget and text: the default's ratio to the best other method, with its interval."""
     cells = []
     for k in result["budgets"]:
         rows = {r["method"]: r for r in result["rows"] if r["num_pruned"] == k}
-        cell = {"num_pruned": k}
-        for text in ("wiki", "lambada"):
-            others = min(_ppl(r["perplexity"][text]) for m, r in rows.items() if m != CHECKED)
-            mine = _ppl(rows[CHECKED]["perplexity"][text])
-            cell[text] = (mine, others, mine <= others)
+        if default not in rows:
+            continue
+        mine = rows[default]
+        cell = {"num_pruned": k, "sleb_passes": rows["sleb"]["cost"]["window_passes"] if "sleb" in rows else None,
+                "passes": mine["cost"]["window_passes"]}
+        for text in TEXTS:
+            others = {m: perplexity(r, text) for m, r in rows.items() if m != default}
+            best = min(others, key=others.get)
+            ratio, low, high = ratio_interval(_losses(mine, text), _losses(rows[best], text))
+            cell[text] = {"best_other": best, "ratio": ratio, "low": low, "high": high, "met": low <= 1.0,
+                          "significantly_worse": low > 1.0}
         cells.append(cell)
     return cells
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.2g}" if x >= 1e4 else f"{x:.1f}"
 
 
 def cmd_render(args) -> None:
@@ -159,87 +173,118 @@ def cmd_render(args) -> None:
                if (Path(args.results) / f"{m}.json").is_file()]
     if not results:
         raise SystemExit(f"no results in {args.results}: run `python benchmarks/quality_study.py run` first")
+    results = [r for r in results if "window_losses" in r["dense"]]  # this study's format; older results are not read
     docs = Path(args.docs)
     (docs / "images").mkdir(parents=True, exist_ok=True)
     first = results[0]
-    zs = next((r.get("zero_shot_limit") for res in results for r in res["rows"] if r.get("zero_shot_limit")), None)
+    cal = first["calibration"]
     lines = [
-        "# Quality study: every method, every budget, three families",
+        "# Quality study: every method, every budget",
         "",
         "<!-- generated by `python benchmarks/quality_study.py render`; do not edit by hand -->",
         "",
-        f"Made on {first['date']} ({first['machine']}, torch {first['torch']}) by the command under each model's "
-        "heading, then `python benchmarks/quality_study.py render`. The raw figures are in `benchmarks/results/*.json`.",
+        f"Made on {first['date']} ({first['machine']}, torch {first['torch']}, {first['dtype']}) by the command under "
+        "each model's heading, then `python benchmarks/quality_study.py render`. The raw figures, every window's loss "
+        "included, are in `benchmarks/results/*.json`.",
         "",
-        f"Per model, ONE calibration pass ({first['calibration']['windows']} windows of {first['calibration']['window']} "
-        "tokens of the `wiki` calibration split, bf16) gives the statistics every method selects from; `lorp_checked` "
-        "also checks its candidate plans on the calibration loss of the first 4 of those windows. Perplexity is over "
-        "non-overlapping held-out windows of 512 tokens of each text (`wiki`, `c4`, `lambada` stand in for WikiText-2, "
-        "C4 and PTB): " + ", ".join(f"{r['evaluation']['windows']} windows per text for {r['model']}" for r in results)
-        + " (fewer for the larger models, to fit the CPU time; small differences between methods are within noise). "
-        + (f"Zero-shot: average accuracy over the nine tasks with the first {zs} documents of each (lm-eval `--limit {zs}`), "
-           "measured at the 1/4 budget only (the command is under each model's heading; on 2 CPU cores the full grid "
-           "would take hours); with 90 documents in all, differences under about 0.05 are noise." if zs else
-           "Zero-shot tasks: not run in this study."),
+        f"**Calibration, the same for every method.** One pass over {cal['windows']} windows of {cal['window']} tokens "
+        "of the `wiki` calibration split gives the statistics. The methods that try plans on the model (`lorp_search`, "
+        f"`lorp_checked`, `sleb`, `ppl`) check them on the first {cal['check_tokens']} tokens of the first "
+        f"{cal['check_windows']} of those windows, scoring the last {cal['score_last']} predicted tokens of each. "
+        "No held-out text is read by any method.",
         "",
-        "Cost: window passes (one window of 512 tokens through the model) of the selection, and its seconds on this "
-        "machine, the calibration pass included; every method but `lorp_checked` costs the calibration pass alone.",
+        "**Held-out text.** Perplexity (exp of the mean window loss, every token scored) over the first "
+        + ", ".join(f"{n} non-overlapping windows of {first['evaluation']['window']} tokens of `{t}`" for t, n in first["evaluation"]["windows"].items())
+        + " (held-out splits; `wiki` stands in for WikiText-2, `lambada` is the LAMBADA test set). "
+        "The ratio to dense is shown beside each figure.",
+        "",
+        "**Cost.** Window passes (one calibration window through the model: the statistics pass of the methods that "
+        "read the statistics, and every loss check, as if the method ran alone), plans checked, and seconds of the "
+        "selection with the statistics pass. In this study the loss checks are shared between methods and budgets "
+        "(each plan computed once), so the seconds of `sleb`, `ppl` and `lorp_checked` at the smaller budgets are "
+        "lower than a run of its own; the window passes are not.",
         "",
     ]
-    met = total = 0
+    all_cells = []
     for result in results:
         name, N = result["model"], result["num_layers"]
-        commands = f"`{result['command']}`" + (f", then `{result['zero_shot_command']}`" if "zero_shot_command" in result else "")
-        lines += [f"## {name} ({N} blocks)", "", commands, "", f"Dense: " + ", ".join(
-            f"{t} {_fmt(result['dense']['perplexity'][t])}" for t in TEXTS)
-            + (f", zero-shot average {result['dense']['zero_shot_average']:.3f}" if "zero_shot_average" in result["dense"] else ""), ""]
-        header = "| blocks removed | method | pruned blocks | wiki | c4 | lambada |" + (" zero-shot avg |" if zs else "") + " cost (window passes, s) |"
+        dense = {t: perplexity(result["dense"], t) for t in TEXTS}
+        lines += [f"## {name} ({N} blocks)", "", f"`{result['command']}`", "",
+                  "Dense: " + ", ".join(f"{t} {_fmt(dense[t])}" for t in TEXTS), ""]
+        header = ("| blocks removed | method | pruned blocks | " + " | ".join(f"{t} (x dense)" for t in TEXTS)
+                  + " | window passes | plans checked | s |")
         lines += [header, "|" + "---|" * (header.count("|") - 1)]
         for k in result["budgets"]:
             rows = [r for r in result["rows"] if r["num_pruned"] == k]
-            best = {t: min(_ppl(r["perplexity"][t]) for r in rows) for t in TEXTS}
-            for r in sorted(rows, key=lambda r: ALL_METHODS.index(r["method"])):
-                cells = [f"**{_fmt(r['perplexity'][t])}**" if _ppl(r["perplexity"][t]) == best[t] else _fmt(r["perplexity"][t]) for t in TEXTS]
-                zcell = ([f"{r['zero_shot_average']:.3f}" if "zero_shot_average" in r else "-"]) if zs else []
-                lines.append(f"| {k}/{N} | {r['method']} | {', '.join(map(str, r['pruned']))} | " + " | ".join(cells + zcell)
-                             + f" | {r['window_passes']}, {r['selection_seconds']:.0f} |")
+            best = {t: min(perplexity(r, t) for r in rows) for t in TEXTS}
+            for r in sorted(rows, key=lambda r: METHODS.index(r["method"])):
+                cells = []
+                for t in TEXTS:
+                    p = perplexity(r, t)
+                    text = f"{_fmt(p)} ({_fmt(p / dense[t])})"
+                    cells.append(f"**{text}**" if p == best[t] else text)
+                c = r["cost"]
+                lines.append(f"| {k}/{N} | {r['method']} | {', '.join(map(str, r['pruned']))} | " + " | ".join(cells)
+                             + f" | {c['window_passes']} | {c.get('plans_checked', 0)} | {c['seconds_with_statistics']:.0f} |")
         lines.append("")
-        for cell in target_cells(result):
-            total += 1
-            met += cell["wiki"][2] and cell["lambada"][2]
-        fig, axes = plt.subplots(1, len(TEXTS), figsize=(13, 3.8))
+        if "zero_shot" in result:
+            zs = result["zero_shot"]
+            lines += [f"Zero-shot at {zs['num_pruned']}/{N} blocks removed: accuracy over the nine tasks, the first "
+                      f"{zs['limit']} documents of each (`{zs['command']}`); ± is lm-eval's standard error.", "",
+                      "| model | " + " | ".join(zs["tasks"]) + " | average |", "|" + "---|" * (len(zs["tasks"]) + 2)]
+            for label, figures in zs["results"].items():
+                lines.append(f"| {label} | " + " | ".join(f"{figures[t]['acc']:.3f} ± {figures[t]['acc_stderr']:.3f}" for t in zs["tasks"])
+                             + f" | {figures['average']['acc']:.3f} |")
+            lines.append("")
+        # plots: perplexity relative to dense, on a clipped axis, so that the good methods can be told apart
+        fig, axes = plt.subplots(1, len(TEXTS), figsize=(12, 4))
         for ax, text in zip(axes, TEXTS):
-            for method in ALL_METHODS:
-                points = sorted((r["num_pruned"], _ppl(r["perplexity"][text])) for r in result["rows"] if r["method"] == method)
-                ax.plot(*zip(*points), marker="o", label=method, linewidth=2.5 if method == CHECKED else 1)
-            ax.axhline(_ppl(result["dense"]["perplexity"][text]), color="gray", linestyle=":", label="dense")
-            ax.set_yscale("log"); ax.set_xlabel("blocks removed"); ax.set_title(f"{name}: {text} held-out perplexity")
-        axes[0].legend(fontsize=7)
+            for method in METHODS:
+                points = sorted((r["num_pruned"], perplexity(r, text) / dense[text]) for r in result["rows"] if r["method"] == method)
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=method, linewidth=3 if method == DEFAULT_METHOD else 1.2,
+                            zorder=3 if method == DEFAULT_METHOD else 2)
+            ax.set_yscale("log")
+            ax.set_ylim(1, 30)
+            ax.axhline(1, color="gray", linestyle=":")
+            ax.set_xticks(result["budgets"])
+            ax.set_xlabel("blocks removed")
+            ax.set_ylabel("perplexity / dense (clipped at 30)")
+            ax.set_title(f"{name}: {text} held-out")
+        axes[0].legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(docs / "images" / f"study_{name}.png", dpi=100)
         plt.close(fig)
-        lines += [f"![{name}: held-out perplexity against blocks removed](images/study_{name}.png)", ""]
+        lines += [f"![{name}: held-out perplexity relative to dense against blocks removed](images/study_{name}.png)", ""]
+        all_cells += [(result, cell) for cell in target_cells(result)]
 
     lines += ["## The target", "",
-              "`lorp_checked`'s held-out perplexity on `wiki` and `lambada` against the lowest of every other method "
-              "(faithful LoRP included), at every family and budget:", "",
-              "| model | blocks removed | wiki: lorp_checked / best other | lambada: lorp_checked / best other | met |", "|---|---|---|---|---|"]
-    for result in results:
-        for cell in target_cells(result):
-            w, l = cell["wiki"], cell["lambada"]
-            lines.append(f"| {result['model']} | {cell['num_pruned']}/{result['num_layers']} | {_fmt(w[0])} / {_fmt(w[1])} | "
-                         f"{_fmt(l[0])} / {_fmt(l[1])} | {'yes' if w[2] and l[2] else 'no'} |")
-    lines += ["", f"Met at {met} of {total} family and budget cells."
-              + (" The target is to be met at every one before `lorp_checked` becomes the default of "
-                 "`LoRPPruneCallback` and `lorp prune`; until then the faithful `lorp` stays the default and "
-                 "`lorp_checked` is one argument away (`method=\"lorp_checked\"`, `--method lorp_checked`)."
-                 if met < total else " `lorp_checked` is the default of `LoRPPruneCallback` and `lorp prune`."), ""]
+              f"`{DEFAULT_METHOD}`'s held-out perplexity against the lowest of every other method at the same cell: the ratio "
+              "and its 95% paired-bootstrap interval over the held-out windows (10,000 resamples). The target is met "
+              "where the interval reaches 1.0 or below. Cost: its window passes against `sleb`'s.", "",
+              "| model | blocks removed | wiki: best other | wiki ratio [95%] | lambada: best other | lambada ratio [95%] | met | passes / sleb's |",
+              "|---|---|---|---|---|---|---|---|"]
+    met = 0
+    for result, cell in all_cells:
+        w, l = cell["wiki"], cell["lambada"]
+        ok = w["met"] and l["met"]
+        met += ok
+        share = f"{cell['passes']} / {cell['sleb_passes']} = {cell['passes'] / cell['sleb_passes']:.2f}" if cell["sleb_passes"] else "-"
+        lines.append(f"| {result['model']} | {cell['num_pruned']}/{result['num_layers']} | {w['best_other']} | "
+                     f"{w['ratio']:.3f} [{w['low']:.3f}, {w['high']:.3f}] | {l['best_other']} | "
+                     f"{l['ratio']:.3f} [{l['low']:.3f}, {l['high']:.3f}] | {'yes' if ok else 'no'} | {share} |")
+    lines += ["", f"Met at {met} of {len(all_cells)} cells measured.", ""]
+    missing = [m for m in MODELS if m not in {r["model"] for r in results}]
+    if missing:
+        lines += [f"Not yet measured in this study: {', '.join(missing)} (`python benchmarks/quality_study.py run --models "
+                  f"{' '.join(missing)}`, then `render`).", ""]
     (docs / "study.md").write_text("\n".join(lines))
-    print(f"wrote {docs / 'study.md'} and {len(results)} plots; target met at {met} of {total} cells")
+    print(f"wrote {docs / 'study.md'} and {len(results)} plots; target met at {met} of {len(all_cells)} cells")
 
 
 def cmd_zeroshot(args) -> None:
-    """Add the zero-shot average (first ``--limit`` documents per task) to one budget's rows of a model's results."""
+    """Zero-shot accuracy at one budget: dense, the default, the faithful lorp and the two best other methods (wiki)."""
+    from lorp_lightning.surgery import temporarily_pruned
     from lorp_lightning.zeroshot import evaluate_zero_shot
 
     for name in args.models:
@@ -247,29 +292,20 @@ def cmd_zeroshot(args) -> None:
         result = json.loads(path.read_text())
         model, tokenizer = load_model(name, dtype=result["dtype"], progress=False)  # the dtype the plans were chosen in
         k = int(Fraction(args.budget) * result["num_layers"])
-        done: dict[tuple, dict] = {}
-
-        def zero_shot(pruned: list[int]) -> dict:
-            key = tuple(pruned)
-            if key not in done:
-                start = time.perf_counter()
-                if pruned:
-                    with temporarily_pruned(model, list(pruned)):
-                        zs = evaluate_zero_shot(model, tokenizer, limit=args.limit, batch_size=8, progress=False)
-                else:
-                    zs = evaluate_zero_shot(model, tokenizer, limit=args.limit, batch_size=8, progress=False)
-                done[key] = {"zero_shot": {t: r["acc"] for t, r in zs.items() if t != "average"},
-                             "zero_shot_average": zs["average"]["acc"], "zero_shot_limit": args.limit}
-                print(f"  {name} {list(pruned)}: zero-shot average {zs['average']['acc']:.3f} "
-                      f"({time.perf_counter() - start:.0f} s)", flush=True)
-            return done[key]
-
-        result["dense"].update(zero_shot([]))
-        for row in result["rows"]:
-            if row["num_pruned"] == k:
-                row.update(zero_shot(row["pruned"]))
-        result["zero_shot_command"] = "python benchmarks/quality_study.py zeroshot " + " ".join(sys.argv[2:])
-        path.write_text(json.dumps(result, indent=1, allow_nan=False, default=str) + "\n")
+        rows = {r["method"]: r for r in result["rows"] if r["num_pruned"] == k}
+        others = sorted((m for m in rows if m not in (DEFAULT_METHOD, "lorp")), key=lambda m: perplexity(rows[m], "wiki"))
+        chosen = [DEFAULT_METHOD, "lorp"] + others[:2]
+        figures = {}
+        for label, pruned in [("dense", [])] + [(m, rows[m]["pruned"]) for m in chosen]:
+            start = time.perf_counter()
+            with temporarily_pruned(model, pruned) if pruned else torch.no_grad():
+                figures[label] = evaluate_zero_shot(model, tokenizer, limit=args.limit, batch_size=8, progress=False)
+            print(f"  {name} {label} {pruned}: average {figures[label]['average']['acc']:.3f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+        tasks = [t for t in figures["dense"] if t != "average"]
+        result["zero_shot"] = {"num_pruned": k, "limit": args.limit, "tasks": tasks, "results": figures,
+                               "command": "python benchmarks/quality_study.py zeroshot " + " ".join(sys.argv[2:])}
+        path.write_text(json.dumps(result, indent=1, allow_nan=False, default=_finite) + "\n")
         print(f"wrote {path}", flush=True)
 
 
@@ -278,26 +314,21 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the study for some models, one JSON each")
     run.add_argument("--models", nargs="+", default=list(MODELS))
+    run.add_argument("--methods", nargs="+", default=list(METHODS))
     run.add_argument("--out", default="benchmarks/results")
     run.add_argument("--window", type=int, default=512)
     run.add_argument("--calibration-windows", type=int, default=32)
-    run.add_argument("--eval-windows", type=int, default=16, help="held-out windows per text (default 16)")
-    run.add_argument("--zs-limit", type=int, default=10, help="documents per zero-shot task; 0 skips them (default 10)")
+    run.add_argument("--eval-windows", type=int, default=40, help="held-out windows per text (default 40)")
     render = sub.add_parser("render", help="write docs/study.md and its plots from the JSON results")
     render.add_argument("--results", default="benchmarks/results")
     render.add_argument("--docs", default="docs")
-    zeroshot = sub.add_parser("zeroshot", help="add the zero-shot average of one budget's plans to the results")
+    zeroshot = sub.add_parser("zeroshot", help="add zero-shot accuracy at one budget to a model's results")
     zeroshot.add_argument("--models", nargs="+", default=list(MODELS))
     zeroshot.add_argument("--results", default="benchmarks/results")
     zeroshot.add_argument("--budget", default="1/4", help="the budget whose plans are evaluated (default 1/4)")
-    zeroshot.add_argument("--limit", type=int, default=10, help="documents per task (default 10)")
+    zeroshot.add_argument("--limit", type=int, default=100, help="documents per task (default 100)")
     args = parser.parse_args()
-    if args.command == "run":
-        cmd_run(args)
-    elif args.command == "zeroshot":
-        cmd_zeroshot(args)
-    else:
-        cmd_render(args)
+    {"run": cmd_run, "zeroshot": cmd_zeroshot, "render": cmd_render}[args.command](args)
 
 
 if __name__ == "__main__":
