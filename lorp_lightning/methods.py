@@ -83,14 +83,16 @@ class SelectionContext:
     cost: dict[str, Any] = field(default_factory=dict)
 
     shared_checks: Any = None
+    checks: list[Any] = field(default_factory=list)
 
     def plan_loss(self):
         """The :class:`~lorp_lightning.search.PlanLoss` over the first ``check_windows`` calibration windows."""
         from lorp_lightning.search import PlanLoss
 
-        if self.shared_checks is not None:
-            return self.shared_checks.start()
-        return PlanLoss(self.model, self.windows[:self.check_windows, :self.check_tokens], score_last=self.score_last)
+        loss = (self.shared_checks.start() if self.shared_checks is not None else
+                PlanLoss(self.model, self.windows[:self.check_windows, :self.check_tokens], score_last=self.score_last))
+        self.checks.append(loss)  # select_layers reads the cost of the checks from it
+        return loss
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,6 @@ def _searched(ctx: SelectionContext, loss, candidates: list[dict[str, Any]], max
     best = finite_best({i: c["loss"] for i, c in enumerate(candidates)}, f"{ctx.method}'s candidate plans")
     moves = local_search(loss, candidates[best]["pruned"], ctx.num_layers, set(ctx.protected), max_checks) if max_checks else []
     candidates += [dict(rule=f"move {i + 1}", **move) for i, move in enumerate(moves)]
-    ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
     chosen = moves[-1]["pruned"] if moves else candidates[best]["pruned"]
     return _plan(ctx, chosen, candidates=candidates, **_analysis(ctx))
 
@@ -183,7 +184,6 @@ def _sleb(ctx: SelectionContext) -> PruningPlan:
 
     loss = ctx.plan_loss()
     steps = sleb_order(loss, ctx.num_prune, set(ctx.protected), progress=ctx.progress)
-    ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
     removed = [step["block"] for step in steps]
     candidates = [{"rule": f"step {i + 1}", "pruned": sorted(removed[:i + 1]), "loss": step["loss"]} for i, step in enumerate(steps)]
     return _plan(ctx, removed, candidates=candidates)
@@ -198,7 +198,6 @@ def _ppl(ctx: SelectionContext) -> PruningPlan:
     ranked = sorted((b for b in alone if math.isfinite(alone[b])), key=lambda b: alone[b])  # stable: ties by index
     if len(ranked) < ctx.num_prune:
         raise FloatingPointError(f"ppl: only {len(ranked)} blocks have a finite loss when removed alone, fewer than the {ctx.num_prune} to prune")
-    ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
     scores = [alone.get(b) for b in range(ctx.num_layers)]
     return _plan(ctx, ranked[:ctx.num_prune], scores=scores)
 
@@ -344,8 +343,10 @@ def select_layers(
     start = time.perf_counter()
     chosen = entry.select(ctx)
     seconds = time.perf_counter() - start
+    _check_plan(name, chosen.pruned if isinstance(chosen, PruningPlan) else chosen, ctx)  # before any conversion
     plan = chosen if isinstance(chosen, PruningPlan) else _plan(ctx, chosen)
-    _check_plan(name, plan.pruned, ctx)
+    for loss in ctx.checks:
+        ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
     statistics = getattr(stats_or_similarity, "num_sequences", None) if entry.reads_stats else 0
     plan.cost = {"statistics_windows": statistics, "check_windows": ctx.cost.get("check_windows", 0), **ctx.cost,
                  "seconds": seconds}
@@ -353,7 +354,7 @@ def select_layers(
 
 
 def _plan(ctx: SelectionContext, pruned: Sequence[int], **fields: Any) -> PruningPlan:
-    _check_plan(ctx.method, pruned, ctx)
+    """The plan of ``pruned`` (checked by select_layers, which every plan passes through)."""
     chosen = sorted(int(b) for b in pruned)
     return PruningPlan(method=ctx.method, num_layers=ctx.num_layers, pruned=chosen,
                        kept=[b for b in range(ctx.num_layers) if b not in set(chosen)], protected=list(ctx.protected), **fields)

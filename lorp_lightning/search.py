@@ -147,13 +147,17 @@ class PlanLoss:
     def __call__(self, pruned: Iterable[int]) -> float:
         key = tuple(sorted(int(b) for b in pruned))
         self.asked.add(key)
-        if self.reuse_prefix and key and 0 < key[0] and len(key) + key[0] < self.num_layers:
-            self._prefix_asked = True
+        self._prefix_asked |= self._after_prefix(key)
         if key not in self.losses:
             self.window_losses[key] = self._losses(list(key))
             loss = sum(self.window_losses[key]) / len(self.windows)
             self.losses[key] = loss if math.isfinite(loss) else math.inf
         return self.losses[key]
+
+    def _after_prefix(self, pruned: Sequence[int]) -> bool:
+        """Whether the plan's pass starts from the recorded dense prefix: its first removed block
+        is not block 0, and some block is left after the prefix and the plan."""
+        return self.reuse_prefix and bool(pruned) and min(pruned) > 0 and min(pruned) + len(pruned) < self.num_layers
 
     @torch.no_grad()
     def _losses(self, pruned: list[int]) -> list[float]:
@@ -162,14 +166,13 @@ class PlanLoss:
         was_training = model.training
         model.eval()
         try:
-            first = min(pruned) if pruned else self.num_layers
-            skipped = list(range(first)) + pruned  # the dense prefix and the plan
-            if not self.reuse_prefix or first == 0 or len(skipped) >= self.num_layers:
+            if not self._after_prefix(pruned):
                 with temporarily_pruned(model, pruned) if pruned else nullcontext():
                     losses = [_window_loss(model, w.unsqueeze(0).to(device), self.scored) for w in self.windows]
             else:
+                first = min(pruned)
                 inputs = self._dense_inputs(device)
-                with temporarily_pruned(model, skipped):
+                with temporarily_pruned(model, list(range(first)) + pruned):  # the dense prefix and the plan
                     losses = [self._loss_from(model, w.unsqueeze(0).to(device), inputs[i][first]) for i, w in enumerate(self.windows)]
         finally:
             model.train(was_training)
