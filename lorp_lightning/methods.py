@@ -156,16 +156,19 @@ def _lorp_checked(ctx: SelectionContext) -> PruningPlan:
 
 
 def _lorp_search(ctx: SelectionContext) -> PruningPlan:
-    from lorp_lightning.search import sleb_checks
+    from lorp_lightning.search import contiguous_runs, sleb_checks
 
     loss = ctx.plan_loss()
     candidates = candidate_plans(ctx.stats, ctx.num_prune, protect=ctx.protected, seed=ctx.seed)
-    quarter = sleb_checks(ctx.num_layers - len(ctx.protected), ctx.num_prune) // 4
-    return _searched(ctx, loss, candidates, max_checks=quarter)
+    known = [c["pruned"] for c in candidates]
+    candidates += [{"rule": f"run {run[0]}-{run[-1]}", "pruned": run}
+                   for run in contiguous_runs(ctx.num_layers, ctx.num_prune, set(ctx.protected)) if run not in known]
+    third = sleb_checks(ctx.num_layers - len(ctx.protected), ctx.num_prune) // 3  # decided in docs/method.md
+    return _searched(ctx, loss, candidates, max_checks=third)
 
 
 def _searched(ctx: SelectionContext, loss, candidates: list[dict[str, Any]], max_checks: int) -> PruningPlan:
-    """Check ``candidates``, then move from the best while it helps and ``max_checks`` allows."""
+    """Check ``candidates``, then move from the best while it helps, checking at most ``max_checks`` more plans."""
     from tqdm.auto import tqdm
 
     from lorp_lightning.search import finite_best, local_search
@@ -209,8 +212,8 @@ def _ppl(ctx: SelectionContext) -> PruningPlan:
 REGISTRY: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("lorp_search", _lorp_search, "LoRP's candidate plans checked on the calibration loss, the best then "
-               "improved one block at a time within a quarter of SLEB's checks (the default)", reads_model=True),
+        Method("lorp_search", _lorp_search, "LoRP's candidate plans and every run of k blocks checked on the calibration "
+               "loss, the best then improved one block at a time with a third of SLEB's checks (the default)", reads_model=True),
         Method("lorp", _lorp, "LoRP as published: RLS, clusters, two-stage allocation (equations (2)-(5))"),
         Method("lorp_checked", _lorp_checked, "LoRP's candidate plans checked on the calibration loss; the lowest wins",
                reads_model=True),

@@ -5,10 +5,11 @@
     ppl          Kim et al. 2024 (arXiv 2402.02834), the one-shot perplexity criterion: remove each
                  block alone, and drop the k whose removal hurts the calibration loss least.
     lorp_search  the locality analysis proposes, the calibration loss decides: the candidate plans
-                 of LoRP's clusters (:func:`~lorp_lightning.selection.candidate_plans`) are checked,
-                 then the best is improved by swaps around its removed blocks (one removed block
-                 kept, a block next to the removed ones removed instead), while that lowers the
-                 loss, within a quarter of SLEB's checks.
+                 of LoRP's clusters (:func:`~lorp_lightning.selection.candidate_plans`) and every
+                 run of k consecutive blocks (:func:`contiguous_runs`) are checked, then the best
+                 is improved by swaps around its removed blocks (one removed block kept, a block
+                 next to the removed ones removed instead), while that lowers the loss, with a
+                 third of SLEB's checks to spend on the swaps.
 
 Every check goes through :class:`PlanLoss`: the plan is applied with
 :func:`~lorp_lightning.surgery.temporarily_pruned` (no weights copied; the model is left as it
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.surgery import temporarily_pruned
 
-__all__ = ["PlanLoss", "as_windows", "calibration_loss", "finite_best", "local_search", "neighbours", "one_shot_losses", "sleb_checks", "sleb_order"]
+__all__ = ["PlanLoss", "as_windows", "calibration_loss", "contiguous_runs", "finite_best", "local_search", "neighbours", "one_shot_losses", "sleb_checks", "sleb_order"]
 
 
 def as_windows(windows: Any) -> Tensor:
@@ -264,17 +265,28 @@ def neighbours(plan: Sequence[int], num_layers: int, protected: set[int]) -> lis
     return out
 
 
+def contiguous_runs(num_layers: int, num_prune: int, protected: set[int]) -> list[list[int]]:
+    """Every run [s, s + k) of ``num_prune`` consecutive unprotected blocks, in order of s."""
+    return [list(range(s, s + num_prune)) for s in range(num_layers - num_prune + 1)
+            if not any(b in protected for b in range(s, s + num_prune))]
+
+
 def local_search(loss: PlanLoss, start: list[int], num_layers: int, protected: set[int], max_checks: int) -> list[dict[str, Any]]:
     """Move to the best neighbour (:func:`neighbours`) while it lowers the loss and checks remain.
 
+    ``max_checks``: the plans this search may check beyond those ``loss`` has checked when it
+    starts (a plan checked already costs nothing). When they run out, the best of the
+    neighbourhood checked so far is taken, if it helps.
+
     Returns the moves made: ``[{"pruned": plan, "loss": its loss}, ...]`` (empty if none helped).
     """
+    end = loss.plans_checked + max(int(max_checks), 0)
     current, moves = sorted(start), []
     while True:
         around = neighbours(current, num_layers, protected)
         tried = [p for p in around if tuple(p) in loss.asked]
         untried = [p for p in around if tuple(p) not in loss.asked]
-        candidates = tried + untried[:max(max_checks - loss.plans_checked, 0)]  # checked ones cost nothing
+        candidates = tried + untried[:max(end - loss.plans_checked, 0)]  # checked ones cost nothing
         if not candidates:
             return moves
         best = min(candidates, key=loss)  # min() keeps the first of ties

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import transformers
 
 from lorp_lightning.methods import REGISTRY, SelectionContext, select_layers
-from lorp_lightning.search import PlanLoss, calibration_loss, neighbours, sleb_checks
+from lorp_lightning.search import PlanLoss, calibration_loss, contiguous_runs, local_search, neighbours, sleb_checks
 from lorp_lightning.selection import candidate_plans
 from lorp_lightning.stats import collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record
@@ -129,11 +129,12 @@ def test_ppl_drops_the_k_blocks_whose_removal_alone_hurts_least(tiny):
 # ------------------------------------------------------------------ lorp_search
 
 
-def test_lorp_search_checks_the_locality_candidates_then_moves_while_the_loss_falls(tiny):
+def test_lorp_search_checks_the_locality_candidates_and_every_run_then_moves_while_the_loss_falls(tiny):
     model, windows, stats = tiny
     k = 3
     plan = select_layers(stats, k, method="lorp_search", model=model, windows=windows, check_windows=4, score_last=SCORE_LAST)
     expected = candidate_plans(stats, k)
+    expected += [{"pruned": run} for run in contiguous_runs(N, k, {0, N - 1}) if run not in [c["pruned"] for c in expected]]
     tried = plan.candidates[:len(expected)]
     assert [c["pruned"] for c in tried] == [c["pruned"] for c in expected]
     for c in tried:
@@ -144,7 +145,7 @@ def test_lorp_search_checks_the_locality_candidates_then_moves_while_the_loss_fa
         assert move["pruned"] in neighbours(current["pruned"], N, {0, N - 1}) and move["loss"] < current["loss"]
         current = move
     assert plan.pruned == current["pruned"]
-    assert plan.cost["plans_checked"] <= max(len(expected), sleb_checks(N - 2, k) // 4) + 2 * k
+    assert plan.cost["plans_checked"] <= len(expected) + sleb_checks(N - 2, k) // 3  # the swaps get a third of SLEB's checks
     faithful = select_layers(stats, k, method="lorp")
     assert (plan.rls, plan.num_clusters, plan.labels) == (faithful.rls, faithful.num_clusters, faithful.labels)
 
@@ -157,6 +158,24 @@ def test_a_local_optimum_has_no_better_neighbour(tiny):
     for other in neighbours(plan.pruned, N, {0, N - 1}):
         if tuple(other) in checked:
             assert brute_loss(model, other, windows[:4]) >= mine - 1e-6
+
+
+def test_the_runs_are_every_span_of_k_consecutive_unprotected_blocks():
+    assert contiguous_runs(8, 3, {0, 7}) == [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6]]
+    assert contiguous_runs(8, 2, {0, 4, 7}) == [[1, 2], [2, 3], [5, 6]]
+    assert contiguous_runs(8, 7, {0, 7}) == []
+
+
+def test_local_search_checks_at_most_max_checks_new_plans(tiny):
+    model, windows, _ = tiny
+    loss = PlanLoss(model, windows[:4], score_last=SCORE_LAST)
+    for cap in (0, 1, 3):
+        loss.start()
+        loss([1, 2]), loss([5, 6])  # checked before the search: they do not count against it
+        moves = local_search(loss, [1, 2], N, {0, N - 1}, max_checks=cap)
+        assert loss.plans_checked <= 2 + cap
+        if cap == 0:
+            assert moves == []  # no neighbour of [1, 2] was checked, and none may be
 
 
 def test_neighbours_swap_one_removed_block_for_a_kept_block_beside_the_removed_ones():
