@@ -17,7 +17,12 @@ perplexity ratio to the best other method has a 95% paired-bootstrap interval ov
     python benchmarks/quality_study.py zeroshot --models smollm2-135m [--limit 100]
     python benchmarks/quality_study.py render [--results benchmarks/results] [--docs docs]
 
-``run`` writes one JSON per model; ``zeroshot`` adds zero-shot accuracy at the 1/4 budget for the
+``run`` writes one JSON per model. With ``--merge`` it reruns only the ``--methods`` given and keeps
+the other methods' rows of the model's existing JSON (for a change to one method: the others'
+code, and so their plans, are unchanged). Either way a plan whose held-out losses an existing JSON
+already holds, for the same model, dtype, windows and window length, is not evaluated again: its
+per-window losses are copied, and the command that made them stays in the JSON's ``commands``.
+``zeroshot`` adds zero-shot accuracy at the 1/4 budget for the
 default, the faithful ``lorp`` and the two best other methods; ``render`` writes ``docs/study.md``
 and the plots ``docs/images/study_<model>.png``.
 """
@@ -53,7 +58,18 @@ def _finite(x: float):
     return x if math.isfinite(x) else str(x)
 
 
-def run_model(name: str, args) -> dict:
+def _earlier_held_out(earlier: dict | None, dtype: str, windows: dict, window: int) -> dict[tuple, dict]:
+    """The held-out losses by plan of an earlier result with the same evaluation (empty if none)."""
+    if not earlier or earlier.get("dtype") != dtype or earlier.get("evaluation", {}).get("windows") != windows \
+            or earlier["evaluation"].get("window") != window or "window_losses" not in earlier.get("dense", {}):
+        return {}
+    held_out = {(): earlier["dense"]["window_losses"]}
+    for row in earlier["rows"]:
+        held_out[tuple(row["pruned"])] = row["window_losses"]
+    return held_out
+
+
+def run_model(name: str, args, earlier: dict | None = None) -> dict:
     torch.manual_seed(0)
     model, tokenizer = load_model(name, progress=False)  # dtype="auto", recorded in the results
     calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.calibration_windows)
@@ -79,7 +95,11 @@ def run_model(name: str, args) -> dict:
 
     evaluation = {t: PlanLoss(model, token_windows(tokenizer, load_text(t, "heldout"), window=args.window,
                                                    max_windows=args.eval_windows), score_last=None) for t in TEXTS}
-    held_out: dict[tuple, dict] = {}
+    windows = {t: len(evaluation[t].windows) for t in TEXTS}
+    held_out = _earlier_held_out(earlier, str(model.dtype).removeprefix("torch."), windows, args.window)
+    reused = set(held_out)
+    if held_out:
+        print(f"  {len(held_out)} plans' held-out losses reused from the earlier results", flush=True)
     for plan in [()] + [tuple(r["pruned"]) for r in rows]:
         if plan not in held_out:
             start = time.perf_counter()
@@ -91,12 +111,16 @@ def run_model(name: str, args) -> dict:
                   + f" ({time.perf_counter() - start:.0f} s)", flush=True)
     for row in rows:
         row["window_losses"] = held_out[tuple(row["pruned"])]
+    reused &= {()} | {tuple(r["pruned"]) for r in rows}
+    if args.merge and earlier:
+        rows = [r for r in earlier["rows"] if r["method"] not in args.methods] + rows
+        rows.sort(key=lambda r: (-r["num_pruned"], METHODS.index(r["method"])))
     return {
         "model": name, "num_layers": N, "budgets": budgets, "dtype": str(model.dtype).removeprefix("torch."),
         "calibration": {"text": "wiki", "windows": args.calibration_windows, "window": args.window, "seconds": stats_seconds,
                         "check_windows": CHECK_WINDOWS, "check_tokens": CHECK_TOKENS, "score_last": SCORE_LAST},
-        "evaluation": {"texts": list(TEXTS), "windows": {t: len(evaluation[t].windows) for t in TEXTS}, "window": args.window},
-        "dense": {"window_losses": held_out[()]}, "rows": rows,
+        "evaluation": {"texts": list(TEXTS), "windows": windows, "window": args.window},
+        "dense": {"window_losses": held_out[()]}, "rows": rows, "held_out_reused": len(reused),
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
     }
@@ -106,8 +130,14 @@ def cmd_run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.models:
-        result = run_model(name, args)
-        result["command"] = "python benchmarks/quality_study.py run " + " ".join(sys.argv[2:])
+        path = out / f"{name}.json"
+        earlier = json.loads(path.read_text()) if path.is_file() else None
+        if args.merge and earlier is None:
+            raise SystemExit(f"--merge: there are no earlier results at {path} to merge into")
+        result = run_model(name, args, earlier)
+        command = "python benchmarks/quality_study.py run " + " ".join(sys.argv[2:])
+        earlier_commands = (earlier.get("commands") or [earlier["command"]]) if earlier and (args.merge or result["held_out_reused"]) else []
+        result["commands"] = earlier_commands + [command]
         (out / f"{name}.json").write_text(json.dumps(result, indent=1, allow_nan=False, default=_finite) + "\n")
         print(f"wrote {out / (name + '.json')}", flush=True)
 
@@ -209,7 +239,7 @@ def cmd_render(args) -> None:
     for result in results:
         name, N = result["model"], result["num_layers"]
         dense = {t: perplexity(result["dense"], t) for t in TEXTS}
-        lines += [f"## {name} ({N} blocks)", "", f"`{result['command']}`", "",
+        lines += [f"## {name} ({N} blocks)", "", "; then ".join(f"`{c}`" for c in result.get("commands") or [result["command"]]), "",
                   "Dense: " + ", ".join(f"{t} {_fmt(dense[t])}" for t in TEXTS), ""]
         header = ("| blocks removed | method | pruned blocks | " + " | ".join(f"{t} (x dense)" for t in TEXTS)
                   + " | window passes | plans checked | s |")
@@ -319,6 +349,8 @@ def main() -> None:
     run.add_argument("--window", type=int, default=512)
     run.add_argument("--calibration-windows", type=int, default=32)
     run.add_argument("--eval-windows", type=int, default=40, help="held-out windows per text (default 40)")
+    run.add_argument("--merge", action="store_true",
+                     help="rerun only --methods and keep the other methods' rows of the existing JSON")
     render = sub.add_parser("render", help="write docs/study.md and its plots from the JSON results")
     render.add_argument("--results", default="benchmarks/results")
     render.add_argument("--docs", default="docs")
