@@ -58,6 +58,11 @@ def _finite(x: float):
     return x if math.isfinite(x) else str(x)
 
 
+def _commands(result: dict) -> list[str]:
+    """The commands that made a result (older results hold one, under "command")."""
+    return result.get("commands") or [result["command"]]
+
+
 def _earlier_held_out(earlier: dict | None, dtype: str, windows: dict, window: int) -> dict[tuple, dict]:
     """The held-out losses by plan of an earlier result with the same evaluation (empty if none)."""
     if not earlier or earlier.get("dtype") != dtype or earlier.get("evaluation", {}).get("windows") != windows \
@@ -136,7 +141,7 @@ def cmd_run(args) -> None:
             raise SystemExit(f"--merge: there are no earlier results at {path} to merge into")
         result = run_model(name, args, earlier)
         command = "python benchmarks/quality_study.py run " + " ".join(sys.argv[2:])
-        earlier_commands = (earlier.get("commands") or [earlier["command"]]) if earlier and (args.merge or result["held_out_reused"]) else []
+        earlier_commands = _commands(earlier) if earlier and (args.merge or result["held_out_reused"]) else []
         result["commands"] = earlier_commands + [command]
         (out / f"{name}.json").write_text(json.dumps(result, indent=1, allow_nan=False, default=_finite) + "\n")
         print(f"wrote {out / (name + '.json')}", flush=True)
@@ -239,7 +244,7 @@ def cmd_render(args) -> None:
     for result in results:
         name, N = result["model"], result["num_layers"]
         dense = {t: perplexity(result["dense"], t) for t in TEXTS}
-        lines += [f"## {name} ({N} blocks)", "", "; then ".join(f"`{c}`" for c in result.get("commands") or [result["command"]]), "",
+        lines += [f"## {name} ({N} blocks)", "", "; then ".join(f"`{c}`" for c in _commands(result)), "",
                   "Dense: " + ", ".join(f"{t} {_fmt(dense[t])}" for t in TEXTS), ""]
         header = ("| blocks removed | method | pruned blocks | " + " | ".join(f"{t} (x dense)" for t in TEXTS)
                   + " | window passes | plans checked | s |")

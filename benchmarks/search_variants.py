@@ -9,11 +9,12 @@ docs/method.md.
 
     python benchmarks/search_variants.py gemma3-270m > benchmarks/results/search_variants_gemma3-270m.txt
 """
-import sys, time, math
+import sys
+
 import torch
 from lorp_lightning.assets import load_model, load_text
 from lorp_lightning.evaluation import token_windows
-from lorp_lightning.search import PlanLoss, sleb_checks, sleb_order, neighbours
+from lorp_lightning.search import PlanLoss, contiguous_runs, neighbours, sleb_checks, sleb_order
 from lorp_lightning.selection import candidate_plans
 from lorp_lightning.stats import collect_layer_stats
 
@@ -24,7 +25,6 @@ windows = token_windows(tok, load_text("wiki", "calibration"), window=512, max_w
 cal, val = windows[:32], windows[32:]
 stats = collect_layer_stats(model, cal.split(4), progress=False)
 N = stats.num_layers
-import numpy as np
 from lorp_lightning.selection import _read_inputs
 inp = _read_inputs(stats, "lorp")
 S, F = inp.blocks, inp.full
@@ -35,9 +35,8 @@ protected = {0, N - 1}
 U = N - 2
 
 def runs(k):
-    starts = [s for s in range(1, N - 1 - k + 1)]
-    starts.sort(key=lambda s: -float(F[s, s + k]))
-    return [list(range(s, s + k)) for s in starts]
+    """Every run of k unprotected blocks, most similar across the run first."""
+    return sorted(contiguous_runs(N, k, protected), key=lambda run: -float(F[run[0], run[0] + k]))
 
 class Counter:
     def __init__(self): self.asked = set()
@@ -55,7 +54,6 @@ def local(c, start, cap, first, ordered):
                 b = (rem - set(p)).pop(); a = (set(p) - rem).pop()
                 return -(close[a] - close[b])
             around.sort(key=key)
-        moved = False
         best, bestl = None, c(cur)
         for p in around:
             if tuple(p) not in c.asked and len(c.asked) >= cap:
@@ -71,12 +69,11 @@ for k in [int(f * N) for f in (1/3, 1/4, 1/8)]:
     sc = sleb_checks(U, k)
     cands = [c["pruned"] for c in candidate_plans(stats, k, protect=protected, seed=0)]
     R = [r for r in runs(k) if r not in cands]
-    c = Counter(); steps = sleb_order(check, k, protected); sleb = sorted(s["block"] for s in steps)
+    steps = sleb_order(check, k, protected); sleb = sorted(s["block"] for s in steps)
     print(f"{name} k={k}: SLEB checks {sc}; {len(cands)} candidates, {len(R)} new runs", flush=True)
     print(f"   sleb {sleb} check {check(sleb):.4f} val {score(sleb):.4f}", flush=True)
     best_run = min(runs(k), key=check)
     print(f"   best run {best_run} check {check(best_run):.4f} val {score(best_run):.4f}", flush=True)
-    variants = {}
     for seeds in ("C", "C+R"):
         for first, ordered in ((False, False), (True, True), (True, False)):
             for capname, capf in (("/4 total", lambda n: sc // 4), ("/4 beyond", lambda n: n + sc // 4), ("/3 beyond", lambda n: n + sc // 3)):
