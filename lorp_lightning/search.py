@@ -13,14 +13,19 @@
 
 Every check goes through :class:`PlanLoss`: the plan is applied with
 :func:`~lorp_lightning.surgery.temporarily_pruned` (no weights copied; the model is left as it
-was) and its mean next-token loss measured on calibration windows only. Two things make a check
+was) and its mean next-token loss measured on calibration windows only. Three things make a check
 cheaper without changing its value:
 
 - *the dense prefix is computed once.* Blocks before a plan's first removed block b see exactly
   what they see in the dense model, so the inputs of every block are recorded once, on the
   dense model, and a plan's pass starts at block b from the recorded input of block b;
 - *only the last* ``score_last`` *positions of a window are scored,* so the head (a large share of
-  the cost for models with big vocabularies) runs on those positions alone.
+  the cost for models with big vocabularies) runs on those positions alone;
+- *windows run together,* ``batch_windows`` of them per forward pass (default: as many as keep
+  their scored logits within :data:`LOGITS_BYTES`), which spends less time per window than one
+  window per pass (``python benchmarks/selection_cost.py``). Each window's loss is still its own;
+  on the CPUs measured it equals the one-window pass bit for bit, though another CPU's matrix
+  kernels may round a batch's last bits differently.
 
 All three methods share the protected set (default {0, N-1}: SLEB's rule that the first and the
 last block are never candidates) and exclude a candidate whose loss is not finite.
@@ -40,7 +45,7 @@ from torch import Tensor, nn
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.surgery import temporarily_pruned
 
-__all__ = ["PlanLoss", "as_windows", "calibration_loss", "contiguous_runs", "finite_best", "local_search", "neighbours", "one_shot_losses", "sleb_checks", "sleb_order"]
+__all__ = ["LOGITS_BYTES", "PlanLoss", "as_windows", "calibration_loss", "contiguous_runs", "finite_best", "local_search", "neighbours", "one_shot_losses", "sleb_checks", "sleb_order"]
 
 
 def as_windows(windows: Any) -> Tensor:
@@ -66,12 +71,25 @@ def _scored(T: int, score_last: int | None) -> int:
     return T - 1 if score_last is None else min(int(score_last), T - 1)
 
 
-def _window_loss(model: nn.Module, ids: Tensor, scored: int) -> float:
-    """Mean next-token cross-entropy of the last ``scored`` tokens of the (1, T) window ``ids``."""
+def _window_losses(model: nn.Module, ids: Tensor, scored: int) -> list[float]:
+    """Mean next-token cross-entropy of the last ``scored`` tokens of each window of the (B, T) ``ids``."""
     # The logits at positions T-scored-1 .. T-2 predict tokens T-scored .. T-1. Models that know
     # ``logits_to_keep`` run their head on those positions only; the slice serves the others.
     logits = model(input_ids=ids, use_cache=False, logits_to_keep=scored + 1).logits[:, -(scored + 1):-1]
-    return float(F.cross_entropy(logits[0].float(), ids[0, ids.shape[1] - scored:]))
+    targets = ids[:, ids.shape[1] - scored:]
+    return [float(F.cross_entropy(logits[i].float(), targets[i])) for i in range(ids.shape[0])]
+
+
+LOGITS_BYTES = 2**30  # the most float32 logits one batched check pass may hold (see PlanLoss's batch_windows)
+
+
+def _batch_windows(model: nn.Module, scored: int, num_windows: int) -> int:
+    """Windows per forward pass such that their scored logits stay within :data:`LOGITS_BYTES`."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    if not vocab:
+        return 1
+    return max(1, min(num_windows, LOGITS_BYTES // (4 * (scored + 1) * int(vocab))))
 
 
 @torch.no_grad()
@@ -87,7 +105,7 @@ def calibration_loss(model: nn.Module, windows: Any, score_last: int | None = No
     was_training = model.training
     model.eval()
     try:
-        losses = [_window_loss(model, w.unsqueeze(0).to(device), scored) for w in windows]
+        losses = [loss for w in windows for loss in _window_losses(model, w.unsqueeze(0).to(device), scored)]
     finally:
         model.train(was_training)
     return sum(losses) / len(losses)
@@ -107,7 +125,7 @@ class PlanLoss:
 
     A plan's loss is computed once and remembered. A loss that is not finite is returned as
     ``math.inf``, so that a search excludes that plan. See the module docs for the dense prefix
-    (``reuse_prefix``) and ``score_last``.
+    (``reuse_prefix``), ``score_last`` and ``batch_windows``.
 
     One PlanLoss may serve several selections on the same model and windows (a study of many
     methods and budgets): :meth:`start` begins a selection's count, and :attr:`plans_checked` and
@@ -115,7 +133,8 @@ class PlanLoss:
     losses remembered from earlier selections are not computed again.
     """
 
-    def __init__(self, model: nn.Module, windows: Any, score_last: int | None = None, reuse_prefix: bool = True) -> None:
+    def __init__(self, model: nn.Module, windows: Any, score_last: int | None = None, reuse_prefix: bool = True,
+                 batch_windows: int | None = None) -> None:
         self.model = model
         self.windows = as_windows(windows)
         if score_last is not None and (isinstance(score_last, bool) or not isinstance(score_last, int) or score_last < 1):
@@ -124,11 +143,17 @@ class PlanLoss:
         self.scored = _scored(self.windows.shape[1], score_last)
         self.num_layers = len(decoder_layers(model))
         self.reuse_prefix = bool(reuse_prefix)
+        if batch_windows is None:
+            batch_windows = _batch_windows(model, self.scored, len(self.windows))
+        elif isinstance(batch_windows, bool) or not isinstance(batch_windows, int) or batch_windows < 1:
+            raise ValueError(f"batch_windows must be a positive int or None, got {batch_windows!r}")
+        self.batch_windows = batch_windows
+        self._batches = list(self.windows.split(batch_windows))  # each one forward pass
         self.losses: dict[tuple[int, ...], float] = {}
         self.window_losses: dict[tuple[int, ...], list[float]] = {}  # per window, for paired statistics
         self.asked: set[tuple[int, ...]] = set()
         self._prefix_asked = False
-        self._inputs: list[Tensor] | None = None  # per window: the inputs of blocks 0..N-1 in the dense model
+        self._inputs: list[Tensor] | None = None  # per batch: the (N, B, T, H) inputs of blocks 0..N-1 in the dense model
 
     def start(self) -> "PlanLoss":
         """Begin counting a new selection (the remembered losses are kept)."""
@@ -169,18 +194,18 @@ class PlanLoss:
         try:
             if not self._after_prefix(pruned):
                 with temporarily_pruned(model, pruned) if pruned else nullcontext():
-                    losses = [_window_loss(model, w.unsqueeze(0).to(device), self.scored) for w in self.windows]
+                    losses = [loss for ids in self._batches for loss in _window_losses(model, ids.to(device), self.scored)]
             else:
                 first = min(pruned)
                 inputs = self._dense_inputs(device)
                 with temporarily_pruned(model, list(range(first)) + pruned):  # the dense prefix and the plan
-                    losses = [self._loss_from(model, w.unsqueeze(0).to(device), inputs[i][first]) for i, w in enumerate(self.windows)]
+                    losses = [loss for i, ids in enumerate(self._batches) for loss in self._losses_from(model, ids.to(device), inputs[i][first])]
         finally:
             model.train(was_training)
         return losses
 
-    def _loss_from(self, model: nn.Module, ids: Tensor, hidden: Tensor) -> float:
-        """The loss of ``ids`` with the input of the model's first (remaining) block replaced by ``hidden``."""
+    def _losses_from(self, model: nn.Module, ids: Tensor, hidden: Tensor) -> list[float]:
+        """The losses of the windows ``ids`` with the input of the model's first (remaining) block replaced by ``hidden``."""
         def replace(module: nn.Module, args: tuple, kwargs: dict):
             if args:
                 return (hidden,) + tuple(args[1:]), kwargs
@@ -188,7 +213,7 @@ class PlanLoss:
 
         handle = decoder_layers(model)[0].register_forward_pre_hook(replace, with_kwargs=True)
         try:
-            return _window_loss(model, ids, self.scored)
+            return _window_losses(model, ids, self.scored)
         finally:
             handle.remove()
 
@@ -204,9 +229,9 @@ class PlanLoss:
             handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
             inputs = []
             try:
-                for w in self.windows:
+                for ids in self._batches:
                     store.clear()
-                    self.model(input_ids=w.unsqueeze(0).to(device), use_cache=False, logits_to_keep=1)
+                    self.model(input_ids=ids.to(device), use_cache=False, logits_to_keep=1)
                     inputs.append(torch.stack(store))
             finally:
                 for handle in handles:

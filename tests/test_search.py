@@ -65,6 +65,25 @@ def test_a_plans_loss_is_that_of_the_pruned_copy_with_the_dense_prefix_reused(ti
     assert plain([4, 5, 6]) == pytest.approx(loss([4, 5, 6]), abs=1e-6)
 
 
+def test_windows_run_together_or_alone_give_each_windows_own_loss(tiny):
+    model, windows, _ = tiny
+    alone = PlanLoss(model, windows, score_last=SCORE_LAST, batch_windows=1)
+    assert PlanLoss(model, windows).batch_windows == len(windows)  # tiny logits: all windows in one pass
+    for batch in (2, 5):  # uneven (2 + 2 + 1) and all at once
+        together = PlanLoss(model, windows, score_last=SCORE_LAST, batch_windows=batch)
+        for plan in ([], [3], [4, 5, 6], [0, 7]):  # dense, after the prefix, and from the embeddings
+            together(plan), alone(plan)
+            assert together.window_losses[tuple(plan)] == pytest.approx(alone.window_losses[tuple(plan)], abs=1e-6)
+        assert together.window_passes == alone.window_passes  # a pass is one window's, however they are batched
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_a_bad_batch_size_is_refused_by_name(tiny, bad):
+    model, windows, _ = tiny
+    with pytest.raises(ValueError, match=r"batch_windows must be a positive int or None, got"):
+        PlanLoss(model, windows, batch_windows=bad)
+
+
 def test_each_plan_is_checked_once_and_the_window_passes_are_counted(tiny):
     model, windows, _ = tiny
     loss = PlanLoss(model, windows)
