@@ -8,7 +8,7 @@ __all__ = ["similarity_heatmap"]
 
 
 def similarity_heatmap(stats_or_similarity: Any, labels: list[int] | None = None, pruned: list[int] | None = None,
-                       ax=None, title: str | None = None):
+                       ax: Any = None, title: str | None = None) -> Any:
     """Draw S as a seaborn heatmap; cluster boundaries as lines, pruned blocks as marks.
 
     Args:
@@ -16,11 +16,11 @@ def similarity_heatmap(stats_or_similarity: Any, labels: list[int] | None = None
             labelled ``out``) or a plain matrix.
         labels: cluster label per block; a line is drawn wherever the label changes in depth order.
         pruned: blocks to mark along both axes (for example ``plan.pruned``).
-        ax: a matplotlib axis (default: the current one).
+        ax: a matplotlib ``Axes`` (default: the current one).
         title: the axis title.
 
     Returns:
-        The axis.
+        The matplotlib ``Axes`` drawn on.
     """
     import matplotlib.pyplot as plt
     import numpy as np

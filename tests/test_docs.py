@@ -16,3 +16,13 @@ def test_the_docs_build_in_strict_mode_without_a_warning(tmp_path):
     assert "WARNING" not in result.stderr
     assert (tmp_path / "site" / "api" / "index.html").is_file()
     assert "select_layers" in (tmp_path / "site" / "api" / "index.html").read_text()
+
+
+def test_every_public_name_of_the_package_is_in_the_api_reference():
+    import re
+
+    import lorp_lightning
+
+    documented = set(re.findall(r"^::: lorp_lightning\.\w+\.(\w+)$", (ROOT / "docs" / "api.md").read_text(), flags=re.M))
+    public = [name for name in lorp_lightning.__all__ if name != "__version__"]
+    assert [name for name in public if name not in documented] == []
