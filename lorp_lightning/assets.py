@@ -225,7 +225,9 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "auto
 
     Args:
         name_or_path: a bundled name (see :func:`list_models`), a local Hugging Face model
-            directory, a ``.gguf`` file, or a hub id (``org/name``, which needs a reachable hub).
+            directory, a ``.gguf`` file, or a hub id (``org/name``), loaded by ``from_pretrained``
+            through the standard Hugging Face cache (a reachable hub, or, with
+            ``HF_HUB_OFFLINE=1``, the cache alone).
         dtype: the dtype of the returned model's weights: a ``torch.dtype``, its name
             (``"float32"``, ``"bfloat16"``, ``"float16"``), or ``"auto"`` (the default), which
             takes bf16 on a CPU that runs it natively and float32 on one that does not (see

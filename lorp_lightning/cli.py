@@ -29,6 +29,9 @@ from typing import Any
 from lorp_lightning.methods import DEFAULT_METHOD
 
 DEFAULT_MODEL = "smollm2-135m"
+MODEL_HELP = ("a bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), a local Hugging Face model directory, "
+              "a .gguf file, or a hub id org/name (read from the Hugging Face cache; with HF_HUB_OFFLINE=1 from "
+              "the cache only)")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 COMPARED = ("lorp_search", "lorp", "lorp_checked", "ppl", "shortgpt", "streamline", "angular", "random", "last")
 
@@ -101,14 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     analyze = commands.add_parser("analyze", help="calibration statistics, RLS, K, clusters and a heatmap")
-    analyze.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"bundled name, model directory or .gguf file (default: {DEFAULT_MODEL})")
+    analyze.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
     _add_calibration(analyze)
     analyze.add_argument("--num-clusters", type=_positive_int, help="force K instead of deriving it from the RLS")
     analyze.add_argument("--seed", type=int, default=0, help="spectral clustering seed (default: 0)")
     _add_common(analyze, "lorp-analysis")
 
     prune = commands.add_parser("prune", help="analyze, select, prune, save, and evaluate dense against pruned")
-    prune.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"bundled name, model directory or .gguf file (default: {DEFAULT_MODEL})")
+    prune.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
     prune.add_argument("--amount", type=_fraction_or_count, default=0.25, help="fraction of the blocks in (0, 1), or a block count (default: 0.25)")
     prune.add_argument("--method", default=DEFAULT_METHOD,
                        help=f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
@@ -124,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(prune, "pruned/MODEL-METHOD-AMOUNT")
 
     compare = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
-    compare.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    compare.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
     compare.add_argument("--amounts", default="0.125,0.25,0.33", help="comma-separated budgets (default: 0.125,0.25,0.33)")
     compare.add_argument("--methods", default=",".join(COMPARED),
                          help=f"comma-separated methods (default: {','.join(COMPARED)}; sleb, left out, checks about 4x as "
@@ -136,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(compare, "lorp-compare")
 
     evaluate = commands.add_parser("eval", help="perplexity, size, speed and memory of one model")
-    evaluate.add_argument("model", help="bundled name, model directory (e.g. the output of `lorp prune`) or .gguf file")
+    evaluate.add_argument("model", help=f"{MODEL_HELP}; e.g. the directory `lorp prune` wrote")
     evaluate.add_argument("--window", type=_positive_int, default=512)
     _add_evaluation(evaluate)
     evaluate.add_argument("--texts", default=None, help="comma-separated held-out texts (bundled names or files); default: --eval-text")

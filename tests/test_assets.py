@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import math
 
 import pytest
@@ -121,6 +122,42 @@ def test_an_unreachable_hub_id_names_the_bundled_models(monkeypatch):
         load_model("no-org/no-such-model-anywhere")
     assert "no-org/no-such-model-anywhere" in str(error.value)
     assert "smollm2-135m" in str(error.value)
+
+
+def test_a_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path):
+    """A hub id goes through from_pretrained and the standard cache: with HF_HUB_OFFLINE=1 and a
+    cache laid out as the hub client lays it out, load_model("org/name") reads the snapshot."""
+    import subprocess
+    import sys
+
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1, "world": 2}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="<unk>")
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+    model.save_pretrained(repo / "snapshots" / revision)
+    tokenizer.save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    script = (
+        "import torch; from lorp_lightning.assets import load_model\n"
+        "model, tokenizer = load_model('tiny-org/tiny-llama', dtype='float32', progress=False)\n"
+        "torch.save(model.state_dict(), 'loaded.pt'); print(tokenizer('hello world').input_ids)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == "[1, 2]"
+    loaded = torch.load(tmp_path / "loaded.pt")
+    assert loaded.keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
 
 
 def test_a_missing_asset_package_says_how_to_install_it(tmp_path, monkeypatch):

@@ -275,3 +275,12 @@ def test_prune_with_heal_steps_saves_the_healed_model_and_reports_both_perplexit
     assert reloaded.config.lorp_pruning["pruned_layers"] == [26, 27, 28]
     assert reloaded.config.lorp_pruning["healing"] == [healing["record"]]
     assert "healed for 2 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["analyze", "prune", "compare", "eval"])
+def test_help_names_the_four_ways_to_give_a_model(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for form in ("bundled name", "model directory", ".gguf file", "hub id org/name", "HF_HUB_OFFLINE=1"):
+        assert form in text, (command, form)
