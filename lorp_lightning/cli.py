@@ -84,7 +84,10 @@ def _add_common(parser: argparse.ArgumentParser, out_default: str | None) -> Non
 
 
 def _add_calibration(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text", default="wiki", help="calibration text: a bundled name (wiki, c4, tinystories, lambada); its calibration split is used (default: wiki)")
+    parser.add_argument("--text", default="wiki",
+                        help="calibration text: a bundled name (wiki, c4, tinystories, lambada) or a UTF-8 text file, cut into "
+                             "documents at blank lines; only its calibration split is read (about 4 documents in 5, by the "
+                             "hash rule of lorp_lightning.data), from its first window on (default: wiki)")
     parser.add_argument("--windows", type=_positive_int, default=32, help="calibration windows (default: 32)")
     parser.add_argument("--window", type=_positive_int, default=512, help="tokens per window (default: 512)")
     parser.add_argument("--batch-size", type=_positive_int, default=4, help="calibration batch size (default: 4)")
@@ -92,7 +95,8 @@ def _add_calibration(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluation(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--eval-text", default="wiki", help="held-out text for perplexity: a bundled name or a path to a text file (default: wiki)")
+    parser.add_argument("--eval-text", default="wiki", help="held-out text for perplexity: a bundled name (its held-out split) or a text file (all of it; "
+                             "of the --text file, its held-out split only) (default: wiki)")
     parser.add_argument("--eval-windows", type=_positive_int, default=40, help="evaluation windows of --window tokens (default: 40)")
     parser.add_argument("--speed-repeats", type=_positive_int, default=5, help="repeats of the interleaved speed runs (default: 5)")
     parser.add_argument("--prompt-tokens", type=_positive_int, default=512, help="prompt length for prefill latency (default: 512)")
@@ -162,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     heal.add_argument("--target-modules", default=None,
                       help="comma-separated linear layers of the blocks that get adapters, e.g. q_proj,v_proj (default: all)")
     heal.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default: 1e-3 for lora, 1e-4 for adjacent)")
-    heal.add_argument("--text", default="wiki", help="training text: a bundled name (wiki, c4, tinystories, lambada); its calibration split is used (default: wiki)")
+    heal.add_argument("--text", default="wiki", help="training text: a bundled name (wiki, c4, tinystories, lambada) or a UTF-8 "
+                                                      "text file, cut into documents at blank lines; only its calibration split "
+                                                      "is used (default: wiki)")
     heal.add_argument("--window", type=_positive_int, default=256, help="tokens per training window (default: 256)")
     heal.add_argument("--batch-size", type=_positive_int, default=4, help="training windows per step (default: 4)")
     heal.add_argument("--max-minutes", type=_positive_float, default=None, help="a wall-clock budget: training stops before a step that would overrun it, and the learning rate decays over it (default: none, --steps alone)")
@@ -232,31 +238,53 @@ def _load(model: str, dtype: str, quiet: bool):
         raise UsageError(str(error)) from error
 
 
-def _eval_text(name_or_path: str) -> str:
+def _eval_text(name_or_path: str, calibration: str | None = None) -> str:
+    """The held-out text of ``--eval-text``: a bundled text's held-out split, or a whole file, except
+    the file that is also the calibration ``--text``, of which only the held-out split is read."""
     from lorp_lightning.assets import BUNDLED_TEXTS, load_text
+    from lorp_lightning.data import text_documents
 
     if name_or_path in BUNDLED_TEXTS:
         return load_text(name_or_path, "heldout")
     path = Path(name_or_path)
     if not path.is_file():
         raise UsageError(f"unknown evaluation text {name_or_path!r}: not a bundled text ({', '.join(BUNDLED_TEXTS)}) nor a file")
-    return path.read_text(encoding="utf-8")
+    if calibration is None or not Path(calibration).is_file() or Path(calibration).resolve() != path.resolve():
+        return path.read_text(encoding="utf-8")
+    documents = text_documents(name_or_path, "heldout")
+    if not documents:
+        raise UsageError(f"--eval-text {name_or_path!r} is also --text, and has no held-out documents to measure on "
+                         "(about 1 in 5 paragraphs is held out); give another --eval-text")
+    print(f"eval text: the held-out split of {name_or_path} ({len(documents)} documents), as it is also --text")
+    return "\n\n".join(documents)
 
 
-def _check_bundled_text(name: str, use: str) -> None:
-    """``--text`` names a bundled text whose calibration split is read; ``use`` ("calibration", "training") names its role."""
+def _calibration_text(name_or_path: str, use: str) -> str:
+    """The calibration split of ``--text`` (a bundled name or a text file), its documents joined by
+    blank lines; ``use`` ("calibration", "training") names its role in the error."""
     from lorp_lightning.assets import BUNDLED_TEXTS
+    from lorp_lightning.data import text_documents
 
-    if name not in BUNDLED_TEXTS:
-        raise UsageError(f"unknown {use} text {name!r}; bundled texts: {', '.join(BUNDLED_TEXTS)}")
+    if name_or_path not in BUNDLED_TEXTS and not Path(name_or_path).is_file():
+        raise UsageError(f"unknown {use} text {name_or_path!r} (--text): not a bundled text ({', '.join(BUNDLED_TEXTS)}) nor a file")
+    documents = text_documents(name_or_path, "calibration")
+    if not documents:
+        raise UsageError(f"--text {name_or_path!r} has no calibration documents (a file is cut into documents at blank "
+                         "lines, and about 1 in 5 is held out); give a file with more paragraphs")
+    return "\n\n".join(documents)
 
 
 def _calibration_windows(args, tokenizer):
-    from lorp_lightning.assets import load_text
     from lorp_lightning.evaluation import token_windows
 
-    _check_bundled_text(args.text, "calibration")
-    return token_windows(tokenizer, load_text(args.text, "calibration"), window=args.window, max_windows=args.windows)
+    try:
+        windows = token_windows(tokenizer, _calibration_text(args.text, "calibration"), window=args.window)
+    except ValueError as error:  # shorter than one window
+        raise UsageError(f"the calibration split of --text {args.text!r}: {error}; use a smaller --window or a longer text") from error
+    if windows.shape[0] < args.windows:
+        raise UsageError(f"--windows {args.windows} but the calibration split of --text {args.text!r} has only "
+                         f"{windows.shape[0]} windows of {args.window} tokens; ask for at most {windows.shape[0]}")
+    return windows[:args.windows]
 
 
 def _calibrate(args, model, tokenizer):
@@ -384,7 +412,7 @@ def _ranges(blocks: list[int]) -> str:
 def _evaluate(models: dict, tokenizer, args) -> dict[str, dict[str, Any]]:
     from lorp_lightning.evaluation import matmul_flops_per_token, measure_speed, num_parameters, perplexity, token_windows
 
-    windows = token_windows(tokenizer, _eval_text(args.eval_text), window=args.window, max_windows=args.eval_windows)
+    windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
     results: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         results[name] = {
@@ -405,7 +433,7 @@ def cmd_prune(args) -> dict:
 
     _check_method(args.method)
     if args.heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
-        _check_bundled_text(args.text, "calibration")
+        _calibration_text(args.text, "calibration")
     if args.out == "pruned/MODEL-METHOD-AMOUNT":
         args.out = f"pruned/{Path(args.model).name}-{args.method}-{args.amount}"
     out = _Output(args.out, args.overwrite)
@@ -493,7 +521,7 @@ def cmd_compare(args) -> dict:
     try:
         model, tokenizer = _load(args.model, args.dtype, args.quiet)
         stats, seconds = _calibrate(args, model, tokenizer)
-        windows = token_windows(tokenizer, _eval_text(args.eval_text), window=args.window, max_windows=args.eval_windows)
+        windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
         dense_ppl = perplexity(model, windows)
         rows = []
         for amount in amounts:
@@ -610,7 +638,7 @@ def _heal_pruned(pruned, tokenizer, args) -> dict:
     """`lorp prune --heal-steps N`: the pruned model's perplexity, then N steps of LoRA healing on the calibration text."""
     from lorp_lightning.evaluation import perplexity, token_windows
 
-    windows = token_windows(tokenizer, _eval_text(args.eval_text), window=args.window, max_windows=args.eval_windows)
+    windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
     before = _finite(perplexity(pruned, windows, progress=not args.quiet))
     record, losses = _run_healing(pruned, tokenizer, args.quiet, steps=args.heal_steps, text=args.text, window=args.window,
                                   batch_size=args.batch_size, seed=args.seed)
@@ -669,7 +697,7 @@ def cmd_heal(args) -> dict:
     if args.mode == "adjacent" and args.dtype != "float32":
         raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {args.dtype}, "
                          "AdamW's small updates would be lost); or heal with --mode lora")
-    _check_bundled_text(args.text, "training")
+    _calibration_text(args.text, "training")
     targets = None if args.target_modules is None else [t for t in args.target_modules.split(",") if t]
     out = _Output(args.out, args.overwrite)
     try:
@@ -679,7 +707,7 @@ def cmd_heal(args) -> dict:
                              "heal the output directory of `lorp prune`")
         windows = before = after = None
         if args.eval_windows:
-            windows = token_windows(tokenizer, _eval_text(args.eval_text), window=args.eval_window, max_windows=args.eval_windows)
+            windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.eval_window, max_windows=args.eval_windows)
             before = _finite(perplexity(model, windows, progress=not args.quiet))
         lora_only = {"rank": args.rank, "alpha": args.alpha, "target_modules": targets}  # heal() refuses them for adjacent
         record, losses = _run_healing(

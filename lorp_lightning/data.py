@@ -30,7 +30,7 @@ from typing_extensions import override
 from lorp_lightning.assets import BUNDLED_TEXTS, load_documents, split_documents
 from lorp_lightning.evaluation import token_windows
 
-__all__ = ["TextDataModule"]
+__all__ = ["TextDataModule", "text_documents"]
 
 SPLITS = ("calibration", "heldout")
 
@@ -52,6 +52,45 @@ class _Windows(Dataset):
 def _positive_int_or_none(value: Any, name: str, what: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be a positive int ({what}) or None for all of them, got {name}={value!r}")
+
+
+def text_documents(text: str | os.PathLike | Sequence[str], split: str) -> list[str]:
+    """The documents of one split of ``text``, in their original order: a bundled text name (its
+    split, as :func:`~lorp_lightning.assets.load_documents` gives it), the path of a text file
+    (cut into documents at blank lines), or a list of documents; the split rule is in the module docs."""
+    return _documents(*_check_text(text), split)
+
+
+def _check_text(text: Any) -> tuple[str, Any]:
+    """("bundled", name) | ("file", path) | ("documents", tuple of strings)."""
+    if isinstance(text, (str, os.PathLike)):
+        if isinstance(text, str) and text in BUNDLED_TEXTS:
+            return "bundled", text
+        if Path(text).is_file():
+            return "file", os.fspath(text)
+        raise ValueError(
+            f"text={text!r} is neither a bundled text ({', '.join(BUNDLED_TEXTS)}) nor an existing file; "
+            "pass one of those names, the path of a text file, or a list of strings"
+        )
+    if isinstance(text, Sequence) and text and all(isinstance(doc, str) for doc in text):
+        return "documents", tuple(text)
+    raise ValueError(
+        f"text must be a bundled text name ({', '.join(BUNDLED_TEXTS)}), the path of a text file, or a non-empty "
+        f"list of strings; got {type(text).__name__} {text!r:.80}"
+    )
+
+
+def _documents(kind: str, source: Any, split: str) -> list[str]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
+    if kind == "bundled":
+        return load_documents(source, split)
+    if kind == "file":
+        documents = re.split(r"\n\s*\n", Path(source).read_text(encoding="utf-8"))
+    else:
+        documents = list(source)
+    documents = [d.strip() for d in documents if d.strip()]
+    return split_documents(documents, split)
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -92,7 +131,7 @@ class TextDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self._source = self._check_text(text)
+        self._source = _check_text(text)
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ValueError(f"window must be an int >= 2 (tokens per window), got window={window!r}")
         _positive_int_or_none(num_calibration_windows, "num_calibration_windows", "calibration windows to draw")
@@ -121,40 +160,11 @@ class TextDataModule(pl.LightningDataModule):
             }
         )
 
-    @staticmethod
-    def _check_text(text: Any) -> tuple[str, Any]:
-        """("bundled", name) | ("file", path) | ("documents", tuple of strings)."""
-        if isinstance(text, (str, os.PathLike)):
-            if isinstance(text, str) and text in BUNDLED_TEXTS:
-                return "bundled", text
-            if Path(text).is_file():
-                return "file", os.fspath(text)
-            raise ValueError(
-                f"text={text!r} is neither a bundled text ({', '.join(BUNDLED_TEXTS)}) nor an existing file; "
-                "pass one of those names, the path of a text file, or a list of strings"
-            )
-        if isinstance(text, Sequence) and text and all(isinstance(doc, str) for doc in text):
-            return "documents", tuple(text)
-        raise ValueError(
-            f"text must be a bundled text name ({', '.join(BUNDLED_TEXTS)}), the path of a text file, or a non-empty "
-            f"list of strings; got {type(text).__name__} {text!r:.80}"
-        )
-
     # ------------------------------------------------------------------ the windows
 
     def documents(self, split: str) -> list[str]:
         """The documents of ``split`` (``"calibration"`` or ``"heldout"``), in their original order."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
-        kind, source = self._source
-        if kind == "bundled":
-            return load_documents(source, split)
-        if kind == "file":
-            documents = re.split(r"\n\s*\n", Path(source).read_text(encoding="utf-8"))
-        else:
-            documents = list(source)
-        documents = [d.strip() for d in documents if d.strip()]
-        return split_documents(documents, split)
+        return _documents(*self._source, split)
 
     def windows(self, split: str) -> Tensor:
         """The drawn windows of ``split`` as a (num_windows, window) tensor of token ids.

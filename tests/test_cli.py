@@ -145,6 +145,75 @@ def test_bad_arguments_end_with_one_clear_line_and_exit_status_2(tmp_path, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+def _held_out(document: str) -> bool:
+    """The split rule, restated: a document is held out when sha256's first 8 hex digits are divisible by 5."""
+    import hashlib
+
+    return int(hashlib.sha256(document.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0
+
+
+def _paragraphs() -> list[str]:
+    """Real paragraphs: the bundled wiki's articles cut at blank lines, as a text file is cut."""
+    import re
+
+    from lorp_lightning.assets import load_documents
+
+    articles = load_documents("wiki", "calibration")[:20]
+    return [p.strip() for article in articles for p in re.split(r"\n\s*\n", article) if p.strip()]
+
+
+def test_a_text_file_calibrates_on_its_calibration_documents_only(tmp_path):
+    from lorp_lightning import LayerStats
+
+    paragraphs = _paragraphs()
+    first = next(p for p in paragraphs if _held_out(p))
+    paragraphs = [first] + [p for p in paragraphs if p != first]  # a held-out paragraph opens the file
+    assert not all(_held_out(p) for p in paragraphs)
+    whole, kept = tmp_path / "whole.txt", tmp_path / "kept.txt"
+    whole.write_text("\n\n".join(paragraphs), encoding="utf-8")
+    kept.write_text("\n\n".join(p for p in paragraphs if not _held_out(p)), encoding="utf-8")
+    stats = {}
+    for path in (whole, kept):
+        assert main(["analyze", "smollm2-135m", "--text", str(path), *SMALL, "--out", str(tmp_path / path.stem)]) == 0
+        stats[path] = LayerStats.load(tmp_path / path.stem / "stats.pt")
+        assert stats[path].num_tokens == 4 * 128  # the windows asked for
+    # the held-out paragraphs were never read: dropping them from the file changes nothing
+    assert torch.equal(stats[whole].similarity, stats[kept].similarity)
+
+
+def test_the_calibration_file_as_eval_text_is_measured_on_its_held_out_paragraphs_only(tmp_path, capsys):
+    from lorp_lightning.assets import load_model
+    from lorp_lightning.evaluation import perplexity, token_windows
+
+    paragraphs = _paragraphs()
+    text = tmp_path / "mine.txt"
+    text.write_text("\n\n".join(paragraphs), encoding="utf-8")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--method", "shortgpt", "--text", str(text), "--eval-text", str(text), "--out", str(out),
+                 *SMALL, *SMALL_EVAL]) == 0
+    assert f"eval text: the held-out split of {text}" in capsys.readouterr().out
+    model, tokenizer = load_model("smollm2-135m", progress=False)
+    held_out = "\n\n".join(p for p in paragraphs if _held_out(p))
+    expected = perplexity(model, token_windows(tokenizer, held_out, window=128, max_windows=2))
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["dense"]["perplexity"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_text_file_without_enough_calibration_text_is_one_clear_line(tmp_path, capsys):
+    paragraphs = _paragraphs()
+    only_held_out, short = tmp_path / "held_out.txt", tmp_path / "short.txt"
+    only_held_out.write_text(next(p for p in paragraphs if _held_out(p)), encoding="utf-8")
+    short.write_text("\n\n".join(p for p in paragraphs[:60] if not _held_out(p)), encoding="utf-8")
+    for path, argv, message in (
+        (only_held_out, SMALL, "has no calibration documents"),
+        (short, ["--windows", "1000", *SMALL[2:]], "--windows 1000 but the calibration split of --text"),
+    ):
+        assert main(["analyze", "--text", str(path), *argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and str(path) in err[0], err
+        assert not (tmp_path / "out").exists()
+
+
 def test_the_console_script_rejects_an_amount_out_of_range():
     result = subprocess.run([sys.executable, "-m", "lorp_lightning.cli", "prune", "--amount", "1.5"],
                             capture_output=True, text=True)
