@@ -23,9 +23,9 @@ cheaper without changing its value:
   the cost for models with big vocabularies) runs on those positions alone;
 - *windows run together,* ``batch_windows`` of them per forward pass (default: as many as keep
   their scored logits within :data:`LOGITS_BYTES`), which spends less time per window than one
-  window per pass (``python benchmarks/selection_cost.py``). Each window's loss is still its own;
-  on the CPUs measured it equals the one-window pass bit for bit, though another CPU's matrix
-  kernels may round a batch's last bits differently.
+  window per pass (``python benchmarks/selection_cost.py --batching``). Each window's loss is
+  still its own; on the CPU measured (AVX2, float32) it equals the one-window pass bit for bit,
+  though another CPU's matrix kernels may round a batch's last bits differently.
 
 All three methods share the protected set (default {0, N-1}: SLEB's rule that the first and the
 last block are never candidates) and exclude a candidate whose loss is not finite.
