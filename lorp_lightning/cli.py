@@ -262,12 +262,12 @@ def _eval_text(name_or_path: str, calibration: str | None = None) -> str:
 def _calibration_text(name_or_path: str, use: str) -> str:
     """The calibration split of ``--text`` (a bundled name or a text file), its documents joined by
     blank lines; ``use`` ("calibration", "training") names its role in the error."""
-    from lorp_lightning.assets import BUNDLED_TEXTS
     from lorp_lightning.data import text_documents
 
-    if name_or_path not in BUNDLED_TEXTS and not Path(name_or_path).is_file():
-        raise UsageError(f"unknown {use} text {name_or_path!r} (--text): not a bundled text ({', '.join(BUNDLED_TEXTS)}) nor a file")
-    documents = text_documents(name_or_path, "calibration")
+    try:
+        documents = text_documents(name_or_path, "calibration")
+    except ValueError as error:  # neither a bundled text nor a file
+        raise UsageError(f"unknown {use} text {name_or_path!r} (--text): {error}") from error
     if not documents:
         raise UsageError(f"--text {name_or_path!r} has no calibration documents (a file is cut into documents at blank "
                          "lines, and about 1 in 5 is held out); give a file with more paragraphs")
