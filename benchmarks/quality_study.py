@@ -23,7 +23,8 @@ code, and so their plans, are unchanged). Either way a plan whose held-out losse
 already holds, for the same model, dtype, windows and window length, is not evaluated again: its
 per-window losses are copied, and the command that made them stays in the JSON's ``commands``.
 ``zeroshot`` adds zero-shot accuracy at the 1/4 budget for the
-default, the faithful ``lorp`` and the two best other methods; ``render`` writes ``docs/study.md``
+default, the faithful ``lorp`` and the two best baselines by held-out wiki perplexity whose plans
+differ from the default's; ``render`` writes ``docs/study.md``
 and the plots ``docs/images/study_<model>.png``.
 """
 
@@ -270,6 +271,10 @@ def cmd_render(args) -> None:
             for label, figures in zs["results"].items():
                 lines.append(f"| {label} | " + " | ".join(f"{figures[t]['acc']:.3f} ± {figures[t]['acc_stderr']:.3f}" for t in zs["tasks"])
                              + f" | {figures['average']['acc']:.3f} |")
+            if zs.get("same_plan_as_default"):
+                lines += ["", f"{', '.join(f'`{m}`' for m in zs['same_plan_as_default'])} chose the default's own plan at this "
+                          "budget, so their accuracy is the default's; the two baselines shown are the best by held-out wiki "
+                          "perplexity among those whose plans differ from it."]
             lines.append("")
         # plots: perplexity relative to dense, on a clipped axis, so that the good methods can be told apart
         fig, axes = plt.subplots(1, len(TEXTS), figsize=(12, 4))
@@ -317,8 +322,25 @@ def cmd_render(args) -> None:
     print(f"wrote {docs / 'study.md'} and {len(results)} plots; target met at {met} of {len(all_cells)} cells")
 
 
+BASELINES = ("sleb", "ppl", "shortgpt", "streamline", "angular", "random", "last")  # the peers' methods
+
+
+def best_baselines(rows: dict[str, dict], count: int = 2) -> tuple[list[str], list[str]]:
+    """The ``count`` baselines of lowest held-out wiki perplexity whose plans differ from the default's
+    and from each other, and the baselines that chose the default's own plan (their accuracy is the default's)."""
+    default = rows[DEFAULT_METHOD]["pruned"]
+    ranked = sorted((m for m in BASELINES if m in rows), key=lambda m: (perplexity(rows[m], "wiki"), BASELINES.index(m)))
+    same = [m for m in ranked if rows[m]["pruned"] == default]
+    chosen: list[str] = []
+    for m in ranked:
+        if m not in same and all(rows[m]["pruned"] != rows[c]["pruned"] for c in chosen) and len(chosen) < count:
+            chosen.append(m)
+    return chosen, same
+
+
 def cmd_zeroshot(args) -> None:
-    """Zero-shot accuracy at one budget: dense, the default, the faithful lorp and the two best other methods (wiki)."""
+    """Zero-shot accuracy at one budget: dense, the default, the faithful lorp and the two best baselines
+    (by held-out wiki perplexity) whose plans differ from the default's."""
     from lorp_lightning.surgery import temporarily_pruned
     from lorp_lightning.zeroshot import evaluate_zero_shot
 
@@ -328,8 +350,8 @@ def cmd_zeroshot(args) -> None:
         model, tokenizer = load_model(name, dtype=result["dtype"], progress=False)  # the dtype the plans were chosen in
         k = int(Fraction(args.budget) * result["num_layers"])
         rows = {r["method"]: r for r in result["rows"] if r["num_pruned"] == k}
-        others = sorted((m for m in rows if m not in (DEFAULT_METHOD, "lorp")), key=lambda m: perplexity(rows[m], "wiki"))
-        chosen = [DEFAULT_METHOD, "lorp"] + others[:2]
+        baselines, same = best_baselines(rows)
+        chosen = [DEFAULT_METHOD, "lorp"] + baselines
         figures = {}
         for label, pruned in [("dense", [])] + [(m, rows[m]["pruned"]) for m in chosen]:
             start = time.perf_counter()
@@ -339,6 +361,7 @@ def cmd_zeroshot(args) -> None:
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
         tasks = [t for t in figures["dense"] if t != "average"]
         result["zero_shot"] = {"num_pruned": k, "limit": args.limit, "tasks": tasks, "results": figures,
+                               "same_plan_as_default": same,
                                "command": "python benchmarks/quality_study.py zeroshot " + " ".join(sys.argv[2:])}
         path.write_text(json.dumps(result, indent=1, allow_nan=False, default=_finite) + "\n")
         print(f"wrote {path}", flush=True)
