@@ -45,7 +45,11 @@ __all__ = [
     "BundledModel",
     "BundledText",
     "ChecksumError",
+    "DEVICES",
     "cache_dir",
+    "check_device",
+    "checkpoint_dtype",
+    "compute_device",
     "list_models",
     "list_texts",
     "is_heldout",
@@ -219,8 +223,35 @@ def _is_installed(model: BundledModel) -> bool:
 # --------------------------------------------------------------------------- models
 
 
+DEVICES = ("cpu", "cuda", "cuda:N", "auto")
+"""Where :func:`load_model` puts a model: the CPU, a GPU, or ``"auto"``, accelerate's
+``device_map="auto"`` across the visible GPUs (the CPU when none is visible)."""
+
+
+def check_device(device: str | torch.device) -> str:
+    """``device`` as one of :data:`DEVICES`, checked against the hardware; a clear error otherwise."""
+    text = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(text, str) or re.fullmatch(r"cpu|auto|cuda(:\d+)?", text) is None:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got device={device!r}")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={text!r}, but no CUDA device is visible here (torch.cuda.is_available() is False); "
+                             "use device='cpu', or 'auto', which takes the GPUs when there are any")
+        index = int(text.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device={text!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return text
+
+
+def compute_device(device: str) -> str:
+    """Where a checked device computes first: ``"auto"`` is ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "auto",
-               progress: bool = True) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+               progress: bool = True, device: str | torch.device = "cpu") -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """Load a causal LM and its tokenizer, offline.
 
     Args:
@@ -230,9 +261,14 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "auto
             ``HF_HUB_OFFLINE=1``, the cache alone).
         dtype: the dtype of the returned model's weights: a ``torch.dtype``, its name
             (``"float32"``, ``"bfloat16"``, ``"float16"``), or ``"auto"`` (the default), which
-            takes bf16 on a CPU that runs it natively and float32 on one that does not (see
-            :func:`lorp_lightning.precision.choose_dtype`).
+            takes bf16 on a CPU that runs it natively and float32 on one that does not, and the
+            checkpoint's own dtype on a GPU (see :func:`lorp_lightning.precision.choose_dtype`).
         progress: show transformers' progress bars (GGUF conversion, loading).
+        device: ``"cpu"`` (the default), ``"cuda"``, ``"cuda:N"``, or ``"auto"``: accelerate's
+            ``device_map="auto"``, which spreads the blocks over the visible GPUs (and puts the
+            model on the CPU when there is none). A model spread over several GPUs prunes like
+            any other (its ``hf_device_map`` is renumbered); one that accelerate had to offload
+            to the CPU or disk is refused by :func:`~lorp_lightning.surgery.prune_layers`.
 
     Returns:
         ``(model, tokenizer)``: a plain ``PreTrainedModel`` in eval mode, and its tokenizer,
@@ -243,42 +279,70 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "auto
     """
     if not isinstance(dtype, (torch.dtype, str)):
         raise TypeError(f"dtype must be 'auto', a torch.dtype such as torch.float32, or its name, got dtype={dtype!r}")
-    choice = choose_dtype(dtype)
-    _log.info("%s", choice)
+    device = check_device(device)
+    choose_dtype(dtype)  # a bad dtype is refused before anything is read
     with _progress_bars(progress):
-        return _load_model(str(name_or_path), choice.dtype)
+        return _load_model(str(name_or_path), dtype, device)
 
 
-def _load_model(key: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _source(key: str) -> str:
+    """The directory to load ``key`` from, or the hub id itself."""
     path = Path(key).expanduser()
     if key in BUNDLED_MODELS:
-        directory = _cached_bundled_model(BUNDLED_MODELS[key])
-    elif path.is_dir():
-        directory = path
-    elif path.is_file() and path.suffix == ".gguf":
-        directory = _cached_gguf_file(path)
-    elif path.exists():
+        return str(_cached_bundled_model(BUNDLED_MODELS[key]))
+    if path.is_dir():
+        return str(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return str(_cached_gguf_file(path))
+    if path.exists():
         raise ValueError(f"name_or_path={key!r} is a file but not a .gguf file; pass a model directory, a .gguf file or one of {sorted(BUNDLED_MODELS)}")
-    elif _looks_like_hub_id(key):
-        try:
-            model = AutoModelForCausalLM.from_pretrained(key, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(key)
-        except OSError as error:
-            raise ValueError(
-                f"could not load the hub model {key!r} ({error.__class__.__name__}: {str(error).splitlines()[0]}). "
-                f"Without a reachable hub, use a bundled model: {', '.join(sorted(BUNDLED_MODELS))}, "
-                "a local model directory or a .gguf file"
-            ) from error
-        return _ready(model, tokenizer)
-    else:
+    if _looks_like_hub_id(key):
+        return key
+    raise ValueError(
+        f"unknown model name_or_path={key!r}: it is not a bundled model, an existing directory or a "
+        f".gguf file. Bundled models: {', '.join(sorted(BUNDLED_MODELS))}"
+    )
+
+
+def checkpoint_dtype(name_or_path: str | os.PathLike) -> torch.dtype | None:
+    """The dtype a model's checkpoint was saved in, from its config (None when it does not say);
+    ``name_or_path`` as for :func:`load_model`."""
+    return _checkpoint_dtype(_source(str(name_or_path)))
+
+
+def _checkpoint_dtype(source: str) -> torch.dtype | None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as error:
+        raise ValueError(f"could not read the config of {source!r} ({error.__class__.__name__}: {str(error).splitlines()[0]})") from error
+    saved = getattr(config.get_text_config(decoder=True), "dtype", None) or getattr(config, "dtype", None)
+    if isinstance(saved, str):
+        saved = getattr(torch, saved, None)
+    return saved if isinstance(saved, torch.dtype) else None
+
+
+def _load_model(key: str, dtype: torch.dtype | str, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _source(key)
+    try:
+        on = compute_device(device)
+        checkpoint_dtype = _checkpoint_dtype(source) if dtype == "auto" and on.startswith("cuda") else None
+        choice = choose_dtype(dtype, device=on, checkpoint_dtype=checkpoint_dtype)
+        _log.info("%s", choice)
+        placement = {} if device == "cpu" else {"device_map": device}  # accelerate places the weights as they load
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=choice.dtype, **placement)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        if source != key or not _looks_like_hub_id(key):
+            raise
         raise ValueError(
-            f"unknown model name_or_path={key!r}: it is not a bundled model, an existing directory or a "
-            f".gguf file. Bundled models: {', '.join(sorted(BUNDLED_MODELS))}"
-        )
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+            f"could not load the hub model {key!r} ({error.__class__.__name__}: {str(error).splitlines()[0]}). "
+            f"Without a reachable hub, use a bundled model: {', '.join(sorted(BUNDLED_MODELS))}, "
+            "a local model directory or a .gguf file"
+        ) from error
     return _ready(model, tokenizer)
 
 

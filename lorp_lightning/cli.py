@@ -78,6 +78,9 @@ def _add_common(parser: argparse.ArgumentParser, out_default: str | None) -> Non
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="weights' dtype for calibration and evaluation (default: auto, bfloat16 on a CPU that runs it "
                              "natively and float32 on one that does not, where bf16 is several times slower)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the model computes: cpu (default), cuda, cuda:N, or auto (accelerate's device_map='auto': "
+                             "the blocks spread over the visible GPUs; the CPU when there is none)")
     parser.add_argument("--out", default=out_default, help=f"output directory (default: {out_default})")
     parser.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -213,27 +216,36 @@ def _versions() -> dict[str, str]:
 
 
 def _resolve_dtype(args) -> None:
-    """Turn ``--dtype auto`` into a dtype, once per command, and say which and why on one line."""
+    """Check ``--device`` and turn ``--dtype auto`` into a dtype, once per command, and say which and why on one line."""
+    from lorp_lightning.assets import check_device, checkpoint_dtype, compute_device
     from lorp_lightning.precision import DtypeChoice, choose_dtype
 
+    if not hasattr(args, "dtype"):  # a command that loads no model
+        return
+    try:
+        args.device = check_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error).replace("device=", "--device ", 1)) from error
+    on = compute_device(args.device)
     if args.dtype == "auto" and getattr(args, "mode", None) == "adjacent":
         import torch
 
         choice = DtypeChoice(torch.float32, "auto: --mode adjacent trains the block weights, which needs float32")
     else:
         try:
-            choice = choose_dtype(args.dtype)
-        except ValueError as error:  # a bad LORP_DTYPE
+            saved = checkpoint_dtype(args.model) if args.dtype == "auto" and on.startswith("cuda") else None
+            choice = choose_dtype(args.dtype, device=on, checkpoint_dtype=saved)
+        except ValueError as error:  # a bad LORP_DTYPE, or a model that cannot be found
             raise UsageError(str(error)) from error
     args.dtype = choice.name
     print(choice)
 
 
-def _load(model: str, dtype: str, quiet: bool):
+def _load(model: str, dtype: str, quiet: bool, device: str = "cpu"):
     from lorp_lightning.assets import load_model
 
     try:
-        return load_model(model, dtype=dtype, progress=not quiet)
+        return load_model(model, dtype=dtype, progress=not quiet, device=device)
     except ValueError as error:
         raise UsageError(str(error)) from error
 
@@ -372,12 +384,12 @@ def _finite(x: float) -> float | str:
 def cmd_analyze(args) -> dict:
     out = _Output(args.out, args.overwrite)
     try:
-        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         stats, seconds = _calibrate(args, model, tokenizer)
         plan = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer, num_clusters=args.num_clusters)
         stats.save(out.path / "stats.pt")
         _heatmap(stats, plan.labels, out.path / "similarity.png", f"{args.model}: RLS {plan.rls:.3f}, K {plan.num_clusters}")
-        report = {"command": "analyze", "model": args.model, "dtype": args.dtype,
+        report = {"command": "analyze", "model": args.model, "dtype": args.dtype, "device": args.device,
                   "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds, "stats_file": args.stats},
                   "statistics": _stats_summary(stats, plan), "versions": _versions()}
         _write_json(out.path / "report.json", report)
@@ -440,7 +452,7 @@ def cmd_prune(args) -> dict:
     try:
         timings = {}
         start = time.perf_counter()
-        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         timings["load_seconds"] = time.perf_counter() - start
         stats, timings["calibration_seconds"] = _calibrate(args, model, tokenizer)
         analysis = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer)
@@ -460,7 +472,7 @@ def cmd_prune(args) -> dict:
         eval_setup = metrics.pop("_eval")
         pruned.save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
-        report = {"command": "prune", "model": args.model, "dtype": args.dtype, "plan": plan.to_dict(),
+        report = {"command": "prune", "model": args.model, "dtype": args.dtype, "device": args.device, "plan": plan.to_dict(),
                   "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "stats_file": args.stats},
                   "statistics": _stats_summary(stats, analysis), "evaluation": eval_setup, "metrics": metrics,
                   "timings": timings, "versions": _versions()}
@@ -519,7 +531,7 @@ def cmd_compare(args) -> dict:
     amounts = [_fraction_or_count_or_usage(a) for a in args.amounts.split(",") if a]
     out = _Output(args.out, args.overwrite)
     try:
-        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         stats, seconds = _calibrate(args, model, tokenizer)
         windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
         dense_ppl = perplexity(model, windows)
@@ -532,7 +544,7 @@ def cmd_compare(args) -> dict:
                              "perplexity": _finite(perplexity(pruned, windows))})
                 del pruned
         analysis = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer)
-        report = {"command": "compare", "model": args.model, "dtype": args.dtype, "dense_perplexity": dense_ppl,
+        report = {"command": "compare", "model": args.model, "dtype": args.dtype, "device": args.device, "dense_perplexity": dense_ppl,
                   "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds},
                   "statistics": _stats_summary(stats, analysis),
                   "evaluation": {"text": args.eval_text, "split": "heldout", "windows": int(windows.shape[0]), "window": args.window},
@@ -578,7 +590,7 @@ def cmd_eval(args) -> dict:
     tasks = _zero_shot_tasks(args.tasks)
     out = _Output(args.out, args.overwrite)
     try:
-        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         texts = (args.texts or args.eval_text).split(",")
         ppl = {}
         for text in texts:
@@ -597,7 +609,7 @@ def cmd_eval(args) -> dict:
                    "matmul_flops_per_token": matmul_flops_per_token(model), **speed}
         if zero_shot is not None:
             metrics["zero_shot"] = zero_shot
-        report = {"command": "eval", "model": args.model, "dtype": args.dtype, "window": args.window,
+        report = {"command": "eval", "model": args.model, "dtype": args.dtype, "device": args.device, "window": args.window,
                   "eval_windows": args.eval_windows, "zero_shot_limit": args.limit, "metrics": metrics,
                   "versions": _versions()}
         _write_json(out.path / "report.json", report)
@@ -701,7 +713,7 @@ def cmd_heal(args) -> dict:
     targets = None if args.target_modules is None else [t for t in args.target_modules.split(",") if t]
     out = _Output(args.out, args.overwrite)
     try:
-        model, tokenizer = _load(args.model, args.dtype, args.quiet)
+        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         if pruning_record(model) is None:
             raise UsageError(f"{args.model} holds a model that was not pruned (no lorp_pruning record in its config); "
                              "heal the output directory of `lorp prune`")
@@ -719,7 +731,7 @@ def cmd_heal(args) -> dict:
             after = _finite(perplexity(model, windows, progress=not args.quiet))
         model.save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
-        report = {"command": "heal", "model": args.model, "dtype": args.dtype, "healing": record, "losses": losses,
+        report = {"command": "heal", "model": args.model, "dtype": args.dtype, "device": args.device, "healing": record, "losses": losses,
                   "evaluation": None if windows is None else {"text": args.eval_text, "split": "heldout",
                                                               "windows": int(windows.shape[0]), "window": args.eval_window,
                                                               "perplexity_before": before, "perplexity_after": after},

@@ -731,6 +731,11 @@ def heal(
     data = TextDataModule(text, tokenizer, window=window, num_calibration_windows=num_windows, batch_size=batch_size, seed=seed)
     windows = data.windows("calibration")  # the calibration split only: the held-out split is never read
 
+    spread = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
+    if len(spread) > 1:
+        raise ValueError(f"heal() trains on one device, but the model is spread over {spread} (hf_device_map, e.g. from "
+                         "device='auto'); load it on one device (device='cuda:0' or 'cpu'), or heal in your own Trainer "
+                         "with a strategy that shards it")
     if not inplace:
         model = copy.deepcopy(model)
     device = next(model.parameters()).device
