@@ -13,6 +13,7 @@ is left alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -47,6 +48,11 @@ class Architecture:
     """``(field, value)`` pairs: settings that make a block's computation depend on its absolute
     index in the stack. Pruning is refused unless each field has the value given here."""
 
+    checkpoint_layers_paths: tuple[str, ...] = ()
+    """Other names of ``layers_path`` in checkpoint files, where transformers renames the weights
+    between the model and its files (a checkpoint's block tensors are named
+    ``<layers_path>.<i>.<...>``, or ``<one of these>.<i>.<...>``)."""
+
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture("model.layers"),
@@ -64,7 +70,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma": Architecture("model.layers"),
     "gemma2": Architecture("model.layers"),
     "gemma3_text": Architecture("model.layers"),
-    "gemma3": Architecture("model.language_model.layers"),  # Gemma3ForConditionalGeneration
+    # Gemma3ForConditionalGeneration; transformers saves its blocks as language_model.model.layers
+    "gemma3": Architecture("model.language_model.layers", checkpoint_layers_paths=("language_model.model.layers",)),
     "phi3": Architecture("model.layers"),
     "olmo2": Architecture("model.layers"),
     # num_hidden_layers is an alias (attribute_map) of n_layer; the attention scale of block i
@@ -82,9 +89,9 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def architecture_of(model: nn.Module) -> Architecture:
-    """The table entry for ``model``; a clear error for an architecture not in the table."""
-    config = getattr(model, "config", None)
+def architecture_of(model: nn.Module | Any) -> Architecture:
+    """The table entry for ``model`` (a model, or its config); a clear error for an architecture not in the table."""
+    config = getattr(model, "config", None) if isinstance(model, nn.Module) else model
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:
         raise NotImplementedError(

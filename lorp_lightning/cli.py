@@ -5,8 +5,10 @@
     lorp compare MODEL --amounts ... --methods ...   every method at every budget from one pass
     lorp eval MODEL_OR_DIR               perplexity, size, speed and memory of one model
     lorp heal DIR --steps N              heal a pruned model by a short training run, merge, save
+    lorp apply PLAN CHECKPOINT_DIR --out OUT   prune a saved checkpoint on disk, tensor by tensor
 
-Every command writes a ``report.json`` into its output directory and prints a table. Output
+Every command but apply writes a ``report.json`` into its output directory and prints a table
+(apply writes the pruned checkpoint, whose config.json records the pruning). Output
 directories are written to a temporary folder beside them and renamed at the end, so a failed
 run leaves nothing half-written; an existing directory needs ``--overwrite``.
 """
@@ -17,10 +19,8 @@ import argparse
 import json
 import math
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -180,30 +180,30 @@ def build_parser() -> argparse.ArgumentParser:
     heal.add_argument("--eval-windows", type=_non_negative_int, default=40, help="evaluation windows of --eval-window tokens; 0 skips the evaluation (default: 40)")
     heal.add_argument("--eval-window", type=_positive_int, default=512, help="tokens per evaluation window (default: 512)")
     _add_common(heal, "DIR-healed")
+
+    apply = commands.add_parser("apply", help="prune a saved checkpoint on disk by a plan, tensor by tensor, without loading it")
+    apply.add_argument("plan", metavar="PLAN",
+                       help="the blocks to remove, e.g. 12,13,14 (the checkpoint's numbering), or a saved plan: the "
+                            "report.json of `lorp prune` (or its output directory), or a file of PruningPlan.to_json()")
+    apply.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
+                       help="a Hugging Face model directory with safetensors weights (model.safetensors, or "
+                            "model.safetensors.index.json and its shards); only read")
+    apply.add_argument("--out", required=True, help="output directory for the pruned checkpoint")
+    apply.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
     return parser
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-class _Output:
-    """An output directory written in a temporary folder beside it and renamed at the end."""
+def _output(path: str, overwrite: bool):
+    """The command's output directory (see :class:`~lorp_lightning._io.OutputDirectory`); one line if it exists."""
+    from lorp_lightning._io import OutputDirectory
 
-    def __init__(self, path: str, overwrite: bool) -> None:
-        self.final = Path(path)
-        if self.final.exists() and not overwrite:
-            raise UsageError(f"the output directory {self.final} exists; pass --overwrite to replace it or --out to choose another")
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}-"))
-
-    def commit(self) -> Path:
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        os.replace(self.path, self.final)
-        return self.final
-
-    def abandon(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+    try:
+        return OutputDirectory(path, overwrite)
+    except FileExistsError as error:
+        raise UsageError(f"{error}; pass --overwrite to replace it or --out to choose another") from error
 
 
 def _versions() -> dict[str, str]:
@@ -382,8 +382,7 @@ def _finite(x: float) -> float | str:
 
 
 def cmd_analyze(args) -> dict:
-    out = _Output(args.out, args.overwrite)
-    try:
+    with _output(args.out, args.overwrite) as out:
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         stats, seconds = _calibrate(args, model, tokenizer)
         plan = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer, num_clusters=args.num_clusters)
@@ -393,10 +392,7 @@ def cmd_analyze(args) -> dict:
                   "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds, "stats_file": args.stats},
                   "statistics": _stats_summary(stats, plan), "versions": _versions()}
         _write_json(out.path / "report.json", report)
-        final = out.commit()
-    except BaseException:
-        out.abandon()
-        raise
+    final = out.final
     clusters = _clusters_text(plan.labels)
     print(f"{args.model}: {stats.num_layers} blocks, {stats.num_tokens} calibration tokens")
     print(f"RLS {plan.rls:.3f}  ->  K {plan.num_clusters}")
@@ -448,8 +444,7 @@ def cmd_prune(args) -> dict:
         _calibration_text(args.text, "calibration")
     if args.out == "pruned/MODEL-METHOD-AMOUNT":
         args.out = f"pruned/{Path(args.model).name}-{args.method}-{args.amount}"
-    out = _Output(args.out, args.overwrite)
-    try:
+    with _output(args.out, args.overwrite) as out:
         timings = {}
         start = time.perf_counter()
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
@@ -479,10 +474,7 @@ def cmd_prune(args) -> dict:
         if healing is not None:
             report["healing"] = healing
         _write_json(out.path / "report.json", report)
-        final = out.commit()
-    except BaseException:
-        out.abandon()
-        raise
+    final = out.final
     print(plan)
     if healing is not None:
         print(_healing_line(healing["record"], healing["perplexity_before_healing"], metrics["pruned"]["perplexity"]))
@@ -529,8 +521,7 @@ def cmd_compare(args) -> dict:
     for method in methods:
         _check_method(method)
     amounts = [_fraction_or_count_or_usage(a) for a in args.amounts.split(",") if a]
-    out = _Output(args.out, args.overwrite)
-    try:
+    with _output(args.out, args.overwrite) as out:
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         stats, seconds = _calibrate(args, model, tokenizer)
         windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
@@ -563,10 +554,7 @@ def cmd_compare(args) -> dict:
         fig.tight_layout()
         fig.savefig(out.path / "perplexity.png", dpi=120)
         plt.close(fig)
-        final = out.commit()
-    except BaseException:
-        out.abandon()
-        raise
+    final = out.final
     print(f"{args.model}: dense perplexity {dense_ppl:.2f} on {args.eval_text} (held-out)")
     print(f"{'amount':>7} {'blocks':>6} " + " ".join(f"{m:>11}" for m in methods))
     for amount in amounts:
@@ -588,8 +576,7 @@ def cmd_eval(args) -> dict:
     from lorp_lightning.evaluation import matmul_flops_per_token, measure_speed, num_parameters, perplexity, token_windows
 
     tasks = _zero_shot_tasks(args.tasks)
-    out = _Output(args.out, args.overwrite)
-    try:
+    with _output(args.out, args.overwrite) as out:
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         texts = (args.texts or args.eval_text).split(",")
         ppl = {}
@@ -613,10 +600,7 @@ def cmd_eval(args) -> dict:
                   "eval_windows": args.eval_windows, "zero_shot_limit": args.limit, "metrics": metrics,
                   "versions": _versions()}
         _write_json(out.path / "report.json", report)
-        final = out.commit()
-    except BaseException:
-        out.abandon()
-        raise
+    final = out.final
     print(f"{args.model}: {metrics['num_layers']} blocks, {metrics['num_parameters'] / 1e6:.1f} M parameters")
     for text, value in ppl.items():
         print(f"  held-out perplexity on {text}: {value if isinstance(value, str) else f'{value:.2f}'}")
@@ -711,8 +695,7 @@ def cmd_heal(args) -> dict:
                          "AdamW's small updates would be lost); or heal with --mode lora")
     _calibration_text(args.text, "training")
     targets = None if args.target_modules is None else [t for t in args.target_modules.split(",") if t]
-    out = _Output(args.out, args.overwrite)
-    try:
+    with _output(args.out, args.overwrite) as out:
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         if pruning_record(model) is None:
             raise UsageError(f"{args.model} holds a model that was not pruned (no lorp_pruning record in its config); "
@@ -737,28 +720,47 @@ def cmd_heal(args) -> dict:
                                                               "perplexity_before": before, "perplexity_after": after},
                   "versions": _versions()}
         _write_json(out.path / "report.json", report)
-        final = out.commit()
-    except BaseException:
-        out.abandon()
-        raise
+    final = out.final
     print(_healing_line(record, before, after))
     print(f"saved the healed model to {final} (report.json beside it)")
     return report
 
 
-COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "compare": cmd_compare, "eval": cmd_eval, "heal": cmd_heal}
+def cmd_apply(args) -> dict:
+    import re
+
+    from lorp_lightning.checkpoint import prune_checkpoint
+
+    plan = [int(b) for b in args.plan.split(",") if b.strip()] if re.fullmatch(r"[\d\s,]*\d[\d\s,]*", args.plan) else args.plan
+    try:
+        final = prune_checkpoint(plan, args.checkpoint, args.out, overwrite=args.overwrite)
+    except (ValueError, TypeError, NotImplementedError, FileNotFoundError, FileExistsError) as error:
+        words = {"plan_or_blocks": "PLAN", "checkpoint_dir": "CHECKPOINT_DIR", "out_dir": "--out", "overwrite=True": "--overwrite"}
+        raise UsageError(re.sub("|".join(words), lambda m: words[m.group(0)], str(error))) from error
+    record = json.loads((final / "config.json").read_text())["lorp_pruning"]
+    removed = record["steps"][-1]["pruned_layers"]
+    remaining = record["original_num_layers"] - len(record["pruned_layers"])
+    print(f"removed blocks {removed} (original numbering) of {args.checkpoint}: {remaining} of "
+          f"{record['original_num_layers']} blocks remain")
+    print(f"saved the pruned checkpoint to {final}")
+    return {"command": "apply", "plan": args.plan, "checkpoint": args.checkpoint, "out": str(final), "lorp_pruning": record}
+
+
+COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "compare": cmd_compare, "eval": cmd_eval, "heal": cmd_heal,
+            "apply": cmd_apply}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.quiet:
+    if getattr(args, "quiet", False):  # apply has no --quiet (nor --dtype): it copies bytes
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:
         # A terminated run unwinds like Ctrl-C, so its temporary output folder is removed.
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        _resolve_dtype(args)
+        if hasattr(args, "dtype"):
+            _resolve_dtype(args)
         COMMANDS[args.command](args)
     except UsageError as error:
         print(f"lorp {args.command}: error: {error}", file=sys.stderr)

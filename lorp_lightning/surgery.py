@@ -5,6 +5,10 @@
 :mod:`lorp_lightning.architectures`) and records what it did in ``config.lorp_pruning``, so
 that the pruned model saves with ``save_pretrained`` and loads back with plain
 ``AutoModelForCausalLM.from_pretrained``.
+
+:func:`pruned_config` is the config half of that on its own, with no model: the one rule for
+what a config says after pruning, which :func:`prune_layers` and
+:func:`lorp_lightning.checkpoint.prune_checkpoint` (pruning a checkpoint on disk) both follow.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torch import nn
 from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers
 from lorp_lightning.locality import is_integer
 
-__all__ = ["RECORD_ATTRIBUTE", "prune_layers", "pruning_record", "temporarily_pruned"]
+__all__ = ["RECORD_ATTRIBUTE", "prune_layers", "pruned_config", "pruning_record", "temporarily_pruned"]
 
 RECORD_ATTRIBUTE = "lorp_pruning"
 """Name of the config attribute that records the pruning (a JSON-able dict, saved in config.json)."""
@@ -53,11 +57,9 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
     architecture = architecture_of(model)
     layers = decoder_layers(model)
     num_layers = len(layers)
-    pruned, step = _read_request(plan_or_blocks, num_layers)
-    _refuse_what_cannot_be_made_right(model, architecture, num_layers)
+    pruned, new_config = _pruned_config(model.config, architecture, plan_or_blocks, num_layers)
+    _refuse_offload(model)
     kept = [i for i in range(num_layers) if i not in set(pruned)]
-    record = _composed_record(model.config, num_layers, pruned, step)
-    _check_pruned_config(model, architecture, kept, record)
 
     if not inplace:
         model = copy.deepcopy(model)
@@ -69,11 +71,38 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
         for module in block.modules():
             if is_integer(getattr(module, "layer_idx", None)):
                 module.layer_idx = new_index
-    for config in configs_to_edit:
+    for config in configs_to_edit:  # the model keeps its config objects: the edit new_config was checked with
         _edit_config(config, architecture, kept)
-    setattr(model.config, RECORD_ATTRIBUTE, record)
+    setattr(model.config, RECORD_ATTRIBUTE, getattr(new_config, RECORD_ATTRIBUTE))
     _renumber_device_map(model, architecture, kept)
     return model
+
+
+def pruned_config(config: Any, plan_or_blocks: Any) -> Any:
+    """A copy of ``config`` that describes the model with the blocks of ``plan_or_blocks`` removed.
+
+    No model is needed: this is the config half of :func:`prune_layers`, by the same rule (the
+    depth, the per-block lists and the block-index fields named in
+    :data:`~lorp_lightning.architectures.ARCHITECTURES`, and the ``lorp_pruning`` record,
+    composed with an earlier one), and checked the same way: the copy passes what
+    ``save_pretrained`` validates and survives a JSON round trip. ``config`` is left as it was.
+
+        config = AutoConfig.from_pretrained("path/to/model")
+        pruned_config(config, [4, 5]).num_hidden_layers  # two fewer
+
+    Args:
+        config: the config of a Hugging Face causal LM (the top-level config of a multimodal
+            model) whose ``model_type`` is in the table.
+        plan_or_blocks: as for :func:`prune_layers`: block indices in the current numbering,
+            or a ``PruningPlan`` computed for a model of the depth this config gives.
+
+    Raises:
+        ValueError, TypeError, NotImplementedError: as :func:`prune_layers`, for bad blocks, a
+            plan for another depth, settings that tie a block to its index, and an architecture
+            missing from the table or whose entry does not make the pruned config valid.
+    """
+    architecture = architecture_of(config)
+    return _pruned_config(config, architecture, plan_or_blocks, _depth(config, architecture))[1]
 
 
 @contextmanager
@@ -185,10 +214,10 @@ def _checked_blocks(blocks: Any, num_layers: int, name: str) -> list[int]:
 # --------------------------------------------------------------------------- refusals
 
 
-def _refuse_what_cannot_be_made_right(model: nn.Module, architecture: Architecture, num_layers: int) -> None:
-    """Raise for a model whose pruning cannot be made right; return silently otherwise."""
-    model_type = model.config.model_type
-    text_config = model.config.get_text_config(decoder=True)
+def _refuse_what_cannot_be_made_right(config: Any, architecture: Architecture, num_layers: int) -> None:
+    """Raise for a config of ``num_layers`` blocks whose pruning cannot be made right; return silently otherwise."""
+    model_type = config.model_type
+    text_config = config.get_text_config(decoder=True)
     if getattr(text_config, "is_heterogeneous", False):
         raise ValueError(
             f"cannot prune this {model_type} model: its config has a heterogeneous per_layer_config (per-block "
@@ -216,6 +245,10 @@ def _refuse_what_cannot_be_made_right(model: nn.Module, architecture: Architectu
                 f"the model's config.{name} has {len(values)} entries but the model has {num_layers} blocks; "
                 "the config is inconsistent with the model, prune an unchanged model"
             )
+
+
+def _refuse_offload(model: nn.Module) -> None:
+    """Raise for a model whose weights accelerate offloads; return silently otherwise."""
     offload = _offload_in(model)
     if offload:
         raise ValueError(
@@ -238,6 +271,29 @@ def _offload_in(model: nn.Module) -> str:
 
 
 # --------------------------------------------------------------------------- config
+
+
+def _pruned_config(config: Any, architecture: Architecture, plan_or_blocks: Any, num_layers: int) -> tuple[list[int], Any]:
+    """The blocks to remove (current numbering, ascending) and the checked pruned copy of ``config``,
+    for a model of ``num_layers`` blocks; raises before returning anything for what cannot be pruned."""
+    pruned, step = _read_request(plan_or_blocks, num_layers)
+    _refuse_what_cannot_be_made_right(config, architecture, num_layers)
+    kept = [i for i in range(num_layers) if i not in set(pruned)]
+    record = _composed_record(config, num_layers, pruned, step)
+    return pruned, _checked_pruned_config(config, architecture, kept, record)
+
+
+def _depth(config: Any, architecture: Architecture) -> int:
+    """The number of blocks ``config`` describes (its first depth field that is set)."""
+    text_config = config.get_text_config(decoder=True)
+    for name in architecture.depth_fields:
+        depth = getattr(text_config, name, None)
+        if depth is not None:
+            return int(depth)
+    raise NotImplementedError(
+        f"the config of model_type={config.model_type!r} has none of the depth fields {architecture.depth_fields} "
+        "that its ARCHITECTURES entry in lorp_lightning/architectures.py names"
+    )
 
 
 def _decoder_configs(model: nn.Module, architecture: Architecture) -> list:
@@ -270,9 +326,9 @@ def _edit_config(config: Any, architecture: Architecture, kept: list[int]) -> No
             setattr(config, name, sum(1 for i in kept if i < count))
 
 
-def _check_pruned_config(model: nn.Module, architecture: Architecture, kept: list[int], record: dict) -> None:
-    """Edit a copy of the config, run what save_pretrained checks, and round-trip it through JSON."""
-    config = copy.deepcopy(model.config)
+def _checked_pruned_config(config: Any, architecture: Architecture, kept: list[int], record: dict) -> Any:
+    """Edit a copy of ``config``, run what save_pretrained checks, round-trip it through JSON; return the copy."""
+    config = copy.deepcopy(config)
     text_config = config.get_text_config(decoder=True)
     _edit_config(text_config, architecture, kept)
     setattr(config, RECORD_ATTRIBUTE, record)
@@ -297,6 +353,7 @@ def _check_pruned_config(model: nn.Module, architecture: Architecture, kept: lis
             )
     if getattr(reloaded, RECORD_ATTRIBUTE, None) != record:
         raise NotImplementedError(f"config.{RECORD_ATTRIBUTE} does not survive saving and loading with this transformers version")
+    return config
 
 
 # --------------------------------------------------------------------------- record
