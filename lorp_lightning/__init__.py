@@ -15,6 +15,8 @@ The pieces, each in one module:
   ``lorp_search``, ``sleb`` and ``ppl`` (``PlanLoss``); ``checked``: ``lorp_checked``
   (``select_checked``).
 - ``surgery``: removing blocks so the result is a normal Hugging Face model (``prune_layers``).
+- ``checkpoint``: the same, on a checkpoint on disk, tensor by tensor, without loading it
+  (``prune_checkpoint``).
 - ``architectures``: the model specifics, one table entry per architecture.
 - ``evaluation``: held-out perplexity, size, speed and memory.
 - ``module``, ``data``, ``callbacks``: the Lightning glue (``LoRPModule``, ``TextDataModule``,
@@ -28,6 +30,7 @@ The pieces, each in one module:
 from lorp_lightning.assets import list_models, list_texts, load_model, load_text
 from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
 from lorp_lightning.checked import select_checked
+from lorp_lightning.checkpoint import prune_checkpoint
 from lorp_lightning.data import TextDataModule
 from lorp_lightning.heal import LoRPHealCallback, healing_records
 from lorp_lightning.locality import clusters_for_rls, representation_locality_score
@@ -59,6 +62,7 @@ __all__ = [
     "list_texts",
     "load_model",
     "load_text",
+    "prune_checkpoint",
     "prune_layers",
     "pruning_record",
     "representation_locality_score",

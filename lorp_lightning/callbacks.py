@@ -1,10 +1,13 @@
 """Lightning callbacks: gather layer statistics while a loop runs, and prune with LoRP.
 
-Both callbacks listen to the decoder blocks of ``pl_module.model`` (a Hugging Face causal LM;
-:class:`~lorp_lightning.module.LoRPModule` is such a module) and feed
-:class:`~lorp_lightning.stats.LayerSimilarity`, whose sum states are synchronised across
-processes when computed, so statistics gathered under DDP equal those of one process over all
-the batches. The selection is :func:`~lorp_lightning.methods.select_layers` and the surgery
+Both callbacks listen to the decoder blocks of a Hugging Face causal LM inside the
+LightningModule: ``pl_module.model`` by default (:class:`~lorp_lightning.module.LoRPModule` keeps
+it there), or where their ``model`` argument says (an attribute name, or a callable; see
+:func:`get_causal_lm`). They feed :class:`~lorp_lightning.stats.LayerSimilarity`, whose sum
+states are synchronised across processes when computed, so statistics gathered under DDP or FSDP
+equal those of one process over all the batches. Batches are read by one rule,
+:func:`~lorp_lightning.stats.model_inputs`. The selection is
+:func:`~lorp_lightning.methods.select_layers` and the surgery
 :func:`~lorp_lightning.surgery.prune_layers`; nothing here computes anything itself.
 """
 
@@ -18,8 +21,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.callback import Callback
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -32,21 +36,112 @@ from lorp_lightning.selection import PruningPlan, resolve_budget
 from lorp_lightning.stats import HiddenStateRecorder, LayerSimilarity, LayerStats, model_inputs
 from lorp_lightning.surgery import prune_layers
 
-__all__ = ["LayerStatsCallback", "LoRPPruneCallback"]
+__all__ = ["LayerStatsCallback", "LoRPPruneCallback", "ModelLocation", "check_model_location", "get_causal_lm"]
+
+ModelLocation = str | Callable[[pl.LightningModule], nn.Module]
+"""Where a callback finds the causal LM in a LightningModule: an attribute name (dotted paths
+allowed, e.g. ``"net.lm"``) or a callable ``pl_module -> nn.Module``."""
+
+_SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy)
+"""The strategies that shard the model's weights across processes: statistics work under them,
+pruning in place does not (see :class:`LoRPPruneCallback`)."""
 
 
+def _describe(model: ModelLocation) -> str:
+    """``model=...`` as an error message shows it: a name in quotes, a callable by its name."""
+    if isinstance(model, str):
+        return f"model={model!r}"
+    return f"model={getattr(model, '__qualname__', None) or repr(model)}"
 
-def _causal_lm(pl_module: pl.LightningModule, owner: str) -> nn.Module:
-    """``pl_module.model``, checked to be a Hugging Face causal LM whose blocks lorp_lightning knows."""
-    model = getattr(pl_module, "model", None)
-    try:
-        decoder_layers(model)
-    except (AttributeError, NotImplementedError, TypeError) as error:
-        raise TypeError(
-            f"{owner} works on a LightningModule whose `.model` is a Hugging Face causal LM (LoRPModule is one); "
-            f"{type(pl_module).__name__}.model is {type(model).__name__}: {error}"
-        ) from error
+
+def check_model_location(model: Any, owner: str = "get_causal_lm") -> ModelLocation:
+    """``model`` checked to be a :data:`ModelLocation`; a ValueError naming it and its value otherwise.
+
+    Callbacks call it in ``__init__``: a misspelt kind of value fails when the callback is built,
+    a misspelt name at ``setup`` (:func:`get_causal_lm`).
+    """
+    if isinstance(model, str):
+        if not model or any(not part for part in model.split(".")):
+            raise ValueError(
+                f"{owner}({_describe(model)}) is not an attribute name: pass the name of the attribute of your "
+                "LightningModule that holds the causal LM, e.g. model='model' or model='net.lm'"
+            )
+        return model
+    if isinstance(model, nn.Module) or not callable(model):
+        what = f"the {type(model).__name__} itself" if isinstance(model, nn.Module) else f"{model!r} ({type(model).__name__})"
+        raise ValueError(
+            f"{owner}(model=...) says where the causal LM is in your LightningModule, and got {what}: pass an "
+            "attribute name (model='backbone', dotted paths allowed) or a callable pl_module -> the causal LM "
+            "(model=lambda module: module.backbone)"
+        )
     return model
+
+
+def get_causal_lm(pl_module: pl.LightningModule, model: ModelLocation = "model", owner: str = "get_causal_lm") -> nn.Module:
+    """The Hugging Face causal LM inside ``pl_module``, checked to have decoder blocks lorp_lightning knows.
+
+    Args:
+        pl_module: the LightningModule.
+        model: where the causal LM is: an attribute name of ``pl_module`` (default ``"model"``,
+            where :class:`~lorp_lightning.module.LoRPModule` keeps it; dotted paths walk down
+            attributes, e.g. ``"net.lm"``), or a callable that takes ``pl_module`` and returns it.
+        owner: the name the error messages start with (a callback passes its class name).
+
+    Raises:
+        ValueError: ``model`` is neither kind of value, names an attribute ``pl_module`` lacks,
+            or is a callable that raised; the message names ``model`` and its value.
+        TypeError: what ``model`` leads to is not a causal LM of a known architecture.
+    """
+    found = _find(pl_module, model, owner)
+    try:
+        decoder_layers(found)
+    except (AttributeError, NotImplementedError, TypeError) as error:
+        where = f"{type(pl_module).__name__}.{model}" if isinstance(model, str) else "what it returned"
+        raise TypeError(
+            f"{owner}({_describe(model)}) works on a Hugging Face causal LM (LoRPModule keeps one at .model), "
+            f"but {where} is {type(found).__name__}: {error}"
+        ) from error
+    return found
+
+
+def _find(pl_module: pl.LightningModule, model: ModelLocation, owner: str) -> Any:
+    """What ``model`` leads to in ``pl_module``, unchecked; a ValueError naming ``model`` when it leads nowhere."""
+    check_model_location(model, owner)
+    if not isinstance(model, str):
+        try:
+            return model(pl_module)
+        except Exception as error:
+            raise ValueError(f"{owner}({_describe(model)}) raised {type(error).__name__}: {error}") from error
+    found: Any = pl_module
+    parts = model.split(".")
+    for depth, part in enumerate(parts):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            children = [name for name, _ in pl_module.named_children()]
+            raise ValueError(
+                f"{owner}({_describe(model)}): {type(pl_module).__name__} has no attribute "
+                f"{'.'.join(parts[:depth + 1])!r}; its submodules are {children}. Pass model='<attribute>' naming "
+                "the causal LM (dotted paths allowed), or a callable pl_module -> the causal LM"
+            ) from None
+    return found
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP shards ``model``'s weights: an FSDP (1 or 2) module in it, or a DTensor weight."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6
+        FSDPModule = FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in model.modules()) or any(
+        isinstance(p, DTensor) for p in model.parameters()
+    )
 
 
 class _Listener:
@@ -112,10 +207,30 @@ class LayerStatsCallback(Callback):
         Trainer(callbacks=[stats_callback]).predict(LoRPModule("smollm2-135m"), datamodule=TextDataModule("wiki"))
         plan = select_layers(stats_callback.stats, 0.25)
 
+    In your own project (the causal LM at ``self.backbone``)::
+
+        Trainer(callbacks=[LayerStatsCallback(model="backbone")]).predict(my_module, dataloaders=loader)
+
     Args:
         stages: the loops to listen to: ``"predict"`` (default), ``"validation"``, or both as a
             tuple. Each run of a loop (each validation, sanity check excluded) starts the
             statistics afresh; :attr:`stats` holds those of the latest run.
+        model: where the Hugging Face causal LM is in the LightningModule: the name of its
+            attribute (default ``"model"``, where ``LoRPModule`` keeps it; dotted paths walk
+            down, e.g. ``"net.lm"``), or a callable that takes the LightningModule and returns
+            the causal LM. Checked at ``setup``, before any batch; a model your
+            ``configure_model`` builds is checked when the loop starts instead.
+
+    The callback listens to the decoder blocks, so the module's step must run the causal LM
+    (or its decoder stack) once per batch, on the batch's input ids, with its attention mask.
+    It reads the batch by :func:`~lorp_lightning.stats.model_inputs`: a tensor of input ids, a
+    dict (or a tokenizer's ``BatchEncoding``) with ``input_ids`` and optionally
+    ``attention_mask``, or a tuple or list whose first element is the input ids (its other
+    elements are not read: a padded batch must be a dict with ``attention_mask``).
+
+    Strategies: single device, DDP and FSDP (``FSDPStrategy``, and ``ModelParallelStrategy``
+    with ``fully_shard``): the hooks see each process's full activations and the sums are
+    synchronised, so every process gets the statistics of one process over all the batches.
 
     The statistics are part of the callback's state, so they are saved in checkpoints.
     :attr:`windows` holds the first 8 unpadded sequences of the latest run (token ids), which
@@ -124,29 +239,69 @@ class LayerStatsCallback(Callback):
 
     STAGES = ("predict", "validation")
 
-    def __init__(self, stages: str | Iterable[str] = "predict") -> None:
+    def __init__(self, stages: str | Iterable[str] = "predict", model: ModelLocation = "model") -> None:
         requested = (stages,) if isinstance(stages, str) else tuple(stages) if isinstance(stages, Iterable) else None
         if not requested or any(stage not in self.STAGES for stage in requested):
             raise ValueError(
                 f"stages must be 'predict', 'validation' or both as a tuple, got stages={stages!r}"
             )
         self.stages = tuple(dict.fromkeys(requested))
+        self.model = check_model_location(model, type(self).__name__)
         self.stats: LayerStats | None = None
         self.windows: torch.Tensor | None = None
         self._listener = _Listener()
+        self._model_checked = False
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(stages=self.stages)
 
+    def _causal_lm(self, pl_module: pl.LightningModule) -> nn.Module:
+        return get_causal_lm(pl_module, self.model, type(self).__name__)
+
+    # ------------------------------------------------------------------ setup
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        _causal_lm(pl_module, type(self).__name__)
+        self._model_checked = False
+        if not self._built_later(pl_module):
+            self._check_model(trainer, self._causal_lm(pl_module))
+
+    def _built_later(self, pl_module: pl.LightningModule) -> bool:
+        """The causal LM is not there yet, and the module's ``configure_model`` (run after setup) may build it."""
+        if not is_overridden("configure_model", pl_module):
+            return False
+        try:
+            return _find(pl_module, self.model, type(self).__name__) is None
+        except ValueError:
+            return True
+
+    def _check_model(self, trainer: pl.Trainer, model: nn.Module) -> None:
+        """The checks that need the causal LM (found and checked already), once per run."""
+        self._model_checked = True
+
+    def _check_model_if_built_later(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._model_checked:
+            self._check_model(trainer, self._causal_lm(pl_module))
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_model_if_built_later(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_model_if_built_later(trainer, pl_module)
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_model_if_built_later(trainer, pl_module)
+
+    # ------------------------------------------------------------------ listening
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage in self.stages and not trainer.sanity_checking:
-            self._listener.start(pl_module.model, pl_module.device)
+            self._listener.start(self._causal_lm(pl_module), pl_module.device)
 
     def _finish(self) -> None:
         if self._listener.active:
@@ -204,6 +359,10 @@ class LoRPPruneCallback(LayerStatsCallback):
 
         Trainer(callbacks=[LoRPPruneCallback(0.25)]).validate(LoRPModule("smollm2-135m"), datamodule=TextDataModule("wiki"))
 
+    In your own project (the causal LM at ``self.backbone``)::
+
+        Trainer(callbacks=[LoRPPruneCallback(0.25, model="backbone")]).validate(my_module, dataloaders=loader)
+
     The statistics come from the batches the model runs on before the pruning: those of the
     validation (``prune_on="validation_end"``, or the last validation of ``fit`` for
     ``"fit_end"``) or of ``predict`` (``"predict_end"``). The callback gathers them itself, unless
@@ -223,6 +382,19 @@ class LoRPPruneCallback(LayerStatsCallback):
     repeats samples to even out the processes: for exact statistics, use a number of batches
     divisible by the number of processes.)
 
+    Strategies: it prunes under single-device and DDP strategies. Under FSDP (``FSDPStrategy``,
+    or ``ModelParallelStrategy`` with ``fully_shard``) the weights are sharded across the
+    processes and removing blocks in place would leave FSDP's bookkeeping of them behind, so it
+    refuses at ``setup``, before any batch, with a ValueError that says what to do instead:
+    gather the statistics under FSDP with :class:`LayerStatsCallback`, select the plan from them
+    (``select_layers``), and prune the model's Hugging Face checkpoint on disk
+    (:func:`~lorp_lightning.checkpoint.prune_checkpoint`, ``lorp apply PLAN CHECKPOINT_DIR --out
+    OUT``) or the unsharded model in one process (``prune_layers``). A model found sharded when
+    the pruning comes (FSDP applied under another strategy) is refused with a RuntimeError, unchanged.
+
+    The causal LM and the batches are found and read as by :class:`LayerStatsCallback` (its
+    ``model`` argument, and :func:`~lorp_lightning.stats.model_inputs`).
+
     Args:
         amount: how many blocks to prune: an int (a count) or a float in (0, 1) (a fraction of
             the blocks, rounded down).
@@ -237,6 +409,9 @@ class LoRPPruneCallback(LayerStatsCallback):
         prune_on: ``"validation_end"`` (default), ``"fit_end"`` or ``"predict_end"``.
         seed: the seed of the clustering (``"lorp"``) or of the draw (``"random"``).
         verbose: print the one-line summary (on rank zero).
+        model: where the Hugging Face causal LM is in the LightningModule: an attribute name
+            (default ``"model"``; dotted paths allowed, e.g. ``"net.lm"``) or a callable
+            ``pl_module -> causal LM`` (see :class:`LayerStatsCallback`).
 
     After pruning, :attr:`plan` is the :class:`~lorp_lightning.selection.PruningPlan` and
     :attr:`stats` the statistics it was chosen from; both are part of the callback's state.
@@ -254,6 +429,7 @@ class LoRPPruneCallback(LayerStatsCallback):
         prune_on: str = "validation_end",
         seed: int = 0,
         verbose: bool = True,
+        model: ModelLocation = "model",
     ) -> None:
         if is_integer(amount):
             if amount < 1:
@@ -296,7 +472,7 @@ class LoRPPruneCallback(LayerStatsCallback):
         self.prune_on = prune_on
         self.seed = int(seed)
         self.verbose = verbose
-        super().__init__(stages="predict" if prune_on == "predict_end" else "validation")
+        super().__init__(stages="predict" if prune_on == "predict_end" else "validation", model=model)
         self.plan: PruningPlan | None = None
         self._stats_callback: LayerStatsCallback | None = None
 
@@ -313,9 +489,9 @@ class LoRPPruneCallback(LayerStatsCallback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        model = _causal_lm(pl_module, type(self).__name__)
-        if self.plan is None:
-            self._check_budget(len(decoder_layers(model)))
+        if isinstance(trainer.strategy, _SHARDED_STRATEGIES) and self.plan is None:
+            raise ValueError(self._sharded_message(f"under {type(trainer.strategy).__name__}"))
+        super().setup(trainer, pl_module, stage)  # finds the causal LM, and _check_model checks the budget
         self._stats_callback = next(
             (cb for cb in trainer.callbacks if isinstance(cb, LayerStatsCallback) and not isinstance(cb, LoRPPruneCallback)), None
         )
@@ -335,6 +511,28 @@ class LoRPPruneCallback(LayerStatsCallback):
                 f"fit, which it does for single-device and DDP strategies only, not {type(trainer.strategy).__name__}; "
                 "prune with prune_on='fit_end', or before fit with trainer.validate"
             )
+
+    @override
+    def _check_model(self, trainer: pl.Trainer, model: nn.Module) -> None:
+        if self.plan is None:
+            self._check_budget(len(decoder_layers(model)))
+        super()._check_model(trainer, model)
+
+    @property
+    def _method_shown(self) -> str:
+        return repr(self.method) if isinstance(self.method, str) else self._method.name
+
+    def _sharded_message(self, where: str) -> str:
+        return (
+            f"LoRPPruneCallback does not prune a model whose weights FSDP shards across processes ({where}): "
+            "removing blocks in place would leave FSDP's bookkeeping of them behind. Instead, gather the statistics "
+            f"under FSDP with LayerStatsCallback(stages={self._listens_to!r}, {_describe(self.model)}), select the "
+            f"plan from them with select_layers(stats_callback.stats, {self.amount!r}, method={self._method_shown}) "
+            "(a method that tries plans on the model needs it unsharded, with model= and windows=), write it with "
+            "plan.to_json(), and prune the model's Hugging Face checkpoint on disk with `lorp apply PLAN "
+            "CHECKPOINT_DIR --out OUT` (lorp_lightning.prune_checkpoint), or the unsharded model in one process with "
+            "prune_layers(model, plan). This callback prunes in place under single-device and DDP strategies"
+        )
 
     def _check_budget(self, num_layers: int) -> None:
         """The errors select_layers would raise about the arguments, now rather than after a loop."""
@@ -384,6 +582,9 @@ class LoRPPruneCallback(LayerStatsCallback):
                 f"{self._listens_to} batch ran through the model. Give the Trainer {self._listens_to} data "
                 "(a datamodule or dataloader, and limit_val_batches > 0 for validation)"
             )
+        causal_lm = self._causal_lm(pl_module)
+        if _is_sharded(causal_lm):  # sharded by a strategy setup did not know: refuse, the model unchanged
+            raise RuntimeError(self._sharded_message("found sharded when the pruning came"))
         model = windows = None
         if self._method.reads_model:
             source = self._stats_callback if self._stats_callback is not None else self
@@ -392,7 +593,7 @@ class LoRPPruneCallback(LayerStatsCallback):
                     f"LoRPPruneCallback(method={self._method.name!r}) checks its plans on unpadded {self._listens_to} "
                     "sequences, and none ran through the model; give it unpadded windows (TextDataModule's are)"
                 )
-            model, windows = pl_module.model, source.windows
+            model, windows = causal_lm, source.windows
         with torch.inference_mode(False):  # plans tried on the model run outside Lightning's inference mode
             plan = select_layers(
                 self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect,
@@ -400,7 +601,7 @@ class LoRPPruneCallback(LayerStatsCallback):
             )
         plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
         with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode
-            prune_layers(pl_module.model, plan)
+            prune_layers(causal_lm, plan)
             if trainer.state.fn == TrainerFn.FITTING and self.prune_on == "validation_end":
                 self._rebuild_optimizers(trainer, pl_module)
         self.plan = plan

@@ -47,7 +47,7 @@ from torch import nn
 from typing_extensions import override
 
 from lorp_lightning.architectures import architecture_of, decoder_layers
-from lorp_lightning.callbacks import LoRPPruneCallback, _causal_lm
+from lorp_lightning.callbacks import LoRPPruneCallback, ModelLocation, check_model_location, get_causal_lm
 from lorp_lightning.locality import is_integer
 from lorp_lightning.module import LoRPModule
 from lorp_lightning.stats import model_inputs
@@ -410,6 +410,13 @@ class LoRPHealCallback(Callback):
             ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block).
         seed: seed of the adapters' random initialisation.
         verbose: print a line when healing starts and ends (on rank zero).
+        model: where the Hugging Face causal LM is in the LightningModule: an attribute name
+            (default ``"model"``; dotted paths allowed, e.g. ``"net.lm"``) or a callable
+            ``pl_module -> causal LM``, as for the other callbacks
+            (:class:`~lorp_lightning.callbacks.LayerStatsCallback`). It must be there at ``setup``
+            (the adapters go in before the optimizers are built), so not built by ``configure_model``.
+
+    Strategies: single device and DDP; any other is refused at the ``setup`` of ``fit``.
 
     ``mode="adjacent"`` trains the weights of the blocks next to each removed block, the final
     normalisation and the language-model head (and the input embeddings, when tied to the head);
@@ -425,9 +432,11 @@ class LoRPHealCallback(Callback):
         target_modules: Sequence[str] | None = None,
         seed: int = 0,
         verbose: bool = True,
+        model: ModelLocation = "model",
     ) -> None:
         self.settings = _Settings.checked(mode, rank, alpha, dropout, target_modules, seed)
         self.verbose = verbose
+        self.model = check_model_location(model, type(self).__name__)
         self.records: list[dict] = []
         self._healing: _Healing | None = None
         self._prune_callback: LoRPPruneCallback | None = None
@@ -448,7 +457,7 @@ class LoRPHealCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        model = _causal_lm(pl_module, type(self).__name__)
+        model = self._causal_lm(pl_module)
         if not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise ValueError(
                 f"LoRPHealCallback changes which parameters train, and rebuilds the optimizers for that with "
@@ -463,6 +472,9 @@ class LoRPHealCallback(Callback):
             if self.settings.mode == "lora":
                 _lora_targets(model, self.settings)
                 _peft()
+
+    def _causal_lm(self, pl_module: pl.LightningModule) -> nn.Module:
+        return get_causal_lm(pl_module, self.model, type(self).__name__)
 
     def _pending_prune(self, trainer: pl.Trainer) -> LoRPPruneCallback | None:
         """The Trainer's LoRPPruneCallback that will prune during this fit, checked to run before this callback."""
@@ -493,8 +505,9 @@ class LoRPHealCallback(Callback):
 
     def _begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with torch.inference_mode(False):  # adapters made inside an evaluation loop must be ordinary tensors
-            self._healing = _begin(pl_module.model, self.settings, trainer.global_step)
-            pl_module.model.to(pl_module.device)
+            model = self._causal_lm(pl_module)
+            self._healing = _begin(model, self.settings, trainer.global_step)
+            model.to(pl_module.device)
         if self.verbose:
             healing = self._healing
             what = (f"LoRA rank {self.settings.rank} on {', '.join(healing.target_modules)}" if self.settings.mode == "lora"
@@ -540,7 +553,7 @@ class LoRPHealCallback(Callback):
         if healing is None:
             return
         with torch.inference_mode(False):
-            entry = _end(pl_module.model, healing, trainer.global_step - healing.start_step, completed)
+            entry = _end(self._causal_lm(pl_module), healing, trainer.global_step - healing.start_step, completed)
         self.records.append(entry)
         if self.verbose:
             losses = (f"; training loss {entry['initial_loss']:.3f} -> {entry['final_loss']:.3f}"

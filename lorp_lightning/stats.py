@@ -307,16 +307,53 @@ class HiddenStateRecorder:
         return hook
 
 
-def model_inputs(batch: Tensor | Mapping[str, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+def model_inputs(batch: Tensor | Mapping[str, Any] | Sequence[Any], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The input ids and attention mask of one batch, as (B, T) tensors on ``device``.
+
+    The one rule every part of lorp_lightning reads batches by (the callbacks, ``LoRPModule``,
+    :func:`collect_layer_stats`):
+
+    - a tensor: the input ids; every token is real (the mask is all ones);
+    - a ``Mapping`` (a dict, or a tokenizer's ``BatchEncoding`` made with ``return_tensors="pt"``):
+      ``batch["input_ids"]``, and ``batch["attention_mask"]`` when present (else all ones);
+      ``labels`` and any other key are not read;
+    - a tuple or list (what a ``TensorDataset`` gives): its first element is the input ids and
+      every token is real. The other elements are not read, not even a second tensor of the
+      same shape, which may as well be labels as a mask: give padded batches as a dict with
+      ``attention_mask``.
+
+    A (T,) tensor of ids is one sequence. Anything else is a TypeError naming what it got.
+    """
     if isinstance(batch, Mapping):
         if "input_ids" not in batch:
             raise ValueError(f"a batch dict needs 'input_ids'; got keys {sorted(batch)}")
-        input_ids = batch["input_ids"]
-        attention_mask = batch.get("attention_mask")
+        input_ids, attention_mask, where = batch["input_ids"], batch.get("attention_mask"), "batch['input_ids']"
     elif isinstance(batch, Tensor):
-        input_ids, attention_mask = batch, None
+        input_ids, attention_mask, where = batch, None, "the batch"
+    elif isinstance(batch, (tuple, list)):
+        if not batch:
+            raise TypeError(f"a batch {type(batch).__name__} must hold the input ids as its first element, got an empty one")
+        input_ids, attention_mask, where = batch[0], None, f"the first element of a batch {type(batch).__name__}"
     else:
-        raise TypeError(f"a batch must be a tensor of input ids or a dict with 'input_ids', got {type(batch).__name__}")
+        raise TypeError(
+            "a batch must be a tensor of input ids, a dict (or other Mapping) with 'input_ids', or a tuple or list "
+            f"whose first element is the input ids; got {type(batch).__name__}"
+        )
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(
+            f"{where} must be a tensor of token ids, got {type(input_ids).__name__} "
+            "(a tokenizer gives tensors with return_tensors='pt')"
+        )
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"{where} must hold integer token ids, got a tensor of {input_ids.dtype}")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, Tensor):
+            raise TypeError(f"batch['attention_mask'] must be a tensor, got {type(attention_mask).__name__}")
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"batch['attention_mask'] has shape {tuple(attention_mask.shape)} but batch['input_ids'] has "
+                f"{tuple(input_ids.shape)}"
+            )
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
         attention_mask = attention_mask.unsqueeze(0) if attention_mask is not None else None
@@ -332,13 +369,14 @@ def backbone(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def collect_layer_stats(model: nn.Module, batches: Iterable[Tensor | Mapping[str, Tensor]], progress: bool = True) -> LayerStats:
+def collect_layer_stats(model: nn.Module, batches: Iterable[Tensor | Mapping[str, Any] | Sequence[Any]], progress: bool = True) -> LayerStats:
     """Run a Hugging Face causal LM over calibration batches and return its :class:`LayerStats`.
 
     Args:
         model: a Hugging Face causal LM (any architecture in ``lorp_lightning.architectures``).
-        batches: an iterable of input-id tensors ((B, T) or (T,)) or dicts with ``input_ids``
-            and optionally ``attention_mask``.
+        batches: an iterable of batches in any format :func:`model_inputs` reads: input-id
+            tensors ((B, T) or (T,)), dicts with ``input_ids`` and optionally ``attention_mask``,
+            or tuples whose first element is the input ids.
         progress: show a progress bar.
 
     Runs under ``torch.no_grad()`` and holds at most one batch's normalised states at a time.
