@@ -26,3 +26,14 @@ def test_every_public_name_of_the_package_is_in_the_api_reference():
     documented = set(re.findall(r"^::: lorp_lightning\.\w+\.(\w+)$", (ROOT / "docs" / "api.md").read_text(), flags=re.M))
     public = [name for name in lorp_lightning.__all__ if name != "__version__"]
     assert [name for name in public if name not in documented] == []
+
+
+def test_the_readme_lists_exactly_the_architectures_of_the_table():
+    import re
+
+    from lorp_lightning.architectures import ARCHITECTURES
+
+    readme = (ROOT / "README.md").read_text()
+    line = re.search(r"\*\*Supported architectures\*\*.*?:\n\s*(.*?)\.\n", readme, flags=re.S)
+    assert line, "README.md lost its 'Supported architectures' item"
+    assert re.findall(r"`(\w+)`", line.group(1)) == sorted(ARCHITECTURES)

@@ -345,3 +345,33 @@ def test_limited_run_on_smollm2(smollm2, tasks, monkeypatch):
     assert results["arc_easy"]["acc"] >= 0.5
     # lm-eval's COPA accuracy is the one got by scoring the same requests directly.
     assert results["copa"]["acc"] == pytest.approx(_direct_accuracy(model, tokenizer, tasks("copa"), limit))
+
+
+def test_a_pruned_directory_loads_in_plain_lm_eval_by_path_and_scores_as_the_pruned_model(smollm2, tmp_path):
+    """What `lm_eval --model hf --model_args pretrained=DIR` does: lm-eval's HFLM built from the
+    argument string loads the saved pruned model with plain transformers and scores with it."""
+    import torch.nn.functional as F
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lorp_lightning.surgery import prune_layers
+
+    _, tokenizer = smollm2
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256))
+    prune_layers(model, [1, 2])
+    model.save_pretrained(tmp_path / "pruned")
+    tokenizer.save_pretrained(tmp_path / "pruned")
+
+    lm = HFLM.create_from_arg_string(f"pretrained={tmp_path / 'pruned'},dtype=float32", {"batch_size": 1, "device": "cpu"})
+    assert lm.model.config.num_hidden_layers == 2 and lm.model.config.lorp_pruning["pruned_layers"] == [1, 2]
+    context, continuation = "The history of the city", " begins"
+    [(got, _)] = lm.loglikelihood([Instance("loglikelihood", {}, (context, continuation), 0)], disable_tqdm=True)
+    ids = tokenizer(context + continuation, return_tensors="pt")["input_ids"]
+    n = len(tokenizer(context)["input_ids"])
+    with torch.no_grad():
+        logprobs = F.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
+    expected = float(logprobs[torch.arange(n - 1, ids.shape[1] - 1), ids[0, n:]].sum())
+    assert got == pytest.approx(expected, abs=1e-4)
