@@ -3,8 +3,9 @@ auto (accelerate's ``device_map="auto"``); a model placed by accelerate prunes, 
 generates like any other, and one accelerate had to offload is refused without being changed.
 
 Without a GPU, ``auto`` loads the model onto the CPU (transformers sets no ``hf_device_map``
-for a single device), and the only split between two places that accelerate makes without a GPU
-is cpu + disk, an offload, which pruning refuses. The test across two GPUs runs where two are
+for a single device); a model dispatched by accelerate's own ``dispatch_model`` (hooks on every
+block, as across GPUs) prunes with its map renumbered; and the only split between two places
+that accelerate makes without a GPU is cpu + disk, an offload, which pruning refuses. The test across two GPUs runs where two are
 visible (``benchmarks/gpu_check.sh`` runs it).
 """
 
@@ -93,6 +94,30 @@ def test_device_auto_without_a_gpu_loads_onto_the_cpu_and_the_model_prunes_saves
     assert reloaded.config.num_hidden_layers == BLOCKS - 2
     assert pruning_record(reloaded)["pruned_layers"] == [1, 2]
     assert torch.equal(logits(reloaded), logits(on_cpu))
+
+
+def test_a_model_dispatched_by_accelerate_with_hooks_on_every_block_prunes_and_its_device_map_follows(tiny_dir, tmp_path):
+    from accelerate import dispatch_model
+
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+                  **{f"model.layers.{i}": "cpu" for i in range(BLOCKS)}}
+    reference, _ = load_model(tiny_dir, dtype=torch.float32, progress=False)
+    dispatched, _ = load_model(tiny_dir, dtype=torch.float32, progress=False)
+    dispatched = dispatch_model(dispatched, device_map, force_hooks=True)  # accelerate's hooks, as across GPUs
+    assert all(hasattr(block, "_hf_hook") for block in dispatched.model.layers)
+
+    prune_layers(dispatched, [1, 2])
+    prune_layers(reference, [1, 2])
+    assert dispatched.hf_device_map == {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu",
+                                        "lm_head": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu"}
+    assert torch.equal(logits(dispatched), logits(reference))
+    with torch.no_grad():
+        cached = dispatched.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = dispatched.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    dispatched.save_pretrained(tmp_path / "pruned")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float32)
+    assert torch.equal(logits(reloaded), logits(reference))
 
 
 def test_a_model_accelerate_split_between_cpu_and_disk_is_refused_and_keeps_computing(tiny_dir, tmp_path):
