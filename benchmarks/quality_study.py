@@ -272,9 +272,10 @@ def cmd_render(args) -> None:
                 lines.append(f"| {label} | " + " | ".join(f"{figures[t]['acc']:.3f} ± {figures[t]['acc_stderr']:.3f}" for t in zs["tasks"])
                              + f" | {figures['average']['acc']:.3f} |")
             if zs.get("same_plan_as_default"):
-                lines += ["", f"{', '.join(f'`{m}`' for m in zs['same_plan_as_default'])} chose the default's own plan at this "
-                          "budget, so their accuracy is the default's; the two baselines shown are the best by held-out wiki "
-                          "perplexity among those whose plans differ from it."]
+                same = zs["same_plan_as_default"]
+                lines += ["", f"{', '.join(f'`{m}`' for m in same)} chose the default's own plan at this budget, so "
+                          f"{'its' if len(same) == 1 else 'their'} accuracy is the default's; the two baselines shown are the "
+                          "best by held-out wiki perplexity among those whose plans differ from it."]
             lines.append("")
         # plots: perplexity relative to dense, on a clipped axis, so that the good methods can be told apart
         fig, axes = plt.subplots(1, len(TEXTS), figsize=(12, 4))
