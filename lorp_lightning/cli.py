@@ -5,6 +5,7 @@
     lorp compare MODEL --amounts ... --methods ...   every method at every budget from one pass
     lorp eval MODEL_OR_DIR               perplexity, size, speed and memory of one model
     lorp heal DIR --steps N              heal a pruned model by a short training run, merge, save
+                                         (--teacher MODEL: by distillation from the dense model)
     lorp apply PLAN CHECKPOINT_DIR --out OUT   prune a saved checkpoint on disk, tensor by tensor
 
 Every command but apply writes a ``report.json`` into its output directory and prints a table
@@ -72,6 +73,7 @@ def _checked_number(convert, accept, expected: str):
 _positive_int = _checked_number(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked_number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _checked_number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+_unit_float = _checked_number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def _add_common(parser: argparse.ArgumentParser, out_default: str | None) -> None:
@@ -131,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--heal-steps", type=_non_negative_int, default=0,
                        help="heal the pruned model for N steps (LoRA, on the calibration split of --text) before "
                             "evaluating and saving it; see `lorp heal` (default: 0, no healing)")
+    prune.add_argument("--distill", action="store_true",
+                       help="heal by distillation from the dense model just pruned (KL between its next-token "
+                            "distributions and the pruned model's; no second load) instead of the next-token loss; "
+                            "needs --heal-steps")
+    prune.add_argument("--lm-weight", type=_unit_float, default=None,
+                       help="with --distill: the share of the next-token loss mixed into the distillation loss, in "
+                            "[0, 1] (default: 0, pure distillation)")
     _add_common(prune, "pruned/MODEL-METHOD-AMOUNT")
 
     compare = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
@@ -176,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     heal.add_argument("--batch-size", type=_positive_int, default=4, help="training windows per step (default: 4)")
     heal.add_argument("--max-minutes", type=_positive_float, default=None, help="a wall-clock budget: training stops before a step that would overrun it, and the learning rate decays over it (default: none, --steps alone)")
     heal.add_argument("--seed", type=int, default=0, help="adapter initialisation and window order (default: 0)")
+    heal.add_argument("--teacher", metavar="MODEL", default=None,
+                      help=f"heal by distillation from this model (KL between its next-token distributions and the "
+                           f"student's) instead of the next-token loss: the dense model DIR was pruned from, or any "
+                           f"causal LM with the same tokenizer, loaded in --dtype on --device; {MODEL_HELP}")
+    heal.add_argument("--lm-weight", type=_unit_float, default=None,
+                      help="with --teacher: the share of the next-token loss mixed into the distillation loss, in "
+                           "[0, 1] (default: 0, pure distillation)")
     heal.add_argument("--eval-text", default="wiki", help="held-out text for perplexity before and after: a bundled name or a text file (default: wiki)")
     heal.add_argument("--eval-windows", type=_non_negative_int, default=40, help="evaluation windows of --eval-window tokens; 0 skips the evaluation (default: 40)")
     heal.add_argument("--eval-window", type=_positive_int, default=512, help="tokens per evaluation window (default: 512)")
@@ -197,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _output(path: str, overwrite: bool):
-    """The command's output directory (see :class:`~lorp_lightning._io.OutputDirectory`); one line if it exists."""
+    """The command's output directory (see ``OutputDirectory``); one line if it exists."""
     from lorp_lightning._io import OutputDirectory
 
     try:
@@ -440,6 +456,10 @@ def cmd_prune(args) -> dict:
     from lorp_lightning.surgery import prune_layers
 
     _check_method(args.method)
+    if getattr(args, "distill", False) and not args.heal_steps:
+        raise UsageError("--distill heals by distillation from the dense model, which needs --heal-steps N (N >= 1)")
+    if getattr(args, "lm_weight", None) is not None and not getattr(args, "distill", False):
+        raise UsageError(f"--lm-weight {args.lm_weight} mixes the next-token loss into distillation; it needs --distill")
     if args.heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
         _calibration_text(args.text, "calibration")
     if args.out == "pruned/MODEL-METHOD-AMOUNT":
@@ -458,8 +478,8 @@ def cmd_prune(args) -> dict:
         pruned = prune_layers(model, plan, inplace=False)
         timings["prune_seconds"] = time.perf_counter() - start
         healing = None
-        if args.heal_steps:
-            healing = _heal_pruned(pruned, tokenizer, args)
+        if args.heal_steps:  # with --distill, the teacher is the dense model, still in memory
+            healing = _heal_pruned(pruned, tokenizer, args, teacher=model if getattr(args, "distill", False) else None)
             timings["heal_seconds"] = healing["record"]["seconds"]
         start = time.perf_counter()
         metrics = _evaluate({"dense": model, "pruned": pruned}, tokenizer, args)
@@ -630,24 +650,29 @@ def _zero_shot_tasks(spec: str | None) -> tuple[str, ...]:
     return tasks
 
 
-def _heal_pruned(pruned, tokenizer, args) -> dict:
-    """`lorp prune --heal-steps N`: the pruned model's perplexity, then N steps of LoRA healing on the calibration text."""
+def _heal_pruned(pruned, tokenizer, args, teacher=None) -> dict:
+    """`lorp prune --heal-steps N [--distill]`: the pruned model's perplexity, then N steps of LoRA healing on the
+    calibration text, by the next-token loss or by distillation from ``teacher`` (the dense model)."""
     from lorp_lightning.evaluation import perplexity, token_windows
 
     windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
     before = _finite(perplexity(pruned, windows, progress=not args.quiet))
+    distill = {} if teacher is None else {"teacher": teacher, "teacher_name": args.model, "lm_weight": args.lm_weight}
     record, losses = _run_healing(pruned, tokenizer, args.quiet, steps=args.heal_steps, text=args.text, window=args.window,
-                                  batch_size=args.batch_size, seed=args.seed)
+                                  batch_size=args.batch_size, seed=args.seed, **distill)
     return {"record": record, "losses": losses, "perplexity_before_healing": before}
 
 
-def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[float]]:
-    """heal(model, ...) with Lightning's progress bar (unless quiet); the healing record and the loss of every step."""
+def _run_healing(model, tokenizer, quiet: bool, teacher_name: str | None = None, **options) -> tuple[dict, list[float]]:
+    """heal(model, ...) with Lightning's progress bar (unless quiet); the healing record and the loss of every step.
+    With a teacher, the record names it ``teacher_name``, as the user gave it."""
+    import copy
     import logging
 
     from lightning.pytorch.callbacks import Callback
 
     from lorp_lightning.heal import heal, healing_records
+    from lorp_lightning.surgery import RECORD_ATTRIBUTE, pruning_record
 
     class LossCurve(Callback):
         def __init__(self) -> None:
@@ -667,14 +692,21 @@ def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[f
         raise UsageError(str(error)) from error
     finally:
         lightning_logger.setLevel(level)
+    if teacher_name is not None:
+        record = copy.deepcopy(pruning_record(model))
+        record["healing"][-1]["distillation"]["teacher"] = teacher_name
+        setattr(model.config, RECORD_ATTRIBUTE, record)
     return healing_records(model)[-1], curve.losses
 
 
 def _healing_line(record: dict, before, after) -> str:
     """One line: what trained, on how much text, for how long; training loss and held-out perplexity before and after."""
     what = f"LoRA rank {record['rank']}" if record["mode"] == "lora" else f"blocks {record['trained_blocks']}, final norm, head"
-    line = (f"healed for {record['num_steps']} steps ({what}; {record['tokens']} calibration tokens of {record['text']}, "
-            f"{record['seconds']:.0f} s): training loss {record['initial_loss']:.3f} -> {record['final_loss']:.3f}")
+    distillation = record.get("distillation")
+    how = "" if distillation is None else f" by distillation from {distillation['teacher']}"
+    loss = "training loss" if distillation is None else "training loss (KL to the teacher)"
+    line = (f"healed for {record['num_steps']} steps{how} ({what}; {record['tokens']} calibration tokens of {record['text']}, "
+            f"{record['seconds']:.0f} s): {loss} {record['initial_loss']:.3f} -> {record['final_loss']:.3f}")
     if before is None:
         return line
     show = lambda x: x if isinstance(x, str) else f"{x:.2f}"
@@ -693,6 +725,8 @@ def cmd_heal(args) -> dict:
     if args.mode == "adjacent" and args.dtype != "float32":
         raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {args.dtype}, "
                          "AdamW's small updates would be lost); or heal with --mode lora")
+    if getattr(args, "lm_weight", None) is not None and getattr(args, "teacher", None) is None:
+        raise UsageError(f"--lm-weight {args.lm_weight} mixes the next-token loss into distillation; it needs --teacher MODEL")
     _calibration_text(args.text, "training")
     targets = None if args.target_modules is None else [t for t in args.target_modules.split(",") if t]
     with _output(args.out, args.overwrite) as out:
@@ -700,6 +734,17 @@ def cmd_heal(args) -> dict:
         if pruning_record(model) is None:
             raise UsageError(f"{args.model} holds a model that was not pruned (no lorp_pruning record in its config); "
                              "heal the output directory of `lorp prune`")
+        distill = {}
+        if getattr(args, "teacher", None) is not None:  # loaded and checked before any evaluation or training
+            from lorp_lightning.distillation import check_teacher
+
+            teacher, teacher_tokenizer = _load(args.teacher, args.dtype, args.quiet, args.device)
+            try:
+                check_teacher(model, teacher, tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer)
+            except ValueError as error:
+                raise UsageError(f"--teacher {args.teacher}: {error}") from error
+            distill = {"teacher": teacher, "teacher_tokenizer": teacher_tokenizer, "teacher_name": args.teacher,
+                       "lm_weight": args.lm_weight}
         windows = before = after = None
         if args.eval_windows:
             windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.eval_window, max_windows=args.eval_windows)
@@ -708,13 +753,14 @@ def cmd_heal(args) -> dict:
         record, losses = _run_healing(
             model, tokenizer, args.quiet, steps=args.steps, mode=args.mode, lr=args.lr, text=args.text, window=args.window,
             batch_size=args.batch_size, seed=args.seed, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
-            **{k: v for k, v in lora_only.items() if v is not None},
+            **{k: v for k, v in lora_only.items() if v is not None}, **distill,
         )
         if windows is not None:
             after = _finite(perplexity(model, windows, progress=not args.quiet))
         model.save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
-        report = {"command": "heal", "model": args.model, "dtype": args.dtype, "device": args.device, "healing": record, "losses": losses,
+        report = {"command": "heal", "model": args.model, "dtype": args.dtype, "device": args.device,
+                  "teacher": getattr(args, "teacher", None), "healing": record, "losses": losses,
                   "evaluation": None if windows is None else {"text": args.eval_text, "split": "heldout",
                                                               "windows": int(windows.shape[0]), "window": args.eval_window,
                                                               "perplexity_before": before, "perplexity_after": after},

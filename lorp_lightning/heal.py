@@ -11,6 +11,11 @@ two ways (``mode``):
   language-model head are trained; everything else is frozen. (A head tied to the input
   embeddings trains them too.)
 
+The training loss is the next-token loss on that text, or, with a ``teacher``, distillation:
+the KL divergence between the teacher's and the student's next-token distributions, as Minitron
+heals pruned models (see ``lorp_lightning.distillation``). The teacher is the dense model, or
+with the callback the student itself with its removed blocks put back and its adapters off.
+
 Either way, the healed model is again a plain Hugging Face model: no adapter modules or peft
 attributes are left, ``save_pretrained`` writes an ordinary checkpoint, and plain
 ``AutoModelForCausalLM.from_pretrained`` reloads it. ``config.lorp_pruning`` keeps its pruning
@@ -18,10 +23,10 @@ record, and each healing adds an entry to its ``"healing"`` list.
 
 Two entry points:
 
-- :class:`LoRPHealCallback`, for a Lightning user: added to the Trainer after
-  :class:`~lorp_lightning.callbacks.LoRPPruneCallback`, it heals the pruned model while
+- ``LoRPHealCallback``, for a Lightning user: added to the Trainer after
+  ``LoRPPruneCallback``, it heals the pruned model while
   ``Trainer.fit`` trains it (the module's ``training_step`` and optimizer; ``LoRPModule`` has both).
-- :func:`heal`, a function that runs that ``fit`` itself: the calibration windows, a Trainer
+- ``heal``, a function that runs that ``fit`` itself: the calibration windows, a Trainer
   with ``max_steps``, AdamW with warm-up and cosine decay.
 """
 
@@ -48,10 +53,11 @@ from typing_extensions import override
 
 from lorp_lightning.architectures import architecture_of, decoder_layers
 from lorp_lightning.callbacks import LoRPPruneCallback, ModelLocation, check_model_location, get_causal_lm
+from lorp_lightning.distillation import Distillation, _check_lm_weight, _check_temperature, check_dense_stack, check_teacher
 from lorp_lightning.locality import is_integer
 from lorp_lightning.module import LoRPModule
 from lorp_lightning.stats import model_inputs
-from lorp_lightning.surgery import RECORD_ATTRIBUTE, pruning_record
+from lorp_lightning.surgery import RECORD_ATTRIBUTE, SavedStack, pruning_record, save_stack
 
 __all__ = [
     "DEFAULT_LR",
@@ -70,7 +76,7 @@ DEFAULT_RANK = 8
 DEFAULT_ALPHA = 16.0
 DEFAULT_DROPOUT = 0.0
 DEFAULT_LR = {"lora": 1e-3, "adjacent": 1e-4}
-"""Learning rate :func:`heal` uses when none is given, per mode (see ``docs/healing.md`` for how they were chosen)."""
+"""Learning rate ``heal`` uses when none is given, per mode (see ``docs/healing.md`` for how they were chosen)."""
 
 HEALING_KEY = "healing"
 """Key of the list of healing entries inside the pruning record (``config.lorp_pruning``)."""
@@ -279,6 +285,7 @@ class _Healing:
     num_trainable_parameters: int
     start_step: int
     tuner: Any = None
+    distillation: dict | None = None
     tokens: int = 0
     losses: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
@@ -362,11 +369,30 @@ def _end(model: nn.Module, healing: _Healing, num_steps: int, completed: bool) -
         "seconds": time.perf_counter() - healing.started,
         "completed": bool(completed),
         "seed": settings.seed,
+        "distillation": copy.deepcopy(healing.distillation),
     }
     record = copy.deepcopy(pruning_record(model))
     record[HEALING_KEY] = list(record.get(HEALING_KEY, [])) + [entry]
     setattr(model.config, RECORD_ATTRIBUTE, record)
     return entry
+
+
+def _checked_teacher(teacher: Any, mode: str) -> nn.Module | str | None:
+    """The ``teacher`` argument, checked for what needs no model."""
+    if teacher is None or isinstance(teacher, nn.Module):
+        return teacher
+    if isinstance(teacher, str):
+        if teacher != "dense":
+            raise ValueError(f"teacher must be a causal LM, 'dense' (the student with its removed blocks put back) or "
+                             f"None, got teacher={teacher!r}; to use a model by name, load it first (load_model)")
+        if mode != "lora":
+            raise ValueError(
+                f"teacher='dense' runs the student with its adapters off as the dense model, which needs mode='lora' "
+                f"(the kept blocks' own weights frozen); mode={mode!r} trains them, so pass the dense model as a "
+                "separate teacher"
+            )
+        return teacher
+    raise TypeError(f"teacher must be a causal LM (nn.Module), 'dense' or None, got {type(teacher).__name__}")
 
 
 # --------------------------------------------------------------------------- the callback
@@ -383,20 +409,20 @@ class LoRPHealCallback(Callback):
         trainer.fit(module, datamodule=data)        # heals on the training batches, then merges
 
     The callback changes which parameters train; the LightningModule does the rest (its
-    ``training_step`` and ``configure_optimizers``; :class:`~lorp_lightning.module.LoRPModule`
-    trains on the calibration windows of :class:`~lorp_lightning.data.TextDataModule` and builds
+    ``training_step`` and ``configure_optimizers``; ``LoRPModule``
+    trains on the calibration windows of ``TextDataModule`` and builds
     AdamW over the parameters that require a gradient). LoRA wants a larger learning rate than
     full fine-tuning: ``LoRPModule(..., lr=1e-3)``. The Trainer's ``max_steps`` (or ``max_time``)
     is the length of the healing.
 
     When healing starts: at the start of ``fit`` if the model is pruned already (by an earlier
-    ``validate`` or ``predict`` with :class:`~lorp_lightning.callbacks.LoRPPruneCallback`, or by
-    :func:`~lorp_lightning.surgery.prune_layers`); or, when a ``LoRPPruneCallback`` earlier in the
+    ``validate`` or ``predict`` with ``LoRPPruneCallback``, or by
+    ``prune_layers``); or, when a ``LoRPPruneCallback`` earlier in the
     Trainer's callbacks prunes in the middle of this ``fit`` (``prune_on="validation_end"``), right
     after it prunes (the optimizers are built again over what trains; until then the whole dense
     model trains). At the end of ``fit`` (or when it stops on an exception) the adapters are
     merged, the model's parameters train as before, and the healing is added to the pruning
-    record: ``config.lorp_pruning["healing"]`` (see :func:`healing_records`).
+    record: ``config.lorp_pruning["healing"]`` (see ``healing_records``).
 
     Checkpoints written during healing hold the adapters unmerged, and resuming a healing from
     them is not supported: save the healed model after ``fit`` (``save_pretrained``).
@@ -413,10 +439,52 @@ class LoRPHealCallback(Callback):
         model: where the Hugging Face causal LM is in the LightningModule: an attribute name
             (default ``"model"``; dotted paths allowed, e.g. ``"net.lm"``) or a callable
             ``pl_module -> causal LM``, as for the other callbacks
-            (:class:`~lorp_lightning.callbacks.LayerStatsCallback`). It must be there at ``setup``
+            (``LayerStatsCallback``). It must be there at ``setup``
             (the adapters go in before the optimizers are built), so not built by ``configure_model``.
+        teacher: None (default: the next-token loss), ``"dense"``, or a causal LM (see
+            *Distillation* below).
+        teacher_tokenizer: the teacher's tokenizer, compared with the module's ``tokenizer``
+            when both are there (optional; the logits sizes are always compared).
+        temperature: the distillation temperature tau > 0 (default 1).
+        lm_weight: the share of the next-token loss in the distillation loss, in [0, 1]
+            (default 0: pure distillation).
 
     Strategies: single device and DDP; any other is refused at the ``setup`` of ``fit``.
+
+    **Distillation** (``teacher=...``): the training loss becomes the KL divergence between the
+    teacher's and the student's next-token distributions, per token, averaged over the real
+    tokens (``distillation_loss``), as Minitron heals pruned
+    models, optionally mixed with the next-token loss by ``lm_weight``. The teacher is one of:
+
+    - ``"dense"``: the student itself with its removed blocks put back and its adapters disabled,
+      which is the dense model without a second copy of it in memory: only the removed blocks are
+      kept (aside, not copied). ``mode="lora"`` only (the kept blocks' own weights stay frozen),
+      and the pruning must be done by the ``LoRPPruneCallback`` of
+      this Trainer, after this callback has seen the dense model (at the ``setup`` of the
+      ``validate``, ``predict`` or ``fit`` that prunes), which is when the stack is saved
+      (``save_stack``). The removed blocks are released when the
+      healing ends.
+    - a causal LM with the student's tokenizer (the dense model, or a larger model of its
+      family), already on the device the Trainer trains on (one elsewhere is refused, not moved).
+      It is checked at ``setup``, before any training step (the same logits size; with
+      ``teacher_tokenizer``, the same vocabulary as the module's ``tokenizer``; no parameter
+      shared with the student), and its weights are never changed.
+
+    The teacher runs under ``torch.no_grad``, in eval mode, in its own dtype (autocast off).
+
+    A callback cannot change the loss a ``training_step`` returns, so the module computes it:
+    ``LoRPModule`` (and ``heal``) does it by itself, as this
+    callback sets its ``distillation`` while healing. In your own LightningModule, return
+    ``distillation_loss`` from ``training_step`` (keep the callback as an attribute)::
+
+        def training_step(self, batch, batch_idx):
+            logits = self.backbone(input_ids=batch["input_ids"]).logits
+            return self.heal_callback.distillation_loss(logits, batch)
+
+    or ask for ``teacher_logits`` and call
+    ``distillation_loss`` yourself. Both work while
+    ``healing`` is True (before a pruning in the middle of ``fit``, train on your own loss). A
+    warning says so when the first healing step did not ask for the teacher.
 
     ``mode="adjacent"`` trains the weights of the blocks next to each removed block, the final
     normalisation and the language-model head (and the input embeddings, when tied to the head);
@@ -433,13 +501,35 @@ class LoRPHealCallback(Callback):
         seed: int = 0,
         verbose: bool = True,
         model: ModelLocation = "model",
+        teacher: nn.Module | str | None = None,
+        teacher_tokenizer: Any = None,
+        temperature: float | None = None,
+        lm_weight: float | None = None,
     ) -> None:
         self.settings = _Settings.checked(mode, rank, alpha, dropout, target_modules, seed)
         self.verbose = verbose
         self.model = check_model_location(model, type(self).__name__)
+        self.teacher = _checked_teacher(teacher, self.settings.mode)
+        if teacher is None:
+            given = {name: value for name, value in (("teacher_tokenizer", teacher_tokenizer), ("temperature", temperature),
+                                                     ("lm_weight", lm_weight)) if value is not None}
+            if given:
+                name, value = next(iter(given.items()))
+                raise ValueError(f"{name} applies only to distillation, got {name}={value!r} without a teacher; pass "
+                                 "teacher='dense' or the dense model, or leave it out")
+        if teacher == "dense" and teacher_tokenizer is not None:
+            raise ValueError("teacher_tokenizer applies to a separate teacher model; teacher='dense' is the student "
+                             "itself, with its own tokenizer: leave teacher_tokenizer out")
+        self.teacher_tokenizer = teacher_tokenizer
+        self.temperature = 1.0 if temperature is None else _check_temperature(temperature)
+        self.lm_weight = 0.0 if lm_weight is None else _check_lm_weight(lm_weight)
         self.records: list[dict] = []
         self._healing: _Healing | None = None
         self._prune_callback: LoRPPruneCallback | None = None
+        self._dense: SavedStack | None = None  # teacher="dense": the stack before the pruning, removed blocks and all
+        self._distillation: Distillation | None = None
+        self._pl_module: pl.LightningModule | None = None
+        self._asked_teacher: bool | None = None
 
     @property
     @override
@@ -451,10 +541,41 @@ class LoRPHealCallback(Callback):
         """True while adapters (or the unfrozen blocks) are training."""
         return self._healing is not None
 
+    # ------------------------------------------------------------------ distillation, for your own training_step
+
+    def teacher_logits(self, batch: Any) -> torch.Tensor:
+        """The teacher's logits for ``batch`` (read by ``model_inputs``),
+        (B, T, V), without gradient. Only while healing with a teacher."""
+        distillation = self._current_distillation("teacher_logits")
+        input_ids, attention_mask = model_inputs(batch, self._student_device())
+        return distillation.teacher_logits(input_ids, attention_mask)
+
+    def distillation_loss(self, student_logits: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The distillation loss of the student's logits for ``batch``, with this callback's
+        teacher, ``temperature`` and ``lm_weight``: return it from your ``training_step``.
+        Only while healing with a teacher (see the class's *Distillation*)."""
+        distillation = self._current_distillation("distillation_loss")
+        input_ids, attention_mask = model_inputs(batch, student_logits.device)
+        return distillation.loss(student_logits, input_ids, attention_mask)
+
+    def _current_distillation(self, name: str) -> Distillation:
+        if self._distillation is None:
+            if self.teacher is None:
+                raise RuntimeError(f"LoRPHealCallback.{name}: this callback has no teacher; pass "
+                                   "LoRPHealCallback(teacher='dense' or the dense model)")
+            raise RuntimeError(f"LoRPHealCallback.{name}: no healing is running (it runs from the setup of fit, or "
+                               "from the pruning in the middle of fit, to the end of fit); check callback.healing first")
+        return self._distillation
+
+    def _student_device(self) -> torch.device:
+        return next(self._causal_lm(self._pl_module).parameters()).device
+
     # ------------------------------------------------------------------ setup
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.teacher == "dense":
+            self._save_dense(trainer, pl_module)
         if stage != "fit":
             return
         model = self._causal_lm(pl_module)
@@ -463,6 +584,7 @@ class LoRPHealCallback(Callback):
                 f"LoRPHealCallback changes which parameters train, and rebuilds the optimizers for that with "
                 f"single-device and DDP strategies only, not {type(trainer.strategy).__name__}"
             )
+        self._check_teacher(trainer, pl_module, model)
         self._prune_callback = self._pending_prune(trainer)
         if self._prune_callback is None:
             self._check_ready(model)
@@ -475,6 +597,38 @@ class LoRPHealCallback(Callback):
 
     def _causal_lm(self, pl_module: pl.LightningModule) -> nn.Module:
         return get_causal_lm(pl_module, self.model, type(self).__name__)
+
+    def _save_dense(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """teacher='dense': save the stack before a LoRPPruneCallback of this Trainer prunes (references, no copy)."""
+        if self._dense is not None:
+            return
+        if not any(isinstance(cb, LoRPPruneCallback) and cb.plan is None for cb in trainer.callbacks):
+            return  # nothing will be pruned here; _check_teacher says what is missing at the setup of fit
+        model = self._causal_lm(pl_module)
+        if pruning_record(model) is not None:
+            raise ValueError(
+                "LoRPHealCallback(teacher='dense') puts back the blocks the LoRPPruneCallback removes, but this model was "
+                "pruned before (it has config.lorp_pruning), so those blocks would give the once-pruned model, not the "
+                "dense one: pass the dense model as teacher=..."
+            )
+        self._dense = save_stack(model)
+
+    def _check_teacher(self, trainer: pl.Trainer, pl_module: pl.LightningModule, model: nn.Module) -> None:
+        """Every check of the teacher, at the setup of fit: before any training step."""
+        if self.teacher is None:
+            return
+        if self.teacher == "dense":
+            if self._dense is None:
+                raise ValueError(
+                    "LoRPHealCallback(teacher='dense') puts the removed blocks back for the teacher, so it must see the "
+                    "model before the pruning: put LoRPPruneCallback(...) before it in this Trainer's callbacks and prune "
+                    "with this Trainer (trainer.validate(...) then trainer.fit(...), or prune_on='validation_end' during "
+                    "fit). For a model pruned otherwise (prune_layers, a saved pruned model), pass the dense model: "
+                    "teacher=dense_model"
+                )
+            return
+        check_teacher(model, self.teacher, device=trainer.strategy.root_device,
+                      tokenizer=getattr(pl_module, "tokenizer", None), teacher_tokenizer=self.teacher_tokenizer)
 
     def _pending_prune(self, trainer: pl.Trainer) -> LoRPPruneCallback | None:
         """The Trainer's LoRPPruneCallback that will prune during this fit, checked to run before this callback."""
@@ -506,13 +660,32 @@ class LoRPHealCallback(Callback):
     def _begin(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         with torch.inference_mode(False):  # adapters made inside an evaluation loop must be ordinary tensors
             model = self._causal_lm(pl_module)
+            if self.teacher == "dense":  # before the adapters go in: a mismatch leaves the model as it was
+                check_dense_stack(model, self._dense)
             self._healing = _begin(model, self.settings, trainer.global_step)
             model.to(pl_module.device)
+        if self.teacher is not None:
+            self._start_distillation(pl_module, model)
         if self.verbose:
             healing = self._healing
             what = (f"LoRA rank {self.settings.rank} on {', '.join(healing.target_modules)}" if self.settings.mode == "lora"
                     else f"blocks {healing.trained_blocks}, the final norm and the head")
-            rank_zero_info(f"LoRPHealCallback: healing {what}: {healing.num_trainable_parameters / 1e6:.2f} M trainable parameters")
+            loss = "" if healing.distillation is None else f", distilled from the teacher {healing.distillation['teacher']}"
+            rank_zero_info(f"LoRPHealCallback: healing {what}: {healing.num_trainable_parameters / 1e6:.2f} M trainable "
+                           f"parameters{loss}")
+
+    def _start_distillation(self, pl_module: pl.LightningModule, model: nn.Module) -> None:
+        """Build the teacher, and hand it to a LoRPModule, whose training_step then distils."""
+        if self.teacher == "dense":
+            distillation = Distillation.dense_student(model, self._dense, self._healing.tuner,
+                                                      temperature=self.temperature, lm_weight=self.lm_weight)
+        else:
+            distillation = Distillation.from_model(self.teacher, temperature=self.temperature, lm_weight=self.lm_weight)
+        distillation.start()
+        self._distillation, self._pl_module, self._asked_teacher = distillation, pl_module, None
+        self._healing.distillation = distillation.record()
+        if isinstance(pl_module, LoRPModule):
+            pl_module.distillation = distillation
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -536,6 +709,14 @@ class LoRPHealCallback(Callback):
                 self._healing.losses.append(float(loss.detach()))
             input_ids, _ = model_inputs(batch, pl_module.device)
             self._healing.tokens += int(input_ids.numel())
+            if self._distillation is not None and self._asked_teacher is None:  # once, after the first healing step
+                self._asked_teacher = self._distillation.calls > 0
+                if not self._asked_teacher:
+                    rank_zero_warn(
+                        f"LoRPHealCallback(teacher=...): the training_step of {type(pl_module).__name__} did not ask for "
+                        "the teacher's logits, so it trains on its own loss, not on distillation. Return "
+                        "heal_callback.distillation_loss(logits, batch) from it (LoRPModule does so by itself)"
+                    )
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -552,11 +733,18 @@ class LoRPHealCallback(Callback):
         healing, self._healing = self._healing, None
         if healing is None:
             return
+        if self._distillation is not None:
+            self._distillation.stop()
+            if isinstance(pl_module, LoRPModule) and pl_module.distillation is self._distillation:
+                pl_module.distillation = None
+        # the merge changes the kept blocks, so the dense teacher is gone: release the removed blocks too
+        self._distillation, self._pl_module, self._dense = None, None, None
         with torch.inference_mode(False):
             entry = _end(self._causal_lm(pl_module), healing, trainer.global_step - healing.start_step, completed)
         self.records.append(entry)
         if self.verbose:
-            losses = (f"; training loss {entry['initial_loss']:.3f} -> {entry['final_loss']:.3f}"
+            kind = "" if entry["distillation"] is None else " (distillation)"
+            losses = (f"; training loss{kind} {entry['initial_loss']:.3f} -> {entry['final_loss']:.3f}"
                       if entry["initial_loss"] is not None else "")
             rank_zero_info(f"LoRPHealCallback: healed for {entry['num_steps']} steps{losses}; merged into the weights")
 
@@ -592,7 +780,7 @@ def learning_rate_factor(progress: float) -> float:
 
 
 class _HealingModule(LoRPModule):
-    """LoRPModule with AdamW under :func:`learning_rate_factor`, over ``steps`` or ``max_seconds``.
+    """LoRPModule with AdamW under ``learning_rate_factor``, over ``steps`` or ``max_seconds``.
 
     The progress of the run is the larger of the share of the steps done and the share of the
     time spent, so a run cut by ``max_seconds`` still warms up and decays over the time it has.
@@ -670,6 +858,10 @@ def heal(
     progress: bool = False,
     inplace: bool = True,
     trainer_options: dict[str, Any] | None = None,
+    teacher: nn.Module | None = None,
+    teacher_tokenizer: Any = None,
+    temperature: float | None = None,
+    lm_weight: float | None = None,
 ) -> nn.Module:
     """Heal a pruned model by a short Lightning training run on calibration text, and return it.
 
@@ -679,11 +871,16 @@ def heal(
         heal(pruned, tokenizer, steps=200)            # LoRA rank 8 on every block, merged
         pruned.save_pretrained("smollm2-healed")       # a plain Hugging Face model
 
+    With the dense model as teacher (distillation, as Minitron heals; see ``LoRPHealCallback``)::
+
+        pruned = prune_layers(model, plan, inplace=False)   # model stays dense
+        heal(pruned, tokenizer, steps=200, teacher=model)   # KL to the dense model's next-token distributions
+
     The training windows are the **calibration** split of ``text`` (see
-    :class:`~lorp_lightning.data.TextDataModule` for the splits), cut into windows of ``window``
+    ``TextDataModule`` for the splits), cut into windows of ``window``
     tokens and shuffled with ``seed``; the held-out split is never read. The run is
-    ``Trainer.fit`` of a :class:`~lorp_lightning.module.LoRPModule` with a
-    :class:`LoRPHealCallback` for ``steps`` optimizer steps, or until ``max_seconds`` have passed,
+    ``Trainer.fit`` of a ``LoRPModule`` with a
+    ``LoRPHealCallback`` for ``steps`` optimizer steps, or until ``max_seconds`` have passed,
     whichever comes first: AdamW (``lr``, ``weight_decay``) with a linear warm-up over the first 5%
     of the run and a cosine decay to 10% of ``lr`` (the run's progress is the larger of the share
     of the steps done and the share of ``max_seconds`` spent), gradients clipped to norm 1. The model trains in its own dtype on its own device (a bfloat16 model
@@ -694,13 +891,13 @@ def heal(
         tokenizer: its tokenizer.
         steps: optimizer steps (>= 1).
         text: a bundled text name, a text file or a list of documents; its calibration split trains.
-        mode: ``"lora"`` (default) or ``"adjacent"`` (see :class:`LoRPHealCallback`).
+        mode: ``"lora"`` (default) or ``"adjacent"`` (see ``LoRPHealCallback``).
         rank: LoRA rank (``"lora"`` only; default 8).
         alpha: LoRA alpha; the update is scaled by alpha / rank (``"lora"`` only; default 16).
         dropout: LoRA dropout (``"lora"`` only; default 0).
         target_modules: names of the linear layers of the blocks that get adapters, e.g.
             ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block).
-        lr: peak learning rate; default :data:`DEFAULT_LR` of the mode (1e-3 for LoRA, 1e-4 for
+        lr: peak learning rate; default ``DEFAULT_LR`` of the mode (1e-3 for LoRA, 1e-4 for
             ``"adjacent"``).
         weight_decay: AdamW weight decay.
         window: tokens per training window.
@@ -714,17 +911,34 @@ def heal(
         inplace: heal ``model`` itself (True) or a deep copy of it, leaving ``model`` as it was.
         trainer_options: extra keyword arguments for the ``Trainer`` (e.g. ``logger``,
             ``precision``); ``callbacks`` listed there are added after the healing callback.
+        teacher: a causal LM to distil from, with the student's tokenizer and on its device
+            (typically the dense model the student was pruned from, kept by
+            ``prune_layers(model, plan, inplace=False)``); None (default): the next-token loss.
+            The training loss is then ``distillation_loss``:
+            KL(teacher || student) of the next-token distributions, per token, averaged over the
+            tokens. The teacher runs under no_grad, in eval mode, in its own dtype, and is left
+            as it was. (``teacher="dense"``, the student with its removed blocks put back, needs
+            the blocks the pruning removed: it is for ``LoRPHealCallback`` with
+            ``LoRPPruneCallback`` in one Trainer.)
+        teacher_tokenizer: the teacher's tokenizer, compared with ``tokenizer`` (optional).
+        temperature: the distillation temperature tau > 0 (default 1).
+        lm_weight: the share of the next-token loss in the distillation loss, in [0, 1]
+            (default 0: pure distillation).
 
     Returns:
         The healed model (``model`` itself when ``inplace``), with a new entry in
         ``config.lorp_pruning["healing"]``: the settings, the steps done, the mean training loss
-        over the first and the last tenth of the steps, the seconds, and the data.
+        over the first and the last tenth of the steps, the seconds, the data, and
+        ``"distillation"``: None, or the teacher (its name or path, dtype and depth) and the
+        loss's settings.
 
     Raises:
         ValueError: a bad argument (named, with its value), a model without a pruning record,
             ``rank`` larger than a target layer allows, ``mode="adjacent"`` on low-precision
-            weights. Everything is checked before anything changes: on an error the model is left
-            as it was.
+            weights, a teacher with another vocabulary or tokenizer, on another device, or that
+            shares weights with the student. Everything is checked before anything changes: on an
+            error the model is left as it was.
+        TypeError: a teacher that is not a causal LM.
     """
     steps = _check_positive_int(steps, "steps", "optimizer steps; steps=0 would train nothing")
     settings = _Settings.checked(mode, rank, alpha, dropout, target_modules, seed)
@@ -738,7 +952,17 @@ def heal(
     for owned in ("max_steps", "max_epochs", "limit_val_batches"):
         if owned in options:
             raise ValueError(f"trainer_options may not set {owned!r}: heal() sets it from its own arguments")
+    if isinstance(teacher, str) and teacher == "dense":
+        raise ValueError(
+            "heal(teacher='dense') would put back the blocks the pruning removed, which a pruned model no longer has: "
+            "pass the dense model (prune_layers(model, plan, inplace=False) keeps it), or heal in a Trainer with "
+            "LoRPPruneCallback and LoRPHealCallback(teacher='dense'), which keeps the removed blocks aside"
+        )
+    callback = LoRPHealCallback(mode, rank, alpha, dropout, target_modules, seed=seed, verbose=False, teacher=teacher,
+                                teacher_tokenizer=teacher_tokenizer, temperature=temperature, lm_weight=lm_weight)
     _check(model, settings)
+    if teacher is not None:
+        check_teacher(model, teacher, tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer)
     from lorp_lightning.data import TextDataModule
 
     data = TextDataModule(text, tokenizer, window=window, num_calibration_windows=num_windows, batch_size=batch_size, seed=seed)
@@ -752,7 +976,6 @@ def heal(
     if not inplace:
         model = copy.deepcopy(model)
     device = next(model.parameters()).device
-    callback = LoRPHealCallback(mode, rank, alpha, dropout, target_modules, seed=seed, verbose=False)
     extra_callbacks = list(options.pop("callbacks", None) or [])
     trainer_arguments = dict(
         accelerator="gpu" if device.type == "cuda" else "cpu",

@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.assets import load_model
+from lorp_lightning.distillation import Distillation, causal_lm_labels
 from lorp_lightning.precision import choose_dtype
 from lorp_lightning.stats import model_inputs, last_token_index, backbone
 from lorp_lightning.surgery import RECORD_ATTRIBUTE, prune_layers, pruning_record
@@ -36,20 +37,23 @@ class LoRPModule(pl.LightningModule):
 
     Args:
         model: a bundled model name or a model path (loaded with
-            :func:`lorp_lightning.assets.load_model`), or a ``PreTrainedModel``.
+            ``lorp_lightning.assets.load_model``), or a ``PreTrainedModel``.
         tokenizer: the model's tokenizer (optional; a name or path brings its own).
         lr: learning rate of the default optimizer (AdamW).
         weight_decay: weight decay of the default optimizer.
         dtype: the weights' dtype when ``model`` is a name or path: ``"auto"`` (bf16 on a CPU
             that runs it natively, float32 elsewhere; see
-            :func:`lorp_lightning.precision.choose_dtype`), a ``torch.dtype`` or its name. A
+            ``lorp_lightning.precision.choose_dtype``), a ``torch.dtype`` or its name. A
             model object keeps its own dtype, and another one is an error.
 
     The steps: ``predict_step`` is the calibration pass (a forward pass through the decoder
     blocks, during which the statistics callbacks listen; it returns the final hidden state of
     each sequence's last token); ``validation_step`` and ``test_step`` log the perplexity of the
     windows as ``val_ppl`` and ``test_ppl``; ``training_step`` is the causal-LM loss (logged as
-    ``train_loss``). Override ``configure_optimizers`` for another optimizer. During ``fit`` the
+    ``train_loss``), or, while ``distillation`` is set (``LoRPHealCallback(teacher=...)`` sets
+    it for the healing), the distillation loss from that teacher
+    (``distillation_loss``, logged as ``train_loss`` too).
+    Override ``configure_optimizers`` for another optimizer. During ``fit`` the
     model is in train mode, and it is left afterwards in the mode it came in.
 
     ``module.model`` is the plain Hugging Face model at all times. A checkpoint of a pruned model
@@ -96,6 +100,7 @@ class LoRPModule(pl.LightningModule):
         self.tokenizer = tokenizer
         self.val_ppl = Perplexity(ignore_index=-100)
         self.test_ppl = Perplexity(ignore_index=-100)
+        self.distillation: Distillation | None = None
 
     # ------------------------------------------------------------------ steps
 
@@ -109,8 +114,12 @@ class LoRPModule(pl.LightningModule):
     @override
     def training_step(self, batch: Tensor | Mapping[str, Tensor], batch_idx: int) -> Tensor:
         input_ids, attention_mask = self._inputs(batch)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        loss = self(input_ids, attention_mask, labels=labels).loss
+        if self.distillation is None:
+            loss = self(input_ids, attention_mask, labels=causal_lm_labels(input_ids, attention_mask)).loss
+        else:  # the teacher's logits first: they need no graph, and a shared teacher borrows the student's blocks
+            teacher_logits = self.distillation.teacher_logits(input_ids, attention_mask)
+            logits = self(input_ids, attention_mask).logits
+            loss = self.distillation.loss(logits, input_ids, attention_mask, teacher_logits=teacher_logits)
         self.log("train_loss", loss, prog_bar=True, batch_size=input_ids.shape[0])
         return loss
 

@@ -1,14 +1,14 @@
 """Depth pruning surgery: remove whole decoder blocks from a Hugging Face causal LM.
 
-:func:`prune_layers` removes blocks, renumbers what carries a block index, fixes the config
+``prune_layers`` removes blocks, renumbers what carries a block index, fixes the config
 (depth, per-block lists, block-index fields; the facts per architecture live in
-:mod:`lorp_lightning.architectures`) and records what it did in ``config.lorp_pruning``, so
+``lorp_lightning.architectures``) and records what it did in ``config.lorp_pruning``, so
 that the pruned model saves with ``save_pretrained`` and loads back with plain
 ``AutoModelForCausalLM.from_pretrained``.
 
-:func:`pruned_config` is the config half of that on its own, with no model: the one rule for
-what a config says after pruning, which :func:`prune_layers` and
-:func:`lorp_lightning.checkpoint.prune_checkpoint` (pruning a checkpoint on disk) both follow.
+``pruned_config`` is the config half of that on its own, with no model: the one rule for
+what a config says after pruning, which ``prune_layers`` and
+``lorp_lightning.checkpoint.prune_checkpoint`` (pruning a checkpoint on disk) both follow.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import copy
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -24,7 +25,17 @@ from torch import nn
 from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers
 from lorp_lightning.locality import is_integer
 
-__all__ = ["RECORD_ATTRIBUTE", "prune_layers", "pruned_config", "pruning_record", "temporarily_pruned"]
+__all__ = [
+    "RECORD_ATTRIBUTE",
+    "SavedStack",
+    "prune_layers",
+    "pruned_config",
+    "pruning_record",
+    "removed_blocks",
+    "save_stack",
+    "temporarily_pruned",
+    "temporarily_restored",
+]
 
 RECORD_ATTRIBUTE = "lorp_pruning"
 """Name of the config attribute that records the pruning (a JSON-able dict, saved in config.json)."""
@@ -35,7 +46,7 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
 
     Args:
         model: a Hugging Face causal LM whose ``model_type`` is in
-            :data:`~lorp_lightning.architectures.ARCHITECTURES`.
+            ``ARCHITECTURES``.
         plan_or_blocks: the indices of the blocks to remove (a list or tuple of ints, in the
             model's current numbering), or a ``PruningPlan`` computed on this model (its
             ``pruned`` blocks are removed; its method, RLS and K are recorded).
@@ -81,9 +92,9 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
 def pruned_config(config: Any, plan_or_blocks: Any) -> Any:
     """A copy of ``config`` that describes the model with the blocks of ``plan_or_blocks`` removed.
 
-    No model is needed: this is the config half of :func:`prune_layers`, by the same rule (the
+    No model is needed: this is the config half of ``prune_layers``, by the same rule (the
     depth, the per-block lists and the block-index fields named in
-    :data:`~lorp_lightning.architectures.ARCHITECTURES`, and the ``lorp_pruning`` record,
+    ``ARCHITECTURES``, and the ``lorp_pruning`` record,
     composed with an earlier one), and checked the same way: the copy passes what
     ``save_pretrained`` validates and survives a JSON round trip. ``config`` is left as it was.
 
@@ -93,11 +104,11 @@ def pruned_config(config: Any, plan_or_blocks: Any) -> Any:
     Args:
         config: the config of a Hugging Face causal LM (the top-level config of a multimodal
             model) whose ``model_type`` is in the table.
-        plan_or_blocks: as for :func:`prune_layers`: block indices in the current numbering,
+        plan_or_blocks: as for ``prune_layers``: block indices in the current numbering,
             or a ``PruningPlan`` computed for a model of the depth this config gives.
 
     Raises:
-        ValueError, TypeError, NotImplementedError: as :func:`prune_layers`, for bad blocks, a
+        ValueError, TypeError, NotImplementedError: as ``prune_layers``, for bad blocks, a
             plan for another depth, settings that tie a block to its index, and an architecture
             missing from the table or whose entry does not make the pruned config valid.
     """
@@ -108,7 +119,7 @@ def pruned_config(config: Any, plan_or_blocks: Any) -> Any:
 @contextmanager
 def temporarily_pruned(model: nn.Module, blocks: Any) -> Iterator[nn.Module]:
     """Inside the ``with`` block, ``model`` is pruned of ``blocks`` (in place, by
-    :func:`prune_layers`); on leaving it, the model is exactly as it was.
+    ``prune_layers``); on leaving it, the model is exactly as it was.
 
     This is how a candidate plan is tried on the real model without copying its weights: the
     removed blocks are kept aside, and on exit the block list, every ``layer_idx``, the config
@@ -117,36 +128,128 @@ def temporarily_pruned(model: nn.Module, blocks: Any) -> Iterator[nn.Module]:
         with temporarily_pruned(model, [4, 5]) as pruned:
             loss = pruned(input_ids, labels=input_ids).loss
     """
-    architecture = architecture_of(model)
-    layers = decoder_layers(model)
-    original_blocks = list(layers)
-    layer_indices = [(module, module.layer_idx) for block in original_blocks for module in block.modules()
-                     if is_integer(getattr(module, "layer_idx", None))]
-    configs = _decoder_configs(model, architecture)
-    fields = architecture.depth_fields + architecture.per_layer_fields + architecture.block_index_fields + architecture.block_count_fields
-    saved_fields = [(config, {name: copy.copy(vars(config)[name]) for name in fields if name in vars(config)}) for config in configs]
-    missing = object()
-    saved_record = getattr(model.config, RECORD_ATTRIBUTE, missing)
-    saved_device_map = getattr(model, "hf_device_map", missing)
-    saved_device_map = saved_device_map if saved_device_map is missing else copy.copy(saved_device_map)
+    saved = save_stack(model)
     prune_layers(model, list(blocks), inplace=True)  # validates first: on an error nothing changed
     try:
         yield model
     finally:
-        while len(layers):
-            del layers[len(layers) - 1]
-        layers.extend(original_blocks)
-        for module, index in layer_indices:
-            module.layer_idx = index
-        for config, values in saved_fields:
-            for name, value in values.items():
-                setattr(config, name, value)
-        if saved_record is missing:
+        _put_back(model, saved)
+
+
+@dataclass(frozen=True, eq=False)
+class SavedStack:
+    """A model's decoder stack as ``save_stack`` found it: references to its blocks (not
+    copies), each block's ``layer_idx``, the config fields pruning edits, the pruning record and
+    the device map. Holding one keeps the blocks alive after pruning removes them from the
+    model; nothing else is held."""
+
+    blocks: tuple[nn.Module, ...]
+    layer_indices: tuple[tuple[nn.Module, int], ...]
+    fields: tuple[tuple[Any, dict], ...]
+    record: Any
+    device_map: Any
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+
+_MISSING = object()
+
+
+def save_stack(model: nn.Module) -> SavedStack:
+    """The decoder stack of ``model`` as it is now, to put back later with ``temporarily_restored``.
+
+    No weights are copied: the saved stack refers to the model's own blocks. Saved before
+    ``prune_layers`` removes blocks in place, it keeps the removed blocks aside (alive, where
+    they were), which is how a pruned model can run as the dense one again without a second
+    copy of it in memory:
+
+        saved = save_stack(model)
+        prune_layers(model, [4, 5])
+        with temporarily_restored(model, saved):
+            dense_logits = model(input_ids).logits   # the 2 blocks are back, for this call only
+    """
+    architecture = architecture_of(model)
+    blocks = tuple(decoder_layers(model))
+    layer_indices = tuple((module, module.layer_idx) for block in blocks for module in block.modules()
+                          if is_integer(getattr(module, "layer_idx", None)))
+    fields = _edited_fields(architecture)
+    saved_fields = tuple((config, {name: copy.copy(vars(config)[name]) for name in fields if name in vars(config)})
+                         for config in _decoder_configs(model, architecture))
+    record = getattr(model.config, RECORD_ATTRIBUTE, _MISSING)
+    device_map = getattr(model, "hf_device_map", _MISSING)
+    return SavedStack(blocks, layer_indices, saved_fields, record if record is _MISSING else copy.deepcopy(record),
+                      device_map if device_map is _MISSING else copy.copy(device_map))
+
+
+@contextmanager
+def temporarily_restored(model: nn.Module, saved: SavedStack) -> Iterator[nn.Module]:
+    """Inside the ``with`` block, ``model`` has the decoder stack of ``saved`` (the blocks pruned
+    since ``save_stack`` put back, the config and record as they were); on leaving it, the
+    model is exactly as it was. The reverse of ``temporarily_pruned``.
+
+    The kept blocks are the model's own, with whatever happened to them since (adapters
+    injected into them, for one): only the list of blocks and what pruning edits change.
+
+    Raises:
+        ValueError: ``model`` is not ``saved``'s model with blocks removed (a block of the model
+            is not among the saved ones, or the order differs); the model is left as it was.
+    """
+    removed_blocks(model, saved)  # checks
+    current = save_stack(model)
+    _put_back(model, saved)
+    try:
+        yield model
+    finally:
+        _put_back(model, current)
+
+
+def removed_blocks(model: nn.Module, saved: SavedStack) -> list[nn.Module]:
+    """The blocks of ``saved`` that ``model`` no longer has, in their original order.
+
+    Raises:
+        TypeError: ``saved`` is not a ``SavedStack``.
+        ValueError: ``model`` is not ``saved``'s model with blocks removed (a block of the model
+            is not among the saved ones, or the order differs).
+    """
+    if not isinstance(saved, SavedStack):
+        raise TypeError(f"saved must be a SavedStack from save_stack(model), got {type(saved).__name__}")
+    current = list(decoder_layers(model))
+    position = {id(block): i for i, block in enumerate(saved.blocks)}
+    where = [position.get(id(block)) for block in current]
+    if None in where or where != sorted(where):
+        raise ValueError(
+            f"the model's {len(current)} blocks are not the saved stack's {saved.num_layers} blocks with some removed "
+            "(a block was replaced, or the order changed, since save_stack); save the stack of this model"
+        )
+    kept = set(where)
+    return [block for i, block in enumerate(saved.blocks) if i not in kept]
+
+
+def _edited_fields(architecture: Architecture) -> tuple[str, ...]:
+    """The config fields pruning edits."""
+    return architecture.depth_fields + architecture.per_layer_fields + architecture.block_index_fields + architecture.block_count_fields
+
+
+def _put_back(model: nn.Module, saved: SavedStack) -> None:
+    """Make ``model``'s block list, ``layer_idx`` values, edited config fields, record and device map those of ``saved``."""
+    layers = decoder_layers(model)
+    while len(layers):
+        del layers[len(layers) - 1]
+    layers.extend(saved.blocks)
+    for module, index in saved.layer_indices:
+        module.layer_idx = index
+    for config, values in saved.fields:
+        for name, value in values.items():
+            setattr(config, name, copy.copy(value))
+    if saved.record is _MISSING:
+        if RECORD_ATTRIBUTE in vars(model.config):
             delattr(model.config, RECORD_ATTRIBUTE)
-        else:
-            setattr(model.config, RECORD_ATTRIBUTE, saved_record)
-        if saved_device_map is not missing:
-            model.hf_device_map = saved_device_map
+    else:
+        setattr(model.config, RECORD_ATTRIBUTE, copy.deepcopy(saved.record))
+    if saved.device_map is not _MISSING:
+        model.hf_device_map = copy.copy(saved.device_map)
 
 
 def pruning_record(model_or_config: Any) -> dict | None:
@@ -344,8 +447,7 @@ def _checked_pruned_config(config: Any, architecture: Architecture, kept: list[i
             f"config ({type(error).__name__}: {error}); {where} probably misses a per-block or block-index field"
         ) from error
     reloaded_text = reloaded.get_text_config(decoder=True)
-    fields = architecture.depth_fields + architecture.per_layer_fields + architecture.block_index_fields + architecture.block_count_fields
-    for name in fields:
+    for name in _edited_fields(architecture):
         if getattr(reloaded_text, name, None) != getattr(text_config, name, None):
             raise NotImplementedError(
                 f"after pruning, config.{name}={getattr(text_config, name, None)!r} does not survive saving and "

@@ -106,11 +106,9 @@ def test_a_bad_lorp_dtype_variable_is_one_clear_line(tmp_path, capsys, monkeypat
 
 
 def test_auto_heals_the_adjacent_blocks_in_float32(capsys):
-    from argparse import Namespace
+    from lorp_lightning.cli import _resolve_dtype, build_parser
 
-    from lorp_lightning.cli import _resolve_dtype
-
-    args = Namespace(dtype="auto", mode="adjacent")
+    args = build_parser().parse_args(["heal", "pruned/any", "--mode", "adjacent"])
     _resolve_dtype(args)
     assert args.dtype == "float32"
     assert capsys.readouterr().out == "dtype: float32 (auto: --mode adjacent trains the block weights, which needs float32)\n"

@@ -1,22 +1,27 @@
 """Healing: LoRA adapters (merged) or the blocks next to the removed ones, trained on calibration text.
 
 On SmolLM2-135M with blocks 4-6 removed (a damage healing visibly repairs in a few steps), a
-few steps of 64-token windows; the behaviours that need no real model use a tiny random Llama
-with the SmolLM2 tokenizer.
+few steps of 64-token windows, with the next-token loss and with distillation from the dense
+model; the behaviours that need no real model use a tiny random Llama with the SmolLM2
+tokenizer.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.callbacks import LoRPPruneCallback
+from lorp_lightning.cli import main
 from lorp_lightning.data import TextDataModule
+from lorp_lightning.distillation import causal_lm_labels, check_teacher, distillation_loss
 from lorp_lightning.heal import LoRPHealCallback, blocks_next_to_removed, heal, healing_records, learning_rate_factor
 from lorp_lightning.module import LoRPModule
 from lorp_lightning.surgery import prune_layers, pruning_record
@@ -408,3 +413,354 @@ def test_fit_with_the_heal_callback_on_a_model_never_pruned_is_refused(smollm2, 
     with pytest.raises(ValueError, match=r"the model has no pruning record and no LoRPPruneCallback"):
         trainer.fit(module, datamodule=data)
     assert not any(type(m).__module__.startswith("peft") for m in module.model.modules())
+
+
+# --------------------------------------------------------------------------- distillation: the loss
+
+
+def test_the_distillation_loss_is_the_kl_from_the_teacher_averaged_over_the_real_tokens():
+    teacher = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]]]))
+    student = torch.log(torch.tensor([[[0.25, 0.5, 0.25], [0.1, 0.8, 0.1], [0.6, 0.2, 0.2]]]))
+    # KL(teacher || student) at position 0: 0.5 ln 2 + 0.25 ln 0.5 = 0.25 ln 2; at position 1: 0
+    first = 0.25 * math.log(2)
+    mask = torch.tensor([[1, 1, 0]])  # position 2 is padding
+    assert float(distillation_loss(student, teacher, mask=mask)) == pytest.approx(first / 2, rel=1e-6)
+    assert float(distillation_loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-7)
+    third = sum(t * math.log(t / s) for t, s in zip([1 / 3] * 3, [0.6, 0.2, 0.2]))
+    assert float(distillation_loss(student, teacher)) == pytest.approx((first + third) / 3, rel=1e-6)
+    bf16 = distillation_loss(student.to(torch.bfloat16), teacher.to(torch.bfloat16), mask=mask)
+    assert bf16.dtype == torch.float32  # computed in float32 whatever the logits' dtype
+
+
+def test_the_lm_part_of_the_distillation_loss_is_the_next_token_loss_hugging_face_computes(smollm2):
+    _, tokenizer = smollm2
+    student, teacher = tiny_llama(len(tokenizer), seed=1), tiny_llama(len(tokenizer), seed=2)
+    ids = torch.randint(0, len(tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(ids)
+    attention_mask[1, 9:] = 0
+    labels = causal_lm_labels(ids, attention_mask)
+    with torch.no_grad():
+        out = student(input_ids=ids, attention_mask=attention_mask, labels=labels)
+        teacher_logits = teacher(input_ids=ids, attention_mask=attention_mask).logits
+    lm = distillation_loss(out.logits, teacher_logits, labels, lm_weight=1.0)
+    torch.testing.assert_close(lm, out.loss, atol=1e-6, rtol=1e-6)  # what LoRPModule trains on without a teacher
+    kl = distillation_loss(out.logits, teacher_logits, mask=attention_mask)
+    mixed = distillation_loss(out.logits, teacher_logits, labels, lm_weight=0.25, mask=attention_mask)
+    torch.testing.assert_close(mixed, 0.75 * kl + 0.25 * out.loss, atol=1e-6, rtol=1e-6)
+    hot = distillation_loss(out.logits, teacher_logits, temperature=2.0, mask=attention_mask)
+    soft = distillation_loss(out.logits / 2, teacher_logits / 2, mask=attention_mask)
+    torch.testing.assert_close(hot, 4 * soft)  # tau^2 KL of the softened distributions
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"teacher_logits": torch.zeros(1, 3, 5)}, r"of one shape, got \(1, 3, 4\) and \(1, 3, 5\)"),
+        ({"lm_weight": 1.5}, r"lm_weight must be a number in \[0, 1\]"),
+        ({"temperature": 0}, r"temperature must be a number > 0 .*got temperature=0"),
+        ({"lm_weight": 0.5}, r"lm_weight=0.5 mixes in the next-token loss, which needs labels"),
+        ({"mask": torch.ones(3)}, r"mask must be \(batch, tokens\) = \(1, 3\), got \(3,\)"),
+    ],
+)
+def test_the_distillation_loss_refuses_bad_arguments(kwargs, message):
+    arguments = dict(student_logits=torch.zeros(1, 3, 4), teacher_logits=torch.zeros(1, 3, 4))
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        distillation_loss(**arguments)
+
+
+# --------------------------------------------------------------------------- distillation: SmolLM2 from its dense model
+
+
+def fingerprint(model) -> dict:
+    """A copy of every weight, the train/eval mode and what requires a gradient."""
+    return {
+        "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "training": model.training,
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+    }
+
+
+def mean_kl(student, teacher, windows: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(distillation_loss(student(input_ids=windows, use_cache=False).logits,
+                                       teacher(input_ids=windows, use_cache=False).logits))
+
+
+@pytest.fixture(scope="module")
+def distilled(smollm2):
+    """SmolLM2 without blocks 4-6, before healing (a copy) and after 4 LoRA steps distilled from the dense SmolLM2."""
+    model, tokenizer = smollm2
+    teacher_before = fingerprint(model)
+    pruned = prune_layers(model, REMOVED, inplace=False)
+    before = copy.deepcopy(pruned)
+    training = TextDataModule("wiki", tokenizer, window=WINDOW, num_calibration_windows=8, seed=SEED).windows("calibration")
+    probe = Probe(training[:2])
+    result = heal(pruned, tokenizer, steps=STEPS, text="wiki", window=WINDOW, batch_size=BATCH, num_windows=8, seed=SEED,
+                  teacher=model, teacher_tokenizer=tokenizer, trainer_options={"callbacks": [probe]})
+    return {"before": before, "model": result, "teacher": model, "teacher_before": teacher_before, "probe": probe,
+            "training": training, "tokenizer": tokenizer}
+
+
+def test_distillation_lowers_the_kl_to_the_dense_model(distilled):
+    teacher, training = distilled["teacher"], distilled["training"][:4]
+    before = mean_kl(distilled["before"], teacher, training)
+    after = mean_kl(distilled["model"], teacher, training)
+    assert after < before - 0.08, (before, after)  # 0.584 -> 0.468 when measured
+
+
+def test_the_merged_distilled_model_gives_the_logits_of_the_model_with_adapters(distilled):
+    probe = distilled["probe"]
+    assert probe.adapter_modules > 0
+    with torch.no_grad():
+        merged = distilled["model"](input_ids=probe.ids, use_cache=False).logits
+    torch.testing.assert_close(merged, probe.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_the_teacher_is_left_as_it_was(distilled):
+    before, after = distilled["teacher_before"], fingerprint(distilled["teacher"])
+    assert (after["training"], after["requires_grad"]) == (before["training"], before["requires_grad"])
+    assert after["weights"].keys() == before["weights"].keys()
+    assert all(torch.equal(after["weights"][k], before["weights"][k]) for k in before["weights"])
+
+
+def test_the_healing_record_says_distillation_and_the_distilled_model_saves_and_reloads(distilled, tmp_path):
+    model = distilled["model"]
+    [entry] = healing_records(model)
+    assert entry["distillation"] == {"teacher": distilled["teacher"].config._name_or_path, "shared_weights": False,
+                                     "teacher_dtype": "float32", "teacher_num_layers": 30, "loss": "kl(teacher||student)",
+                                     "temperature": 1.0, "lm_weight": 0.0}
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert type(reloaded) is LlamaForCausalLM and reloaded.config.lorp_pruning == pruning_record(model)
+    ids = distilled["probe"].ids
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+# --------------------------------------------------------------------------- distillation: the callback
+
+
+class TeacherProbe(Callback):
+    """At the first healing step: the callback's teacher logits, and the student's logits before and after asking."""
+
+    def __init__(self, heal_callback: LoRPHealCallback) -> None:
+        self.heal_callback = heal_callback
+        self.teacher = self.student_before = self.student_after = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.teacher is None:
+            ids = batch["input_ids"][:1]
+            with torch.no_grad():
+                self.student_before = pl_module.model(input_ids=ids, use_cache=False).logits.clone()
+                self.teacher = self.heal_callback.teacher_logits(ids).clone()
+                self.student_after = pl_module.model(input_ids=ids, use_cache=False).logits.clone()
+            self.ids = ids.clone()
+            self.blocks = len(decoder_layers(pl_module.model))
+
+
+def test_the_dense_teacher_of_the_callback_is_the_unpruned_model_without_a_copy_of_it(smollm2, tmp_path):
+    _, tokenizer = smollm2
+    dense = tiny_llama(len(tokenizer))
+    module = LoRPModule(copy.deepcopy(dense), tokenizer, lr=1e-2)
+    data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=8, num_eval_windows=2, batch_size=BATCH)
+    heal_callback = LoRPHealCallback(rank=4, verbose=False, teacher="dense")
+    probe = TeacherProbe(heal_callback)
+    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0,
+                            callbacks=[LoRPPruneCallback(2, method="lorp", verbose=False), heal_callback, probe])
+    trainer.validate(module, datamodule=data, verbose=False)
+    kept_aside = heal_callback._dense
+    assert kept_aside.num_layers == 10 and len(decoder_layers(module.model)) == 8
+    kept = {id(p) for p in module.model.parameters()}
+    removed = [b for b in kept_aside.blocks if not all(id(p) in kept for p in b.parameters())]
+    assert len(removed) == 2  # what the teacher costs: the 2 removed blocks, the rest is the student's own weights
+    trainer.fit(module, datamodule=data)
+    with torch.no_grad():
+        expected = dense(input_ids=probe.ids, use_cache=False).logits
+    torch.testing.assert_close(probe.teacher, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probe.student_after, probe.student_before, atol=0, rtol=0)  # the student as it was
+    assert probe.blocks == 8 and len(decoder_layers(module.model)) == 8
+    [entry] = heal_callback.records
+    assert entry["distillation"]["teacher"] == "dense" and entry["distillation"]["shared_weights"]
+    assert heal_callback._dense is None and module.distillation is None  # the removed blocks are released
+    assert not any(type(m).__module__.startswith("peft") for m in module.model.modules())
+
+
+class OwnModule(LightningModule):
+    """A user's own module: the causal LM at .backbone; asks the heal callback for the loss, or not."""
+
+    def __init__(self, backbone, heal_callback, ask: bool) -> None:
+        super().__init__()
+        self.backbone, self.heal_callback, self.ask, self.losses = backbone, heal_callback, ask, []
+
+    def training_step(self, batch, batch_idx):
+        logits = self.backbone(input_ids=batch, use_cache=False).logits
+        if self.ask:
+            loss = self.heal_callback.distillation_loss(logits, batch)
+        else:
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
+        self.losses.append(float(loss))
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=1e-2)
+
+
+@pytest.mark.parametrize("ask", [True, False])
+def test_a_module_of_ones_own_distils_with_the_callbacks_loss_and_is_warned_when_it_does_not(smollm2, tmp_path, ask):
+    _, tokenizer = smollm2
+    teacher = tiny_llama(len(tokenizer))
+    heal_callback = LoRPHealCallback(rank=4, verbose=False, model="backbone", teacher=teacher, lm_weight=0.5)
+    module = OwnModule(prune_layers(copy.deepcopy(teacher), [2, 3]), heal_callback, ask)
+    windows = TextDataModule("tinystories", tokenizer, window=WINDOW, num_calibration_windows=4).windows("calibration")
+    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[heal_callback])
+    loader = torch.utils.data.DataLoader(windows, batch_size=BATCH)
+    if ask:
+        trainer.fit(module, train_dataloaders=loader)
+        [entry] = heal_callback.records
+        assert entry["distillation"]["lm_weight"] == 0.5 and entry["initial_loss"] == pytest.approx(module.losses[0])
+    else:
+        with pytest.warns(UserWarning, match=r"the training_step of OwnModule did not ask for the teacher's logits"):
+            trainer.fit(module, train_dataloaders=loader)
+
+
+def test_the_dense_teacher_needs_the_prune_callback_to_see_the_model_before_the_pruning(smollm2, tmp_path):
+    _, tokenizer = smollm2
+    module = LoRPModule(prune_layers(tiny_llama(len(tokenizer)), [2]), tokenizer)
+    before = snapshot(module.model)
+    data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=2, num_eval_windows=2, batch_size=BATCH)
+    trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[LoRPHealCallback(teacher="dense")])
+    with pytest.raises(ValueError, match=r"teacher='dense'\) puts the removed blocks back .* pass the dense model"):
+        trainer.fit(module, datamodule=data)
+    assert_unchanged(module.model, before)
+
+
+# --------------------------------------------------------------------------- distillation: bad teachers
+
+
+def other_tokenizer(tokenizer):
+    changed = copy.deepcopy(tokenizer)
+    changed.add_tokens(["<lorp-extra>"])
+    return changed
+
+
+@pytest.mark.parametrize(
+    "make_teacher, kwargs, error, message",
+    [
+        (lambda student, tok: tiny_llama(len(tok) + 8), {}, ValueError,
+         r"the teacher's logits have 49160 entries \(its vocabulary\), the student's 49152"),
+        (lambda student, tok: tiny_llama(len(tok)), {"teacher_tokenizer": "other"}, ValueError,
+         r"the teacher's tokenizer is not the student's \(49153 and 49152 tokens; the teacher's maps '<lorp-extra>' to 49152"),
+        (lambda student, tok: student, {}, ValueError, r"teacher is the student itself"),
+        (lambda student, tok: copy.copy(student), {}, ValueError, r"the teacher shares \d+ parameters with the student"),
+        (lambda student, tok: tiny_llama_on_meta(len(tok)), {}, ValueError, r"the teacher has weights on the meta device"),
+        (lambda student, tok: "dense", {}, ValueError, r"heal\(teacher='dense'\) would put back the blocks"),
+        (lambda student, tok: "smollm2-135m", {}, ValueError, r"teacher must be a causal LM, 'dense' .* load it first"),
+        (lambda student, tok: 42, {}, TypeError, r"teacher must be a causal LM \(nn.Module\), 'dense' or None, got int"),
+        (lambda student, tok: tiny_llama(len(tok)), {"lm_weight": 2}, ValueError, r"lm_weight must be a number in \[0, 1\]"),
+        (lambda student, tok: None, {"temperature": 2.0}, ValueError,
+         r"temperature applies only to distillation, got temperature=2.0 without a teacher"),
+    ],
+)
+def test_bad_teachers_are_refused_before_training_and_leave_the_model_as_it_was(smollm2, make_teacher, kwargs, error, message):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2])
+    before = snapshot(model)
+    if kwargs.get("teacher_tokenizer") == "other":
+        kwargs = {**kwargs, "teacher_tokenizer": other_tokenizer(tokenizer)}
+    with pytest.raises(error, match=message):
+        heal(model, tokenizer, steps=1, text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=2,
+             teacher=make_teacher(model, tokenizer), **kwargs)
+    assert_unchanged(model, before)
+
+
+def tiny_llama_on_meta(vocab_size: int) -> LlamaForCausalLM:
+    with torch.device("meta"):
+        return tiny_llama(vocab_size)
+
+
+def test_a_teacher_on_another_device_is_refused_with_the_call_that_moves_it(smollm2):
+    _, tokenizer = smollm2
+    student, teacher = prune_layers(tiny_llama(len(tokenizer)), [2]), tiny_llama(len(tokenizer))
+    with pytest.raises(ValueError, match=r"the teacher is on cpu, the student on cuda:0: the teacher is not moved for you "
+                                         r".* teacher.to\('cuda:0'\)"):
+        check_teacher(student, teacher, device="cuda:0")
+    assert {p.device.type for p in teacher.parameters()} == {"cpu"}
+    check_teacher(student, teacher)  # on the student's device: accepted
+
+
+def test_the_dense_teacher_needs_lora(smollm2):
+    with pytest.raises(ValueError, match=r"teacher='dense' runs the student with its adapters off .* needs mode='lora'"):
+        LoRPHealCallback(mode="adjacent", teacher="dense")
+
+
+# --------------------------------------------------------------------------- distillation on the command line
+
+HEAL_SMALL = ["--steps", "2", "--window", "64", "--batch-size", "2", "--eval-windows", "1", "--eval-window", "64", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(smollm2, tmp_path_factory):
+    """SmolLM2 without blocks 4-6, saved in bfloat16 as `lorp prune` saves it."""
+    model, tokenizer = smollm2
+    directory = tmp_path_factory.mktemp("pruned") / "smollm2-pruned"
+    prune_layers(model, REMOVED, inplace=False).to(torch.bfloat16).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_lorp_heal_with_a_teacher_distils_and_says_so_in_the_report_and_the_config(pruned_dir, tmp_path, capsys):
+    out = tmp_path / "healed"
+    assert main(["heal", str(pruned_dir), "--teacher", "smollm2-135m", "--lm-weight", "0.25", *HEAL_SMALL,
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    record = report["healing"]
+    assert report["teacher"] == "smollm2-135m" and record["num_steps"] == 2
+    assert record["distillation"] == {"teacher": "smollm2-135m", "shared_weights": False, "teacher_dtype": report["dtype"],
+                                      "teacher_num_layers": 30, "loss": "kl(teacher||student)", "temperature": 1.0,
+                                      "lm_weight": 0.25}
+    assert report["evaluation"]["perplexity_after"] < report["evaluation"]["perplexity_before"]
+    assert json.loads((out / "config.json").read_text())["lorp_pruning"]["healing"] == [record]
+    assert "healed for 2 steps by distillation from smollm2-135m (LoRA rank 8" in capsys.readouterr().out
+
+
+def test_lorp_prune_with_distill_heals_from_the_dense_model_it_pruned(tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code = main(["prune", "--amount", "3", "--method", "last", "--heal-steps", "1", "--distill", "--out", str(out),
+                 "--windows", "2", "--window", "64", "--batch-size", "2", "--quiet", "--eval-windows", "1",
+                 "--speed-repeats", "1", "--prompt-tokens", "16", "--new-tokens", "2"])
+    assert code == 0
+    healing = json.loads((out / "report.json").read_text())["healing"]
+    assert healing["record"]["distillation"]["teacher"] == "smollm2-135m" and len(healing["losses"]) == 1
+    assert healing["record"]["distillation"]["teacher_num_layers"] == 30
+    assert json.loads((out / "config.json").read_text())["lorp_pruning"]["healing"] == [healing["record"]]
+    assert "healed for 1 steps by distillation from smollm2-135m" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def other_vocabulary_dir(smollm2, tmp_path_factory):
+    _, tokenizer = smollm2
+    directory = tmp_path_factory.mktemp("teacher") / "other-vocabulary"
+    tiny_llama(len(tokenizer) + 8).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["heal", "PRUNED", "--teacher", "OTHER"], "--teacher OTHER: the teacher's logits have 49160 entries"),
+        (["heal", "PRUNED", "--lm-weight", "0.5"], "--lm-weight 0.5 mixes the next-token loss into distillation; it needs --teacher"),
+        (["prune", "--distill"], "--distill heals by distillation from the dense model, which needs --heal-steps N"),
+        (["prune", "--heal-steps", "1", "--lm-weight", "0.5"], "--lm-weight 0.5 mixes the next-token loss into distillation; it needs --distill"),
+    ],
+)
+def test_bad_distillation_arguments_end_with_one_clear_line_and_write_nothing(pruned_dir, other_vocabulary_dir, tmp_path,
+                                                                               capsys, command, message):
+    out = tmp_path / "out"
+    names = {"PRUNED": str(pruned_dir), "OTHER": str(other_vocabulary_dir)}
+    argv = [names.get(a, a) for a in command] + ["--quiet", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.replace("OTHER", str(other_vocabulary_dir)) in err[0], err
+    assert list(tmp_path.iterdir()) == []

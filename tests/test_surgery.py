@@ -18,7 +18,14 @@ from transformers import AutoModelForCausalLM
 
 from lorp_lightning import architectures
 from lorp_lightning.architectures import Architecture, decoder_layers
-from lorp_lightning.surgery import prune_layers, pruning_record, temporarily_pruned
+from lorp_lightning.surgery import (
+    prune_layers,
+    pruning_record,
+    removed_blocks,
+    save_stack,
+    temporarily_pruned,
+    temporarily_restored,
+)
 
 N = 6  # blocks of every test model
 PRUNED = [1, 2]  # first prune
@@ -262,6 +269,31 @@ def test_temporarily_pruned_restores_the_model_after_an_error_inside_and_keeps_a
             raise RuntimeError("inside")
     assert_same_snapshot(before, snapshot(model, "gemma3_text"))
     assert pruning_record(model)["pruned_layers"] == [5]
+
+
+@every_family
+def test_a_saved_stack_puts_the_removed_blocks_back_inside_and_leaves_the_pruned_model_after(family):
+    model = build(family)
+    dense_logits = logits(model)
+    saved = save_stack(model)
+    prune_layers(model, PRUNED)
+    pruned = snapshot(model, family)
+    assert len(removed_blocks(model, saved)) == len(PRUNED)
+    with temporarily_restored(model, saved) as inside:
+        assert inside is model and len(blocks_of(model, family)) == N and pruning_record(model) is None
+        torch.testing.assert_close(logits(model), dense_logits, rtol=0, atol=0)
+    assert_same_snapshot(pruned, snapshot(model, family))
+    assert pruning_record(model)["pruned_layers"] == PRUNED
+
+
+def test_a_saved_stack_is_refused_for_a_model_whose_blocks_are_not_among_its_own():
+    model, other = build("llama"), build("llama")
+    saved = save_stack(other)
+    before = snapshot(model, "llama")
+    with pytest.raises(ValueError, match=r"the model's 6 blocks are not the saved stack's 6 blocks with some removed"):
+        with temporarily_restored(model, saved):
+            pass
+    assert_same_snapshot(before, snapshot(model, "llama"))
 
 
 def test_temporarily_pruned_rejects_bad_blocks_before_changing_anything():
