@@ -23,7 +23,8 @@ The pieces, each in one module:
   ``LayerStatsCallback``, ``LoRPPruneCallback``).
 - ``heal``: optional healing after pruning, LoRA adapters or the blocks next to the removed ones
   (``LoRPHealCallback``, and ``lorp_lightning.heal.heal``, which is not re-exported here so that
-  the name ``lorp_lightning.heal`` stays the module; LoRA needs the ``heal`` extra, peft).
+  the name ``lorp_lightning.heal`` stays the module; LoRA needs the ``heal`` extra, peft);
+  ``distillation``: healing with a teacher, the dense model (``distillation_loss``).
 - ``cli``: the ``lorp`` command line.
 """
 

@@ -18,10 +18,10 @@ __all__ = ["OutputDirectory"]
 class OutputDirectory:
     """An output directory written in a temporary folder beside it and renamed at the end.
 
-    ``path`` (a :class:`~pathlib.Path`) is the temporary folder to write into; ``final`` the
+    ``path`` (a `Path`) is the temporary folder to write into; ``final`` the
     directory it becomes. As a context manager it commits when the block ends normally and
     removes the temporary folder when the block raises (a Ctrl-C included), leaving an earlier
-    ``final`` as it was. :meth:`commit` and :meth:`abandon` do the same by hand.
+    ``final`` as it was. `commit` and `abandon` do the same by hand.
 
     Raises:
         FileExistsError: ``final`` exists and ``overwrite`` is False.

@@ -2,7 +2,7 @@
 its config must change when blocks are removed.
 
 Every other module asks this table; none tests ``model_type`` itself. To support a new
-architecture, add one :class:`Architecture` entry to ``ARCHITECTURES`` below.
+architecture, add one `Architecture` entry to ``ARCHITECTURES`` below.
 
 The config fields named in an entry are looked up on the decoder's config,
 ``model.config.get_text_config(decoder=True)`` (the config itself for a plain causal LM, its

@@ -224,12 +224,12 @@ def _is_installed(model: BundledModel) -> bool:
 
 
 DEVICES = ("cpu", "cuda", "cuda:N", "auto")
-"""Where :func:`load_model` puts a model: the CPU, a GPU, or ``"auto"``, accelerate's
+"""Where [`load_model`][lorp_lightning.assets.load_model] puts a model: the CPU, a GPU, or ``"auto"``, accelerate's
 ``device_map="auto"`` across the visible GPUs (the CPU when none is visible)."""
 
 
 def check_device(device: str | torch.device) -> str:
-    """``device`` as one of :data:`DEVICES`, checked against the hardware; a clear error otherwise."""
+    """``device`` as one of `DEVICES`, checked against the hardware; a clear error otherwise."""
     text = str(device) if isinstance(device, torch.device) else device
     if not isinstance(text, str) or re.fullmatch(r"cpu|auto|cuda(:\d+)?", text) is None:
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got device={device!r}")
@@ -255,20 +255,20 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "auto
     """Load a causal LM and its tokenizer, offline.
 
     Args:
-        name_or_path: a bundled name (see :func:`list_models`), a local Hugging Face model
+        name_or_path: a bundled name (see [`list_models`][lorp_lightning.assets.list_models]), a local Hugging Face model
             directory, a ``.gguf`` file, or a hub id (``org/name``), loaded by ``from_pretrained``
             through the standard Hugging Face cache (a reachable hub, or, with
             ``HF_HUB_OFFLINE=1``, the cache alone).
         dtype: the dtype of the returned model's weights: a ``torch.dtype``, its name
             (``"float32"``, ``"bfloat16"``, ``"float16"``), or ``"auto"`` (the default), which
             takes bf16 on a CPU that runs it natively and float32 on one that does not, and the
-            checkpoint's own dtype on a GPU (see :func:`lorp_lightning.precision.choose_dtype`).
+            checkpoint's own dtype on a GPU (see [`lorp_lightning.precision.choose_dtype`][lorp_lightning.precision.choose_dtype]).
         progress: show transformers' progress bars (GGUF conversion, loading).
         device: ``"cpu"`` (the default), ``"cuda"``, ``"cuda:N"``, or ``"auto"``: accelerate's
             ``device_map="auto"``, which spreads the blocks over the visible GPUs (and puts the
             model on the CPU when there is none). A model spread over several GPUs prunes like
             any other (its ``hf_device_map`` is renumbered); one that accelerate had to offload
-            to the CPU or disk is refused by :func:`~lorp_lightning.surgery.prune_layers`.
+            to the CPU or disk is refused by [`prune_layers`][lorp_lightning.surgery.prune_layers].
 
     Returns:
         ``(model, tokenizer)``: a plain ``PreTrainedModel`` in eval mode, and its tokenizer,
@@ -306,7 +306,7 @@ def _source(key: str) -> str:
 
 def checkpoint_dtype(name_or_path: str | os.PathLike) -> torch.dtype | None:
     """The dtype a model's checkpoint was saved in, from its config (None when it does not say);
-    ``name_or_path`` as for :func:`load_model`."""
+    ``name_or_path`` as for [`load_model`][lorp_lightning.assets.load_model]."""
     return _checkpoint_dtype(_source(str(name_or_path)))
 
 
@@ -471,7 +471,7 @@ def load_documents(name: str, split: Literal["calibration", "heldout"]) -> list[
 
 
 def split_documents(documents: Iterable[str], split: Literal["calibration", "heldout"]) -> list[str]:
-    """The documents that belong to ``split`` by the hash rule of :func:`is_heldout`, in order."""
+    """The documents that belong to ``split`` by the hash rule of `is_heldout`, in order."""
     _check_split(split)
     want_heldout = split == "heldout"
     return [d for d in documents if is_heldout(d) == want_heldout]

@@ -1,14 +1,14 @@
 """Lightning callbacks: gather layer statistics while a loop runs, and prune with LoRP.
 
 Both callbacks listen to the decoder blocks of a Hugging Face causal LM inside the
-LightningModule: ``pl_module.model`` by default (:class:`~lorp_lightning.module.LoRPModule` keeps
+LightningModule: ``pl_module.model`` by default (``LoRPModule`` keeps
 it there), or where their ``model`` argument says (an attribute name, or a callable; see
-:func:`get_causal_lm`). They feed :class:`~lorp_lightning.stats.LayerSimilarity`, whose sum
+``get_causal_lm``). They feed ``LayerSimilarity``, whose sum
 states are synchronised across processes when computed, so statistics gathered under DDP or FSDP
 equal those of one process over all the batches. Batches are read by one rule,
-:func:`~lorp_lightning.stats.model_inputs`. The selection is
-:func:`~lorp_lightning.methods.select_layers` and the surgery
-:func:`~lorp_lightning.surgery.prune_layers`; nothing here computes anything itself.
+``model_inputs``. The selection is
+``select_layers`` and the surgery
+``prune_layers``; nothing here computes anything itself.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ allowed, e.g. ``"net.lm"``) or a callable ``pl_module -> nn.Module``."""
 
 _SHARDED_STRATEGIES = (FSDPStrategy, ModelParallelStrategy)
 """The strategies that shard the model's weights across processes: statistics work under them,
-pruning in place does not (see :class:`LoRPPruneCallback`)."""
+pruning in place does not (see ``LoRPPruneCallback``)."""
 
 
 def _describe(model: ModelLocation) -> str:
@@ -55,10 +55,10 @@ def _describe(model: ModelLocation) -> str:
 
 
 def check_model_location(model: Any, owner: str = "get_causal_lm") -> ModelLocation:
-    """``model`` checked to be a :data:`ModelLocation`; a ValueError naming it and its value otherwise.
+    """``model`` checked to be a ``ModelLocation``; a ValueError naming it and its value otherwise.
 
     Callbacks call it in ``__init__``: a misspelt kind of value fails when the callback is built,
-    a misspelt name at ``setup`` (:func:`get_causal_lm`).
+    a misspelt name at ``setup`` (``get_causal_lm``).
     """
     if isinstance(model, str):
         if not model or any(not part for part in model.split(".")):
@@ -83,7 +83,7 @@ def get_causal_lm(pl_module: pl.LightningModule, model: ModelLocation = "model",
     Args:
         pl_module: the LightningModule.
         model: where the causal LM is: an attribute name of ``pl_module`` (default ``"model"``,
-            where :class:`~lorp_lightning.module.LoRPModule` keeps it; dotted paths walk down
+            where ``LoRPModule`` keeps it; dotted paths walk down
             attributes, e.g. ``"net.lm"``), or a callable that takes ``pl_module`` and returns it.
         owner: the name the error messages start with (a callback passes its class name).
 
@@ -145,9 +145,9 @@ def _is_sharded(model: nn.Module) -> bool:
 
 
 class _Listener:
-    """Hooks on the decoder blocks feeding a fresh :class:`LayerSimilarity`, for one run of a loop.
+    """Hooks on the decoder blocks feeding a fresh ``LayerSimilarity``, for one run of a loop.
 
-    It also keeps the first :data:`~lorp_lightning.methods.CHECK_WINDOWS` unpadded sequences it
+    It also keeps the first ``CHECK_WINDOWS`` unpadded sequences it
     sees (token ids, on the CPU), the calibration windows the methods that try plans on the model
     (``lorp_search``, ``sleb``, ...) check them on.
     """
@@ -198,7 +198,7 @@ class _Listener:
 
 
 class LayerStatsCallback(Callback):
-    r"""Gathers the layer statistics of the model (a :class:`~lorp_lightning.stats.LayerStats`)
+    r"""Gathers the layer statistics of the model (a ``LayerStats``)
     while ``predict`` runs, and, if asked, while validation runs.
 
     Example::
@@ -214,7 +214,7 @@ class LayerStatsCallback(Callback):
     Args:
         stages: the loops to listen to: ``"predict"`` (default), ``"validation"``, or both as a
             tuple. Each run of a loop (each validation, sanity check excluded) starts the
-            statistics afresh; :attr:`stats` holds those of the latest run.
+            statistics afresh; ``stats`` holds those of the latest run.
         model: where the Hugging Face causal LM is in the LightningModule: the name of its
             attribute (default ``"model"``, where ``LoRPModule`` keeps it; dotted paths walk
             down, e.g. ``"net.lm"``), or a callable that takes the LightningModule and returns
@@ -223,7 +223,7 @@ class LayerStatsCallback(Callback):
 
     The callback listens to the decoder blocks, so the module's step must run the causal LM
     (or its decoder stack) once per batch, on the batch's input ids, with its attention mask.
-    It reads the batch by :func:`~lorp_lightning.stats.model_inputs`: a tensor of input ids, a
+    It reads the batch by ``model_inputs``: a tensor of input ids, a
     dict (or a tokenizer's ``BatchEncoding``) with ``input_ids`` and optionally
     ``attention_mask``, or a tuple or list whose first element is the input ids (its other
     elements are not read: a padded batch must be a dict with ``attention_mask``).
@@ -233,7 +233,7 @@ class LayerStatsCallback(Callback):
     synchronised, so every process gets the statistics of one process over all the batches.
 
     The statistics are part of the callback's state, so they are saved in checkpoints.
-    :attr:`windows` holds the first 8 unpadded sequences of the latest run (token ids), which
+    ``windows`` holds the first 8 unpadded sequences of the latest run (token ids), which
     ``LoRPPruneCallback``'s methods that try plans on the model check them on.
     """
 
@@ -355,22 +355,34 @@ class LayerStatsCallback(Callback):
 class LoRPPruneCallback(LayerStatsCallback):
     r"""Prunes decoder blocks of the model once, at the end of a loop, by a method of the registry.
 
-    Example::
+    For example, calibrating on the calibration windows of ``TextDataModule``, which ``predict``
+    reads, and measuring perplexity on its held-out windows, which ``validate`` reads:
 
-        Trainer(callbacks=[LoRPPruneCallback(0.25)]).validate(LoRPModule("smollm2-135m"), datamodule=TextDataModule("wiki"))
+    ```python
+    module, data = LoRPModule("smollm2-135m"), TextDataModule("wiki")
+    Trainer(callbacks=[LoRPPruneCallback(0.25, prune_on="predict_end")]).predict(module, datamodule=data)
+    Trainer().validate(module, datamodule=data)   # held-out perplexity, on windows that chose nothing
+    ```
 
-    In your own project (the causal LM at ``self.backbone``)::
+    In your own project (the causal LM at ``self.backbone``), pruning at the end of the first
+    validation of ``fit``:
 
-        Trainer(callbacks=[LoRPPruneCallback(0.25, model="backbone")]).validate(my_module, dataloaders=loader)
+    ```python
+    Trainer(callbacks=[LoRPPruneCallback(0.25, model="backbone")]).fit(my_module, train_loader, val_loader)
+    ```
 
-    The statistics come from the batches the model runs on before the pruning: those of the
-    validation (``prune_on="validation_end"``, or the last validation of ``fit`` for
-    ``"fit_end"``) or of ``predict`` (``"predict_end"``). The callback gathers them itself, unless
-    the Trainer has a :class:`LayerStatsCallback`, whose statistics it then uses. Methods that try
+    The statistics come from the batches the model runs on before the pruning, and the data they
+    come from is the calibration data: ``prune_on="validation_end"`` (the default) calibrates on
+    the batches of the first validation run (in your own project, your validation batches),
+    ``"fit_end"`` on those of the last validation of ``fit``, ``"predict_end"`` on those of
+    ``predict`` (with ``TextDataModule``, its calibration split). A perplexity measured on the
+    same batches that chose the blocks flatters the plan: report quality on other data, e.g.
+    calibrate with ``"predict_end"`` and validate on held-out batches. The callback gathers them itself, unless
+    the Trainer has a ``LayerStatsCallback``, whose statistics it then uses. Methods that try
     plans on the model (the default ``lorp_search``, ``sleb``, ...) check them on the first 8
     unpadded sequences of that loop. It selects the blocks with
-    :func:`~lorp_lightning.methods.select_layers`, removes them with
-    :func:`~lorp_lightning.surgery.prune_layers`, and logs the RLS (``lorp/rls``), K
+    ``select_layers``, removes them with
+    ``prune_layers``, and logs the RLS (``lorp/rls``), K
     (``lorp/num_clusters``), ``lorp/num_pruned`` and ``lorp/num_layers`` to the loggers' metrics,
     the plan to their hyper-parameters, and a one-line summary.
 
@@ -386,36 +398,37 @@ class LoRPPruneCallback(LayerStatsCallback):
     or ``ModelParallelStrategy`` with ``fully_shard``) the weights are sharded across the
     processes and removing blocks in place would leave FSDP's bookkeeping of them behind, so it
     refuses at ``setup``, before any batch, with a ValueError that says what to do instead:
-    gather the statistics under FSDP with :class:`LayerStatsCallback`, select the plan from them
+    gather the statistics under FSDP with ``LayerStatsCallback``, select the plan from them
     (``select_layers``), and prune the model's Hugging Face checkpoint on disk
-    (:func:`~lorp_lightning.checkpoint.prune_checkpoint`, ``lorp apply PLAN CHECKPOINT_DIR --out
+    (``prune_checkpoint``, ``lorp apply PLAN CHECKPOINT_DIR --out
     OUT``) or the unsharded model in one process (``prune_layers``). A model found sharded when
     the pruning comes (FSDP applied under another strategy) is refused with a RuntimeError, unchanged.
 
-    The causal LM and the batches are found and read as by :class:`LayerStatsCallback` (its
-    ``model`` argument, and :func:`~lorp_lightning.stats.model_inputs`).
+    The causal LM and the batches are found and read as by ``LayerStatsCallback`` (its
+    ``model`` argument, and ``model_inputs``).
 
     Args:
         amount: how many blocks to prune: an int (a count) or a float in (0, 1) (a fraction of
             the blocks, rounded down).
-        method: a name of :data:`~lorp_lightning.methods.METHODS`: ``"lorp_search"`` (default:
+        method: a name of ``METHODS``: ``"lorp_search"`` (default:
             the locality analysis's candidate plans checked and improved on the calibration
             loss), ``"lorp"`` (the paper's method, as published), a baseline; or a callable
-            that takes a :class:`~lorp_lightning.methods.SelectionContext` and returns the
+            that takes a ``SelectionContext`` and returns the
             blocks to prune (as Lightning's ``ModelPruning(pruning_fn=...)``). A plan that is
             not k distinct unprotected blocks is refused with a ValueError, the model unchanged.
         num_clusters: ``"lorp"`` only: force K instead of deriving it from the RLS.
         protect: block indices never pruned; default None: the first and the last block.
-        prune_on: ``"validation_end"`` (default), ``"fit_end"`` or ``"predict_end"``.
+        prune_on: ``"validation_end"`` (default), ``"fit_end"`` or ``"predict_end"``: the loop
+            whose batches calibrate the pruning, and at whose end it prunes (see above).
         seed: the seed of the clustering (``"lorp"``) or of the draw (``"random"``).
         verbose: print the one-line summary (on rank zero).
         model: where the Hugging Face causal LM is in the LightningModule: an attribute name
             (default ``"model"``; dotted paths allowed, e.g. ``"net.lm"``) or a callable
-            ``pl_module -> causal LM`` (see :class:`LayerStatsCallback`).
+            ``pl_module -> causal LM`` (see ``LayerStatsCallback``).
 
-    After pruning, :attr:`plan` is the :class:`~lorp_lightning.selection.PruningPlan` and
-    :attr:`stats` the statistics it was chosen from; both are part of the callback's state.
-    (It gathers statistics with the hooks of :class:`LayerStatsCallback`, which it extends.)
+    After pruning, ``plan`` is the ``PruningPlan`` and
+    ``stats`` the statistics it was chosen from; both are part of the callback's state.
+    (It gathers statistics with the hooks of ``LayerStatsCallback``, which it extends.)
     """
 
     PRUNE_ON = ("validation_end", "fit_end", "predict_end")

@@ -10,12 +10,12 @@ work:
     2. the RLS, the clusters and the redundancy within them give a handful of candidate plans:
        the faithful allocation, the same allocation ranked by influence, one plan sparing each
        cluster, one spending the budget within each cluster, one run of adjacent blocks from
-       each cluster (:func:`~lorp_lightning.selection.candidate_plans`);
+       each cluster (`candidate_plans`);
     3. each candidate is applied to the model temporarily (no weights copied) and its mean
        next-token loss measured on the first ``check_windows`` calibration windows;
     4. the plan with the lowest loss wins (ties: the earlier candidate).
 
-Its successor, ``lorp_search`` (the default, :mod:`lorp_lightning.methods`), goes on from the
+Its successor, ``lorp_search`` (the default, `lorp_lightning.methods`), goes on from the
 winner one block at a time. Only calibration windows are ever read.
 """
 
@@ -55,7 +55,7 @@ def select_checked(
             of one length); the first ``check_windows`` of them are the loss checks.
         num_prune: (6) an int, the number of blocks, or a float in (0, 1), a fraction of N
             rounded down.
-        stats: the :class:`~lorp_lightning.stats.LayerStats` of ``model`` on ``windows`` if
+        stats: the [`LayerStats`][lorp_lightning.stats.LayerStats] of ``model`` on ``windows`` if
             already collected (e.g. shared with other methods); collected here if None.
         check_windows: calibration windows per loss check (default 4), between 1 and B. Every
             predicted token of a window is scored.
@@ -64,7 +64,7 @@ def select_checked(
         progress: show a progress bar over the candidates.
 
     Returns:
-        A :class:`~lorp_lightning.selection.PruningPlan` with ``method="lorp_checked"``, the
+        A [`PruningPlan`][lorp_lightning.selection.PruningPlan] with ``method="lorp_checked"``, the
         RLS, K and clusters of the analysis, ``candidates`` (every candidate's rule, blocks and
         loss; the chosen one is ``pruned``) and ``cost``.
     """

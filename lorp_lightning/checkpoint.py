@@ -1,4 +1,4 @@
-"""Prune a checkpoint on disk, without loading the model: :func:`prune_checkpoint`.
+"""Prune a checkpoint on disk, without loading the model: [`prune_checkpoint`][lorp_lightning.checkpoint.prune_checkpoint].
 
 The checkpoint is a Hugging Face model directory with safetensors weights, one file
 (``model.safetensors``) or sharded (``model.safetensors.index.json`` and its shards). The
@@ -7,8 +7,8 @@ tensor by tensor:
 
 - the tensors of removed blocks are dropped, and the kept blocks renumbered
   (``model.layers.17.mlp...`` becomes ``model.layers.14.mlp...``; where the blocks are comes
-  from :data:`~lorp_lightning.architectures.ARCHITECTURES`);
-- ``config.json`` is :func:`~lorp_lightning.surgery.pruned_config` of the checkpoint's config;
+  from `ARCHITECTURES`);
+- ``config.json`` is [`pruned_config`][lorp_lightning.surgery.pruned_config] of the checkpoint's config;
 - the index's ``weight_map`` and ``total_size`` follow; a shard left with no tensors is dropped;
 - every other file (tokenizer, ``generation_config.json``, ...) is copied as it is.
 
@@ -53,7 +53,7 @@ def prune_checkpoint(plan_or_blocks: Any, checkpoint_dir: str | os.PathLike, out
     """Write the checkpoint in ``checkpoint_dir`` with the blocks of ``plan_or_blocks`` removed to
     ``out_dir``, one tensor at a time, and return ``out_dir``.
 
-    The result equals loading the checkpoint, :func:`~lorp_lightning.surgery.prune_layers`, and
+    The result equals loading the checkpoint, [`prune_layers`][lorp_lightning.surgery.prune_layers], and
     ``save_pretrained``: the same tensors under the same names, the same ``config.json``
     (pruning an already pruned checkpoint composes the ``lorp_pruning`` record), loadable with
     plain ``AutoModelForCausalLM.from_pretrained``. The shards keep their partition of the
@@ -71,11 +71,11 @@ def prune_checkpoint(plan_or_blocks: Any, checkpoint_dir: str | os.PathLike, out
 
     Args:
         plan_or_blocks: the blocks to remove, in the checkpoint's current numbering: a list or
-            tuple of ints, a :class:`~lorp_lightning.selection.PruningPlan` computed for a model
+            tuple of ints, a [`PruningPlan`][lorp_lightning.selection.PruningPlan] computed for a model
             of this depth, or the path of a saved plan: the ``report.json`` written by
             ``lorp prune`` (or its directory), or a file of ``PruningPlan.to_json()``.
         checkpoint_dir: a Hugging Face model directory with ``config.json`` and safetensors
-            weights, whose ``model_type`` is in :data:`~lorp_lightning.architectures.ARCHITECTURES`.
+            weights, whose ``model_type`` is in `ARCHITECTURES`.
         out_dir: the directory to write; it must not exist unless ``overwrite``, and must be
             neither ``checkpoint_dir`` nor inside it nor around it.
         overwrite: replace ``out_dir`` if it exists.
@@ -261,7 +261,7 @@ def _weight_files(checkpoint: Path) -> tuple[list[_Shard], dict | None]:
 
 @dataclass(frozen=True)
 class _Rewrite:
-    """Everything checked and decided: what :meth:`write` writes, and from where."""
+    """Everything checked and decided: what `write` writes, and from where."""
 
     checkpoint: Path
     config: Any  # the pruned config

@@ -1,14 +1,14 @@
 """Token windows of a text as a LightningDataModule: calibration, evaluation and healing data.
 
 Splits. A bundled text (``"wiki"``, ``"c4"``, ``"tinystories"``, ``"lambada"``) uses the splits of
-:mod:`lorp_lightning.assets`. A text file is cut into documents at blank lines (paragraphs), a
+`lorp_lightning.assets`. A text file is cut into documents at blank lines (paragraphs), a
 list of strings is a list of documents, and each document goes to the held-out split by the same
 rule as the bundled texts: when the first eight hex digits of the sha256 of its (stripped) text,
 read as an integer, are divisible by 5 (about one document in five). The rule depends on the
 document alone, so the split is deterministic and independent of the order of the documents.
 
 Windows. The documents of a split are joined by blank lines, tokenized once and cut into
-consecutive, non-overlapping windows of ``window`` tokens (:func:`~lorp_lightning.evaluation.token_windows`);
+consecutive, non-overlapping windows of ``window`` tokens ([`token_windows`][lorp_lightning.evaluation.token_windows]);
 ``num_calibration_windows`` (or ``num_eval_windows``) of them are drawn with ``seed`` and kept
 in text order.
 """
@@ -56,7 +56,7 @@ def _positive_int_or_none(value: Any, name: str, what: str) -> None:
 
 def text_documents(text: str | os.PathLike | Sequence[str], split: str) -> list[str]:
     """The documents of one split of ``text``, in their original order: a bundled text name (its
-    split, as :func:`~lorp_lightning.assets.load_documents` gives it), the path of a text file
+    split, as `load_documents` gives it), the path of a text file
     (cut into documents at blank lines), or a list of documents; the split rule is in the module docs."""
     return _documents(*_check_text(text), split)
 
@@ -97,17 +97,21 @@ class TextDataModule(pl.LightningDataModule):
     """Fixed-length token windows of a text: calibration windows for ``predict`` and ``train``,
     held-out windows for ``validate`` and ``test``.
 
-    Example::
+    For example, choosing blocks on 32 calibration windows and scoring the pruned model on the
+    held-out ones:
 
-        dm = TextDataModule("wiki", window=512, num_calibration_windows=32)
-        trainer.validate(LoRPModule("smollm2-135m"), datamodule=dm)
+    ```python
+    module, dm = LoRPModule("smollm2-135m"), TextDataModule("wiki", window=512, num_calibration_windows=32)
+    Trainer(callbacks=[LoRPPruneCallback(0.25, prune_on="predict_end")]).predict(module, datamodule=dm)
+    Trainer().validate(module, datamodule=dm)
+    ```
 
     Args:
         text: a bundled text name (``"wiki"``, ``"c4"``, ``"tinystories"``, ``"lambada"``), the
             path of a UTF-8 text file, or a list of strings (documents). See the module docs for
             how a file or a list is split into calibration and held-out documents.
         tokenizer: a Hugging Face tokenizer. Default None: the ``tokenizer`` of the Trainer's
-            LightningModule (a :class:`~lorp_lightning.module.LoRPModule` has one).
+            LightningModule (a [`LoRPModule`][lorp_lightning.module.LoRPModule] has one).
         window: tokens per window (>= 2).
         num_calibration_windows: how many calibration windows to draw (None: all of them).
         num_eval_windows: how many held-out windows to draw (None: all of them).
@@ -115,7 +119,7 @@ class TextDataModule(pl.LightningDataModule):
         seed: which windows are drawn, and the order of the training batches.
         num_workers: passed to the DataLoaders.
 
-    After ``setup``, :meth:`windows` returns the drawn windows of a split as a tensor.
+    After ``setup``, `windows` returns the drawn windows of a split as a tensor.
     """
 
     def __init__(

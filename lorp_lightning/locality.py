@@ -156,7 +156,7 @@ _CLUSTER_CACHE_SIZE = 64
 
 
 def clear_cluster_cache() -> None:
-    """Forget memoised :func:`cluster_layers` results (they are only a speed-up)."""
+    """Forget memoised [`cluster_layers`][lorp_lightning.locality.cluster_layers] results (they are only a speed-up)."""
     _CLUSTER_CACHE.clear()
 
 
@@ -166,7 +166,7 @@ def cluster_layers(similarity: Any, num_clusters: int, seed: int = 0) -> list[in
     A = (S + 1) / 2 with its diagonal set to 1, then scikit-learn
     ``SpectralClustering(n_clusters=K, affinity="precomputed", assign_labels="kmeans",
     random_state=seed)``; the labels are renumbered by first appearance in depth order
-    (:func:`renumber_labels`).
+    (`renumber_labels`).
 
     Args:
         similarity: S, the N x N block-input similarity.
@@ -275,7 +275,7 @@ def allocate_lorp(
 ) -> list[int]:
     """(5) The two-stage LoRP allocation of a pruning budget over the clusters.
 
-    Each cluster's unprotected members are ranked once by :func:`block_redundancy` (or by
+    Each cluster's unprotected members are ranked once by `block_redundancy` (or by
     ``ranking`` when given), highest first, ties in depth order; the ranking is not recomputed
     as blocks are removed.
 
@@ -289,11 +289,11 @@ def allocate_lorp(
 
     Args:
         similarity: S, the N x N block-input similarity.
-        labels: N cluster labels (0..K-1, as from :func:`cluster_layers`).
+        labels: N cluster labels (0..K-1, as from [`cluster_layers`][lorp_lightning.locality.cluster_layers]).
         num_prune: how many blocks to prune, 0 <= num_prune <= number of unprotected blocks.
         protected: block indices never pruned (default: none).
         ranking: one score per block, higher = pruned first within its cluster; default None:
-            :func:`block_redundancy`, as the method defines it.
+            `block_redundancy`, as the method defines it.
 
     Returns:
         The pruned blocks **in the order they were chosen** (sort them for a plan). Since the

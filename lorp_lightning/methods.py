@@ -5,10 +5,10 @@
     plan = select_layers(stats, 0.25, method="lorp_search", model=model, windows=windows)  # the default of
                                                                         # the callback and the CLI: tries plans
 
-Each entry of :data:`REGISTRY` is a :class:`Method`: a selector, a function of one
-:class:`SelectionContext` that returns the blocks to prune (or a whole
-:class:`~lorp_lightning.selection.PruningPlan`), and what it reads: the statistics, the model
-and calibration windows, or both. :func:`select_layers` resolves the budget and the protected
+Each entry of ``REGISTRY`` is a ``Method``: a selector, a function of one
+``SelectionContext`` that returns the blocks to prune (or a whole
+``PruningPlan``), and what it reads: the statistics, the model
+and calibration windows, or both. ``select_layers`` resolves the budget and the protected
 set, calls the selector, checks its plan, and records the plan's cost (window passes and
 seconds). A plain function with the selector's signature can stand in for a name wherever a
 method is taken (``select_layers``, ``LoRPPruneCallback(method=...)``).
@@ -50,7 +50,7 @@ class SelectionContext:
 
     Attributes:
         method: the method's name (a callable's ``__name__``).
-        stats: the :class:`~lorp_lightning.stats.LayerStats` or plain N x N similarity given,
+        stats: the ``LayerStats`` or plain N x N similarity given,
             or None for a method that reads only the model.
         num_layers: N, the blocks of the model.
         num_prune: k, the blocks to prune (the budget already resolved).
@@ -58,12 +58,12 @@ class SelectionContext:
         seed: the seed (clustering for ``lorp``, draw for ``random``).
         num_clusters: ``lorp``: K forced, else None.
         model: the model, for methods that try plans on it (else None). A selector must leave it
-            as it was (:func:`~lorp_lightning.surgery.temporarily_pruned` does).
+            as it was (``temporarily_pruned`` does).
         windows: the calibration windows, a (B, T) tensor of token ids, or None.
-        check_windows, check_tokens, score_last: the loss checks' settings (:data:`CHECK_WINDOWS`,
-            :data:`CHECK_TOKENS`, :data:`SCORE_LAST`).
+        check_windows, check_tokens, score_last: the loss checks' settings (``CHECK_WINDOWS``,
+            ``CHECK_TOKENS``, ``SCORE_LAST``).
         progress: show progress bars.
-        shared_checks: a PlanLoss shared by several selections (see :func:`select_layers`), or None.
+        shared_checks: a PlanLoss shared by several selections (see ``select_layers``), or None.
         cost: a selector adds what it ran here (e.g. ``check_windows``: window passes of loss checks).
     """
 
@@ -86,7 +86,7 @@ class SelectionContext:
     checks: list[Any] = field(default_factory=list)
 
     def plan_loss(self):
-        """The :class:`~lorp_lightning.search.PlanLoss` over the first ``check_windows`` calibration windows."""
+        """The ``PlanLoss`` over the first ``check_windows`` calibration windows."""
         from lorp_lightning.search import PlanLoss
 
         loss = (self.shared_checks.start() if self.shared_checks is not None else
@@ -265,15 +265,15 @@ def select_layers(
     """Choose the decoder blocks to prune.
 
     Args:
-        stats_or_similarity: a :class:`~lorp_lightning.stats.LayerStats`, or a plain N x N
+        stats_or_similarity: a ``LayerStats``, or a plain N x N
             block-input similarity (NumPy array or torch tensor), read as N x N over the block
-            inputs, never as the (N+1) x (N+1) S (see :mod:`lorp_lightning.selection`). May be
+            inputs, never as the (N+1) x (N+1) S (see ``lorp_lightning.selection``). May be
             None for ``sleb`` and ``ppl``, which read only the model.
         num_prune: (6) an int, the number of blocks, or a float in (0, 1), a fraction of N
             rounded down. Must come to >= 1 and <= the number of unprotected blocks.
-        method: a name of :data:`METHODS` or a callable taking a :class:`SelectionContext` and
+        method: a name of ``METHODS`` or a callable taking a ``SelectionContext`` and
             returning the blocks to prune. Default ``"lorp"``, the paper's method, which reads
-            the statistics alone; :data:`DEFAULT_METHOD` (``"lorp_search"``, the default of
+            the statistics alone; ``DEFAULT_METHOD`` (``"lorp_search"``, the default of
             ``LoRPPruneCallback`` and ``lorp prune``) also needs ``model`` and ``windows``.
         num_clusters: ``lorp`` only: force K (an int, 1 <= K <= N) instead of (3).
         protect: block indices never pruned. Default None: {0, N-1}. Pass ``()`` to protect none.
@@ -284,19 +284,19 @@ def select_layers(
         windows: the calibration windows for those methods, a (B, T) tensor of token ids (or a
             list of 1-D tensors of one length); only the first ``check_windows`` are checked.
         check_windows: calibration windows per loss check, the first ones (default None: the
-            first :data:`CHECK_WINDOWS`, or all of them when fewer are given).
-        check_tokens: tokens of each check window, its first ones (default :data:`CHECK_TOKENS`;
+            first ``CHECK_WINDOWS``, or all of them when fewer are given).
+        check_tokens: tokens of each check window, its first ones (default ``CHECK_TOKENS``;
             None: the whole window).
         score_last: predicted tokens scored per check window, the last ones (default
-            :data:`SCORE_LAST`; None scores all).
+            ``SCORE_LAST``; None scores all).
         progress: show progress bars for methods that try plans.
-        shared_checks: a :class:`~lorp_lightning.search.PlanLoss` to check plans with instead of
+        shared_checks: a ``PlanLoss`` to check plans with instead of
             a new one over ``windows[:check_windows]`` (which it replaces): a study of several
             methods and budgets computes each plan's loss once. The plan's cost still counts
             what this selection asked for, as if run alone.
 
     Returns:
-        A :class:`~lorp_lightning.selection.PruningPlan` whose ``cost`` records the window
+        A ``PruningPlan`` whose ``cost`` records the window
         passes (``statistics_windows`` of the calibration pass, for methods that read the
         statistics, and ``check_windows`` of loss checks) and the selection's ``seconds``
         (the calibration pass not included).

@@ -69,12 +69,12 @@ def choose_dtype(dtype: torch.dtype | str = "auto", device: torch.device | str =
     """Resolve a requested dtype: an explicit one as it is, ``"auto"`` by the hardware.
 
     Args:
-        dtype: ``"auto"``, a ``torch.dtype``, or one of the names in :data:`DTYPE_NAMES`.
+        dtype: ``"auto"``, a ``torch.dtype``, or one of the names in `DTYPE_NAMES`.
         device: where the model will compute (``"cpu"``, ``"cuda"``, ``"cuda:N"``).
         checkpoint_dtype: the dtype the checkpoint was saved in, used by ``auto`` on a GPU.
 
     Returns:
-        a :class:`DtypeChoice`, the dtype and a short reason.
+        a [`DtypeChoice`][lorp_lightning.precision.DtypeChoice], the dtype and a short reason.
 
     Example:
         >>> choose_dtype(torch.float32)

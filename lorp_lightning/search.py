@@ -5,14 +5,14 @@
     ppl          Kim et al. 2024 (arXiv 2402.02834), the one-shot perplexity criterion: remove each
                  block alone, and drop the k whose removal hurts the calibration loss least.
     lorp_search  the locality analysis proposes, the calibration loss decides: the candidate plans
-                 of LoRP's clusters (:func:`~lorp_lightning.selection.candidate_plans`) and every
-                 run of k consecutive blocks (:func:`contiguous_runs`) are checked, then the best
+                 of LoRP's clusters (``candidate_plans``) and every
+                 run of k consecutive blocks (``contiguous_runs``) are checked, then the best
                  is improved by swaps around its removed blocks (one removed block kept, a block
                  next to the removed ones removed instead), while that lowers the loss, with a
                  third of SLEB's checks to spend on the swaps.
 
-Every check goes through :class:`PlanLoss`: the plan is applied with
-:func:`~lorp_lightning.surgery.temporarily_pruned` (no weights copied; the model is left as it
+Every check goes through ``PlanLoss``: the plan is applied with
+``temporarily_pruned`` (no weights copied; the model is left as it
 was) and its mean next-token loss measured on calibration windows only. Three things make a check
 cheaper without changing its value:
 
@@ -22,7 +22,7 @@ cheaper without changing its value:
 - *only the last* ``score_last`` *positions of a window are scored,* so the head (a large share of
   the cost for models with big vocabularies) runs on those positions alone;
 - *windows run together,* ``batch_windows`` of them per forward pass (default: as many as keep
-  their scored logits within :data:`LOGITS_BYTES`), which spends less time per window than one
+  their scored logits within ``LOGITS_BYTES``), which spends less time per window than one
   window per pass (``python benchmarks/selection_cost.py --batching``). Each window's loss is
   still its own; on the CPU measured (AVX2, float32) it equals the one-window pass bit for bit,
   though another CPU's matrix kernels may round a batch's last bits differently.
@@ -84,7 +84,7 @@ LOGITS_BYTES = 2**30  # the most float32 logits one batched check pass may hold 
 
 
 def _batch_windows(model: nn.Module, scored: int, num_windows: int) -> int:
-    """Windows per forward pass such that their scored logits stay within :data:`LOGITS_BYTES`."""
+    """Windows per forward pass such that their scored logits stay within ``LOGITS_BYTES``."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     vocab = getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", None)
     if not vocab:
@@ -128,8 +128,8 @@ class PlanLoss:
     (``reuse_prefix``), ``score_last`` and ``batch_windows``.
 
     One PlanLoss may serve several selections on the same model and windows (a study of many
-    methods and budgets): :meth:`start` begins a selection's count, and :attr:`plans_checked` and
-    :attr:`window_passes` then count what that selection asked for, as if run alone, while the
+    methods and budgets): ``start`` begins a selection's count, and ``plans_checked`` and
+    ``window_passes`` then count what that selection asked for, as if run alone, while the
     losses remembered from earlier selections are not computed again.
     """
 
@@ -162,7 +162,7 @@ class PlanLoss:
 
     @property
     def plans_checked(self) -> int:
-        """Distinct plans asked for since :meth:`start`."""
+        """Distinct plans asked for since ``start``."""
         return len(self.asked)
 
     @property
@@ -297,7 +297,7 @@ def contiguous_runs(num_layers: int, num_prune: int, protected: set[int]) -> lis
 
 
 def local_search(loss: PlanLoss, start: list[int], num_layers: int, protected: set[int], max_checks: int) -> list[dict[str, Any]]:
-    """Move to the best neighbour (:func:`neighbours`) while it lowers the loss and checks remain.
+    """Move to the best neighbour (``neighbours``) while it lowers the loss and checks remain.
 
     ``max_checks``: the plans this search may check beyond those ``loss`` has checked when it
     starts (a plan checked already costs nothing). When they run out, the best of the

@@ -1,11 +1,11 @@
 """Which decoder blocks to prune, from one set of layer statistics: the plan, the budget rule, and
-the rules of LoRP's baselines. The entry point, :func:`~lorp_lightning.methods.select_layers`,
-and the table of methods are in :mod:`lorp_lightning.methods`.
+the rules of LoRP's baselines. The entry point, [`select_layers`][lorp_lightning.methods.select_layers],
+and the table of methods are in `lorp_lightning.methods`.
 
     plan = select_layers(stats, 7, method="shortgpt")      # a baseline, 7 blocks
     print(plan); plan.pruned; PruningPlan.from_json(plan.to_json())
 
-Input. ``select_layers`` takes either a :class:`~lorp_lightning.stats.LayerStats` (the full
+Input. ``select_layers`` takes either a [`LayerStats`][lorp_lightning.stats.LayerStats] (the full
 (N+1) x (N+1) similarity S, whose last index is the output of the last block, and the last-token
 similarity S_last), or a plain N x N matrix (NumPy array or tensor). A plain matrix is **always**
 read as the block-input similarity S[:N, :N]: an (N+1) x (N+1) matrix cannot be told apart from
@@ -15,7 +15,7 @@ block is protected; ``angular`` needs S_last, hence a LayerStats.
 
 Methods (all share the budget rule (6) and the protected set, default {0, N-1}):
 
-    lorp        LoRP, equations (2)-(5), see :mod:`lorp_lightning.locality`
+    lorp        LoRP, equations (2)-(5), see `lorp_lightning.locality`
     shortgpt    Block Influence (Men et al.): BI_l = 1 - S[l, l+1]; the k lowest-BI blocks
     streamline  LLM-Streamline: the run [s, s+k) of unprotected blocks maximising S[s, s+k]
     angular     Gromov et al.: the run [s, s+k) minimising arccos(S_last[s, s+k]) / pi
@@ -83,7 +83,7 @@ class PruningPlan:
     """Which blocks to remove, and why.
 
     Attributes:
-        method: the method's name (:data:`~lorp_lightning.methods.METHODS`, or a callable's name).
+        method: the method's name ([`METHODS`][lorp_lightning.methods.METHODS], or a callable's name).
         num_layers: N, the number of decoder blocks of the unpruned model.
         pruned: the blocks to remove, ascending.
         kept: the other blocks, ascending.
@@ -150,7 +150,7 @@ class PruningPlan:
         return cls(**d)
 
     def to_json(self, indent: int | None = None) -> str:
-        """Strict JSON (no Infinity/NaN literals); :meth:`from_json` restores an equal plan."""
+        """Strict JSON (no Infinity/NaN literals); `from_json` restores an equal plan."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
@@ -360,9 +360,9 @@ def candidate_plans(
     ShortGPT's plan and ``run from 0 (K=1)`` LLM-Streamline's. Each rule's name ends with its K.
 
     Args:
-        stats: a :class:`~lorp_lightning.stats.LayerStats` (the full (N+1) x (N+1) S is needed
+        stats: a [`LayerStats`][lorp_lightning.stats.LayerStats] (the full (N+1) x (N+1) S is needed
             for the influence of the last block and for runs that end at the output).
-        num_prune, protect, seed: as for :func:`select_layers`.
+        num_prune, protect, seed: as for `select_layers`.
 
     Returns:
         ``[{"rule": str, "pruned": [blocks, ascending]}, ...]`` in the order above, identical
@@ -393,7 +393,7 @@ def candidate_plans(
 
 
 def _rule_plans(S: np.ndarray, full: np.ndarray, labels: list[int], k: int, protected: set[int]) -> list[tuple[str, list[int]]]:
-    """The plans of :func:`candidate_plans`' rules for one clustering ``labels``."""
+    """The plans of `candidate_plans`' rules for one clustering ``labels``."""
     N, K = len(labels), max(labels) + 1
     tag = f" (K={K})"
     closeness = [float(full[l, l + 1]) for l in range(N)]  # 1 - BI_l: higher = less influence

@@ -58,7 +58,7 @@ def gram_of_states(states: Tensor, token_mask: Tensor | None = None, normalized:
         states: (L, ..., D) hidden states of L layers over the same tokens (any dtype).
         token_mask: boolean (...) tensor selecting the tokens to count; all tokens if None.
         normalized: True when ``states`` are already the normalised f (as
-            :class:`HiddenStateRecorder` stores them), which skips normalising them again.
+            `HiddenStateRecorder` stores them), which skips normalising them again.
 
     Returns:
         ``(G, count)``: the (L, L) float64 sum of outer products of the normalised states and
@@ -120,7 +120,7 @@ class LayerStats:
         return self.similarity.shape[0] - 1
 
     def state_dict(self) -> dict[str, Any]:
-        """The statistics as a dict of tensors and ints (what checkpoints and :meth:`save` store)."""
+        """The statistics as a dict of tensors and ints (what checkpoints and `save` store)."""
         return {
             "similarity": self.similarity,
             "last_token_similarity": self.last_token_similarity,
@@ -138,7 +138,7 @@ class LayerStats:
         )
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save to a file that :meth:`load` reads back exactly (a ``torch.save`` of tensors)."""
+        """Save to a file that `load` reads back exactly (a ``torch.save`` of tensors)."""
         torch.save({"format": _FORMAT, **self.state_dict()}, path)
 
     @classmethod
@@ -191,7 +191,7 @@ class LayerSimilarity(Metric):
                 tensor or a sequence of N+1 (B, T, D) tensors, in any dtype.
             attention_mask: (B, T), 1 for real tokens and 0 for padding; all ones if None.
             normalized: True when the states are already f_l = h_l / (||h_l|| + 1e-8) in
-                float32, as :meth:`HiddenStateRecorder.pop` returns them (saves normalising twice).
+                float32, as `HiddenStateRecorder.pop` returns them (saves normalising twice).
         """
         if not isinstance(hidden_states, Tensor):
             hidden_states = torch.stack(list(hidden_states))
@@ -238,7 +238,7 @@ class HiddenStateRecorder:
     the normalised states of one batch and nothing more. Non-finite states raise an error that
     names the block.
 
-    Use as a context manager; after each forward pass, :meth:`pop` returns the (N+1, B, T, D)
+    Use as a context manager; after each forward pass, `pop` returns the (N+1, B, T, D)
     states and clears them.
     """
 
@@ -311,7 +311,7 @@ def model_inputs(batch: Tensor | Mapping[str, Any] | Sequence[Any], device: torc
     """The input ids and attention mask of one batch, as (B, T) tensors on ``device``.
 
     The one rule every part of lorp_lightning reads batches by (the callbacks, ``LoRPModule``,
-    :func:`collect_layer_stats`):
+    [`collect_layer_stats`][lorp_lightning.stats.collect_layer_stats]):
 
     - a tensor: the input ids; every token is real (the mask is all ones);
     - a ``Mapping`` (a dict, or a tokenizer's ``BatchEncoding`` made with ``return_tensors="pt"``):
@@ -370,11 +370,11 @@ def backbone(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def collect_layer_stats(model: nn.Module, batches: Iterable[Tensor | Mapping[str, Any] | Sequence[Any]], progress: bool = True) -> LayerStats:
-    """Run a Hugging Face causal LM over calibration batches and return its :class:`LayerStats`.
+    """Run a Hugging Face causal LM over calibration batches and return its [`LayerStats`][lorp_lightning.stats.LayerStats].
 
     Args:
         model: a Hugging Face causal LM (any architecture in ``lorp_lightning.architectures``).
-        batches: an iterable of batches in any format :func:`model_inputs` reads: input-id
+        batches: an iterable of batches in any format [`model_inputs`][lorp_lightning.stats.model_inputs] reads: input-id
             tensors ((B, T) or (T,)), dicts with ``input_ids`` and optionally ``attention_mask``,
             or tuples whose first element is the input ids.
         progress: show a progress bar.

@@ -512,7 +512,7 @@ def _local_task_class():
 
 
 def build_zero_shot_task(task: str):
-    """lm-eval's task for ``task`` over the local documents (see :func:`zero_shot_task_config`):
+    """lm-eval's task for ``task`` over the local documents (see `zero_shot_task_config`):
     a ``ConfigurableTask`` (a subclass that only keeps each split once processed).
     ``task.eval_docs`` are the documents it evaluates."""
     config = zero_shot_task_config(task)
@@ -558,7 +558,7 @@ def evaluate_zero_shot(
         model: a causal LM (``PreTrainedModel``) on any device; it is evaluated as it is (its
             dtype and device) and left in the train/eval mode it was in.
         tokenizer: its tokenizer.
-        tasks: names from :data:`ZERO_SHOT_TASKS` (or one name).
+        tasks: names from `ZERO_SHOT_TASKS` (or one name).
         limit: evaluate only the first ``limit`` documents of each task (for quick checks), or
             all of them (``None``). The figures of a limited run are not comparable to published ones.
         batch_size: requests per forward pass.
