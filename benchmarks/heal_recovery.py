@@ -51,7 +51,7 @@ import time
 import warnings
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lorp_lightning.heal import LossCurve
 
 TEXTS = ("wiki", "lambada")
 
@@ -157,17 +157,6 @@ def main() -> None:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "started": started, "dense": dense, "rows": rows,
                        "load_average": [load_before, load_after], "threads": torch.get_num_threads()}, handle, indent=2)
-
-
-class LossCurve(Callback):
-    """The training loss of every step."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self.losses.append(float(loss))
 
 
 def compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, started, load_before) -> None:

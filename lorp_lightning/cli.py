@@ -669,18 +669,8 @@ def _run_healing(model, tokenizer, quiet: bool, teacher_name: str | None = None,
     import copy
     import logging
 
-    from lightning.pytorch.callbacks import Callback
-
-    from lorp_lightning.heal import heal, healing_records
+    from lorp_lightning.heal import LossCurve, heal, healing_records
     from lorp_lightning.surgery import RECORD_ATTRIBUTE, pruning_record
-
-    class LossCurve(Callback):
-        def __init__(self) -> None:
-            self.losses: list[float] = []
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            self.losses.append(float(loss))
 
     curve = LossCurve()
     lightning_logger = logging.getLogger("lightning.pytorch")

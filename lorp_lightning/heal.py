@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_LR",
     "MODES",
     "LoRPHealCallback",
+    "LossCurve",
     "blocks_next_to_removed",
     "heal",
     "healing_records",
@@ -810,6 +811,22 @@ class _HealingModule(LoRPModule):
         # LambdaLR gives the step count: the learning rate of step k (from 0) is that of progress (k + 1) / steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(self.progress(step + 1)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class LossCurve(Callback):
+    """The training loss of every step of ``fit``, in ``losses`` (a list of floats).
+
+        curve = LossCurve()
+        heal(model, tokenizer, steps=200, trainer_options={"callbacks": [curve]})
+        curve.losses   # one float per step
+    """
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss))
 
 
 class _TimeBudget(Callback):

@@ -46,6 +46,16 @@ def logits(model) -> torch.Tensor:
         return model(IDS).logits
 
 
+def generates_alike_with_its_cache_and_reloads(model, tmp_path):
+    """Greedy generation with the KV cache equals it without; the model saved and reloaded by plain transformers."""
+    with torch.no_grad():
+        cached = model.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = model.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    model.save_pretrained(tmp_path / "pruned")
+    return AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float32)
+
+
 def test_check_device_accepts_cpu_auto_and_cuda_forms():
     assert check_device("cpu") == "cpu"
     assert check_device(torch.device("cpu")) == "cpu"
@@ -85,12 +95,7 @@ def test_device_auto_without_a_gpu_loads_onto_the_cpu_and_the_model_prunes_saves
     prune_layers(placed, [1, 2])
     prune_layers(on_cpu, [1, 2])
     assert torch.equal(logits(placed), logits(on_cpu))
-    with torch.no_grad():
-        cached = placed.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
-        uncached = placed.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=False)
-    assert torch.equal(cached, uncached)
-    placed.save_pretrained(tmp_path / "pruned")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float32)
+    reloaded = generates_alike_with_its_cache_and_reloads(placed, tmp_path)
     assert reloaded.config.num_hidden_layers == BLOCKS - 2
     assert pruning_record(reloaded)["pruned_layers"] == [1, 2]
     assert torch.equal(logits(reloaded), logits(on_cpu))
@@ -111,12 +116,7 @@ def test_a_model_dispatched_by_accelerate_with_hooks_on_every_block_prunes_and_i
     assert dispatched.hf_device_map == {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu",
                                         "lm_head": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu"}
     assert torch.equal(logits(dispatched), logits(reference))
-    with torch.no_grad():
-        cached = dispatched.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
-        uncached = dispatched.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=False)
-    assert torch.equal(cached, uncached)
-    dispatched.save_pretrained(tmp_path / "pruned")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float32)
+    reloaded = generates_alike_with_its_cache_and_reloads(dispatched, tmp_path)
     assert torch.equal(logits(reloaded), logits(reference))
 
 
