@@ -51,6 +51,7 @@ import time
 import warnings
 
 import torch
+
 from lorp_lightning.heal import LossCurve
 
 TEXTS = ("wiki", "lambada")
@@ -118,7 +119,7 @@ def main() -> None:
     dense = perplexities(model)
     print(f"{args.model}, {model.dtype}, {torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}; "
           f"started {started}, load average {load_before[0]:.1f}", flush=True)
-    print(f"dense perplexity: " + ", ".join(f"{t} {p:.2f}" for t, p in dense.items()), flush=True)
+    print("dense perplexity: " + ", ".join(f"{t} {p:.2f}" for t, p in dense.items()), flush=True)
     if args.distill:
         compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, started, load_before)
         return
@@ -141,8 +142,8 @@ def main() -> None:
 
     load_after = os.getloadavg()
     print()
-    print(f"| method | blocks removed | text | dense | pruned | healed | recovery | training |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| method | blocks removed | text | dense | pruned | healed | recovery | training |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         record = row["healing"]
         training = f"{record['seconds'] / 60:.1f} min, {record['num_steps']} steps"

@@ -113,7 +113,7 @@ def run_model(name: str, args, earlier: dict | None = None) -> dict:
                 evaluation[t](list(plan))
             losses = {t: evaluation[t].window_losses[plan] for t in TEXTS}
             held_out[plan] = losses
-            print(f"  held-out {list(plan)}: " + ", ".join(f"{t} {math.exp(np.mean(l)):.1f}" for t, l in losses.items())
+            print(f"  held-out {list(plan)}: " + ", ".join(f"{t} {math.exp(np.mean(window_losses)):.1f}" for t, window_losses in losses.items())
                   + f" ({time.perf_counter() - start:.0f} s)", flush=True)
     for row in rows:
         row["window_losses"] = held_out[tuple(row["pruned"])]
@@ -279,11 +279,11 @@ def cmd_render(args) -> None:
             lines.append("")
         # plots: perplexity relative to dense, on a clipped axis, so that the good methods can be told apart
         fig, axes = plt.subplots(1, len(TEXTS), figsize=(12, 4))
-        for ax, text in zip(axes, TEXTS):
+        for ax, text in zip(axes, TEXTS, strict=True):
             for method in METHODS:
                 points = sorted((r["num_pruned"], perplexity(r, text) / dense[text]) for r in result["rows"] if r["method"] == method)
                 if points:
-                    ax.plot(*zip(*points), marker="o", label=method, linewidth=3 if method == DEFAULT_METHOD else 1.2,
+                    ax.plot(*zip(*points, strict=True), marker="o", label=method, linewidth=3 if method == DEFAULT_METHOD else 1.2,
                             zorder=3 if method == DEFAULT_METHOD else 2)
             ax.set_yscale("log")
             ax.set_ylim(1, 30)
@@ -307,13 +307,13 @@ def cmd_render(args) -> None:
               "|---|---|---|---|---|---|---|---|"]
     met = 0
     for result, cell in all_cells:
-        w, l = cell["wiki"], cell["lambada"]
-        ok = w["met"] and l["met"]
+        w, lam = cell["wiki"], cell["lambada"]
+        ok = w["met"] and lam["met"]
         met += ok
         share = f"{cell['passes']} / {cell['sleb_passes']} = {cell['passes'] / cell['sleb_passes']:.2f}" if cell["sleb_passes"] else "-"
         lines.append(f"| {result['model']} | {cell['num_pruned']}/{result['num_layers']} | {w['best_other']} | "
-                     f"{w['ratio']:.3f} [{w['low']:.3f}, {w['high']:.3f}] | {l['best_other']} | "
-                     f"{l['ratio']:.3f} [{l['low']:.3f}, {l['high']:.3f}] | {'yes' if ok else 'no'} | {share} |")
+                     f"{w['ratio']:.3f} [{w['low']:.3f}, {w['high']:.3f}] | {lam['best_other']} | "
+                     f"{lam['ratio']:.3f} [{lam['low']:.3f}, {lam['high']:.3f}] | {'yes' if ok else 'no'} | {share} |")
     lines += ["", f"Met at {met} of {len(all_cells)} cells measured.", ""]
     missing = [m for m in MODELS if m not in {r["model"] for r in results}]
     if missing:

@@ -12,10 +12,11 @@ docs/method.md.
 import sys
 
 import torch
+
 from lorp_lightning.assets import load_model, load_text
 from lorp_lightning.evaluation import token_windows
 from lorp_lightning.search import PlanLoss, contiguous_runs, neighbours, sleb_checks, sleb_order
-from lorp_lightning.selection import candidate_plans
+from lorp_lightning.selection import _read_inputs, candidate_plans
 from lorp_lightning.stats import collect_layer_stats
 
 name = sys.argv[1]
@@ -25,10 +26,9 @@ windows = token_windows(tok, load_text("wiki", "calibration"), window=512, max_w
 cal, val = windows[:32], windows[32:]
 stats = collect_layer_stats(model, cal.split(4), progress=False)
 N = stats.num_layers
-from lorp_lightning.selection import _read_inputs
 inp = _read_inputs(stats, "lorp")
 S, F = inp.blocks, inp.full
-close = [float(F[l, l + 1]) for l in range(N)]
+close = [float(F[layer, layer + 1]) for layer in range(N)]
 check = PlanLoss(model, cal[:8, :256], score_last=128)
 score = PlanLoss(model, val, score_last=None)
 protected = {0, N - 1}
@@ -39,9 +39,12 @@ def runs(k):
     return sorted(contiguous_runs(N, k, protected), key=lambda run: -float(F[run[0], run[0] + k]))
 
 class Counter:
-    def __init__(self): self.asked = set()
+    def __init__(self):
+        self.asked = set()
+
     def __call__(self, p):
-        self.asked.add(tuple(sorted(p))); return check(p)
+        self.asked.add(tuple(sorted(p)))
+        return check(p)
 
 def local(c, start, cap, first, ordered):
     """cap: max distinct plans in c.asked overall (None = unlimited)."""
@@ -50,36 +53,43 @@ def local(c, start, cap, first, ordered):
         around = neighbours(cur, N, protected)
         if ordered:
             rem = set(cur)
-            def key(p):
-                b = (rem - set(p)).pop(); a = (set(p) - rem).pop()
+
+            def key(p, rem=rem):
+                b = (rem - set(p)).pop()
+                a = (set(p) - rem).pop()
                 return -(close[a] - close[b])
             around.sort(key=key)
         best, bestl = None, c(cur)
         for p in around:
             if tuple(p) not in c.asked and len(c.asked) >= cap:
                 continue
-            l = c(p)
-            if l < bestl:
-                best, bestl = p, l
-                if first: break
-        if best is None: return cur
+            loss = c(p)
+            if loss < bestl:
+                best, bestl = p, loss
+                if first:
+                    break
+        if best is None:
+            return cur
         cur = best
 
 for k in [int(f * N) for f in (1/3, 1/4, 1/8)]:
     sc = sleb_checks(U, k)
     cands = [c["pruned"] for c in candidate_plans(stats, k, protect=protected, seed=0)]
     R = [r for r in runs(k) if r not in cands]
-    steps = sleb_order(check, k, protected); sleb = sorted(s["block"] for s in steps)
+    steps = sleb_order(check, k, protected)
+    sleb = sorted(s["block"] for s in steps)
     print(f"{name} k={k}: SLEB checks {sc}; {len(cands)} candidates, {len(R)} new runs", flush=True)
     print(f"   sleb {sleb} check {check(sleb):.4f} val {score(sleb):.4f}", flush=True)
     best_run = min(runs(k), key=check)
     print(f"   best run {best_run} check {check(best_run):.4f} val {score(best_run):.4f}", flush=True)
     for seeds in ("C", "C+R"):
         for first, ordered in ((False, False), (True, True), (True, False)):
-            for capname, capf in (("/4 total", lambda n: sc // 4), ("/4 beyond", lambda n: n + sc // 4), ("/3 beyond", lambda n: n + sc // 3)):
+            for capname, capf in (("/4 total", lambda n, sc=sc: sc // 4), ("/4 beyond", lambda n, sc=sc: n + sc // 4),
+                                  ("/3 beyond", lambda n, sc=sc: n + sc // 3)):
                 c = Counter()
                 pool = cands + (R if seeds == "C+R" else [])
-                for p in pool: c(p)
+                for p in pool:
+                    c(p)
                 start = min(pool, key=check)
                 plan = local(c, start, capf(len(pool)), first, ordered)
                 tag = f"{seeds:4} {'first' if first else 'best '}{'/ord' if ordered else '    '} cap {capname:9}"

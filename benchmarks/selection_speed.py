@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from lorp_lightning.locality import clear_cluster_cache
-from lorp_lightning.methods import STATS_METHODS as METHODS, select_layers
+from lorp_lightning.methods import STATS_METHODS as METHODS
+from lorp_lightning.methods import select_layers
 from lorp_lightning.stats import LayerStats
 
 

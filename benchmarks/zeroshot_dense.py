@@ -29,8 +29,13 @@ import time
 import torch
 
 from lorp_lightning.assets import load_model
-from lorp_lightning.zeroshot import ZERO_SHOT_TASKS, build_zero_shot_task, evaluate_zero_shot, zero_shot_task_info
-from lorp_lightning.zeroshot import _quiet_lm_eval  # lm-eval's progress bars off while counting tokens
+from lorp_lightning.zeroshot import (
+    ZERO_SHOT_TASKS,
+    _quiet_lm_eval,  # lm-eval's progress bars off while counting tokens
+    build_zero_shot_task,
+    evaluate_zero_shot,
+    zero_shot_task_info,
+)
 
 DTYPES = ("auto", "bfloat16", "float32")
 

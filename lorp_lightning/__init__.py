@@ -35,8 +35,8 @@ from lorp_lightning.checkpoint import prune_checkpoint
 from lorp_lightning.data import TextDataModule
 from lorp_lightning.heal import LoRPHealCallback, healing_records
 from lorp_lightning.locality import clusters_for_rls, representation_locality_score
-from lorp_lightning.module import LoRPModule
 from lorp_lightning.methods import DEFAULT_METHOD, METHODS, SelectionContext, select_layers
+from lorp_lightning.module import LoRPModule
 from lorp_lightning.selection import PruningPlan
 from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record

@@ -34,7 +34,7 @@ class OutputDirectory:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}-"))
 
-    def __enter__(self) -> "OutputDirectory":
+    def __enter__(self) -> OutputDirectory:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

@@ -27,11 +27,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -251,7 +250,7 @@ def compute_device(device: str) -> str:
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "auto",
-               progress: bool = True, device: str | torch.device = "cpu") -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+               progress: bool = True, device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, offline.
 
     Args:
@@ -498,7 +497,7 @@ def is_heldout(document: str) -> bool:
     return int(hashlib.sha256(document.encode("utf-8")).hexdigest()[:8], 16) % 5 == 0
 
 
-@lru_cache(maxsize=None)
+@functools.cache
 def _all_documents(name: str) -> tuple[str, ...]:
     text = BUNDLED_TEXTS[name]
     path = _package_dir(text.package) / text.path

@@ -172,7 +172,7 @@ class _Listener:
         assert self.recorder is not None and self.metric is not None
         input_ids, attention_mask = model_inputs(batch, self.metric.device)
         self.metric.update(self.recorder.pop(), attention_mask, normalized=True)
-        for ids, mask in zip(input_ids, attention_mask):
+        for ids, mask in zip(input_ids, attention_mask, strict=True):
             if len(self.windows) < CHECK_WINDOWS and bool(mask.all()) and (not self.windows or ids.numel() == self.windows[0].numel()):
                 self.windows.append(ids.detach().to("cpu", copy=True))
 

@@ -295,9 +295,9 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
 
     kept_tensors = [[(t, new_name) for t in shard.tensors if (new_name := _renamed(t.name, prefix, new_index)) is not None]
                     for shard in shards]
-    kept_shards = [(shard, kept) for shard, kept in zip(shards, kept_tensors) if kept]  # a shard may hold removed blocks only
+    kept_shards = [(shard, kept) for shard, kept in zip(shards, kept_tensors, strict=True) if kept]  # a shard may hold removed blocks only
     names = _renumbered_shard_names([shard.path.name for shard, _ in kept_shards])
-    planned = [(shard, name, kept) for (shard, kept), name in zip(kept_shards, names)]
+    planned = [(shard, name, kept) for (shard, kept), name in zip(kept_shards, names, strict=True)]
     if index is not None:
         tensors = [tensor for _, _, kept in planned for tensor, _ in kept]
         metadata = dict(index.get("metadata") or {})

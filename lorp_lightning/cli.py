@@ -48,7 +48,7 @@ def _fraction_or_count(text: str) -> float | int:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"amount must be a fraction in (0, 1) or a block count, got {text!r}")
+        raise argparse.ArgumentTypeError(f"amount must be a fraction in (0, 1) or a block count, got {text!r}") from None
     if value >= 1 and value == int(value):
         return int(value)
     if not 0 < value < 1:
@@ -62,7 +62,7 @@ def _checked_number(convert, accept, expected: str):
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if not accept(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
@@ -564,7 +564,7 @@ def cmd_compare(args) -> dict:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for method in methods:
             points = [(r["num_pruned"], r["perplexity"]) for r in rows if r["method"] == method and not isinstance(r["perplexity"], str)]
-            ax.plot(*zip(*points), marker="o", label=method) if points else None
+            ax.plot(*zip(*points, strict=True), marker="o", label=method) if points else None
         ax.axhline(dense_ppl, color="black", linestyle=":", label="dense")
         ax.set_yscale("log")
         ax.set_xlabel("blocks removed")
@@ -699,7 +699,9 @@ def _healing_line(record: dict, before, after) -> str:
             f"{record['seconds']:.0f} s): {loss} {record['initial_loss']:.3f} -> {record['final_loss']:.3f}")
     if before is None:
         return line
-    show = lambda x: x if isinstance(x, str) else f"{x:.2f}"
+    def show(x: str | float) -> str:
+        return x if isinstance(x, str) else f"{x:.2f}"
+
     return f"{line}; held-out perplexity {show(before)} -> {show(after)}"
 
 

@@ -298,7 +298,7 @@ class Distillation:
 
     @classmethod
     def from_model(cls, teacher: nn.Module, *, temperature: float = 1.0, lm_weight: float = 0.0,
-                   name: str | None = None) -> "Distillation":
+                   name: str | None = None) -> Distillation:
         """A separate causal LM as the teacher (check it first with ``check_teacher``).
 
         It is put in eval mode by ``start`` and back in the mode it was in by ``stop``;
@@ -324,7 +324,7 @@ class Distillation:
 
     @classmethod
     def dense_student(cls, model: nn.Module, dense: SavedStack, tuner: Any, *, temperature: float = 1.0,
-                      lm_weight: float = 0.0) -> "Distillation":
+                      lm_weight: float = 0.0) -> Distillation:
         """The student as its own teacher: its removed blocks put back and its LoRA adapters disabled.
 
         ``dense`` is the stack ``save_stack`` saved before the pruning

@@ -9,6 +9,7 @@ tokens).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -95,7 +96,7 @@ class PeakRSS:
     ``.start`` is the RSS on entry, ``.peak`` the highest seen; ``.growth`` their difference.
     """
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         import psutil
 
         self._process = psutil.Process()
@@ -168,7 +169,7 @@ def measure_speed(models: dict[str, nn.Module], prompt_tokens: int = 512, new_to
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    for name, model in models.items():  # warm-up
+    for model in models.values():  # warm-up
         model.eval()
         _prefill(model, ids)
         _decode(model, ids, 2)
@@ -177,8 +178,8 @@ def measure_speed(models: dict[str, nn.Module], prompt_tokens: int = 512, new_to
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             with PeakRSS() as memory:
-                times[name]["prefill"].append(timed(lambda: _prefill(model, ids)))
-                times[name]["decode"].append(timed(lambda: _decode(model, ids, new_tokens)))
+                times[name]["prefill"].append(timed(functools.partial(_prefill, model, ids)))
+                times[name]["decode"].append(timed(functools.partial(_decode, model, ids, new_tokens)))
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(device)
             else:

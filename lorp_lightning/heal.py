@@ -145,7 +145,7 @@ class _Settings:
     seed: int
 
     @classmethod
-    def checked(cls, mode: Any, rank: Any, alpha: Any, dropout: Any, target_modules: Any, seed: Any) -> "_Settings":
+    def checked(cls, mode: Any, rank: Any, alpha: Any, dropout: Any, target_modules: Any, seed: Any) -> _Settings:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got mode={mode!r}")
         if mode == "adjacent":

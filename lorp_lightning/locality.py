@@ -244,7 +244,7 @@ def _block_redundancy(S: np.ndarray, labels: list[int]) -> list[float]:
         sub = S[np.ix_(members, members)]
         np.fill_diagonal(sub, 0.0)  # leave l itself out: r_l = sum_{m != l} S[l, m] / (|C| - 1)
         r = sub.sum(axis=1) / (len(members) - 1)
-        for l, r_l in zip(members, r.tolist()):
+        for l, r_l in zip(members, r.tolist(), strict=True):
             out[l] = r_l
     return out
 

@@ -34,8 +34,8 @@ last block are never candidates) and exclude a candidate whose loss is not finit
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -155,7 +155,7 @@ class PlanLoss:
         self._prefix_asked = False
         self._inputs: list[Tensor] | None = None  # per batch: the (N, B, T, H) inputs of blocks 0..N-1 in the dense model
 
-    def start(self) -> "PlanLoss":
+    def start(self) -> PlanLoss:
         """Begin counting a new selection (the remembered losses are kept)."""
         self.asked, self._prefix_asked = set(), False
         return self

@@ -133,7 +133,7 @@ class PruningPlan:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PruningPlan":
+    def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:
@@ -154,7 +154,7 @@ class PruningPlan:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "PruningPlan":
+    def from_json(cls, text: str) -> PruningPlan:
         return cls.from_dict(json.loads(text))
 
     def __str__(self) -> str:

@@ -129,7 +129,7 @@ class LayerStats:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "LayerStats":
+    def from_state_dict(cls, state: dict[str, Any]) -> LayerStats:
         return cls(
             similarity=state["similarity"],
             last_token_similarity=state["last_token_similarity"],
@@ -142,7 +142,7 @@ class LayerStats:
         torch.save({"format": _FORMAT, **self.state_dict()}, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LayerStats":
+    def load(cls, path: str | os.PathLike) -> LayerStats:
         data = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a file written by LayerStats.save")
@@ -249,7 +249,7 @@ class HiddenStateRecorder:
         self._seen = 0
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "HiddenStateRecorder":
+    def __enter__(self) -> HiddenStateRecorder:
         self.attach()
         return self
 

@@ -56,10 +56,11 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = [
     "ZERO_SHOT_TASKS",
@@ -263,7 +264,7 @@ def _boolq_rows(requests_path: Path, google_arrow: Path) -> list[dict]:
     if len(docs) != len(google):
         raise ValueError(f"boolq: {requests_path} has {len(docs)} documents, {google_arrow} has {len(google)}")
     rows = []
-    for i, (doc, ref) in enumerate(zip(docs, google)):
+    for i, (doc, ref) in enumerate(zip(docs, google, strict=True)):
         suffix = f"\nQuestion: {ref['question']}?\nAnswer:"
         query = doc["query"]
         if doc.get("idx") != i or doc["choices"] != ["yes", "no"] or not query.endswith(suffix):
@@ -336,7 +337,7 @@ def _derived_split(source: _TaskSource):
     return datasets.Dataset.from_list(rows, features=features)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_split(task: str):
     source = _SOURCES[task]
     if source.kind == "arrow":

@@ -56,7 +56,7 @@ def rows() -> list[dict[str, torch.Tensor]]:
     mask[1, 9:] = 0
     mask[6, 4:] = 0
     ids = ids.masked_fill(mask == 0, 0)
-    return [{"input_ids": i, "attention_mask": m} for i, m in zip(ids, mask)]
+    return [{"input_ids": i, "attention_mask": m} for i, m in zip(ids, mask, strict=True)]
 
 
 def loader() -> DataLoader:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import math
+import os
 
 import pytest
 import torch
@@ -99,7 +99,7 @@ def test_a_failed_conversion_leaves_no_cache_entry(tmp_path, monkeypatch):
     contents = [b"not a gguf file, ", b"just bytes"]
     _fake_parts(tmp_path, monkeypatch, contents)
     name = _register_fake_model(monkeypatch, 2, hashlib.sha256(b"".join(contents)).hexdigest())
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="does not start with the GGUF magic bytes"):
         load_model(name, progress=False)
     assert [p for p in cache.rglob("*") if p.is_file()] == []
 

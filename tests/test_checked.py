@@ -46,7 +46,7 @@ def test_the_chosen_plan_is_the_candidate_with_the_lowest_calibration_loss(smoll
     expected = candidate_plans(stats, 7)
     assert [c["pruned"] for c in plan.candidates] == [c["pruned"] for c in expected]
     losses = [reference_loss(model, c["pruned"], windows[:2]) for c in expected]
-    for candidate, loss in zip(plan.candidates, losses):
+    for candidate, loss in zip(plan.candidates, losses, strict=True):
         assert candidate["loss"] == pytest.approx(loss, abs=1e-4)
     assert plan.pruned == expected[min(range(len(losses)), key=losses.__getitem__)]["pruned"]
     assert plan.method == "lorp_checked" and len(plan.pruned) == 7 and 0 not in plan.pruned and 29 not in plan.pruned

@@ -16,6 +16,7 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_surgery import FAMILIES, PRUNED, SECOND, VOCAB, N, Plan, build, logits
 from transformers import AutoModelForCausalLM
 
 from lorp_lightning import checkpoint as checkpoint_module
@@ -23,7 +24,6 @@ from lorp_lightning import prune_checkpoint
 from lorp_lightning.cli import main
 from lorp_lightning.selection import PruningPlan
 from lorp_lightning.surgery import prune_layers, pruned_config, pruning_record
-from test_surgery import FAMILIES, N, PRUNED, SECOND, VOCAB, Plan, build, logits
 
 SHARD = "100KB"
 INDEX = "model.safetensors.index.json"

@@ -163,7 +163,7 @@ def test_the_plan_selected_under_fsdp_prunes_the_checkpoint_on_disk(model_parall
     kept = [decoder_layers(dense)[i] for i in rank0["plan"]["kept"]]
     assert len(decoder_layers(pruned)) == 6
     for block, original in zip(decoder_layers(pruned), kept, strict=True):
-        assert all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), original.state_dict().values()))
+        assert all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), original.state_dict().values(), strict=True))
 
 
 # --------------------------------------------------------------------------- in this process

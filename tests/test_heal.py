@@ -426,7 +426,7 @@ def test_the_distillation_loss_is_the_kl_from_the_teacher_averaged_over_the_real
     mask = torch.tensor([[1, 1, 0]])  # position 2 is padding
     assert float(distillation_loss(student, teacher, mask=mask)) == pytest.approx(first / 2, rel=1e-6)
     assert float(distillation_loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-7)
-    third = sum(t * math.log(t / s) for t, s in zip([1 / 3] * 3, [0.6, 0.2, 0.2]))
+    third = sum(t * math.log(t / s) for t, s in zip([1 / 3] * 3, [0.6, 0.2, 0.2], strict=True))
     assert float(distillation_loss(student, teacher)) == pytest.approx((first + third) / 3, rel=1e-6)
     bf16 = distillation_loss(student.to(torch.bfloat16), teacher.to(torch.bfloat16), mask=mask)
     assert bf16.dtype == torch.float32  # computed in float32 whatever the logits' dtype

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from hand_matrices import sym
 
 from lorp_lightning import locality
 from lorp_lightning.locality import (
@@ -20,7 +21,6 @@ from lorp_lightning.locality import (
     representation_locality_score,
     residual_redundancy,
 )
-from hand_matrices import sym
 
 
 @pytest.fixture(autouse=True)

