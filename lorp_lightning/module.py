@@ -17,7 +17,7 @@ from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.assets import load_model
 from lorp_lightning.distillation import Distillation, causal_lm_labels
 from lorp_lightning.precision import choose_dtype
-from lorp_lightning.stats import model_inputs, last_token_index, backbone
+from lorp_lightning.stats import backbone, last_token_index, model_inputs
 from lorp_lightning.surgery import RECORD_ATTRIBUTE, prune_layers, pruning_record
 
 __all__ = ["LoRPModule"]
@@ -128,6 +128,17 @@ class LoRPModule(pl.LightningModule):
         logits = self(input_ids, attention_mask).logits
         target = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
         metric.update(logits[:, :-1].float(), target)
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        # Lightning resets a logged metric at the end of an epoch, under that loop's grad mode: after
+        # ``validate`` (inference mode) its state is made of inference tensors, which the validation
+        # inside ``fit`` (no_grad only) may not update in place. Fresh state in this loop's mode.
+        self.val_ppl.reset()
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        self.test_ppl.reset()
 
     @override
     def validation_step(self, batch: Tensor | Mapping[str, Tensor], batch_idx: int) -> None:

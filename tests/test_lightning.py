@@ -24,8 +24,8 @@ from lorp_lightning.assets import is_heldout, load_text
 from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
 from lorp_lightning.data import TextDataModule
 from lorp_lightning.evaluation import perplexity, token_windows
-from lorp_lightning.module import LoRPModule
 from lorp_lightning.methods import select_layers
+from lorp_lightning.module import LoRPModule
 from lorp_lightning.selection import PruningPlan
 from lorp_lightning.stats import LayerStats, collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record
@@ -313,6 +313,21 @@ def test_validate_and_test_log_the_heldout_perplexity_with_the_module_tokenizer_
     assert tested["test_ppl"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_validate_then_fit_with_validation_logs_the_perplexity_of_the_trained_model(tokenizer, tmp_path):
+    # validate runs under inference mode; the perplexity metric's state must not stay an inference
+    # tensor, or the validation inside a later fit fails on its first in-place update
+    module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3)
+    dm = TextDataModule("tinystories", window=64, num_calibration_windows=4, num_eval_windows=2, batch_size=2)
+    trainer = make_trainer(tmp_path, max_steps=2, num_sanity_val_steps=0)
+    [before] = trainer.validate(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm)  # two steps, one epoch: its validation runs after the last step
+    in_fit = trainer.callback_metrics["val_ppl"].item()
+    [after] = trainer.validate(module, datamodule=dm)
+    assert in_fit == pytest.approx(after["val_ppl"], rel=1e-6)
+    expected = perplexity(module.model, dm.windows("heldout"), batch_size=2)
+    assert after["val_ppl"] == pytest.approx(expected, rel=1e-5) and after["val_ppl"] != before["val_ppl"]
+
+
 def test_a_checkpoint_of_another_model_is_refused_before_its_weights_load(tokenizer):
     pruned = LoRPModule(prune_layers(tiny_llama(len(tokenizer)), [2, 3]), tokenizer)
     checkpoint = {}
@@ -359,7 +374,7 @@ def test_validate_prunes_smollm2_from_30_to_23_blocks_exactly_as_select_layers_o
 
     log_dir = Path(trainer.logger.log_dir)
     rows = (log_dir / "metrics.csv").read_text().splitlines()
-    logged = dict(zip(rows[0].split(","), rows[-1].split(",")))
+    logged = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
     assert float(logged["lorp/rls"]) == pytest.approx(expected_plan.rls, rel=1e-6)
     assert float(logged["lorp/num_clusters"]) == expected_plan.num_clusters
     assert float(logged["lorp/num_pruned"]) == 7 and float(logged["lorp/num_layers"]) == 23
