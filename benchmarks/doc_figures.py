@@ -1,6 +1,6 @@
 """The pictures of the README and the docs, written to docs/images/ (run it again to regenerate them).
 
-    python benchmarks/doc_figures.py [--only heatmap|healing]
+    python benchmarks/doc_figures.py [--only heatmap|healing|distillation]
 
 - ``heatmap_smollm2-135m.png`` (README, docs/method.md, docs/results.md): the similarity matrix S
   of SmolLM2-135M with LoRP's clusters, and the blocks each of two methods removes at a quarter of
@@ -12,6 +12,11 @@
   ``benchmarks/results/heal_recovery_2026-11-29.json``. That run kept the mean training loss of the
   first and the last tenth of its steps only, so the loss figure shows those two means per method,
   not every step. Instant.
+- ``distillation.png`` (docs/healing.md): the two healings of ``heal_recovery.py --distill``, read
+  from ``benchmarks/results/heal_distill_smollm2-135m.json``: every step's training loss of each
+  (next-token cross-entropy and KL to the dense model are different quantities, so each has its own
+  panel), and the held-out perplexity of dense, pruned and both healed models as a ratio to dense.
+  Instant.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "images"
 HEALING = ROOT / "benchmarks" / "results" / "heal_recovery_2026-11-29.json"
+DISTILLATION = ROOT / "benchmarks" / "results" / "heal_distill_smollm2-135m.json"
 
 
 def spans(blocks: list[int]) -> str:
@@ -71,7 +77,7 @@ def healing() -> None:
     rows, dense = run["rows"], run["dense"]
     texts = list(dense)
     fig, axes = plt.subplots(1, len(texts), figsize=(11, 4), sharey=True)
-    for ax, text in zip(axes, texts):
+    for ax, text in zip(axes, texts, strict=True):
         x = range(len(rows))
         for offset, (stage, color) in enumerate((("pruned", "tab:red"), ("healed", "tab:green"))):
             values = [row[stage][text] for row in rows]
@@ -89,7 +95,7 @@ def healing() -> None:
     fig.savefig(IMAGES / "healing_perplexity.png", dpi=90)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for row, color in zip(rows, ("tab:red", "tab:blue")):
+    for row, color in zip(rows, ("tab:red", "tab:blue"), strict=False):
         steps = row["num_steps"]
         tenth = max(1, steps // 10)
         first, last = (tenth + 1) / 2, steps - (tenth - 1) / 2  # the middle step of each tenth
@@ -107,13 +113,47 @@ def healing() -> None:
     print(f"wrote {IMAGES / 'healing_perplexity.png'} and {IMAGES / 'healing_loss.png'}")
 
 
+def distillation() -> None:
+    run = json.loads(DISTILLATION.read_text())
+    results, args = run["results"], run["args"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (name, label, color) in zip(axes[:2], (("healed_lm", "next-token loss (cross-entropy)", "tab:blue"),
+                                               ("healed_distill", "KL(dense || pruned)", "tab:green")), strict=True):
+        losses = results[name]["losses"]
+        ax.plot(range(1, len(losses) + 1), losses, color=color, linewidth=1)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.set_title(f"{name}: {len(losses)} steps in {results[name]['healing']['seconds'] / 60:.1f} min, "
+                     f"{losses[0]:.3f} -> {losses[-1]:.3f}", fontsize=9)
+    ax = axes[2]
+    names = list(results)
+    texts = list(results["dense"]["perplexity"])
+    for offset, (text, color) in enumerate(zip(texts, ("tab:purple", "tab:orange"), strict=True)):
+        values = [results[n]["ratio_to_dense"][text] for n in names]
+        bars = ax.bar([i + (offset - 0.5) * 0.35 for i in range(len(names))], values, width=0.35, color=color, label=text)
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8)
+    ax.axhline(1.3, color="black", linestyle=":", label="target 1.3x (wiki)")
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("held-out perplexity / dense (log scale)")
+    ax.set_title(f"{args['eval_windows']} held-out windows of 512 tokens per text", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{args['model']}, {run['method']} removes {spans(run['pruned_layers'])}, then {args['max_minutes']:g} "
+                 f"minutes of LoRA healing each (run of {run['started'][:10]}, heal_recovery.py --distill)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(IMAGES / "distillation.png", dpi=90)
+    print(f"wrote {IMAGES / 'distillation.png'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("heatmap", "healing"), default=None)
+    parser.add_argument("--only", choices=("heatmap", "healing", "distillation"), default=None)
     args = parser.parse_args()
     IMAGES.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "healing"):
         healing()
+    if args.only in (None, "distillation"):
+        distillation()
     if args.only in (None, "heatmap"):
         heatmap()
 

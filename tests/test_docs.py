@@ -42,3 +42,16 @@ def test_the_readme_lists_exactly_the_architectures_of_the_table():
     line = re.search(r"\*\*Supported architectures\*\*.*?:\n\s*(.*?)\.\n", readme, flags=re.S)
     assert line, "README.md lost its 'Supported architectures' item"
     assert re.findall(r"`(\w+)`", line.group(1)) == sorted(ARCHITECTURES)
+
+
+def test_no_page_is_left_with_a_placeholder_for_a_figure_or_a_text_still_to_write():
+    import json
+    import re
+
+    pages = {path: path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        pages[path] = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown")
+    placeholder = re.compile(r"\b(TODO|TBD|FIXME|XXX)\b|\bto come\b|@@")
+    found = [f"{path.relative_to(ROOT)}: {match.group(0)!r}" for path, text in pages.items() for match in placeholder.finditer(text)]
+    assert found == []
