@@ -705,9 +705,9 @@ class LoRPHealCallback(Callback):
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._healing is not None:
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            if isinstance(loss, torch.Tensor):
-                self._healing.losses.append(float(loss.detach()))
+            loss = _step_loss(outputs)
+            if loss is not None:
+                self._healing.losses.append(loss)
             input_ids, _ = model_inputs(batch, pl_module.device)
             self._healing.tokens += int(input_ids.numel())
             if self._distillation is not None and self._asked_teacher is None:  # once, after the first healing step
@@ -825,8 +825,15 @@ class LossCurve(Callback):
         self.losses: list[float] = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self.losses.append(float(loss))
+        loss = _step_loss(outputs)
+        if loss is not None:
+            self.losses.append(loss)
+
+
+def _step_loss(outputs: Any) -> float | None:
+    """The loss a ``training_step`` returned (a tensor, or a dict with ``"loss"``), as a float; None without one."""
+    loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else None
 
 
 class _TimeBudget(Callback):
