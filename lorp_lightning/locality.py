@@ -21,10 +21,9 @@ The equation numbers in the comments are those of the method description:
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import math
 import numbers
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -149,15 +148,9 @@ def renumber_labels(labels: Iterable[int]) -> list[int]:
     return out
 
 
-# Spectral clustering takes milliseconds; selecting every budget from one matrix calls it with the
-# same arguments again and again. Results are memoised on (matrix bytes, K, seed), bounded.
-_CLUSTER_CACHE: OrderedDict[tuple[str, int, int], tuple[int, ...]] = OrderedDict()
-_CLUSTER_CACHE_SIZE = 64
-
-
 def clear_cluster_cache() -> None:
     """Forget memoised [`cluster_layers`][lorp_lightning.locality.cluster_layers] results (they are only a speed-up)."""
-    _CLUSTER_CACHE.clear()
+    _spectral_labels.cache_clear()
 
 
 def cluster_layers(similarity: Any, num_clusters: int, seed: int = 0) -> list[int]:
@@ -191,24 +184,20 @@ def cluster_layers(similarity: Any, num_clusters: int, seed: int = 0) -> list[in
 
     A = (np.clip(S, -1.0, 1.0) + 1.0) / 2.0  # (4) affinity, in [0, 1]
     np.fill_diagonal(A, 1.0)
-    A = np.ascontiguousarray(A)
+    return list(_spectral_labels(A.tobytes(), N, num_clusters, seed))
 
-    key = (hashlib.sha256(A.tobytes()).hexdigest() + f"/{N}", num_clusters, seed)
-    if key in _CLUSTER_CACHE:
-        _CLUSTER_CACHE.move_to_end(key)
-        return list(_CLUSTER_CACHE[key])
 
+# Spectral clustering takes milliseconds; selecting every budget from one matrix calls it with the
+# same arguments again and again, so its labels are memoised on the affinity's bytes, K and seed.
+@functools.lru_cache(maxsize=64)
+def _spectral_labels(affinity: bytes, N: int, num_clusters: int, seed: int) -> tuple[int, ...]:
     from sklearn.cluster import SpectralClustering  # imported here: scikit-learn is slow to import
 
+    A = np.frombuffer(affinity, dtype=np.float64).reshape(N, N).copy()
     raw = SpectralClustering(
         n_clusters=num_clusters, affinity="precomputed", assign_labels="kmeans", random_state=seed
     ).fit_predict(A)
-    labels = renumber_labels(raw)  # (4) first appearance in depth order
-
-    _CLUSTER_CACHE[key] = tuple(labels)
-    if len(_CLUSTER_CACHE) > _CLUSTER_CACHE_SIZE:
-        _CLUSTER_CACHE.popitem(last=False)
-    return labels
+    return tuple(renumber_labels(raw))  # (4) first appearance in depth order
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Every expected value below is derived by hand in the comments next to it. Matrix
 dyadic fractions (0.25, 0.625, ...) so sums and means are exact and ties are real ties.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -21,14 +22,6 @@ from lorp_lightning.locality import (
     representation_locality_score,
     residual_redundancy,
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cluster_cache():
-    locality.clear_cluster_cache()
-    yield
-    locality.clear_cluster_cache()
-
 
 # --------------------------------------------------------------------------------------------
 # (2) RLS
@@ -118,6 +111,8 @@ def test_cluster_layers_renumbers_sklearn_labels_and_passes_the_affinity(monkeyp
             return np.array([1, 1, 0, 0, 2, 2])  # raw sklearn labels
 
     monkeypatch.setattr(sklearn.cluster, "SpectralClustering", FakeSpectralClustering)
+    # unmemoised, so that scikit-learn is called and no fake result stays memoised
+    monkeypatch.setattr(locality, "_spectral_labels", functools.lru_cache(maxsize=0)(locality._spectral_labels.__wrapped__))
     S = sym(6, {(0, 1): 0.5, (2, 3): 0.5, (4, 5): 0.5, (0, 5): -1.0}, default=0.0)
     np.fill_diagonal(S, 0.75)  # the affinity sets its own unit diagonal
     assert cluster_layers(S, 3, seed=7) == [0, 0, 1, 1, 2, 2]

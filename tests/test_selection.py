@@ -28,12 +28,6 @@ def stats_of(S, S_last=None):
     )
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cluster_cache():
-    locality.clear_cluster_cache()
-    yield
-
-
 # --------------------------------------------------------------------------------------------
 # (6) budget
 
