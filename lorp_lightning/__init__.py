@@ -28,20 +28,74 @@ The pieces, each in one module:
 - ``cli``: the ``lorp`` command line.
 """
 
-from lorp_lightning.assets import list_models, list_texts, load_model, load_text
-from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
-from lorp_lightning.checked import select_checked
-from lorp_lightning.checkpoint import prune_checkpoint
-from lorp_lightning.data import TextDataModule
-from lorp_lightning.heal import LoRPHealCallback, healing_records
-from lorp_lightning.locality import clusters_for_rls, representation_locality_score
-from lorp_lightning.methods import DEFAULT_METHOD, METHODS, SelectionContext, select_layers
-from lorp_lightning.module import LoRPModule
-from lorp_lightning.selection import PruningPlan
-from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
-from lorp_lightning.surgery import prune_layers, pruning_record
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Names are imported when first used (PEP 562), so that importing the pure modules (``locality``,
+# ``selection``, ``stats``, ``surgery``) does not import Lightning.
+_EXPORTS = {
+    "list_models": "assets",
+    "list_texts": "assets",
+    "load_model": "assets",
+    "load_text": "assets",
+    "LayerStatsCallback": "callbacks",
+    "LoRPPruneCallback": "callbacks",
+    "select_checked": "checked",
+    "prune_checkpoint": "checkpoint",
+    "TextDataModule": "data",
+    "LoRPHealCallback": "heal",
+    "healing_records": "heal",
+    "clusters_for_rls": "locality",
+    "representation_locality_score": "locality",
+    "DEFAULT_METHOD": "methods",
+    "METHODS": "methods",
+    "SelectionContext": "methods",
+    "select_layers": "methods",
+    "LoRPModule": "module",
+    "PruningPlan": "selection",
+    "LayerSimilarity": "stats",
+    "LayerStats": "stats",
+    "collect_layer_stats": "stats",
+    "prune_layers": "surgery",
+    "pruning_record": "surgery",
+}
+
+if TYPE_CHECKING:
+    from lorp_lightning.assets import list_models, list_texts, load_model, load_text
+    from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
+    from lorp_lightning.checked import select_checked
+    from lorp_lightning.checkpoint import prune_checkpoint
+    from lorp_lightning.data import TextDataModule
+    from lorp_lightning.heal import LoRPHealCallback, healing_records
+    from lorp_lightning.locality import clusters_for_rls, representation_locality_score
+    from lorp_lightning.methods import DEFAULT_METHOD, METHODS, SelectionContext, select_layers
+    from lorp_lightning.module import LoRPModule
+    from lorp_lightning.selection import PruningPlan
+    from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
+    from lorp_lightning.surgery import prune_layers, pruning_record
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"lorp_lightning.{_EXPORTS[name]}"), name)
+    elif name.startswith("_"):
+        raise AttributeError(f"module 'lorp_lightning' has no attribute {name!r}")
+    else:
+        try:  # a submodule, e.g. ``lorp_lightning.heal`` after a plain ``import lorp_lightning``
+            value = importlib.import_module(f"lorp_lightning.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"lorp_lightning.{name}":
+                raise
+            raise AttributeError(f"module 'lorp_lightning' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "DEFAULT_METHOD",
