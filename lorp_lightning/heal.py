@@ -51,6 +51,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lorp_lightning._versions import check_version
 from lorp_lightning.architectures import architecture_of, decoder_layers
 from lorp_lightning.callbacks import LoRPPruneCallback, ModelLocation, check_model_location, get_causal_lm
 from lorp_lightning.distillation import Distillation, _check_lm_weight, _check_temperature, check_dense_stack, check_teacher
@@ -310,6 +311,7 @@ def _peft():
             f"healing with LoRA adapters needs peft: pip install 'lorp_lightning[heal]' ({error}); or heal with "
             "mode='adjacent'"
         ) from error
+    check_version("peft")
     return peft
 
 

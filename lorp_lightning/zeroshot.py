@@ -62,6 +62,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorp_lightning._versions import check_version
+
 __all__ = [
     "ZERO_SHOT_TASKS",
     "build_zero_shot_task",
@@ -393,9 +395,11 @@ def zero_shot_task_config(task: str) -> dict[str, Any]:
     """
     source = _check_task(task)
     try:
-        from lm_eval.tasks._yaml_loader import load_yaml
+        import lm_eval  # noqa: F401
     except ImportError as error:
         raise ImportError(f"the zero-shot evaluation needs lm-evaluation-harness; {_INSTALL_HINT}") from error
+    check_version("lm-eval")
+    from lm_eval.tasks._yaml_loader import load_yaml
 
     yaml_path = _tasks_root() / source.yaml
     if not yaml_path.is_file():
