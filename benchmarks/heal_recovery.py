@@ -43,7 +43,6 @@ model's, and lower than the next-token healing's on both texts.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -52,6 +51,7 @@ import warnings
 
 import torch
 
+from lorp_lightning._io import write_json
 from lorp_lightning.heal import LossCurve
 
 TEXTS = ("wiki", "lambada")
@@ -155,9 +155,8 @@ def main() -> None:
     print(f"target (>= 50% of the gap recovered on every text, <= 10 min of training per method): {'met' if met else 'NOT met'}")
     print(f"load average: {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end (2 CPU cores)")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"args": vars(args), "started": started, "dense": dense, "rows": rows,
-                       "load_average": [load_before, load_after], "threads": torch.get_num_threads()}, handle, indent=2)
+        write_json(args.json, {"args": vars(args), "started": started, "dense": dense, "rows": rows,
+                               "load_average": [load_before, load_after], "threads": torch.get_num_threads()})
 
 
 def compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, started, load_before) -> None:
@@ -236,11 +235,10 @@ def compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, s
           f"{'yes' if in_time else 'no'}): {'met' if within and better and in_time else 'NOT met'}")
     print(f"load average: {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"args": vars(args), "started": started, "method": method, "pruned_layers": plan.pruned,
-                       "results": results, "target": {"within_1_3x_dense": within, "better_than_lm_healing": better,
-                                                      "within_budget": in_time},
-                       "load_average": [load_before, load_after], "threads": torch.get_num_threads()}, handle, indent=2)
+        write_json(args.json, {"args": vars(args), "started": started, "method": method, "pruned_layers": plan.pruned,
+                               "results": results, "target": {"within_1_3x_dense": within, "better_than_lm_healing": better,
+                                                              "within_budget": in_time},
+                               "load_average": [load_before, load_after], "threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

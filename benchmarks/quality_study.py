@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lorp_lightning._io import write_json
 from lorp_lightning.assets import load_model, load_text
 from lorp_lightning.evaluation import token_windows
 from lorp_lightning.methods import CHECK_TOKENS, CHECK_WINDOWS, DEFAULT_METHOD, METHODS, REGISTRY, SCORE_LAST, select_layers
@@ -53,10 +54,6 @@ BUDGETS = (Fraction(1, 8), Fraction(1, 4), Fraction(1, 3))
 TEXTS = ("wiki", "lambada")
 MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b")
 BOOTSTRAP = 10_000
-
-
-def _finite(x: float):
-    return x if math.isfinite(x) else str(x)
 
 
 def _commands(result: dict) -> list[str]:
@@ -144,7 +141,7 @@ def cmd_run(args) -> None:
         command = "python benchmarks/quality_study.py run " + " ".join(sys.argv[2:])
         earlier_commands = _commands(earlier) if earlier and (args.merge or result["held_out_reused"]) else []
         result["commands"] = earlier_commands + [command]
-        (out / f"{name}.json").write_text(json.dumps(result, indent=1, allow_nan=False, default=_finite) + "\n")
+        write_json(out / f"{name}.json", result, indent=1)
         print(f"wrote {out / (name + '.json')}", flush=True)
 
 
@@ -193,7 +190,9 @@ def target_cells(result: dict, default: str = DEFAULT_METHOD) -> list[dict]:
     return cells
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float | None) -> str:
+    if x is None:  # strict JSON writes a diverged figure as null
+        return "inf"
     if not math.isfinite(x):
         return str(x)
     return f"{x:.2g}" if x >= 1e4 else f"{x:.1f}"
@@ -364,7 +363,7 @@ def cmd_zeroshot(args) -> None:
         result["zero_shot"] = {"num_pruned": k, "limit": args.limit, "tasks": tasks, "results": figures,
                                "same_plan_as_default": same,
                                "command": "python benchmarks/quality_study.py zeroshot " + " ".join(sys.argv[2:])}
-        path.write_text(json.dumps(result, indent=1, allow_nan=False, default=_finite) + "\n")
+        write_json(path, result, indent=1)
         print(f"wrote {path}", flush=True)
 
 

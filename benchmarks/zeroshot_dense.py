@@ -21,13 +21,12 @@ docs/results.md for the figures of both dtypes.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import platform
 import time
 
 import torch
 
+from lorp_lightning._io import write_json
 from lorp_lightning.assets import load_model
 from lorp_lightning.zeroshot import (
     ZERO_SHOT_TASKS,
@@ -123,8 +122,7 @@ def main() -> None:
             "machine": platform.processor() or platform.machine(),
             "results": results, "projected_full_run": projected or None,
         }
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x)
+        write_json(args.json, record)  # strict JSON: an undefined stderr (NaN) is null
         print(f"wrote {args.json}")
 
 

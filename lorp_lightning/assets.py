@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from lorp_lightning._io import OutputDirectory
 from lorp_lightning.precision import choose_dtype
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ __all__ = [
     "load_documents",
     "load_model",
     "load_text",
+    "package_dir",
+    "sha256_of",
     "split_documents",
 ]
 
@@ -207,7 +209,7 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "lorp_lightning"
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
     """The folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -381,7 +383,7 @@ def _cached_bundled_model(model: BundledModel) -> Path:
     target = cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}"
     if (target / "config.json").exists():
         return target
-    parts = [_package_dir(pkg) / rel for pkg, rel in model.parts]
+    parts = [package_dir(pkg) / rel for pkg, rel in model.parts]
     for part in parts:
         if not part.is_file():
             raise FileNotFoundError(f"the model file {part} is missing; {SETUP_HINT}")
@@ -397,7 +399,7 @@ def _cached_bundled_model(model: BundledModel) -> Path:
 
 
 def _cached_gguf_file(path: Path) -> Path:
-    digest = _sha256_of([path])
+    digest = sha256_of([path])
     target = cache_dir() / "models" / f"{path.stem}-{digest[:12]}"
     if not (target / "config.json").exists():
         _convert_gguf(path, target)
@@ -409,7 +411,8 @@ def _make_dirs(path: Path) -> Path:
     return path
 
 
-def _sha256_of(files: list[Path], write_to: Path | None = None) -> str:
+def sha256_of(files: list[Path], write_to: Path | None = None) -> str:
+    """The sha256 (hex) of the concatenation of ``files``, read in chunks (copied to ``write_to`` if given)."""
     digest = hashlib.sha256()
     out = open(write_to, "wb") if write_to is not None else None
     try:
@@ -427,7 +430,7 @@ def _sha256_of(files: list[Path], write_to: Path | None = None) -> str:
 
 def _verify_sha256(files: list[Path], expected: str, what: str, write_to: Path | None = None) -> None:
     """Hash the concatenation of ``files`` (copying it to ``write_to`` if given) and compare."""
-    actual = _sha256_of(files, write_to=write_to)
+    actual = sha256_of(files, write_to=write_to)
     if actual != expected:
         if write_to is not None:
             write_to.unlink(missing_ok=True)
@@ -450,14 +453,9 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with OutputDirectory(target, overwrite=True) as out:
+        model.save_pretrained(out.path)
+        tokenizer.save_pretrained(out.path)
 
 
 # --------------------------------------------------------------------------- texts
@@ -500,7 +498,7 @@ def is_heldout(document: str) -> bool:
 @functools.cache
 def _all_documents(name: str) -> tuple[str, ...]:
     text = BUNDLED_TEXTS[name]
-    path = _package_dir(text.package) / text.path
+    path = package_dir(text.package) / text.path
     if not path.is_file():
         raise FileNotFoundError(f"the text file {path} is missing; {SETUP_HINT}")
     if name == "wiki":

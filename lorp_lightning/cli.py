@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lorp_lightning._io import write_json
 from lorp_lightning.methods import DEFAULT_METHOD
+from lorp_lightning.selection import format_clusters
 
 DEFAULT_MODEL = "smollm2-135m"
 MODEL_HELP = ("a bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), a local Hugging Face model directory, "
@@ -376,24 +378,6 @@ def _heatmap(stats, labels, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Strict JSON: infinities and NaN (a diverged perplexity, an undefined stderr) become strings."""
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    path.write_text(json.dumps(clean(data), indent=2, allow_nan=False, default=str) + "\n")
-
-
-def _finite(x: float) -> float | str:
-    return x if math.isfinite(x) else str(x)
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -407,30 +391,13 @@ def cmd_analyze(args) -> dict:
         report = {"command": "analyze", "model": args.model, "dtype": args.dtype, "device": args.device,
                   "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds, "stats_file": args.stats},
                   "statistics": _stats_summary(stats, plan), "versions": _versions()}
-        _write_json(out.path / "report.json", report)
+        write_json(out.path / "report.json", report)
     final = out.final
-    clusters = _clusters_text(plan.labels)
     print(f"{args.model}: {stats.num_layers} blocks, {stats.num_tokens} calibration tokens")
     print(f"RLS {plan.rls:.3f}  ->  K {plan.num_clusters}")
-    print(f"clusters: {clusters}")
+    print(f"clusters: {format_clusters(plan.labels)}")
     print(f"wrote {final}/stats.pt, report.json, similarity.png")
     return report
-
-
-def _clusters_text(labels: list[int]) -> str:
-    groups: dict[int, list[int]] = {}
-    for block, label in enumerate(labels):
-        groups.setdefault(label, []).append(block)
-    return "  ".join(f"{label}: {_ranges(blocks)}" for label, blocks in sorted(groups.items()))
-
-
-def _ranges(blocks: list[int]) -> str:
-    parts, start = [], 0
-    for i in range(1, len(blocks) + 1):
-        if i == len(blocks) or blocks[i] != blocks[i - 1] + 1:
-            parts.append(str(blocks[start]) if i - 1 == start else f"{blocks[start]}-{blocks[i - 1]}")
-            start = i
-    return "{" + ",".join(parts) + "}"
 
 
 def _evaluate(models: dict, tokenizer, args) -> dict[str, dict[str, Any]]:
@@ -440,7 +407,7 @@ def _evaluate(models: dict, tokenizer, args) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         results[name] = {
-            "perplexity": _finite(perplexity(model, windows, progress=not args.quiet)),
+            "perplexity": perplexity(model, windows, progress=not args.quiet),
             "num_parameters": num_parameters(model),
             "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
             "matmul_flops_per_token": matmul_flops_per_token(model),
@@ -493,7 +460,7 @@ def cmd_prune(args) -> dict:
                   "timings": timings, "versions": _versions()}
         if healing is not None:
             report["healing"] = healing
-        _write_json(out.path / "report.json", report)
+        write_json(out.path / "report.json", report)
     final = out.final
     print(plan)
     if healing is not None:
@@ -552,7 +519,7 @@ def cmd_compare(args) -> dict:
                 plan = _select(stats, amount, method, args=args, model=model, tokenizer=tokenizer)
                 pruned = prune_layers(model, plan, inplace=False)
                 rows.append({"amount": amount, "method": method, "pruned": plan.pruned, "num_pruned": len(plan.pruned),
-                             "perplexity": _finite(perplexity(pruned, windows))})
+                             "perplexity": perplexity(pruned, windows)})
                 del pruned
         analysis = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer)
         report = {"command": "compare", "model": args.model, "dtype": args.dtype, "device": args.device, "dense_perplexity": dense_ppl,
@@ -560,7 +527,7 @@ def cmd_compare(args) -> dict:
                   "statistics": _stats_summary(stats, analysis),
                   "evaluation": {"text": args.eval_text, "split": "heldout", "windows": int(windows.shape[0]), "window": args.window},
                   "results": rows, "versions": _versions()}
-        _write_json(out.path / "report.json", report)
+        write_json(out.path / "report.json", report)
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for method in methods:
             points = [(r["num_pruned"], r["perplexity"]) for r in rows if r["method"] == method and not isinstance(r["perplexity"], str)]
@@ -602,7 +569,7 @@ def cmd_eval(args) -> dict:
         ppl = {}
         for text in texts:
             windows = token_windows(tokenizer, _eval_text(text), window=args.window, max_windows=args.eval_windows)
-            ppl[text] = _finite(perplexity(model, windows, progress=not args.quiet))
+            ppl[text] = perplexity(model, windows, progress=not args.quiet)
         zero_shot = None
         if tasks:
             from lorp_lightning.zeroshot import evaluate_zero_shot
@@ -619,7 +586,7 @@ def cmd_eval(args) -> dict:
         report = {"command": "eval", "model": args.model, "dtype": args.dtype, "device": args.device, "window": args.window,
                   "eval_windows": args.eval_windows, "zero_shot_limit": args.limit, "metrics": metrics,
                   "versions": _versions()}
-        _write_json(out.path / "report.json", report)
+        write_json(out.path / "report.json", report)
     final = out.final
     print(f"{args.model}: {metrics['num_layers']} blocks, {metrics['num_parameters'] / 1e6:.1f} M parameters")
     for text, value in ppl.items():
@@ -656,7 +623,7 @@ def _heal_pruned(pruned, tokenizer, args, teacher=None) -> dict:
     from lorp_lightning.evaluation import perplexity, token_windows
 
     windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
-    before = _finite(perplexity(pruned, windows, progress=not args.quiet))
+    before = perplexity(pruned, windows, progress=not args.quiet)
     distill = {} if teacher is None else {"teacher": teacher, "teacher_name": args.model, "lm_weight": args.lm_weight}
     record, losses = _run_healing(pruned, tokenizer, args.quiet, steps=args.heal_steps, text=args.text, window=args.window,
                                   batch_size=args.batch_size, seed=args.seed, **distill)
@@ -740,7 +707,7 @@ def cmd_heal(args) -> dict:
         windows = before = after = None
         if args.eval_windows:
             windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.eval_window, max_windows=args.eval_windows)
-            before = _finite(perplexity(model, windows, progress=not args.quiet))
+            before = perplexity(model, windows, progress=not args.quiet)
         lora_only = {"rank": args.rank, "alpha": args.alpha, "target_modules": targets}  # heal() refuses them for adjacent
         record, losses = _run_healing(
             model, tokenizer, args.quiet, steps=args.steps, mode=args.mode, lr=args.lr, text=args.text, window=args.window,
@@ -748,7 +715,7 @@ def cmd_heal(args) -> dict:
             **{k: v for k, v in lora_only.items() if v is not None}, **distill,
         )
         if windows is not None:
-            after = _finite(perplexity(model, windows, progress=not args.quiet))
+            after = perplexity(model, windows, progress=not args.quiet)
         model.save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
         report = {"command": "heal", "model": args.model, "dtype": args.dtype, "device": args.device,
@@ -757,7 +724,7 @@ def cmd_heal(args) -> dict:
                                                               "windows": int(windows.shape[0]), "window": args.eval_window,
                                                               "perplexity_before": before, "perplexity_after": after},
                   "versions": _versions()}
-        _write_json(out.path / "report.json", report)
+        write_json(out.path / "report.json", report)
     final = out.final
     print(_healing_line(record, before, after))
     print(f"saved the healed model to {final} (report.json beside it)")

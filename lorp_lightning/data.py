@@ -27,12 +27,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from lorp_lightning.assets import BUNDLED_TEXTS, load_documents, split_documents
+from lorp_lightning.assets import BUNDLED_TEXTS, SPLITS, load_documents, split_documents
 from lorp_lightning.evaluation import token_windows
 
 __all__ = ["TextDataModule", "text_documents"]
-
-SPLITS = ("calibration", "heldout")
 
 
 class _Windows(Dataset):

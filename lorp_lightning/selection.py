@@ -44,7 +44,7 @@ from lorp_lightning.locality import (
     representation_locality_score,
 )
 
-__all__ = ["PruningPlan", "candidate_plans", "protected_blocks", "resolve_budget"]
+__all__ = ["PruningPlan", "candidate_plans", "format_clusters", "protected_blocks", "resolve_budget"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,8 +68,9 @@ def _decode_float(x: float | str | None) -> float | None:
     return float(x)
 
 
-def _runs(labels: list[int]) -> str:
-    """[0, 0, 1, 1, 1, 0] -> "[0]*2 + [1]*3 + [0]*1"."""
+def format_clusters(labels: list[int]) -> str:
+    """Cluster labels in depth order as runs, a Python expression for the labels:
+    ``[0, 0, 1, 1, 1, 0] -> "[0]*2 + [1]*3 + [0]*1"`` (the one format of clusters in print)."""
     parts, start = [], 0
     for i in range(1, len(labels) + 1):
         if i == len(labels) or labels[i] != labels[start]:
@@ -164,7 +165,7 @@ class PruningPlan:
         if self.num_clusters is not None:
             s += f", K {self.num_clusters}"
         if self.labels is not None:
-            s += f", clusters {_runs(self.labels)}"
+            s += f", clusters {format_clusters(self.labels)}"
         s += f"; protected {self.protected}"
         if self.seed is not None:
             s += f"; seed {self.seed}"

