@@ -35,13 +35,14 @@ from lorp_lightning.locality import (
 )
 from lorp_lightning.selection import PruningPlan, candidate_plans, protected_blocks, resolve_budget
 
-__all__ = ["CHECK_WINDOWS", "DEFAULT_METHOD", "METHODS", "Method", "REGISTRY", "CHECK_TOKENS", "SCORE_LAST", "SelectionContext",
+__all__ = ["CHECK_WINDOWS", "DEFAULT_METHOD", "METHODS", "Method", "REGISTRY", "CHECK_TOKENS", "SCORE_LAST", "SEARCH_RUNS", "SelectionContext",
            "STATS_METHODS", "get_method", "select_layers"]
 
 DEFAULT_METHOD = "lorp_search"  # of LoRPPruneCallback and `lorp prune`
 CHECK_WINDOWS = 8  # calibration windows each loss check runs (the first ones given)
 CHECK_TOKENS = 256  # tokens of each check window (its first ones)
 SCORE_LAST = 128  # predicted tokens scored per check window (the last ones)
+SEARCH_RUNS = 6  # lorp_search: the runs of k blocks it checks beside LoRP's candidates (docs/method.md)
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,13 @@ def _lorp_checked(ctx: SelectionContext) -> PruningPlan:
 
 
 def _lorp_search(ctx: SelectionContext) -> PruningPlan:
-    from lorp_lightning.search import contiguous_runs, sleb_checks
+    from lorp_lightning.search import ranked_runs, sleb_checks
 
     loss = ctx.plan_loss()
     candidates = candidate_plans(ctx.stats, ctx.num_prune, protect=ctx.protected, seed=ctx.seed)
     known = [c["pruned"] for c in candidates]
-    candidates += [{"rule": f"run {run[0]}-{run[-1]}", "pruned": run}
-                   for run in contiguous_runs(ctx.num_layers, ctx.num_prune, set(ctx.protected)) if run not in known]
+    runs = [run for run in ranked_runs(_inputs(ctx).full, ctx.num_prune, set(ctx.protected)) if run not in known]
+    candidates += [{"rule": f"run {run[0]}-{run[-1]}", "pruned": run} for run in runs[:SEARCH_RUNS]]
     third = sleb_checks(ctx.num_layers - len(ctx.protected), ctx.num_prune) // 3  # decided in docs/method.md
     return _searched(ctx, loss, candidates, max_checks=third)
 
@@ -212,7 +213,7 @@ def _ppl(ctx: SelectionContext) -> PruningPlan:
 REGISTRY: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("lorp_search", _lorp_search, "LoRP's candidate plans and every run of k blocks checked on the calibration "
+        Method("lorp_search", _lorp_search, "LoRP's candidate plans and the 6 runs of k blocks most alike across the run checked on the calibration "
                "loss, the best then improved one block at a time with a third of SLEB's checks (the default)", reads_model=True),
         Method("lorp", _lorp, "LoRP as published: RLS, clusters, two-stage allocation (equations (2)-(5))"),
         Method("lorp_checked", _lorp_checked, "LoRP's candidate plans checked on the calibration loss; the lowest wins",

@@ -5,8 +5,8 @@
     ppl          Kim et al. 2024 (arXiv 2402.02834), the one-shot perplexity criterion: remove each
                  block alone, and drop the k whose removal hurts the calibration loss least.
     lorp_search  the locality analysis proposes, the calibration loss decides: the candidate plans
-                 of LoRP's clusters (``candidate_plans``) and every
-                 run of k consecutive blocks (``contiguous_runs``) are checked, then the best
+                 of LoRP's clusters (``candidate_plans``) and the six other runs of k consecutive
+                 blocks most alike across the run (``ranked_runs``) are checked, then the best
                  is improved by swaps around its removed blocks (one removed block kept, a block
                  next to the removed ones removed instead), while that lowers the loss, with a
                  third of SLEB's checks to spend on the swaps.
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.surgery import temporarily_pruned
 
-__all__ = ["LOGITS_BYTES", "PlanLoss", "as_windows", "calibration_loss", "contiguous_runs", "finite_best", "local_search", "neighbours", "one_shot_losses", "sleb_checks", "sleb_order"]
+__all__ = ["LOGITS_BYTES", "PlanLoss", "as_windows", "calibration_loss", "contiguous_runs", "finite_best", "local_search", "neighbours", "one_shot_losses", "ranked_runs", "sleb_checks", "sleb_order"]
 
 
 def as_windows(windows: Any) -> Tensor:
@@ -294,6 +294,16 @@ def contiguous_runs(num_layers: int, num_prune: int, protected: set[int]) -> lis
     """Every run [s, s + k) of ``num_prune`` consecutive unprotected blocks, in order of s."""
     return [list(range(s, s + num_prune)) for s in range(num_layers - num_prune + 1)
             if not any(b in protected for b in range(s, s + num_prune))]
+
+
+def ranked_runs(similarity: Any, num_prune: int, protected: set[int]) -> list[list[int]]:
+    """``contiguous_runs``, the most alike across the run first: by S[s, s+k] descending, the
+    similarity of the run's input and output (LLM-Streamline's score; ties: the shallower run).
+
+    ``similarity``: the full (N+1) x (N+1) S of a ``LayerStats`` (index N is the model's output).
+    """
+    N = similarity.shape[0] - 1
+    return sorted(contiguous_runs(N, num_prune, protected), key=lambda run: -float(similarity[run[0], run[0] + num_prune]))
 
 
 def local_search(loss: PlanLoss, start: list[int], num_layers: int, protected: set[int], max_checks: int) -> list[dict[str, Any]]:

@@ -15,9 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from hand_matrices import sym
 
-from lorp_lightning.methods import REGISTRY, SelectionContext, select_layers
-from lorp_lightning.search import PlanLoss, calibration_loss, contiguous_runs, local_search, neighbours, sleb_checks
+from lorp_lightning import methods
+from lorp_lightning.methods import REGISTRY, SEARCH_RUNS, SelectionContext, select_layers
+from lorp_lightning.search import PlanLoss, calibration_loss, contiguous_runs, local_search, neighbours, ranked_runs, sleb_checks
 from lorp_lightning.selection import candidate_plans
 from lorp_lightning.stats import collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record
@@ -148,12 +150,17 @@ def test_ppl_drops_the_k_blocks_whose_removal_alone_hurts_least(tiny):
 # ------------------------------------------------------------------ lorp_search
 
 
-def test_lorp_search_checks_the_locality_candidates_and_every_run_then_moves_while_the_loss_falls(tiny):
+@pytest.mark.parametrize("search_runs", [SEARCH_RUNS, 1])
+def test_lorp_search_checks_the_locality_candidates_and_the_runs_most_alike_then_moves_while_the_loss_falls(
+        tiny, search_runs, monkeypatch):
     model, windows, stats = tiny
-    k = 3
+    k = 4  # two runs are not candidates here
+    monkeypatch.setattr(methods, "SEARCH_RUNS", search_runs)
     plan = select_layers(stats, k, method="lorp_search", model=model, windows=windows, check_windows=4, score_last=SCORE_LAST)
     expected = candidate_plans(stats, k)
-    expected += [{"pruned": run} for run in contiguous_runs(N, k, {0, N - 1}) if run not in [c["pruned"] for c in expected]]
+    others = [run for run in ranked_runs(stats.similarity, k, {0, N - 1}) if run not in [c["pruned"] for c in expected]]
+    assert 1 < len(others) <= SEARCH_RUNS  # so that both settings are tried: some runs, and fewer than all
+    expected += [{"pruned": run} for run in others[:search_runs]]
     tried = plan.candidates[:len(expected)]
     assert [c["pruned"] for c in tried] == [c["pruned"] for c in expected]
     for c in tried:
@@ -183,6 +190,15 @@ def test_the_runs_are_every_span_of_k_consecutive_unprotected_blocks():
     assert contiguous_runs(8, 3, {0, 7}) == [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6]]
     assert contiguous_runs(8, 2, {0, 4, 7}) == [[1, 2], [2, 3], [5, 6]]
     assert contiguous_runs(8, 7, {0, 7}) == []
+
+
+def test_ranked_runs_put_the_runs_most_alike_across_first():
+    # N = 5 blocks, S is 6 x 6 (index 5 = output); runs of 2 with {0, 4} protected: [1, 2], [2, 3]
+    # scored by S[1, 3] = 0.25 and S[2, 4] = 0.75; unprotected, [3, 4] too, by S[3, 5] = 0.75 (a tie
+    # with [2, 3]: the shallower first)
+    S = sym(6, {(1, 3): 0.25, (2, 4): 0.75, (3, 5): 0.75}, default=0.5)
+    assert ranked_runs(S, 2, {0, 4}) == [[2, 3], [1, 2]]
+    assert ranked_runs(S, 2, {0}) == [[2, 3], [3, 4], [1, 2]]
 
 
 def test_local_search_checks_at_most_max_checks_new_plans(tiny):
