@@ -129,6 +129,22 @@ def run_model(name: str, args, earlier: dict | None = None) -> dict:
     }
 
 
+def kept_zero_shot(earlier: dict | None, result: dict) -> dict | None:
+    """The earlier results' zero-shot figures if every plan they were measured on is still its
+    method's plan in ``result``; else None (and a line that says so: run ``zeroshot`` again)."""
+    if not earlier or "zero_shot" not in earlier:
+        return None
+    zero_shot, k = earlier["zero_shot"], earlier["zero_shot"]["num_pruned"]
+    measured = zero_shot.get("plans") or {r["method"]: r["pruned"] for r in earlier["rows"] if r["num_pruned"] == k}
+    now = {r["method"]: r["pruned"] for r in result["rows"] if r["num_pruned"] == k}
+    changed = [m for m in list(zero_shot["results"]) + zero_shot.get("same_plan_as_default", [])
+               if m != "dense" and now.get(m) != measured.get(m)]
+    if changed:
+        print(f"  zero-shot figures dropped: the plans of {changed} changed; run `zeroshot` again", flush=True)
+        return None
+    return zero_shot
+
+
 def cmd_run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +157,9 @@ def cmd_run(args) -> None:
         command = "python benchmarks/quality_study.py run " + " ".join(sys.argv[2:])
         earlier_commands = _commands(earlier) if earlier and (args.merge or result["held_out_reused"]) else []
         result["commands"] = earlier_commands + [command]
+        zero_shot = kept_zero_shot(earlier, result)
+        if zero_shot is not None:
+            result["zero_shot"] = zero_shot
         write_json(out / f"{name}.json", result, indent=1)
         print(f"wrote {out / (name + '.json')}", flush=True)
 
@@ -362,6 +381,7 @@ def cmd_zeroshot(args) -> None:
         tasks = [t for t in figures["dense"] if t != "average"]
         result["zero_shot"] = {"num_pruned": k, "limit": args.limit, "tasks": tasks, "results": figures,
                                "same_plan_as_default": same,
+                               "plans": {m: rows[m]["pruned"] for m in chosen + same},
                                "command": "python benchmarks/quality_study.py zeroshot " + " ".join(sys.argv[2:])}
         write_json(path, result, indent=1)
         print(f"wrote {path}", flush=True)
