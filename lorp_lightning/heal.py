@@ -790,21 +790,16 @@ class _HealingModule(LoRPModule):
     """
 
     def __init__(self, model: Any, tokenizer: Any, lr: float, weight_decay: float, steps: int,
-                 max_seconds: float | None) -> None:
+                 budget: _TimeBudget | None) -> None:
         super().__init__(model, tokenizer, lr=lr, weight_decay=weight_decay)
         self.steps = steps
-        self.max_seconds = max_seconds
-        self._started: float | None = None
-
-    @override
-    def on_train_start(self) -> None:
-        self._started = time.perf_counter()
+        self.budget = budget
 
     def progress(self, step: int) -> float:
         """The share of the run done once ``step`` steps are done (the next step's learning rate uses it)."""
         share = step / self.steps
-        if self.max_seconds is not None and self._started is not None:
-            share = max(share, (time.perf_counter() - self._started) / self.max_seconds)
+        if self.budget is not None:
+            share = max(share, self.budget.share())
         return share
 
     @override
@@ -839,13 +834,31 @@ def _step_loss(outputs: Any) -> float | None:
 
 
 class _TimeBudget(Callback):
-    """Stops ``fit`` before a step that would end after ``seconds`` (judged by the longest step so far)."""
+    """The wall-clock budget of a healing run: one clock, read both by the decision to stop and by
+    the learning-rate schedule (``share``).
+
+    ``fit`` stops before a step that would end after ``seconds`` (judged by the longest step so
+    far). As with Lightning's ``Timer``, the decision is rank 0's, broadcast to every rank, so that
+    under DDP all ranks stop after the same step; the time spent is kept in ``state_dict``, so a
+    run resumed from a checkpoint counts it.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self._started = 0.0
+        self._spent_before = 0.0  # seconds spent before this run (from a checkpoint)
+        self._started: float | None = None
         self._step_started = 0.0
         self._longest_step = 0.0
+
+    def elapsed(self, now: float | None = None) -> float:
+        """Seconds spent on the training so far."""
+        if self._started is None:
+            return self._spent_before
+        return self._spent_before + ((time.perf_counter() if now is None else now) - self._started)
+
+    def share(self) -> float:
+        """The share of the budget spent."""
+        return self.elapsed() / self.seconds
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -859,8 +872,18 @@ class _TimeBudget(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
         self._longest_step = max(self._longest_step, now - self._step_started)
-        if now - self._started + self._longest_step > self.seconds:
+        stop = self.elapsed(now) + self._longest_step > self.seconds
+        if trainer.strategy.broadcast(stop, src=0):
             trainer.should_stop = True
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed": self.elapsed(), "longest_step": self._longest_step}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._spent_before = float(state_dict.get("elapsed", 0.0))
+        self._longest_step = float(state_dict.get("longest_step", 0.0))
 
 
 def heal(
@@ -1014,14 +1037,15 @@ def heal(
         num_sanity_val_steps=0,
     )
     trainer_arguments.update(options)
+    budget = None if max_seconds is None else _TimeBudget(max_seconds)
     trainer = pl.Trainer(
         max_steps=steps,
         max_epochs=-1,
         limit_val_batches=0,
-        callbacks=[callback, *([] if max_seconds is None else [_TimeBudget(max_seconds)]), *extra_callbacks],
+        callbacks=[callback, *([] if budget is None else [budget]), *extra_callbacks],
         **trainer_arguments,
     )
-    module = _HealingModule(model, tokenizer, lr=lr, weight_decay=weight_decay, steps=steps, max_seconds=max_seconds)
+    module = _HealingModule(model, tokenizer, lr=lr, weight_decay=weight_decay, steps=steps, budget=budget)
     loader = torch.utils.data.DataLoader(
         windows, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )

@@ -301,6 +301,42 @@ def test_a_time_budget_stops_the_run_in_time_and_the_schedule_follows_the_time(s
     assert rates.rates[0] < 0.5e-3 and max(rates.rates) > 0.9e-3 and rates.rates[-1] < 0.3e-3
 
 
+class _Strategy:
+    """A strategy whose broadcast gives rank 0's value, ``rank0``, whatever this rank passes."""
+
+    def __init__(self, rank0):
+        self.rank0 = rank0
+
+    def broadcast(self, obj, src=0):
+        return self.rank0
+
+
+class _Trainer:
+    def __init__(self, rank0):
+        self.strategy, self.should_stop = _Strategy(rank0), False
+
+
+def test_the_time_budget_stops_on_rank_0s_decision_and_keeps_its_clock_in_the_checkpoint(monkeypatch):
+    import lorp_lightning.heal as healing
+
+    clock = FakeClock(tick=1.0)
+    monkeypatch.setattr(healing, "time", clock)
+    budget = healing._TimeBudget(seconds=2.5)
+    budget.on_train_start(None, None)                      # t = 1
+    budget.on_train_batch_start(None, None, None, 0)       # t = 2
+    this_rank = _Trainer(rank0=False)
+    budget.on_train_batch_end(this_rank, None, None, None, 0)  # t = 3: 2 s spent + a 1 s step > 2.5 s, but rank 0 says go on
+    assert not this_rank.should_stop
+    rank0 = _Trainer(rank0=True)
+    budget.on_train_batch_end(rank0, None, None, None, 0)  # t = 4: the step (from t = 2) took 2 s
+    assert rank0.should_stop
+    state = budget.state_dict()                            # t = 5: 4 s spent
+    assert state == {"elapsed": 4.0, "longest_step": 2.0}
+    resumed = healing._TimeBudget(seconds=2.5)
+    resumed.load_state_dict(state)
+    assert resumed.elapsed() == 4.0 and resumed.share() == 4.0 / 2.5  # before the resumed run starts: the time already spent
+
+
 # --------------------------------------------------------------------------- bad arguments
 
 
