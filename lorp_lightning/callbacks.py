@@ -32,7 +32,7 @@ from typing_extensions import override
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.locality import is_integer
 from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, get_method, select_layers
-from lorp_lightning.selection import PruningPlan, resolve_budget
+from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
 from lorp_lightning.stats import HiddenStateRecorder, LayerSimilarity, LayerStats, model_inputs
 from lorp_lightning.surgery import prune_layers
 
@@ -444,21 +444,18 @@ class LoRPPruneCallback(LayerStatsCallback):
         verbose: bool = True,
         model: ModelLocation = "model",
     ) -> None:
-        if is_integer(amount):
-            if amount < 1:
+        if not is_budget(amount):  # the one budget rule (selection.is_budget); the message says what was wrong
+            if is_integer(amount):
                 raise ValueError(f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
-            amount = int(amount)
-        elif isinstance(amount, numbers.Real) and not isinstance(amount, bool):
-            amount = float(amount)
-            if not 0.0 < amount < 1.0:  # also rejects NaN
+            if isinstance(amount, numbers.Real) and not isinstance(amount, bool):
                 raise ValueError(
-                    f"amount={amount!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, "
+                    f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, "
                     "or an int count"
                 )
-        else:
             raise ValueError(
                 f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
             )
+        amount = int(amount) if is_integer(amount) else float(amount)
         self._method = get_method(method)  # a ValueError naming the methods for an unknown name
         if num_clusters is not None:
             if self._method.name != "lorp":

@@ -29,7 +29,7 @@ from typing import Any
 
 from lorp_lightning._io import write_json
 from lorp_lightning.methods import DEFAULT_METHOD
-from lorp_lightning.selection import format_clusters
+from lorp_lightning.selection import format_clusters, is_budget
 
 DEFAULT_MODEL = "smollm2-135m"
 MODEL_HELP = ("a bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), a local Hugging Face model directory, "
@@ -47,13 +47,16 @@ class UsageError(Exception):
 
 
 def _fraction_or_count(text: str) -> float | int:
+    """A budget as the library reads it (``selection.is_budget``): "3" is 3 blocks, "0.25" a
+    quarter of them, and "3.0", a float that is no fraction, is refused as the callback refuses it."""
     try:
-        value = float(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"amount must be a fraction in (0, 1) or a block count, got {text!r}") from None
-    if value >= 1 and value == int(value):
-        return int(value)
-    if not 0 < value < 1:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"amount must be a fraction in (0, 1) or a block count, got {text!r}") from None
+    if not is_budget(value):
         raise argparse.ArgumentTypeError(f"amount must be a fraction in (0, 1) or a block count >= 1, got {text!r}")
     return value
 

@@ -44,7 +44,7 @@ from lorp_lightning.locality import (
     representation_locality_score,
 )
 
-__all__ = ["PruningPlan", "candidate_plans", "format_clusters", "protected_blocks", "resolve_budget"]
+__all__ = ["PruningPlan", "candidate_plans", "format_clusters", "is_budget", "protected_blocks", "resolve_budget"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +174,14 @@ class PruningPlan:
 
 # --------------------------------------------------------------------------------------------
 # (6) the budget rule
+
+
+def is_budget(value: Any) -> bool:
+    """(6) The budget rule every entry point shares: a count, an int >= 1 (NumPy ints included, not
+    a bool), or a fraction, a float in (0, 1). ``3.0`` is neither: a float is always a fraction."""
+    if is_integer(value):
+        return value >= 1
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and 0.0 < float(value) < 1.0
 
 
 def resolve_budget(num_prune: Any, num_layers: int, num_unprotected: int) -> int:

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from lorp_lightning.cli import main
+from lorp_lightning.cli import build_parser, main
 
 SMALL = ["--windows", "4", "--window", "128", "--batch-size", "2", "--quiet"]
 SMALL_EVAL = ["--eval-windows", "2", "--speed-repeats", "1", "--prompt-tokens", "64", "--new-tokens", "8"]
@@ -217,6 +217,18 @@ def test_the_console_script_rejects_an_amount_out_of_range():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "amount must be a fraction in (0, 1) or a block count" in result.stderr
+
+
+@pytest.mark.parametrize("text, expected", [("3", 3), ("0.25", 0.25), ("3.0", None), ("0", None), ("1.0", None), ("x", None)])
+def test_amount_follows_the_librarys_budget_rule(text, expected, capsys):
+    # as LoRPPruneCallback(amount) and select_layers: an int is a count, a float a fraction in (0, 1)
+    if expected is not None:
+        assert build_parser().parse_args(["prune", "--amount", text]).amount == expected
+        return
+    with pytest.raises(SystemExit) as exit_status:
+        main(["prune", "--amount", text])
+    assert exit_status.value.code == 2
+    assert "amount must be a fraction in (0, 1) or a block count" in capsys.readouterr().err
 
 
 def test_compare_runs_every_method_at_every_budget_from_one_pass(tmp_path):

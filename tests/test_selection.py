@@ -14,7 +14,7 @@ from hand_matrices import sym
 
 from lorp_lightning import locality
 from lorp_lightning.methods import METHODS, STATS_METHODS, select_layers
-from lorp_lightning.selection import PruningPlan, resolve_budget
+from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
 from lorp_lightning.stats import LayerStats
 
 
@@ -30,6 +30,13 @@ def stats_of(S, S_last=None):
 
 # --------------------------------------------------------------------------------------------
 # (6) budget
+
+
+def test_the_budget_rule_is_a_count_or_a_fraction():
+    for good in (1, 7, np.int64(3), 0.25, np.float32(0.5)):
+        assert is_budget(good), good
+    for bad in (0, -1, 3.0, 1.0, 0.0, float("nan"), True, np.bool_(True), "3", None):
+        assert not is_budget(bad), bad
 
 
 def test_budget_int_is_a_count():
