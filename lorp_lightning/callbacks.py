@@ -29,14 +29,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lorp_lightning._validation import is_integer
 from lorp_lightning.architectures import decoder_layers
-from lorp_lightning.locality import is_integer
 from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, get_method, select_layers
 from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
 from lorp_lightning.stats import HiddenStateRecorder, LayerSimilarity, LayerStats, model_inputs
 from lorp_lightning.surgery import prune_layers
 
-__all__ = ["LayerStatsCallback", "LoRPPruneCallback", "ModelLocation", "check_model_location", "get_causal_lm"]
+__all__ = ["LayerStatsCallback", "LoRPPruneCallback", "ModelLocation", "check_model_location", "get_causal_lm", "rebuild_optimizers"]
 
 ModelLocation = str | Callable[[pl.LightningModule], nn.Module]
 """Where a callback finds the causal LM in a LightningModule: an attribute name (dotted paths
@@ -142,6 +142,16 @@ def _is_sharded(model: nn.Module) -> bool:
     return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in model.modules()) or any(
         isinstance(p, DTensor) for p in model.parameters()
     )
+
+
+def rebuild_optimizers(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """After blocks were removed or trainable parameters added in the middle of ``fit``: a new DDP
+    wrapper and new optimizers over the module's parameters as they are now."""
+    strategy = trainer.strategy
+    if isinstance(strategy.model, DistributedDataParallel):
+        strategy.model = pl_module
+        strategy.configure_ddp()
+    strategy.setup_optimizers(trainer)
 
 
 class _Listener:
@@ -613,18 +623,9 @@ class LoRPPruneCallback(LayerStatsCallback):
         with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode
             prune_layers(causal_lm, plan)
             if trainer.state.fn == TrainerFn.FITTING and self.prune_on == "validation_end":
-                self._rebuild_optimizers(trainer, pl_module)
+                rebuild_optimizers(trainer, pl_module)
         self.plan = plan
         self._log(trainer)
-
-    @staticmethod
-    def _rebuild_optimizers(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Training continues on the pruned model: new DDP wrapper and optimizers over the kept parameters."""
-        strategy = trainer.strategy
-        if isinstance(strategy.model, DistributedDataParallel):
-            strategy.model = pl_module
-            strategy.configure_ddp()
-        strategy.setup_optimizers(trainer)
 
     def _log(self, trainer: pl.Trainer) -> None:
         plan = self.plan

@@ -51,11 +51,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lorp_lightning._validation import is_integer
 from lorp_lightning._versions import check_version
 from lorp_lightning.architectures import architecture_of, decoder_layers
-from lorp_lightning.callbacks import LoRPPruneCallback, ModelLocation, check_model_location, get_causal_lm
+from lorp_lightning.callbacks import LoRPPruneCallback, ModelLocation, check_model_location, get_causal_lm, rebuild_optimizers
 from lorp_lightning.distillation import Distillation, _check_lm_weight, _check_temperature, check_dense_stack, check_teacher
-from lorp_lightning.locality import is_integer
 from lorp_lightning.module import LoRPModule
 from lorp_lightning.stats import model_inputs
 from lorp_lightning.surgery import RECORD_ATTRIBUTE, SavedStack, pruning_record, save_stack
@@ -702,7 +702,7 @@ class LoRPHealCallback(Callback):
         ):
             self._begin(trainer, pl_module)
             with torch.inference_mode(False):
-                LoRPPruneCallback._rebuild_optimizers(trainer, pl_module)
+                rebuild_optimizers(trainer, pl_module)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lorp_lightning._validation import is_integer
+
 __all__ = [
     "allocate_lorp",
     "block_redundancy",
@@ -52,11 +54,6 @@ RLS_MEDIUM = 0.7  # 0.7 <= RLS < 1.0 -> K = 3, below -> K = 4
 
 # --------------------------------------------------------------------------------------------
 # input checks
-
-
-def is_integer(value: Any) -> bool:
-    """An integer that is not a bool (``True`` is not a block count or an index here); numpy ints count."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def as_similarity_matrix(similarity: Any, *, name: str = "similarity", min_size: int = 1) -> np.ndarray:

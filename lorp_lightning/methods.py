@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorp_lightning import selection as sel
+from lorp_lightning._validation import is_integer
 from lorp_lightning.locality import (
     allocate_lorp,
     block_redundancy,
     cluster_layers,
     clusters_for_rls,
-    is_integer,
     representation_locality_score,
 )
 from lorp_lightning.selection import PruningPlan, candidate_plans, protected_blocks, resolve_budget

@@ -35,12 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from lorp_lightning._validation import is_integer
 from lorp_lightning.locality import (
     allocate_lorp,
     as_similarity_matrix,
     cluster_layers,
     clusters_for_rls,
-    is_integer,
     representation_locality_score,
 )
 

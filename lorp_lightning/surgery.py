@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import nn
 
+from lorp_lightning._validation import is_integer
 from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers
-from lorp_lightning.locality import is_integer
 
 __all__ = [
     "RECORD_ATTRIBUTE",
