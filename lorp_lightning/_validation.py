@@ -1,20 +1,63 @@
 """Checks of arguments shared by the whole package (private to it).
 
 One integer rule: an int, NumPy ints included, never a bool (``True`` is not a block count or an
-index here). The core (``locality``, ``selection``, ``surgery``) and the glue import it from here,
-so that a type check does not tie one module to another.
+index here). One real-number rule: a finite int or float, never a bool. The checks raise a
+ValueError that names the parameter and the value, in one shape:
+``"<name> must be <what>, got <name>=<value>"``.
+
+    steps = check_int(steps, "steps", what="a positive int (optimizer steps)")
+    seed = check_int(seed, "seed", low=0)                           # "seed must be an int >= 0, got seed=-1"
+    lr = check_real(lr, "lr", low=0.0, low_inclusive=False, what="a number > 0")
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
 import numpy as np
 
-__all__ = ["is_integer"]
+__all__ = ["check_int", "check_real", "is_integer", "is_real"]
 
 
 def is_integer(value: Any) -> bool:
     """An integer that is not a bool (``True`` is not a block count or an index here); numpy ints count."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value: Any) -> bool:
+    """A finite real number that is not a bool; NumPy scalars count."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+
+
+def _refuse(name: str, value: Any, what: str) -> ValueError:
+    return ValueError(f"{name} must be {what}, got {name}={value!r}")
+
+
+def check_int(value: Any, name: str, *, low: int = 1, none_ok: bool = False, what: str | None = None) -> int | None:
+    """``value`` as an int if it is an integer >= ``low`` (or None, with ``none_ok``), else a ValueError.
+
+    ``what`` says what is expected; by default "a positive int" (``low=1``) or "an int >= low",
+    with " or None" when None is accepted.
+    """
+    if value is None and none_ok:
+        return None
+    if not is_integer(value) or value < low:
+        if what is None:
+            what = ("a positive int" if low == 1 else f"an int >= {low}") + (" or None" if none_ok else "")
+        raise _refuse(name, value, what)
+    return int(value)
+
+
+def check_real(value: Any, name: str, *, low: float | None = None, low_inclusive: bool = True,
+               high: float | None = None, high_inclusive: bool = True, what: str) -> float:
+    """``value`` as a float if it is a finite real within the bounds given, else a ValueError saying ``what``."""
+    ok = is_real(value)
+    if ok and low is not None:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high if high_inclusive else value < high
+    if not ok:
+        raise _refuse(name, value, what)
+    return float(value)

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import check_int, is_integer
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, get_method, select_layers
 from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
@@ -472,8 +472,7 @@ class LoRPPruneCallback(LayerStatsCallback):
                 raise ValueError(
                     f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}"
                 )
-            if not is_integer(num_clusters) or num_clusters < 1:
-                raise ValueError(f"num_clusters must be a positive int or None, got num_clusters={num_clusters!r}")
+            check_int(num_clusters, "num_clusters", what="a positive int or None")
         if protect is not None:
             if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
                 raise ValueError(f"protect must be a list of block indices or None, got protect={protect!r}")
@@ -483,8 +482,7 @@ class LoRPPruneCallback(LayerStatsCallback):
             protect = tuple(int(p) for p in protect)
         if prune_on not in self.PRUNE_ON:
             raise ValueError(f"prune_on must be one of {', '.join(map(repr, self.PRUNE_ON))}, got prune_on={prune_on!r}")
-        if not is_integer(seed) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got seed={seed!r}")
+        seed = check_int(seed, "seed", low=0)
         self.amount = amount
         self.method = method
         self.num_clusters = None if num_clusters is None else int(num_clusters)

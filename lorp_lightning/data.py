@@ -27,8 +27,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lorp_lightning._validation import check_int
 from lorp_lightning.assets import BUNDLED_TEXTS, SPLITS, load_documents, split_documents
-from lorp_lightning.evaluation import token_windows
+from lorp_lightning.evaluation import check_window, token_windows
 
 __all__ = ["TextDataModule", "text_documents"]
 
@@ -45,11 +46,6 @@ class _Windows(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         ids = self.windows[index]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-
-def _positive_int_or_none(value: Any, name: str, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int ({what}) or None for all of them, got {name}={value!r}")
 
 
 def text_documents(text: str | os.PathLike | Sequence[str], split: str) -> list[str]:
@@ -134,16 +130,14 @@ class TextDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self._source = _check_text(text)
-        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-            raise ValueError(f"window must be an int >= 2 (tokens per window), got window={window!r}")
-        _positive_int_or_none(num_calibration_windows, "num_calibration_windows", "calibration windows to draw")
-        _positive_int_or_none(num_eval_windows, "num_eval_windows", "held-out windows to draw")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got batch_size={batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got seed={seed!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got num_workers={num_workers!r}")
+        window = check_window(window)
+        num_calibration_windows = check_int(num_calibration_windows, "num_calibration_windows", none_ok=True,
+                                            what="a positive int (calibration windows to draw) or None for all of them")
+        num_eval_windows = check_int(num_eval_windows, "num_eval_windows", none_ok=True,
+                                     what="a positive int (held-out windows to draw) or None for all of them")
+        batch_size = check_int(batch_size, "batch_size")
+        seed = check_int(seed, "seed", low=0)
+        num_workers = check_int(num_workers, "num_workers", low=0)
         self.tokenizer = tokenizer
         self.window = window
         self.num_windows = {"calibration": num_calibration_windows, "heldout": num_eval_windows}

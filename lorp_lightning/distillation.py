@@ -19,8 +19,6 @@ next token of a little text. This module holds:
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorp_lightning._validation import is_real
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.surgery import SavedStack, pruning_record, removed_blocks, temporarily_restored
 
@@ -139,21 +138,17 @@ def _log_probabilities(logits: Tensor, temperature: float) -> Tensor:
 
 
 def _check_lm_weight(value: Any) -> float:
-    if not _is_real(value) or not 0.0 <= value <= 1.0:
+    if not is_real(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"lm_weight must be a number in [0, 1] (the share of the next-token loss; 0: pure "
                          f"distillation), got lm_weight={value!r}")
     return float(value)
 
 
 def _check_temperature(value: Any) -> float:
-    if not _is_real(value) or not value > 0:
+    if not is_real(value) or not value > 0:
         raise ValueError(f"temperature must be a number > 0 (1: the distributions as the models give them), "
                          f"got temperature={value!r}")
     return float(value)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------- the checks

@@ -12,12 +12,16 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lorp_lightning._validation import check_int
+
 __all__ = [
     "PeakRSS",
+    "check_window",
     "matmul_flops_per_token",
     "measure_speed",
     "num_parameters",
@@ -27,16 +31,19 @@ __all__ = [
 ]
 
 
+def check_window(window: Any) -> int:
+    """``window``, tokens per window, as an int >= 2 (one prediction needs two tokens), else a ValueError."""
+    return check_int(window, "window", low=2, what="an int >= 2 (tokens per window)")
+
+
 def token_windows(tokenizer, text: str, window: int = 512, max_windows: int | None = None) -> Tensor:
     """Tokenize ``text`` once and cut it into consecutive, non-overlapping windows.
 
     Returns a (num_windows, window) long tensor; a last partial window is dropped. A tokenizer
     that adds a BOS token (Gemma's) adds it once, at the start of the text.
     """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-        raise ValueError(f"window must be an int >= 2 (tokens per window), got window={window!r}")
-    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1):
-        raise ValueError(f"max_windows must be a positive int or None, got max_windows={max_windows!r}")
+    window = check_window(window)
+    max_windows = check_int(max_windows, "max_windows", none_ok=True)
     ids = tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]
     count = ids.numel() // window
     if max_windows is not None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import os
 import time
 import warnings
@@ -51,7 +50,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import check_int, check_real
 from lorp_lightning._versions import check_version
 from lorp_lightning.architectures import architecture_of, decoder_layers
 from lorp_lightning.callbacks import LoRPPruneCallback, ModelLocation, check_model_location, get_causal_lm, rebuild_optimizers
@@ -117,22 +116,6 @@ def healing_records(model_or_config: Any) -> list[dict]:
     return copy.deepcopy(list(record.get(HEALING_KEY, [])))
 
 
-def _check_number(value: Any, name: str, *, low: float, low_inclusive: bool, high: float | None = None,
-                  what: str) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value >= low if low_inclusive else value > low) and (high is None or value < high)
-    if not ok:
-        raise ValueError(f"{name} must be {what}, got {name}={value!r}")
-    return float(value)
-
-
-def _check_positive_int(value: Any, name: str, what: str) -> int:
-    if not is_integer(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int ({what}), got {name}={value!r}")
-    return int(value)
-
-
 # --------------------------------------------------------------------------- the settings
 
 
@@ -160,11 +143,11 @@ class _Settings:
                     "(which trains whole blocks, without adapters); leave it out or pass mode='lora'"
                 )
         else:
-            rank = DEFAULT_RANK if rank is None else _check_positive_int(rank, "rank", "the LoRA rank")
-            alpha = DEFAULT_ALPHA if alpha is None else _check_number(
+            rank = DEFAULT_RANK if rank is None else check_int(rank, "rank", what="a positive int (the LoRA rank)")
+            alpha = DEFAULT_ALPHA if alpha is None else check_real(
                 alpha, "alpha", low=0.0, low_inclusive=False, what="a number > 0 (LoRA scales its update by alpha / rank)")
-            dropout = DEFAULT_DROPOUT if dropout is None else _check_number(
-                dropout, "dropout", low=0.0, low_inclusive=True, high=1.0, what="a number in [0, 1) (LoRA dropout)")
+            dropout = DEFAULT_DROPOUT if dropout is None else check_real(
+                dropout, "dropout", low=0.0, high=1.0, high_inclusive=False, what="a number in [0, 1) (LoRA dropout)")
             if target_modules is not None:
                 if isinstance(target_modules, (str, bytes)) or not isinstance(target_modules, Iterable):
                     raise ValueError(
@@ -177,9 +160,7 @@ class _Settings:
                         f"target_modules must be a non-empty list of module names (e.g. ['q_proj', 'v_proj']), "
                         f"got target_modules={target_modules!r}"
                     )
-        if not is_integer(seed) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got seed={seed!r}")
-        return cls(mode, rank, alpha, dropout, target_modules, int(seed))
+        return cls(mode, rank, alpha, dropout, target_modules, check_int(seed, "seed", low=0))
 
 
 def _linear_layers_of_blocks(model: nn.Module) -> dict[str, nn.Module]:
@@ -989,12 +970,12 @@ def heal(
             error the model is left as it was.
         TypeError: a teacher that is not a causal LM.
     """
-    steps = _check_positive_int(steps, "steps", "optimizer steps; steps=0 would train nothing")
+    steps = check_int(steps, "steps", what="a positive int (optimizer steps; steps=0 would train nothing)")
     settings = _Settings.checked(mode, rank, alpha, dropout, target_modules, seed)
-    lr = DEFAULT_LR[settings.mode] if lr is None else _check_number(lr, "lr", low=0.0, low_inclusive=False, what="a number > 0")
-    weight_decay = _check_number(weight_decay, "weight_decay", low=0.0, low_inclusive=True, what="a number >= 0")
+    lr = DEFAULT_LR[settings.mode] if lr is None else check_real(lr, "lr", low=0.0, low_inclusive=False, what="a number > 0")
+    weight_decay = check_real(weight_decay, "weight_decay", low=0.0, what="a number >= 0")
     if max_seconds is not None:
-        max_seconds = _check_number(max_seconds, "max_seconds", low=0.0, low_inclusive=False, what="a number of seconds > 0, or None")
+        max_seconds = check_real(max_seconds, "max_seconds", low=0.0, low_inclusive=False, what="a number of seconds > 0, or None")
     if trainer_options is not None and not isinstance(trainer_options, dict):
         raise ValueError(f"trainer_options must be a dict of Trainer arguments or None, got trainer_options={trainer_options!r}")
     options = dict(trainer_options or {})

@@ -13,6 +13,7 @@ from torch import Tensor
 from torchmetrics.text import Perplexity
 from typing_extensions import override
 
+from lorp_lightning._validation import check_real
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.assets import load_model
 from lorp_lightning.distillation import Distillation, causal_lm_labels
@@ -75,10 +76,8 @@ class LoRPModule(pl.LightningModule):
         super().__init__()
         from transformers import PreTrainedModel
 
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
-            raise ValueError(f"lr must be a number >= 0, got lr={lr!r}")
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be a number >= 0, got weight_decay={weight_decay!r}")
+        lr = check_real(lr, "lr", low=0.0, what="a number >= 0")
+        weight_decay = check_real(weight_decay, "weight_decay", low=0.0, what="a number >= 0")
         if isinstance(model, (str, os.PathLike)):
             model = os.fspath(model)  # saved as a hyper-parameter, so load_from_checkpoint(path) rebuilds it
             self.save_hyperparameters(ignore=["tokenizer"])

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lorp_lightning._validation import check_int
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.surgery import temporarily_pruned
 
@@ -137,16 +138,14 @@ class PlanLoss:
                  batch_windows: int | None = None) -> None:
         self.model = model
         self.windows = as_windows(windows)
-        if score_last is not None and (isinstance(score_last, bool) or not isinstance(score_last, int) or score_last < 1):
-            raise ValueError(f"score_last must be a positive int or None, got {score_last!r}")
-        self.score_last = score_last
+        self.score_last = score_last = check_int(score_last, "score_last", none_ok=True)
         self.scored = _scored(self.windows.shape[1], score_last)
         self.num_layers = len(decoder_layers(model))
         self.reuse_prefix = bool(reuse_prefix)
         if batch_windows is None:
             batch_windows = _batch_windows(model, self.scored, len(self.windows))
-        elif isinstance(batch_windows, bool) or not isinstance(batch_windows, int) or batch_windows < 1:
-            raise ValueError(f"batch_windows must be a positive int or None, got {batch_windows!r}")
+        else:
+            batch_windows = check_int(batch_windows, "batch_windows", none_ok=True)
         self.batch_windows = batch_windows
         self._batches = list(self.windows.split(batch_windows))  # each one forward pass
         self.losses: dict[tuple[int, ...], float] = {}

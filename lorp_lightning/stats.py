@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lorp_lightning._validation import check_int
 from lorp_lightning.architectures import decoder_layers
 
 __all__ = [
@@ -173,9 +174,7 @@ class LayerSimilarity(Metric):
 
     def __init__(self, num_layers: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int (the number of decoder blocks), got {num_layers!r}")
-        self.num_layers = num_layers
+        self.num_layers = num_layers = check_int(num_layers, "num_layers", what="a positive int (the number of decoder blocks)")
         size = num_layers + 1
         self.add_state("gram", torch.zeros(size, size, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("last_token_gram", torch.zeros(size, size, dtype=torch.float64), dist_reduce_fx="sum")

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from lorp_lightning._io import write_jsonl
+from lorp_lightning._validation import check_int
 from lorp_lightning._versions import check_version
 from lorp_lightning.assets import package_dir, sha256_of
 
@@ -159,14 +160,6 @@ def _check_tasks(tasks: Iterable[str] | str) -> tuple[str, ...]:
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"tasks lists a task more than once: tasks={tasks!r}")
     return tasks
-
-
-def _check_positive_int(name: str, value: Any, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        what = "a positive int or None" if allow_none else "a positive int"
-        raise ValueError(f"{name} must be {what}, got {name}={value!r}")
 
 
 # --------------------------------------------------------------------------- local data
@@ -552,8 +545,8 @@ def evaluate_zero_shot(
         lm-eval's ``evaluate`` (requests, model, metrics), not of loading the documents.
     """
     tasks = _check_tasks(tasks)
-    _check_positive_int("limit", limit, allow_none=True)
-    _check_positive_int("batch_size", batch_size, allow_none=False)
+    limit = check_int(limit, "limit", none_ok=True)
+    batch_size = check_int(batch_size, "batch_size")
     if not isinstance(progress, bool):
         raise ValueError(f"progress must be a bool, got progress={progress!r}")
     try:
