@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorp_lightning.architectures import decoder_layers
-from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback, _is_sharded
+from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
+from lorp_lightning.callbacks.location import _is_sharded
 from lorp_lightning.methods import select_layers
 
 NUM_LAYERS = 8

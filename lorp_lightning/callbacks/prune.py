@@ -1,0 +1,391 @@
+"""``LoRPPruneCallback``: select blocks with a method of the registry at the end of a loop, and
+remove them. It gathers its statistics with a ``_Gathering`` of its own (as ``LayerStatsCallback``
+does), or reads those of a ``LayerStatsCallback`` in the same Trainer; the selection is
+``select_layers`` and the surgery ``prune_layers``.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks.callback import Callback
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import nn
+from typing_extensions import override
+
+from lorp_lightning._validation import check_int, is_integer
+from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.callbacks.location import (
+    _SHARDED_STRATEGIES,
+    ModelLocation,
+    _describe,
+    _is_sharded,
+    check_model_location,
+    rebuild_optimizers,
+)
+from lorp_lightning.callbacks.statistics import LayerStatsCallback, _Gathering
+from lorp_lightning.methods import DEFAULT_METHOD, get_method, select_layers
+from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
+from lorp_lightning.stats import LayerStats
+from lorp_lightning.surgery import prune_layers
+
+__all__ = ["LoRPPruneCallback"]
+
+
+class LoRPPruneCallback(Callback):
+    r"""Prunes decoder blocks of the model once, at the end of a loop, by a method of the registry.
+
+    For example, calibrating on the calibration windows of ``TextDataModule``, which ``predict``
+    reads, and measuring perplexity on its held-out windows, which ``validate`` reads:
+
+    ```python
+    module, data = LoRPModule("smollm2-135m"), TextDataModule("wiki")
+    Trainer(callbacks=[LoRPPruneCallback(0.25, prune_on="predict_end")]).predict(module, datamodule=data)
+    Trainer().validate(module, datamodule=data)   # held-out perplexity, on windows that chose nothing
+    ```
+
+    In your own project (the causal LM at ``self.backbone``), pruning at the end of the first
+    validation of ``fit``:
+
+    ```python
+    Trainer(callbacks=[LoRPPruneCallback(0.25, model="backbone")]).fit(my_module, train_loader, val_loader)
+    ```
+
+    The statistics come from the batches the model runs on before the pruning, and the data they
+    come from is the calibration data: ``prune_on="validation_end"`` (the default) calibrates on
+    the batches of the first validation run (in your own project, your validation batches),
+    ``"fit_end"`` on those of the last validation of ``fit``, ``"predict_end"`` on those of
+    ``predict`` (with ``TextDataModule``, its calibration split). A perplexity measured on the
+    same batches that chose the blocks flatters the plan: report quality on other data, e.g.
+    calibrate with ``"predict_end"`` and validate on held-out batches. The callback gathers them itself, unless
+    the Trainer has a ``LayerStatsCallback``, whose statistics it then uses. Methods that try
+    plans on the model (the default ``lorp_search``, ``sleb``, ...) check them on the first 8
+    unpadded sequences of that loop. It selects the blocks with
+    ``select_layers``, removes them with
+    ``prune_layers``, and logs the RLS (``lorp/rls``), K
+    (``lorp/num_clusters``), ``lorp/num_pruned`` and ``lorp/num_layers`` to the loggers' metrics,
+    the plan to their hyper-parameters, and a one-line summary.
+
+    It never prunes during the sanity check and prunes only once: later validations leave the
+    model alone. Pruned in the middle of ``fit``, the model keeps training: the optimizers and
+    learning-rate schedulers are built again by ``configure_optimizers``, over the kept
+    parameters (single-device and DDP strategies). Under DDP, every process prunes the same
+    blocks, selected from the statistics of all processes. (Lightning's ``DistributedSampler``
+    repeats samples to even out the processes: for exact statistics, use a number of batches
+    divisible by the number of processes.)
+
+    Strategies: it prunes under single-device and DDP strategies. Under FSDP (``FSDPStrategy``,
+    or ``ModelParallelStrategy`` with ``fully_shard``) the weights are sharded across the
+    processes and removing blocks in place would leave FSDP's bookkeeping of them behind, so it
+    refuses at ``setup``, before any batch, with a ValueError that says what to do instead:
+    gather the statistics under FSDP with ``LayerStatsCallback``, select the plan from them
+    (``select_layers``), and prune the model's Hugging Face checkpoint on disk
+    (``prune_checkpoint``, ``lorp apply PLAN CHECKPOINT_DIR --out
+    OUT``) or the unsharded model in one process (``prune_layers``). A model found sharded when
+    the pruning comes (FSDP applied under another strategy) is refused with a RuntimeError, unchanged.
+
+    The causal LM and the batches are found and read as by ``LayerStatsCallback`` (its
+    ``model`` argument, and ``model_inputs``).
+
+    Args:
+        amount: how many blocks to prune: an int (a count) or a float in (0, 1) (a fraction of
+            the blocks, rounded down).
+        method: a name of ``METHODS``: ``"lorp_search"`` (default:
+            the locality analysis's candidate plans checked and improved on the calibration
+            loss), ``"lorp"`` (the paper's method, as published), a baseline; or a callable
+            that takes a ``SelectionContext`` and returns the
+            blocks to prune (as Lightning's ``ModelPruning(pruning_fn=...)``). A plan that is
+            not k distinct unprotected blocks is refused with a ValueError, the model unchanged.
+        num_clusters: ``"lorp"`` only: force K instead of deriving it from the RLS.
+        protect: block indices never pruned; default None: the first and the last block.
+        prune_on: ``"validation_end"`` (default), ``"fit_end"`` or ``"predict_end"``: the loop
+            whose batches calibrate the pruning, and at whose end it prunes (see above).
+        seed: the seed of the clustering (``"lorp"``) or of the draw (``"random"``).
+        verbose: print the one-line summary (on rank zero).
+        model: where the Hugging Face causal LM is in the LightningModule: an attribute name
+            (default ``"model"``; dotted paths allowed, e.g. ``"net.lm"``) or a callable
+            ``pl_module -> causal LM`` (see ``LayerStatsCallback``).
+
+    After pruning, ``plan`` is the ``PruningPlan`` and
+    ``stats`` the statistics it was chosen from; both are part of the callback's state.
+    (It gathers the statistics as ``LayerStatsCallback`` does, with a listener of its own.)
+    """
+
+    PRUNE_ON = ("validation_end", "fit_end", "predict_end")
+
+    def __init__(
+        self,
+        amount: int | float,
+        method: str | Callable = DEFAULT_METHOD,
+        num_clusters: int | None = None,
+        protect: Iterable[int] | None = None,
+        prune_on: str = "validation_end",
+        seed: int = 0,
+        verbose: bool = True,
+        model: ModelLocation = "model",
+    ) -> None:
+        if not is_budget(amount):  # the one budget rule (selection.is_budget); the message says what was wrong
+            if is_integer(amount):
+                raise ValueError(f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
+            if isinstance(amount, numbers.Real) and not isinstance(amount, bool):
+                raise ValueError(
+                    f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, "
+                    "or an int count"
+                )
+            raise ValueError(
+                f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
+            )
+        amount = int(amount) if is_integer(amount) else float(amount)
+        self._method = get_method(method)  # a ValueError naming the methods for an unknown name
+        if num_clusters is not None:
+            if self._method.name != "lorp":
+                raise ValueError(
+                    f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}"
+                )
+            check_int(num_clusters, "num_clusters", what="a positive int or None")
+        if protect is not None:
+            if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
+                raise ValueError(f"protect must be a list of block indices or None, got protect={protect!r}")
+            protect = tuple(protect)
+            if not all(is_integer(p) and p >= 0 for p in protect):
+                raise ValueError(f"protect must hold block indices (ints >= 0), got protect={protect!r}")
+            protect = tuple(int(p) for p in protect)
+        if prune_on not in self.PRUNE_ON:
+            raise ValueError(f"prune_on must be one of {', '.join(map(repr, self.PRUNE_ON))}, got prune_on={prune_on!r}")
+        seed = check_int(seed, "seed", low=0)
+        self.amount = amount
+        self.method = method
+        self.num_clusters = None if num_clusters is None else int(num_clusters)
+        self.protect = protect
+        self.prune_on = prune_on
+        self.seed = int(seed)
+        self.verbose = verbose
+        self.stages = ("predict",) if prune_on == "predict_end" else ("validation",)
+        self.model = check_model_location(model, type(self).__name__)
+        self.stats: LayerStats | None = None
+        self.windows: torch.Tensor | None = None
+        self._gathering = _Gathering(self.stages, self.model, type(self).__name__, check=self._check_model)
+        self._listener = self._gathering.listener
+        self.plan: PruningPlan | None = None
+        self._stats_callback: LayerStatsCallback | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(amount=self.amount, method=self._method.name, prune_on=self.prune_on)
+
+    @property
+    def _listens_to(self) -> str:
+        return self.stages[0]
+
+    # ------------------------------------------------------------------ setup
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if isinstance(trainer.strategy, _SHARDED_STRATEGIES) and self.plan is None:
+            raise ValueError(self._sharded_message(f"under {type(trainer.strategy).__name__}"))
+        self._gathering.setup(trainer, pl_module)  # finds the causal LM, and _check_model checks the budget
+        self._stats_callback = next((cb for cb in trainer.callbacks if isinstance(cb, LayerStatsCallback)), None)
+        if self._stats_callback is not None and self._listens_to not in self._stats_callback.stages:
+            raise ValueError(
+                f"LoRPPruneCallback(prune_on={self.prune_on!r}) reads the statistics of the {self._listens_to} loop, "
+                f"but the Trainer's LayerStatsCallback listens to {self._stats_callback.stages}; pass "
+                f"LayerStatsCallback(stages=('predict', 'validation')) or remove it"
+            )
+        if (
+            stage == "fit"
+            and self.prune_on == "validation_end"
+            and not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        ):
+            raise ValueError(
+                f"LoRPPruneCallback(prune_on='validation_end') rebuilds the optimizers after pruning in the middle of "
+                f"fit, which it does for single-device and DDP strategies only, not {type(trainer.strategy).__name__}; "
+                "prune with prune_on='fit_end', or before fit with trainer.validate"
+            )
+
+    def _check_model(self, trainer: pl.Trainer, model: nn.Module) -> None:
+        """The checks that need the causal LM, once it is found (``_Gathering``'s ``check``)."""
+        if self.plan is None:
+            self._check_budget(len(decoder_layers(model)))
+
+    @property
+    def _method_shown(self) -> str:
+        return repr(self.method) if isinstance(self.method, str) else self._method.name
+
+    def _sharded_message(self, where: str) -> str:
+        return (
+            f"LoRPPruneCallback does not prune a model whose weights FSDP shards across processes ({where}): "
+            "removing blocks in place would leave FSDP's bookkeeping of them behind. Instead, gather the statistics "
+            f"under FSDP with LayerStatsCallback(stages={self._listens_to!r}, {_describe(self.model)}), select the "
+            f"plan from them with select_layers(stats_callback.stats, {self.amount!r}, method={self._method_shown}) "
+            "(a method that tries plans on the model needs it unsharded, with model= and windows=), write it with "
+            "plan.to_json(), and prune the model's Hugging Face checkpoint on disk with `lorp apply PLAN "
+            "CHECKPOINT_DIR --out OUT` (lorp_lightning.prune_checkpoint), or the unsharded model in one process with "
+            "prune_layers(model, plan). This callback prunes in place under single-device and DDP strategies"
+        )
+
+    def _check_budget(self, num_layers: int) -> None:
+        """The errors select_layers would raise about the arguments, now rather than after a loop."""
+        protect = {0, num_layers - 1} if self.protect is None else set(self.protect)
+        outside = sorted(p for p in protect if p >= num_layers)
+        if outside:
+            raise ValueError(f"protect={self.protect!r} holds {outside}, beyond the {num_layers} blocks of the model")
+        if self.num_clusters is not None and self.num_clusters > num_layers:
+            raise ValueError(
+                f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}"
+            )
+        resolve_budget(self.amount, num_layers, num_layers - len(protect))
+
+    # ------------------------------------------------------------------ listening
+
+    @property
+    def _listening(self) -> bool:
+        """Listen only until the pruning, and only when no LayerStatsCallback does it already."""
+        return self.plan is None and self._stats_callback is None
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._gathering.loop_start(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._gathering.loop_start(trainer, pl_module)
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._gathering.loop_start(trainer, pl_module)
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._listening:
+            self._gathering.epoch_start(trainer, pl_module, "validation")
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._gathering.batch_end(batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish()
+
+    @override
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._listening:
+            self._gathering.epoch_start(trainer, pl_module, "predict")
+
+    @override
+    def on_predict_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._gathering.batch_end(batch)
+
+    @override
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        result = self._gathering.epoch_end()
+        if result is not None:
+            self.stats, self.windows = result
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._gathering.stop()
+
+    # ------------------------------------------------------------------ pruning
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.prune_on == "validation_end" and not trainer.sanity_checking:
+            self._prune(trainer, pl_module)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.prune_on == "fit_end":
+            self._prune(trainer, pl_module)
+
+    @override
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.prune_on == "predict_end":
+            self._prune(trainer, pl_module)
+
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.plan is not None:
+            return
+        if self._stats_callback is not None:
+            self.stats = self._stats_callback.stats
+        if self.stats is None:
+            raise RuntimeError(
+                f"LoRPPruneCallback(prune_on={self.prune_on!r}) has no statistics to select from: no "
+                f"{self._listens_to} batch ran through the model. Give the Trainer {self._listens_to} data "
+                "(a datamodule or dataloader, and limit_val_batches > 0 for validation)"
+            )
+        causal_lm = self._gathering.causal_lm(pl_module)
+        if _is_sharded(causal_lm):  # sharded by a strategy setup did not know: refuse, the model unchanged
+            raise RuntimeError(self._sharded_message("found sharded when the pruning came"))
+        model = windows = None
+        if self._method.reads_model:
+            source = self._stats_callback if self._stats_callback is not None else self
+            if source.windows is None:
+                raise RuntimeError(
+                    f"LoRPPruneCallback(method={self._method.name!r}) checks its plans on unpadded {self._listens_to} "
+                    "sequences, and none ran through the model; give it unpadded windows (TextDataModule's are)"
+                )
+            model, windows = causal_lm, source.windows
+        with torch.inference_mode(False):  # plans tried on the model run outside Lightning's inference mode
+            plan = select_layers(
+                self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect,
+                seed=self.seed, model=model, windows=windows,
+            )
+        plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
+        with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode
+            prune_layers(causal_lm, plan)
+            if trainer.state.fn == TrainerFn.FITTING and self.prune_on == "validation_end":
+                rebuild_optimizers(trainer, pl_module)
+        self.plan = plan
+        self._log(trainer)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        plan = self.plan
+        assert plan is not None
+        metrics: dict[str, float] = {"lorp/num_pruned": len(plan.pruned), "lorp/num_layers": len(plan.kept)}
+        if plan.rls is not None:
+            metrics["lorp/rls"] = plan.rls
+        if plan.num_clusters is not None:
+            metrics["lorp/num_clusters"] = plan.num_clusters
+        hyperparameters = {
+            "lorp_method": plan.method,
+            "lorp_amount": self.amount,
+            "lorp_num_layers": plan.num_layers,
+            "lorp_pruned_layers": plan.pruned,
+            "lorp_rls": plan.rls,
+            "lorp_num_clusters": plan.num_clusters,
+            "lorp_prune_on": self.prune_on,
+        }
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hyperparameters)
+            logger.log_metrics(metrics, step=trainer.global_step)
+        if self.verbose:
+            rank_zero_info(f"LoRPPruneCallback: {plan}; {len(plan.kept)} blocks remain")
+
+    # ------------------------------------------------------------------ state
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        plan = None if self.plan is None else json.loads(self.plan.to_json())  # plain Python values only
+        return {"plan": plan, "stats": None if self.stats is None else self.stats.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        plan = state_dict.get("plan")
+        self.plan = None if plan is None else PruningPlan.from_dict(plan)
+        self.stats = None if state_dict.get("stats") is None else LayerStats.from_state_dict(state_dict["stats"])
