@@ -46,35 +46,34 @@ class UsageError(Exception):
 # --------------------------------------------------------------------------- arguments
 
 
-def _fraction_or_count(text: str) -> float | int:
-    """A budget as the library reads it (``selection.is_budget``): "3" is 3 blocks, "0.25" a
-    quarter of them, and "3.0", a float that is no fraction, is refused as the callback refuses it."""
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"amount must be a fraction in (0, 1) or a block count, got {text!r}") from None
-    if not is_budget(value):
-        raise argparse.ArgumentTypeError(f"amount must be a fraction in (0, 1) or a block count >= 1, got {text!r}")
-    return value
+def _checked_number(convert, accept, expected: str, name: str | None = None):
+    """An argparse ``type``: ``convert(text)``, refused unless ``accept(value)`` with "expected
+    <expected>" (or "<name> must be <expected>" when ``name`` is given)."""
+    refusal = f"{name} must be {expected}" if name else f"expected {expected}"
 
-
-def _checked_number(convert, accept, expected: str):
-    """An argparse ``type``: ``convert(text)``, refused with "expected <expected>" unless ``accept(value)``."""
     def parse(text: str):
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{refusal}, got {text!r}") from None
         if not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{refusal}, got {text!r}")
         return value
 
     return parse
 
 
+def _int_or_float(text: str) -> int | float:
+    """The text as Python reads a number: "3" is the int 3, "0.25" and "3.0" are floats."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+# A budget as the library reads it (selection.is_budget): "3" is 3 blocks, "0.25" a quarter of
+# them, and "3.0", a float that is no fraction, is refused as the callback refuses it.
+_fraction_or_count = _checked_number(_int_or_float, is_budget, "a fraction in (0, 1) or a block count >= 1", name="amount")
 _positive_int = _checked_number(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _checked_number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _checked_number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")

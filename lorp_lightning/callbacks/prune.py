@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks.callback import Callback
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -30,7 +29,7 @@ from lorp_lightning.callbacks.location import (
     check_model_location,
     rebuild_optimizers,
 )
-from lorp_lightning.callbacks.statistics import LayerStatsCallback, _Gathering
+from lorp_lightning.callbacks.statistics import LayerStatsCallback, _Gathering, _GatheringCallback
 from lorp_lightning.methods import DEFAULT_METHOD, get_method, select_layers
 from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
 from lorp_lightning.stats import LayerStats
@@ -39,7 +38,7 @@ from lorp_lightning.surgery import prune_layers
 __all__ = ["LoRPPruneCallback"]
 
 
-class LoRPPruneCallback(Callback):
+class LoRPPruneCallback(_GatheringCallback):
     r"""Prunes decoder blocks of the model once, at the end of a loop, by a method of the registry.
 
     For example, calibrating on the calibration windows of ``TextDataModule``, which ``predict``
@@ -246,60 +245,10 @@ class LoRPPruneCallback(Callback):
     # ------------------------------------------------------------------ listening
 
     @property
+    @override
     def _listening(self) -> bool:
         """Listen only until the pruning, and only when no LayerStatsCallback does it already."""
         return self.plan is None and self._stats_callback is None
-
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._gathering.loop_start(trainer, pl_module)
-
-    @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._gathering.loop_start(trainer, pl_module)
-
-    @override
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._gathering.loop_start(trainer, pl_module)
-
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._listening:
-            self._gathering.epoch_start(trainer, pl_module, "validation")
-
-    @override
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._gathering.batch_end(batch)
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish()
-
-    @override
-    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._listening:
-            self._gathering.epoch_start(trainer, pl_module, "predict")
-
-    @override
-    def on_predict_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._gathering.batch_end(batch)
-
-    @override
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish()
-
-    def _finish(self) -> None:
-        result = self._gathering.epoch_end()
-        if result is not None:
-            self.stats, self.windows = result
-
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._gathering.stop()
 
     # ------------------------------------------------------------------ pruning
 

@@ -137,7 +137,76 @@ class _Gathering:
         self.listener.stop()
 
 
-class LayerStatsCallback(Callback):
+class _GatheringCallback(Callback):
+    """The hooks that drive a callback's ``_Gathering`` (``self._gathering``) and keep what each
+    run gathered in ``stats`` and ``windows``; ``_listening`` says whether a run is listened to.
+    Shared by ``LayerStatsCallback`` and ``LoRPPruneCallback``, which each own their gathering."""
+
+    _gathering: _Gathering
+    stats: LayerStats | None
+    windows: torch.Tensor | None
+
+    @property
+    def _listening(self) -> bool:
+        return True
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._gathering.setup(trainer, pl_module)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._gathering.loop_start(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._gathering.loop_start(trainer, pl_module)
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._gathering.loop_start(trainer, pl_module)
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._listening:
+            self._gathering.epoch_start(trainer, pl_module, "validation")
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._gathering.batch_end(batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish()
+
+    @override
+    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._listening:
+            self._gathering.epoch_start(trainer, pl_module, "predict")
+
+    @override
+    def on_predict_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._gathering.batch_end(batch)
+
+    @override
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        result = self._gathering.epoch_end()
+        if result is not None:
+            self.stats, self.windows = result
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._gathering.stop()
+
+
+class LayerStatsCallback(_GatheringCallback):
     r"""Gathers the layer statistics of the model (a ``LayerStats``)
     while ``predict`` runs, and, if asked, while validation runs.
 
@@ -195,59 +264,6 @@ class LayerStatsCallback(Callback):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(stages=self.stages)
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._gathering.setup(trainer, pl_module)
-
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._gathering.loop_start(trainer, pl_module)
-
-    @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._gathering.loop_start(trainer, pl_module)
-
-    @override
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._gathering.loop_start(trainer, pl_module)
-
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._gathering.epoch_start(trainer, pl_module, "validation")
-
-    @override
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._gathering.batch_end(batch)
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish()
-
-    @override
-    def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._gathering.epoch_start(trainer, pl_module, "predict")
-
-    @override
-    def on_predict_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._gathering.batch_end(batch)
-
-    @override
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish()
-
-    def _finish(self) -> None:
-        result = self._gathering.epoch_end()
-        if result is not None:
-            self.stats, self.windows = result
-
-    @override
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._gathering.stop()
 
     @override
     def state_dict(self) -> dict[str, Any]:
