@@ -328,7 +328,7 @@ def _begin(model: nn.Module, settings: _Settings, start_step: int) -> _Healing:
     return _Healing(settings, requires_grad, trainable, leaf_names, trained_blocks, count, start_step, tuner)
 
 
-def _end(model: nn.Module, healing: _Healing, num_steps: int, completed: bool) -> dict:
+def _end(model: nn.Module, healing: _Healing, num_steps: int, completed: bool, run: dict[str, Any] | None = None) -> dict:
     """Merge the adapters (LoRA), restore what was trainable, and add the healing to the pruning record."""
     if healing.tuner is not None:
         with torch.no_grad():
@@ -354,6 +354,7 @@ def _end(model: nn.Module, healing: _Healing, num_steps: int, completed: bool) -
         "completed": bool(completed),
         "seed": settings.seed,
         "distillation": copy.deepcopy(healing.distillation),
+        **copy.deepcopy(run or {}),  # what heal() adds about its run: the data and the optimizer's settings
     }
     record = copy.deepcopy(pruning_record(model))
     record[HEALING_KEY] = list(record.get(HEALING_KEY, [])) + [entry]
@@ -508,6 +509,7 @@ class LoRPHealCallback(Callback):
         self.temperature = 1.0 if temperature is None else _check_temperature(temperature)
         self.lm_weight = 0.0 if lm_weight is None else _check_lm_weight(lm_weight)
         self.records: list[dict] = []
+        self._run: dict[str, Any] = {}  # heal() describes its run here, for the record
         self._healing: _Healing | None = None
         self._prune_callback: LoRPPruneCallback | None = None
         self._dense: SavedStack | None = None  # teacher="dense": the stack before the pruning, removed blocks and all
@@ -724,7 +726,7 @@ class LoRPHealCallback(Callback):
         # the merge changes the kept blocks, so the dense teacher is gone: release the removed blocks too
         self._distillation, self._pl_module, self._dense = None, None, None
         with torch.inference_mode(False):
-            entry = _end(self._causal_lm(pl_module), healing, trainer.global_step - healing.start_step, completed)
+            entry = _end(self._causal_lm(pl_module), healing, trainer.global_step - healing.start_step, completed, self._run)
         self.records.append(entry)
         if self.verbose:
             kind = "" if entry["distillation"] is None else " (distillation)"
@@ -1030,16 +1032,7 @@ def heal(
     loader = torch.utils.data.DataLoader(
         windows, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-        warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
-        trainer.fit(module, train_dataloaders=loader)
-    model.to(device)  # Lightning's teardown moves a model trained on a GPU back to the CPU
-    if not callback.records:
-        raise RuntimeError("heal(): the training run ended without healing; see the Trainer's messages above")
-    record = copy.deepcopy(pruning_record(model))
-    record[HEALING_KEY][-1].update({
+    callback._run = {  # written into the healing record, once, when the run ends
         "text": text if isinstance(text, str) else os.fspath(text) if isinstance(text, os.PathLike) else f"{len(text)} documents",
         "split": "calibration",
         "window": window,
@@ -1048,6 +1041,13 @@ def heal(
         "lr": lr,
         "weight_decay": weight_decay,
         "max_seconds": max_seconds,
-    })
-    setattr(model.config, RECORD_ATTRIBUTE, record)
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
+        trainer.fit(module, train_dataloaders=loader)
+    model.to(device)  # Lightning's teardown moves a model trained on a GPU back to the CPU
+    if not callback.records:
+        raise RuntimeError("heal(): the training run ended without healing; see the Trainer's messages above")
     return model
