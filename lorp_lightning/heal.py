@@ -936,8 +936,9 @@ def heal(
         batch_size: windows per step.
         num_windows: how many calibration windows to draw (None: all).
         max_seconds: a wall-clock budget for the training: it stops before a step that would
-            end later than this (judged by the longest step so far), and the learning-rate
-            schedule follows the time spent; None: ``steps`` alone.
+            end later than this (judged by the longest step so far; under DDP rank 0 decides
+            and every process stops after the same step), and the learning-rate schedule
+            follows the time spent; None: ``steps`` alone.
         seed: the adapters' initialisation and the order of the windows.
         progress: show Lightning's progress bar, with the training loss.
         inplace: heal ``model`` itself (True) or a deep copy of it, leaving ``model`` as it was.
