@@ -14,12 +14,10 @@ import argparse
 import time
 
 import torch
+from decision_data import decision_data
 
-from lorp_lightning.assets import load_model, load_text
-from lorp_lightning.evaluation import token_windows
 from lorp_lightning.methods import select_layers
 from lorp_lightning.search import PlanLoss
-from lorp_lightning.stats import collect_layer_stats
 
 SETTINGS = ((4, 512, 256), (8, 512, 256), (8, 256, 128), (16, 256, 128))  # (check windows, tokens each, scored tokens)
 
@@ -33,10 +31,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=[",".join(map(str, s)) for s in SETTINGS],
                         help="check windows,tokens per window,scored tokens triples (default: %(default)s)")
     args = parser.parse_args()
-    model, tokenizer = load_model(args.model, progress=False)
-    windows = token_windows(tokenizer, load_text("wiki", "calibration"), window=512, max_windows=32 + args.validation_windows)
-    calibration, validation = windows[:32], windows[32:]
-    stats = collect_layer_stats(model, calibration.split(4), progress=False)
+    model, _, calibration, validation, stats = decision_data(args.model, args.validation_windows)
     score = PlanLoss(model, validation, score_last=None)
     print(f"{args.model}, amount {args.amount}, dtype {model.dtype}; validation: {len(validation)} other calibration "
           f"windows of 512 tokens, all tokens scored")

@@ -26,12 +26,10 @@ docs/method.md says how and why. No held-out figure was computed before either d
     python benchmarks/search_runs.py > benchmarks/results/search_runs.txt
 """
 import torch
+from decision_data import decision_data
 
-from lorp_lightning.assets import load_model, load_text
-from lorp_lightning.evaluation import token_windows
 from lorp_lightning.search import PlanLoss, local_search, ranked_runs, sleb_checks
 from lorp_lightning.selection import _read_inputs, candidate_plans
-from lorp_lightning.stats import collect_layer_stats
 
 MAX_PLANS_AT_TIMED_CELL = 26
 RUNS = (0, 1, 3, 6, None)  # None: every run (the default today)
@@ -41,11 +39,7 @@ torch.set_num_threads(2)
 print("# python benchmarks/search_runs.py   (see the docstring for the rule)", flush=True)
 results = {}  # (runs, swaps) -> list of (val, plans, timed)
 for name in ("smollm2-135m", "gemma3-270m"):
-    torch.manual_seed(0)
-    model, tok = load_model(name, progress=False)
-    windows = token_windows(tok, load_text("wiki", "calibration"), window=512, max_windows=56)
-    cal, val = windows[:32], windows[32:]
-    stats = collect_layer_stats(model, cal.split(4), progress=False)
+    model, _, cal, val, stats = decision_data(name)
     N = stats.num_layers
     F = _read_inputs(stats, "lorp").full
     check = PlanLoss(model, cal[:8, :256], score_last=128)

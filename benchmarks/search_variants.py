@@ -11,20 +11,13 @@ docs/method.md.
 """
 import sys
 
-import torch
+from decision_data import decision_data
 
-from lorp_lightning.assets import load_model, load_text
-from lorp_lightning.evaluation import token_windows
 from lorp_lightning.search import PlanLoss, contiguous_runs, neighbours, sleb_checks, sleb_order
 from lorp_lightning.selection import _read_inputs, candidate_plans
-from lorp_lightning.stats import collect_layer_stats
 
 name = sys.argv[1]
-torch.manual_seed(0)
-model, tok = load_model(name, progress=False)
-windows = token_windows(tok, load_text("wiki", "calibration"), window=512, max_windows=56)
-cal, val = windows[:32], windows[32:]
-stats = collect_layer_stats(model, cal.split(4), progress=False)
+model, _, cal, val, stats = decision_data(name)
 N = stats.num_layers
 inp = _read_inputs(stats, "lorp")
 S, F = inp.blocks, inp.full
