@@ -365,31 +365,19 @@ def _stats_summary(stats, analysis_plan) -> dict[str, Any]:
     }
 
 
-def _heatmap(stats, labels, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lorp_lightning.plots import similarity_heatmap
-
-    fig, ax = plt.subplots(figsize=(7, 6))
-    similarity_heatmap(stats, labels=labels, ax=ax, title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_analyze(args) -> dict:
+    from lorp_lightning.plots import save_similarity_heatmap
+
     with _output(args.out, args.overwrite) as out:
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         stats, seconds = _calibrate(args, model, tokenizer)
         plan = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer, num_clusters=args.num_clusters)
         stats.save(out.path / "stats.pt")
-        _heatmap(stats, plan.labels, out.path / "similarity.png", f"{args.model}: RLS {plan.rls:.3f}, K {plan.num_clusters}")
+        save_similarity_heatmap(stats, out.path / "similarity.png", labels=plan.labels,
+                                title=f"{args.model}: RLS {plan.rls:.3f}, K {plan.num_clusters}")
         report = {"command": "analyze", "model": args.model, "dtype": args.dtype, "device": args.device,
                   "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds, "stats_file": args.stats},
                   "statistics": _stats_summary(stats, plan), "versions": _versions()}
@@ -498,12 +486,8 @@ def _comparison_table(metrics: dict[str, dict[str, Any]]) -> str:
 
 
 def cmd_compare(args) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from lorp_lightning.evaluation import perplexity, token_windows
+    from lorp_lightning.plots import save_perplexity_by_budget
     from lorp_lightning.surgery import prune_layers
 
     methods = [m for m in args.methods.split(",") if m]
@@ -530,26 +514,15 @@ def cmd_compare(args) -> dict:
                   "evaluation": {"text": args.eval_text, "split": "heldout", "windows": int(windows.shape[0]), "window": args.window},
                   "results": rows, "versions": _versions()}
         write_json(out.path / "report.json", report)
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for method in methods:
-            points = [(r["num_pruned"], r["perplexity"]) for r in rows if r["method"] == method and not isinstance(r["perplexity"], str)]
-            ax.plot(*zip(*points, strict=True), marker="o", label=method) if points else None
-        ax.axhline(dense_ppl, color="black", linestyle=":", label="dense")
-        ax.set_yscale("log")
-        ax.set_xlabel("blocks removed")
-        ax.set_ylabel(f"held-out perplexity ({args.eval_text})")
-        ax.set_title(args.model)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out.path / "perplexity.png", dpi=120)
-        plt.close(fig)
+        save_perplexity_by_budget(rows, dense_ppl, out.path / "perplexity.png", title=args.model,
+                                  ylabel=f"held-out perplexity ({args.eval_text})")
     final = out.final
     print(f"{args.model}: dense perplexity {dense_ppl:.2f} on {args.eval_text} (held-out)")
     print(f"{'amount':>7} {'blocks':>6} " + " ".join(f"{m:>11}" for m in methods))
     for amount in amounts:
         cells = {r["method"]: r for r in rows if r["amount"] == amount}
         ppl = [cells[m]["perplexity"] for m in methods]
-        print(f"{amount!s:>7} {cells[methods[0]]['num_pruned']:>6} " + " ".join(f"{p:>11.2f}" if not isinstance(p, str) else f"{p:>11}" for p in ppl))
+        print(f"{amount!s:>7} {cells[methods[0]]['num_pruned']:>6} " + " ".join(f"{p:>11.2f}" for p in ppl))
     print(f"wrote {final}/report.json, perplexity.png")
     return report
 
@@ -676,13 +649,10 @@ def _healing_line(record: dict, before, after) -> str:
 
 def cmd_heal(args) -> dict:
     from lorp_lightning.evaluation import perplexity, token_windows
-    from lorp_lightning.heal import MODES
     from lorp_lightning.surgery import pruning_record
 
     if args.out == "DIR-healed":
         args.out = f"{str(args.model).rstrip('/')}-healed"
-    if args.mode not in MODES:  # argparse's choices already say so; kept for callers of cmd_heal
-        raise UsageError(f"unknown mode {args.mode!r}; modes: {', '.join(MODES)}")
     if args.mode == "adjacent" and args.dtype != "float32":
         raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {args.dtype}, "
                          "AdamW's small updates would be lost); or heal with --mode lora")

@@ -1,10 +1,14 @@
-"""Pictures of the locality analysis: the similarity matrix with the clusters drawn on it."""
+"""Pictures: the similarity matrix with the clusters drawn on it, and perplexity against the
+number of blocks removed. The ``save_*`` functions write a PNG without touching pyplot's state
+(a ``matplotlib.figure.Figure`` of their own), as the command line does."""
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
-__all__ = ["similarity_heatmap"]
+__all__ = ["save_perplexity_by_budget", "save_similarity_heatmap", "similarity_heatmap"]
 
 
 def similarity_heatmap(stats_or_similarity: Any, labels: list[int] | None = None, pruned: list[int] | None = None,
@@ -47,3 +51,38 @@ def similarity_heatmap(stats_or_similarity: Any, labels: list[int] | None = None
     if title:
         ax.set_title(title)
     return ax
+
+
+def save_similarity_heatmap(stats_or_similarity: Any, path: str | os.PathLike, labels: list[int] | None = None,
+                            title: str | None = None) -> None:
+    """``similarity_heatmap`` on a figure of its own, written to ``path`` (PNG)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 6))
+    similarity_heatmap(stats_or_similarity, labels=labels, ax=fig.subplots(), title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def save_perplexity_by_budget(rows: list[dict[str, Any]], dense_perplexity: float, path: str | os.PathLike,
+                              title: str | None = None, ylabel: str = "held-out perplexity") -> None:
+    """Perplexity against blocks removed, one line per method, the dense model as a dotted line
+    (log scale), written to ``path`` (PNG). ``rows``: ``{"method", "num_pruned", "perplexity"}``
+    dicts; a perplexity that is not finite is left out of its line."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for method in dict.fromkeys(row["method"] for row in rows):
+        points = [(r["num_pruned"], r["perplexity"]) for r in rows if r["method"] == method and math.isfinite(r["perplexity"])]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=method)
+    ax.axhline(dense_perplexity, color="black", linestyle=":", label="dense")
+    ax.set_yscale("log")
+    ax.set_xlabel("blocks removed")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
