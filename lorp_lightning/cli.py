@@ -306,33 +306,42 @@ def _calibration_text(name_or_path: str, use: str) -> str:
     return "\n\n".join(documents)
 
 
-def _calibration_windows(args, tokenizer):
+def _calibration_windows(tokenizer, text: str, window: int, count: int):
+    """The first ``count`` windows of ``window`` tokens of the calibration split of ``text`` (--text)."""
     from lorp_lightning.evaluation import token_windows
 
     try:
-        windows = token_windows(tokenizer, _calibration_text(args.text, "calibration"), window=args.window)
+        windows = token_windows(tokenizer, _calibration_text(text, "calibration"), window=window)
     except ValueError as error:  # shorter than one window
-        raise UsageError(f"the calibration split of --text {args.text!r}: {error}; use a smaller --window or a longer text") from error
-    if windows.shape[0] < args.windows:
-        raise UsageError(f"--windows {args.windows} but the calibration split of --text {args.text!r} has only "
-                         f"{windows.shape[0]} windows of {args.window} tokens; ask for at most {windows.shape[0]}")
-    return windows[:args.windows]
+        raise UsageError(f"the calibration split of --text {text!r}: {error}; use a smaller --window or a longer text") from error
+    if windows.shape[0] < count:
+        raise UsageError(f"--windows {count} but the calibration split of --text {text!r} has only "
+                         f"{windows.shape[0]} windows of {window} tokens; ask for at most {windows.shape[0]}")
+    return windows[:count]
 
 
-def _calibrate(args, model, tokenizer):
+def _calibrate(model, tokenizer, *, stats_file: str | None, text: str, window: int, count: int, batch_size: int,
+               quiet: bool):
+    """The statistics: read from ``stats_file`` (--stats), or one pass over the calibration windows; and its seconds."""
     from lorp_lightning.stats import LayerStats, collect_layer_stats
 
-    if args.stats:
-        stats = LayerStats.load(args.stats)
+    if stats_file:
+        stats = LayerStats.load(stats_file)
         from lorp_lightning.architectures import decoder_layers
 
         if stats.num_layers != len(decoder_layers(model)):
-            raise UsageError(f"--stats {args.stats} holds statistics of {stats.num_layers} blocks; the model has {len(decoder_layers(model))}")
+            raise UsageError(f"--stats {stats_file} holds statistics of {stats.num_layers} blocks; the model has {len(decoder_layers(model))}")
         return stats, 0.0
-    windows = _calibration_windows(args, tokenizer)
+    windows = _calibration_windows(tokenizer, text, window, count)
     start = time.perf_counter()
-    stats = collect_layer_stats(model, windows.split(args.batch_size), progress=not args.quiet)
+    stats = collect_layer_stats(model, windows.split(batch_size), progress=not quiet)
     return stats, time.perf_counter() - start
+
+
+def _calibrate_as_asked(args, model, tokenizer):
+    """``_calibrate`` with the command line's --stats, --text, --window, --windows, --batch-size, --quiet."""
+    return _calibrate(model, tokenizer, stats_file=args.stats, text=args.text, window=args.window, count=args.windows,
+                      batch_size=args.batch_size, quiet=args.quiet)
 
 
 def _check_method(method: str) -> None:
@@ -342,16 +351,27 @@ def _check_method(method: str) -> None:
         raise UsageError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
 
-def _select(stats, amount, method, *, args, model, tokenizer, num_clusters=None):
-    """The plan of ``method``; methods that try plans on the model check them on --text's calibration windows."""
+def _select(stats, amount, method, *, seed: int, quiet: bool, model=None, windows=None, num_clusters=None):
+    """The plan of ``method``; a method that tries plans on the model checks them on ``windows``
+    (the calibration windows of --text), the others read ``stats`` alone."""
     from lorp_lightning.methods import get_method, select_layers
 
-    windows = _calibration_windows(args, tokenizer) if get_method(method).reads_model else None
+    reads_model = get_method(method).reads_model
     try:
-        return select_layers(stats, amount, method=method, num_clusters=num_clusters, seed=args.seed,
-                             model=model if windows is not None else None, windows=windows, progress=not args.quiet)
+        return select_layers(stats, amount, method=method, num_clusters=num_clusters, seed=seed,
+                             model=model if reads_model else None, windows=windows if reads_model else None,
+                             progress=not quiet)
     except ValueError as error:
         raise UsageError(str(error).replace("num_clusters", "--num-clusters").replace("method=", "--method ")) from error
+
+
+def _check_windows(methods: list[str], args, tokenizer):
+    """The calibration windows of --text, read once, if one of ``methods`` tries plans on the model; else None."""
+    from lorp_lightning.methods import get_method
+
+    if not any(get_method(method).reads_model for method in methods):
+        return None
+    return _calibration_windows(tokenizer, args.text, args.window, args.windows)
 
 
 def _stats_summary(stats, analysis_plan) -> dict[str, Any]:
@@ -373,8 +393,8 @@ def cmd_analyze(args) -> dict:
 
     with _output(args.out, args.overwrite) as out:
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
-        stats, seconds = _calibrate(args, model, tokenizer)
-        plan = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer, num_clusters=args.num_clusters)
+        stats, seconds = _calibrate_as_asked(args, model, tokenizer)
+        plan = _select(stats, 1, "lorp", seed=args.seed, quiet=args.quiet, num_clusters=args.num_clusters)
         stats.save(out.path / "stats.pt")
         save_similarity_heatmap(stats, out.path / "similarity.png", labels=plan.labels,
                                 title=f"{args.model}: RLS {plan.rls:.3f}, K {plan.num_clusters}")
@@ -426,10 +446,11 @@ def cmd_prune(args) -> dict:
         start = time.perf_counter()
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         timings["load_seconds"] = time.perf_counter() - start
-        stats, timings["calibration_seconds"] = _calibrate(args, model, tokenizer)
-        analysis = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer)
+        stats, timings["calibration_seconds"] = _calibrate_as_asked(args, model, tokenizer)
+        analysis = _select(stats, 1, "lorp", seed=args.seed, quiet=args.quiet)
         start = time.perf_counter()
-        plan = _select(stats, args.amount, args.method, args=args, model=model, tokenizer=tokenizer, num_clusters=args.num_clusters)
+        plan = _select(stats, args.amount, args.method, seed=args.seed, quiet=args.quiet, model=model,
+                       windows=_check_windows([args.method], args, tokenizer), num_clusters=args.num_clusters)
         timings["selection_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         pruned = prune_layers(model, plan, inplace=False)
@@ -496,18 +517,19 @@ def cmd_compare(args) -> dict:
     amounts = [_fraction_or_count_or_usage(a) for a in args.amounts.split(",") if a]
     with _output(args.out, args.overwrite) as out:
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
-        stats, seconds = _calibrate(args, model, tokenizer)
+        stats, seconds = _calibrate_as_asked(args, model, tokenizer)
+        check_windows = _check_windows(methods, args, tokenizer)
         windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
         dense_ppl = perplexity(model, windows)
         rows = []
         for amount in amounts:
             for method in methods:
-                plan = _select(stats, amount, method, args=args, model=model, tokenizer=tokenizer)
+                plan = _select(stats, amount, method, seed=args.seed, quiet=args.quiet, model=model, windows=check_windows)
                 pruned = prune_layers(model, plan, inplace=False)
                 rows.append({"amount": amount, "method": method, "pruned": plan.pruned, "num_pruned": len(plan.pruned),
                              "perplexity": perplexity(pruned, windows)})
                 del pruned
-        analysis = _select(stats, 1, "lorp", args=args, model=model, tokenizer=tokenizer)
+        analysis = _select(stats, 1, "lorp", seed=args.seed, quiet=args.quiet)
         report = {"command": "compare", "model": args.model, "dtype": args.dtype, "device": args.device, "dense_perplexity": dense_ppl,
                   "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds},
                   "statistics": _stats_summary(stats, analysis),
