@@ -410,22 +410,29 @@ def cmd_analyze(args) -> dict:
     return report
 
 
-def _evaluate(models: dict, tokenizer, args) -> dict[str, dict[str, Any]]:
-    from lorp_lightning.evaluation import matmul_flops_per_token, measure_speed, num_parameters, perplexity, token_windows
+def _eval_windows(args, tokenizer):
+    """The held-out windows of --eval-text (--window tokens each, at most --eval-windows)."""
+    from lorp_lightning.evaluation import token_windows
 
-    windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
+    return token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window,
+                         max_windows=args.eval_windows)
+
+
+def _evaluate(models: dict, windows, *, quiet: bool, prompt_tokens: int, new_tokens: int, repeats: int) -> dict[str, dict[str, Any]]:
+    """Perplexity on ``windows``, size, FLOPs, and speed measured side by side, for each model."""
+    from lorp_lightning.evaluation import matmul_flops_per_token, measure_speed, num_parameters, perplexity
+
     results: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         results[name] = {
-            "perplexity": perplexity(model, windows, progress=not args.quiet),
+            "perplexity": perplexity(model, windows, progress=not quiet),
             "num_parameters": num_parameters(model),
             "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
             "matmul_flops_per_token": matmul_flops_per_token(model),
         }
-    speed = measure_speed(models, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, repeats=args.speed_repeats)
+    speed = measure_speed(models, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats)
     for name in models:
         results[name].update(speed[name])
-    results["_eval"] = {"text": args.eval_text, "split": "heldout", "windows": int(windows.shape[0]), "window": args.window}
     return results
 
 
@@ -455,14 +462,18 @@ def cmd_prune(args) -> dict:
         start = time.perf_counter()
         pruned = prune_layers(model, plan, inplace=False)
         timings["prune_seconds"] = time.perf_counter() - start
+        eval_windows = _eval_windows(args, tokenizer)
         healing = None
         if args.heal_steps:  # with --distill, the teacher is the dense model, still in memory
-            healing = _heal_pruned(pruned, tokenizer, args, teacher=model if getattr(args, "distill", False) else None)
+            distill = {"teacher": model, "teacher_name": args.model, "lm_weight": args.lm_weight} if getattr(args, "distill", False) else {}
+            healing = _heal_pruned(pruned, tokenizer, eval_windows, quiet=args.quiet, steps=args.heal_steps, text=args.text,
+                                   window=args.window, batch_size=args.batch_size, seed=args.seed, **distill)
             timings["heal_seconds"] = healing["record"]["seconds"]
         start = time.perf_counter()
-        metrics = _evaluate({"dense": model, "pruned": pruned}, tokenizer, args)
+        metrics = _evaluate({"dense": model, "pruned": pruned}, eval_windows, quiet=args.quiet, prompt_tokens=args.prompt_tokens,
+                            new_tokens=args.new_tokens, repeats=args.speed_repeats)
         timings["evaluation_seconds"] = time.perf_counter() - start
-        eval_setup = metrics.pop("_eval")
+        eval_setup = {"text": args.eval_text, "split": "heldout", "windows": int(eval_windows.shape[0]), "window": args.window}
         pruned.save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
         report = {"command": "prune", "model": args.model, "dtype": args.dtype, "device": args.device, "plan": plan.to_dict(),
@@ -507,7 +518,7 @@ def _comparison_table(metrics: dict[str, dict[str, Any]]) -> str:
 
 
 def cmd_compare(args) -> dict:
-    from lorp_lightning.evaluation import perplexity, token_windows
+    from lorp_lightning.evaluation import perplexity
     from lorp_lightning.plots import save_perplexity_by_budget
     from lorp_lightning.surgery import prune_layers
 
@@ -519,7 +530,7 @@ def cmd_compare(args) -> dict:
         model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
         stats, seconds = _calibrate_as_asked(args, model, tokenizer)
         check_windows = _check_windows(methods, args, tokenizer)
-        windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
+        windows = _eval_windows(args, tokenizer)
         dense_ppl = perplexity(model, windows)
         rows = []
         for amount in amounts:
@@ -614,16 +625,14 @@ def _zero_shot_tasks(spec: str | None) -> tuple[str, ...]:
     return tasks
 
 
-def _heal_pruned(pruned, tokenizer, args, teacher=None) -> dict:
-    """`lorp prune --heal-steps N [--distill]`: the pruned model's perplexity, then N steps of LoRA healing on the
-    calibration text, by the next-token loss or by distillation from ``teacher`` (the dense model)."""
-    from lorp_lightning.evaluation import perplexity, token_windows
+def _heal_pruned(pruned, tokenizer, eval_windows, *, quiet: bool, **healing) -> dict:
+    """`lorp prune --heal-steps N [--distill]`: the pruned model's perplexity on ``eval_windows``, then
+    ``heal(pruned, tokenizer, **healing)`` (LoRA on the calibration text, by the next-token loss or, with a
+    ``teacher``, by distillation)."""
+    from lorp_lightning.evaluation import perplexity
 
-    windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window, max_windows=args.eval_windows)
-    before = perplexity(pruned, windows, progress=not args.quiet)
-    distill = {} if teacher is None else {"teacher": teacher, "teacher_name": args.model, "lm_weight": args.lm_weight}
-    record, losses = _run_healing(pruned, tokenizer, args.quiet, steps=args.heal_steps, text=args.text, window=args.window,
-                                  batch_size=args.batch_size, seed=args.seed, **distill)
+    before = perplexity(pruned, eval_windows, progress=not quiet)
+    record, losses = _run_healing(pruned, tokenizer, quiet, **healing)
     return {"record": record, "losses": losses, "perplexity_before_healing": before}
 
 
