@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import is_integer, is_real
 from lorp_lightning.locality import (
     allocate_lorp,
     as_similarity_matrix,
@@ -181,7 +181,7 @@ def is_budget(value: Any) -> bool:
     a bool), or a fraction, a float in (0, 1). ``3.0`` is neither: a float is always a fraction."""
     if is_integer(value):
         return value >= 1
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and 0.0 < float(value) < 1.0
+    return is_real(value) and 0.0 < float(value) < 1.0
 
 
 def resolve_budget(num_prune: Any, num_layers: int, num_unprotected: int) -> int:
