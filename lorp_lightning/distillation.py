@@ -8,8 +8,8 @@ next token of a little text. This module holds:
 - ``distillation_loss``, the loss, a pure function of tensors (no model, no Lightning):
   KL(teacher || student) per token, averaged over the real tokens, optionally mixed with the
   next-token loss, in float32;
-- ``causal_lm_labels``, the labels of the next-token loss, the one rule
-  ``LoRPModule`` trains with;
+- ``causal_lm_labels``, the labels of the next-token loss (``lorp_lightning.next_token``, the one
+  rule of that loss, re-exported here);
 - ``check_teacher``, the checks of a teacher against its student, run before any training;
 - ``Distillation``, a teacher with the loss's settings, which
   ``LoRPHealCallback`` attaches to the module it heals. The teacher is
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from lorp_lightning._validation import is_real
 from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.next_token import causal_lm_labels, next_token_loss
 from lorp_lightning.surgery import SavedStack, pruning_record, removed_blocks, temporarily_restored
 
 __all__ = [
@@ -39,20 +40,7 @@ __all__ = [
     "vocabulary_size",
 ]
 
-IGNORE_INDEX = -100
-"""Label of a position without a next-token loss (Hugging Face's and PyTorch's convention)."""
-
-
 # --------------------------------------------------------------------------- the loss
-
-
-def causal_lm_labels(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The labels of the next-token loss: the input ids, with ``IGNORE_INDEX`` on padding.
-
-    Unshifted, as Hugging Face's ``model(..., labels=labels).loss`` takes them: the logits at
-    position t are scored against ``labels[:, t + 1]``.
-    """
-    return input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
 
 
 def distillation_loss(
@@ -124,9 +112,7 @@ def distillation_loss(
                              "(causal_lm_labels(input_ids, attention_mask))")
         if tuple(labels.shape) != batch_tokens:
             raise ValueError(f"labels must be (batch, tokens) = {batch_tokens}, got {tuple(labels.shape)}")
-        # the logits at t predict the token at t + 1, as in Hugging Face's causal-LM loss
-        lm = F.cross_entropy(student_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
-        loss = loss + lm_weight * lm
+        loss = loss + lm_weight * next_token_loss(student_logits, labels)
     return loss
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lorp_lightning._validation import check_int
+from lorp_lightning.next_token import IGNORE_INDEX, next_token_pairs
 
 __all__ = [
     "PeakRSS",
@@ -60,14 +61,14 @@ def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 1, progress:
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    metric = Perplexity().to(device)
+    metric = Perplexity(ignore_index=IGNORE_INDEX).to(device)
     was_training = model.training
     model.eval()
     try:
         for batch in tqdm(windows.split(batch_size), desc="perplexity", unit="batch", disable=not progress):
             batch = batch.to(device)
             logits = model(input_ids=batch, use_cache=False).logits
-            metric.update(logits[:, :-1].float(), batch[:, 1:])
+            metric.update(*next_token_pairs(logits, batch))
     finally:
         model.train(was_training)
     return float(metric.compute())

@@ -16,7 +16,8 @@ from typing_extensions import override
 from lorp_lightning._validation import check_real
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.assets import load_model
-from lorp_lightning.distillation import Distillation, causal_lm_labels
+from lorp_lightning.distillation import Distillation
+from lorp_lightning.next_token import IGNORE_INDEX, causal_lm_labels, next_token_loss, next_token_pairs
 from lorp_lightning.precision import choose_dtype
 from lorp_lightning.stats import backbone, last_token_index, model_inputs
 from lorp_lightning.surgery import RECORD_ATTRIBUTE, prune_layers, pruning_record
@@ -97,8 +98,8 @@ class LoRPModule(pl.LightningModule):
         decoder_layers(hf_model)  # an architecture lorp_lightning knows, or a clear error now
         self.model = hf_model
         self.tokenizer = tokenizer
-        self.val_ppl = Perplexity(ignore_index=-100)
-        self.test_ppl = Perplexity(ignore_index=-100)
+        self.val_ppl = Perplexity(ignore_index=IGNORE_INDEX)
+        self.test_ppl = Perplexity(ignore_index=IGNORE_INDEX)
         self.distillation: Distillation | None = None
 
     # ------------------------------------------------------------------ steps
@@ -114,7 +115,7 @@ class LoRPModule(pl.LightningModule):
     def training_step(self, batch: Tensor | Mapping[str, Tensor], batch_idx: int) -> Tensor:
         input_ids, attention_mask = self._inputs(batch)
         if self.distillation is None:
-            loss = self(input_ids, attention_mask, labels=causal_lm_labels(input_ids, attention_mask)).loss
+            loss = next_token_loss(self(input_ids, attention_mask).logits, causal_lm_labels(input_ids, attention_mask))
         else:  # the teacher's logits first: they need no graph, and a shared teacher borrows the student's blocks
             teacher_logits = self.distillation.teacher_logits(input_ids, attention_mask)
             logits = self(input_ids, attention_mask).logits
@@ -125,8 +126,7 @@ class LoRPModule(pl.LightningModule):
     def _update_perplexity(self, metric: Perplexity, batch: Tensor | Mapping[str, Tensor]) -> None:
         input_ids, attention_mask = self._inputs(batch)
         logits = self(input_ids, attention_mask).logits
-        target = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-        metric.update(logits[:, :-1].float(), target)
+        metric.update(*next_token_pairs(logits, causal_lm_labels(input_ids, attention_mask)))
 
     @override
     def on_validation_epoch_start(self) -> None:

@@ -39,11 +39,11 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lorp_lightning._validation import check_int
 from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.next_token import next_token_loss
 from lorp_lightning.surgery import temporarily_pruned
 
 __all__ = ["LOGITS_BYTES", "PlanLoss", "as_windows", "calibration_loss", "contiguous_runs", "finite_best", "local_search", "neighbours", "one_shot_losses", "ranked_runs", "sleb_checks", "sleb_order"]
@@ -76,9 +76,8 @@ def _window_losses(model: nn.Module, ids: Tensor, scored: int) -> list[float]:
     """Mean next-token cross-entropy of the last ``scored`` tokens of each window of the (B, T) ``ids``."""
     # The logits at positions T-scored-1 .. T-2 predict tokens T-scored .. T-1. Models that know
     # ``logits_to_keep`` run their head on those positions only; the slice serves the others.
-    logits = model(input_ids=ids, use_cache=False, logits_to_keep=scored + 1).logits[:, -(scored + 1):-1]
-    targets = ids[:, ids.shape[1] - scored:]
-    return [float(F.cross_entropy(logits[i].float(), targets[i])) for i in range(ids.shape[0])]
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=scored + 1).logits[:, -(scored + 1):]
+    return next_token_loss(logits, ids, per_window=True).tolist()
 
 
 LOGITS_BYTES = 2**30  # the most float32 logits one batched check pass may hold (see PlanLoss's batch_windows)

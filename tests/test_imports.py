@@ -1,6 +1,6 @@
 """The import boundary: the mathematics and the model surgery stand without Lightning.
 
-``locality``, ``selection``, ``stats`` and ``surgery`` are usable from a plain PyTorch script;
+``locality``, ``next_token``, ``selection``, ``stats`` and ``surgery`` are usable from a plain PyTorch script;
 importing them (the package's ``__init__`` included) must not import ``lightning``. Each import
 runs in a fresh interpreter, since this test process has imported Lightning long ago.
 """
@@ -24,7 +24,7 @@ def _lightning_modules_after(statement: str) -> list[str]:
 
 def test_the_pure_modules_do_not_import_lightning():
     # one fresh interpreter for the four: if together they import no Lightning, none of them does
-    pure = "\n".join(f"import lorp_lightning.{module}" for module in ("locality", "selection", "stats", "surgery"))
+    pure = "\n".join(f"import lorp_lightning.{module}" for module in ("locality", "next_token", "selection", "stats", "surgery"))
     assert _lightning_modules_after(pure) == []
 
 
