@@ -52,7 +52,7 @@ import warnings
 import torch
 
 from lorp_lightning._io import write_json
-from lorp_lightning.heal import LossCurve
+from lorp_lightning.healing import LossCurve
 
 TEXTS = ("wiki", "lambada")
 
@@ -94,7 +94,7 @@ def main() -> None:
 
     from lorp_lightning import collect_layer_stats, load_model, load_text, prune_layers, select_layers
     from lorp_lightning.evaluation import perplexity, token_windows
-    from lorp_lightning.heal import heal, healing_records
+    from lorp_lightning.healing import heal, healing_records
 
     dtype = "float32" if args.mode == "adjacent" else "auto"  # adjacent trains block weights: float32
     started = time.strftime("%Y-%m-%d %H:%M")
@@ -162,7 +162,7 @@ def main() -> None:
 def compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, started, load_before) -> None:
     """Dense, pruned, healed with the next-token loss, healed by distillation from the dense model: one table."""
     from lorp_lightning import DEFAULT_METHOD, prune_layers
-    from lorp_lightning.heal import heal, healing_records
+    from lorp_lightning.healing import heal, healing_records
 
     zero_shot = None
     if args.zero_shot_limit:

@@ -19,11 +19,12 @@ The pieces, each in one module:
   (``prune_checkpoint``).
 - ``architectures``: the model specifics, one table entry per architecture.
 - ``evaluation``: held-out perplexity, size, speed and memory.
+- ``next_token``: the next-token loss, the one rule that perplexity, training and the plan
+  checks build on.
 - ``module``, ``data``, ``callbacks``: the Lightning glue (``LoRPModule``, ``TextDataModule``,
-  ``LayerStatsCallback``, ``LoRPPruneCallback``).
-- ``heal``: optional healing after pruning, LoRA adapters or the blocks next to the removed ones
-  (``LoRPHealCallback``, and ``lorp_lightning.heal.heal``, which is not re-exported here so that
-  the name ``lorp_lightning.heal`` stays the module; LoRA needs the ``heal`` extra, peft);
+  ``LayerStatsCallback``, ``LoRPPruneCallback``, ``LoRPHealCallback``).
+- ``healing``: optional healing after pruning, LoRA adapters or the blocks next to the removed
+  ones (``heal``, ``healing_records``; LoRA needs the ``heal`` extra, peft);
   ``distillation``: healing with a teacher, the dense model (``distillation_loss``).
 - ``cli``: the ``lorp`` command line.
 """
@@ -45,8 +46,9 @@ _EXPORTS = {
     "select_checked": "checked",
     "prune_checkpoint": "checkpoint",
     "TextDataModule": "data",
-    "LoRPHealCallback": "heal",
-    "healing_records": "heal",
+    "LoRPHealCallback": "callbacks",
+    "heal": "healing",
+    "healing_records": "healing",
     "clusters_for_rls": "locality",
     "representation_locality_score": "locality",
     "DEFAULT_METHOD": "methods",
@@ -64,11 +66,11 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from lorp_lightning.assets import list_models, list_texts, load_model, load_text
-    from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback
+    from lorp_lightning.callbacks import LayerStatsCallback, LoRPHealCallback, LoRPPruneCallback
     from lorp_lightning.checked import select_checked
     from lorp_lightning.checkpoint import prune_checkpoint
     from lorp_lightning.data import TextDataModule
-    from lorp_lightning.heal import LoRPHealCallback, healing_records
+    from lorp_lightning.healing import heal, healing_records
     from lorp_lightning.locality import clusters_for_rls, representation_locality_score
     from lorp_lightning.methods import DEFAULT_METHOD, METHODS, SelectionContext, select_layers
     from lorp_lightning.module import LoRPModule
@@ -83,7 +85,7 @@ def __getattr__(name: str) -> Any:
     elif name.startswith("_"):
         raise AttributeError(f"module 'lorp_lightning' has no attribute {name!r}")
     else:
-        try:  # a submodule, e.g. ``lorp_lightning.heal`` after a plain ``import lorp_lightning``
+        try:  # a submodule, e.g. ``lorp_lightning.healing`` after a plain ``import lorp_lightning``
             value = importlib.import_module(f"lorp_lightning.{name}")
         except ModuleNotFoundError as err:
             if err.name != f"lorp_lightning.{name}":
@@ -112,6 +114,7 @@ __all__ = [
     "__version__",
     "clusters_for_rls",
     "collect_layer_stats",
+    "heal",
     "healing_records",
     "list_models",
     "list_texts",

@@ -636,14 +636,11 @@ def _heal_pruned(pruned, tokenizer, eval_windows, *, quiet: bool, **healing) -> 
     return {"record": record, "losses": losses, "perplexity_before_healing": before}
 
 
-def _run_healing(model, tokenizer, quiet: bool, teacher_name: str | None = None, **options) -> tuple[dict, list[float]]:
-    """heal(model, ...) with Lightning's progress bar (unless quiet); the healing record and the loss of every step.
-    With a teacher, the record names it ``teacher_name``, as the user gave it."""
-    import copy
+def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[float]]:
+    """heal(model, ...) with Lightning's progress bar (unless quiet); the healing record and the loss of every step."""
     import logging
 
-    from lorp_lightning.heal import LossCurve, heal, healing_records
-    from lorp_lightning.surgery import RECORD_ATTRIBUTE, pruning_record
+    from lorp_lightning.healing import LossCurve, heal, healing_records
 
     curve = LossCurve()
     lightning_logger = logging.getLogger("lightning.pytorch")
@@ -655,10 +652,6 @@ def _run_healing(model, tokenizer, quiet: bool, teacher_name: str | None = None,
         raise UsageError(str(error)) from error
     finally:
         lightning_logger.setLevel(level)
-    if teacher_name is not None:
-        record = copy.deepcopy(pruning_record(model))
-        record["healing"][-1]["distillation"]["teacher"] = teacher_name
-        setattr(model.config, RECORD_ATTRIBUTE, record)
     return healing_records(model)[-1], curve.losses
 
 

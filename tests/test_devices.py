@@ -155,7 +155,7 @@ def test_a_model_spread_over_two_gpus_prunes_and_generates_with_its_cache(tiny_d
 
 def test_heal_refuses_a_model_spread_over_several_devices_before_training(tiny_dir):
     pytest.importorskip("peft")
-    from lorp_lightning.heal import heal
+    from lorp_lightning.healing import heal
 
     model, tokenizer = load_model(tiny_dir, dtype=torch.float32, progress=False)
     prune_layers(model, [1])

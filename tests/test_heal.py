@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from peft import LoraConfig
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from lorp_lightning.architectures import decoder_layers
@@ -22,7 +23,7 @@ from lorp_lightning.callbacks import LoRPPruneCallback
 from lorp_lightning.cli import main
 from lorp_lightning.data import TextDataModule
 from lorp_lightning.distillation import causal_lm_labels, check_teacher, distillation_loss
-from lorp_lightning.heal import LoRPHealCallback, blocks_next_to_removed, heal, healing_records, learning_rate_factor
+from lorp_lightning.healing import LoRPHealCallback, blocks_next_to_removed, heal, healing_records, learning_rate_factor
 from lorp_lightning.module import LoRPModule
 from lorp_lightning.surgery import prune_layers, pruning_record
 
@@ -235,6 +236,32 @@ def test_lora_on_chosen_modules_changes_those_weights_only(smollm2):
     assert changed_parameters(before, model) == expected
 
 
+def test_a_peft_lora_config_heals_as_the_same_plain_settings_and_its_other_options_reach_peft(smollm2):
+    _, tokenizer = smollm2
+    healed = {}
+    for name, settings in {
+        "plain": dict(rank=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+        "config": dict(lora=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])),
+        "rslora": dict(lora=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_rslora=True)),
+    }.items():
+        model = prune_layers(tiny_llama(len(tokenizer)), [2, 3, 7])
+        heal(model, tokenizer, steps=2, text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=4, **settings)
+        healed[name] = (model.state_dict(), healing_records(model)[-1])
+    same = ("rank", "alpha", "dropout", "target_modules", "num_trainable_parameters")
+    assert [healed["config"][1][k] for k in same] == [healed["plain"][1][k] for k in same] == [4, 8.0, 0.0, ["q_proj", "v_proj"], 7 * 4 * ((64 + 64) + (64 + 32))]  # q: 64 -> 64, v: 64 -> 32
+    assert all(torch.equal(healed["config"][0][k], v) for k, v in healed["plain"][0].items())  # the same run, bit for bit
+    assert (healed["plain"][1]["lora_options"], healed["config"][1]["lora_options"], healed["rslora"][1]["lora_options"]) == (
+        None, {}, {"use_rslora": True})
+    # rsLoRA scales the update by alpha / sqrt(rank) instead of alpha / rank: another run
+    assert not torch.equal(healed["rslora"][0]["model.layers.0.self_attn.q_proj.weight"],
+                           healed["plain"][0]["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_a_lora_argument_that_is_not_a_lora_config_is_a_type_error():
+    with pytest.raises(TypeError, match="lora must be a peft LoraConfig or None, got dict"):
+        LoRPHealCallback(lora={"r": 4})
+
+
 def test_training_reads_the_calibration_split_only(smollm2):
     _, tokenizer = smollm2
     data = TextDataModule("tinystories", tokenizer, window=WINDOW, num_calibration_windows=None, num_eval_windows=None)
@@ -286,12 +313,12 @@ class FakeClock:
 
 
 def test_a_time_budget_stops_the_run_in_time_and_the_schedule_follows_the_time(smollm2, monkeypatch):
-    import lorp_lightning.heal as healing
+    import lorp_lightning.healing.schedule as schedule
 
     _, tokenizer = smollm2
     model = prune_layers(tiny_llama(len(tokenizer)), [2])
     rates, clock = LearningRates(), FakeClock(tick=0.05)
-    monkeypatch.setattr(healing, "time", clock)
+    monkeypatch.setattr(schedule, "time", clock)
     heal(model, tokenizer, steps=100_000, max_seconds=5.0, lr=1e-3, text="tinystories", window=16, batch_size=1,
          trainer_options={"callbacks": [rates]})
     [entry] = healing_records(model)
@@ -317,11 +344,11 @@ class _Trainer:
 
 
 def test_the_time_budget_stops_on_rank_0s_decision_and_keeps_its_clock_in_the_checkpoint(monkeypatch):
-    import lorp_lightning.heal as healing
+    import lorp_lightning.healing.schedule as schedule
 
     clock = FakeClock(tick=1.0)
-    monkeypatch.setattr(healing, "time", clock)
-    budget = healing._TimeBudget(seconds=2.5)
+    monkeypatch.setattr(schedule, "time", clock)
+    budget = schedule.TimeBudget(seconds=2.5)
     budget.on_train_start(None, None)                      # t = 1
     budget.on_train_batch_start(None, None, None, 0)       # t = 2
     this_rank = _Trainer(rank0=False)
@@ -332,7 +359,7 @@ def test_the_time_budget_stops_on_rank_0s_decision_and_keeps_its_clock_in_the_ch
     assert rank0.should_stop
     state = budget.state_dict()                            # t = 5: 4 s spent
     assert state == {"elapsed": 4.0, "longest_step": 2.0}
-    resumed = healing._TimeBudget(seconds=2.5)
+    resumed = schedule.TimeBudget(seconds=2.5)
     resumed.load_state_dict(state)
     assert resumed.elapsed() == 4.0 and resumed.share() == 4.0 / 2.5  # before the resumed run starts: the time already spent
 
@@ -356,6 +383,15 @@ def test_the_time_budget_stops_on_rank_0s_decision_and_keeps_its_clock_in_the_ch
         ({"text": "ptb"}, "text='ptb' is neither a bundled text"),
         ({"trainer_options": {"max_steps": 9}}, "trainer_options may not set 'max_steps'"),
         ({"max_seconds": 0}, "max_seconds must be a number of seconds > 0, or None, got max_seconds=0"),
+        ({"lora": LoraConfig(r=4), "rank": 4}, "pass the LoRA settings either as lora=LoraConfig(...) or as rank, alpha, "
+                                               "dropout and target_modules, not both: got lora and rank=4"),
+        ({"lora": LoraConfig(modules_to_save=["lm_head"])}, "lora.modules_to_save=['lm_head'] is not supported by healing"),
+        ({"lora": LoraConfig(bias="all")}, "lora.bias='all' is not supported by healing"),
+        ({"lora": LoraConfig(target_modules=".*proj")}, "lora.target_modules='.*proj' is a regular expression"),
+        ({"lora": LoraConfig(r=0)}, "lora.r must be a positive int (the LoRA rank), got lora.r=0"),
+        ({"lora": LoraConfig(r=100)}, "rank=100 does not fit: the target module 'k_proj' maps 64 to 32 features"),
+        ({"lora": LoraConfig(target_modules=["w_q"])}, "names 'w_q', which is not a linear layer of the decoder blocks"),
+        ({"mode": "adjacent", "lora": LoraConfig()}, "lora applies only to mode='lora'"),
     ],
 )
 def test_bad_arguments_are_clear_errors_and_leave_the_model_as_it_was(smollm2, kwargs, message):
@@ -414,6 +450,9 @@ def test_prune_with_validate_then_heal_with_fit_trains_the_adapters_only_and_mer
     assert not any(type(m).__module__.startswith("peft") for m in module.model.modules())
     [entry] = healing_records(module.model)
     assert entry["num_steps"] == 3 and entry["rank"] == 4 and heal_callback.records == [entry]
+    # the callback keeps the loss of every step; the record, the first and the last tenth's means
+    assert len(heal_callback.losses) == 3 and (heal_callback.losses[0], heal_callback.losses[-1]) == (
+        entry["initial_loss"], entry["final_loss"])
 
 
 def test_pruning_in_the_middle_of_fit_starts_the_healing_right_after_it(smollm2, tmp_path):
@@ -696,6 +735,10 @@ def other_tokenizer(tokenizer):
         (lambda student, tok: tiny_llama(len(tok)), {"lm_weight": 2}, ValueError, r"lm_weight must be a number in \[0, 1\]"),
         (lambda student, tok: None, {"temperature": 2.0}, ValueError,
          r"temperature applies only to distillation, got temperature=2.0 without a teacher"),
+        (lambda student, tok: None, {"teacher_name": "dense-smollm2"}, ValueError,
+         r"teacher_name applies only to distillation, got teacher_name='dense-smollm2' without a teacher"),
+        (lambda student, tok: tiny_llama(len(tok)), {"teacher_name": ""}, ValueError,
+         r"teacher_name must be a non-empty str or None, got teacher_name=''"),
     ],
 )
 def test_bad_teachers_are_refused_before_training_and_leave_the_model_as_it_was(smollm2, make_teacher, kwargs, error, message):

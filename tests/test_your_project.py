@@ -24,7 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.callbacks import LayerStatsCallback, LoRPPruneCallback, get_causal_lm
-from lorp_lightning.heal import LoRPHealCallback, healing_records
+from lorp_lightning.healing import LoRPHealCallback, healing_records
 from lorp_lightning.methods import select_layers
 from lorp_lightning.stats import LayerStats, collect_layer_stats, model_inputs
 from lorp_lightning.surgery import prune_layers

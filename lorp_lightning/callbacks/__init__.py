@@ -1,10 +1,11 @@
 """Lightning callbacks: gather layer statistics while a loop runs, and prune with LoRP.
 
 One file per callback: ``statistics`` (``LayerStatsCallback``), ``prune``
-(``LoRPPruneCallback``); ``location`` says where a callback finds the causal LM and holds what
-they do to the Trainer around it. The healing callback is ``lorp_lightning.heal.LoRPHealCallback``.
+(``LoRPPruneCallback``), ``heal`` (``LoRPHealCallback``, whose settings, adapters and record are
+in ``lorp_lightning.healing``); ``location`` says where a callback finds the causal LM and holds
+what they do to the Trainer around it.
 
-Both callbacks listen to the decoder blocks of a Hugging Face causal LM inside the
+The statistics and prune callbacks listen to the decoder blocks of a Hugging Face causal LM inside the
 LightningModule: ``pl_module.model`` by default (``LoRPModule`` keeps
 it there), or where their ``model`` argument says (an attribute name, or a callable; see
 ``get_causal_lm``). They feed ``LayerSimilarity``, whose sum
@@ -15,8 +16,9 @@ equal those of one process over all the batches. Batches are read by one rule,
 ``prune_layers``; nothing here computes anything itself.
 """
 
+from lorp_lightning.callbacks.heal import LoRPHealCallback, LossCurve
 from lorp_lightning.callbacks.location import ModelLocation, check_model_location, get_causal_lm, rebuild_optimizers
 from lorp_lightning.callbacks.prune import LoRPPruneCallback
 from lorp_lightning.callbacks.statistics import LayerStatsCallback
 
-__all__ = ["LayerStatsCallback", "LoRPPruneCallback", "ModelLocation", "check_model_location", "get_causal_lm", "rebuild_optimizers"]
+__all__ = ["LayerStatsCallback", "LoRPHealCallback", "LoRPPruneCallback", "LossCurve", "ModelLocation", "check_model_location", "get_causal_lm", "rebuild_optimizers"]
