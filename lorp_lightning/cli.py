@@ -116,100 +116,100 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    analyze = commands.add_parser("analyze", help="calibration statistics, RLS, K, clusters and a heatmap")
-    analyze.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
-    _add_calibration(analyze)
-    analyze.add_argument("--num-clusters", type=_positive_int, help="force K instead of deriving it from the RLS")
-    analyze.add_argument("--seed", type=int, default=0, help="spectral clustering seed (default: 0)")
-    _add_common(analyze, "lorp-analysis")
+    analyze_parser = commands.add_parser("analyze", help="calibration statistics, RLS, K, clusters and a heatmap")
+    analyze_parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
+    _add_calibration(analyze_parser)
+    analyze_parser.add_argument("--num-clusters", type=_positive_int, help="force K instead of deriving it from the RLS")
+    analyze_parser.add_argument("--seed", type=int, default=0, help="spectral clustering seed (default: 0)")
+    _add_common(analyze_parser, "lorp-analysis")
 
-    prune = commands.add_parser("prune", help="analyze, select, prune, save, and evaluate dense against pruned")
-    prune.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
-    prune.add_argument("--amount", type=_fraction_or_count, default=0.25, help="fraction of the blocks in (0, 1), or a block count (default: 0.25)")
-    prune.add_argument("--method", default=DEFAULT_METHOD,
+    prune_parser = commands.add_parser("prune", help="analyze, select, prune, save, and evaluate dense against pruned")
+    prune_parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
+    prune_parser.add_argument("--amount", type=_fraction_or_count, default=0.25, help="fraction of the blocks in (0, 1), or a block count (default: 0.25)")
+    prune_parser.add_argument("--method", default=DEFAULT_METHOD,
                        help=f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
                             "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
                             "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last")
-    prune.add_argument("--num-clusters", type=_positive_int, help="lorp: force K instead of deriving it from the RLS")
-    prune.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
-    _add_calibration(prune)
-    _add_evaluation(prune)
-    prune.add_argument("--heal-steps", type=_non_negative_int, default=0,
+    prune_parser.add_argument("--num-clusters", type=_positive_int, help="lorp: force K instead of deriving it from the RLS")
+    prune_parser.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
+    _add_calibration(prune_parser)
+    _add_evaluation(prune_parser)
+    prune_parser.add_argument("--heal-steps", type=_non_negative_int, default=0,
                        help="heal the pruned model for N steps (LoRA, on the calibration split of --text) before "
                             "evaluating and saving it; see `lorp heal` (default: 0, no healing)")
-    prune.add_argument("--distill", action="store_true",
+    prune_parser.add_argument("--distill", action="store_true",
                        help="heal by distillation from the dense model just pruned (KL between its next-token "
                             "distributions and the pruned model's; no second load) instead of the next-token loss; "
                             "needs --heal-steps")
-    prune.add_argument("--lm-weight", type=_unit_float, default=None,
+    prune_parser.add_argument("--lm-weight", type=_unit_float, default=None,
                        help="with --distill: the share of the next-token loss mixed into the distillation loss, in "
                             "[0, 1] (default: 0, pure distillation)")
-    _add_common(prune, "pruned/MODEL-METHOD-AMOUNT")
+    _add_common(prune_parser, "pruned/MODEL-METHOD-AMOUNT")
 
-    compare = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
-    compare.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
-    compare.add_argument("--amounts", default="0.125,0.25,0.33", help="comma-separated budgets (default: 0.125,0.25,0.33)")
-    compare.add_argument("--methods", default=",".join(COMPARED),
+    compare_parser = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
+    compare_parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
+    compare_parser.add_argument("--amounts", default="0.125,0.25,0.33", help="comma-separated budgets (default: 0.125,0.25,0.33)")
+    compare_parser.add_argument("--methods", default=",".join(COMPARED),
                          help=f"comma-separated methods (default: {','.join(COMPARED)}; sleb, left out, checks about 4x as "
                               "many plans as lorp_search)")
-    compare.add_argument("--seed", type=int, default=0)
-    _add_calibration(compare)
-    compare.add_argument("--eval-text", default="wiki")
-    compare.add_argument("--eval-windows", type=_positive_int, default=40)
-    _add_common(compare, "lorp-compare")
+    compare_parser.add_argument("--seed", type=int, default=0)
+    _add_calibration(compare_parser)
+    compare_parser.add_argument("--eval-text", default="wiki")
+    compare_parser.add_argument("--eval-windows", type=_positive_int, default=40)
+    _add_common(compare_parser, "lorp-compare")
 
-    evaluate = commands.add_parser("eval", help="perplexity, size, speed and memory of one model")
-    evaluate.add_argument("model", help=f"{MODEL_HELP}; e.g. the directory `lorp prune` wrote")
-    evaluate.add_argument("--window", type=_positive_int, default=512)
-    _add_evaluation(evaluate)
-    evaluate.add_argument("--texts", default=None, help="comma-separated held-out texts (bundled names or files); default: --eval-text")
-    evaluate.add_argument("--tasks", default=None,
+    evaluate_parser = commands.add_parser("eval", help="perplexity, size, speed and memory of one model")
+    evaluate_parser.add_argument("model", help=f"{MODEL_HELP}; e.g. the directory `lorp prune` wrote")
+    evaluate_parser.add_argument("--window", type=_positive_int, default=512)
+    _add_evaluation(evaluate_parser)
+    evaluate_parser.add_argument("--texts", default=None, help="comma-separated held-out texts (bundled names or files); default: --eval-text")
+    evaluate_parser.add_argument("--tasks", default=None,
                           help="zero-shot tasks through lm-evaluation-harness: 'all' or a comma-separated subset of "
                                "arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa,rte,copa,piqa "
                                "(default: none; the full sets take hours on a CPU, see --limit)")
-    evaluate.add_argument("--limit", type=_positive_int, default=None, help="zero-shot: the first N documents of each task (default: all)")
-    evaluate.add_argument("--zero-shot-batch-size", type=_positive_int, default=8, help="zero-shot batch size (default: 8)")
-    _add_common(evaluate, "lorp-eval")
+    evaluate_parser.add_argument("--limit", type=_positive_int, default=None, help="zero-shot: the first N documents of each task (default: all)")
+    evaluate_parser.add_argument("--zero-shot-batch-size", type=_positive_int, default=8, help="zero-shot batch size (default: 8)")
+    _add_common(evaluate_parser, "lorp-eval")
 
-    heal = commands.add_parser("heal", help="heal a pruned model by a short training run on calibration text, merge, save")
-    heal.add_argument("model", help="directory of a pruned model (the output of `lorp prune`)")
-    heal.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps (default: 200)")
-    heal.add_argument("--mode", choices=["lora", "adjacent"], default="lora",
+    heal_parser = commands.add_parser("heal", help="heal a pruned model by a short training run on calibration text, merge, save")
+    heal_parser.add_argument("model", help="directory of a pruned model (the output of `lorp prune`)")
+    heal_parser.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps (default: 200)")
+    heal_parser.add_argument("--mode", choices=["lora", "adjacent"], default="lora",
                       help="lora: adapters on every block, merged at the end; adjacent: train the blocks next to the "
                            "removed ones, the final norm and the head (needs --dtype float32) (default: lora)")
-    heal.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default: 8)")
-    heal.add_argument("--alpha", type=_positive_float, default=None, help="LoRA alpha; the update is scaled by alpha/rank (default: 16)")
-    heal.add_argument("--target-modules", default=None,
+    heal_parser.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default: 8)")
+    heal_parser.add_argument("--alpha", type=_positive_float, default=None, help="LoRA alpha; the update is scaled by alpha/rank (default: 16)")
+    heal_parser.add_argument("--target-modules", default=None,
                       help="comma-separated linear layers of the blocks that get adapters, e.g. q_proj,v_proj (default: all)")
-    heal.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default: 1e-3 for lora, 1e-4 for adjacent)")
-    heal.add_argument("--text", default="wiki", help="training text: a bundled name (wiki, c4, tinystories, lambada) or a UTF-8 "
+    heal_parser.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default: 1e-3 for lora, 1e-4 for adjacent)")
+    heal_parser.add_argument("--text", default="wiki", help="training text: a bundled name (wiki, c4, tinystories, lambada) or a UTF-8 "
                                                       "text file, cut into documents at blank lines; only its calibration split "
                                                       "is used (default: wiki)")
-    heal.add_argument("--window", type=_positive_int, default=256, help="tokens per training window (default: 256)")
-    heal.add_argument("--batch-size", type=_positive_int, default=4, help="training windows per step (default: 4)")
-    heal.add_argument("--max-minutes", type=_positive_float, default=None, help="a wall-clock budget: training stops before a step that would overrun it, and the learning rate decays over it (default: none, --steps alone)")
-    heal.add_argument("--seed", type=int, default=0, help="adapter initialisation and window order (default: 0)")
-    heal.add_argument("--teacher", metavar="MODEL", default=None,
+    heal_parser.add_argument("--window", type=_positive_int, default=256, help="tokens per training window (default: 256)")
+    heal_parser.add_argument("--batch-size", type=_positive_int, default=4, help="training windows per step (default: 4)")
+    heal_parser.add_argument("--max-minutes", type=_positive_float, default=None, help="a wall-clock budget: training stops before a step that would overrun it, and the learning rate decays over it (default: none, --steps alone)")
+    heal_parser.add_argument("--seed", type=int, default=0, help="adapter initialisation and window order (default: 0)")
+    heal_parser.add_argument("--teacher", metavar="MODEL", default=None,
                       help=f"heal by distillation from this model (KL between its next-token distributions and the "
                            f"student's) instead of the next-token loss: the dense model DIR was pruned from, or any "
                            f"causal LM with the same tokenizer, loaded in --dtype on --device; {MODEL_HELP}")
-    heal.add_argument("--lm-weight", type=_unit_float, default=None,
+    heal_parser.add_argument("--lm-weight", type=_unit_float, default=None,
                       help="with --teacher: the share of the next-token loss mixed into the distillation loss, in "
                            "[0, 1] (default: 0, pure distillation)")
-    heal.add_argument("--eval-text", default="wiki", help="held-out text for perplexity before and after: a bundled name or a text file (default: wiki)")
-    heal.add_argument("--eval-windows", type=_non_negative_int, default=40, help="evaluation windows of --eval-window tokens; 0 skips the evaluation (default: 40)")
-    heal.add_argument("--eval-window", type=_positive_int, default=512, help="tokens per evaluation window (default: 512)")
-    _add_common(heal, "DIR-healed")
+    heal_parser.add_argument("--eval-text", default="wiki", help="held-out text for perplexity before and after: a bundled name or a text file (default: wiki)")
+    heal_parser.add_argument("--eval-windows", type=_non_negative_int, default=40, help="evaluation windows of --eval-window tokens; 0 skips the evaluation (default: 40)")
+    heal_parser.add_argument("--eval-window", type=_positive_int, default=512, help="tokens per evaluation window (default: 512)")
+    _add_common(heal_parser, "DIR-healed")
 
-    apply = commands.add_parser("apply", help="prune a saved checkpoint on disk by a plan, tensor by tensor, without loading it")
-    apply.add_argument("plan", metavar="PLAN",
+    apply_parser = commands.add_parser("apply", help="prune a saved checkpoint on disk by a plan, tensor by tensor, without loading it")
+    apply_parser.add_argument("plan", metavar="PLAN",
                        help="the blocks to remove, e.g. 12,13,14 (the checkpoint's numbering), or a saved plan: the "
                             "report.json of `lorp prune` (or its output directory), or a file of PruningPlan.to_json()")
-    apply.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
+    apply_parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
                        help="a Hugging Face model directory with safetensors weights (model.safetensors, or "
                             "model.safetensors.index.json and its shards); only read")
-    apply.add_argument("--out", required=True, help="output directory for the pruned checkpoint")
-    apply.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
+    apply_parser.add_argument("--out", required=True, help="output directory for the pruned checkpoint")
+    apply_parser.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
     return parser
 
 
@@ -338,12 +338,6 @@ def _calibrate(model, tokenizer, *, stats_file: str | None, text: str, window: i
     return stats, time.perf_counter() - start
 
 
-def _calibrate_as_asked(args, model, tokenizer):
-    """``_calibrate`` with the command line's --stats, --text, --window, --windows, --batch-size, --quiet."""
-    return _calibrate(model, tokenizer, stats_file=args.stats, text=args.text, window=args.window, count=args.windows,
-                      batch_size=args.batch_size, quiet=args.quiet)
-
-
 def _check_method(method: str) -> None:
     from lorp_lightning.methods import METHODS
 
@@ -365,13 +359,13 @@ def _select(stats, amount, method, *, seed: int, quiet: bool, model=None, window
         raise UsageError(str(error).replace("num_clusters", "--num-clusters").replace("method=", "--method ")) from error
 
 
-def _check_windows(methods: list[str], args, tokenizer):
+def _check_windows(methods: list[str], tokenizer, text: str, window: int, count: int):
     """The calibration windows of --text, read once, if one of ``methods`` tries plans on the model; else None."""
     from lorp_lightning.methods import get_method
 
     if not any(get_method(method).reads_model for method in methods):
         return None
-    return _calibration_windows(tokenizer, args.text, args.window, args.windows)
+    return _calibration_windows(tokenizer, text, window, count)
 
 
 def _stats_summary(stats, analysis_plan) -> dict[str, Any]:
@@ -388,34 +382,38 @@ def _stats_summary(stats, analysis_plan) -> dict[str, Any]:
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_analyze(args) -> dict:
+def analyze(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, text: str, windows: int,
+            window: int, batch_size: int, stats: str | None, seed: int, num_clusters: int | None) -> dict:
+    """``lorp analyze``: the statistics of ``model`` (one calibration pass, or read from ``stats``), its RLS, K and
+    clusters, and a heatmap, written to ``out``; the report."""
     from lorp_lightning.plots import save_similarity_heatmap
 
-    with _output(args.out, args.overwrite) as out:
-        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
-        stats, seconds = _calibrate_as_asked(args, model, tokenizer)
-        plan = _select(stats, 1, "lorp", seed=args.seed, quiet=args.quiet, num_clusters=args.num_clusters)
-        stats.save(out.path / "stats.pt")
-        save_similarity_heatmap(stats, out.path / "similarity.png", labels=plan.labels,
-                                title=f"{args.model}: RLS {plan.rls:.3f}, K {plan.num_clusters}")
-        report = {"command": "analyze", "model": args.model, "dtype": args.dtype, "device": args.device,
-                  "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds, "stats_file": args.stats},
-                  "statistics": _stats_summary(stats, plan), "versions": _versions()}
-        write_json(out.path / "report.json", report)
-    final = out.final
-    print(f"{args.model}: {stats.num_layers} blocks, {stats.num_tokens} calibration tokens")
+    with _output(out, overwrite) as output:
+        lm, tokenizer = _load(model, dtype, quiet, device)
+        layer_stats, seconds = _calibrate(lm, tokenizer, stats_file=stats, text=text, window=window, count=windows,
+                                          batch_size=batch_size, quiet=quiet)
+        plan = _select(layer_stats, 1, "lorp", seed=seed, quiet=quiet, num_clusters=num_clusters)
+        layer_stats.save(output.path / "stats.pt")
+        save_similarity_heatmap(layer_stats, output.path / "similarity.png", labels=plan.labels,
+                                title=f"{model}: RLS {plan.rls:.3f}, K {plan.num_clusters}")
+        report = {"command": "analyze", "model": model, "dtype": dtype, "device": device,
+                  "calibration": {"text": text, "windows": windows, "window": window, "seconds": seconds, "stats_file": stats},
+                  "statistics": _stats_summary(layer_stats, plan), "versions": _versions()}
+        write_json(output.path / "report.json", report)
+    final = output.final
+    print(f"{model}: {layer_stats.num_layers} blocks, {layer_stats.num_tokens} calibration tokens")
     print(f"RLS {plan.rls:.3f}  ->  K {plan.num_clusters}")
     print(f"clusters: {format_clusters(plan.labels)}")
     print(f"wrote {final}/stats.pt, report.json, similarity.png")
     return report
 
 
-def _eval_windows(args, tokenizer):
-    """The held-out windows of --eval-text (--window tokens each, at most --eval-windows)."""
+def _eval_windows(tokenizer, eval_text: str, text: str | None, window: int, count: int):
+    """The held-out windows of ``eval_text`` (--eval-text; ``text`` is --text, whose held-out split alone
+    is read when the two are one file), ``window`` tokens each, at most ``count``."""
     from lorp_lightning.evaluation import token_windows
 
-    return token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.window,
-                         max_windows=args.eval_windows)
+    return token_windows(tokenizer, _eval_text(eval_text, text), window=window, max_windows=count)
 
 
 def _evaluate(models: dict, windows, *, quiet: bool, prompt_tokens: int, new_tokens: int, repeats: int) -> dict[str, dict[str, Any]]:
@@ -436,54 +434,62 @@ def _evaluate(models: dict, windows, *, quiet: bool, prompt_tokens: int, new_tok
     return results
 
 
-def cmd_prune(args) -> dict:
+def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, amount: int | float, method: str,
+          num_clusters: int | None, seed: int, text: str, windows: int, window: int, batch_size: int, stats: str | None,
+          eval_text: str, eval_windows: int, speed_repeats: int, prompt_tokens: int, new_tokens: int, heal_steps: int,
+          distill: bool, lm_weight: float | None) -> dict:
+    """``lorp prune``: the statistics, the plan of ``method`` for ``amount``, the pruned model (healed for
+    ``heal_steps`` first, by distillation from the dense model with ``distill``), dense and pruned measured side
+    by side, the pruned model and the report saved to ``out`` (``"pruned/MODEL-METHOD-AMOUNT"``: named from
+    them); the report."""
     from lorp_lightning.surgery import prune_layers
 
-    _check_method(args.method)
-    if getattr(args, "distill", False) and not args.heal_steps:
+    _check_method(method)
+    if distill and not heal_steps:
         raise UsageError("--distill heals by distillation from the dense model, which needs --heal-steps N (N >= 1)")
-    if getattr(args, "lm_weight", None) is not None and not getattr(args, "distill", False):
-        raise UsageError(f"--lm-weight {args.lm_weight} mixes the next-token loss into distillation; it needs --distill")
-    if args.heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
-        _calibration_text(args.text, "calibration")
-    if args.out == "pruned/MODEL-METHOD-AMOUNT":
-        args.out = f"pruned/{Path(args.model).name}-{args.method}-{args.amount}"
-    with _output(args.out, args.overwrite) as out:
+    if lm_weight is not None and not distill:
+        raise UsageError(f"--lm-weight {lm_weight} mixes the next-token loss into distillation; it needs --distill")
+    if heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
+        _calibration_text(text, "calibration")
+    if out == "pruned/MODEL-METHOD-AMOUNT":
+        out = f"pruned/{Path(model).name}-{method}-{amount}"
+    with _output(out, overwrite) as output:
         timings = {}
         start = time.perf_counter()
-        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
+        dense, tokenizer = _load(model, dtype, quiet, device)
         timings["load_seconds"] = time.perf_counter() - start
-        stats, timings["calibration_seconds"] = _calibrate_as_asked(args, model, tokenizer)
-        analysis = _select(stats, 1, "lorp", seed=args.seed, quiet=args.quiet)
+        layer_stats, timings["calibration_seconds"] = _calibrate(dense, tokenizer, stats_file=stats, text=text, window=window,
+                                                                 count=windows, batch_size=batch_size, quiet=quiet)
+        analysis = _select(layer_stats, 1, "lorp", seed=seed, quiet=quiet)
         start = time.perf_counter()
-        plan = _select(stats, args.amount, args.method, seed=args.seed, quiet=args.quiet, model=model,
-                       windows=_check_windows([args.method], args, tokenizer), num_clusters=args.num_clusters)
+        plan = _select(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense,
+                       windows=_check_windows([method], tokenizer, text, window, windows), num_clusters=num_clusters)
         timings["selection_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
-        pruned = prune_layers(model, plan, inplace=False)
+        pruned = prune_layers(dense, plan, inplace=False)
         timings["prune_seconds"] = time.perf_counter() - start
-        eval_windows = _eval_windows(args, tokenizer)
+        held_out = _eval_windows(tokenizer, eval_text, text, window, eval_windows)
         healing = None
-        if args.heal_steps:  # with --distill, the teacher is the dense model, still in memory
-            distill = {"teacher": model, "teacher_name": args.model, "lm_weight": args.lm_weight} if getattr(args, "distill", False) else {}
-            healing = _heal_pruned(pruned, tokenizer, eval_windows, quiet=args.quiet, steps=args.heal_steps, text=args.text,
-                                   window=args.window, batch_size=args.batch_size, seed=args.seed, **distill)
+        if heal_steps:  # with --distill, the teacher is the dense model, still in memory
+            teacher = {"teacher": dense, "teacher_name": model, "lm_weight": lm_weight} if distill else {}
+            healing = _heal_pruned(pruned, tokenizer, held_out, quiet=quiet, steps=heal_steps, text=text,
+                                   window=window, batch_size=batch_size, seed=seed, **teacher)
             timings["heal_seconds"] = healing["record"]["seconds"]
         start = time.perf_counter()
-        metrics = _evaluate({"dense": model, "pruned": pruned}, eval_windows, quiet=args.quiet, prompt_tokens=args.prompt_tokens,
-                            new_tokens=args.new_tokens, repeats=args.speed_repeats)
+        metrics = _evaluate({"dense": dense, "pruned": pruned}, held_out, quiet=quiet, prompt_tokens=prompt_tokens,
+                            new_tokens=new_tokens, repeats=speed_repeats)
         timings["evaluation_seconds"] = time.perf_counter() - start
-        eval_setup = {"text": args.eval_text, "split": "heldout", "windows": int(eval_windows.shape[0]), "window": args.window}
-        pruned.save_pretrained(out.path)
-        tokenizer.save_pretrained(out.path)
-        report = {"command": "prune", "model": args.model, "dtype": args.dtype, "device": args.device, "plan": plan.to_dict(),
-                  "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "stats_file": args.stats},
-                  "statistics": _stats_summary(stats, analysis), "evaluation": eval_setup, "metrics": metrics,
+        eval_setup = {"text": eval_text, "split": "heldout", "windows": int(held_out.shape[0]), "window": window}
+        pruned.save_pretrained(output.path)
+        tokenizer.save_pretrained(output.path)
+        report = {"command": "prune", "model": model, "dtype": dtype, "device": device, "plan": plan.to_dict(),
+                  "calibration": {"text": text, "windows": windows, "window": window, "stats_file": stats},
+                  "statistics": _stats_summary(layer_stats, analysis), "evaluation": eval_setup, "metrics": metrics,
                   "timings": timings, "versions": _versions()}
         if healing is not None:
             report["healing"] = healing
-        write_json(out.path / "report.json", report)
-    final = out.final
+        write_json(output.path / "report.json", report)
+    final = output.final
     print(plan)
     if healing is not None:
         print(_healing_line(healing["record"], healing["perplexity_before_healing"], metrics["pruned"]["perplexity"]))
@@ -517,45 +523,50 @@ def _comparison_table(metrics: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def cmd_compare(args) -> dict:
+def compare(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, amounts: str, methods: str,
+            seed: int, text: str, windows: int, window: int, batch_size: int, stats: str | None, eval_text: str,
+            eval_windows: int) -> dict:
+    """``lorp compare``: every method of ``methods`` at every budget of ``amounts`` (comma-separated), from one
+    calibration pass, by held-out perplexity; a report and a picture written to ``out``; the report."""
     from lorp_lightning.evaluation import perplexity
     from lorp_lightning.plots import save_perplexity_by_budget
     from lorp_lightning.surgery import prune_layers
 
-    methods = [m for m in args.methods.split(",") if m]
-    for method in methods:
+    method_names = [m for m in methods.split(",") if m]
+    for method in method_names:
         _check_method(method)
-    amounts = [_fraction_or_count_or_usage(a) for a in args.amounts.split(",") if a]
-    with _output(args.out, args.overwrite) as out:
-        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
-        stats, seconds = _calibrate_as_asked(args, model, tokenizer)
-        check_windows = _check_windows(methods, args, tokenizer)
-        windows = _eval_windows(args, tokenizer)
-        dense_ppl = perplexity(model, windows)
+    budgets = [_fraction_or_count_or_usage(a) for a in amounts.split(",") if a]
+    with _output(out, overwrite) as output:
+        dense, tokenizer = _load(model, dtype, quiet, device)
+        layer_stats, seconds = _calibrate(dense, tokenizer, stats_file=stats, text=text, window=window, count=windows,
+                                          batch_size=batch_size, quiet=quiet)
+        check_windows = _check_windows(method_names, tokenizer, text, window, windows)
+        held_out = _eval_windows(tokenizer, eval_text, text, window, eval_windows)
+        dense_ppl = perplexity(dense, held_out)
         rows = []
-        for amount in amounts:
-            for method in methods:
-                plan = _select(stats, amount, method, seed=args.seed, quiet=args.quiet, model=model, windows=check_windows)
-                pruned = prune_layers(model, plan, inplace=False)
+        for amount in budgets:
+            for method in method_names:
+                plan = _select(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense, windows=check_windows)
+                pruned = prune_layers(dense, plan, inplace=False)
                 rows.append({"amount": amount, "method": method, "pruned": plan.pruned, "num_pruned": len(plan.pruned),
-                             "perplexity": perplexity(pruned, windows)})
+                             "perplexity": perplexity(pruned, held_out)})
                 del pruned
-        analysis = _select(stats, 1, "lorp", seed=args.seed, quiet=args.quiet)
-        report = {"command": "compare", "model": args.model, "dtype": args.dtype, "device": args.device, "dense_perplexity": dense_ppl,
-                  "calibration": {"text": args.text, "windows": args.windows, "window": args.window, "seconds": seconds},
-                  "statistics": _stats_summary(stats, analysis),
-                  "evaluation": {"text": args.eval_text, "split": "heldout", "windows": int(windows.shape[0]), "window": args.window},
+        analysis = _select(layer_stats, 1, "lorp", seed=seed, quiet=quiet)
+        report = {"command": "compare", "model": model, "dtype": dtype, "device": device, "dense_perplexity": dense_ppl,
+                  "calibration": {"text": text, "windows": windows, "window": window, "seconds": seconds},
+                  "statistics": _stats_summary(layer_stats, analysis),
+                  "evaluation": {"text": eval_text, "split": "heldout", "windows": int(held_out.shape[0]), "window": window},
                   "results": rows, "versions": _versions()}
-        write_json(out.path / "report.json", report)
-        save_perplexity_by_budget(rows, dense_ppl, out.path / "perplexity.png", title=args.model,
-                                  ylabel=f"held-out perplexity ({args.eval_text})")
-    final = out.final
-    print(f"{args.model}: dense perplexity {dense_ppl:.2f} on {args.eval_text} (held-out)")
-    print(f"{'amount':>7} {'blocks':>6} " + " ".join(f"{m:>11}" for m in methods))
-    for amount in amounts:
+        write_json(output.path / "report.json", report)
+        save_perplexity_by_budget(rows, dense_ppl, output.path / "perplexity.png", title=model,
+                                  ylabel=f"held-out perplexity ({eval_text})")
+    final = output.final
+    print(f"{model}: dense perplexity {dense_ppl:.2f} on {eval_text} (held-out)")
+    print(f"{'amount':>7} {'blocks':>6} " + " ".join(f"{m:>11}" for m in method_names))
+    for amount in budgets:
         cells = {r["method"]: r for r in rows if r["amount"] == amount}
-        ppl = [cells[m]["perplexity"] for m in methods]
-        print(f"{amount!s:>7} {cells[methods[0]]['num_pruned']:>6} " + " ".join(f"{p:>11.2f}" for p in ppl))
+        ppl = [cells[m]["perplexity"] for m in method_names]
+        print(f"{amount!s:>7} {cells[method_names[0]]['num_pruned']:>6} " + " ".join(f"{p:>11.2f}" for p in ppl))
     print(f"wrote {final}/report.json, perplexity.png")
     return report
 
@@ -567,45 +578,46 @@ def _fraction_or_count_or_usage(text: str):
         raise UsageError(str(error)) from error
 
 
-def cmd_eval(args) -> dict:
+def evaluate(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, window: int, eval_text: str,
+             eval_windows: int, speed_repeats: int, prompt_tokens: int, new_tokens: int, texts: str | None,
+             tasks: str | None, limit: int | None, zero_shot_batch_size: int) -> dict:
+    """``lorp eval``: held-out perplexity of ``model`` on each of ``texts`` (comma-separated; default ``eval_text``),
+    the zero-shot ``tasks``, size, speed and memory; a report written to ``out``; the report."""
     from lorp_lightning.evaluation import matmul_flops_per_token, measure_speed, num_parameters, perplexity, token_windows
 
-    tasks = _zero_shot_tasks(args.tasks)
-    with _output(args.out, args.overwrite) as out:
-        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
-        texts = (args.texts or args.eval_text).split(",")
+    task_names = _zero_shot_tasks(tasks)
+    with _output(out, overwrite) as output:
+        lm, tokenizer = _load(model, dtype, quiet, device)
         ppl = {}
-        for text in texts:
-            windows = token_windows(tokenizer, _eval_text(text), window=args.window, max_windows=args.eval_windows)
-            ppl[text] = perplexity(model, windows, progress=not args.quiet)
+        for name in (texts or eval_text).split(","):
+            held_out = token_windows(tokenizer, _eval_text(name), window=window, max_windows=eval_windows)
+            ppl[name] = perplexity(lm, held_out, progress=not quiet)
         zero_shot = None
-        if tasks:
+        if task_names:
             from lorp_lightning.zeroshot import evaluate_zero_shot
 
-            zero_shot = evaluate_zero_shot(model, tokenizer, tasks=tasks, limit=args.limit,
-                                           batch_size=args.zero_shot_batch_size, progress=not args.quiet)
-        speed = measure_speed({"model": model}, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                              repeats=args.speed_repeats)["model"]
-        metrics = {"perplexity": ppl, "num_parameters": num_parameters(model),
-                   "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
-                   "matmul_flops_per_token": matmul_flops_per_token(model), **speed}
+            zero_shot = evaluate_zero_shot(lm, tokenizer, tasks=task_names, limit=limit, batch_size=zero_shot_batch_size,
+                                           progress=not quiet)
+        speed = measure_speed({"model": lm}, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=speed_repeats)["model"]
+        metrics = {"perplexity": ppl, "num_parameters": num_parameters(lm),
+                   "num_layers": lm.config.get_text_config(decoder=True).num_hidden_layers,
+                   "matmul_flops_per_token": matmul_flops_per_token(lm), **speed}
         if zero_shot is not None:
             metrics["zero_shot"] = zero_shot
-        report = {"command": "eval", "model": args.model, "dtype": args.dtype, "device": args.device, "window": args.window,
-                  "eval_windows": args.eval_windows, "zero_shot_limit": args.limit, "metrics": metrics,
-                  "versions": _versions()}
-        write_json(out.path / "report.json", report)
-    final = out.final
-    print(f"{args.model}: {metrics['num_layers']} blocks, {metrics['num_parameters'] / 1e6:.1f} M parameters")
-    for text, value in ppl.items():
-        print(f"  held-out perplexity on {text}: {value if isinstance(value, str) else f'{value:.2f}'}")
+        report = {"command": "eval", "model": model, "dtype": dtype, "device": device, "window": window,
+                  "eval_windows": eval_windows, "zero_shot_limit": limit, "metrics": metrics, "versions": _versions()}
+        write_json(output.path / "report.json", report)
+    final = output.final
+    print(f"{model}: {metrics['num_layers']} blocks, {metrics['num_parameters'] / 1e6:.1f} M parameters")
+    for name, value in ppl.items():
+        print(f"  held-out perplexity on {name}: {value if isinstance(value, str) else f'{value:.2f}'}")
     for task, figures in (zero_shot or {}).items():
         if task == "average":
             print(f"  zero-shot average acc over {figures['num_tasks']} tasks: {figures['acc']:.4f}")
         else:
             norm = f", acc_norm {figures['acc_norm']:.4f}" if "acc_norm" in figures else ""
             print(f"  {task}: acc {figures['acc']:.4f}{norm} ({figures['num_examples']} documents)")
-    print(f"  prefill latency ({args.prompt_tokens} tokens): {speed['prefill_seconds'] * 1e3:.1f} ms; decode: {speed['decode_tokens_per_second']:.1f} tokens/s; peak memory {speed['peak_memory_mb']:.0f} MB")
+    print(f"  prefill latency ({prompt_tokens} tokens): {speed['prefill_seconds'] * 1e3:.1f} ms; decode: {speed['decode_tokens_per_second']:.1f} tokens/s; peak memory {speed['peak_memory_mb']:.0f} MB")
     print(f"wrote {final}/report.json")
     return report
 
@@ -671,84 +683,93 @@ def _healing_line(record: dict, before, after) -> str:
     return f"{line}; held-out perplexity {show(before)} -> {show(after)}"
 
 
-def cmd_heal(args) -> dict:
-    from lorp_lightning.evaluation import perplexity, token_windows
+def heal(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, steps: int, mode: str,
+         rank: int | None, alpha: float | None, target_modules: str | None, lr: float | None, text: str, window: int,
+         batch_size: int, max_minutes: float | None, seed: int, teacher: str | None, lm_weight: float | None,
+         eval_text: str, eval_windows: int, eval_window: int) -> dict:
+    """``lorp heal``: the pruned model in the directory ``model`` healed (``lorp_lightning.heal``; by distillation
+    from ``teacher`` when given), measured before and after on ``eval_windows`` held-out windows (0: not measured),
+    and saved with a report to ``out`` (``"DIR-healed"``: beside ``model``); the report."""
+    from lorp_lightning.evaluation import perplexity
     from lorp_lightning.surgery import pruning_record
 
-    if args.out == "DIR-healed":
-        args.out = f"{str(args.model).rstrip('/')}-healed"
-    if args.mode == "adjacent" and args.dtype != "float32":
-        raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {args.dtype}, "
+    if out == "DIR-healed":
+        out = f"{str(model).rstrip('/')}-healed"
+    if mode == "adjacent" and dtype != "float32":
+        raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {dtype}, "
                          "AdamW's small updates would be lost); or heal with --mode lora")
-    if getattr(args, "lm_weight", None) is not None and getattr(args, "teacher", None) is None:
-        raise UsageError(f"--lm-weight {args.lm_weight} mixes the next-token loss into distillation; it needs --teacher MODEL")
-    _calibration_text(args.text, "training")
-    targets = None if args.target_modules is None else [t for t in args.target_modules.split(",") if t]
-    with _output(args.out, args.overwrite) as out:
-        model, tokenizer = _load(args.model, args.dtype, args.quiet, args.device)
-        if pruning_record(model) is None:
-            raise UsageError(f"{args.model} holds a model that was not pruned (no lorp_pruning record in its config); "
+    if lm_weight is not None and teacher is None:
+        raise UsageError(f"--lm-weight {lm_weight} mixes the next-token loss into distillation; it needs --teacher MODEL")
+    _calibration_text(text, "training")
+    targets = None if target_modules is None else [t for t in target_modules.split(",") if t]
+    with _output(out, overwrite) as output:
+        student, tokenizer = _load(model, dtype, quiet, device)
+        if pruning_record(student) is None:
+            raise UsageError(f"{model} holds a model that was not pruned (no lorp_pruning record in its config); "
                              "heal the output directory of `lorp prune`")
         distill = {}
-        if getattr(args, "teacher", None) is not None:  # loaded and checked before any evaluation or training
+        if teacher is not None:  # loaded and checked before any evaluation or training
             from lorp_lightning.distillation import check_teacher
 
-            teacher, teacher_tokenizer = _load(args.teacher, args.dtype, args.quiet, args.device)
+            teacher_model, teacher_tokenizer = _load(teacher, dtype, quiet, device)
             try:
-                check_teacher(model, teacher, tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer)
+                check_teacher(student, teacher_model, tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer)
             except ValueError as error:
-                raise UsageError(f"--teacher {args.teacher}: {error}") from error
-            distill = {"teacher": teacher, "teacher_tokenizer": teacher_tokenizer, "teacher_name": args.teacher,
-                       "lm_weight": args.lm_weight}
-        windows = before = after = None
-        if args.eval_windows:
-            windows = token_windows(tokenizer, _eval_text(args.eval_text, getattr(args, "text", None)), window=args.eval_window, max_windows=args.eval_windows)
-            before = perplexity(model, windows, progress=not args.quiet)
-        lora_only = {"rank": args.rank, "alpha": args.alpha, "target_modules": targets}  # heal() refuses them for adjacent
+                raise UsageError(f"--teacher {teacher}: {error}") from error
+            distill = {"teacher": teacher_model, "teacher_tokenizer": teacher_tokenizer, "teacher_name": teacher,
+                       "lm_weight": lm_weight}
+        held_out = before = after = None
+        if eval_windows:
+            held_out = _eval_windows(tokenizer, eval_text, text, eval_window, eval_windows)
+            before = perplexity(student, held_out, progress=not quiet)
+        lora_only = {"rank": rank, "alpha": alpha, "target_modules": targets}  # heal() refuses them for adjacent
         record, losses = _run_healing(
-            model, tokenizer, args.quiet, steps=args.steps, mode=args.mode, lr=args.lr, text=args.text, window=args.window,
-            batch_size=args.batch_size, seed=args.seed, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+            student, tokenizer, quiet, steps=steps, mode=mode, lr=lr, text=text, window=window, batch_size=batch_size,
+            seed=seed, max_seconds=None if max_minutes is None else 60 * max_minutes,
             **{k: v for k, v in lora_only.items() if v is not None}, **distill,
         )
-        if windows is not None:
-            after = perplexity(model, windows, progress=not args.quiet)
-        model.save_pretrained(out.path)
-        tokenizer.save_pretrained(out.path)
-        report = {"command": "heal", "model": args.model, "dtype": args.dtype, "device": args.device,
-                  "teacher": getattr(args, "teacher", None), "healing": record, "losses": losses,
-                  "evaluation": None if windows is None else {"text": args.eval_text, "split": "heldout",
-                                                              "windows": int(windows.shape[0]), "window": args.eval_window,
-                                                              "perplexity_before": before, "perplexity_after": after},
+        if held_out is not None:
+            after = perplexity(student, held_out, progress=not quiet)
+        student.save_pretrained(output.path)
+        tokenizer.save_pretrained(output.path)
+        report = {"command": "heal", "model": model, "dtype": dtype, "device": device,
+                  "teacher": teacher, "healing": record, "losses": losses,
+                  "evaluation": None if held_out is None else {"text": eval_text, "split": "heldout",
+                                                               "windows": int(held_out.shape[0]), "window": eval_window,
+                                                               "perplexity_before": before, "perplexity_after": after},
                   "versions": _versions()}
-        write_json(out.path / "report.json", report)
-    final = out.final
+        write_json(output.path / "report.json", report)
+    final = output.final
     print(_healing_line(record, before, after))
     print(f"saved the healed model to {final} (report.json beside it)")
     return report
 
 
-def cmd_apply(args) -> dict:
+def apply(*, plan: str, checkpoint: str, out: str, overwrite: bool) -> dict:
+    """``lorp apply``: the checkpoint in the directory ``checkpoint`` pruned on disk by ``plan`` (block numbers,
+    comma-separated, or a saved plan), tensor by tensor, into ``out``; what was done."""
     import re
 
     from lorp_lightning.checkpoint import prune_checkpoint
 
-    plan = [int(b) for b in args.plan.split(",") if b.strip()] if re.fullmatch(r"[\d\s,]*\d[\d\s,]*", args.plan) else args.plan
+    blocks = [int(b) for b in plan.split(",") if b.strip()] if re.fullmatch(r"[\d\s,]*\d[\d\s,]*", plan) else plan
     try:
-        final = prune_checkpoint(plan, args.checkpoint, args.out, overwrite=args.overwrite)
+        final = prune_checkpoint(blocks, checkpoint, out, overwrite=overwrite)
     except (ValueError, TypeError, NotImplementedError, FileNotFoundError, FileExistsError) as error:
         words = {"plan_or_blocks": "PLAN", "checkpoint_dir": "CHECKPOINT_DIR", "out_dir": "--out", "overwrite=True": "--overwrite"}
         raise UsageError(re.sub("|".join(words), lambda m: words[m.group(0)], str(error))) from error
     record = json.loads((final / "config.json").read_text())["lorp_pruning"]
     removed = record["steps"][-1]["pruned_layers"]
     remaining = record["original_num_layers"] - len(record["pruned_layers"])
-    print(f"removed blocks {removed} (original numbering) of {args.checkpoint}: {remaining} of "
+    print(f"removed blocks {removed} (original numbering) of {checkpoint}: {remaining} of "
           f"{record['original_num_layers']} blocks remain")
     print(f"saved the pruned checkpoint to {final}")
-    return {"command": "apply", "plan": args.plan, "checkpoint": args.checkpoint, "out": str(final), "lorp_pruning": record}
+    return {"command": "apply", "plan": plan, "checkpoint": checkpoint, "out": str(final), "lorp_pruning": record}
 
 
-COMMANDS = {"analyze": cmd_analyze, "prune": cmd_prune, "compare": cmd_compare, "eval": cmd_eval, "heal": cmd_heal,
-            "apply": cmd_apply}
+COMMANDS = {"analyze": analyze, "prune": prune, "compare": compare, "eval": evaluate, "heal": heal, "apply": apply}
+"""Each command of ``lorp``: a plain function whose keyword parameters are the command's arguments (their
+defaults are the parser's, ``build_parser``)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -762,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "dtype"):
             _resolve_dtype(args)
-        COMMANDS[args.command](args)
+        COMMANDS[args.command](**{name: value for name, value in vars(args).items() if name != "command"})
     except UsageError as error:
         print(f"lorp {args.command}: error: {error}", file=sys.stderr)
         return 2
