@@ -442,7 +442,8 @@ def _verify_sha256(files: list[Path], expected: str, what: str, write_to: Path |
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    """Convert a GGUF file to a safetensors model directory at ``target``, atomically."""
+    """Convert a GGUF file to a safetensors model directory at ``target``, atomically; a ``target`` that another
+    process completed meanwhile is kept."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _make_dirs(target.parent)
@@ -453,9 +454,19 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with OutputDirectory(target, overwrite=True) as out:
+    out = OutputDirectory(target, overwrite=True)  # overwrite: a directory left without config.json is incomplete
+    try:
         model.save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
+        if (target / "config.json").exists():
+            # Another process (a parallel test worker, a second notebook) converted the same file meanwhile. A cache
+            # entry is named by the hash of its GGUF file, so theirs is this model: keep it, which may be open already.
+            out.abandon()
+        else:
+            out.commit()
+    except BaseException:
+        out.abandon()
+        raise
 
 
 # --------------------------------------------------------------------------- texts

@@ -44,6 +44,39 @@ def test_second_load_reads_the_cache_and_gives_the_same_logits(tmp_path, monkeyp
         assert torch.equal(first(ids).logits, second(ids).logits)
 
 
+class _Saved:
+    """Stands for a converted model or tokenizer: save_pretrained writes one file, and can run ``meanwhile`` first."""
+
+    def __init__(self, name, meanwhile=None):
+        self.name, self.meanwhile, self.hf_quantizer, self.config = name, meanwhile, None, type("Config", (), {})()
+
+    def save_pretrained(self, path):
+        if self.meanwhile is not None:
+            self.meanwhile()
+        (path / self.name).write_text("ours")
+
+
+@pytest.mark.parametrize("other_process_done", [False, True])
+def test_a_conversion_keeps_the_cache_entry_another_process_completed_meanwhile(tmp_path, monkeypatch, other_process_done):
+    # Parallel test workers or notebooks may convert the same GGUF file at once. The entry is named by the file's
+    # hash, so one completed meanwhile is the same model, and possibly open: it is kept, not replaced under a reader.
+    import transformers
+
+    target = tmp_path / "models" / "m-0123456789ab"
+
+    def other_process():
+        if other_process_done:
+            target.mkdir(parents=True)
+            (target / "config.json").write_text("theirs")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: _Saved("config.json", other_process))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _Saved("tokenizer.json"))
+    assets._convert_gguf(tmp_path / "m.gguf", target)
+    expected = {"config.json": "theirs"} if other_process_done else {"config.json": "ours", "tokenizer.json": "ours"}
+    assert {p.name: p.read_text() for p in target.iterdir()} == expected
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary folder left
+
+
 def test_load_model_returns_the_requested_dtype_and_a_pad_token():
     model, tokenizer = load_model("smollm2-135m", dtype=torch.bfloat16, progress=False)
     assert next(model.parameters()).dtype == torch.bfloat16
