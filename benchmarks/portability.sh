@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The suite and the notebooks under other CPU kernel paths and thread counts, on one machine.
 #
-#   bash benchmarks/portability.sh suite     [COMBO ...]   the README's test command under each COMBO
+#   bash benchmarks/portability.sh suite     [COMBO ...]   the README's test command (in one process) under each COMBO
 #   bash benchmarks/portability.sh notebooks [COMBO ...]   each notebook executed under each COMBO, timed,
 #                                                          its figures compared with the stored outputs
 #
@@ -23,7 +23,9 @@ combos=("$@")
 out="${PORTABILITY_DIR:-runs/portability}"
 mkdir -p "$out"
 py=.venv/bin/python
-test_command='.venv/bin/python -m pytest'  # the README's test command, as .ci/run checks
+# the README's test command (.ci/run checks it) in one process, without its "-n 2" (two xdist workers, each
+# with a share of the cores), so that THREADS is the thread count of every test and notebook
+test_command='.venv/bin/python -m pytest'
 
 combo_env() {  # print the environment assignments of a combo, or fail on a bad one
   local kernels="${1%-*}" threads="${1##*-}"

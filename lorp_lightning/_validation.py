@@ -8,17 +8,19 @@ ValueError that names the parameter and the value, in one shape:
     steps = check_int(steps, "steps", what="a positive int (optimizer steps)")
     seed = check_int(seed, "seed", low=0)                           # "seed must be an int >= 0, got seed=-1"
     lr = check_real(lr, "lr", low=0.0, low_inclusive=False, what="a number > 0")
+    mode = check_choice(mode, "mode", MODES)                         # "mode must be one of 'lora', 'adjacent', got mode='x'"
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int", "check_real", "is_integer", "is_real"]
+__all__ = ["check_choice", "check_int", "check_real", "is_integer", "is_real"]
 
 
 def is_integer(value: Any) -> bool:
@@ -61,3 +63,15 @@ def check_real(value: Any, name: str, *, low: float | None = None, low_inclusive
     if not ok:
         raise _refuse(name, value, what)
     return float(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any], *, also: str = "") -> Any:
+    """``value`` if it is one of ``choices``, else a ValueError listing them (``also`` adds what else is accepted,
+    e.g. ``" or a callable"``, for a caller that took that case first)."""
+    try:
+        ok = value in choices
+    except TypeError:  # an unhashable value asked of a dict or set
+        ok = False
+    if not ok:
+        raise _refuse(name, value, f"one of {', '.join(map(repr, choices))}{also}")
+    return value

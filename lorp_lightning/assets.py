@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from lorp_lightning._io import OutputDirectory
+from lorp_lightning._validation import check_choice
 from lorp_lightning.precision import choose_dtype
 
 if TYPE_CHECKING:
@@ -497,8 +498,7 @@ def _check_text_name(name: str) -> str:
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
+    check_choice(split, "split", SPLITS)
 
 
 def is_heldout(document: str) -> bool:

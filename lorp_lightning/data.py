@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from lorp_lightning._validation import check_int
+from lorp_lightning._validation import check_choice, check_int
 from lorp_lightning.assets import BUNDLED_TEXTS, SPLITS, load_documents, split_documents
 from lorp_lightning.evaluation import check_window, token_windows
 
@@ -75,8 +75,7 @@ def _check_text(text: Any) -> tuple[str, Any]:
 
 
 def _documents(kind: str, source: Any, split: str) -> list[str]:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
+    check_choice(split, "split", SPLITS)
     if kind == "bundled":
         return load_documents(source, split)
     if kind == "file":

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorp_lightning import selection as sel
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import check_choice, is_integer
 from lorp_lightning.locality import (
     allocate_lorp,
     block_redundancy,
@@ -238,9 +238,7 @@ def get_method(method: str | Callable) -> Method:
     if callable(method) and not isinstance(method, str):
         name = getattr(method, "__name__", type(method).__name__)
         return Method(name, method, "a callable given by the user", reads_stats=True, reads_model=True)
-    if method not in REGISTRY:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))} or a callable, got method={method!r}")
-    return REGISTRY[method]
+    return REGISTRY[check_choice(method, "method", METHODS, also=" or a callable")]
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lorp_lightning._validation import check_int, check_real, is_integer, is_real
+from lorp_lightning._validation import check_choice, check_int, check_real, is_integer, is_real
 from lorp_lightning.evaluation import token_windows
 
 
@@ -28,6 +28,14 @@ def test_check_int_returns_a_plain_int_and_names_what_it_refuses():
         check_int(2.0, "limit", none_ok=True)
     with pytest.raises(ValueError, match=r"^window must be an int >= 2 \(tokens per window\), got window=1$"):
         check_int(1, "window", low=2, what="an int >= 2 (tokens per window)")
+
+
+def test_check_choice_lists_the_choices_and_what_else_is_accepted():
+    assert check_choice("lora", "mode", ("lora", "adjacent")) == "lora"
+    with pytest.raises(ValueError, match=r"^mode must be one of 'lora', 'adjacent', got mode='qlora'$"):
+        check_choice("qlora", "mode", ("lora", "adjacent"))
+    with pytest.raises(ValueError, match=r"^method must be one of 'lorp', 'last' or a callable, got method=\['lorp'\]$"):
+        check_choice(["lorp"], "method", {"lorp": 1, "last": 2}, also=" or a callable")  # unhashable, asked of a dict
 
 
 def test_check_real_bounds():

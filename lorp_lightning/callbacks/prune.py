@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lorp_lightning._validation import check_int, is_integer
+from lorp_lightning._validation import check_choice, check_int, is_integer
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.callbacks.location import (
     _SHARDED_STRATEGIES,
@@ -156,8 +156,7 @@ class LoRPPruneCallback(_GatheringCallback):
             if not all(is_integer(p) and p >= 0 for p in protect):
                 raise ValueError(f"protect must hold block indices (ints >= 0), got protect={protect!r}")
             protect = tuple(int(p) for p in protect)
-        if prune_on not in self.PRUNE_ON:
-            raise ValueError(f"prune_on must be one of {', '.join(map(repr, self.PRUNE_ON))}, got prune_on={prune_on!r}")
+        check_choice(prune_on, "prune_on", self.PRUNE_ON)
         seed = check_int(seed, "seed", low=0)
         self.amount = amount
         self.method = method

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from lorp_lightning._validation import check_int, check_real
+from lorp_lightning._validation import check_choice, check_int, check_real
 from lorp_lightning._versions import check_version
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_DROPOUT", "DEFAULT_LR", "DEFAULT_RANK", "MODES", "HealingSettings", "peft"]
@@ -76,8 +76,7 @@ class HealingSettings:
     @classmethod
     def checked(cls, mode: Any = "lora", rank: Any = None, alpha: Any = None, dropout: Any = None,
                 target_modules: Any = None, seed: Any = 0, lora: Any = None) -> HealingSettings:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got mode={mode!r}")
+        check_choice(mode, "mode", MODES)
         plain = {name: value for name, value in
                  (("rank", rank), ("alpha", alpha), ("dropout", dropout), ("target_modules", target_modules))
                  if value is not None}
