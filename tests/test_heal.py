@@ -387,6 +387,7 @@ def test_the_time_budget_stops_on_rank_0s_decision_and_keeps_its_clock_in_the_ch
                                                "dropout and target_modules, not both: got lora and rank=4"),
         ({"lora": LoraConfig(modules_to_save=["lm_head"])}, "lora.modules_to_save=['lm_head'] is not supported by healing"),
         ({"lora": LoraConfig(bias="all")}, "lora.bias='all' is not supported by healing"),
+        ({"lora": LoraConfig(inference_mode=True)}, "lora.inference_mode=True is not supported by healing, which trains"),
         ({"lora": LoraConfig(target_modules=".*proj")}, "lora.target_modules='.*proj' is a regular expression"),
         ({"lora": LoraConfig(r=0)}, "lora.r must be a positive int (the LoRA rank), got lora.r=0"),
         ({"lora": LoraConfig(r=100)}, "rank=100 does not fit: the target module 'k_proj' maps 64 to 32 features"),

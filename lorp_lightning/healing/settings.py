@@ -32,15 +32,16 @@ DEFAULT_LR = {"lora": 1e-3, "adjacent": 1e-4}
 """Learning rate ``heal`` uses when none is given, per mode (see ``docs/healing.md`` for how they were chosen)."""
 
 # LoraConfig options that would leave something other than a plain Hugging Face model after the
-# merge (a second trained copy of a module, trained biases), or that choose the adapted layers
-# another way than target_modules over the decoder blocks: refused, with their default.
+# merge (a second trained copy of a module, trained biases), that choose the adapted layers
+# another way than target_modules over the decoder blocks, or that freeze the adapters
+# (inference_mode): refused, with their default.
 _REFUSED_LORA_OPTIONS = {
+    "inference_mode": False,
     "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None, "exclude_modules": None,
     "bias": "none", "trainable_token_indices": None, "layer_replication": None, "target_parameters": None,
 }
 # LoraConfig fields that are not settings of the adapters (bookkeeping), or that this module reads itself.
-_NOT_OPTIONS = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
-                "inference_mode", "r", "lora_alpha", "lora_dropout", "target_modules"}
+_NOT_OPTIONS = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "r", "lora_alpha", "lora_dropout", "target_modules"}
 
 
 def peft():
@@ -111,8 +112,8 @@ class HealingSettings:
             value = getattr(lora, name, default)
             if value != default and not (default is None and not value):
                 raise ValueError(
-                    f"lora.{name}={value!r} is not supported by healing, which adapts the linear layers of the decoder "
-                    f"blocks and merges the adapters into a plain Hugging Face model; leave it at {default!r}"
+                    f"lora.{name}={value!r} is not supported by healing, which trains adapters on the linear layers of the "
+                    f"decoder blocks and merges them into a plain Hugging Face model; leave it at {default!r}"
                 )
         targets = lora.target_modules
         if isinstance(targets, str):
