@@ -652,19 +652,19 @@ def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[f
     """heal(model, ...) with Lightning's progress bar (unless quiet); the healing record and the loss of every step."""
     import logging
 
-    from lorp_lightning.healing import LossCurve, heal, healing_records
+    from lorp_lightning import healing  # its heal(), not this module's command of that name
 
-    curve = LossCurve()
+    curve = healing.LossCurve()
     lightning_logger = logging.getLogger("lightning.pytorch")
     level = lightning_logger.level
     lightning_logger.setLevel(logging.WARNING)  # no "GPU available: False" lines
     try:
-        heal(model, tokenizer, progress=not quiet, trainer_options={"callbacks": [curve]}, **options)
+        healing.heal(model, tokenizer, progress=not quiet, trainer_options={"callbacks": [curve]}, **options)
     except ValueError as error:
         raise UsageError(str(error)) from error
     finally:
         lightning_logger.setLevel(level)
-    return healing_records(model)[-1], curve.losses
+    return healing.healing_records(model)[-1], curve.losses
 
 
 def _healing_line(record: dict, before, after) -> str:
