@@ -358,8 +358,9 @@ def test_prune_with_heal_steps_saves_the_healed_model_and_reports_both_perplexit
 
 @pytest.mark.parametrize("command", ["analyze", "prune", "compare", "eval"])
 def test_help_names_the_four_ways_to_give_a_model(command, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_status:
         main([command, "--help"])
+    assert exit_status.value.code == 0  # help is an answer, not an error
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for form in ("bundled name", "model directory", ".gguf file", "hub id org/name", "HF_HUB_OFFLINE=1"):
         assert form in text, (command, form)
