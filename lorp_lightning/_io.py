@@ -29,7 +29,8 @@ class OutputDirectory:
     ``path`` (a `Path`) is the temporary folder to write into; ``final`` the
     directory it becomes. As a context manager it commits when the block ends normally and
     removes the temporary folder when the block raises (a Ctrl-C included), leaving an earlier
-    ``final`` as it was. `commit` and `abandon` do the same by hand.
+    ``final`` as it was. `commit` and `abandon` do the same by hand; `abandon` inside the block
+    ends it without committing (what was written is not wanted after all).
 
     Raises:
         FileExistsError: ``final`` exists and ``overwrite`` is False.
@@ -41,12 +42,13 @@ class OutputDirectory:
             raise FileExistsError(f"the output directory {self.final} exists")
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}-"))
+        self._abandoned = False
 
     def __enter__(self) -> OutputDirectory:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
+        if kind is None and not self._abandoned:
             self.commit()
         else:
             self.abandon()
@@ -60,6 +62,7 @@ class OutputDirectory:
 
     def abandon(self) -> None:
         """Remove what was written; ``final`` stays as it was."""
+        self._abandoned = True
         shutil.rmtree(self.path, ignore_errors=True)
 
 

@@ -455,19 +455,14 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out = OutputDirectory(target, overwrite=True)  # overwrite: a directory left without config.json is incomplete
-    try:
+    # overwrite: a directory left without config.json is incomplete
+    with OutputDirectory(target, overwrite=True) as out:
         model.save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
         if (target / "config.json").exists():
             # Another process (a parallel test worker, a second notebook) converted the same file meanwhile. A cache
             # entry is named by the hash of its GGUF file, so theirs is this model: keep it, which may be open already.
             out.abandon()
-        else:
-            out.commit()
-    except BaseException:
-        out.abandon()
-        raise
 
 
 # --------------------------------------------------------------------------- texts

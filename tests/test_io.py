@@ -53,3 +53,14 @@ def test_an_output_directory_appears_whole_or_not_at_all(tmp_path):
     with OutputDirectory(final, overwrite=True) as out:
         (out.path / "new.txt").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+
+
+def test_abandoning_inside_the_block_commits_nothing_and_keeps_the_earlier_directory(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with OutputDirectory(final, overwrite=True) as out:
+        (out.path / "new.txt").write_text("new")
+        out.abandon()  # not wanted after all: the block ends normally, without a commit
+    assert sorted(p.name for p in final.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
