@@ -27,7 +27,7 @@ from lorp_lightning.callbacks.prune import LoRPPruneCallback
 from lorp_lightning.distillation import Distillation, _check_lm_weight, _check_temperature, check_dense_stack, check_teacher
 from lorp_lightning.healing import adapters
 from lorp_lightning.healing.record import add_entry
-from lorp_lightning.healing.settings import HealingSettings, checked_teacher, peft
+from lorp_lightning.healing.settings import HealingSettings, checked_teacher
 from lorp_lightning.module import LoRPModule
 from lorp_lightning.stats import model_inputs
 from lorp_lightning.surgery import SavedStack, pruning_record, save_stack
@@ -249,10 +249,7 @@ class LoRPHealCallback(Callback):
             self._check_ready(model)
             self._begin(trainer, pl_module)  # before the strategy builds the optimizers and the DDP wrapper
         else:  # the checks that do not need the pruning, now rather than in the middle of fit
-            adapters.check_dtype(model, self.settings)
-            if self.settings.mode == "lora":
-                adapters.lora_targets(model, self.settings)
-                peft()
+            adapters.check_settings(model, self.settings)
 
     def _causal_lm(self, pl_module: pl.LightningModule) -> nn.Module:
         return get_causal_lm(pl_module, self.model, type(self).__name__)

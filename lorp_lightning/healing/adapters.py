@@ -22,7 +22,7 @@ from lorp_lightning.architectures import architecture_of, decoder_layers
 from lorp_lightning.healing.record import checked_record
 from lorp_lightning.healing.settings import HealingSettings, peft
 
-__all__ = ["Healing", "blocks_next_to_removed", "check_model", "lora_targets", "merge", "start"]
+__all__ = ["Healing", "blocks_next_to_removed", "check_model", "check_settings", "lora_targets", "merge", "start"]
 
 _ADAPTER = "default"
 
@@ -137,13 +137,19 @@ class Healing:
     started: float = field(default_factory=time.perf_counter)
 
 
-def check_model(model: nn.Module, settings: HealingSettings) -> dict:
-    """Every check that needs the model, before anything changes; returns the pruning record."""
-    record = checked_record(model)
+def check_settings(model: nn.Module, settings: HealingSettings) -> None:
+    """The checks of the settings against the model that need no pruning record: the dtype (``"adjacent"``), the
+    LoRA targets and rank, and peft (``"lora"``)."""
     check_dtype(model, settings)
     if settings.mode == "lora":
         lora_targets(model, settings)
         peft()
+
+
+def check_model(model: nn.Module, settings: HealingSettings) -> dict:
+    """Every check that needs the model, before anything changes; returns the pruning record."""
+    record = checked_record(model)
+    check_settings(model, settings)
     return record
 
 
