@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from lorp_lightning._io import to_json
 from lorp_lightning._validation import check_choice, check_int, check_real
 from lorp_lightning._versions import check_version
 
@@ -141,13 +142,13 @@ class HealingSettings:
         return config
 
     def lora_options(self) -> dict[str, Any] | None:
-        """The options of the user's ``LoraConfig`` other than its defaults and the four settings, for the record
-        (values JSON cannot hold as they are are written as text); None without one."""
+        """The options of the user's ``LoraConfig`` other than its defaults and the four settings, for the record,
+        as strict JSON (``_io.to_json``: a non-finite number is null, a value JSON lacks its text); None without one."""
         if self.lora is None:
             return None
         given, default = self.lora.to_dict(), type(self.lora)().to_dict()
-        return {name: _json_safe(value) for name, value in sorted(given.items())
-                if name not in _NOT_OPTIONS and value != default.get(name)}
+        options = {name: value for name, value in sorted(given.items()) if name not in _NOT_OPTIONS and value != default.get(name)}
+        return json.loads(to_json(options, indent=None))  # the package's strict JSON, as every record and report
 
 
 def _checked_targets(target_modules: Any, name: str) -> tuple[str, ...] | None:
@@ -164,14 +165,6 @@ def _checked_targets(target_modules: Any, name: str) -> tuple[str, ...] | None:
             f"{name} must be a non-empty list of module names (e.g. ['q_proj', 'v_proj']), got {name}={target_modules!r}"
         )
     return target_modules
-
-
-def _json_safe(value: Any) -> Any:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
 
 
 def checked_teacher(teacher: Any, mode: str) -> nn.Module | str | None:
