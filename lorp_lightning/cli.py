@@ -127,31 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
     prune_parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
     prune_parser.add_argument("--amount", type=_fraction_or_count, default=0.25, help="fraction of the blocks in (0, 1), or a block count (default: 0.25)")
     prune_parser.add_argument("--method", default=DEFAULT_METHOD,
-                       help=f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
-                            "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
-                            "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last")
+                              help=f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
+                                   "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
+                                   "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last")
     prune_parser.add_argument("--num-clusters", type=_positive_int, help="lorp: force K instead of deriving it from the RLS")
     prune_parser.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
     _add_calibration(prune_parser)
     _add_evaluation(prune_parser)
     prune_parser.add_argument("--heal-steps", type=_non_negative_int, default=0,
-                       help="heal the pruned model for N steps (LoRA, on the calibration split of --text) before "
-                            "evaluating and saving it; see `lorp heal` (default: 0, no healing)")
+                              help="heal the pruned model for N steps (LoRA, on the calibration split of --text) before "
+                                   "evaluating and saving it; see `lorp heal` (default: 0, no healing)")
     prune_parser.add_argument("--distill", action="store_true",
-                       help="heal by distillation from the dense model just pruned (KL between its next-token "
-                            "distributions and the pruned model's; no second load) instead of the next-token loss; "
-                            "needs --heal-steps")
+                              help="heal by distillation from the dense model just pruned (KL between its next-token "
+                                   "distributions and the pruned model's; no second load) instead of the next-token loss; "
+                                   "needs --heal-steps")
     prune_parser.add_argument("--lm-weight", type=_unit_float, default=None,
-                       help="with --distill: the share of the next-token loss mixed into the distillation loss, in "
-                            "[0, 1] (default: 0, pure distillation)")
+                              help="with --distill: the share of the next-token loss mixed into the distillation loss, in "
+                                   "[0, 1] (default: 0, pure distillation)")
     _add_common(prune_parser, "pruned/MODEL-METHOD-AMOUNT")
 
     compare_parser = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
     compare_parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
     compare_parser.add_argument("--amounts", default="0.125,0.25,0.33", help="comma-separated budgets (default: 0.125,0.25,0.33)")
     compare_parser.add_argument("--methods", default=",".join(COMPARED),
-                         help=f"comma-separated methods (default: {','.join(COMPARED)}; sleb, left out, checks about 4x as "
-                              "many plans as lorp_search)")
+                                help=f"comma-separated methods (default: {','.join(COMPARED)}; sleb, left out, checks about 4x as "
+                                     "many plans as lorp_search)")
     compare_parser.add_argument("--seed", type=int, default=0)
     _add_calibration(compare_parser)
     compare_parser.add_argument("--eval-text", default="wiki")
@@ -164,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation(evaluate_parser)
     evaluate_parser.add_argument("--texts", default=None, help="comma-separated held-out texts (bundled names or files); default: --eval-text")
     evaluate_parser.add_argument("--tasks", default=None,
-                          help="zero-shot tasks through lm-evaluation-harness: 'all' or a comma-separated subset of "
-                               "arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa,rte,copa,piqa "
-                               "(default: none; the full sets take hours on a CPU, see --limit)")
+                                 help="zero-shot tasks through lm-evaluation-harness: 'all' or a comma-separated subset of "
+                                      "arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa,rte,copa,piqa "
+                                      "(default: none; the full sets take hours on a CPU, see --limit)")
     evaluate_parser.add_argument("--limit", type=_positive_int, default=None, help="zero-shot: the first N documents of each task (default: all)")
     evaluate_parser.add_argument("--zero-shot-batch-size", type=_positive_int, default=8, help="zero-shot batch size (default: 8)")
     _add_common(evaluate_parser, "lorp-eval")
@@ -175,27 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     heal_parser.add_argument("model", help="directory of a pruned model (the output of `lorp prune`)")
     heal_parser.add_argument("--steps", type=_positive_int, default=200, help="optimizer steps (default: 200)")
     heal_parser.add_argument("--mode", choices=["lora", "adjacent"], default="lora",
-                      help="lora: adapters on every block, merged at the end; adjacent: train the blocks next to the "
-                           "removed ones, the final norm and the head (needs --dtype float32) (default: lora)")
+                             help="lora: adapters on every block, merged at the end; adjacent: train the blocks next to the "
+                                  "removed ones, the final norm and the head (needs --dtype float32) (default: lora)")
     heal_parser.add_argument("--rank", type=_positive_int, default=None, help="LoRA rank (default: 8)")
     heal_parser.add_argument("--alpha", type=_positive_float, default=None, help="LoRA alpha; the update is scaled by alpha/rank (default: 16)")
     heal_parser.add_argument("--target-modules", default=None,
-                      help="comma-separated linear layers of the blocks that get adapters, e.g. q_proj,v_proj (default: all)")
+                             help="comma-separated linear layers of the blocks that get adapters, e.g. q_proj,v_proj (default: all)")
     heal_parser.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default: 1e-3 for lora, 1e-4 for adjacent)")
     heal_parser.add_argument("--text", default="wiki", help="training text: a bundled name (wiki, c4, tinystories, lambada) or a UTF-8 "
-                                                      "text file, cut into documents at blank lines; only its calibration split "
-                                                      "is used (default: wiki)")
+                                                             "text file, cut into documents at blank lines; only its calibration split "
+                                                             "is used (default: wiki)")
     heal_parser.add_argument("--window", type=_positive_int, default=256, help="tokens per training window (default: 256)")
     heal_parser.add_argument("--batch-size", type=_positive_int, default=4, help="training windows per step (default: 4)")
     heal_parser.add_argument("--max-minutes", type=_positive_float, default=None, help="a wall-clock budget: training stops before a step that would overrun it, and the learning rate decays over it (default: none, --steps alone)")
     heal_parser.add_argument("--seed", type=int, default=0, help="adapter initialisation and window order (default: 0)")
     heal_parser.add_argument("--teacher", metavar="MODEL", default=None,
-                      help=f"heal by distillation from this model (KL between its next-token distributions and the "
-                           f"student's) instead of the next-token loss: the dense model DIR was pruned from, or any "
-                           f"causal LM with the same tokenizer, loaded in --dtype on --device; {MODEL_HELP}")
+                             help=f"heal by distillation from this model (KL between its next-token distributions and the "
+                                  f"student's) instead of the next-token loss: the dense model DIR was pruned from, or any "
+                                  f"causal LM with the same tokenizer, loaded in --dtype on --device; {MODEL_HELP}")
     heal_parser.add_argument("--lm-weight", type=_unit_float, default=None,
-                      help="with --teacher: the share of the next-token loss mixed into the distillation loss, in "
-                           "[0, 1] (default: 0, pure distillation)")
+                             help="with --teacher: the share of the next-token loss mixed into the distillation loss, in "
+                                  "[0, 1] (default: 0, pure distillation)")
     heal_parser.add_argument("--eval-text", default="wiki", help="held-out text for perplexity before and after: a bundled name or a text file (default: wiki)")
     heal_parser.add_argument("--eval-windows", type=_non_negative_int, default=40, help="evaluation windows of --eval-window tokens; 0 skips the evaluation (default: 40)")
     heal_parser.add_argument("--eval-window", type=_positive_int, default=512, help="tokens per evaluation window (default: 512)")
@@ -203,11 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply_parser = commands.add_parser("apply", help="prune a saved checkpoint on disk by a plan, tensor by tensor, without loading it")
     apply_parser.add_argument("plan", metavar="PLAN",
-                       help="the blocks to remove, e.g. 12,13,14 (the checkpoint's numbering), or a saved plan: the "
-                            "report.json of `lorp prune` (or its output directory), or a file of PruningPlan.to_json()")
+                              help="the blocks to remove, e.g. 12,13,14 (the checkpoint's numbering), or a saved plan: the "
+                                   "report.json of `lorp prune` (or its output directory), or a file of PruningPlan.to_json()")
     apply_parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
-                       help="a Hugging Face model directory with safetensors weights (model.safetensors, or "
-                            "model.safetensors.index.json and its shards); only read")
+                              help="a Hugging Face model directory with safetensors weights (model.safetensors, or "
+                                   "model.safetensors.index.json and its shards); only read")
     apply_parser.add_argument("--out", required=True, help="output directory for the pruned checkpoint")
     apply_parser.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
     return parser
