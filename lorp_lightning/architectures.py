@@ -1,27 +1,54 @@
 """Model specifics, in one place: where each architecture keeps its decoder blocks and what in
 its config must change when blocks are removed.
 
-Every other module asks this table; none tests ``model_type`` itself. To support a new
-architecture, add one `Architecture` entry to ``ARCHITECTURES`` below.
+Every other module asks this module; none tests ``model_type`` itself. A family in the table
+``ARCHITECTURES`` is trusted: the test suite checks it on a small random model. A family not in
+the table takes the *generic path*: its block list is found by shape (the ``nn.ModuleList`` under
+the decoder whose length is the config's depth), its per-block lists are found by length, and
+``lorp_lightning.surgery.prune_layers`` proves each pruning on the spot (the pruned model's
+logits must equal the dense model's with those blocks skipped) or refuses it and leaves the
+model as it was. To make a family trusted, add one `Architecture` entry below and its small
+config to ``tests/test_surgery.py``.
 
-The config fields named in an entry are looked up on the decoder's config,
+The config fields an entry names are looked up on the decoder's config,
 ``model.config.get_text_config(decoder=True)`` (the config itself for a plain causal LM, its
 text sub-config for a multimodal one). A field the config does not have, or holds as ``None``,
-is left alone.
+is left alone. ``docs/families.md`` lists what happens to every causal-LM type transformers ships.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "Architecture", "architecture_of", "decoder_layers"]
+__all__ = [
+    "ARCHITECTURES",
+    "Architecture",
+    "BlocksNotFoundError",
+    "architecture_of",
+    "decoder_layers",
+    "find_decoder_layers",
+]
 
-# Per-block lists that transformers itself knows (``PreTrainedConfig.validate_layer_type``
-# checks their length against ``num_hidden_layers``); every entry trims them when present.
-COMMON_PER_LAYER_FIELDS = ("layer_types", "mlp_layer_types")
+# How transformers names per-block facts across families. An entry's defaults are these, so a
+# family that has one of them is handled without naming it; a field a config lacks is skipped.
+PER_LAYER_FIELDS = ("layer_types", "mlp_layer_types", "no_rope_layers", "layers_block_type")
+"""Lists with one entry per block, in depth order (attention kind, MoE or dense, RoPE or not,
+Mamba / attention / convolution / linear attention): trimmed to the kept blocks."""
+
+BLOCK_INDEX_FIELDS = ("mlp_only_layers", "moe_layers", "full_attn_idxs")
+"""Lists of block indices (the dense blocks of an MoE, the MoE blocks, LFM2's attention blocks):
+renumbered, the removed ones dropped."""
+
+BLOCK_COUNT_FIELDS = ("max_window_layers", "first_k_dense_replace", "num_dense_layers")
+"""Ints meaning "the first n blocks" (Qwen2's full-attention blocks, DeepSeek's dense blocks):
+n becomes the number of kept blocks among those first n."""
+
+TAIL_COUNT_FIELDS = ("num_kv_shared_layers",)
+"""Ints meaning "the last n blocks" (Gemma 3n and 4: the blocks that reuse an earlier block's
+keys and values): n becomes the number of kept blocks among those last n."""
 
 
 @dataclass(frozen=True)
@@ -34,46 +61,108 @@ class Architecture:
     depth_fields: tuple[str, ...] = ("num_hidden_layers",)
     """Config fields that hold the number of blocks (the field and any alias of it)."""
 
-    per_layer_fields: tuple[str, ...] = COMMON_PER_LAYER_FIELDS
+    per_layer_fields: tuple[str, ...] = PER_LAYER_FIELDS
     """Config lists with one entry per block, in depth order: trimmed to the kept blocks."""
 
-    block_index_fields: tuple[str, ...] = ()
+    block_index_fields: tuple[str, ...] = BLOCK_INDEX_FIELDS
     """Config lists of block indices (e.g. MoE ``mlp_only_layers``): renumbered, removed ones dropped."""
 
-    block_count_fields: tuple[str, ...] = ()
+    block_count_fields: tuple[str, ...] = BLOCK_COUNT_FIELDS
     """Config ints meaning "the first n blocks" (e.g. Qwen2 ``max_window_layers``): n becomes
     the number of kept blocks among those first n."""
+
+    tail_count_fields: tuple[str, ...] = TAIL_COUNT_FIELDS
+    """Config ints meaning "the last n blocks" (``num_kv_shared_layers``): n becomes the number
+    of kept blocks among those last n."""
 
     required_settings: tuple[tuple[str, object], ...] = ()
     """``(field, value)`` pairs: settings that make a block's computation depend on its absolute
     index in the stack. Pruning is refused unless each field has the value given here."""
+
+    placement_fields: tuple[str, ...] = ()
+    """Config ints that place block kinds by index arithmetic (Jamba's ``attn_layer_period``):
+    nothing can renumber them, so a plan is accepted only where the config still builds every kept
+    block as it was (the structure check of ``prune_layers``), and a refusal names them."""
+
+    free_settings: tuple[str, ...] = ()
+    """Module settings that differ after pruning without changing what the kept blocks compute,
+    left out of the structure check (each entry says why; the tests check the logits)."""
 
     checkpoint_layers_paths: tuple[str, ...] = ()
     """Other names of ``layers_path`` in checkpoint files, where transformers renames the weights
     between the model and its files (a checkpoint's block tensors are named
     ``<layers_path>.<i>.<...>``, or ``<one of these>.<i>.<...>``)."""
 
+    generic: bool = False
+    """True for a family not in the table, described by ``find_decoder_layers``: its prunings are
+    proven on the spot."""
+
+
+def _multimodal(language_model: str = "model.language_model.layers", **facts: Any) -> Architecture:
+    """A *ForConditionalGeneration whose decoder is its ``language_model`` (saved as
+    ``model.language_model.layers``, the same path, by transformers 5)."""
+    return Architecture(language_model, **facts)
+
+
+# The (i + 1) % decoder_sparse_step rule of Qwen's MoE families picks the MoE blocks by absolute index; 1 makes them all MoE.
+_QWEN_MOE = dict(required_settings=(("decoder_sparse_step", 1),))
+
+# Gemma 4: store_full_length_kv marks the last block of each attention kind whose keys and values an
+# assistant model may read; it hands them out beside the hidden state and changes no logit.
+_GEMMA4 = dict(required_settings=(("hidden_size_per_layer_input", 0),), free_settings=("store_full_length_kv",))
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture("model.layers"),
     "mistral": Architecture("model.layers"),
     "ministral": Architecture("model.layers"),
-    "qwen2": Architecture("model.layers", block_count_fields=("max_window_layers",)),
-    "qwen3": Architecture("model.layers", block_count_fields=("max_window_layers",)),
-    "qwen2_moe": Architecture(
-        "model.layers",
-        block_index_fields=("mlp_only_layers",),
-        block_count_fields=("max_window_layers",),
-        # (i + 1) % decoder_sparse_step picks the MoE blocks by absolute index; 1 makes them all MoE.
-        required_settings=(("decoder_sparse_step", 1),),
-    ),
+    "qwen2": Architecture("model.layers"),
+    "qwen3": Architecture("model.layers"),
+    "qwen2_moe": Architecture("model.layers", **_QWEN_MOE),
+    "qwen3_moe": Architecture("model.layers", **_QWEN_MOE),
+    # linear attention (Gated DeltaNet) and full attention, per layer_types; MoE blocks
+    "qwen3_next": Architecture("model.layers", **_QWEN_MOE),
+    "qwen3_5_text": Architecture("model.layers"),
+    "qwen3_5": _multimodal(),
+    "qwen3_5_moe_text": Architecture("model.layers"),
+    "qwen3_5_moe": _multimodal(),
     "gemma": Architecture("model.layers"),
     "gemma2": Architecture("model.layers"),
     "gemma3_text": Architecture("model.layers"),
     # Gemma3ForConditionalGeneration; transformers saves its blocks as language_model.model.layers
     "gemma3": Architecture("model.language_model.layers", checkpoint_layers_paths=("language_model.model.layers",)),
+    # per_layer_config (the head size of the full-attention blocks) is renumbered; the per-layer
+    # input embeddings of the small Gemma 4 models are one slice per block of one table, which
+    # pruning would have to cut: refused by name. KV sharing: see surgery._refuse_lost_kv_producers.
+    "gemma4_text": Architecture("model.layers", **_GEMMA4),
+    "gemma4": _multimodal(**_GEMMA4),
+    "phi": Architecture("model.layers"),
     "phi3": Architecture("model.layers"),
     "olmo2": Architecture("model.layers"),
+    "olmo3": Architecture("model.layers"),
+    "olmoe": Architecture("model.layers"),
+    "mixtral": Architecture("model.layers"),
+    "deepseek_v3": Architecture("model.layers"),  # first_k_dense_replace: a block-count field
+    "gpt_oss": Architecture("model.layers"),
+    "llama4_text": Architecture("model.layers"),  # moe_layers renumbered, no_rope_layers trimmed
+    "llama4": _multimodal(),
+    "smollm3": Architecture("model.layers"),  # no_rope_layers trimmed
+    "granite": Architecture("model.layers"),
+    # Mamba 2 and attention blocks, per layer_types
+    "granitemoehybrid": Architecture("model.layers"),
+    "cohere2": Architecture("model.layers"),
+    "glm4": Architecture("model.layers"),
+    "exaone4": Architecture("model.layers"),
+    "ernie4_5": Architecture("model.layers"),
+    "nemotron": Architecture("model.layers"),
+    "seed_oss": Architecture("model.layers"),
+    # lightning (linear) and full attention, per layer_types. A lightning block's decay rates depend on
+    # layer_idx / (num_hidden_layers - 1), but only at construction: they are buffers saved with the weights.
+    "minimax": Architecture("model.layers", free_settings=("num_hidden_layers",)),
+    "lfm2": Architecture("model.layers"),  # convolution and attention blocks: layer_types and full_attn_idxs
+    "falcon_h1": Architecture("model.layers"),  # every block is Mamba 2 and attention side by side
+    # attention / Mamba and MoE / dense blocks by period and offset
+    "jamba": Architecture("model.layers", placement_fields=("attn_layer_period", "attn_layer_offset",
+                                                            "expert_layer_period", "expert_layer_offset")),
     # num_hidden_layers is an alias (attribute_map) of n_layer; the attention scale of block i
     # is 1 / (i + 1) when scale_attn_by_inverse_layer_idx is set.
     "gpt2": Architecture(
@@ -89,17 +178,31 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
+class BlocksNotFoundError(NotImplementedError):
+    """The generic path found no single list of decoder blocks in a model; the message says what it looked for."""
+
+
 def architecture_of(model: nn.Module | Any) -> Architecture:
-    """The table entry for ``model`` (a model, or its config); a clear error for an architecture not in the table."""
+    """The facts for ``model`` (a model, or its config): its table entry, or for a family not in
+    the table, what the generic path finds (``generic=True``).
+
+    Raises:
+        BlocksNotFoundError: a family not in the table whose decoder blocks cannot be found; the
+            message names what was looked for.
+    """
     config = getattr(model, "config", None) if isinstance(model, nn.Module) else model
     model_type = getattr(config, "model_type", None)
-    if model_type not in ARCHITECTURES:
-        raise NotImplementedError(
-            f"lorp_lightning does not know the architecture model_type={model_type!r} "
-            f"({type(model).__name__}). Known: {', '.join(sorted(ARCHITECTURES))}. To add it, put an "
-            "Architecture entry for it in ARCHITECTURES in lorp_lightning/architectures.py."
-        )
-    return ARCHITECTURES[model_type]
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    if not isinstance(model, nn.Module):
+        model = _skeleton(config)
+    path = find_decoder_layers(model)
+    text_config = model.config.get_text_config(decoder=True)
+    depth = len(model.get_submodule(path))
+    lists = tuple(name for name, value in vars(text_config).items()
+                  if not name.startswith("_") and isinstance(value, (list, tuple)) and len(value) == depth
+                  and name not in BLOCK_INDEX_FIELDS)
+    return replace(Architecture(path), per_layer_fields=tuple(dict.fromkeys(PER_LAYER_FIELDS + lists)), generic=True)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -111,3 +214,52 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not isinstance(module, nn.ModuleList):
         raise TypeError(f"expected an nn.ModuleList of decoder blocks at {path}, got {type(module).__name__}")
     return module
+
+
+def find_decoder_layers(model: nn.Module) -> str:
+    """The path of ``model``'s decoder blocks, found by shape: the ``nn.ModuleList`` whose length
+    is the config's depth (``num_hidden_layers``), under the decoder (``model.get_decoder()``)
+    when the model names one, and not inside another such list.
+
+    Raises:
+        BlocksNotFoundError: no such list, or more than one; the message says what was looked for
+            and which lists the model has.
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    text_config = config.get_text_config(decoder=True) if config is not None else None
+    depth = getattr(text_config, "num_hidden_layers", None) if text_config is not None else None
+    what = f"the decoder blocks of this {type(model).__name__} (model_type={model_type!r})"
+    lists = {name: module for name, module in model.named_modules() if isinstance(module, nn.ModuleList) and name}
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise BlocksNotFoundError(
+            f"cannot find {what}: its config gives no depth (num_hidden_layers={depth!r}) to look for an nn.ModuleList of "
+            "that many blocks"
+        )
+    candidates = [name for name, module in lists.items() if len(module) == depth]
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is not None and decoder is not model:
+        prefix = next((name + "." for name, module in model.named_modules() if module is decoder), "")
+        under = [name for name in candidates if name.startswith(prefix)]
+        candidates = under or candidates
+    candidates = [name for name in candidates if not any(name.startswith(other + ".") for other in candidates)]
+    if len(candidates) != 1:
+        seen = ", ".join(f"{name} ({len(module)})" for name, module in lists.items() if "." not in name.split(".", 3)[-1]
+                         or len(module) == depth) or "none"
+        problem = "found none" if not candidates else f"found {len(candidates)}: {', '.join(candidates)}"
+        raise BlocksNotFoundError(
+            f"cannot find {what}: looked for one nn.ModuleList of num_hidden_layers={depth} modules under the decoder "
+            f"(model.get_decoder()), not nested in another, and {problem}. The model's ModuleLists (length): {seen}. "
+            "If this family keeps its blocks otherwise, add an Architecture entry for it to ARCHITECTURES in "
+            "lorp_lightning/architectures.py"
+        )
+    return candidates[0]
+
+
+def _skeleton(config: Any) -> nn.Module:
+    """A model of ``config`` on the meta device (no memory for weights): where its blocks are."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

@@ -288,6 +288,14 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
         raise FileNotFoundError(f"checkpoint_dir={str(checkpoint)!r} has no config.json; pass a directory written by save_pretrained")
     config = AutoConfig.from_pretrained(str(checkpoint))
     architecture = architecture_of(config)
+    if architecture.generic:
+        raise NotImplementedError(
+            f"prune_checkpoint prunes only the families in the table of lorp_lightning/architectures.py, and "
+            f"model_type={config.model_type!r} is not there: a family outside it is pruned by the generic path, which "
+            "proves each pruning on the model's own logits, and a checkpoint on disk has no model in memory to prove it "
+            "on. Load the model and prune it (prune_layers, or lorp prune), or add an Architecture entry for it to "
+            "ARCHITECTURES in lorp_lightning/architectures.py"
+        )
     shards, index = _weight_files(checkpoint)
     prefix, num_layers = _blocks_on_disk(shards, architecture, checkpoint, config)
     pruned, new_config = _pruned_config(config, architecture, plan_or_blocks, num_layers)

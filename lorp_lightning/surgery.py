@@ -14,12 +14,15 @@ what a config says after pruning, which ``prune_layers`` and
 from __future__ import annotations
 
 import copy
+import functools
 import json
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from lorp_lightning._validation import is_integer
@@ -70,11 +73,16 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
     num_layers = len(layers)
     pruned, new_config = _pruned_config(model.config, architecture, plan_or_blocks, num_layers)
     _refuse_offload(model)
-    kept = [i for i in range(num_layers) if i not in set(pruned)]
+    if architecture.generic:  # not in the table: proven on the spot, or refused with the model as it was
+        return _proven(model, pruned, new_config, inplace)
+    return _pruned_in_place(model if inplace else copy.deepcopy(model), architecture, pruned, new_config)
 
-    if not inplace:
-        model = copy.deepcopy(model)
-        layers = decoder_layers(model)
+
+def _pruned_in_place(model: nn.Module, architecture: Architecture, pruned: list[int], new_config: Any) -> nn.Module:
+    """Remove the checked blocks ``pruned`` from ``model`` itself; ``new_config`` is the checked pruned config."""
+    layers = decoder_layers(model)
+    num_layers = len(layers)
+    kept = [i for i in range(num_layers) if i not in set(pruned)]
     configs_to_edit = _decoder_configs(model, architecture)
     for index in reversed(pruned):
         del layers[index]  # nn.ModuleList renumbers its keys, so state_dict names follow
@@ -83,10 +91,83 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
             if is_integer(getattr(module, "layer_idx", None)):
                 module.layer_idx = new_index
     for config in configs_to_edit:  # the model keeps its config objects: the edit new_config was checked with
-        _edit_config(config, architecture, kept)
+        _edit_config(config, architecture, kept, num_layers)
     setattr(model.config, RECORD_ATTRIBUTE, getattr(new_config, RECORD_ATTRIBUTE))
     _renumber_device_map(model, architecture, kept)
     return model
+
+
+# --------------------------------------------------------------------------- the generic path
+
+PROOF_LENGTH = 32
+"""Tokens of the random input on which a pruning by the generic path is proven."""
+
+
+@torch.no_grad()
+def _proven(model: nn.Module, pruned: list[int], new_config: Any, inplace: bool) -> nn.Module:
+    """Prune a model of a family not in the table, and prove it on the spot: on a short random
+    input, the pruned model's logits must equal the dense model's with the ``pruned`` blocks
+    skipped (each hands its input on unchanged). Otherwise raise, with the model as it was."""
+    ids = _proof_ids(model)
+    was_training = model.training
+    model.eval()
+    try:
+        expected = _logits(model, ids, skipped=pruned)
+    finally:
+        model.train(was_training)
+    target = model if inplace else copy.deepcopy(model)
+    architecture = architecture_of(target)
+    saved = save_stack(target)
+    _pruned_in_place(target, architecture, pruned, new_config)
+    target.eval()
+    try:
+        got = _logits(target, ids)
+        difference = (got - expected).abs().max().item()
+        tolerance = (1e-3 if next(target.parameters()).dtype == torch.float32 else 3e-2) * (1.0 + expected.abs().max().item())
+        if not difference <= tolerance:  # a NaN fails too
+            raise ValueError(
+                f"cannot prune blocks {pruned} of this {model.config.model_type} model, a family not in the table of "
+                f"lorp_lightning/architectures.py: by the generic path (blocks at {architecture.layers_path}, per-block "
+                f"config lists trimmed) its logits differ from the dense model's with those blocks skipped by up to "
+                f"{difference:.3g} on a random input of {ids.shape[1]} tokens, so something in this family depends on a "
+                "block's position. The model is unchanged; to support the family, add an Architecture entry for it"
+            )
+    except BaseException:
+        _put_back(target, saved)
+        raise
+    finally:
+        target.train(was_training)
+    return target
+
+
+def _proof_ids(model: nn.Module) -> torch.Tensor:
+    """A fixed random input of ``PROOF_LENGTH`` tokens that avoids the config's special tokens (an
+    image token would ask for pixels)."""
+    config = model.config
+    vocab = config.get_text_config(decoder=True).vocab_size
+    special = {value for c in (config, config.get_text_config(decoder=True)) for name, value in vars(c).items()
+               if name.endswith(("_token_id", "_token_index", "_token_ids")) and isinstance(value, int)}
+    allowed = torch.tensor([i for i in range(min(vocab, 4096)) if i not in special])
+    generator = torch.Generator().manual_seed(0)
+    length = min(PROOF_LENGTH, getattr(config.get_text_config(decoder=True), "max_position_embeddings", None) or PROOF_LENGTH)
+    picks = allowed[torch.randint(len(allowed), (1, length), generator=generator)]
+    return picks.to(next(model.parameters()).device)
+
+
+def _logits(model: nn.Module, ids: torch.Tensor, skipped: Sequence[int] = ()) -> torch.Tensor:
+    """The float32 logits of ``model`` on ``ids``, with the ``skipped`` blocks handing their input on unchanged."""
+
+    def skip(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
+
+    layers = decoder_layers(model)
+    handles = [layers[i].register_forward_hook(skip, with_kwargs=True) for i in skipped]
+    try:
+        return model(input_ids=ids, use_cache=False).logits.float()
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def pruned_config(config: Any, plan_or_blocks: Any) -> Any:
@@ -228,8 +309,13 @@ def removed_blocks(model: nn.Module, saved: SavedStack) -> list[nn.Module]:
 
 
 def _edited_fields(architecture: Architecture) -> tuple[str, ...]:
-    """The config fields pruning edits."""
-    return architecture.depth_fields + architecture.per_layer_fields + architecture.block_index_fields + architecture.block_count_fields
+    """The config fields pruning edits (``_heterogeneity_spec`` holds transformers' per_layer_config)."""
+    return (architecture.depth_fields + architecture.per_layer_fields + architecture.block_index_fields
+            + architecture.block_count_fields + architecture.tail_count_fields + (HETEROGENEITY,))
+
+
+HETEROGENEITY = "_heterogeneity_spec"
+"""Where a transformers config keeps its per_layer_config (per-block overrides keyed by block index)."""
 
 
 def _put_back(model: nn.Module, saved: SavedStack) -> None:
@@ -321,13 +407,8 @@ def _refuse_what_cannot_be_made_right(config: Any, architecture: Architecture, n
     """Raise for a config of ``num_layers`` blocks whose pruning cannot be made right; return silently otherwise."""
     model_type = config.model_type
     text_config = config.get_text_config(decoder=True)
-    if getattr(text_config, "is_heterogeneous", False):
-        raise ValueError(
-            f"cannot prune this {model_type} model: its config has a heterogeneous per_layer_config (per-block "
-            "overrides keyed by block index), which lorp_lightning does not renumber; use a homogeneous config"
-        )
     for name, required in architecture.required_settings:
-        value = getattr(text_config, name, required)
+        value = vars(text_config).get(name, required)
         if value != required:
             raise ValueError(
                 f"cannot prune this {model_type} model: its config has {name}={value!r}, which makes what a block "
@@ -383,7 +464,9 @@ def _pruned_config(config: Any, architecture: Architecture, plan_or_blocks: Any,
     _refuse_what_cannot_be_made_right(config, architecture, num_layers)
     kept = [i for i in range(num_layers) if i not in set(pruned)]
     record = _composed_record(config, num_layers, pruned, step)
-    return pruned, _checked_pruned_config(config, architecture, kept, record)
+    new_config = _checked_pruned_config(config, architecture, kept, record, num_layers)
+    _check_structure(config, new_config, architecture, kept)
+    return pruned, new_config
 
 
 def _depth(config: Any, architecture: Architecture) -> int:
@@ -409,8 +492,9 @@ def _decoder_configs(model: nn.Module, architecture: Architecture) -> list:
     return configs
 
 
-def _edit_config(config: Any, architecture: Architecture, kept: list[int]) -> None:
-    """Make ``config`` describe the stack of the ``kept`` blocks (original indices, ascending)."""
+def _edit_config(config: Any, architecture: Architecture, kept: list[int], num_layers: int) -> None:
+    """Make ``config``, of a stack of ``num_layers`` blocks, describe the stack of the ``kept``
+    blocks (original indices, ascending)."""
     for name in architecture.depth_fields:
         if hasattr(config, name):
             setattr(config, name, len(kept))
@@ -427,20 +511,28 @@ def _edit_config(config: Any, architecture: Architecture, kept: list[int]) -> No
         count = vars(config).get(name)
         if count is not None:
             setattr(config, name, sum(1 for i in kept if i < count))
+    for name in architecture.tail_count_fields:
+        count = vars(config).get(name)
+        if count:
+            setattr(config, name, sum(1 for i in kept if i >= num_layers - count))
+    spec = vars(config).get(HETEROGENEITY)
+    if spec is not None:  # per_layer_config: the overrides of the kept blocks, under their new numbers
+        config.per_layer_config = {new_index[i]: dict(overrides) for i, overrides in spec.per_layer_overrides.items()
+                                   if i in new_index}
 
 
-def _checked_pruned_config(config: Any, architecture: Architecture, kept: list[int], record: dict) -> Any:
+def _checked_pruned_config(config: Any, architecture: Architecture, kept: list[int], record: dict, num_layers: int) -> Any:
     """Edit a copy of ``config``, run what save_pretrained checks, round-trip it through JSON; return the copy."""
     config = copy.deepcopy(config)
     text_config = config.get_text_config(decoder=True)
-    _edit_config(text_config, architecture, kept)
+    _edit_config(text_config, architecture, kept, num_layers)
     setattr(config, RECORD_ATTRIBUTE, record)
     where = f"the ARCHITECTURES entry for model_type={config.model_type!r} in lorp_lightning/architectures.py"
     try:
         for c in {id(c): c for c in (config, text_config)}.values():
             if hasattr(c, "validate"):
                 c.validate()  # what save_pretrained runs before it writes config.json
-        reloaded = type(config).from_dict(json.loads(config.to_json_string(use_diff=True)))
+        reloaded = type(config).from_dict(_from_json(config, config.to_json_string(use_diff=True)))
     except Exception as error:
         raise NotImplementedError(
             f"pruning blocks {record['steps'][-1]['pruned_layers']} (original numbering) would leave an invalid "
@@ -448,14 +540,130 @@ def _checked_pruned_config(config: Any, architecture: Architecture, kept: list[i
         ) from error
     reloaded_text = reloaded.get_text_config(decoder=True)
     for name in _edited_fields(architecture):
-        if getattr(reloaded_text, name, None) != getattr(text_config, name, None):
+        before, after = _saved_value(text_config, name), _saved_value(reloaded_text, name)
+        if after != before:
             raise NotImplementedError(
-                f"after pruning, config.{name}={getattr(text_config, name, None)!r} does not survive saving and "
-                f"loading (it comes back as {getattr(reloaded_text, name, None)!r}); see {where}"
+                f"after pruning, config.{name}={before!r} does not survive saving and loading (it comes back as "
+                f"{after!r}); see {where}"
             )
     if getattr(reloaded, RECORD_ATTRIBUTE, None) != record:
         raise NotImplementedError(f"config.{RECORD_ATTRIBUTE} does not survive saving and loading with this transformers version")
     return config
+
+
+def _from_json(config: Any, text: str) -> dict:
+    """The dict of a config's JSON text, as ``from_pretrained`` reads it (transformers writes an
+    infinite float as ``{"__float__": "Infinity"}``)."""
+    decode = getattr(type(config), "_decode_special_floats", lambda values: values)
+    return decode(json.loads(text))
+
+
+def _saved_value(config: Any, name: str) -> Any:
+    """What ``config`` holds as ``name``, as it would be saved (the per_layer_config's overrides for its spec)."""
+    value = vars(config).get(name)
+    return value.per_layer_overrides if name == HETEROGENEITY and value is not None else value
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _check_structure(config: Any, new_config: Any, architecture: Architecture, kept: list[int]) -> None:
+    """Raise unless ``new_config`` builds every kept block as ``config`` built it, and everything
+    outside the blocks alike: the same modules, parameter shapes and settings (``layer_idx`` aside).
+
+    This is what catches a family that places block kinds by index arithmetic (an MoE every
+    second block, attention every eighth), a per-block list the table misses, and weights outside
+    the blocks sized by the depth. Both sides are built on the meta device, without weights.
+    A config that ``AutoModelForCausalLM`` cannot build has nothing to compare, and passes.
+    """
+    dense = _structure(config.to_json_string(use_diff=False), architecture.layers_path)
+    if dense is None:
+        return
+    pruned = _structure(new_config.to_json_string(use_diff=False), architecture.layers_path)
+    removed = [i for i in range(len(dense[0])) if i not in set(kept)]
+    text_config = config.get_text_config(decoder=True)
+    fields = [f"{name}={vars(text_config).get(name)!r}" for name in architecture.placement_fields if name in vars(text_config)]
+    why = (f"the config places blocks by their index ({', '.join(fields)})" if fields else
+           "something in the config ties a block to its index")
+    head = f"cannot prune blocks {removed} of this {config.model_type} model"
+    if pruned is None:
+        raise NotImplementedError(f"{head}: the pruned config cannot build a model; {why}")
+    if pruned[1] != dense[1]:
+        name, before, after = _tensor_difference(dense[1], pruned[1])
+        raise ValueError(f"{head}: the weights outside the blocks depend on the depth ({name}: {before} in the dense model, "
+                         f"{after} after pruning), so pruning would have to cut them; {why}. The model is unchanged")
+    for new, old in enumerate(kept):
+        before_block, after_block = (_without(d, architecture.free_settings) for d in (dense[0][old], pruned[0][new]))
+        if after_block != before_block:
+            name, before, after = _first_difference(before_block, after_block)
+            raise ValueError(
+                f"{head}: after pruning, the config would build block {old} (block {new} of the pruned model) otherwise "
+                f"than it is ({name}: {before} now, {after} after pruning); {why}. Choose blocks that keep the pattern, "
+                "or leave this family unpruned. The model is unchanged"
+            )
+
+
+@functools.lru_cache(maxsize=32)
+def _structure(config_json: str, layers_path: str) -> tuple[tuple, tuple] | None:
+    """(per block, its description; the parameters outside the blocks) of the model a config
+    builds, or None when ``AutoModelForCausalLM`` cannot build it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        values = json.loads(config_json)
+        config = AutoConfig.for_model(**_from_json(AutoConfig.for_model(values["model_type"]), config_json))
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_config(config)
+        blocks = model.get_submodule(layers_path)
+    except Exception:
+        return None
+    outside = tuple((name, tuple(p.shape)) for name, p in model.named_parameters() if not name.startswith(layers_path + "."))
+    return tuple(_description(block) for block in blocks), outside
+
+
+_SETTING_TYPES = (bool, int, float, str, type(None))
+
+
+def _description(block: nn.Module) -> tuple:
+    """A block's modules (name, class, settings), parameters and buffers (name, shape)."""
+    modules = tuple(
+        (name, type(module).__name__, tuple(sorted(
+            (key, value) for key, value in vars(module).items()
+            if not key.startswith("_") and key not in ("layer_idx", "training") and isinstance(value, _SETTING_TYPES))))
+        for name, module in block.named_modules()
+    )
+    tensors = tuple((name, tuple(t.shape)) for name, t in (*block.named_parameters(), *block.named_buffers()))
+    return modules, tensors
+
+
+def _without(description: tuple, settings: tuple[str, ...]) -> tuple:
+    """A block description without the named module settings."""
+    if not settings:
+        return description
+    modules = tuple((name, kind, tuple((k, v) for k, v in values if k not in settings)) for name, kind, values in description[0])
+    return modules, description[1]
+
+
+def _first_difference(before: tuple, after: tuple) -> tuple[str, Any, Any]:
+    """Where two block descriptions first differ: (what, its value before, after)."""
+    for (name, kind, settings), (other_name, other_kind, other_settings) in zip(before[0], after[0], strict=False):
+        if (name, kind) != (other_name, other_kind):
+            return name or "the block", f"{name or 'the block'} is a {kind}", f"{other_name or 'the block'} is a {other_kind}"
+        if settings != other_settings:
+            old, new = dict(settings), dict(other_settings)
+            key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+            return f"{name}.{key}" if name else key, old.get(key), new.get(key)
+    if len(before[0]) != len(after[0]):
+        return "its modules", f"{len(before[0])} modules", f"{len(after[0])} modules"
+    return _tensor_difference(before[1], after[1])
+
+
+def _tensor_difference(before: tuple, after: tuple) -> tuple[str, Any, Any]:
+    """Where two lists of (tensor name, shape) first differ: (name, shape before, after)."""
+    old, new = dict(before), dict(after)
+    name = next(k for k in [*old, *new] if old.get(k) != new.get(k))
+    return name, old.get(name, "absent"), new.get(name, "absent")
 
 
 # --------------------------------------------------------------------------- record

@@ -34,6 +34,10 @@ SEQ_LEN = 16  # longer than the sliding window (4) of the families that have one
 VOCAB = 128
 S, F = "sliding_attention", "full_attention"
 MIXED = [S, F, F, S, F, S]  # pruning [1, 2] keeps [S, S, F, S]; cutting the list short would give [S, F, F, S]
+LIN, M, A = "linear_attention", "mamba", "attention"
+LINEAR_ATTENTION = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16)
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+MAMBA = dict(mamba_n_heads=4, mamba_d_head=32, mamba_d_state=8, mamba_n_groups=1, mamba_chunk_size=8)
 
 SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=N, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -75,6 +79,49 @@ FAMILIES: dict[str, Family] = {
                                                        bos_token_id=1, eos_token_id=2, pad_token_id=0), "transformer.h"),
     "stablelm": Family(lambda: transformers.StableLmConfig(**SMALL), "model.layers"),
     "starcoder2": Family(lambda: transformers.Starcoder2Config(**SMALL, sliding_window=4), "model.layers"),
+    # today's families (transformers 5.x): hybrids, MoE, per-block lists and per-block sub-configs
+    "qwen3_5_text": Family(lambda: transformers.Qwen3_5TextConfig(
+        **SMALL, head_dim=16, layer_types=[LIN, F, F, LIN, F, LIN], **LINEAR_ATTENTION), "model.layers"),
+    "qwen3_next": Family(lambda: transformers.Qwen3NextConfig(
+        **SMALL, head_dim=16, layer_types=[LIN, F, F, LIN, F, LIN], **LINEAR_ATTENTION, **MOE, mlp_only_layers=[0, 2, 4],
+        shared_expert_intermediate_size=32), "model.layers"),
+    "qwen3_moe": Family(lambda: transformers.Qwen3MoeConfig(**SMALL, head_dim=16, **MOE, mlp_only_layers=[0, 2, 4]), "model.layers"),
+    "gpt_oss": Family(lambda: transformers.GptOssConfig(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED,
+                                                        num_local_experts=4, num_experts_per_tok=2), "model.layers"),
+    # MoE blocks 0, 2, 4; no RoPE in blocks 1 and 4; chunked attention in some blocks
+    "llama4_text": Family(lambda: transformers.Llama4TextConfig(
+        **SMALL, head_dim=16, intermediate_size_mlp=128, num_local_experts=4, num_experts_per_tok=1, moe_layers=[0, 2, 4],
+        no_rope_layers=[1, 0, 1, 1, 0, 1], attention_chunk_size=4), "model.layers"),
+    "smollm3": Family(lambda: transformers.SmolLM3Config(**SMALL, no_rope_layers=[1, 0, 1, 1, 0, 1]), "model.layers"),
+    "mixtral": Family(lambda: transformers.MixtralConfig(**SMALL, head_dim=16, sliding_window=4, num_local_experts=4), "model.layers"),
+    "olmoe": Family(lambda: transformers.OlmoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2), "model.layers"),
+    # multi-head latent attention; blocks 0 and 1 dense, the rest MoE (first_k_dense_replace=2)
+    "deepseek_v3": Family(lambda: transformers.DeepseekV3Config(
+        **SMALL, first_k_dense_replace=2, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, n_group=1, topk_group=1,
+        moe_intermediate_size=32, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16),
+        "model.layers"),
+    "granite": Family(lambda: transformers.GraniteConfig(**SMALL), "model.layers"),
+    # Mamba 2 blocks and attention blocks
+    "granitemoehybrid": Family(lambda: transformers.GraniteMoeHybridConfig(
+        **SMALL, layer_types=[M, A, A, M, A, M], **MAMBA, num_local_experts=4, num_experts_per_tok=2), "model.layers"),
+    "falcon_h1": Family(lambda: transformers.FalconH1Config(**SMALL, head_dim=16, **MAMBA, mamba_d_ssm=128), "model.layers"),
+    "olmo3": Family(lambda: transformers.Olmo3Config(**SMALL, sliding_window=4, layer_types=MIXED), "model.layers"),
+    "cohere2": Family(lambda: transformers.Cohere2Config(**SMALL, sliding_window=4, layer_types=MIXED), "model.layers"),
+    "glm4": Family(lambda: transformers.Glm4Config(**SMALL, head_dim=16), "model.layers"),
+    "phi": Family(lambda: transformers.PhiConfig(**SMALL), "model.layers"),
+    "exaone4": Family(lambda: transformers.Exaone4Config(**SMALL, sliding_window=4, layer_types=MIXED), "model.layers"),
+    "ernie4_5": Family(lambda: transformers.Ernie4_5Config(**SMALL, head_dim=16), "model.layers"),
+    "nemotron": Family(lambda: transformers.NemotronConfig(**SMALL, head_dim=16), "model.layers"),
+    "seed_oss": Family(lambda: transformers.SeedOssConfig(**SMALL, head_dim=16), "model.layers"),
+    # lightning (linear) attention and full attention
+    "minimax": Family(lambda: transformers.MiniMaxConfig(**SMALL, head_dim=16, layer_types=[LIN, F, F, LIN, F, LIN],
+                                                         num_local_experts=4, block_size=4), "model.layers"),
+    # short convolution blocks and attention blocks, given as full_attn_idxs
+    "lfm2": Family(lambda: transformers.Lfm2Config(**SMALL, full_attn_idxs=[1, 2, 4]), "model.layers"),
+    # full-attention blocks have another head size (per_layer_config, renumbered by pruning)
+    "gemma4_text": Family(lambda: transformers.Gemma4TextConfig(
+        **SMALL, head_dim=16, global_head_dim=32, sliding_window=4, layer_types=[S, F, F, S, S, F], hidden_size_per_layer_input=0),
+        "model.layers"),
 }
 
 
@@ -104,15 +151,20 @@ def logits(model, ids=None) -> torch.Tensor:
     return model(input_ids() if ids is None else ids, use_cache=False).logits
 
 
-@torch.no_grad()
 def logits_with_blocks_skipped(model, family: str, skipped: list[int]) -> torch.Tensor:
     """The logits of ``model`` when the ``skipped`` blocks pass their input on unchanged."""
+    return logits_with_blocks_skipped_at(model, FAMILIES[family].blocks_path, skipped)
+
+
+@torch.no_grad()
+def logits_with_blocks_skipped_at(model, blocks_path: str, skipped: list[int]) -> torch.Tensor:
+    """The logits of ``model`` when the ``skipped`` blocks at ``blocks_path`` pass their input on unchanged."""
 
     def skip(module, args, kwargs, output):
         hidden = args[0] if args else kwargs["hidden_states"]
         return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
 
-    handles = [blocks_of(model, family)[i].register_forward_hook(skip, with_kwargs=True) for i in skipped]
+    handles = [model.get_submodule(blocks_path)[i].register_forward_hook(skip, with_kwargs=True) for i in skipped]
     try:
         return logits(model)
     finally:
@@ -416,10 +468,64 @@ def test_device_map_entries_of_blocks_are_renamed_to_the_new_numbering():
 # --------------------------------------------------------------------------- refusals
 
 
-def test_an_unknown_architecture_is_refused_naming_model_type_and_the_table():
-    config = transformers.BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=4, n_head=4)
-    model = transformers.BloomForCausalLM(config).eval()
-    with pytest.raises(NotImplementedError, match=r"model_type='bloom'.*ARCHITECTURES in lorp_lightning/architectures.py"):
+def bloom(depth: int = 4):
+    """A family not in the table (Bloom: ALiBi positions, blocks at transformer.h)."""
+    torch.manual_seed(0)
+    return transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=depth, n_head=4)).eval()
+
+
+def test_a_family_not_in_the_table_is_pruned_by_the_generic_path_with_logits_equal_to_skipping_the_blocks(tmp_path):
+    assert "bloom" not in architectures.ARCHITECTURES
+    model = bloom()
+    assert architectures.architecture_of(model).generic and architectures.find_decoder_layers(model) == "transformer.h"
+    expected = logits_with_blocks_skipped_at(model, "transformer.h", [1, 2])  # the path written out here, independently
+    prune_layers(model, [1, 2])
+    assert len(model.transformer.h) == 2 and model.config.n_layer == 2
+    torch.testing.assert_close(logits(model), expected, rtol=0, atol=1e-5)
+    reloaded, info = save_and_reload(model, tmp_path)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(logits(reloaded), logits(model))
+    assert pruning_record(reloaded)["pruned_layers"] == [1, 2]
+
+
+def test_a_generic_pruning_that_changes_the_logits_is_refused_and_the_model_is_left_as_it_was(monkeypatch):
+    # Llama taken out of the table, and made to depend on a block's position at run time, where no
+    # config or module setting shows it: each block's output is scaled by 1 + layer_idx / 10.
+    monkeypatch.delitem(architectures.ARCHITECTURES, "llama")
+    model = build("llama")
+    for block in model.model.layers:
+        block.register_forward_hook(lambda module, args, output: output * (1 + module.self_attn.layer_idx / 10))
+    before = snapshot(model, "llama")
+    message = (r"(?s)cannot prune blocks \[1, 2\] of this llama model, a family not in the table.*differ from the dense "
+               r"model's with those blocks skipped by up to .* The model is unchanged")
+    with pytest.raises(ValueError, match=message):
+        prune_layers(model, PRUNED)
+    assert_same_snapshot(before, snapshot(model, "llama"))
+    with pytest.raises(ValueError, match=message):
+        prune_layers(model, PRUNED, inplace=False)
+    assert_same_snapshot(before, snapshot(model, "llama"))
+    assert len(prune_layers(build("llama"), PRUNED).model.layers) == N - 2  # without the hooks, the generic path proves it
+
+
+def test_a_setting_that_ties_blocks_to_their_index_is_caught_by_the_structure_check_in_or_out_of_the_table(monkeypatch):
+    # scale_attn_by_inverse_layer_idx: GPT-2's block i scales its attention by 1 / (i + 1); the
+    # pruned config would build kept block 3 as block 1, with another scale.
+    message = r"block 3 \(block 1 of the pruned model\) otherwise than it is \(attn.scaling: 0.0625 now, 0.125 after pruning\)"
+    for in_table in (True, False):
+        if not in_table:
+            monkeypatch.delitem(architectures.ARCHITECTURES, "gpt2")
+        model = build("gpt2", scale_attn_by_inverse_layer_idx=True)
+        before = snapshot(model, "gpt2")
+        with pytest.raises(ValueError, match=r"scale_attn_by_inverse_layer_idx=True" if in_table else message):
+            prune_layers(model, PRUNED)
+        assert_same_snapshot(before, snapshot(model, "gpt2"))
+
+
+def test_a_model_whose_blocks_cannot_be_found_is_refused_saying_what_was_looked_for():
+    model = bloom(depth=4)
+    model.config.n_layer = 5  # no ModuleList of 5 modules
+    with pytest.raises(architectures.BlocksNotFoundError, match=r"looked for one nn.ModuleList of num_hidden_layers=5 modules "
+                                                                  r"under the decoder .*found none.*transformer.h \(4\)"):
         prune_layers(model, [1])
     assert len(model.transformer.h) == 4
 
