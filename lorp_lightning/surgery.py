@@ -431,6 +431,25 @@ def _refuse_what_cannot_be_made_right(config: Any, architecture: Architecture, n
             )
 
 
+def _refuse_lost_kv_producers(config: Any, kept: list[int]) -> None:
+    """Raise when a kept block reads the keys and values of a removed one (KV sharing across blocks,
+    as Gemma 4's ``num_kv_shared_layers``: each of the last n blocks reuses those of the last earlier
+    block of its attention kind, which ``kv_sharing_modes`` marks "store")."""
+    text_config = config.get_text_config(decoder=True)
+    shared = vars(text_config).get("num_kv_shared_layers")
+    if not shared or not hasattr(type(text_config), "kv_sharing_modes"):
+        return
+    modes, kinds = text_config.kv_sharing_modes, vars(text_config)["layer_types"]
+    producers = {kinds[i]: i for i, mode in enumerate(modes) if mode == "store"}
+    for i in kept:
+        if modes[i] == "reuse" and producers.get(kinds[i]) not in kept:
+            raise ValueError(
+                f"cannot prune this {config.model_type} model so: block {i} reuses the keys and values of block "
+                f"{producers.get(kinds[i])} ({kinds[i]}; num_kv_shared_layers={shared} shares them with the last "
+                f"{shared} blocks), which the plan removes. Keep block {producers.get(kinds[i])}, or remove block {i} too"
+            )
+
+
 def _refuse_offload(model: nn.Module) -> None:
     """Raise for a model whose weights accelerate offloads; return silently otherwise."""
     offload = _offload_in(model)
@@ -464,6 +483,7 @@ def _pruned_config(config: Any, architecture: Architecture, plan_or_blocks: Any,
     _refuse_what_cannot_be_made_right(config, architecture, num_layers)
     kept = [i for i in range(num_layers) if i not in set(pruned)]
     record = _composed_record(config, num_layers, pruned, step)
+    _refuse_lost_kv_producers(config, kept)
     new_config = _checked_pruned_config(config, architecture, kept, record, num_layers)
     _check_structure(config, new_config, architecture, kept)
     return pruned, new_config

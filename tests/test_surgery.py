@@ -581,3 +581,90 @@ def test_a_config_that_disagrees_with_the_model_depth_is_refused():
     del model.model.layers[5]
     with pytest.raises(ValueError, match=r"config says num_hidden_layers=6 but the model has 5 decoder blocks"):
         prune_layers(model, [1])
+
+
+# --------------------------------------------------------------------------- today's families, one fact each
+
+
+def block_kinds(model, family: str, attribute: str) -> list[str]:
+    return [type(getattr(block, attribute)).__name__ for block in blocks_of(model, family)]
+
+
+def test_llama4_moe_layers_are_renumbered_and_no_rope_layers_trimmed():
+    model = prune_layers(build("llama4_text"), PRUNED)  # moe_layers [0, 2, 4] -> [0, 2]; no_rope_layers [1, 0, 1, 1, 0, 1]
+    assert model.config.moe_layers == [0, 2]
+    assert model.config.no_rope_layers == [1, 1, 0, 1]
+    assert block_kinds(model, "llama4_text", "feed_forward") == ["Llama4TextMoe", "Llama4TextMLP", "Llama4TextMoe", "Llama4TextMLP"]
+
+
+def test_deepseek_v3_first_k_dense_replace_counts_the_kept_dense_blocks():
+    model = prune_layers(build("deepseek_v3"), PRUNED)  # blocks 0, 1 dense: block 1 goes, one dense block is left
+    assert model.config.first_k_dense_replace == 1
+    assert block_kinds(model, "deepseek_v3", "mlp") == ["DeepseekV3MLP", "DeepseekV3MoE", "DeepseekV3MoE", "DeepseekV3MoE"]
+
+
+def test_lfm2_attention_block_indices_are_renumbered_with_the_layer_types():
+    model = prune_layers(build("lfm2"), PRUNED)  # attention in blocks 1, 2, 4: 4 becomes 2
+    assert model.config.full_attn_idxs == [2]
+    assert model.config.layer_types == ["conv", "conv", "full_attention", "conv"]
+
+
+def test_gemma4_per_layer_config_of_the_kept_blocks_is_renumbered():
+    model = build("gemma4_text")  # full attention in blocks 1, 2 and 5, each with head_dim 32 (per_layer_config)
+    assert [model.config.per_layer_config[i].head_dim for i in range(N)] == [16, 32, 32, 16, 16, 32]
+    prune_layers(model, [0, 2])
+    assert [model.config.per_layer_config[i].head_dim for i in range(N - 2)] == [32, 16, 16, 32]
+    assert [b.self_attn.head_dim for b in model.model.layers] == [32, 16, 16, 32]
+
+
+def gemma4_sharing_kv():
+    """Gemma 4 whose last two blocks reuse the keys and values of the last earlier block of their kind
+    (num_kv_shared_layers=2): kinds [S, F, F, S, S, F], so block 4 reads block 3's, block 5 reads block 2's."""
+    return build("gemma4_text", num_kv_shared_layers=2)
+
+
+def test_gemma4_kv_sharing_is_kept_exact_when_the_blocks_whose_cache_is_read_stay():
+    model = gemma4_sharing_kv()
+    expected = logits_with_blocks_skipped(gemma4_sharing_kv(), "gemma4_text", [0, 4])
+    prune_layers(model, [0, 4])  # the shared tail [4, 5] keeps block 5: num_kv_shared_layers becomes 1
+    assert model.config.num_kv_shared_layers == 1
+    torch.testing.assert_close(logits(model), expected, rtol=0, atol=1e-5)
+    assert torch.equal(greedy(model, use_cache=True), greedy(model, use_cache=False))
+
+
+def test_gemma4_removing_a_block_whose_keys_and_values_later_blocks_read_is_refused_by_name():
+    model = gemma4_sharing_kv()
+    before = snapshot(model, "gemma4_text")
+    with pytest.raises(ValueError, match=r"block 5 reuses the keys and values of block 2 \(full_attention; num_kv_shared_layers=2 "
+                                         r"shares them with the last 2 blocks\), which the plan removes. Keep block 2, or remove block 5 too"):
+        prune_layers(model, [2])
+    assert_same_snapshot(before, snapshot(model, "gemma4_text"))
+
+
+def jamba():
+    """Jamba: attention in the odd blocks (attn_layer_period=2, offset 1), MoE in the even ones."""
+    config = transformers.JambaConfig(**SMALL, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                                      expert_layer_offset=0, num_experts=4, num_experts_per_tok=2, mamba_d_state=8,
+                                      mamba_dt_rank=8, mamba_expand=2, use_mamba_kernels=False)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_jamba_is_pruned_exactly_by_a_plan_that_keeps_its_period(tmp_path):
+    model = jamba()
+    expected = logits_with_blocks_skipped_at(jamba(), "model.layers", [2, 3])
+    prune_layers(model, [2, 3])  # one whole period: the pattern of the kept blocks is the config's pattern
+    torch.testing.assert_close(logits(model), expected, rtol=0, atol=1e-5)
+    reloaded, _ = save_and_reload(model, tmp_path)
+    assert torch.equal(logits(reloaded), logits(model))
+    assert torch.equal(greedy(model, use_cache=True), greedy(model, use_cache=False))
+
+
+def test_jamba_a_plan_that_breaks_its_period_is_refused_naming_the_placement_fields():
+    model = jamba()
+    before = [id(b) for b in model.model.layers]
+    with pytest.raises(ValueError, match=r"cannot prune blocks \[1\] of this jamba model: after pruning, the config would build "
+                                         r"block 2 \(block 1 of the pruned model\) otherwise.*attn_layer_period=2, "
+                                         r"attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=0"):
+        prune_layers(model, [1])
+    assert [id(b) for b in model.model.layers] == before and model.config.num_hidden_layers == N
