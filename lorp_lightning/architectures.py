@@ -30,6 +30,7 @@ __all__ = [
     "architecture_of",
     "decoder_layers",
     "find_decoder_layers",
+    "skeleton",
 ]
 
 # How transformers names per-block facts across families. An entry's defaults are these, so a
@@ -195,7 +196,7 @@ def architecture_of(model: nn.Module | Any) -> Architecture:
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
     if not isinstance(model, nn.Module):
-        model = _skeleton(config)
+        model = skeleton(config)
     path = find_decoder_layers(model)
     text_config = model.config.get_text_config(decoder=True)
     depth = len(model.get_submodule(path))
@@ -256,7 +257,7 @@ def find_decoder_layers(model: nn.Module) -> str:
     return candidates[0]
 
 
-def _skeleton(config: Any) -> nn.Module:
+def skeleton(config: Any) -> nn.Module:
     """A model of ``config`` on the meta device (no memory for weights): where its blocks are."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lorp_lightning._io import OutputDirectory
-from lorp_lightning.architectures import Architecture, architecture_of
+from lorp_lightning.architectures import Architecture, architecture_of, skeleton
 from lorp_lightning.selection import PruningPlan
 from lorp_lightning.surgery import _pruned_config
 
@@ -310,8 +310,11 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
         tensors = [tensor for _, _, kept in planned for tensor, _ in kept]
         metadata = dict(index.get("metadata") or {})
         metadata["total_size"] = sum(t.end - t.begin for t in tensors)
-        if "total_parameters" in metadata:
-            metadata["total_parameters"] = sum(math.prod(t.shape) for t in tensors)
+        if "total_parameters" in metadata:  # transformers writes model.num_parameters(): parameters, not buffers
+            removed = [t for shard in shards for t in shard.tensors if _renamed(t.name, prefix, new_index) is None]
+            buffers = _block_buffers(config, architecture, prefix)
+            metadata["total_parameters"] = int(metadata["total_parameters"]) - sum(
+                math.prod(t.shape) for t in removed if t.name.split(".", prefix.count(".") + 2)[-1] not in buffers)
         weight_map = {new_name: name for _, name, kept in planned for _, new_name in kept}
         index = {**index, "metadata": metadata, "weight_map": weight_map}
 
@@ -361,6 +364,16 @@ def _blocks_on_disk(shards: list[_Shard], architecture: Architecture, checkpoint
             raise ValueError(f"{shown}: config.json says {name}={depth}, but the weights hold {num_layers} blocks under "
                              f"{prefix!r}; the weights and the config are of different models")
     return prefix, num_layers
+
+
+def _block_buffers(config: Any, architecture: Architecture, prefix: str) -> set[str]:
+    """The names, within a block, of the blocks' buffers (saved with the weights, as MiniMax's decay
+    rates): what a checkpoint's tensors of a removed block hold that is not a parameter."""
+    try:
+        blocks = skeleton(config).get_submodule(architecture.layers_path)
+    except Exception:  # noqa: BLE001 - a config that cannot be built on the meta device: count every tensor
+        return set()
+    return {name for block in blocks for name, _ in block.named_buffers()}
 
 
 def _renamed(name: str, prefix: str, new_index: dict[int, int]) -> str | None:
