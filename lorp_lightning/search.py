@@ -27,6 +27,11 @@ cheaper without changing its value:
   still its own; on the CPU measured (AVX2, float32) it equals the one-window pass bit for bit,
   though another CPU's matrix kernels may round a batch's last bits differently.
 
+A plan the model's family cannot take exactly (``PlanRefusedError``: Jamba's period broken, a
+block whose keys and values a kept block reads removed) has an infinite loss, so the searches
+skip it. A family outside the table of ``lorp_lightning.architectures`` proves each plan on the
+spot and does without the dense prefix.
+
 All three methods share the protected set (default {0, N-1}: SLEB's rule that the first and the
 last block are never candidates) and exclude a candidate whose loss is not finite.
 """
@@ -42,9 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from lorp_lightning._validation import check_int
-from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.architectures import architecture_of, decoder_layers
 from lorp_lightning.next_token import next_token_loss
-from lorp_lightning.surgery import temporarily_pruned
+from lorp_lightning.surgery import PlanRefusedError, pruned_config, temporarily_pruned
 
 __all__ = ["LOGITS_BYTES", "PlanLoss", "as_windows", "calibration_loss", "contiguous_runs", "finite_best", "local_search", "neighbours", "one_shot_losses", "ranked_runs", "sleb_checks", "sleb_order"]
 
@@ -141,6 +146,8 @@ class PlanLoss:
         self.scored = _scored(self.windows.shape[1], score_last)
         self.num_layers = len(decoder_layers(model))
         self.reuse_prefix = bool(reuse_prefix)
+        # a family outside the table proves each pruning on the spot: on the plan itself, not with the prefix
+        self._generic = architecture_of(model).generic
         if batch_windows is None:
             batch_windows = _batch_windows(model, self.scored, len(self.windows))
         else:
@@ -181,7 +188,8 @@ class PlanLoss:
     def _after_prefix(self, pruned: Sequence[int]) -> bool:
         """Whether the plan's pass starts from the recorded dense prefix: its first removed block
         is not block 0, and some block is left after the prefix and the plan."""
-        return self.reuse_prefix and bool(pruned) and min(pruned) > 0 and min(pruned) + len(pruned) < self.num_layers
+        return (self.reuse_prefix and not self._generic and bool(pruned) and min(pruned) > 0
+                and min(pruned) + len(pruned) < self.num_layers)
 
     @torch.no_grad()
     def _losses(self, pruned: list[int]) -> list[float]:
@@ -190,17 +198,22 @@ class PlanLoss:
         was_training = model.training
         model.eval()
         try:
-            if not self._after_prefix(pruned):
-                with temporarily_pruned(model, pruned) if pruned else nullcontext():
-                    losses = [loss for ids in self._batches for loss in _window_losses(model, ids.to(device), self.scored)]
-            else:
+            if self._after_prefix(pruned):
                 first = min(pruned)
                 inputs = self._dense_inputs(device)
-                with temporarily_pruned(model, list(range(first)) + pruned):  # the dense prefix and the plan
-                    losses = [loss for i, ids in enumerate(self._batches) for loss in self._losses_from(model, ids.to(device), inputs[i][first])]
+                try:
+                    pruned_config(model.config, pruned)  # the plan itself, which the prefix and the plan do not check
+                    with temporarily_pruned(model, list(range(first)) + pruned):  # the dense prefix and the plan
+                        return [loss for i, ids in enumerate(self._batches) for loss in self._losses_from(model, ids.to(device), inputs[i][first])]
+                except PlanRefusedError:  # the plan itself is refused (below, at once), or only with the prefix
+                    pass  # removed too (Jamba's period): a plain pass
+            try:
+                with temporarily_pruned(model, pruned) if pruned else nullcontext():
+                    return [loss for ids in self._batches for loss in _window_losses(model, ids.to(device), self.scored)]
+            except PlanRefusedError:
+                return [math.inf] * len(self.windows)  # a plan the family cannot take has no loss: searches skip it
         finally:
             model.train(was_training)
-        return losses
 
     def _losses_from(self, model: nn.Module, ids: Tensor, hidden: Tensor) -> list[float]:
         """The losses of the windows ``ids`` with the input of the model's first (remaining) block replaced by ``hidden``."""

@@ -30,6 +30,7 @@ from lorp_lightning.architectures import Architecture, architecture_of, decoder_
 
 __all__ = [
     "RECORD_ATTRIBUTE",
+    "PlanRefusedError",
     "SavedStack",
     "prune_layers",
     "pruned_config",
@@ -39,6 +40,12 @@ __all__ = [
     "temporarily_pruned",
     "temporarily_restored",
 ]
+
+class PlanRefusedError(ValueError):
+    """The model's family cannot take this plan exactly (a kept block would change, or would not
+    reload as it is); the model is unchanged. Another plan of the same model may be fine, so a
+    search skips the plan (``lorp_lightning.search.PlanLoss`` gives it an infinite loss)."""
+
 
 RECORD_ATTRIBUTE = "lorp_pruning"
 """Name of the config attribute that records the pruning (a JSON-able dict, saved in config.json)."""
@@ -125,7 +132,7 @@ def _proven(model: nn.Module, pruned: list[int], new_config: Any, inplace: bool)
         difference = (got - expected).abs().max().item()
         tolerance = (1e-3 if next(target.parameters()).dtype == torch.float32 else 3e-2) * (1.0 + expected.abs().max().item())
         if not difference <= tolerance:  # a NaN fails too
-            raise ValueError(
+            raise PlanRefusedError(
                 f"cannot prune blocks {pruned} of this {model.config.model_type} model, a family not in the table of "
                 f"lorp_lightning/architectures.py: by the generic path (blocks at {architecture.layers_path}, per-block "
                 f"config lists trimmed) its logits differ from the dense model's with those blocks skipped by up to "
@@ -443,7 +450,7 @@ def _refuse_lost_kv_producers(config: Any, kept: list[int]) -> None:
     producers = {kinds[i]: i for i, mode in enumerate(modes) if mode == "store"}
     for i in kept:
         if modes[i] == "reuse" and producers.get(kinds[i]) not in kept:
-            raise ValueError(
+            raise PlanRefusedError(
                 f"cannot prune this {config.model_type} model so: block {i} reuses the keys and values of block "
                 f"{producers.get(kinds[i])} ({kinds[i]}; num_kv_shared_layers={shared} shares them with the last "
                 f"{shared} blocks), which the plan removes. Keep block {producers.get(kinds[i])}, or remove block {i} too"
@@ -561,6 +568,13 @@ def _checked_pruned_config(config: Any, architecture: Architecture, kept: list[i
     reloaded_text = reloaded.get_text_config(decoder=True)
     for name in _edited_fields(architecture):
         before, after = _saved_value(text_config, name), _saved_value(reloaded_text, name)
+        if after != before and name in architecture.per_layer_fields and isinstance(after, list) and len(after) == len(before):
+            raise PlanRefusedError(  # the family's config rewrites the list on load (Gemma 4: the last block attends to everything)
+                f"cannot prune blocks {record['steps'][-1]['pruned_layers']} (original numbering) of this "
+                f"{config.model_type} model: its config would say {name}={before!r}, which this family's config "
+                f"rewrites to {after!r} when it is loaded, so the pruned model would not reload as it is. Keep blocks "
+                f"whose {name} this family accepts (for one, keep its last block)"
+            )
         if after != before:
             raise NotImplementedError(
                 f"after pruning, config.{name}={before!r} does not survive saving and loading (it comes back as "
@@ -610,13 +624,13 @@ def _check_structure(config: Any, new_config: Any, architecture: Architecture, k
         raise NotImplementedError(f"{head}: the pruned config cannot build a model; {why}")
     if pruned[1] != dense[1]:
         name, before, after = _tensor_difference(dense[1], pruned[1])
-        raise ValueError(f"{head}: the weights outside the blocks depend on the depth ({name}: {before} in the dense model, "
+        raise PlanRefusedError(f"{head}: the weights outside the blocks depend on the depth ({name}: {before} in the dense model, "
                          f"{after} after pruning), so pruning would have to cut them; {why}. The model is unchanged")
     for new, old in enumerate(kept):
         before_block, after_block = (_without(d, architecture.free_settings) for d in (dense[0][old], pruned[0][new]))
         if after_block != before_block:
             name, before, after = _first_difference(before_block, after_block)
-            raise ValueError(
+            raise PlanRefusedError(
                 f"{head}: after pruning, the config would build block {old} (block {new} of the pruned model) otherwise "
                 f"than it is ({name}: {before} now, {after} after pruning); {why}. Choose blocks that keep the pattern, "
                 "or leave this family unpruned. The model is unchanged"

@@ -22,7 +22,7 @@ from lorp_lightning.methods import REGISTRY, SEARCH_RUNS, SelectionContext, sele
 from lorp_lightning.search import PlanLoss, calibration_loss, contiguous_runs, local_search, neighbours, ranked_runs, sleb_checks
 from lorp_lightning.selection import candidate_plans
 from lorp_lightning.stats import collect_layer_stats
-from lorp_lightning.surgery import prune_layers, pruning_record
+from lorp_lightning.surgery import prune_layers, pruning_record, temporarily_pruned
 
 N = 8
 SCORE_LAST = 6
@@ -326,3 +326,16 @@ def test_checks_read_the_first_check_tokens_of_the_first_check_windows(tiny):
     assert plan.scores[1:-1] == pytest.approx([alone[b] for b in unprotected()], abs=1e-6)
     with pytest.raises(ValueError, match="check_tokens must be an int >= 2 or None, got 1"):
         select_layers(stats, 2, method="ppl", model=model, windows=windows, check_tokens=1)
+
+
+def test_a_plan_the_family_cannot_take_has_an_infinite_loss_and_one_it_takes_without_the_prefix_is_checked_plainly():
+    from test_surgery import SEQ_LEN, VOCAB, jamba
+
+    model = jamba()  # attention in the odd blocks, MoE in the even ones (period 2)
+    windows = torch.randint(3, VOCAB - 3, (2, SEQ_LEN), generator=torch.Generator().manual_seed(0))
+    loss = PlanLoss(model, windows, score_last=8)
+    assert loss([1]) == math.inf  # block 2 would become block 1, an attention block
+    # [3, 4] keeps the period, but with the dense prefix [0, 1, 2] removed too block 5 would become block 0: checked plainly
+    assert loss([3, 4]) == pytest.approx(PlanLoss(model, windows, score_last=8, reuse_prefix=False)([3, 4]), abs=1e-6)
+    with temporarily_pruned(model, [3, 4]):
+        assert loss([3, 4]) == pytest.approx(calibration_loss(model, windows, score_last=8), abs=1e-6)

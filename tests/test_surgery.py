@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 from lorp_lightning import architectures
 from lorp_lightning.architectures import Architecture, decoder_layers
 from lorp_lightning.surgery import (
+    PlanRefusedError,
     prune_layers,
     pruning_record,
     removed_blocks,
@@ -663,8 +664,17 @@ def test_jamba_is_pruned_exactly_by_a_plan_that_keeps_its_period(tmp_path):
 def test_jamba_a_plan_that_breaks_its_period_is_refused_naming_the_placement_fields():
     model = jamba()
     before = [id(b) for b in model.model.layers]
-    with pytest.raises(ValueError, match=r"cannot prune blocks \[1\] of this jamba model: after pruning, the config would build "
+    with pytest.raises(PlanRefusedError, match=r"cannot prune blocks \[1\] of this jamba model: after pruning, the config would build "
                                          r"block 2 \(block 1 of the pruned model\) otherwise.*attn_layer_period=2, "
                                          r"attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=0"):
         prune_layers(model, [1])
     assert [id(b) for b in model.model.layers] == before and model.config.num_hidden_layers == N
+
+
+def test_gemma4_a_plan_that_leaves_a_sliding_block_last_is_refused_since_its_config_would_reload_otherwise():
+    model = build("gemma4_text")  # [S, F, F, S, S, F]: Gemma 4's config makes its last block full attention on load
+    before = snapshot(model, "gemma4_text")
+    with pytest.raises(PlanRefusedError, match=r"config would say layer_types=\['sliding_attention', .*'sliding_attention'\], "
+                                               r"which this family's config rewrites to .*'full_attention'\] when it is loaded"):
+        prune_layers(model, [5])
+    assert_same_snapshot(before, snapshot(model, "gemma4_text"))
