@@ -85,6 +85,11 @@ class Architecture:
     nothing can renumber them, so a plan is accepted only where the config still builds every kept
     block as it was (the structure check of ``prune_layers``), and a refusal names them."""
 
+    per_block_slices: tuple[tuple[str, int], ...] = ()
+    """``(parameter, dim)`` pairs, the parameter named from the module that holds the blocks:
+    weights outside the blocks made of one slice per block along ``dim`` (Gemma 4's per-layer
+    input embeddings). Pruning keeps the kept blocks' slices."""
+
     free_settings: tuple[str, ...] = ()
     """Module settings that differ after pruning without changing what the kept blocks compute,
     left out of the structure check (each entry says why; the tests check the logits)."""
@@ -108,9 +113,12 @@ def _multimodal(language_model: str = "model.language_model.layers", **facts: An
 # The (i + 1) % decoder_sparse_step rule of Qwen's MoE families picks the MoE blocks by absolute index; 1 makes them all MoE.
 _QWEN_MOE = dict(required_settings=(("decoder_sparse_step", 1),))
 
-# Gemma 4: store_full_length_kv marks the last block of each attention kind whose keys and values an
-# assistant model may read; it hands them out beside the hidden state and changes no logit.
-_GEMMA4 = dict(required_settings=(("hidden_size_per_layer_input", 0),), free_settings=("store_full_length_kv",))
+# Gemma 4: the small models (E2B, E4B) give each block its own input besides the stream, a slice of
+# two tables: per-layer token embeddings (vocabulary x blocks * 256) and a projection of the embeddings.
+# store_full_length_kv marks the last block of each attention kind whose keys and values an assistant
+# model may read; it hands them out beside the hidden state and changes no logit.
+_GEMMA4 = dict(per_block_slices=(("embed_tokens_per_layer.weight", 1), ("per_layer_model_projection.weight", 0)),
+               free_settings=("store_full_length_kv",))
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture("model.layers"),
@@ -132,8 +140,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     # Gemma3ForConditionalGeneration; transformers saves its blocks as language_model.model.layers
     "gemma3": Architecture("model.language_model.layers", checkpoint_layers_paths=("language_model.model.layers",)),
     # per_layer_config (the head size of the full-attention blocks) is renumbered; the per-layer
-    # input embeddings of the small Gemma 4 models are one slice per block of one table, which
-    # pruning would have to cut: refused by name. KV sharing: see surgery._refuse_lost_kv_producers.
+    # inputs are cut to the kept blocks. KV sharing: see surgery._refuse_lost_kv_producers.
     "gemma4_text": Architecture("model.layers", **_GEMMA4),
     "gemma4": _multimodal(**_GEMMA4),
     "phi": Architecture("model.layers"),
@@ -195,6 +202,12 @@ def architecture_of(model: nn.Module | Any) -> Architecture:
     model_type = getattr(config, "model_type", None)
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
+    if getattr(config, "is_encoder_decoder", False):
+        raise NotImplementedError(
+            f"cannot prune this {type(model).__name__} (model_type={model_type!r}): it is an encoder-decoder, and "
+            "lorp_lightning prunes the decoder blocks of decoder-only causal LMs, whose every block reads the one "
+            "residual stream that LoRP's statistics describe"
+        )
     if not isinstance(model, nn.Module):
         model = skeleton(config)
     path = find_decoder_layers(model)

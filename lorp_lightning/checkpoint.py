@@ -298,6 +298,14 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
         )
     shards, index = _weight_files(checkpoint)
     prefix, num_layers = _blocks_on_disk(shards, architecture, checkpoint, config)
+    sliced = [t.name for shard in shards for t in shard.tensors
+              if any(t.name.endswith("." + path) for path, _ in architecture.per_block_slices)]
+    if sliced:
+        raise NotImplementedError(
+            f"prune_checkpoint cannot yet cut the per-block tables of this {config.model_type} checkpoint on disk "
+            f"({', '.join(sliced)}: one slice per block); load the model and prune it in memory (prune_layers, or "
+            "lorp prune), which cuts them"
+        )
     pruned, new_config = _pruned_config(config, architecture, plan_or_blocks, num_layers)
     new_index = {old: new for new, old in enumerate(i for i in range(num_layers) if i not in set(pruned))}
 

@@ -75,13 +75,19 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
         NotImplementedError: an architecture missing from the table, or whose entry does not
             make the pruned config valid.
     """
+    return _prune(model, plan_or_blocks, inplace, check_cache=True)
+
+
+def _prune(model: nn.Module, plan_or_blocks: Any, inplace: bool, check_cache: bool) -> nn.Module:
+    """``prune_layers``; ``check_cache``: a generic pruning is proven with the KV cache too (a
+    trial inside ``temporarily_pruned`` runs without the cache, and skips that part)."""
     architecture = architecture_of(model)
     layers = decoder_layers(model)
     num_layers = len(layers)
     pruned, new_config = _pruned_config(model.config, architecture, plan_or_blocks, num_layers)
     _refuse_offload(model)
     if architecture.generic:  # not in the table: proven on the spot, or refused with the model as it was
-        return _proven(model, pruned, new_config, inplace)
+        return _proven(model, pruned, new_config, inplace, check_cache)
     return _pruned_in_place(model if inplace else copy.deepcopy(model), architecture, pruned, new_config)
 
 
@@ -97,6 +103,12 @@ def _pruned_in_place(model: nn.Module, architecture: Architecture, pruned: list[
         for module in block.modules():
             if is_integer(getattr(module, "layer_idx", None)):
                 module.layer_idx = new_index
+    for module, name, dim in _sliced(model, architecture):
+        parameter = getattr(module, name)
+        width = parameter.shape[dim] // num_layers
+        index = torch.cat([torch.arange(i * width, (i + 1) * width) for i in kept]).to(parameter.device)
+        _set_parameter(module, name, nn.Parameter(parameter.detach().index_select(dim, index),
+                                                  requires_grad=parameter.requires_grad))
     for config in configs_to_edit:  # the model keeps its config objects: the edit new_config was checked with
         _edit_config(config, architecture, kept, num_layers)
     setattr(model.config, RECORD_ATTRIBUTE, getattr(new_config, RECORD_ATTRIBUTE))
@@ -111,15 +123,24 @@ PROOF_LENGTH = 32
 
 
 @torch.no_grad()
-def _proven(model: nn.Module, pruned: list[int], new_config: Any, inplace: bool) -> nn.Module:
+def _proven(model: nn.Module, pruned: list[int], new_config: Any, inplace: bool, check_cache: bool) -> nn.Module:
     """Prune a model of a family not in the table, and prove it on the spot: on a short random
     input, the pruned model's logits must equal the dense model's with the ``pruned`` blocks
-    skipped (each hands its input on unchanged). Otherwise raise, with the model as it was."""
+    skipped (each hands its input on unchanged), and (``check_cache``) where the dense model
+    generates the same with its KV cache as without, so must the pruned one. Otherwise raise,
+    with the model as it was."""
     ids = _proof_ids(model)
     was_training = model.training
     model.eval()
     try:
+        dense_cache_agrees = check_cache and _cache_agrees(model, ids)
         expected = _logits(model, ids, skipped=pruned)
+    except Exception as error:
+        raise NotImplementedError(
+            f"cannot prove a pruning of this {model.config.model_type} model, a family not in the table of "
+            f"lorp_lightning/architectures.py: its forward pass on input ids alone, with blocks skipped, raised "
+            f"{type(error).__name__}: {error}. The model is unchanged; to support the family, add an Architecture entry for it"
+        ) from error
     finally:
         model.train(was_training)
     target = model if inplace else copy.deepcopy(model)
@@ -128,9 +149,19 @@ def _proven(model: nn.Module, pruned: list[int], new_config: Any, inplace: bool)
     _pruned_in_place(target, architecture, pruned, new_config)
     target.eval()
     try:
-        got = _logits(target, ids)
+        try:
+            got = _logits(target, ids)
+        except Exception as error:
+            raise NotImplementedError(
+                f"cannot prune blocks {pruned} of this {model.config.model_type} model, a family not in the table of "
+                f"lorp_lightning/architectures.py: by the generic path (blocks at {architecture.layers_path}), the pruned "
+                f"model's forward pass raised {type(error).__name__}: {error}. The model is unchanged; to support the "
+                "family, add an Architecture entry for it"
+            ) from error
         difference = (got - expected).abs().max().item()
-        tolerance = (1e-3 if next(target.parameters()).dtype == torch.float32 else 3e-2) * (1.0 + expected.abs().max().item())
+        # the kept blocks compute the same thing on the same input either way: any difference is the family's
+        low_precision = next(target.parameters()).dtype != torch.float32
+        tolerance = (1e-3 if low_precision else 1e-5) * (1.0 + expected.abs().max().item())
         if not difference <= tolerance:  # a NaN fails too
             raise PlanRefusedError(
                 f"cannot prune blocks {pruned} of this {model.config.model_type} model, a family not in the table of "
@@ -139,12 +170,35 @@ def _proven(model: nn.Module, pruned: list[int], new_config: Any, inplace: bool)
                 f"{difference:.3g} on a random input of {ids.shape[1]} tokens, so something in this family depends on a "
                 "block's position. The model is unchanged; to support the family, add an Architecture entry for it"
             )
+        if dense_cache_agrees and not _cache_agrees(target, ids):
+            raise PlanRefusedError(
+                f"cannot prune blocks {pruned} of this {model.config.model_type} model, a family not in the table of "
+                "lorp_lightning/architectures.py: by the generic path its logits are right, but generating with the KV "
+                "cache no longer gives what generating without it gives (the dense model's do), so the cache is tied to "
+                "the block positions. The model is unchanged; to support the family, add an Architecture entry for it"
+            )
     except BaseException:
         _put_back(target, saved)
         raise
     finally:
         target.train(was_training)
     return target
+
+
+def _cache_agrees(model: nn.Module, ids: torch.Tensor) -> bool:
+    """Whether greedy generation of a few tokens after ``ids`` gives the same logits with the KV
+    cache as without it (False also when the model cannot generate)."""
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    settings = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=3, min_new_tokens=3,
+                    return_dict_in_generate=True, output_logits=True, pad_token_id=0 if pad is None else pad)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs = [model.generate(ids, use_cache=use_cache, **settings) for use_cache in (True, False)]
+    except Exception:  # noqa: BLE001 - a model that cannot generate has no cache to prove
+        return False
+    cached, plain = (torch.stack(run.logits).float() for run in runs)
+    return torch.equal(runs[0].sequences, runs[1].sequences) and torch.allclose(cached, plain, rtol=1e-3, atol=1e-3)
 
 
 def _proof_ids(model: nn.Module) -> torch.Tensor:
@@ -156,7 +210,8 @@ def _proof_ids(model: nn.Module) -> torch.Tensor:
                if name.endswith(("_token_id", "_token_index", "_token_ids")) and isinstance(value, int)}
     allowed = torch.tensor([i for i in range(min(vocab, 4096)) if i not in special])
     generator = torch.Generator().manual_seed(0)
-    length = min(PROOF_LENGTH, getattr(config.get_text_config(decoder=True), "max_position_embeddings", None) or PROOF_LENGTH)
+    longest = getattr(config.get_text_config(decoder=True), "max_position_embeddings", None)
+    length = min(PROOF_LENGTH, longest) if isinstance(longest, int) and longest > 1 else PROOF_LENGTH
     picks = allowed[torch.randint(len(allowed), (1, length), generator=generator)]
     return picks.to(next(model.parameters()).device)
 
@@ -217,7 +272,7 @@ def temporarily_pruned(model: nn.Module, blocks: Any) -> Iterator[nn.Module]:
             loss = pruned(input_ids, labels=input_ids).loss
     """
     saved = save_stack(model)
-    prune_layers(model, list(blocks), inplace=True)  # validates first: on an error nothing changed
+    _prune(model, list(blocks), inplace=True, check_cache=False)  # validates first: on an error nothing changed
     try:
         yield model
     finally:
@@ -236,6 +291,7 @@ class SavedStack:
     fields: tuple[tuple[Any, dict], ...]
     record: Any
     device_map: Any
+    slices: tuple[tuple[nn.Module, str, nn.Parameter], ...] = ()  # (module, name, the parameter) of per_block_slices
 
     @property
     def num_layers(self) -> int:
@@ -267,8 +323,9 @@ def save_stack(model: nn.Module) -> SavedStack:
                          for config in _decoder_configs(model, architecture))
     record = getattr(model.config, RECORD_ATTRIBUTE, _MISSING)
     device_map = getattr(model, "hf_device_map", _MISSING)
+    slices = tuple((module, name, getattr(module, name)) for module, name, _ in _sliced(model, architecture))
     return SavedStack(blocks, layer_indices, saved_fields, record if record is _MISSING else copy.deepcopy(record),
-                      device_map if device_map is _MISSING else copy.copy(device_map))
+                      device_map if device_map is _MISSING else copy.copy(device_map), slices)
 
 
 @contextmanager
@@ -315,6 +372,30 @@ def removed_blocks(model: nn.Module, saved: SavedStack) -> list[nn.Module]:
     return [block for i, block in enumerate(saved.blocks) if i not in kept]
 
 
+def _sliced(model: nn.Module, architecture: Architecture) -> list[tuple[nn.Module, str, int]]:
+    """(module, parameter name, dim) of each of the architecture's per-block slices the model has."""
+    owner = model.get_submodule(architecture.layers_path.rpartition(".")[0])
+    found = []
+    for path, dim in architecture.per_block_slices:
+        module_path, _, name = path.rpartition(".")
+        try:
+            module = owner.get_submodule(module_path) if module_path else owner
+        except AttributeError:  # this model has no such table (Gemma 4's larger models)
+            continue
+        if isinstance(getattr(module, name, None), nn.Parameter):
+            found.append((module, name, dim))
+    return found
+
+
+def _set_parameter(module: nn.Module, name: str, parameter: nn.Parameter) -> None:
+    """Put ``parameter`` in ``module``, and the sizes an Embedding or a Linear keeps beside its weight."""
+    setattr(module, name, parameter)
+    if name == "weight" and isinstance(module, nn.Embedding):
+        module.embedding_dim = parameter.shape[1]
+    elif name == "weight" and isinstance(module, nn.Linear):
+        module.out_features, module.in_features = parameter.shape
+
+
 def _edited_fields(architecture: Architecture) -> tuple[str, ...]:
     """The config fields pruning edits (``_heterogeneity_spec`` holds transformers' per_layer_config)."""
     return (architecture.depth_fields + architecture.per_layer_fields + architecture.block_index_fields
@@ -343,6 +424,8 @@ def _put_back(model: nn.Module, saved: SavedStack) -> None:
         setattr(model.config, RECORD_ATTRIBUTE, copy.deepcopy(saved.record))
     if saved.device_map is not _MISSING:
         model.hf_device_map = copy.copy(saved.device_map)
+    for module, name, parameter in saved.slices:
+        _set_parameter(module, name, parameter)
 
 
 def pruning_record(model_or_config: Any) -> dict | None:
@@ -457,6 +540,26 @@ def _refuse_lost_kv_producers(config: Any, kept: list[int]) -> None:
             )
 
 
+def _attention_blocks(config: Any) -> int | None:
+    """How many blocks use softmax attention, by the config's per-block kinds (None: it names no kinds)."""
+    text_config = config.get_text_config(decoder=True)
+    for name in ("layer_types", "layers_block_type"):
+        kinds = getattr(text_config, name, None)
+        if isinstance(kinds, (list, tuple)) and kinds:
+            return sum(1 for kind in kinds if "attention" in str(kind) and "linear" not in str(kind))
+    return None
+
+
+def _refuse_losing_all_attention(config: Any, new_config: Any, pruned: list[int]) -> None:
+    """Raise for a plan that removes every attention block of a hybrid (Mamba, convolution or linear
+    attention blocks besides): transformers' caches of these families need one to generate."""
+    if _attention_blocks(config) and _attention_blocks(new_config) == 0:
+        raise PlanRefusedError(
+            f"cannot prune blocks {pruned} of this {config.model_type} model: they are all its attention blocks "
+            "(per config.layer_types), and a hybrid left with none cannot generate with transformers' cache. Keep one"
+        )
+
+
 def _refuse_offload(model: nn.Module) -> None:
     """Raise for a model whose weights accelerate offloads; return silently otherwise."""
     offload = _offload_in(model)
@@ -493,6 +596,7 @@ def _pruned_config(config: Any, architecture: Architecture, plan_or_blocks: Any,
     _refuse_lost_kv_producers(config, kept)
     new_config = _checked_pruned_config(config, architecture, kept, record, num_layers)
     _check_structure(config, new_config, architecture, kept)
+    _refuse_losing_all_attention(config, new_config, pruned)
     return pruned, new_config
 
 
@@ -622,7 +726,16 @@ def _check_structure(config: Any, new_config: Any, architecture: Architecture, k
     head = f"cannot prune blocks {removed} of this {config.model_type} model"
     if pruned is None:
         raise NotImplementedError(f"{head}: the pruned config cannot build a model; {why}")
-    if pruned[1] != dense[1]:
+    if len(pruned[0]) != len(kept):
+        raise PlanRefusedError(
+            f"{head}: its config's depth ({', '.join(architecture.depth_fields)}) does not count the blocks at "
+            f"{architecture.layers_path}: the pruned config builds {len(pruned[0])} of them, not {len(kept)}. The model is unchanged"
+        )
+    owner = architecture.layers_path.rpartition(".")[0]
+    sliced = {f"{owner}.{path}" if owner else path: dim for path, dim in architecture.per_block_slices}
+    expected = tuple((name, tuple(size * len(kept) // len(dense[0]) if i == sliced.get(name) else size
+                                  for i, size in enumerate(shape))) for name, shape in dense[1])
+    if pruned[1] != expected:
         name, before, after = _tensor_difference(dense[1], pruned[1])
         raise PlanRefusedError(f"{head}: the weights outside the blocks depend on the depth ({name}: {before} in the dense model, "
                          f"{after} after pruning), so pruning would have to cut them; {why}. The model is unchanged")

@@ -36,6 +36,8 @@ VOCAB = 128
 S, F = "sliding_attention", "full_attention"
 MIXED = [S, F, F, S, F, S]  # pruning [1, 2] keeps [S, S, F, S]; cutting the list short would give [S, F, F, S]
 LIN, M, A = "linear_attention", "mamba", "attention"
+# pruning [1, 2] keeps [LIN, F, F, LIN] (cutting the list short: [LIN, F, LIN, F]); the second pruning leaves an attention block
+HYBRID = [LIN, F, LIN, F, F, LIN]
 LINEAR_ATTENTION = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16)
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
 MAMBA = dict(mamba_n_heads=4, mamba_d_head=32, mamba_d_state=8, mamba_n_groups=1, mamba_chunk_size=8)
@@ -82,9 +84,9 @@ FAMILIES: dict[str, Family] = {
     "starcoder2": Family(lambda: transformers.Starcoder2Config(**SMALL, sliding_window=4), "model.layers"),
     # today's families (transformers 5.x): hybrids, MoE, per-block lists and per-block sub-configs
     "qwen3_5_text": Family(lambda: transformers.Qwen3_5TextConfig(
-        **SMALL, head_dim=16, layer_types=[LIN, F, F, LIN, F, LIN], **LINEAR_ATTENTION), "model.layers"),
+        **SMALL, head_dim=16, layer_types=HYBRID, **LINEAR_ATTENTION), "model.layers"),
     "qwen3_next": Family(lambda: transformers.Qwen3NextConfig(
-        **SMALL, head_dim=16, layer_types=[LIN, F, F, LIN, F, LIN], **LINEAR_ATTENTION, **MOE, mlp_only_layers=[0, 2, 4],
+        **SMALL, head_dim=16, layer_types=HYBRID, **LINEAR_ATTENTION, **MOE, mlp_only_layers=[0, 2, 4],
         shared_expert_intermediate_size=32), "model.layers"),
     "qwen3_moe": Family(lambda: transformers.Qwen3MoeConfig(**SMALL, head_dim=16, **MOE, mlp_only_layers=[0, 2, 4]), "model.layers"),
     "gpt_oss": Family(lambda: transformers.GptOssConfig(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED,
@@ -104,7 +106,7 @@ FAMILIES: dict[str, Family] = {
     "granite": Family(lambda: transformers.GraniteConfig(**SMALL), "model.layers"),
     # Mamba 2 blocks and attention blocks
     "granitemoehybrid": Family(lambda: transformers.GraniteMoeHybridConfig(
-        **SMALL, layer_types=[M, A, A, M, A, M], **MAMBA, num_local_experts=4, num_experts_per_tok=2), "model.layers"),
+        **SMALL, layer_types=[M, A, M, A, A, M], **MAMBA, num_local_experts=4, num_experts_per_tok=2), "model.layers"),
     "falcon_h1": Family(lambda: transformers.FalconH1Config(**SMALL, head_dim=16, **MAMBA, mamba_d_ssm=128), "model.layers"),
     "olmo3": Family(lambda: transformers.Olmo3Config(**SMALL, sliding_window=4, layer_types=MIXED), "model.layers"),
     "cohere2": Family(lambda: transformers.Cohere2Config(**SMALL, sliding_window=4, layer_types=MIXED), "model.layers"),
@@ -115,14 +117,15 @@ FAMILIES: dict[str, Family] = {
     "nemotron": Family(lambda: transformers.NemotronConfig(**SMALL, head_dim=16), "model.layers"),
     "seed_oss": Family(lambda: transformers.SeedOssConfig(**SMALL, head_dim=16), "model.layers"),
     # lightning (linear) attention and full attention
-    "minimax": Family(lambda: transformers.MiniMaxConfig(**SMALL, head_dim=16, layer_types=[LIN, F, F, LIN, F, LIN],
+    "minimax": Family(lambda: transformers.MiniMaxConfig(**SMALL, head_dim=16, layer_types=HYBRID,
                                                          num_local_experts=4, block_size=4), "model.layers"),
     # short convolution blocks and attention blocks, given as full_attn_idxs
-    "lfm2": Family(lambda: transformers.Lfm2Config(**SMALL, full_attn_idxs=[1, 2, 4]), "model.layers"),
-    # full-attention blocks have another head size (per_layer_config, renumbered by pruning)
+    "lfm2": Family(lambda: transformers.Lfm2Config(**SMALL, full_attn_idxs=[1, 3, 4]), "model.layers"),
+    # full-attention blocks have another head size (per_layer_config, renumbered by pruning); each block has
+    # an input of its own besides the stream, a slice of two per-layer tables (the E2B and E4B layout)
     "gemma4_text": Family(lambda: transformers.Gemma4TextConfig(
-        **SMALL, head_dim=16, global_head_dim=32, sliding_window=4, layer_types=[S, F, F, S, S, F], hidden_size_per_layer_input=0),
-        "model.layers"),
+        **SMALL, head_dim=16, global_head_dim=32, sliding_window=4, layer_types=[S, F, F, S, S, F], hidden_size_per_layer_input=8,
+        vocab_size_per_layer_input=VOCAB), "model.layers"),
 }
 
 
@@ -605,9 +608,18 @@ def test_deepseek_v3_first_k_dense_replace_counts_the_kept_dense_blocks():
 
 
 def test_lfm2_attention_block_indices_are_renumbered_with_the_layer_types():
-    model = prune_layers(build("lfm2"), PRUNED)  # attention in blocks 1, 2, 4: 4 becomes 2
-    assert model.config.full_attn_idxs == [2]
-    assert model.config.layer_types == ["conv", "conv", "full_attention", "conv"]
+    model = prune_layers(build("lfm2"), PRUNED)  # attention in blocks 1, 3, 4: 3 and 4 become 1 and 2
+    assert model.config.full_attn_idxs == [1, 2]
+    assert model.config.layer_types == ["conv", "full_attention", "full_attention", "conv"]
+
+
+def test_a_plan_that_removes_every_attention_block_of_a_hybrid_is_refused_by_name():
+    model = build("qwen3_next")  # attention in blocks 1, 3, 4; the others linear attention (Gated DeltaNet)
+    before = snapshot(model, "qwen3_next")
+    with pytest.raises(PlanRefusedError, match=r"cannot prune blocks \[1, 3, 4\] of this qwen3_next model: they are all its "
+                                               r"attention blocks .* cannot generate with transformers' cache. Keep one"):
+        prune_layers(model, [1, 3, 4])
+    assert_same_snapshot(before, snapshot(model, "qwen3_next"))
 
 
 def test_gemma4_per_layer_config_of_the_kept_blocks_is_renumbered():
@@ -678,3 +690,20 @@ def test_gemma4_a_plan_that_leaves_a_sliding_block_last_is_refused_since_its_con
                                                r"which this family's config rewrites to .*'full_attention'\] when it is loaded"):
         prune_layers(model, [5])
     assert_same_snapshot(before, snapshot(model, "gemma4_text"))
+
+
+def test_gemma4_per_layer_inputs_keep_the_slices_of_the_kept_blocks():
+    model = build("gemma4_text")  # per-layer tables of 6 blocks x 8: embeddings (128, 48), projection (48, 64)
+    table, projection = model.model.embed_tokens_per_layer.weight.clone(), model.model.per_layer_model_projection.weight.clone()
+    prune_layers(model, [1, 4])
+    kept = torch.cat([torch.arange(8 * i, 8 * i + 8) for i in (0, 2, 3, 5)])
+    assert torch.equal(model.model.embed_tokens_per_layer.weight, table[:, kept])
+    assert torch.equal(model.model.per_layer_model_projection.weight, projection[kept])
+    assert model.model.embed_tokens_per_layer.embedding_dim == 32 and model.model.per_layer_model_projection.out_features == 32
+
+
+def test_gemma4_without_per_layer_inputs_the_larger_models_layout_is_pruned_exactly():
+    model = build("gemma4_text", hidden_size_per_layer_input=0)
+    expected = logits_with_blocks_skipped(build("gemma4_text", hidden_size_per_layer_input=0), "gemma4_text", PRUNED)
+    prune_layers(model, PRUNED)
+    torch.testing.assert_close(logits(model), expected, rtol=0, atol=1e-5)

@@ -49,17 +49,27 @@ def blocks_next_to_removed(original_num_layers: int, pruned_layers: Sequence[int
     return sorted(kept.index(i) for i in neighbours)
 
 
-def _linear_layers_of_blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """Full name -> module of every linear layer inside the decoder blocks (``nn.Linear`` or GPT-2's ``Conv1D``)."""
+def _linear_layers_of_blocks(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """The linear layers inside the decoder blocks (``nn.Linear`` or GPT-2's ``Conv1D``), as two dicts of full
+    name -> module: those LoRA may adapt, and the routing layers of the mixture-of-experts blocks, which it may not.
+
+    A routing layer is a linear layer that is a direct child of a module that also has an ``experts`` child: the
+    router that picks the experts of each token (Llama 4's ``router``; a plain ``nn.Linear`` ``gate`` in older
+    transformers), or a gate that weighs a shared expert (``shared_expert_gate`` of Qwen's MoE blocks, which maps the
+    hidden size to 1). The experts' own layers and a shared expert's are adapted like any other.
+    """
     from transformers.pytorch_utils import Conv1D
 
     prefix = architecture_of(model).layers_path
-    layers = {}
+    layers, routers = {}, {}
     for index, block in enumerate(decoder_layers(model)):
+        routing = {f"{owner}.{child}" if owner else child
+                   for owner, module in block.named_modules() if isinstance(getattr(module, "experts", None), nn.Module)
+                   for child, layer in module.named_children() if isinstance(layer, (nn.Linear, Conv1D))}
         for name, module in block.named_modules():
             if isinstance(module, (nn.Linear, Conv1D)):
-                layers[f"{prefix}.{index}.{name}"] = module
-    return layers
+                (routers if name in routing else layers)[f"{prefix}.{index}.{name}"] = module
+    return layers, routers
 
 
 def _features(module: nn.Module) -> tuple[int, int]:
@@ -70,17 +80,30 @@ def _features(module: nn.Module) -> tuple[int, int]:
 
 
 def lora_targets(model: nn.Module, settings: HealingSettings) -> dict[str, nn.Module]:
-    """The linear layers LoRA adapts, checked against ``target_modules`` and the rank."""
-    layers = _linear_layers_of_blocks(model)
+    """The linear layers LoRA adapts, checked against ``target_modules`` and the rank.
+
+    Every linear layer of the decoder blocks (or those ``target_modules`` names), except the routing layers of the
+    mixture-of-experts blocks (see ``_linear_layers_of_blocks``). An update of a router changes which experts each
+    token runs through, where healing should only make up for what the removed blocks computed; the routers of most
+    families are no linear layers peft can adapt anyway (transformers 5's ``TopKRouter`` modules hold a bare
+    weight), and Llama 4's, which is one, returns a tuple that a LoRA layer cannot add to (peft fails in the first
+    step). The experts of transformers 5's MoE blocks are fused 3-D parameters, not linear layers, so they get no
+    adapter either: on Mixtral, GPT-OSS or OLMoE, LoRA adapts the attention only.
+    """
+    layers, routers = _linear_layers_of_blocks(model)
     leaf_names = sorted({name.rpartition(".")[2] for name in layers})
     if settings.target_modules is None:
         targets = layers
     else:
         unknown = [t for t in settings.target_modules if t not in leaf_names]
         if unknown:
+            routing = sorted({name.rpartition(".")[2] for name in routers})
+            why = (f"which routes tokens among the experts of the MoE blocks: LoRA leaves the routing layers {routing} as "
+                   "they are, so that a healing does not change which experts each token runs through"
+                   if unknown[0] in routing else "which is not a linear layer of the decoder blocks")
             raise ValueError(
-                f"target_modules={list(settings.target_modules)!r} names {unknown[0]!r}, which is not a linear layer "
-                f"of the decoder blocks; the blocks' linear layers are {leaf_names}"
+                f"target_modules={list(settings.target_modules)!r} names {unknown[0]!r}, {why}; the blocks' linear "
+                f"layers are {leaf_names}"
             )
         wanted = set(settings.target_modules)
         targets = {name: m for name, m in layers.items() if name.rpartition(".")[2] in wanted}
@@ -146,6 +169,38 @@ def check_settings(model: nn.Module, settings: HealingSettings) -> None:
         peft()
 
 
+class _Holder(nn.Module):
+    """The model as peft's ``LoraModel`` is given it: a module that holds it (as ``model``) and has no ``config``.
+
+    For transformers 5's MoE families (Mixtral, Qwen3-MoE, Qwen3-Next, DeepSeek-V3, MiniMax, OLMoE, ...), peft
+    renames the targets of a model with a ``config`` as if they were written for transformers 4, whose experts were
+    linear layers: a target ending in ``gate_proj``, ``up_proj``, ``down_proj``, ``w1``, ``w2``, ``w3`` or ``gate``
+    becomes the fused 3-D parameters of every expert (``experts.gate_up_proj``, ``experts.down_proj``) or the router's
+    weight. The targets here are this model's own modules under their own names (a dense block's MLP, a shared
+    expert), so that renaming would put the adapters on other weights than those asked for, and the record would say
+    otherwise. Held in a module without a config, the model keeps its names; the adapters still go into its own
+    modules, and ``merge_and_unload`` merges them there.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+
+def _misplaced(tuner: Any, targets: dict[str, nn.Module]) -> str | None:
+    """None when the adapters are on ``targets`` and nowhere else; else where peft put them, in words."""
+    placed = sorted(name.removeprefix("model.") for name in tuner.targeted_module_names)
+    parameters = sorted(name.removeprefix("model.") for name in getattr(tuner, "targeted_parameter_names", None) or [])
+    if placed == sorted(targets) and not parameters:
+        return None
+    extra = sorted(set(placed) - set(targets)) + parameters
+    missing = sorted(set(targets) - set(placed))
+    return (f"peft {peft().__version__} put the LoRA adapters on other weights than the {len(targets)} linear layers "
+            f"asked for: also on {len(extra)} others ({', '.join(extra[:3])}), not on {len(missing)} of them "
+            f"({', '.join(missing[:3])}); the model is left as it was. Heal with mode='adjacent', or with the peft "
+            "version pyproject.toml names")
+
+
 def check_model(model: nn.Module, settings: HealingSettings) -> dict:
     """Every check that needs the model, before anything changes; returns the pruning record."""
     record = checked_record(model)
@@ -164,7 +219,14 @@ def start(model: nn.Module, settings: HealingSettings, start_step: int) -> Heali
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft's notes on the config it fills in
             torch.manual_seed(settings.seed)  # the adapters' random initialisation
-            tuner = peft().LoraModel(model, config, _ADAPTER)  # injects into `model` itself and freezes the rest
+            # injects into `model` itself (seen through _Holder: see there) and freezes the rest
+            tuner = peft().LoraModel(_Holder(model), config, _ADAPTER)
+        problem = _misplaced(tuner, targets)
+        if problem is not None:
+            tuner.unload()
+            for name, p in model.named_parameters():
+                p.requires_grad_(requires_grad[name])
+            raise RuntimeError(problem)
         tuner._cast_adapter_dtype(_ADAPTER, autocast_adapter_dtype=True)  # float32 adapters on a bf16/fp16 model
     else:
         trained_blocks = blocks_next_to_removed(record["original_num_layers"], record["pruned_layers"])
