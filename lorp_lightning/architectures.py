@@ -95,9 +95,11 @@ class Architecture:
     left out of the structure check (each entry says why; the tests check the logits)."""
 
     checkpoint_layers_paths: tuple[str, ...] = ()
-    """Other names of ``layers_path`` in checkpoint files, where transformers renames the weights
-    between the model and its files (a checkpoint's block tensors are named
-    ``<layers_path>.<i>.<...>``, or ``<one of these>.<i>.<...>``)."""
+    """Other paths of the blocks: in checkpoint files, where transformers renames the weights between
+    the model and its files (a checkpoint's block tensors are named ``<layers_path>.<i>.<...>``, or
+    ``<one of these>.<i>.<...>``), and in the family's other model classes (Llama 4's
+    ``Llama4ForConditionalGeneration`` keeps them at ``language_model.model.layers``). For a model
+    in memory, ``architecture_of`` gives the first path that holds its blocks."""
 
     generic: bool = False
     """True for a family not in the table, described by ``find_decoder_layers``: its prunings are
@@ -105,8 +107,8 @@ class Architecture:
 
 
 def _multimodal(language_model: str = "model.language_model.layers", **facts: Any) -> Architecture:
-    """A *ForConditionalGeneration whose decoder is its ``language_model`` (saved as
-    ``model.language_model.layers``, the same path, by transformers 5)."""
+    """A *ForConditionalGeneration whose decoder is its ``language_model`` (saved under the same
+    path by transformers 5)."""
     return Architecture(language_model, **facts)
 
 
@@ -152,7 +154,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deepseek_v3": Architecture("model.layers"),  # first_k_dense_replace: a block-count field
     "gpt_oss": Architecture("model.layers"),
     "llama4_text": Architecture("model.layers"),  # moe_layers renumbered, no_rope_layers trimmed
-    "llama4": _multimodal(),
+    # AutoModelForCausalLM builds Llama4ForCausalLM (model.layers); Llama4ForConditionalGeneration holds one
+    "llama4": Architecture("model.layers", checkpoint_layers_paths=("language_model.model.layers",)),
     "smollm3": Architecture("model.layers"),  # no_rope_layers trimmed
     "granite": Architecture("model.layers"),
     # Mamba 2 and attention blocks, per layer_types
@@ -201,7 +204,12 @@ def architecture_of(model: nn.Module | Any) -> Architecture:
     config = getattr(model, "config", None) if isinstance(model, nn.Module) else model
     model_type = getattr(config, "model_type", None)
     if model_type in ARCHITECTURES:
-        return ARCHITECTURES[model_type]
+        entry = ARCHITECTURES[model_type]
+        if isinstance(model, nn.Module):  # the path of this model class, where the family has several
+            path = next((p for p in (entry.layers_path, *entry.checkpoint_layers_paths) if _holds_blocks(model, p)), None)
+            if path is not None and path != entry.layers_path:
+                return replace(entry, layers_path=path)
+        return entry
     if getattr(config, "is_encoder_decoder", False):
         raise NotImplementedError(
             f"cannot prune this {type(model).__name__} (model_type={model_type!r}): it is an encoder-decoder, and "
@@ -217,6 +225,13 @@ def architecture_of(model: nn.Module | Any) -> Architecture:
                   if not name.startswith("_") and isinstance(value, (list, tuple)) and len(value) == depth
                   and name not in BLOCK_INDEX_FIELDS)
     return replace(Architecture(path), per_layer_fields=tuple(dict.fromkeys(PER_LAYER_FIELDS + lists)), generic=True)
+
+
+def _holds_blocks(model: nn.Module, path: str) -> bool:
+    try:
+        return isinstance(model.get_submodule(path), nn.ModuleList)
+    except AttributeError:
+        return False
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

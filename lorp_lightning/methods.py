@@ -176,7 +176,8 @@ def _searched(ctx: SelectionContext, loss, candidates: list[dict[str, Any]], max
 
     for candidate in tqdm(candidates, desc=ctx.method, unit="plan", disable=not ctx.progress):
         candidate["loss"] = loss(candidate["pruned"])
-    best = finite_best({i: c["loss"] for i, c in enumerate(candidates)}, f"{ctx.method}'s candidate plans")
+    best = finite_best({i: c["loss"] for i, c in enumerate(candidates)}, f"{ctx.method}'s candidate plans",
+                       lambda i: loss.refusal(candidates[i]["pruned"]))
     moves = local_search(loss, candidates[best]["pruned"], ctx.num_layers, set(ctx.protected), max_checks) if max_checks else []
     candidates += [dict(rule=f"move {i + 1}", **move) for i, move in enumerate(moves)]
     chosen = moves[-1]["pruned"] if moves else candidates[best]["pruned"]
@@ -198,7 +199,7 @@ def _ppl(ctx: SelectionContext) -> PruningPlan:
 
     loss = ctx.plan_loss()
     alone = one_shot_losses(loss, set(ctx.protected), progress=ctx.progress)
-    finite_best(alone, "ppl")  # the error when no block's loss is finite
+    finite_best(alone, "ppl", lambda b: loss.refusal([b]))  # the error when no block's loss is finite
     ranked = sorted((b for b in alone if math.isfinite(alone[b])), key=lambda b: alone[b])  # stable: ties by index
     if len(ranked) < ctx.num_prune:
         raise FloatingPointError(f"ppl: only {len(ranked)} blocks have a finite loss when removed alone, fewer than the {ctx.num_prune} to prune")

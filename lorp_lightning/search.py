@@ -39,7 +39,7 @@ last block are never candidates) and exclude a candidate whose loss is not finit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -157,6 +157,7 @@ class PlanLoss:
         self.losses: dict[tuple[int, ...], float] = {}
         self.window_losses: dict[tuple[int, ...], list[float]] = {}  # per window, for paired statistics
         self.asked: set[tuple[int, ...]] = set()
+        self.refused: dict[tuple[int, ...], str] = {}  # plan -> why the model's family refuses it
         self._prefix_asked = False
         self._inputs: list[Tensor] | None = None  # per batch: the (N, B, T, H) inputs of blocks 0..N-1 in the dense model
 
@@ -185,6 +186,10 @@ class PlanLoss:
             self.losses[key] = loss if math.isfinite(loss) else math.inf
         return self.losses[key]
 
+    def refusal(self, pruned: Iterable[int]) -> str | None:
+        """Why the model's family refused this plan (its loss is then infinite), or None."""
+        return self.refused.get(tuple(sorted(int(b) for b in pruned)))
+
     def _after_prefix(self, pruned: Sequence[int]) -> bool:
         """Whether the plan's pass starts from the recorded dense prefix: its first removed block
         is not block 0, and some block is left after the prefix and the plan."""
@@ -210,7 +215,8 @@ class PlanLoss:
             try:
                 with temporarily_pruned(model, pruned) if pruned else nullcontext():
                     return [loss for ids in self._batches for loss in _window_losses(model, ids.to(device), self.scored)]
-            except PlanRefusedError:
+            except PlanRefusedError as error:
+                self.refused[tuple(pruned)] = str(error)
                 return [math.inf] * len(self.windows)  # a plan the family cannot take has no loss: searches skip it
         finally:
             model.train(was_training)
@@ -251,9 +257,19 @@ class PlanLoss:
         return self._inputs
 
 
-def finite_best(losses: dict[Any, float], what: str) -> Any:
-    """The key with the lowest finite loss (ties: the first); a clear error when none is finite."""
+def finite_best(losses: dict[Any, float], what: str, refusal: Callable[[Any], str | None] | None = None) -> Any:
+    """The key with the lowest finite loss (ties: the first); a clear error when none is finite.
+
+    ``refusal``: the key's plan -> why the model's family refuses it (``PlanLoss.refusal``), or None.
+    """
     finite = {key: loss for key, loss in losses.items() if math.isfinite(loss)}
+    reasons = [refusal(key) for key in losses] if refusal is not None else []
+    if not finite and reasons and all(reasons):
+        raise PlanRefusedError(
+            f"{what}: this model's family refuses every one of the {len(losses)} candidate plans, for one: {reasons[0]} "
+            "A method that removes one block at a time (sleb, ppl) has no first step on such a family; "
+            "method='lorp_search' checks whole plans"
+        )
     if not finite:
         raise FloatingPointError(
             f"{what}: the calibration loss is not finite for any of the {len(losses)} candidates; "
@@ -270,7 +286,8 @@ def sleb_order(loss: PlanLoss, num_prune: int, protected: set[int], progress: bo
     steps = []
     for _ in tqdm(range(num_prune), desc="sleb", unit="block", disable=not progress):
         tried = {b: loss(removed + [b]) for b in range(loss.num_layers) if b not in protected and b not in removed}
-        block = finite_best(tried, f"sleb, removing block {len(removed) + 1} of {num_prune}")
+        block = finite_best(tried, f"sleb, removing block {len(removed) + 1} of {num_prune}",
+                            lambda b, removed=removed: loss.refusal(removed + [b]))
         removed.append(block)
         steps.append({"block": block, "loss": tried[block], "tried": len(tried)})
     return steps

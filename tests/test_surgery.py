@@ -98,9 +98,9 @@ FAMILIES: dict[str, Family] = {
     "smollm3": Family(lambda: transformers.SmolLM3Config(**SMALL, no_rope_layers=[1, 0, 1, 1, 0, 1]), "model.layers"),
     "mixtral": Family(lambda: transformers.MixtralConfig(**SMALL, head_dim=16, sliding_window=4, num_local_experts=4), "model.layers"),
     "olmoe": Family(lambda: transformers.OlmoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2), "model.layers"),
-    # multi-head latent attention; blocks 0 and 1 dense, the rest MoE (first_k_dense_replace=2)
+    # multi-head latent attention (one key/value head per head); blocks 0 and 1 dense, the rest MoE (first_k_dense_replace=2)
     "deepseek_v3": Family(lambda: transformers.DeepseekV3Config(
-        **SMALL, first_k_dense_replace=2, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, n_group=1, topk_group=1,
+        **{**SMALL, "num_key_value_heads": 4}, first_k_dense_replace=2, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, n_group=1, topk_group=1,
         moe_intermediate_size=32, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16),
         "model.layers"),
     "granite": Family(lambda: transformers.GraniteConfig(**SMALL), "model.layers"),

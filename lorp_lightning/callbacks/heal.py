@@ -70,7 +70,7 @@ class LoRPHealCallback(Callback):
         alpha: LoRA alpha; the update is scaled by alpha / rank (``"lora"`` only; default 16).
         dropout: LoRA dropout (``"lora"`` only; default 0).
         target_modules: names of the linear layers of the blocks that get adapters, e.g.
-            ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block).
+            ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block but the routers of MoE blocks).
         seed: seed of the adapters' random initialisation.
         verbose: print a line when healing starts and ends (on rank zero).
         model: where the Hugging Face causal LM is in the LightningModule: an attribute name

@@ -117,7 +117,7 @@ def heal(
         alpha: LoRA alpha; the update is scaled by alpha / rank (``"lora"`` only; default 16).
         dropout: LoRA dropout (``"lora"`` only; default 0).
         target_modules: names of the linear layers of the blocks that get adapters, e.g.
-            ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block).
+            ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block but the routers of MoE blocks).
         lora: a peft ``LoraConfig`` instead of the four settings above (see ``LoRPHealCallback``).
         lr: peak learning rate; default ``DEFAULT_LR`` of the mode (1e-3 for LoRA, 1e-4 for
             ``"adjacent"``).

@@ -63,7 +63,7 @@ class HealingSettings:
     """The checked settings of one healing (see ``LoRPHealCallback`` for each argument).
 
     ``rank``, ``alpha``, ``dropout`` and ``target_modules`` are None for ``mode="adjacent"``;
-    ``target_modules`` None means every linear layer of every block. ``lora`` is the user's
+    ``target_modules`` None means every linear layer of every block but the routers of MoE blocks. ``lora`` is the user's
     ``LoraConfig``, when one was given, whose other options peft applies.
     """
 
