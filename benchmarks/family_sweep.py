@@ -117,8 +117,11 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def first_line(error: BaseException) -> str:
+    """The error's class and its first sentence (the rest says what to do, which the page need not repeat)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text[:300]}"
+    cut = text.find(". ", 60)
+    text = text[:cut + 1] if 0 < cut else text
+    return f"{type(error).__name__}: {text if len(text) <= 320 else text[:320].rsplit(' ', 1)[0] + ' ...'}"
 
 
 def check(model_type: str) -> Result:
@@ -177,7 +180,7 @@ def check(model_type: str) -> Result:
     try:
         reloaded(tiny_model(model_type))
     except Exception as error:  # noqa: BLE001 - saving and loading is the family's own affair
-        notes.append(f"save and reload not compared: the dense model does not reload either ({first_line(error)[:120]})")
+        notes.append(f"save and reload not compared: the dense model does not reload either ({first_line(error)})")
         copy = model
     else:
         try:
@@ -202,13 +205,13 @@ def check(model_type: str) -> Result:
         except Exception as error:  # noqa: BLE001
             return result("WRONG", how, f"plan {plan}: the pruned model cannot generate: {first_line(error)}")
     else:
-        notes.append(f"generation not compared ({why[:120]})")
+        notes.append(f"generation not compared ({why})")
 
     removed_twice = sorted(plan + [[i for i in range(DEPTH) if i not in plan][AGAIN[0]]])
     try:
         prune_layers(copy, AGAIN)
     except PlanRefusedError as error:
-        notes.append(f"pruning again refused ({first_line(error)[:120]})")
+        notes.append(f"pruning again refused ({first_line(error)})")
     else:
         if not close(logits(copy, ids), logits(tiny_model(model_type), ids, skipped=removed_twice)):
             return result("WRONG", how, f"pruned again ({removed_twice}): logits differ from skipping the blocks")

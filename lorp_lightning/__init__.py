@@ -60,6 +60,7 @@ _EXPORTS = {
     "LayerSimilarity": "stats",
     "LayerStats": "stats",
     "collect_layer_stats": "stats",
+    "PlanRefusedError": "surgery",
     "prune_layers": "surgery",
     "pruning_record": "surgery",
 }
@@ -76,7 +77,7 @@ if TYPE_CHECKING:
     from lorp_lightning.module import LoRPModule
     from lorp_lightning.selection import PruningPlan
     from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
-    from lorp_lightning.surgery import prune_layers, pruning_record
+    from lorp_lightning.surgery import PlanRefusedError, prune_layers, pruning_record
 
 
 def __getattr__(name: str) -> Any:
@@ -108,6 +109,7 @@ __all__ = [
     "LoRPHealCallback",
     "LoRPModule",
     "LoRPPruneCallback",
+    "PlanRefusedError",
     "PruningPlan",
     "SelectionContext",
     "TextDataModule",

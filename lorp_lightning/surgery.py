@@ -796,7 +796,7 @@ def _first_difference(before: tuple, after: tuple) -> tuple[str, Any, Any]:
     """Where two block descriptions first differ: (what, its value before, after)."""
     for (name, kind, settings), (other_name, other_kind, other_settings) in zip(before[0], after[0], strict=False):
         if (name, kind) != (other_name, other_kind):
-            return name or "the block", f"{name or 'the block'} is a {kind}", f"{other_name or 'the block'} is a {other_kind}"
+            return f"the class of {name or 'the block'}", kind, other_kind
         if settings != other_settings:
             old, new = dict(settings), dict(other_settings)
             key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
