@@ -210,6 +210,10 @@ def architecture_of(model: nn.Module | Any) -> Architecture:
             if path is not None and path != entry.layers_path:
                 return replace(entry, layers_path=path)
         return entry
+    if not isinstance(model_type, str) or not hasattr(config, "get_text_config"):
+        raise NotImplementedError(
+            f"a {type(model).__name__} is not a Hugging Face causal LM or its config: it has no config with a model_type"
+        )
     if getattr(config, "is_encoder_decoder", False):
         raise NotImplementedError(
             f"cannot prune this {type(model).__name__} (model_type={model_type!r}): it is an encoder-decoder, and "
