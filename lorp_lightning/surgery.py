@@ -55,8 +55,11 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
     """Remove decoder blocks from ``model`` and return the pruned model.
 
     Args:
-        model: a Hugging Face causal LM whose ``model_type`` is in
-            ``ARCHITECTURES``.
+        model: a Hugging Face causal LM. A family in ``ARCHITECTURES`` is pruned by its entry; any
+            other by the generic path, which finds the blocks by shape and proves the pruning on
+            the spot: on a random input of ``PROOF_LENGTH`` tokens the pruned model's logits must
+            equal the dense model's with the removed blocks skipped, and where the dense model
+            generates the same with its KV cache as without, so must the pruned one.
         plan_or_blocks: the indices of the blocks to remove (a list or tuple of ints, in the
             model's current numbering), or a ``PruningPlan`` computed on this model (its
             ``pruned`` blocks are removed; its method, RLS and K are recorded).
@@ -71,9 +74,14 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
     Raises:
         ValueError: bad ``plan_or_blocks``, a plan computed for another depth, or a model that
             cannot be pruned correctly (offloaded weights, settings that tie a block to its index).
+        PlanRefusedError: (a ValueError) a plan this model's family cannot take exactly: a kept
+            block would change (Jamba's period), read a removed block's keys and values (Gemma 4's
+            shared blocks), or not reload as it is; or every attention block of a hybrid; or a
+            generic pruning whose proof fails. Another plan may be fine.
         TypeError: ``plan_or_blocks`` is neither a list/tuple nor a plan.
-        NotImplementedError: an architecture missing from the table, or whose entry does not
-            make the pruned config valid.
+        NotImplementedError: what is not a decoder-only causal LM (an encoder-decoder, no config),
+            a model whose blocks the generic path cannot find (``BlocksNotFoundError``) or run, or
+            a table entry that does not make the pruned config valid.
     """
     return _prune(model, plan_or_blocks, inplace, check_cache=True)
 
