@@ -66,11 +66,6 @@ JAMBA_BREAKS_ITS_PERIOD = [[1, 3], [1, 4], [2, 4]]
 
 def make(family: str):
     """The family's small random model (the same weights on every call), in eval mode."""
-    if family == "deepseek_v3":
-        # multi-head latent attention expands its latent to every head: test_surgery.py's num_key_value_heads=2 (of 4
-        # heads) runs only without a mask, and a padded batch fails in the attention ("size of tensor a (4) must match
-        # the size of tensor b (8)")
-        return build(family, num_key_value_heads=4)
     return jamba() if family == "jamba" else build(family)
 
 
