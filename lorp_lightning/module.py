@@ -95,7 +95,7 @@ class LoRPModule(pl.LightningModule):
                 f"model must be a bundled model name, a model path or a transformers PreTrainedModel, "
                 f"got {type(model).__name__}"
             )
-        decoder_layers(hf_model)  # an architecture lorp_lightning knows, or a clear error now
+        decoder_layers(hf_model)  # a causal LM whose blocks lorp_lightning finds, or a clear error now
         self.model = hf_model
         self.tokenizer = tokenizer
         self.val_ppl = Perplexity(ignore_index=IGNORE_INDEX)
