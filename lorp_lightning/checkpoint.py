@@ -9,6 +9,8 @@ tensor by tensor:
   (``model.layers.17.mlp...`` becomes ``model.layers.14.mlp...``; where the blocks are comes
   from `ARCHITECTURES`);
 - ``config.json`` is [`pruned_config`][lorp_lightning.surgery.pruned_config] of the checkpoint's config;
+- a per-block table outside the blocks (``per_block_slices`` of the architecture: Gemma 4's
+  per-layer input embeddings) keeps the kept blocks' slices;
 - the index's ``weight_map`` and ``total_size`` follow; a shard left with no tensors is dropped;
 - every other file (tokenizer, ``generation_config.json``, ...) is copied as it is.
 
@@ -16,7 +18,8 @@ Memory stays near nothing, whatever the checkpoint's size: a safetensors file is
 little-endian header length, a JSON header that gives each tensor's dtype, shape and byte range
 (``data_offsets``, from the end of the header), then the tensors' bytes. Each output file is
 written from that layout, its header first, then each kept tensor's bytes copied from the input
-file in pieces of at most ``_COPY_BYTES``: no tensor is ever loaded whole.
+file in pieces of at most ``_COPY_BYTES``: no tensor is ever loaded whole (a per-block table is
+read in whole rows, at most ``_COPY_BYTES`` at a time, and its kept columns written).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import re
 import shutil
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lorp_lightning._io import OutputDirectory
 from lorp_lightning.architectures import Architecture, architecture_of, skeleton
@@ -166,6 +171,33 @@ class _Tensor:
     shape: list[int]
     begin: int  # byte range in the file's data, after the header
     end: int
+    cut: tuple[int, int, tuple[int, ...]] | None = None
+    """(dim, blocks, kept): a per-block table (one slice per block along dim) of which only the kept blocks' slices are written."""
+
+    @property
+    def written_shape(self) -> list[int]:
+        if self.cut is None:
+            return self.shape
+        dim, blocks, kept = self.cut
+        return [size // blocks * len(kept) if i == dim else size for i, size in enumerate(self.shape)]
+
+    @property
+    def written_bytes(self) -> int:
+        return self.end - self.begin if self.cut is None else (self.end - self.begin) // self.cut[1] * len(self.cut[2])
+
+    def runs(self) -> tuple[int, int, list[tuple[int, int]]]:
+        """(rows, bytes per row, the byte ranges of a row to keep, merged) of a cut tensor."""
+        dim, blocks, kept = self.cut
+        rows = math.prod(self.shape[:dim])
+        row = (self.end - self.begin) // rows
+        width = row // blocks
+        runs: list[tuple[int, int]] = []
+        for i in kept:
+            if runs and runs[-1][1] == i * width:
+                runs[-1] = (runs[-1][0], (i + 1) * width)
+            else:
+                runs.append((i * width, (i + 1) * width))
+        return rows, row, runs
 
 
 @dataclass(frozen=True)
@@ -298,31 +330,25 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
         )
     shards, index = _weight_files(checkpoint)
     prefix, num_layers = _blocks_on_disk(shards, architecture, checkpoint, config)
-    sliced = [t.name for shard in shards for t in shard.tensors
-              if any(t.name.endswith("." + path) for path, _ in architecture.per_block_slices)]
-    if sliced:
-        raise NotImplementedError(
-            f"prune_checkpoint cannot yet cut the per-block tables of this {config.model_type} checkpoint on disk "
-            f"({', '.join(sliced)}: one slice per block); load the model and prune it in memory (prune_layers, or "
-            "lorp prune), which cuts them"
-        )
     pruned, new_config = _pruned_config(config, architecture, plan_or_blocks, num_layers)
-    new_index = {old: new for new, old in enumerate(i for i in range(num_layers) if i not in set(pruned))}
+    kept = tuple(i for i in range(num_layers) if i not in set(pruned))
+    new_index = {old: new for new, old in enumerate(kept)}
 
-    kept_tensors = [[(t, new_name) for t in shard.tensors if (new_name := _renamed(t.name, prefix, new_index)) is not None]
-                    for shard in shards]
+    kept_tensors = [[(_cut(t, architecture, num_layers, kept), new_name) for t in shard.tensors
+                     if (new_name := _renamed(t.name, prefix, new_index)) is not None] for shard in shards]
     kept_shards = [(shard, kept) for shard, kept in zip(shards, kept_tensors, strict=True) if kept]  # a shard may hold removed blocks only
     names = _renumbered_shard_names([shard.path.name for shard, _ in kept_shards])
     planned = [(shard, name, kept) for (shard, kept), name in zip(kept_shards, names, strict=True)]
     if index is not None:
         tensors = [tensor for _, _, kept in planned for tensor, _ in kept]
         metadata = dict(index.get("metadata") or {})
-        metadata["total_size"] = sum(t.end - t.begin for t in tensors)
+        metadata["total_size"] = sum(t.written_bytes for t in tensors)
         if "total_parameters" in metadata:  # transformers writes model.num_parameters(): parameters, not buffers
             removed = [t for shard in shards for t in shard.tensors if _renamed(t.name, prefix, new_index) is None]
             buffers = _block_buffers(config, architecture, prefix)
             metadata["total_parameters"] = int(metadata["total_parameters"]) - sum(
-                math.prod(t.shape) for t in removed if t.name.split(".", prefix.count(".") + 2)[-1] not in buffers)
+                math.prod(t.shape) for t in removed if t.name.split(".", prefix.count(".") + 2)[-1] not in buffers) - sum(
+                math.prod(t.shape) - math.prod(t.written_shape) for t in tensors)
         weight_map = {new_name: name for _, name, kept in planned for _, new_name in kept}
         index = {**index, "metadata": metadata, "weight_map": weight_map}
 
@@ -384,6 +410,14 @@ def _block_buffers(config: Any, architecture: Architecture, prefix: str) -> set[
     return {name for block in blocks for name, _ in block.named_buffers()}
 
 
+def _cut(tensor: _Tensor, architecture: Architecture, num_layers: int, kept: tuple[int, ...]) -> _Tensor:
+    """``tensor``, marked to keep only the kept blocks' slices if it is one of the architecture's per-block tables."""
+    for path, dim in architecture.per_block_slices:
+        if tensor.name.endswith("." + path) and len(tensor.shape) > dim and tensor.shape[dim] % num_layers == 0:
+            return replace(tensor, cut=(dim, num_layers, kept))
+    return tensor
+
+
 def _renamed(name: str, prefix: str, new_index: dict[int, int]) -> str | None:
     """The tensor's name in the pruned checkpoint, or None for a tensor of a removed block."""
     if not name.startswith(prefix + "."):
@@ -409,13 +443,24 @@ def _renumbered_shard_names(names: list[str]) -> list[str]:
     return [f"{stem}-{i:0{width}d}-of-{len(names):0{width}d}.safetensors" for i in range(1, len(names) + 1)]
 
 
+def _copy(source: Any, target: Any, shard: _Shard, tensor: _Tensor, start: int, length: int, view: memoryview) -> None:
+    """Copy ``length`` bytes at ``start`` of ``source`` (``shard``'s file) to ``target``, in pieces of ``view``."""
+    source.seek(start)
+    while length:
+        count = source.readinto(view[:min(length, len(view))])
+        if not count:
+            raise ValueError(f"the safetensors file {str(shard.path)!r} ended inside tensor {tensor.name!r}")
+        target.write(view[:count])
+        length -= count
+
+
 def _write_shard(shard: _Shard, path: Path, tensors: list[tuple[_Tensor, str]], buffer: bytearray) -> None:
     """Write the safetensors file ``path`` holding ``tensors`` (under their new names), copied from ``shard``."""
     header: dict[str, Any] = {} if shard.metadata is None else {"__metadata__": shard.metadata}
     position = 0
     for tensor, name in tensors:
-        length = tensor.end - tensor.begin
-        header[name] = {"dtype": tensor.dtype, "shape": tensor.shape, "data_offsets": [position, position + length]}
+        length = tensor.written_bytes
+        header[name] = {"dtype": tensor.dtype, "shape": tensor.written_shape, "data_offsets": [position, position + length]}
         position += length
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # as safetensors writes it: the tensors' bytes start 8-byte aligned
@@ -424,11 +469,20 @@ def _write_shard(shard: _Shard, path: Path, tensors: list[tuple[_Tensor, str]], 
         target.write(struct.pack("<Q", len(encoded)))
         target.write(encoded)
         for tensor, _ in tensors:
-            source.seek(shard.data_start + tensor.begin)
-            remaining = tensor.end - tensor.begin
-            while remaining:
-                count = source.readinto(view[:min(remaining, len(view))])
-                if not count:
+            if tensor.cut is None:
+                _copy(source, target, shard, tensor, shard.data_start + tensor.begin, tensor.end - tensor.begin, view)
+                continue
+            rows, row, runs = tensor.runs()
+            if row > len(view):  # rows longer than the buffer: each kept range of each row in pieces
+                for r in range(rows):
+                    for a, b in runs:
+                        _copy(source, target, shard, tensor, shard.data_start + tensor.begin + r * row + a, b - a, view)
+                continue
+            step = len(view) // row  # whole rows per read, the kept columns gathered
+            for first in range(0, rows, step):
+                count = min(step, rows - first)
+                source.seek(shard.data_start + tensor.begin + first * row)
+                if source.readinto(view[:count * row]) != count * row:
                     raise ValueError(f"the safetensors file {str(shard.path)!r} ended inside tensor {tensor.name!r}")
-                target.write(view[:count])
-                remaining -= count
+                block = np.frombuffer(view[:count * row], dtype=np.uint8).reshape(count, row)
+                target.write(np.concatenate([block[:, a:b] for a, b in runs], axis=1).tobytes())

@@ -29,13 +29,9 @@ SHARD = "100KB"
 INDEX = "model.safetensors.index.json"
 
 
-# Checkpoints on disk are pruned without cutting per-block tables (test below): Gemma 4 in its larger models' layout.
-ON_DISK = {"gemma4_text": {"hidden_size_per_layer_input": 0}}
-
-
 def saved(family: str, directory: Path, max_shard_size: str | None = SHARD) -> Path:
     """The family's small model saved in ``directory`` (sharded unless max_shard_size is None)."""
-    model = build(family, **ON_DISK.get(family, {}))
+    model = build(family)
     if max_shard_size is None:
         model.save_pretrained(directory)
     else:
@@ -45,7 +41,7 @@ def saved(family: str, directory: Path, max_shard_size: str | None = SHARD) -> P
 
 def in_memory(family: str, directory: Path, *steps) -> Path:
     """The reference: the family's model pruned by ``prune_layers`` (once per step), saved in ``directory``."""
-    model = build(family, **ON_DISK.get(family, {}))
+    model = build(family)
     for step in steps:
         model = prune_layers(model, step)
     model.save_pretrained(directory, max_shard_size=SHARD)
@@ -97,16 +93,22 @@ def test_the_pruned_checkpoint_equals_in_memory_pruning_saved_in_tensors_config_
     assert sorted(json_of(out / INDEX)["weight_map"]) == sorted(json_of(reference / INDEX)["weight_map"])
     pruned, expected = load(out), load(reference)
     assert_same_weights(pruned, expected)
-    torch.testing.assert_close(logits(pruned), logits(prune_layers(build(family, **ON_DISK.get(family, {})), PRUNED)), rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits(pruned), logits(prune_layers(build(family), PRUNED)), rtol=0, atol=1e-6)
 
 
-def test_a_checkpoint_with_per_block_tables_outside_the_blocks_is_refused_naming_them_and_nothing_is_written(tmp_path):
+@pytest.mark.parametrize("copy_bytes", [16 * 2**20, 100])  # whole rows of the table at a time, or each kept range in pieces
+def test_per_block_tables_outside_the_blocks_keep_the_kept_blocks_slices_on_disk_as_in_memory(copy_bytes, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint_module, "_COPY_BYTES", copy_bytes)
     checkpoint = tmp_path / "checkpoint"
     build("gemma4_text").save_pretrained(checkpoint, max_shard_size=SHARD)  # with Gemma 4's per-layer input tables
-    with pytest.raises(NotImplementedError, match=r"cannot yet cut the per-block tables of this gemma4_text checkpoint on disk "
-                                                  r"\(model.embed_tokens_per_layer.weight, model.per_layer_model_projection.weight"):
-        prune_checkpoint(PRUNED, checkpoint, tmp_path / "pruned")
-    assert not (tmp_path / "pruned").exists()
+    out = prune_checkpoint([1, 4], checkpoint, tmp_path / "pruned")
+    reference = tmp_path / "in-memory"
+    prune_layers(build("gemma4_text"), [1, 4]).save_pretrained(reference, max_shard_size=SHARD)
+    assert json_of(out / INDEX)["metadata"] == json_of(reference / INDEX)["metadata"]
+    pruned, expected = load(out), load(reference)
+    assert pruned.model.embed_tokens_per_layer.weight.shape == (VOCAB, 4 * 8)
+    assert_same_weights(pruned, expected)
+    assert torch.equal(logits(pruned), logits(expected))
 
 
 @every_family

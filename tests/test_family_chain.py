@@ -390,7 +390,10 @@ MULTIMODAL = {
         vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=28,
                            patch_size=14, vision_output_dim=64, projector_input_dim=64, projector_output_dim=64),
         boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2, image_token_index=VOCAB - 1), "language_model.model.layers"),
-    # the larger models' layout: no per-layer inputs (with them, see the test after this one)
+    # the small models' layout (E2B, E4B): per-layer inputs, tables of one slice per block outside the blocks
+    "gemma4": ("gemma4", lambda: transformers.Gemma4Config(text_config=text_config("gemma4_text"), vision_config=GEMMA4_VISION,
+                                                            **GEMMA4_TOKENS), "model.language_model.layers"),
+    # the larger models' layout: no per-layer inputs
     "gemma4-without-per-layer-inputs": ("gemma4", lambda: transformers.Gemma4Config(
         text_config=text_config("gemma4_text", hidden_size_per_layer_input=0), vision_config=GEMMA4_VISION, **GEMMA4_TOKENS),
         "model.language_model.layers"),
@@ -438,24 +441,3 @@ def test_a_pruned_multimodal_checkpoint_equals_in_memory_pruning_saved_in_tensor
     torch.testing.assert_close(logits(pruned), logits_with_blocks_skipped_at(multimodal(name), blocks, PRUNED), rtol=0, atol=1e-5)
     assert pruning_record(pruned) == pruning_record(reference)
 
-
-def gemma4_with_per_layer_inputs():
-    """The small Gemma 4 models' layout (E2B, E4B): per-layer inputs, tables of one slice per block outside the blocks."""
-    torch.manual_seed(0)
-    config = transformers.Gemma4Config(text_config=text_config("gemma4_text"), vision_config=GEMMA4_VISION, **GEMMA4_TOKENS)
-    return AutoModelForImageTextToText.from_config(config).eval()
-
-
-def test_gemma4_with_per_layer_inputs_is_pruned_in_memory_exactly_and_its_checkpoint_refused_naming_the_tables(tmp_path):
-    blocks = "model.language_model.layers"
-    expected = logits_with_blocks_skipped_at(gemma4_with_per_layer_inputs(), blocks, PRUNED)
-    pruned = prune_layers(gemma4_with_per_layer_inputs(), PRUNED)
-    torch.testing.assert_close(logits(pruned), expected, rtol=0, atol=1e-5)
-    pruned.save_pretrained(tmp_path / "in-memory")
-    assert torch.equal(logits(reload(tmp_path / "in-memory")), logits(pruned))
-
-    gemma4_with_per_layer_inputs().save_pretrained(tmp_path / "checkpoint")
-    with pytest.raises(NotImplementedError, match=r"cannot yet cut the per-block tables of this gemma4 checkpoint on disk \("
-                                                  r"model.language_model.embed_tokens_per_layer.weight"):
-        prune_checkpoint(PRUNED, tmp_path / "checkpoint", tmp_path / "pruned")
-    assert not (tmp_path / "pruned").exists()
