@@ -158,6 +158,8 @@ class PlanLoss:
         self.window_losses: dict[tuple[int, ...], list[float]] = {}  # per window, for paired statistics
         self.asked: set[tuple[int, ...]] = set()
         self.refused: dict[tuple[int, ...], str] = {}  # plan -> why the model's family refuses it
+        self._settled: dict[tuple[int, ...], int] = {}  # plan settled early by below() -> the windows it ran
+        self._settled_bound: dict[tuple[int, ...], float] = {}  # ... and the bound it was settled against
         self._prefix_asked = False
         self._inputs: list[Tensor] | None = None  # per batch: the (N, B, T, H) inputs of blocks 0..N-1 in the dense model
 
@@ -173,18 +175,47 @@ class PlanLoss:
 
     @property
     def window_passes(self) -> int:
-        """Window passes those plans cost when run alone: one per window and plan, and the dense prefix's."""
-        return len(self.windows) * (len(self.asked) + self._prefix_asked)
+        """Window passes those plans cost when run alone: one per window and plan (a plan settled
+        early by ``below``: the windows it ran), and the dense prefix's."""
+        settled = [key for key in self.asked if key in self._settled and key not in self.losses]
+        return (len(self.windows) * (len(self.asked) - len(settled) + self._prefix_asked)
+                + sum(self._settled[key] for key in settled))
 
     def __call__(self, pruned: Iterable[int]) -> float:
         key = tuple(sorted(int(b) for b in pruned))
         self.asked.add(key)
         self._prefix_asked |= self._after_prefix(key)
         if key not in self.losses:
-            self.window_losses[key] = self._losses(list(key))
-            loss = sum(self.window_losses[key]) / len(self.windows)
-            self.losses[key] = loss if math.isfinite(loss) else math.inf
+            self._remember(key, self._losses(list(key)))
         return self.losses[key]
+
+    def below(self, pruned: Iterable[int], bound: float) -> bool:
+        """Whether the plan's loss is below ``bound``, running its windows only until that is certain.
+
+        A window's loss is never negative, so once the windows run so far add up to ``bound``
+        times the number of windows, the plan's mean loss cannot be below ``bound``: the rest are
+        not run, and only the windows run count in ``window_passes``. The answer is exact. A plan
+        found below ``bound`` has run every window, and its loss is remembered.
+        """
+        key = tuple(sorted(int(b) for b in pruned))
+        self.asked.add(key)
+        self._prefix_asked |= self._after_prefix(key)
+        if key in self.losses:
+            return self.losses[key] < bound
+        if key in self._settled:  # settled against a bound before; run it again only for a higher one
+            if bound <= self._settled_bound[key]:
+                return False
+        losses = self._losses(list(key), bound)
+        if len(losses) < len(self.windows):
+            self._settled[key], self._settled_bound[key] = len(losses), bound
+            return False
+        self._remember(key, losses)
+        return self.losses[key] < bound
+
+    def _remember(self, key: tuple[int, ...], losses: list[float]) -> None:
+        self.window_losses[key] = losses
+        loss = sum(losses) / len(self.windows)
+        self.losses[key] = loss if math.isfinite(loss) else math.inf
 
     def refusal(self, pruned: Iterable[int]) -> str | None:
         """Why the model's family refused this plan (its loss is then infinite), or None."""
@@ -197,11 +228,17 @@ class PlanLoss:
                 and min(pruned) + len(pruned) < self.num_layers)
 
     @torch.no_grad()
-    def _losses(self, pruned: list[int]) -> list[float]:
+    def _losses(self, pruned: list[int], bound: float | None = None) -> list[float]:
+        """The plan's window losses; with ``bound``, only until their sum reaches ``bound`` times the
+        number of windows (then the plan's loss cannot be below ``bound``), batch by batch."""
         model = self.model
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
+
+        def settled(losses: list[float]) -> bool:  # window losses are never negative: the mean can only grow
+            return bound is not None and sum(losses) >= bound * len(self.windows)
+
         try:
             if self._after_prefix(pruned):
                 first = min(pruned)
@@ -209,12 +246,22 @@ class PlanLoss:
                 try:
                     pruned_config(model.config, pruned)  # the plan itself, which the prefix and the plan do not check
                     with temporarily_pruned(model, list(range(first)) + pruned):  # the dense prefix and the plan
-                        return [loss for i, ids in enumerate(self._batches) for loss in self._losses_from(model, ids.to(device), inputs[i][first])]
+                        losses: list[float] = []
+                        for i, ids in enumerate(self._batches):
+                            losses += self._losses_from(model, ids.to(device), inputs[i][first])
+                            if settled(losses):
+                                break
+                        return losses
                 except PlanRefusedError:  # the plan itself is refused (below, at once), or only with the prefix
                     pass  # removed too (Jamba's period): a plain pass
             try:
                 with temporarily_pruned(model, pruned) if pruned else nullcontext():
-                    return [loss for ids in self._batches for loss in _window_losses(model, ids.to(device), self.scored)]
+                    losses = []
+                    for ids in self._batches:
+                        losses += _window_losses(model, ids.to(device), self.scored)
+                        if settled(losses):
+                            break
+                    return losses
             except PlanRefusedError as error:
                 self.refused[tuple(pruned)] = str(error)
                 return [math.inf] * len(self.windows)  # a plan the family cannot take has no loss: searches skip it
@@ -335,11 +382,14 @@ def ranked_runs(similarity: Any, num_prune: int, protected: set[int]) -> list[li
 
 
 def local_search(loss: PlanLoss, start: list[int], num_layers: int, protected: set[int], max_checks: int) -> list[dict[str, Any]]:
-    """Move to the best neighbour (``neighbours``) while it lowers the loss and checks remain.
+    """Move to the best neighbour (``neighbours``) while it lowers the loss and checks remain, and
+    end at a local optimum: a plan no neighbour of which has a lower loss.
 
-    ``max_checks``: the plans this search may check beyond those ``loss`` has checked when it
-    starts (a plan checked already costs nothing). When they run out, the best of the
-    neighbourhood checked so far is taken, if it helps.
+    ``max_checks``: the plans this search may check in full beyond those ``loss`` has checked
+    when it starts (a plan checked already costs nothing). When they run out, the best of the
+    neighbourhood checked so far is taken, if it helps; if it does not, the rest of the
+    neighbourhood is checked each only as far as it can still beat the current plan
+    (``PlanLoss.below``), and the first that does is the next move.
 
     Returns the moves made: ``[{"pruned": plan, "loss": its loss}, ...]`` (empty if none helped).
     """
@@ -349,11 +399,15 @@ def local_search(loss: PlanLoss, start: list[int], num_layers: int, protected: s
         around = neighbours(current, num_layers, protected)
         tried = [p for p in around if tuple(p) in loss.asked]
         untried = [p for p in around if tuple(p) not in loss.asked]
-        candidates = tried + untried[:max(end - loss.plans_checked, 0)]  # checked ones cost nothing
-        if not candidates:
-            return moves
-        best = min(candidates, key=loss)  # min() keeps the first of ties
-        if not loss(best) < loss(current):
-            return moves
+        budget = max(end - loss.plans_checked, 0)
+        candidates = tried + untried[:budget]  # checked ones cost nothing
+        best = min(candidates, key=loss) if candidates else None  # min() keeps the first of ties
+        if best is None or not loss(best) < loss(current):
+            # None of those is better. The rest of the neighbourhood, past the budget, is checked too, each
+            # plan only until it cannot beat the current one (exact: PlanLoss.below), so that the plan
+            # returned is a local optimum; the first better one is a move.
+            best = next((p for p in untried[budget:] if loss.below(p, loss(current))), None)
+            if best is None:
+                return moves
         current = best
         moves.append({"pruned": best, "loss": loss(best)})

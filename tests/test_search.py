@@ -171,7 +171,10 @@ def test_lorp_search_checks_the_locality_candidates_and_the_runs_most_alike_then
         assert move["pruned"] in neighbours(current["pruned"], N, {0, N - 1}) and move["loss"] < current["loss"]
         current = move
     assert plan.pruned == current["pruned"]
-    assert plan.cost["plans_checked"] <= len(expected) + sleb_checks(N - 2, k) // 3  # the swaps get a third of SLEB's checks
+    mine = brute_loss(model, plan.pruned, windows[:4])  # a local optimum: no swap is better
+    assert all(brute_loss(model, other, windows[:4]) >= mine - 1e-6 for other in neighbours(plan.pruned, N, {0, N - 1}))
+    sleb = select_layers(stats, k, method="sleb", model=model, windows=windows, check_windows=4, score_last=SCORE_LAST)
+    assert plan.cost["check_windows"] < sleb.cost["check_windows"]  # fewer window passes than SLEB
     faithful = select_layers(stats, k, method="lorp")
     assert (plan.rls, plan.num_clusters, plan.labels) == (faithful.rls, faithful.num_clusters, faithful.labels)
 
@@ -201,16 +204,62 @@ def test_ranked_runs_put_the_runs_most_alike_across_first():
     assert ranked_runs(S, 2, {0}) == [[2, 3], [3, 4], [1, 2]]
 
 
-def test_local_search_checks_at_most_max_checks_new_plans(tiny):
+@pytest.mark.parametrize("cap", [0, 1, 3])
+def test_local_search_ends_at_a_plan_no_neighbour_of_which_is_better_whatever_its_budget(tiny, cap):
     model, windows, _ = tiny
-    loss = PlanLoss(model, windows[:4], score_last=SCORE_LAST)
-    for cap in (0, 1, 3):
-        loss.start()
-        loss([1, 2]), loss([5, 6])  # checked before the search: they do not count against it
-        moves = local_search(loss, [1, 2], N, {0, N - 1}, max_checks=cap)
-        assert loss.plans_checked <= 2 + cap
-        if cap == 0:
-            assert moves == []  # no neighbour of [1, 2] was checked, and none may be
+    loss = PlanLoss(model, windows[:4], score_last=SCORE_LAST, batch_windows=1)
+    loss([1, 2]), loss([5, 6])  # checked before the search: they cost nothing
+    moves = local_search(loss, [1, 2], N, {0, N - 1}, max_checks=cap)
+    final = moves[-1]["pruned"] if moves else [1, 2]
+    mine = brute_loss(model, final, windows[:4])
+    assert all(brute_loss(model, other, windows[:4]) >= mine - 1e-6 for other in neighbours(final, N, {0, N - 1}))
+
+
+class PlantedLoss:
+    """A stand-in for PlanLoss whose losses are planted: ``planted`` for some plans, 10 for the rest."""
+
+    def __init__(self, planted: dict[tuple[int, ...], float]) -> None:
+        self.planted, self.asked = planted, set()
+
+    @property
+    def plans_checked(self) -> int:
+        return len(self.asked)
+
+    def __call__(self, pruned) -> float:
+        key = tuple(sorted(pruned))
+        self.asked.add(key)
+        return self.planted.get(key, 10.0)
+
+    def below(self, pruned, bound: float) -> bool:
+        return self(pruned) < bound
+
+
+def test_the_best_plan_one_swap_from_the_start_is_reached_when_the_budget_ends_before_it():
+    # from [4, 5] (loss 5) the neighbours are, in order, [3, 5], [5, 6], [3, 4], [4, 6]; one check of budget
+    # reaches [3, 5] only (loss 6, worse), so a search that stopped with its budget would end at [4, 5].
+    # [3, 4] (loss 4) is one swap away: it is found past the budget, and no neighbour of it is better.
+    loss = PlantedLoss({(4, 5): 5.0, (3, 5): 6.0, (3, 4): 4.0})
+    moves = local_search(loss, [4, 5], 10, {0, 9}, max_checks=1)
+    assert moves == [{"pruned": [3, 4], "loss": 4.0}]
+    assert {(2, 4), (2, 3), (3, 5), (4, 5)} <= loss.asked  # the neighbourhood of [3, 4], all of it
+
+
+@pytest.mark.parametrize("plan", [[1, 2], [3], [5, 6]])
+def test_below_is_exact_and_runs_only_the_windows_it_needs(tiny, plan):
+    model, windows, _ = tiny
+
+    def fresh():
+        return PlanLoss(model, windows, score_last=SCORE_LAST, batch_windows=1)
+
+    full = fresh()
+    exact = full(plan)
+    for bound in (exact * 0.5, exact * 0.999, exact * 1.001, exact * 2):
+        loss = fresh()
+        assert loss.below(plan, bound) == (exact < bound)
+        if bound == exact * 0.5:  # half the windows' worth of loss settles it: the other windows are not run
+            assert loss.window_passes < full.window_passes
+        if bound == exact * 2:  # never settled: every window ran, and the loss is remembered
+            assert loss.window_passes == full.window_passes and loss(plan) == exact
 
 
 def test_neighbours_swap_one_removed_block_for_a_kept_block_beside_the_removed_ones():
