@@ -9,7 +9,9 @@
                  blocks most alike across the run (``ranked_runs``) are checked, then the best
                  is improved by swaps around its removed blocks (one removed block kept, a block
                  next to the removed ones removed instead), while that lowers the loss, with a
-                 third of SLEB's checks to spend on the swaps.
+                 third of SLEB's checks to spend on the swaps in full; past them, the rest of a
+                 neighbourhood is checked each plan only until it cannot win (``PlanLoss.below``),
+                 so that the plan chosen is a local optimum: no single swap lowers its loss.
 
 Every check goes through ``PlanLoss``: the plan is applied with
 ``temporarily_pruned`` (no weights copied; the model is left as it
