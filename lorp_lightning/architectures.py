@@ -277,8 +277,7 @@ def find_decoder_layers(model: nn.Module) -> str:
         candidates = under or candidates
     candidates = [name for name in candidates if not any(name.startswith(other + ".") for other in candidates)]
     if len(candidates) != 1:
-        seen = ", ".join(f"{name} ({len(module)})" for name, module in lists.items() if "." not in name.split(".", 3)[-1]
-                         or len(module) == depth) or "none"
+        seen = ", ".join(f"{name} ({len(module)})" for name, module in list(lists.items())[:12]) or "none"
         problem = "found none" if not candidates else f"found {len(candidates)}: {', '.join(candidates)}"
         raise BlocksNotFoundError(
             f"cannot find {what}: looked for one nn.ModuleList of num_hidden_layers={depth} modules under the decoder "

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lorp_lightning._validation import is_integer
-from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers
+from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers, skeleton
 
 __all__ = [
     "RECORD_ATTRIBUTE",
@@ -95,7 +95,7 @@ def _prune(model: nn.Module, plan_or_blocks: Any, inplace: bool, check_cache: bo
     pruned, new_config = _pruned_config(model.config, architecture, plan_or_blocks, num_layers)
     _refuse_offload(model)
     if architecture.generic:  # not in the table: proven on the spot, or refused with the model as it was
-        return _proven(model, pruned, new_config, inplace, check_cache)
+        return _proven(model, architecture, pruned, new_config, inplace, check_cache)
     return _pruned_in_place(model if inplace else copy.deepcopy(model), architecture, pruned, new_config)
 
 
@@ -131,7 +131,8 @@ PROOF_LENGTH = 32
 
 
 @torch.no_grad()
-def _proven(model: nn.Module, pruned: list[int], new_config: Any, inplace: bool, check_cache: bool) -> nn.Module:
+def _proven(model: nn.Module, architecture: Architecture, pruned: list[int], new_config: Any, inplace: bool,
+            check_cache: bool) -> nn.Module:
     """Prune a model of a family not in the table, and prove it on the spot: on a short random
     input, the pruned model's logits must equal the dense model's with the ``pruned`` blocks
     skipped (each hands its input on unchanged), and (``check_cache``) where the dense model
@@ -151,8 +152,7 @@ def _proven(model: nn.Module, pruned: list[int], new_config: Any, inplace: bool,
         ) from error
     finally:
         model.train(was_training)
-    target = model if inplace else copy.deepcopy(model)
-    architecture = architecture_of(target)
+    target = model if inplace else copy.deepcopy(model)  # a copy keeps the paths the architecture names
     saved = save_stack(target)
     _pruned_in_place(target, architecture, pruned, new_config)
     target.eval()
@@ -671,7 +671,7 @@ def _checked_pruned_config(config: Any, architecture: Architecture, kept: list[i
         for c in {id(c): c for c in (config, text_config)}.values():
             if hasattr(c, "validate"):
                 c.validate()  # what save_pretrained runs before it writes config.json
-        reloaded = type(config).from_dict(_from_json(config, config.to_json_string(use_diff=True)))
+        reloaded = type(config).from_dict(_from_json(config.to_json_string(use_diff=True)))
     except Exception as error:
         raise NotImplementedError(
             f"pruning blocks {record['steps'][-1]['pruned_layers']} (original numbering) would leave an invalid "
@@ -697,11 +697,12 @@ def _checked_pruned_config(config: Any, architecture: Architecture, kept: list[i
     return config
 
 
-def _from_json(config: Any, text: str) -> dict:
+def _from_json(text: str) -> dict:
     """The dict of a config's JSON text, as ``from_pretrained`` reads it (transformers writes an
     infinite float as ``{"__float__": "Infinity"}``)."""
-    decode = getattr(type(config), "_decode_special_floats", lambda values: values)
-    return decode(json.loads(text))
+    from transformers import PreTrainedConfig
+
+    return PreTrainedConfig._decode_special_floats(json.loads(text))
 
 
 def _saved_value(config: Any, name: str) -> Any:
@@ -762,14 +763,12 @@ def _check_structure(config: Any, new_config: Any, architecture: Architecture, k
 def _structure(config_json: str, layers_path: str) -> tuple[tuple, tuple] | None:
     """(per block, its description; the parameters outside the blocks) of the model a config
     builds, or None when ``AutoModelForCausalLM`` cannot build it."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     try:
-        values = json.loads(config_json)
-        config = AutoConfig.for_model(**_from_json(AutoConfig.for_model(values["model_type"]), config_json))
-        with torch.device("meta"), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_config(config)
+            model = skeleton(AutoConfig.for_model(**_from_json(config_json)))
         blocks = model.get_submodule(layers_path)
     except Exception:
         return None
