@@ -101,6 +101,25 @@ class Architecture:
     ``Llama4ForConditionalGeneration`` keeps them at ``language_model.model.layers``). For a model
     in memory, ``architecture_of`` gives the first path that holds its blocks."""
 
+    stream_writers: tuple[str, ...] = ()
+    """The parameters of a block that write into the residual stream, as ``fnmatch`` patterns of
+    their names in the block: the last projections of the attention, the MLP and the experts, or the
+    norms after them where the family has such norms (then nothing else may be named). Scaling them
+    all by s scales what the block adds to the stream by s; how compensation folds a factor into the
+    weights (``lorp_lightning.compensation``). A pattern that names nothing in a block is skipped."""
+
+    offset_writers: tuple[str, ...] = ()
+    """Stream writers stored as w of a norm that computes x * (1 + w) (Gemma 1-3): scaled as
+    (1 + w) * s - 1."""
+
+    compensation_refused: str = ""
+    """Why compensation cannot be folded exactly into this family's weights ("" where it can, given
+    ``stream_writers`` or ``offset_writers``)."""
+
+    compensation_settings: tuple[tuple[str, object], ...] = ()
+    """``(field, value)`` pairs the config must hold for the fold to be exact (settings that make a
+    block read the stream without a norm)."""
+
     generic: bool = False
     """True for a family not in the table, described by ``find_decoder_layers``: its prunings are
     proven on the spot."""
@@ -112,80 +131,104 @@ def _multimodal(language_model: str = "model.language_model.layers", **facts: An
     return Architecture(language_model, **facts)
 
 
+# The stream writers of the families that name their blocks' parts as Llama does, dense or MoE (fused experts,
+# shared experts); a pattern that names nothing in a block is skipped.
+_WRITERS = ("self_attn.o_proj.*", "mlp.down_proj.*", "mlp.experts.down_proj*", "mlp.shared_expert.down_proj.*",
+            "mlp.shared_experts.down_proj.*")
+_LINEAR_ATTENTION_WRITERS = _WRITERS + ("linear_attn.out_proj.*",)  # Qwen's Gated DeltaNet blocks
+_POST_NORMS = ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")  # sandwich norms: they write
+_NO_PRE_NORM = ("{} has no norm before its attention and MLP (its norms follow them): a block reads the stream's scale, "
+                "so no factor folds into the weights exactly")
+_LLAMA = Architecture("model.layers", stream_writers=_WRITERS)
+_LLAMA4_WRITERS = ("self_attn.o_proj.*", "feed_forward.down_proj.*", "feed_forward.experts.down_proj*",
+                   "feed_forward.shared_expert.down_proj.*")
+
 # The (i + 1) % decoder_sparse_step rule of Qwen's MoE families picks the MoE blocks by absolute index; 1 makes them all MoE.
-_QWEN_MOE = dict(required_settings=(("decoder_sparse_step", 1),))
+_QWEN_MOE = dict(required_settings=(("decoder_sparse_step", 1),), stream_writers=_LINEAR_ATTENTION_WRITERS)
 
 # Gemma 4: the small models (E2B, E4B) give each block its own input besides the stream, a slice of
 # two tables: per-layer token embeddings (vocabulary x blocks * 256) and a projection of the embeddings.
 # store_full_length_kv marks the last block of each attention kind whose keys and values an assistant
 # model may read; it hands them out beside the hidden state and changes no logit.
+# Its norms compute x * w; the per-layer input's gate reads the stream without a norm, so the fold is exact only without
+# per-layer inputs (the larger models).
 _GEMMA4 = dict(per_block_slices=(("embed_tokens_per_layer.weight", 1), ("per_layer_model_projection.weight", 0)),
-               free_settings=("store_full_length_kv",))
+               free_settings=("store_full_length_kv",), stream_writers=_POST_NORMS,
+               compensation_settings=(("hidden_size_per_layer_input", 0),))
+_GEMMA = dict(offset_writers=_POST_NORMS)  # Gemma 2 and 3: sandwich norms computing x * (1 + w)
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture("model.layers"),
-    "mistral": Architecture("model.layers"),
-    "ministral": Architecture("model.layers"),
-    "qwen2": Architecture("model.layers"),
-    "qwen3": Architecture("model.layers"),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "ministral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
     "qwen2_moe": Architecture("model.layers", **_QWEN_MOE),
     "qwen3_moe": Architecture("model.layers", **_QWEN_MOE),
     # linear attention (Gated DeltaNet) and full attention, per layer_types; MoE blocks
     "qwen3_next": Architecture("model.layers", **_QWEN_MOE),
-    "qwen3_5_text": Architecture("model.layers"),
-    "qwen3_5": _multimodal(),
-    "qwen3_5_moe_text": Architecture("model.layers"),
-    "qwen3_5_moe": _multimodal(),
-    "gemma": Architecture("model.layers"),
-    "gemma2": Architecture("model.layers"),
-    "gemma3_text": Architecture("model.layers"),
+    "qwen3_5_text": Architecture("model.layers", stream_writers=_LINEAR_ATTENTION_WRITERS),
+    "qwen3_5": _multimodal(stream_writers=_LINEAR_ATTENTION_WRITERS),
+    "qwen3_5_moe_text": Architecture("model.layers", stream_writers=_LINEAR_ATTENTION_WRITERS),
+    "qwen3_5_moe": _multimodal(stream_writers=_LINEAR_ATTENTION_WRITERS),
+    "gemma": _LLAMA,
+    "gemma2": Architecture("model.layers", **_GEMMA),
+    "gemma3_text": Architecture("model.layers", **_GEMMA),
     # Gemma3ForConditionalGeneration; transformers saves its blocks as language_model.model.layers
-    "gemma3": Architecture("model.language_model.layers", checkpoint_layers_paths=("language_model.model.layers",)),
+    "gemma3": Architecture("model.language_model.layers", checkpoint_layers_paths=("language_model.model.layers",), **_GEMMA),
     # per_layer_config (the head size of the full-attention blocks) is renumbered; the per-layer
     # inputs are cut to the kept blocks. KV sharing: see surgery._refuse_lost_kv_producers.
     "gemma4_text": Architecture("model.layers", **_GEMMA4),
     "gemma4": _multimodal(**_GEMMA4),
-    "phi": Architecture("model.layers"),
-    "phi3": Architecture("model.layers"),
-    "olmo2": Architecture("model.layers"),
-    "olmo3": Architecture("model.layers"),
-    "olmoe": Architecture("model.layers"),
-    "mixtral": Architecture("model.layers"),
-    "deepseek_v3": Architecture("model.layers"),  # first_k_dense_replace: a block-count field
-    "gpt_oss": Architecture("model.layers"),
-    "llama4_text": Architecture("model.layers"),  # moe_layers renumbered, no_rope_layers trimmed
+    "phi": Architecture("model.layers", stream_writers=("self_attn.dense.*", "mlp.fc2.*")),
+    "phi3": _LLAMA,
+    "olmo2": Architecture("model.layers", compensation_refused=_NO_PRE_NORM.format("OLMo 2")),
+    "olmo3": Architecture("model.layers", compensation_refused=_NO_PRE_NORM.format("OLMo 3")),
+    "olmoe": _LLAMA,
+    "mixtral": _LLAMA,
+    "deepseek_v3": _LLAMA,  # first_k_dense_replace: a block-count field
+    "gpt_oss": _LLAMA,
+    "llama4_text": Architecture("model.layers", stream_writers=_LLAMA4_WRITERS),  # moe_layers renumbered, no_rope_layers trimmed
     # AutoModelForCausalLM builds Llama4ForCausalLM (model.layers); Llama4ForConditionalGeneration holds one
-    "llama4": Architecture("model.layers", checkpoint_layers_paths=("language_model.model.layers",)),
-    "smollm3": Architecture("model.layers"),  # no_rope_layers trimmed
-    "granite": Architecture("model.layers"),
+    "llama4": Architecture("model.layers", checkpoint_layers_paths=("language_model.model.layers",), stream_writers=_LLAMA4_WRITERS),
+    "smollm3": _LLAMA,  # no_rope_layers trimmed
+    "granite": _LLAMA,
     # Mamba 2 and attention blocks, per layer_types
-    "granitemoehybrid": Architecture("model.layers"),
-    "cohere2": Architecture("model.layers"),
-    "glm4": Architecture("model.layers"),
-    "exaone4": Architecture("model.layers"),
-    "ernie4_5": Architecture("model.layers"),
-    "nemotron": Architecture("model.layers"),
-    "seed_oss": Architecture("model.layers"),
+    "granitemoehybrid": Architecture("model.layers", stream_writers=(
+        "self_attn.o_proj.*", "mamba.out_proj.*", "block_sparse_moe.experts.down_proj*", "shared_mlp.output_linear.*")),
+    "cohere2": _LLAMA,
+    "glm4": Architecture("model.layers", stream_writers=("post_self_attn_layernorm.weight", "post_mlp_layernorm.weight")),
+    "exaone4": Architecture("model.layers", compensation_refused=_NO_PRE_NORM.format("EXAONE 4")),
+    "ernie4_5": _LLAMA,
+    "nemotron": _LLAMA,
+    "seed_oss": _LLAMA,
     # lightning (linear) and full attention, per layer_types. A lightning block's decay rates depend on
     # layer_idx / (num_hidden_layers - 1), but only at construction: they are buffers saved with the weights.
-    "minimax": Architecture("model.layers", free_settings=("num_hidden_layers",)),
-    "lfm2": Architecture("model.layers"),  # convolution and attention blocks: layer_types and full_attn_idxs
-    "falcon_h1": Architecture("model.layers"),  # every block is Mamba 2 and attention side by side
+    "minimax": Architecture("model.layers", free_settings=("num_hidden_layers",), compensation_refused=(
+        "each block takes its residual after its input norm, so the stream's scale never reaches a later block: "
+        "there is nothing to compensate")),
+    "lfm2": Architecture("model.layers", stream_writers=("conv.out_proj.*", "self_attn.out_proj.*", "feed_forward.w2.*")),  # convolution and attention blocks: layer_types and full_attn_idxs
+    "falcon_h1": Architecture("model.layers", stream_writers=("self_attn.o_proj.*", "mamba.out_proj.*", "feed_forward.down_proj.*")),  # every block is Mamba 2 and attention side by side
     # attention / Mamba and MoE / dense blocks by period and offset
     "jamba": Architecture("model.layers", placement_fields=("attn_layer_period", "attn_layer_offset",
-                                                            "expert_layer_period", "expert_layer_offset")),
+                                                            "expert_layer_period", "expert_layer_offset"),
+                          stream_writers=("self_attn.o_proj.*", "mamba.out_proj.*", "feed_forward.down_proj.*",
+                                          "feed_forward.experts.down_proj*")),
     # num_hidden_layers is an alias (attribute_map) of n_layer; the attention scale of block i
     # is 1 / (i + 1) when scale_attn_by_inverse_layer_idx is set.
     "gpt2": Architecture(
         "transformer.h",
         depth_fields=("n_layer",),
         required_settings=(("scale_attn_by_inverse_layer_idx", False),),
+        stream_writers=("attn.c_proj.*", "mlp.c_proj.*"),
     ),
-    "gpt_neox": Architecture("gpt_neox.layers"),
-    "opt": Architecture("model.decoder.layers"),
-    "falcon": Architecture("transformer.h", depth_fields=("num_hidden_layers", "n_layer")),  # old configs carry n_layer
-    "stablelm": Architecture("model.layers"),
-    "starcoder2": Architecture("model.layers"),
+    "gpt_neox": Architecture("gpt_neox.layers", stream_writers=("attention.dense.*", "mlp.dense_4h_to_h.*")),
+    "opt": Architecture("model.decoder.layers", stream_writers=("self_attn.out_proj.*", "fc2.*"),
+                        compensation_settings=(("do_layer_norm_before", True),)),  # OPT-350m normalises after: not exact
+    "falcon": Architecture("transformer.h", depth_fields=("num_hidden_layers", "n_layer"),
+                           stream_writers=("self_attention.dense.*", "mlp.dense_4h_to_h.*")),  # old configs carry n_layer
+    "stablelm": _LLAMA,
+    "starcoder2": Architecture("model.layers", stream_writers=("self_attn.o_proj.*", "mlp.c_proj.*")),
 }
 
 

@@ -41,13 +41,14 @@ last block are never candidates) and exclude a candidate whose loss is not finit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lorp_lightning import compensation
 from lorp_lightning._validation import check_int
 from lorp_lightning.architectures import architecture_of, decoder_layers
 from lorp_lightning.next_token import next_token_loss
@@ -214,7 +215,23 @@ class PlanLoss:
         self._remember(key, losses)
         return self.losses[key] < bound
 
-    def _remember(self, key: tuple[int, ...], losses: list[float]) -> None:
+    def compensated(self, pruned: Iterable[int], factors: Mapping[int, float]) -> float:
+        """The calibration loss of the plan with the stream entering each block of ``factors`` (the
+        kept block after a gap, in this model's numbering) multiplied by its factor: the loss of
+        ``prune_layers(model, pruned, compensate=factors)``, without a weight changed. Remembered and
+        counted as a plan of its own (factors all 1: the plan's own loss)."""
+        key = tuple(sorted(int(b) for b in pruned))
+        scales = tuple(sorted((int(b), float(f)) for b, f in factors.items() if float(f) != 1.0))
+        if not scales:
+            return self(key)
+        entry = ("compensated", key, scales)
+        self.asked.add(entry)
+        self._prefix_asked |= self._after_prefix(key)
+        if entry not in self.losses:
+            self._remember(entry, self._losses(list(key), factors=dict(scales)))
+        return self.losses[entry]
+
+    def _remember(self, key: tuple, losses: list[float]) -> None:
         self.window_losses[key] = losses
         loss = sum(losses) / len(self.windows)
         self.losses[key] = loss if math.isfinite(loss) else math.inf
@@ -230,13 +247,16 @@ class PlanLoss:
                 and min(pruned) + len(pruned) < self.num_layers)
 
     @torch.no_grad()
-    def _losses(self, pruned: list[int], bound: float | None = None) -> list[float]:
+    def _losses(self, pruned: list[int], bound: float | None = None, factors: Mapping[int, float] | None = None) -> list[float]:
         """The plan's window losses; with ``bound``, only until their sum reaches ``bound`` times the
-        number of windows (then the plan's loss cannot be below ``bound``), batch by batch."""
+        number of windows (then the plan's loss cannot be below ``bound``), batch by batch; with
+        ``factors``, the stream entering those blocks multiplied (``compensated``)."""
         model = self.model
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
+        factors = dict(factors or {})
+        layers = list(decoder_layers(model))  # the blocks as objects: the hooks follow them through the pruning
 
         def settled(losses: list[float]) -> bool:  # window losses are never negative: the mean can only grow
             return bound is not None and sum(losses) >= bound * len(self.windows)
@@ -247,17 +267,23 @@ class PlanLoss:
                 inputs = self._dense_inputs(device)
                 try:
                     pruned_config(model.config, pruned)  # the plan itself, which the prefix and the plan do not check
-                    with temporarily_pruned(model, list(range(first)) + pruned):  # the dense prefix and the plan
+                    after_first_gap = compensation.gaps(pruned, self.num_layers)[0][1]  # the first block run
+                    scaled = {layers[b]: f for b, f in factors.items() if b != after_first_gap}
+                    with temporarily_pruned(model, list(range(first)) + pruned), compensation.stream_scaled(scaled):
                         losses: list[float] = []
                         for i, ids in enumerate(self._batches):
-                            losses += self._losses_from(model, ids.to(device), inputs[i][first])
+                            hidden = inputs[i][first]
+                            if after_first_gap in factors:
+                                hidden = hidden * factors[after_first_gap]
+                            losses += self._losses_from(model, ids.to(device), hidden)
                             if settled(losses):
                                 break
                         return losses
                 except PlanRefusedError:  # the plan itself is refused (below, at once), or only with the prefix
                     pass  # removed too (Jamba's period): a plain pass
             try:
-                with temporarily_pruned(model, pruned) if pruned else nullcontext():
+                with temporarily_pruned(model, pruned) if pruned else nullcontext(), \
+                        compensation.stream_scaled({layers[b]: f for b, f in factors.items()}):
                     losses = []
                     for ids in self._batches:
                         losses += _window_losses(model, ids.to(device), self.scored)

@@ -10,11 +10,14 @@ For every non-padding token t, f_l(t) = h_l(t) / (||h_l(t)||_2 + 1e-8), in float
     G = sum_t f(t) f(t)^T          (an (N+1)x(N+1) matrix, accumulated in float64)
     S = G / count, diagonal set to 1
 
-and S_last is the same over only the last non-padding token of each sequence.
+and S_last is the same over only the last non-padding token of each sequence. The same pass also
+gives m_l, the mean of ||h_l(t)||_2 over the tokens: the stream's magnitude at each depth, which
+compensation (``lorp_lightning.compensation``) reads.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,12 +111,15 @@ class LayerStats:
         last_token_similarity: S_last, the same over the last non-padding token of each sequence.
         num_tokens: how many tokens S averages over.
         num_sequences: how many sequences (last tokens) S_last averages over.
+        norms: m_0..m_N, the mean L2 norm of each hidden state over the same tokens as S, an (N+1,)
+            float64 tensor; None for statistics saved before it was recorded.
     """
 
     similarity: Tensor
     last_token_similarity: Tensor
     num_tokens: int
     num_sequences: int
+    norms: Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -122,12 +128,15 @@ class LayerStats:
 
     def state_dict(self) -> dict[str, Any]:
         """The statistics as a dict of tensors and ints (what checkpoints and `save` store)."""
-        return {
+        state = {
             "similarity": self.similarity,
             "last_token_similarity": self.last_token_similarity,
             "num_tokens": self.num_tokens,
             "num_sequences": self.num_sequences,
         }
+        if self.norms is not None:
+            state["norms"] = self.norms
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> LayerStats:
@@ -136,6 +145,7 @@ class LayerStats:
             last_token_similarity=state["last_token_similarity"],
             num_tokens=int(state["num_tokens"]),
             num_sequences=int(state["num_sequences"]),
+            norms=state.get("norms"),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -180,9 +190,10 @@ class LayerSimilarity(Metric):
         self.add_state("last_token_gram", torch.zeros(size, size, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_tokens", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_sequences", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("norm_sum", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")  # NaN: norms not given
 
     def update(self, hidden_states: Tensor | Sequence[Tensor], attention_mask: Tensor | None = None,
-               normalized: bool = False) -> None:
+               normalized: bool = False, norms: Tensor | None = None) -> None:
         """Add one batch.
 
         Args:
@@ -190,7 +201,9 @@ class LayerSimilarity(Metric):
                 tensor or a sequence of N+1 (B, T, D) tensors, in any dtype.
             attention_mask: (B, T), 1 for real tokens and 0 for padding; all ones if None.
             normalized: True when the states are already f_l = h_l / (||h_l|| + 1e-8) in
-                float32, as `HiddenStateRecorder.pop` returns them (saves normalising twice).
+                float32, as `HiddenStateRecorder.pop_with_norms` returns them (saves normalising twice).
+            norms: with ``normalized``, the (N+1, B, T) norms ||h_l(t)|| of the states before
+                they were normalised (else the statistics have no ``norms``).
         """
         if not isinstance(hidden_states, Tensor):
             hidden_states = torch.stack(list(hidden_states))
@@ -206,6 +219,11 @@ class LayerSimilarity(Metric):
             raise ValueError(f"attention_mask must have shape {(batch, length)}, got {tuple(attention_mask.shape)}")
         attention_mask = attention_mask.to(hidden_states.device)
         gram, count = gram_of_states(hidden_states, attention_mask.bool(), normalized)  # (1) G
+        if not normalized:
+            norms = torch.linalg.vector_norm(hidden_states.float(), dim=-1)
+        real = attention_mask.bool()
+        self.norm_sum += (norms[:, real].double().sum(dim=1).to(self.norm_sum.device) if norms is not None
+                          else torch.full_like(self.norm_sum, math.nan))
         self.gram += gram.to(self.gram.device)
         self.num_tokens += count
         has_tokens = attention_mask.bool().any(dim=1)
@@ -223,6 +241,7 @@ class LayerSimilarity(Metric):
             last_token_similarity=_similarity_from_gram(self.last_token_gram, self.num_sequences).cpu(),
             num_tokens=int(self.num_tokens.item()),
             num_sequences=int(self.num_sequences.item()),
+            norms=None if torch.isnan(self.norm_sum).any() else (self.norm_sum / self.num_tokens).cpu(),
         )
 
 
@@ -245,6 +264,7 @@ class HiddenStateRecorder:
         self.layers = decoder_layers(model)
         self.num_layers = len(self.layers)
         self._states: Tensor | None = None
+        self._norms: Tensor | None = None
         self._seen = 0
         self._handles: list[Any] = []
 
@@ -271,17 +291,23 @@ class HiddenStateRecorder:
 
     def pop(self) -> Tensor:
         """The normalised states h_0..h_N of the last forward pass, as a (N+1, B, T, D) tensor."""
+        return self.pop_with_norms()[0]
+
+    def pop_with_norms(self) -> tuple[Tensor, Tensor]:
+        """The normalised states of the last forward pass, and their norms before normalising: the
+        (N+1, B, T, D) f_l and the (N+1, B, T) ||h_l(t)|| in float32."""
         if self._states is None or self._seen != self.num_layers + 1:
             raise RuntimeError(
                 f"the recorder saw {self._seen} of the {self.num_layers + 1} hidden states; "
                 "run one full forward pass of the model between calls to pop()"
             )
-        states, self._states, self._seen = self._states, None, 0
-        return states
+        states, norms, self._states, self._norms, self._seen = self._states, self._norms, None, None, 0
+        return states, norms
 
     def _store(self, index: int, hidden: Tensor) -> None:
         if index == 0 or self._states is None:
             self._states = torch.empty((self.num_layers + 1, *hidden.shape), dtype=torch.float32, device=hidden.device)
+            self._norms = torch.empty((self.num_layers + 1, *hidden.shape[:-1]), dtype=torch.float32, device=hidden.device)
             self._seen = 0
         hidden = hidden.float()
         norms = torch.linalg.vector_norm(hidden, dim=-1, keepdim=True)
@@ -291,6 +317,7 @@ class HiddenStateRecorder:
             where = f"entering block {index}" if index < self.num_layers else f"leaving block {index - 1}"
             raise FloatingPointError(f"non-finite values (inf or NaN) in the hidden state {where} (or values whose float32 norm overflows)")
         torch.div(hidden, norms + EPS, out=self._states[index])  # f_l = h_l / (||h_l|| + 1e-8)
+        self._norms[index] = norms.squeeze(-1)
         self._seen += 1
 
     def _input_hook(self, index: int):
@@ -395,7 +422,8 @@ def collect_layer_stats(model: nn.Module, batches: Iterable[Tensor | Mapping[str
             for batch in tqdm(batches, desc="calibration", unit="batch", disable=not progress):
                 input_ids, attention_mask = model_inputs(batch, device)
                 stack(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-                metric.update(recorder.pop(), attention_mask, normalized=True)
+                states, norms = recorder.pop_with_norms()
+                metric.update(states, attention_mask, normalized=True, norms=norms)
     finally:
         model.train(was_training)
     return metric.compute()

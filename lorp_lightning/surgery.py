@@ -17,7 +17,7 @@ import copy
 import functools
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lorp_lightning import compensation
 from lorp_lightning._validation import is_integer
 from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers, skeleton
 
@@ -51,7 +52,8 @@ RECORD_ATTRIBUTE = "lorp_pruning"
 """Name of the config attribute that records the pruning (a JSON-able dict, saved in config.json)."""
 
 
-def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) -> nn.Module:
+def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True,
+                 compensate: Mapping[int, float] | None = None) -> nn.Module:
     """Remove decoder blocks from ``model`` and return the pruned model.
 
     Args:
@@ -64,6 +66,11 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
             model's current numbering), or a ``PruningPlan`` computed on this model (its
             ``pruned`` blocks are removed; its method, RLS and K are recorded).
         inplace: change ``model`` itself (True) or a deep copy of it, leaving ``model`` as it was.
+        compensate: None, or the factor of the stream at each gap, by the kept block right after
+            the gap (current numbering): ``{b: c}`` gives the logits of the pruned model with the
+            stream entering block b multiplied by c, folded into the weights (what every block from
+            b on writes into the stream is divided by c; ``lorp_lightning.compensation``, whose
+            ``gap_factors`` computes them from the statistics). The record lists the factors.
 
     The kept blocks stay in order, as the same module objects; every ``layer_idx`` below them
     is renumbered 0..M-1; the config's depth and per-block lists follow; and
@@ -73,7 +80,9 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
 
     Raises:
         ValueError: bad ``plan_or_blocks``, a plan computed for another depth, or a model that
-            cannot be pruned correctly (offloaded weights, settings that tie a block to its index).
+            cannot be pruned correctly (offloaded weights, settings that tie a block to its index);
+            ``compensate`` with a key that is not the block after a gap, a factor that is not finite
+            and positive, or for a family where no fold is exact (named in the message).
         PlanRefusedError: (a ValueError) a plan this model's family cannot take exactly: a kept
             block would change (Jamba's period), read a removed block's keys and values (Gemma 4's
             shared blocks), or not reload as it is; or every attention block of a hybrid; or a
@@ -83,20 +92,31 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True) ->
             a model whose blocks the generic path cannot find (``BlocksNotFoundError``) or run, or
             a table entry that does not make the pruned config valid.
     """
-    return _prune(model, plan_or_blocks, inplace, check_cache=True)
+    return _prune(model, plan_or_blocks, inplace, check_cache=True, compensate=compensate)
 
 
-def _prune(model: nn.Module, plan_or_blocks: Any, inplace: bool, check_cache: bool) -> nn.Module:
+def _prune(model: nn.Module, plan_or_blocks: Any, inplace: bool, check_cache: bool,
+           compensate: Mapping[int, float] | None = None) -> nn.Module:
     """``prune_layers``; ``check_cache``: a generic pruning is proven with the KV cache too (a
     trial inside ``temporarily_pruned`` runs without the cache, and skips that part)."""
+    if compensate is not None:
+        compensation.check_compensable(model)  # the family first: a generic one is refused here
     architecture = architecture_of(model)
     layers = decoder_layers(model)
     num_layers = len(layers)
-    pruned, new_config = _pruned_config(model.config, architecture, plan_or_blocks, num_layers)
+    pruned, new_config = _pruned_config(model.config, architecture, plan_or_blocks, num_layers, compensate)
     _refuse_offload(model)
     if architecture.generic:  # not in the table: proven on the spot, or refused with the model as it was
         return _proven(model, architecture, pruned, new_config, inplace, check_cache)
-    return _pruned_in_place(model if inplace else copy.deepcopy(model), architecture, pruned, new_config)
+    kept = [i for i in range(num_layers) if i not in set(pruned)]
+    if compensate is not None:
+        factors = compensation.check_factors(compensate, pruned, num_layers)
+        scales = compensation.writer_scales(kept, factors)
+        compensation.check_writers(model, architecture, [b for b, s in zip(kept, scales, strict=True) if s != 1.0])
+    result = _pruned_in_place(model if inplace else copy.deepcopy(model), architecture, pruned, new_config)
+    if compensate is not None:
+        compensation.fold(decoder_layers(result), architecture, scales)
+    return result
 
 
 def _pruned_in_place(model: nn.Module, architecture: Architecture, pruned: list[int], new_config: Any) -> nn.Module:
@@ -594,10 +614,14 @@ def _offload_in(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- config
 
 
-def _pruned_config(config: Any, architecture: Architecture, plan_or_blocks: Any, num_layers: int) -> tuple[list[int], Any]:
+def _pruned_config(config: Any, architecture: Architecture, plan_or_blocks: Any, num_layers: int,
+                   compensate: Mapping[int, float] | None = None) -> tuple[list[int], Any]:
     """The blocks to remove (current numbering, ascending) and the checked pruned copy of ``config``,
-    for a model of ``num_layers`` blocks; raises before returning anything for what cannot be pruned."""
+    for a model of ``num_layers`` blocks; raises before returning anything for what cannot be pruned.
+    ``compensate``: the factors by block, checked, which the record then lists."""
     pruned, step = _read_request(plan_or_blocks, num_layers)
+    if compensate is not None:
+        step["compensation"] = compensation.check_factors(compensate, pruned, num_layers)
     _refuse_what_cannot_be_made_right(config, architecture, num_layers)
     kept = [i for i in range(num_layers) if i not in set(pruned)]
     record = _composed_record(config, num_layers, pruned, step)
@@ -846,10 +870,13 @@ def _composed_record(config: Any, num_layers: int, pruned: list[int], step: dict
             f"means): delete config.{RECORD_ATTRIBUTE} or prune an unchanged model"
         )
     step_pruned = [original_index[i] for i in pruned]
+    entry = {"method": step["method"], "pruned_layers": step_pruned, "rls": step["rls"], "num_clusters": step["num_clusters"]}
+    if "compensation" in step:  # the stream's factor at each gap, by the kept block after it (original numbering)
+        entry["compensation"] = [{"block": original_index[b], "factor": f} for b, f in sorted(step["compensation"].items())]
     return {
         "original_num_layers": original_num_layers,
         "pruned_layers": sorted(already_pruned + step_pruned),
-        "steps": steps + [{"method": step["method"], "pruned_layers": step_pruned, "rls": step["rls"], "num_clusters": step["num_clusters"]}],
+        "steps": steps + [entry],
     }
 
 

@@ -51,7 +51,8 @@ class _Listener:
     def update(self, batch: Any) -> None:
         assert self.recorder is not None and self.metric is not None
         input_ids, attention_mask = model_inputs(batch, self.metric.device)
-        self.metric.update(self.recorder.pop(), attention_mask, normalized=True)
+        states, norms = self.recorder.pop_with_norms()
+        self.metric.update(states, attention_mask, normalized=True, norms=norms)
         for ids, mask in zip(input_ids, attention_mask, strict=True):
             if len(self.windows) < CHECK_WINDOWS and bool(mask.all()) and (not self.windows or ids.numel() == self.windows[0].numel()):
                 self.windows.append(ids.detach().to("cpu", copy=True))
