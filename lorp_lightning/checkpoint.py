@@ -93,11 +93,16 @@ def prune_checkpoint(plan_or_blocks: Any, checkpoint_dir: str | os.PathLike, out
         FileNotFoundError: a missing ``checkpoint_dir``, ``config.json``, weights, shard or plan file.
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
         TypeError: ``plan_or_blocks`` of another type.
-        NotImplementedError: an architecture not in the table.
+        NotImplementedError: an architecture not in the table, or a plan with a compensation (not folded on disk).
     """
     checkpoint = _checked_checkpoint_dir(checkpoint_dir)
     out = _checked_out_dir(out_dir, checkpoint, overwrite)
     request = _read_plan_file(plan_or_blocks) if isinstance(plan_or_blocks, (str, os.PathLike)) else plan_or_blocks
+    if getattr(request, "compensation", None) is not None:
+        raise NotImplementedError(
+            "the plan carries a compensation (chosen with compensate=True / --compensate), which pruning a checkpoint on "
+            "disk does not fold into the weights yet: prune the model in memory (prune_layers, or lorp prune "
+            "--compensate), or apply a plan chosen without compensation")
     rewrite = _plan_rewrite(request, checkpoint)
     with OutputDirectory(out, overwrite) as output:
         rewrite.write(output.path)

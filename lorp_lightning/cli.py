@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
                                    "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last")
     prune_parser.add_argument("--num-clusters", type=_positive_int, help="lorp: force K instead of deriving it from the RLS")
+    prune_parser.add_argument("--compensate", action="store_true",
+                              help="fold a training-free correction of the stream's scale at each gap into the kept weights, "
+                                   "its strength chosen on the calibration loss of the first 8 calibration windows "
+                                   "(docs/method.md, Compensation)")
     prune_parser.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
     _add_calibration(prune_parser)
     _add_evaluation(prune_parser)
@@ -345,25 +349,29 @@ def _check_method(method: str) -> None:
         raise UsageError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
 
-def _select(stats, amount, method, *, seed: int, quiet: bool, model=None, windows=None, num_clusters=None):
+def _select(stats, amount, method, *, seed: int, quiet: bool, model=None, windows=None, num_clusters=None,
+            compensate: bool = False):
     """The plan of ``method``; a method that tries plans on the model checks them on ``windows``
-    (the calibration windows of --text), the others read ``stats`` alone."""
+    (the calibration windows of --text), the others read ``stats`` alone (with ``compensate``, the
+    strength is checked on ``windows`` too)."""
     from lorp_lightning.methods import get_method, select_layers
 
-    reads_model = get_method(method).reads_model
+    on_model = get_method(method).reads_model or compensate
     try:
         return select_layers(stats, amount, method=method, num_clusters=num_clusters, seed=seed,
-                             model=model if reads_model else None, windows=windows if reads_model else None,
-                             progress=not quiet)
+                             model=model if on_model else None, windows=windows if on_model else None,
+                             progress=not quiet, compensate=compensate)
     except ValueError as error:
-        raise UsageError(str(error).replace("num_clusters", "--num-clusters").replace("method=", "--method ")) from error
+        raise UsageError(str(error).replace("num_clusters", "--num-clusters").replace("method=", "--method ")
+                         .replace("compensate=True", "--compensate")) from error
 
 
-def _check_windows(methods: list[str], tokenizer, text: str, window: int, count: int):
-    """The calibration windows of --text, read once, if one of ``methods`` tries plans on the model; else None."""
+def _check_windows(methods: list[str], tokenizer, text: str, window: int, count: int, compensate: bool = False):
+    """The calibration windows of --text, read once, if one of ``methods`` tries plans on the model (or
+    ``compensate`` checks its strength); else None."""
     from lorp_lightning.methods import get_method
 
-    if not any(get_method(method).reads_model for method in methods):
+    if not compensate and not any(get_method(method).reads_model for method in methods):
         return None
     return _calibration_windows(tokenizer, text, window, count)
 
@@ -437,8 +445,9 @@ def _evaluate(models: dict, windows, *, quiet: bool, prompt_tokens: int, new_tok
 def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, amount: int | float, method: str,
           num_clusters: int | None, seed: int, text: str, windows: int, window: int, batch_size: int, stats: str | None,
           eval_text: str, eval_windows: int, speed_repeats: int, prompt_tokens: int, new_tokens: int, heal_steps: int,
-          distill: bool, lm_weight: float | None) -> dict:
-    """``lorp prune``: the statistics, the plan of ``method`` for ``amount``, the pruned model (healed for
+          distill: bool, lm_weight: float | None, compensate: bool = False) -> dict:
+    """``lorp prune``: the statistics, the plan of ``method`` for ``amount`` (compensated with ``compensate``),
+    the pruned model (healed for
     ``heal_steps`` first, by distillation from the dense model with ``distill``), dense and pruned measured side
     by side, the pruned model and the report saved to ``out`` (``"pruned/MODEL-METHOD-AMOUNT"``: named from
     them); the report."""
@@ -458,12 +467,19 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
         start = time.perf_counter()
         dense, tokenizer = _load(model, dtype, quiet, device)
         timings["load_seconds"] = time.perf_counter() - start
+        if compensate:  # a family where no fold is exact: refused before the calibration pass
+            from lorp_lightning.compensation import check_compensable
+
+            try:
+                check_compensable(dense)
+            except ValueError as error:
+                raise UsageError(f"--compensate: {error}") from error
         layer_stats, timings["calibration_seconds"] = _calibrate(dense, tokenizer, stats_file=stats, text=text, window=window,
                                                                  count=windows, batch_size=batch_size, quiet=quiet)
         analysis = _select(layer_stats, 1, "lorp", seed=seed, quiet=quiet)
         start = time.perf_counter()
-        plan = _select(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense,
-                       windows=_check_windows([method], tokenizer, text, window, windows), num_clusters=num_clusters)
+        plan = _select(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense, compensate=compensate,
+                       windows=_check_windows([method], tokenizer, text, window, windows, compensate), num_clusters=num_clusters)
         timings["selection_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         pruned = prune_layers(dense, plan, inplace=False)

@@ -261,6 +261,7 @@ def select_layers(
     score_last: int | None = SCORE_LAST,
     progress: bool = False,
     shared_checks: Any = None,
+    compensate: bool = False,
 ) -> PruningPlan:
     """Choose the decoder blocks to prune.
 
@@ -294,6 +295,10 @@ def select_layers(
             a new one over ``windows[:check_windows]`` (which it replaces): a study of several
             methods and budgets computes each plan's loss once. The plan's cost still counts
             what this selection asked for, as if run alone.
+        compensate: also choose the compensation of the plan (``lorp_lightning.compensation``):
+            the strength of ``STRENGTHS`` whose factors give the plan the lowest loss on the check
+            windows, recorded in ``plan.compensation`` for ``prune_layers`` to fold in. Needs
+            ``model`` and ``windows`` (for any method) and a ``LayerStats`` with ``norms``.
 
     Returns:
         A ``PruningPlan`` whose ``cost`` records the window
@@ -307,7 +312,12 @@ def select_layers(
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if num_clusters is not None and name != "lorp":
         raise ValueError(f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={name!r}")
-    if entry.reads_model:
+    if not isinstance(compensate, bool):
+        raise ValueError(f"compensate must be True or False, got compensate={compensate!r}")
+    if compensate:
+        _check_compensation(stats_or_similarity, model if shared_checks is None else shared_checks.model,
+                            windows if shared_checks is None else shared_checks.windows)
+    if entry.reads_model or compensate:
         if shared_checks is not None:
             model, windows, check_windows, check_tokens, score_last = (
                 shared_checks.model, shared_checks.windows, len(shared_checks.windows), None, shared_checks.score_last)
@@ -348,12 +358,38 @@ def select_layers(
     seconds = time.perf_counter() - start
     _check_plan(name, chosen.pruned if isinstance(chosen, PruningPlan) else chosen, ctx)  # before any conversion
     plan = chosen if isinstance(chosen, PruningPlan) else _plan(ctx, chosen)
+    if compensate:
+        plan.compensation = _compensation(ctx, plan.pruned)
     for loss in ctx.checks:
         ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
     statistics = getattr(stats_or_similarity, "num_sequences", None) if entry.reads_stats else 0
     plan.cost = {"statistics_windows": statistics, "check_windows": ctx.cost.get("check_windows", 0), **ctx.cost,
                  "seconds": seconds}
     return plan
+
+
+def _check_compensation(stats: Any, model: Any, windows: Any) -> None:
+    """What ``compensate=True`` needs, refused before any selection work."""
+    from lorp_lightning.compensation import check_compensable
+
+    if getattr(stats, "norms", None) is None:
+        raise ValueError("compensate=True reads the stream's norms of the statistics: pass the LayerStats of "
+                         "collect_layer_stats (statistics saved before norms were recorded have none: collect them again)")
+    if model is None or windows is None:
+        raise ValueError("compensate=True chooses its strength on the calibration loss: pass model= and windows=")
+    check_compensable(model)  # a family where no fold is exact is refused by name
+
+
+def _compensation(ctx: SelectionContext, pruned: list[int]) -> dict[str, Any]:
+    """The plan's compensation, its strength chosen on the checks the selection ran (or new ones)."""
+    from lorp_lightning.compensation import fit_strength
+
+    loss = ctx.checks[-1] if ctx.checks else ctx.plan_loss()  # the selection's own checks go on counting
+    before = loss.window_passes
+    strength, factors, tried = fit_strength(loss, pruned, ctx.stats.norms.tolist())
+    return {"strength": strength, "factors": [{"block": b, "factor": f} for b, f in sorted(factors.items())],
+            "tried": [{"strength": s, "loss": value} for s, value in tried.items()],
+            "check_windows": loss.window_passes - before}
 
 
 def _plan(ctx: SelectionContext, pruned: Sequence[int], **fields: Any) -> PruningPlan:

@@ -103,8 +103,14 @@ class PruningPlan:
             candidates of the locality analysis, then ``move i`` for each improving move;
             ``sleb``: ``step i``, the blocks removed after i steps), else None.
         cost: what the selection ran: ``statistics_windows`` (the calibration pass it read, 0 for
-            methods that read only the model), ``check_windows`` (window passes of loss checks),
-            ``plans_checked`` where plans were tried, and ``seconds`` (selection only).
+            methods that read only the model), ``check_windows`` (window passes of loss checks,
+            compensation's included), ``plans_checked`` where plans were tried, and ``seconds``
+            (selection only).
+        compensation: with ``select_layers(..., compensate=True)``: the factor of the stream at each
+            gap, which ``prune_layers`` folds into the kept weights (``lorp_lightning.compensation``):
+            ``{"strength": s, "factors": [{"block": b, "factor": c}, ...], "tried": [{"strength":
+            s, "loss": calibration loss}, ...], "check_windows": window passes of its checks}``;
+            else None.
     """
 
     method: str
@@ -119,6 +125,7 @@ class PruningPlan:
     seed: int | None = None
     candidates: list[dict[str, Any]] | None = None
     cost: dict[str, Any] | None = field(default=None, compare=False)  # a measurement, not part of the plan
+    compensation: dict[str, Any] | None = None
 
     @property
     def num_pruned(self) -> int:
@@ -131,6 +138,9 @@ class PruningPlan:
         d["scores"] = None if self.scores is None else [_encode_float(s) for s in self.scores]
         if self.candidates is not None:
             d["candidates"] = [dict(c, loss=_encode_float(c["loss"])) for c in self.candidates]
+        if self.compensation is not None:
+            d["compensation"] = dict(self.compensation, tried=[dict(t, loss=_encode_float(t["loss"]))
+                                                               for t in self.compensation["tried"]])
         return d
 
     @classmethod
@@ -145,6 +155,10 @@ class PruningPlan:
             d["scores"] = [_decode_float(s) for s in d["scores"]]
         if d.get("candidates") is not None:
             d["candidates"] = [dict(c, loss=_decode_float(c["loss"])) for c in d["candidates"]]
+        if d.get("compensation") is not None:
+            c = d["compensation"]
+            d["compensation"] = dict(c, factors=[{"block": int(f["block"]), "factor": float(f["factor"])} for f in c["factors"]],
+                                     tried=[dict(t, loss=_decode_float(t["loss"])) for t in c["tried"]])
         for key in ("pruned", "kept", "protected", "labels"):
             if d.get(key) is not None:
                 d[key] = [int(x) for x in d[key]]
@@ -169,6 +183,10 @@ class PruningPlan:
         s += f"; protected {self.protected}"
         if self.seed is not None:
             s += f"; seed {self.seed}"
+        if self.compensation is not None:
+            factors = ", ".join(f"{f['block']}: {f['factor']:.3f}" for f in self.compensation["factors"])
+            s += f"; compensated, strength {self.compensation['strength']:g}"
+            s += f" (factors {factors})" if self.compensation["strength"] else ""
         return s
 
 

@@ -71,6 +71,7 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True,
             stream entering block b multiplied by c, folded into the weights (what every block from
             b on writes into the stream is divided by c; ``lorp_lightning.compensation``, whose
             ``gap_factors`` computes them from the statistics). The record lists the factors.
+            Default: a plan's own ``compensation`` (``select_layers(..., compensate=True)``), if any.
 
     The kept blocks stay in order, as the same module objects; every ``layer_idx`` below them
     is renumbered 0..M-1; the config's depth and per-block lists follow; and
@@ -99,6 +100,8 @@ def _prune(model: nn.Module, plan_or_blocks: Any, inplace: bool, check_cache: bo
            compensate: Mapping[int, float] | None = None) -> nn.Module:
     """``prune_layers``; ``check_cache``: a generic pruning is proven with the KV cache too (a
     trial inside ``temporarily_pruned`` runs without the cache, and skips that part)."""
+    if compensate is None and getattr(plan_or_blocks, "compensation", None) is not None:  # a plan chosen with it
+        compensate = {f["block"]: f["factor"] for f in plan_or_blocks.compensation["factors"]}
     if compensate is not None:
         compensation.check_compensable(model)  # the family first: a generic one is refused here
     architecture = architecture_of(model)

@@ -38,16 +38,22 @@ def test_prune_saves_a_model_that_plain_transformers_reloads_and_reports_both_si
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorp_lightning import LayerStats, select_layers
+    from lorp_lightning.compensation import STRENGTHS, gap_factors
 
     analysis = tmp_path / "analysis"
     assert main(["analyze", *SMALL, "--out", str(analysis)]) == 0
     out = tmp_path / "pruned"
     code = main(["prune", "--amount", "0.25", "--method", "shortgpt", "--stats", str(analysis / "stats.pt"),
-                 "--out", str(out), *SMALL, *SMALL_EVAL])
+                 "--compensate", "--out", str(out), *SMALL, *SMALL_EVAL])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    expected = select_layers(LayerStats.load(analysis / "stats.pt"), 0.25, method="shortgpt")
+    stats = LayerStats.load(analysis / "stats.pt")
+    expected = select_layers(stats, 0.25, method="shortgpt")
     assert report["plan"]["pruned"] == expected.pruned and len(expected.pruned) == 7
+    compensation = report["plan"]["compensation"]  # its strength checked on the calibration windows, the factors folded in
+    assert compensation["strength"] in STRENGTHS
+    factors = gap_factors(stats.norms.tolist(), expected.pruned, compensation["strength"])
+    assert compensation["factors"] == [{"block": b, "factor": pytest.approx(f)} for b, f in sorted(factors.items())]
     assert report["metrics"]["dense"]["num_layers"] == 30 and report["metrics"]["pruned"]["num_layers"] == 23
     for side in ("dense", "pruned"):
         metrics = report["metrics"][side]
@@ -60,6 +66,7 @@ def test_prune_saves_a_model_that_plain_transformers_reloads_and_reports_both_si
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert reloaded.config.num_hidden_layers == 23
     assert reloaded.config.lorp_pruning["pruned_layers"] == expected.pruned
+    assert reloaded.config.lorp_pruning["steps"][-1]["compensation"] == compensation["factors"]
     ids = tokenizer("The history of the city", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.isfinite(reloaded(ids).logits).all()

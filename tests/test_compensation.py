@@ -22,7 +22,9 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 from lorp_lightning import compensation
 from lorp_lightning.architectures import ARCHITECTURES, decoder_layers
 from lorp_lightning.compensation import gap_factors, gaps
+from lorp_lightning.methods import select_layers
 from lorp_lightning.search import PlanLoss, calibration_loss
+from lorp_lightning.selection import PruningPlan
 from lorp_lightning.stats import collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record
 
@@ -250,3 +252,64 @@ def test_a_model_with_lora_adapters_is_refused():
     model = peft.get_peft_model(build("llama"), peft.LoraConfig(r=2, target_modules=["o_proj"])).base_model.model
     with pytest.raises(ValueError, match=r"LoRA adapters .*merge them first"):
         compensation.check_compensable(model)
+
+
+# --------------------------------------------------------------------------- chosen with the plan
+
+
+@pytest.fixture(scope="module")
+def chosen():
+    model = build("llama")
+    windows = torch.randint(3, VOCAB - 3, (4, 16), generator=torch.Generator().manual_seed(3))
+    stats = collect_layer_stats(model, windows.split(2), progress=False)
+    plan = select_layers(stats, 2, method="lorp_search", model=model, windows=windows, compensate=True)
+    return model, windows, stats, plan
+
+
+def test_select_layers_compensate_records_the_strength_of_lowest_check_loss_and_its_factors(chosen):
+    model, windows, stats, plan = chosen
+    checks = PlanLoss(build("llama"), windows)  # the same windows: select_layers checks all 4 (fewer than 8 given)
+    tried = {t["strength"]: t["loss"] for t in plan.compensation["tried"]}
+    assert set(tried) == set(compensation.STRENGTHS)
+    for strength, value in tried.items():
+        assert value == pytest.approx(checks.compensated(plan.pruned, gap_factors(stats.norms.tolist(), plan.pruned, strength)),
+                                      rel=1e-6)
+    strength = plan.compensation["strength"]
+    assert tried[strength] == min(tried.values())
+    factors = gap_factors(stats.norms.tolist(), plan.pruned, strength)
+    assert plan.compensation["factors"] == [{"block": b, "factor": f} for b, f in sorted(factors.items())]
+    assert plan.compensation["check_windows"] == 4 * (len(compensation.STRENGTHS) - 1)  # the plan itself was checked
+    assert plan.cost["check_windows"] >= plan.compensation["check_windows"]
+
+
+def test_prune_layers_folds_a_plans_own_compensation_and_the_plan_survives_json(chosen):
+    model, windows, stats, plan = chosen
+    factors = {f["block"]: f["factor"] for f in plan.compensation["factors"]}
+    expected = prune_layers(build("llama"), plan.pruned, compensate=factors)
+    pruned = prune_layers(build("llama"), PruningPlan.from_json(plan.to_json()))
+    torch.testing.assert_close(logits_with_stream_scaled(pruned, {}), logits_with_stream_scaled(expected, {}), rtol=0, atol=0)
+    assert PruningPlan.from_json(plan.to_json()) == plan
+    assert "compensated, strength" in str(plan)
+
+
+def test_select_layers_compensate_needs_the_model_and_windows_and_the_norms(chosen):
+    model, windows, stats, _ = chosen
+    with pytest.raises(ValueError, match=r"compensate=True chooses its strength on the calibration loss: pass model= and windows="):
+        select_layers(stats, 2, method="shortgpt", compensate=True)
+    old = type(stats)(stats.similarity, stats.last_token_similarity, stats.num_tokens, stats.num_sequences)  # no norms
+    with pytest.raises(ValueError, match=r"compensate=True reads the stream's norms"):
+        select_layers(old, 2, method="shortgpt", model=model, windows=windows, compensate=True)
+    with pytest.raises(ValueError, match=r"compensation is not available for the 'olmo2' family"):
+        select_layers(stats, 2, method="shortgpt", model=build("olmo2"), windows=windows, compensate=True)
+    with pytest.raises(ValueError, match=r"compensate must be True or False, got compensate=1"):
+        select_layers(stats, 2, method="shortgpt", compensate=1)
+
+
+def test_pruning_a_checkpoint_on_disk_refuses_a_compensated_plan_and_writes_nothing(chosen, tmp_path):
+    from lorp_lightning import prune_checkpoint
+
+    model, _, _, plan = chosen
+    model.save_pretrained(tmp_path / "dense")
+    with pytest.raises(NotImplementedError, match=r"the plan carries a compensation .* does not fold"):
+        prune_checkpoint(plan, tmp_path / "dense", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

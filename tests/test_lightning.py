@@ -171,6 +171,7 @@ def test_prune_callback_rejects_an_unknown_method_and_lists_the_methods():
         (dict(protect="0"), "protect='0'"),
         (dict(protect=[0, -1]), "protect=(0, -1)"),
         (dict(seed=-1), "seed=-1"),
+        (dict(compensate="yes"), "compensate='yes'"),
     ],
 )
 def test_prune_callback_rejects_other_bad_arguments_naming_the_value(kwargs, words):
@@ -615,3 +616,38 @@ def test_a_callable_method_returning_a_bad_plan_is_refused_and_the_model_is_left
     assert module.model.state_dict().keys() == state.keys()
     assert all(torch.equal(module.model.state_dict()[k], v) for k, v in state.items())
     assert callback.plan is None
+
+
+def test_compensate_prunes_and_folds_the_factors_select_layers_chooses_on_the_same_statistics_and_windows(tokenizer, tmp_path):
+    model = tiny_llama(len(tokenizer))
+    module = LoRPModule(copy.deepcopy(model), tokenizer)
+    dm = stories(tokenizer, num_calibration_windows=10)
+    callback = LoRPPruneCallback(0.25, method="shortgpt", prune_on="predict_end", compensate=True)
+    make_trainer(tmp_path, callbacks=[callback]).predict(module, datamodule=dm)
+    windows = dm.windows("calibration")
+    assert torch.equal(callback.windows, windows[:8])  # a statistics-only method still checks the strength on windows
+    expected = select_layers(callback.stats, 0.25, method="shortgpt", model=model, windows=windows, compensate=True)
+    assert callback.plan == expected and callback.plan.compensation is not None
+    factors = {f["block"]: f["factor"] for f in expected.compensation["factors"]}
+    reference = prune_layers(copy.deepcopy(model), expected.pruned, compensate=factors)
+    ids = windows[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(module.model(ids).logits, reference(ids).logits, rtol=0, atol=0)
+    assert pruning_record(module.model)["steps"][-1]["compensation"] == expected.compensation["factors"]
+
+
+def test_compensate_on_a_family_where_no_fold_is_exact_is_refused_at_setup_before_any_batch(tmp_path):
+    from test_surgery import build
+
+    class Never(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise AssertionError("no batch should be read")
+
+    model = build("olmo2")
+    callback = LoRPPruneCallback(0.25, method="shortgpt", prune_on="predict_end", compensate=True)
+    with pytest.raises(ValueError, match=r"compensation is not available for the 'olmo2' family"):
+        make_trainer(tmp_path, callbacks=[callback]).predict(LoRPModule(model), torch.utils.data.DataLoader(Never()))
+    assert len(decoder_layers(model)) == 6

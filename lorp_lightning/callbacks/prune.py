@@ -30,6 +30,7 @@ from lorp_lightning.callbacks.location import (
     rebuild_optimizers,
 )
 from lorp_lightning.callbacks.statistics import LayerStatsCallback, _Gathering, _GatheringCallback
+from lorp_lightning.compensation import check_compensable
 from lorp_lightning.methods import DEFAULT_METHOD, get_method, select_layers
 from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
 from lorp_lightning.stats import LayerStats
@@ -111,6 +112,10 @@ class LoRPPruneCallback(_GatheringCallback):
         model: where the Hugging Face causal LM is in the LightningModule: an attribute name
             (default ``"model"``; dotted paths allowed, e.g. ``"net.lm"``) or a callable
             ``pl_module -> causal LM`` (see ``LayerStatsCallback``).
+        compensate: fold a training-free correction of the stream's scale at each gap into the kept
+            weights (``select_layers(..., compensate=True)``, ``lorp_lightning.compensation``): its
+            strength is chosen on the calibration windows, like the default method's plans. A family
+            where no fold is exact is refused at ``setup``, before any batch.
 
     After pruning, ``plan`` is the ``PruningPlan`` and
     ``stats`` the statistics it was chosen from; both are part of the callback's state.
@@ -129,6 +134,7 @@ class LoRPPruneCallback(_GatheringCallback):
         seed: int = 0,
         verbose: bool = True,
         model: ModelLocation = "model",
+        compensate: bool = False,
     ) -> None:
         if not is_budget(amount):  # the one budget rule (selection.is_budget); the message says what was wrong
             if is_integer(amount):
@@ -164,6 +170,9 @@ class LoRPPruneCallback(_GatheringCallback):
         self.protect = protect
         self.prune_on = prune_on
         self.seed = int(seed)
+        if not isinstance(compensate, bool):
+            raise ValueError(f"compensate must be True or False, got compensate={compensate!r}")
+        self.compensate = compensate
         self.verbose = verbose
         self.stages = ("predict",) if prune_on == "predict_end" else ("validation",)
         self.model = check_model_location(model, type(self).__name__)
@@ -212,6 +221,8 @@ class LoRPPruneCallback(_GatheringCallback):
         """The checks that need the causal LM, once it is found (``_Gathering``'s ``check``)."""
         if self.plan is None:
             self._check_budget(len(decoder_layers(model)))
+            if self.compensate:
+                check_compensable(model)  # a family where no fold is exact, refused by name before any batch
 
     @property
     def _method_shown(self) -> str:
@@ -281,18 +292,19 @@ class LoRPPruneCallback(_GatheringCallback):
         if _is_sharded(causal_lm):  # sharded by a strategy setup did not know: refuse, the model unchanged
             raise RuntimeError(self._sharded_message("found sharded when the pruning came"))
         model = windows = None
-        if self._method.reads_model:
+        if self._method.reads_model or self.compensate:
             source = self._stats_callback if self._stats_callback is not None else self
             if source.windows is None:
+                what = f"method={self._method.name!r}" if self._method.reads_model else "compensate=True"
                 raise RuntimeError(
-                    f"LoRPPruneCallback(method={self._method.name!r}) checks its plans on unpadded {self._listens_to} "
-                    "sequences, and none ran through the model; give it unpadded windows (TextDataModule's are)"
+                    f"LoRPPruneCallback({what}) checks on unpadded {self._listens_to} sequences, and none ran "
+                    "through the model; give it unpadded windows (TextDataModule's are)"
                 )
             model, windows = causal_lm, source.windows
         with torch.inference_mode(False):  # plans tried on the model run outside Lightning's inference mode
             plan = select_layers(
                 self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect,
-                seed=self.seed, model=model, windows=windows,
+                seed=self.seed, model=model, windows=windows, compensate=self.compensate,
             )
         plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
         with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode
@@ -318,6 +330,7 @@ class LoRPPruneCallback(_GatheringCallback):
             "lorp_rls": plan.rls,
             "lorp_num_clusters": plan.num_clusters,
             "lorp_prune_on": self.prune_on,
+            "lorp_compensation_strength": None if plan.compensation is None else plan.compensation["strength"],
         }
         for logger in trainer.loggers:
             logger.log_hyperparams(hyperparameters)

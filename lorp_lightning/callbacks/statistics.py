@@ -69,6 +69,7 @@ class _Listener:
                 last_token_similarity=stats.last_token_similarity.clone(),
                 num_tokens=stats.num_tokens,
                 num_sequences=stats.num_sequences,
+                norms=None if stats.norms is None else stats.norms.clone(),
             )
 
     def stop(self) -> None:
