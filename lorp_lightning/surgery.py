@@ -100,8 +100,7 @@ def _prune(model: nn.Module, plan_or_blocks: Any, inplace: bool, check_cache: bo
            compensate: Mapping[int, float] | None = None) -> nn.Module:
     """``prune_layers``; ``check_cache``: a generic pruning is proven with the KV cache too (a
     trial inside ``temporarily_pruned`` runs without the cache, and skips that part)."""
-    if compensate is None and getattr(plan_or_blocks, "compensation", None) is not None:  # a plan chosen with it
-        compensate = {f["block"]: f["factor"] for f in plan_or_blocks.compensation["factors"]}
+    compensate = _requested_compensation(plan_or_blocks, compensate)
     if compensate is not None:
         compensation.check_compensable(model)  # the family first: a generic one is refused here
     architecture = architecture_of(model)
@@ -287,7 +286,15 @@ def pruned_config(config: Any, plan_or_blocks: Any) -> Any:
             missing from the table or whose entry does not make the pruned config valid.
     """
     architecture = architecture_of(config)
-    return _pruned_config(config, architecture, plan_or_blocks, _depth(config, architecture))[1]
+    compensate = _requested_compensation(plan_or_blocks, None)
+    return _pruned_config(config, architecture, plan_or_blocks, _depth(config, architecture), compensate)[1]
+
+
+def _requested_compensation(plan_or_blocks: Any, compensate: Mapping[int, float] | None) -> Mapping[int, float] | None:
+    """The factors asked for: ``compensate``, else those of a plan chosen with compensation, else None."""
+    if compensate is None and getattr(plan_or_blocks, "compensation", None) is not None:
+        return {f["block"]: f["factor"] for f in plan_or_blocks.compensation["factors"]}
+    return compensate
 
 
 @contextmanager
