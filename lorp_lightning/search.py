@@ -185,7 +185,7 @@ class PlanLoss:
                 + sum(self._settled[key] for key in settled))
 
     def __call__(self, pruned: Iterable[int]) -> float:
-        key = tuple(sorted(int(b) for b in pruned))
+        key = self.key(pruned)
         self.asked.add(key)
         self._prefix_asked |= self._after_prefix(key)
         if key not in self.losses:
@@ -200,7 +200,7 @@ class PlanLoss:
         not run, and only the windows run count in ``window_passes``. The answer is exact. A plan
         found below ``bound`` has run every window, and its loss is remembered.
         """
-        key = tuple(sorted(int(b) for b in pruned))
+        key = self.key(pruned)
         self.asked.add(key)
         self._prefix_asked |= self._after_prefix(key)
         if key in self.losses:
@@ -220,16 +220,23 @@ class PlanLoss:
         kept block after a gap, in this model's numbering) multiplied by its factor: the loss of
         ``prune_layers(model, pruned, compensate=factors)``, without a weight changed. Remembered and
         counted as a plan of its own (factors all 1: the plan's own loss)."""
-        key = tuple(sorted(int(b) for b in pruned))
-        scales = tuple(sorted((int(b), float(f)) for b, f in factors.items() if float(f) != 1.0))
-        if not scales:
-            return self(key)
-        entry = ("compensated", key, scales)
+        entry = self.key(pruned, factors)
+        if entry[0] != "compensated":
+            return self(entry)
+        _, key, scales = entry
         self.asked.add(entry)
         self._prefix_asked |= self._after_prefix(key)
         if entry not in self.losses:
             self._remember(entry, self._losses(list(key), factors=dict(scales)))
         return self.losses[entry]
+
+    @staticmethod
+    def key(pruned: Iterable[int], factors: Mapping[int, float] | None = None) -> tuple:
+        """The key of a plan (with ``factors``, compensated) in ``losses`` and ``window_losses``: the
+        sorted blocks, or ``("compensated", blocks, ((block, factor), ...))`` for factors other than 1."""
+        blocks = tuple(sorted(int(b) for b in pruned))
+        scales = tuple(sorted((int(b), float(f)) for b, f in (factors or {}).items() if float(f) != 1.0))
+        return ("compensated", blocks, scales) if scales else blocks
 
     def _remember(self, key: tuple, losses: list[float]) -> None:
         self.window_losses[key] = losses
@@ -238,7 +245,7 @@ class PlanLoss:
 
     def refusal(self, pruned: Iterable[int]) -> str | None:
         """Why the model's family refused this plan (its loss is then infinite), or None."""
-        return self.refused.get(tuple(sorted(int(b) for b in pruned)))
+        return self.refused.get(self.key(pruned))
 
     def _after_prefix(self, pruned: Sequence[int]) -> bool:
         """Whether the plan's pass starts from the recorded dense prefix: its first removed block
