@@ -24,8 +24,18 @@ already holds, for the same model, dtype, windows and window length, is not eval
 per-window losses are copied, and the command that made them stays in the JSON's ``commands``.
 ``zeroshot`` adds zero-shot accuracy at the 1/4 budget for the
 default, the faithful ``lorp`` and the two best baselines by held-out wiki perplexity whose plans
-differ from the default's; ``render`` writes ``docs/study.md``
-and the plots ``docs/images/study_<model>.png``.
+differ from the default's; ``render`` writes ``docs/study.md`` (a summary per model, the plots
+``docs/images/study_<model>.png``, every method's table folded, then the sections of
+``rounds_study.py`` and of the sweep).
+
+The sweep, every budget k = 1 .. N // 3 (issue 35), written to its own folder and reusing the held-out
+losses of the plans the study has already measured:
+
+    python benchmarks/quality_study.py run --every-budget --out benchmarks/results/sweep --reuse-from benchmarks/results \
+        --methods lorp_search lorp lorp_checked sleb ppl shortgpt streamline angular
+
+It also records every plan's check loss and, for the default, whether any plan one swap away has a
+lower check loss (``swap_check``, each neighbour checked again with ``PlanLoss.below``).
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from lorp_lightning._io import write_json
 from lorp_lightning.assets import load_model, load_text
 from lorp_lightning.evaluation import token_windows
 from lorp_lightning.methods import CHECK_TOKENS, CHECK_WINDOWS, DEFAULT_METHOD, METHODS, REGISTRY, SCORE_LAST, select_layers
-from lorp_lightning.search import PlanLoss
+from lorp_lightning.search import PlanLoss, neighbours
 from lorp_lightning.stats import collect_layer_stats
 
 BUDGETS = (Fraction(1, 8), Fraction(1, 4), Fraction(1, 3))
@@ -61,18 +71,35 @@ def _commands(result: dict) -> list[str]:
     return result.get("commands") or [result["command"]]
 
 
-def _earlier_held_out(earlier: dict | None, dtype: str, windows: dict, window: int) -> dict[tuple, dict]:
-    """The held-out losses by plan of an earlier result with the same evaluation (empty if none)."""
-    if not earlier or earlier.get("dtype") != dtype or earlier.get("evaluation", {}).get("windows") != windows \
-            or earlier["evaluation"].get("window") != window or "window_losses" not in earlier.get("dense", {}):
-        return {}
-    held_out = {(): earlier["dense"]["window_losses"]}
-    for row in earlier["rows"]:
-        held_out[tuple(row["pruned"])] = row["window_losses"]
+def _earlier_held_out(earlier: list[dict], dtype: str, windows: dict, window: int) -> dict[tuple, dict]:
+    """The held-out losses by plan of earlier results with the same evaluation (empty if none)."""
+    held_out = {}
+    for result in earlier:
+        if result.get("dtype") != dtype or result.get("evaluation", {}).get("windows") != windows \
+                or result["evaluation"].get("window") != window or "window_losses" not in result.get("dense", {}):
+            continue
+        held_out[()] = result["dense"]["window_losses"]
+        for row in result["rows"]:
+            held_out[tuple(row["pruned"])] = row["window_losses"]
     return held_out
 
 
-def run_model(name: str, args, earlier: dict | None = None) -> dict:
+def every_budget(num_layers: int) -> list[int]:
+    """The sweep's budgets: every k from 1 to N // 3 blocks."""
+    return list(range(1, num_layers // 3 + 1))
+
+
+def swap_check(checks: PlanLoss, plan: list[int], num_layers: int, protected: list[int]) -> dict:
+    """Whether ``plan`` is a local optimum of the check loss under the default's swap neighbourhood
+    (``search.neighbours``): every neighbour is checked (each only as far as it can still beat the
+    plan, ``PlanLoss.below``), and those with a lower loss are listed with their losses."""
+    loss = checks(plan)
+    around = neighbours(plan, num_layers, set(protected))
+    better = [p for p in around if checks.below(p, loss)]
+    return {"neighbours": len(around), "better": [{"pruned": p, "check_loss": checks(p)} for p in better]}
+
+
+def run_model(name: str, args, earlier: list[dict] = ()) -> dict:
     torch.manual_seed(0)
     model, tokenizer = load_model(name, progress=False)  # dtype="auto", recorded in the results
     calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.calibration_windows)
@@ -80,21 +107,31 @@ def run_model(name: str, args, earlier: dict | None = None) -> dict:
     stats = collect_layer_stats(model, calibration.split(4), progress=False)
     stats_seconds = time.perf_counter() - start
     N = stats.num_layers
-    budgets = [int(b * N) for b in BUDGETS]  # rounded down
+    budgets = every_budget(N) if args.every_budget else [int(b * N) for b in BUDGETS]  # rounded down
     print(f"{name}: {N} blocks, budgets {budgets}, {model.dtype}; statistics {stats_seconds:.1f} s", flush=True)
 
     checks = PlanLoss(model, calibration[:CHECK_WINDOWS, :CHECK_TOKENS], score_last=SCORE_LAST)
     rows = []
-    for k in sorted(budgets, reverse=True):  # greedy SLEB's big budget first: the smaller ones reuse its checks
-        for method in args.methods:
-            entry = REGISTRY[method]
+    # Method by method, each at every budget, the default first (METHODS' order): its seconds are its own,
+    # while a later method's checks may have been computed by an earlier one (its window passes count them
+    # all). Greedy SLEB takes the big budget first: the smaller ones reuse its checks.
+    for method in args.methods:
+        entry = REGISTRY[method]
+        for k in sorted(budgets, reverse=True):
             plan = select_layers(stats, k, method=method, shared_checks=checks if entry.reads_model else None)
             cost = dict(plan.cost)
             cost["window_passes"] = cost["statistics_windows"] + cost["check_windows"]
             cost["seconds_with_statistics"] = cost["seconds"] + (stats_seconds if entry.reads_stats else 0.0)
-            rows.append({"method": method, "num_pruned": k, "pruned": plan.pruned, "cost": cost,
-                         "candidates": plan.candidates})
-            print(f"  k={k:<2} {method:>12} {plan.pruned} {cost['window_passes']} window passes, {cost['seconds']:.0f} s", flush=True)
+            row = {"method": method, "num_pruned": k, "pruned": plan.pruned, "cost": cost, "candidates": plan.candidates}
+            if args.every_budget:  # the sweep: every plan's check loss, and the default's neighbourhood
+                row["check_loss"] = checks(plan.pruned)
+                if method == DEFAULT_METHOD:
+                    row["swap_check"] = swap_check(checks, plan.pruned, N, plan.protected)
+            rows.append(row)
+            print(f"  k={k:<2} {method:>12} {plan.pruned} {cost['window_passes']} window passes, {cost['seconds']:.0f} s"
+                  + (f", check loss {row['check_loss']:.3f}" if "check_loss" in row else "")
+                  + (f", {len(row['swap_check']['better'])} better of {row['swap_check']['neighbours']} neighbours"
+                     if "swap_check" in row else ""), flush=True)
 
     evaluation = {t: PlanLoss(model, token_windows(tokenizer, load_text(t, "heldout"), window=args.window,
                                                    max_windows=args.eval_windows), score_last=None) for t in TEXTS}
@@ -114,9 +151,10 @@ def run_model(name: str, args, earlier: dict | None = None) -> dict:
                   + f" ({time.perf_counter() - start:.0f} s)", flush=True)
     for row in rows:
         row["window_losses"] = held_out[tuple(row["pruned"])]
+    rows.sort(key=lambda r: (-r["num_pruned"], METHODS.index(r["method"])))
     reused &= {()} | {tuple(r["pruned"]) for r in rows}
-    if args.merge and earlier:
-        rows = [r for r in earlier["rows"] if r["method"] not in args.methods] + rows
+    if args.merge:
+        rows = [r for r in earlier[0]["rows"] if r["method"] not in args.methods] + rows
         rows.sort(key=lambda r: (-r["num_pruned"], METHODS.index(r["method"])))
     return {
         "model": name, "num_layers": N, "budgets": budgets, "dtype": str(model.dtype).removeprefix("torch."),
@@ -153,10 +191,14 @@ def cmd_run(args) -> None:
         earlier = json.loads(path.read_text()) if path.is_file() else None
         if args.merge and earlier is None:
             raise SystemExit(f"--merge: there are no earlier results at {path} to merge into")
-        result = run_model(name, args, earlier)
+        others = [Path(d) / f"{name}.json" for d in args.reuse_from]
+        others = [p for p in others if p.is_file() and p.resolve() != path.resolve()]
+        result = run_model(name, args, ([earlier] if earlier else []) + [json.loads(p.read_text()) for p in others])
         command = "python benchmarks/quality_study.py run " + " ".join(sys.argv[2:])
         earlier_commands = _commands(earlier) if earlier and (args.merge or result["held_out_reused"]) else []
         result["commands"] = earlier_commands + [command]
+        if others and result["held_out_reused"]:
+            result["held_out_also_from"] = [str(p) for p in others]  # whose commands made the losses copied
         zero_shot = kept_zero_shot(earlier, result)
         if zero_shot is not None:
             result["zero_shot"] = zero_shot
@@ -217,12 +259,98 @@ def _fmt(x: float | None) -> str:
     return f"{x:.2g}" if x >= 1e4 else f"{x:.1f}"
 
 
-def cmd_render(args) -> None:
+def _times(x: float) -> str:
+    """A multiple of dense: two decimals below 10 (2.42), else as ``_fmt``."""
+    return f"{x:.2f}" if math.isfinite(x) and x < 10 else _fmt(x)
+
+
+def _runs(blocks: list[int]) -> str:
+    """Blocks as runs, for narrow tables: [3, 9, 12, 13, 14, 26] -> "3, 9, 12-14, 26"."""
+    parts, start = [], 0
+    for i in range(1, len(blocks) + 1):
+        if i == len(blocks) or blocks[i] != blocks[i - 1] + 1:
+            parts.append(str(blocks[start]) if i - 1 == start else f"{blocks[start]}-{blocks[i - 1]}")
+            start = i
+    return ", ".join(parts)
+
+
+def _folded(title: str, body: list[str]) -> list[str]:
+    """A section folded on the page (pymdownx.details), its lines indented under the title."""
+    return [f'??? note "{title}"', ""] + [f"    {line}" if line else "" for line in body] + [""]
+
+
+def _plot(result: dict, docs: Path) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    name = result["model"]
+    dense = {t: perplexity(result["dense"], t) for t in TEXTS}
+    # perplexity relative to dense, on a clipped axis, so that the good methods can be told apart
+    fig, axes = plt.subplots(1, len(TEXTS), figsize=(12, 4))
+    for ax, text in zip(axes, TEXTS, strict=True):
+        for method in METHODS:
+            points = sorted((r["num_pruned"], perplexity(r, text) / dense[text]) for r in result["rows"] if r["method"] == method)
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=method, linewidth=3 if method == DEFAULT_METHOD else 1.2,
+                        zorder=3 if method == DEFAULT_METHOD else 2)
+        ax.set_yscale("log")
+        ax.set_ylim(1, 30)
+        ax.axhline(1, color="gray", linestyle=":")
+        ax.set_xticks(result["budgets"])
+        ax.set_xlabel("blocks removed")
+        ax.set_ylabel("perplexity / dense (clipped at 30)")
+        ax.set_title(f"{name}: {text} held-out")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(docs / "images" / f"study_{name}.png", dpi=100)
+    plt.close(fig)
+    return f"![{name}: held-out perplexity relative to dense against blocks removed](images/study_{name}.png)"
+
+
+def _full_table(result: dict) -> list[str]:
+    """Every method at every budget: plan, held-out perplexity (x dense), window passes, plans checked, seconds."""
+    dense = {t: perplexity(result["dense"], t) for t in TEXTS}
+    lines = ["; then ".join(f"`{c}`" for c in _commands(result)), "",
+             "Dense: " + ", ".join(f"{t} {_fmt(dense[t])}" for t in TEXTS), "",
+             "| k | method | pruned | " + " | ".join(f"{t} (x dense)" for t in TEXTS) + " | passes (plans), seconds |",
+             "|---|---|---|" + "---|" * len(TEXTS) + "---|"]
+    for k in result["budgets"]:
+        rows = [r for r in result["rows"] if r["num_pruned"] == k]
+        best = {t: min(perplexity(r, t) for r in rows) for t in TEXTS}
+        for r in sorted(rows, key=lambda r: METHODS.index(r["method"])):
+            cells = []
+            for t in TEXTS:
+                p = perplexity(r, t)
+                text = f"{_fmt(p)} ({_fmt(p / dense[t])})"
+                cells.append(f"**{text}**" if p == best[t] else text)
+            c = r["cost"]
+            lines.append(f"| {k} | {r['method']} | {_runs(r['pruned'])} | " + " | ".join(cells)
+                         + f" | {c['window_passes']} ({c.get('plans_checked', 0)}), {c['seconds_with_statistics']:.0f} s |")
+    return lines
+
+
+def _zero_shot_table(result: dict) -> list[str]:
+    """Zero-shot accuracy, one row per task (the models as columns keep the table narrow)."""
+    zs, N = result["zero_shot"], result["num_layers"]
+    labels = list(zs["results"])
+    lines = [f"Zero-shot at {zs['num_pruned']}/{N} blocks removed: accuracy over the nine tasks, the first {zs['limit']} "
+             f"documents of each (`{zs['command']}`); ± is lm-eval's standard error.", "",
+             "| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for task in zs["tasks"]:
+        lines.append(f"| {task} | " + " | ".join(f"{zs['results'][m][task]['acc']:.3f} ± {zs['results'][m][task]['acc_stderr']:.3f}"
+                                                  for m in labels) + " |")
+    lines.append("| average | " + " | ".join(f"{zs['results'][m]['average']['acc']:.3f}" for m in labels) + " |")
+    if zs.get("same_plan_as_default"):
+        same = zs["same_plan_as_default"]
+        lines += ["", f"{', '.join(f'`{m}`' for m in same)} chose the default's own plan at this budget, so "
+                  f"{'its' if len(same) == 1 else 'their'} accuracy is the default's; the two baselines shown are the "
+                  "best by held-out wiki perplexity among those whose plans differ from it."]
+    return lines
+
+
+def cmd_render(args) -> None:
     results = [json.loads((Path(args.results) / f"{m}.json").read_text()) for m in MODELS
                if (Path(args.results) / f"{m}.json").is_file()]
     if not results:
@@ -237,8 +365,8 @@ def cmd_render(args) -> None:
         "",
         "<!-- generated by `python benchmarks/quality_study.py render`; do not edit by hand -->",
         "",
-        f"Made on {first['date']} ({first['machine']}, torch {first['torch']}, {first['dtype']}) by the command under "
-        "each model's heading, then `python benchmarks/quality_study.py render`. The raw figures, every window's loss "
+        f"Made on {first['date']} ({first['machine']}, torch {first['torch']}, {first['dtype']}) by the commands in "
+        "each model's full table, then `python benchmarks/quality_study.py render`. The raw figures, every window's loss "
         "included, are in `benchmarks/results/*.json`.",
         "",
         f"**Calibration, the same for every method.** One pass over {cal['windows']} windows of {cal['window']} tokens "
@@ -249,96 +377,119 @@ def cmd_render(args) -> None:
         "",
         "**Held-out text.** Perplexity (exp of the mean window loss, every token scored) over the first "
         + ", ".join(f"{n} non-overlapping windows of {first['evaluation']['window']} tokens of `{t}`" for t, n in first["evaluation"]["windows"].items())
-        + " (held-out splits; `wiki` stands in for WikiText-2, `lambada` is the LAMBADA test set). "
-        "The ratio to dense is shown beside each figure.",
+        + " (held-out splits; `wiki` stands in for WikiText-2, `lambada` is the LAMBADA test set).",
         "",
-        "**Cost.** Window passes (one calibration window through the model: the statistics pass of the methods that "
-        "read the statistics, and every loss check, as if the method ran alone), plans checked, and seconds of the "
-        "selection with the statistics pass. In this study the loss checks are shared between methods and budgets "
-        "(each plan computed once), so the seconds of `sleb`, `ppl` and `lorp_checked` at the smaller budgets are "
-        "lower than a run of its own; the window passes are not.",
+        "## Summary",
+        "",
+        f"Per budget and text: the default's (`{DEFAULT_METHOD}`) held-out perplexity as a multiple of dense, the best "
+        "other method's, and the ratio of the two with its 95% paired-bootstrap interval over the held-out windows "
+        "(10,000 resamples). The target (the default at least as good as every other method) is met where the interval "
+        "reaches 1.0 or below. Cost: the default's window passes against `sleb`'s.",
         "",
     ]
-    all_cells = []
+    met, cells_measured = 0, 0
     for result in results:
         name, N = result["model"], result["num_layers"]
         dense = {t: perplexity(result["dense"], t) for t in TEXTS}
-        lines += [f"## {name} ({N} blocks)", "", "; then ".join(f"`{c}`" for c in _commands(result)), "",
-                  "Dense: " + ", ".join(f"{t} {_fmt(dense[t])}" for t in TEXTS), ""]
-        header = ("| blocks removed | method | pruned blocks | " + " | ".join(f"{t} (x dense)" for t in TEXTS)
-                  + " | window passes | plans checked | s |")
-        lines += [header, "|" + "---|" * (header.count("|") - 1)]
-        for k in result["budgets"]:
-            rows = [r for r in result["rows"] if r["num_pruned"] == k]
-            best = {t: min(perplexity(r, t) for r in rows) for t in TEXTS}
-            for r in sorted(rows, key=lambda r: METHODS.index(r["method"])):
-                cells = []
-                for t in TEXTS:
-                    p = perplexity(r, t)
-                    text = f"{_fmt(p)} ({_fmt(p / dense[t])})"
-                    cells.append(f"**{text}**" if p == best[t] else text)
-                c = r["cost"]
-                lines.append(f"| {k}/{N} | {r['method']} | {', '.join(map(str, r['pruned']))} | " + " | ".join(cells)
-                             + f" | {c['window_passes']} | {c.get('plans_checked', 0)} | {c['seconds_with_statistics']:.0f} |")
+        rows_by = {(r["num_pruned"], r["method"]): r for r in result["rows"]}
+        lines += [f"### {name} ({N} blocks)", "",
+                  "| k | text | default (x dense) | best other (x dense) | default / best other [95%] | passes / sleb's |",
+                  "|---|---|---|---|---|---|"]
+        for cell in target_cells(result):
+            k = cell["num_pruned"]
+            cells_measured += 1
+            met += cell["wiki"]["met"] and cell["lambada"]["met"]
+            for text in TEXTS:
+                c = cell[text]
+                mine = perplexity(rows_by[(k, DEFAULT_METHOD)], text) / dense[text]
+                other = perplexity(rows_by[(k, c["best_other"])], text) / dense[text]
+                passes = f"{cell['passes']} / {cell['sleb_passes']}" if text == TEXTS[0] and cell["sleb_passes"] else ""
+                lines.append(f"| {k}/{N} | {text} | {_times(mine)} | {c['best_other']} {_times(other)} | {c['ratio']:.3f} "
+                             f"[{c['low']:.3f}, {c['high']:.3f}] | {passes} |")
         lines.append("")
-        if "zero_shot" in result:
-            zs = result["zero_shot"]
-            lines += [f"Zero-shot at {zs['num_pruned']}/{N} blocks removed: accuracy over the nine tasks, the first "
-                      f"{zs['limit']} documents of each (`{zs['command']}`); ± is lm-eval's standard error.", "",
-                      "| model | " + " | ".join(zs["tasks"]) + " | average |", "|" + "---|" * (len(zs["tasks"]) + 2)]
-            for label, figures in zs["results"].items():
-                lines.append(f"| {label} | " + " | ".join(f"{figures[t]['acc']:.3f} ± {figures[t]['acc_stderr']:.3f}" for t in zs["tasks"])
-                             + f" | {figures['average']['acc']:.3f} |")
-            if zs.get("same_plan_as_default"):
-                same = zs["same_plan_as_default"]
-                lines += ["", f"{', '.join(f'`{m}`' for m in same)} chose the default's own plan at this budget, so "
-                          f"{'its' if len(same) == 1 else 'their'} accuracy is the default's; the two baselines shown are the "
-                          "best by held-out wiki perplexity among those whose plans differ from it."]
-            lines.append("")
-        # plots: perplexity relative to dense, on a clipped axis, so that the good methods can be told apart
-        fig, axes = plt.subplots(1, len(TEXTS), figsize=(12, 4))
-        for ax, text in zip(axes, TEXTS, strict=True):
-            for method in METHODS:
-                points = sorted((r["num_pruned"], perplexity(r, text) / dense[text]) for r in result["rows"] if r["method"] == method)
-                if points:
-                    ax.plot(*zip(*points, strict=True), marker="o", label=method, linewidth=3 if method == DEFAULT_METHOD else 1.2,
-                            zorder=3 if method == DEFAULT_METHOD else 2)
-            ax.set_yscale("log")
-            ax.set_ylim(1, 30)
-            ax.axhline(1, color="gray", linestyle=":")
-            ax.set_xticks(result["budgets"])
-            ax.set_xlabel("blocks removed")
-            ax.set_ylabel("perplexity / dense (clipped at 30)")
-            ax.set_title(f"{name}: {text} held-out")
-        axes[0].legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(docs / "images" / f"study_{name}.png", dpi=100)
-        plt.close(fig)
-        lines += [f"![{name}: held-out perplexity relative to dense against blocks removed](images/study_{name}.png)", ""]
-        all_cells += [(result, cell) for cell in target_cells(result)]
-
-    lines += ["## The target", "",
-              f"`{DEFAULT_METHOD}`'s held-out perplexity against the lowest of every other method at the same cell: the ratio "
-              "and its 95% paired-bootstrap interval over the held-out windows (10,000 resamples). The target is met "
-              "where the interval reaches 1.0 or below. Cost: its window passes against `sleb`'s.", "",
-              "| model | blocks removed | wiki: best other | wiki ratio [95%] | lambada: best other | lambada ratio [95%] | met | passes / sleb's |",
-              "|---|---|---|---|---|---|---|---|"]
-    met = 0
-    for result, cell in all_cells:
-        w, lam = cell["wiki"], cell["lambada"]
-        ok = w["met"] and lam["met"]
-        met += ok
-        share = f"{cell['passes']} / {cell['sleb_passes']} = {cell['passes'] / cell['sleb_passes']:.2f}" if cell["sleb_passes"] else "-"
-        lines.append(f"| {result['model']} | {cell['num_pruned']}/{result['num_layers']} | {w['best_other']} | "
-                     f"{w['ratio']:.3f} [{w['low']:.3f}, {w['high']:.3f}] | {lam['best_other']} | "
-                     f"{lam['ratio']:.3f} [{lam['low']:.3f}, {lam['high']:.3f}] | {'yes' if ok else 'no'} | {share} |")
-    lines += ["", f"Met at {met} of {len(all_cells)} cells measured.", ""]
+    lines += [f"Met at {met} of {cells_measured} cells measured (both texts).", ""]
     missing = [m for m in MODELS if m not in {r["model"] for r in results}]
     if missing:
         lines += [f"Not yet measured in this study: {', '.join(missing)} (`python benchmarks/quality_study.py run --models "
                   f"{' '.join(missing)}`, then `render`).", ""]
+    lines += ["## Plots", ""]
+    for result in results:
+        lines += [_plot(result, docs), ""]
+    lines += ["## Every method, in full", "",
+              "Each model's table, folded: every method's plan (blocks as runs), held-out perplexity (x dense; the best of "
+              "each budget in bold), window passes (one calibration window through the model: the statistics pass of the "
+              "methods that read the statistics, and every loss check, as if the method ran alone), plans checked, and "
+              "seconds of the selection with the statistics pass. The loss checks are shared between methods and budgets "
+              "(each plan computed once), so the seconds of `sleb`, `ppl` and `lorp_checked` at the smaller budgets are "
+              "lower than a run of its own; the window passes are not.", ""]
+    for result in results:
+        body = _full_table(result)
+        if "zero_shot" in result:
+            body += [""] + _zero_shot_table(result)
+        lines += _folded(f"{result['model']} ({result['num_layers']} blocks): every method at every budget", body)
+
+    from rounds_study import rounds_section  # a sibling script (benchmarks/ is on the path when run as a script)
+
+    lines += rounds_section(Path(args.rounds))
+    lines += sweep_section(Path(args.sweep))
     (docs / "study.md").write_text("\n".join(lines))
-    print(f"wrote {docs / 'study.md'} and {len(results)} plots; target met at {met} of {len(all_cells)} cells")
+    print(f"wrote {docs / 'study.md'} and {len(results)} plots; target met at {met} of {cells_measured} cells")
+
+
+def sweep_section(folder: Path) -> list[str]:
+    """docs/study.md's section on every budget k = 1 .. N // 3 (``run --every-budget``), from the JSON in ``folder``."""
+    results = [json.loads((folder / f"{m}.json").read_text()) for m in MODELS if (folder / f"{m}.json").is_file()]
+    if not results:
+        return []
+    methods = sorted({r["method"] for r in results[0]["rows"]}, key=METHODS.index)
+    lines = ["## Every budget", "",
+             f"The default at every k from 1 to N/3 (rounded down), against the other methods measured here "
+             f"({', '.join(f'`{m}`' for m in methods if m != DEFAULT_METHOD)}; the floors `random` and `last` are left "
+             "out). Same calibration, checks and held-out windows as above; the plans of the three budgets above are the "
+             "same, and their held-out losses are reused. Per cell: the default's plan; the check loss (the calibration "
+             "loss every method that tries plans is judged by) of the default and of `sleb`; how many of the default's "
+             "swap neighbours (one removed block kept, one kept block next to a removed one removed instead: the "
+             "neighbourhood its search moves in) have a lower check loss, of how many, each checked again here; the "
+             "held-out perplexity ratio to the best other method with its 95% paired-bootstrap interval; and the "
+             "default's window passes against `sleb`'s.", ""]
+    summary = []
+    for result in results:
+        name, N = result["model"], result["num_layers"]
+        lines += [f"### {name} ({N} blocks)", "", "; then ".join(f"`{c}`" for c in _commands(result)), "",
+                  "| k | default's plan | check loss, default / sleb | better neighbours | text | best other: ratio [95%] "
+                  "| passes / sleb's |", "|---|---|---|---|---|---|---|"]
+        cells = {c["num_pruned"]: c for c in target_cells(result)}
+        for k in sorted(result["budgets"]):
+            rows = {r["method"]: r for r in result["rows"] if r["num_pruned"] == k}
+            mine, sleb, cell = rows[DEFAULT_METHOD], rows["sleb"], cells[k]
+            swap = mine["swap_check"]
+            for text in TEXTS:
+                c = cell[text]
+                ratio = f"{c['best_other']}: {c['ratio']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+                if text == TEXTS[0]:
+                    lines.append(f"| {k} | {_runs(mine['pruned'])} | {mine['check_loss']:.3f} / {sleb['check_loss']:.3f} "
+                                 f"| {len(swap['better'])} of {swap['neighbours']} | {text} | {ratio} "
+                                 f"| {cell['passes']} / {cell['sleb_passes']} |")
+                else:
+                    lines.append(f"| | | | | {text} | {ratio} | |")
+            summary.append((name, k, N, mine, sleb, cell))
+        lines.append("")
+    local = sum(not len(m["swap_check"]["better"]) for _, _, _, m, _, _ in summary)
+    above = [(n, k, N, m["check_loss"], s["check_loss"]) for n, k, N, m, s, _ in summary if m["check_loss"] > s["check_loss"]]
+    worse = [(n, k, N, t, c[t]) for n, k, N, _, _, c in summary for t in TEXTS if c[t]["significantly_worse"]]
+    cheaper = sum(c["passes"] < c["sleb_passes"] for *_, c in summary)
+    lines += [f"Over the {len(summary)} cells: the default's plan is a local optimum of its check loss at {local}; its "
+              f"check loss is at most `sleb`'s at {len(summary) - len(above)}"
+              + (" (above it: " + "; ".join(f"{n} {k}/{N}: {a:.3f} against {b:.3f}" for n, k, N, a, b in above) + ")"
+                 if above else "")
+              + "; it is significantly worse than the best other method on held-out text at "
+              + (", ".join(f"{n} {k}/{N} {t} ({c['best_other']}, {c['ratio']:.3f} [{c['low']:.3f}, {c['high']:.3f}])"
+                           for n, k, N, t, c in worse) if worse else "none")
+              + f"; it runs fewer window passes than `sleb` at {cheaper}.", ""]
+    missing = [m for m in MODELS if m not in {r["model"] for r in results}]
+    if missing:
+        lines += [f"Not yet swept: {', '.join(missing)} (the command above with `--models {' '.join(missing)}`).", ""]
+    return lines
 
 
 BASELINES = ("sleb", "ppl", "shortgpt", "streamline", "angular", "random", "last")  # the peers' methods
@@ -399,9 +550,16 @@ def main() -> None:
     run.add_argument("--eval-windows", type=int, default=40, help="held-out windows per text (default 40)")
     run.add_argument("--merge", action="store_true",
                      help="rerun only --methods and keep the other methods' rows of the existing JSON")
+    run.add_argument("--every-budget", action="store_true",
+                     help="the sweep: every k from 1 to N // 3 (not 1/8, 1/4, 1/3), with every plan's check loss and "
+                          "the default's swap neighbourhood checked; write it under --out benchmarks/results/sweep")
+    run.add_argument("--reuse-from", nargs="*", default=[], metavar="DIR",
+                     help="other results folders whose held-out losses of the same plans are copied, not recomputed")
     render = sub.add_parser("render", help="write docs/study.md and its plots from the JSON results")
     render.add_argument("--results", default="benchmarks/results")
     render.add_argument("--docs", default="docs")
+    render.add_argument("--sweep", default="benchmarks/results/sweep", help="the results of run --every-budget, if any")
+    render.add_argument("--rounds", default="benchmarks/results/rounds", help="the results of rounds_study.py run, if any")
     zeroshot = sub.add_parser("zeroshot", help="add zero-shot accuracy at one budget to a model's results")
     zeroshot.add_argument("--models", nargs="+", default=list(MODELS))
     zeroshot.add_argument("--results", default="benchmarks/results")

@@ -1,0 +1,137 @@
+"""Pruning in rounds and compensation (issue 36), training-free: each configuration against the one-shot default.
+
+For each bundled model and each budget of the quality study (1/8, 1/4, 1/3 of the blocks), on the study's
+calibration (statistics from 32 windows of 512 tokens of the `wiki` calibration split; checks on the first 256
+tokens of the first 8, the last 128 scored) and its held-out windows (40 of 512 tokens of `wiki` and of
+`lambada`, every token scored):
+
+    one-shot                  the default's plan (lorp_search), as in docs/study.md
+    one-shot + compensation   the same plan, with the compensation select_layers(..., compensate=True) chooses:
+                              the strength of the stream's norm ratio at each gap with the lowest check loss
+
+Held-out losses are computed with the factors applied as the fold would apply them (``PlanLoss.compensated``,
+equal to the folded model's, tests/test_compensation.py), so no weight is copied. The results hold every
+window's loss; ``render`` (called by ``quality_study.py render``) gives each configuration's ratio to dense and
+its ratio to the one-shot default with a 95% paired-bootstrap interval.
+
+    python benchmarks/rounds_study.py run [--models smollm2-135m ...] [--out benchmarks/results/rounds]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from datetime import date
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lorp_lightning._io import write_json
+from lorp_lightning.assets import load_model, load_text
+from lorp_lightning.evaluation import token_windows
+from lorp_lightning.methods import CHECK_TOKENS, CHECK_WINDOWS, DEFAULT_METHOD, SCORE_LAST, select_layers
+from lorp_lightning.search import PlanLoss
+from lorp_lightning.stats import collect_layer_stats
+
+BUDGETS = (Fraction(1, 8), Fraction(1, 4), Fraction(1, 3))
+TEXTS = ("wiki", "lambada")
+MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b")
+CONFIGURATIONS = ("one-shot", "one-shot + compensation")
+
+
+def run_model(name: str, args) -> dict:
+    torch.manual_seed(0)
+    model, tokenizer = load_model(name, progress=False)
+    calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=512, max_windows=32)
+    stats = collect_layer_stats(model, calibration.split(4), progress=False)
+    N = stats.num_layers
+    checks = PlanLoss(model, calibration[:CHECK_WINDOWS, :CHECK_TOKENS], score_last=SCORE_LAST)
+    evaluation = {t: PlanLoss(model, token_windows(tokenizer, load_text(t, "heldout"), window=512,
+                                                   max_windows=args.eval_windows), score_last=None) for t in TEXTS}
+    for t in TEXTS:
+        evaluation[t]([])
+    dense = {t: evaluation[t].window_losses[()] for t in TEXTS}
+    rows = []
+    for budget in BUDGETS:
+        k = int(budget * N)
+        plan = select_layers(stats, k, method=DEFAULT_METHOD, shared_checks=checks, compensate=True)
+        factors = {f["block"]: f["factor"] for f in plan.compensation["factors"]}
+        for configuration in CONFIGURATIONS:
+            compensated = configuration.endswith("compensation")
+            used = factors if compensated else {}
+            losses = {}
+            for t in TEXTS:
+                evaluation[t].compensated(plan.pruned, used)  # factors all 1 or none: the plan itself
+                losses[t] = evaluation[t].window_losses[PlanLoss.key(plan.pruned, used)]
+            row = {"configuration": configuration, "num_pruned": k, "pruned": plan.pruned, "window_losses": losses}
+            if compensated:
+                row["compensation"] = plan.compensation
+            rows.append(row)
+            print(f"  {name} k={k} {configuration}: " + ", ".join(f"{t} {math.exp(np.mean(v)):.2f}" for t, v in losses.items())
+                  + (f" (strength {plan.compensation['strength']})" if compensated else ""), flush=True)
+    return {"model": name, "num_layers": N, "dtype": str(model.dtype).removeprefix("torch."), "dense": {"window_losses": dense},
+            "rows": rows, "evaluation": {"texts": list(TEXTS), "windows": args.eval_windows, "window": 512},
+            "command": "python benchmarks/rounds_study.py run " + " ".join(sys.argv[2:]),
+            "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "torch": torch.__version__}
+
+
+def rounds_section(folder: Path) -> list[str]:
+    """docs/study.md's section on compensation and rounds, from the JSON in ``folder`` (none: no section)."""
+    from quality_study import _losses, perplexity, ratio_interval
+
+    results = [json.loads((folder / f"{m}.json").read_text()) for m in MODELS if (folder / f"{m}.json").is_file()]
+    if not results:
+        return []
+    lines = ["## Compensation and rounds", "",
+             "Training-free configurations against the one-shot default at the study's budgets: held-out perplexity "
+             "relative to dense, and the ratio to the one-shot default with its 95% paired-bootstrap interval (below 1: "
+             "better). Compensation's strength is chosen on the check windows (`select_layers(..., compensate=True)`, "
+             "docs/method.md). Made by the command under each model's heading, then `python benchmarks/quality_study.py render`.",
+             ""]
+    for result in results:
+        name, N = result["model"], result["num_layers"]
+        dense = result["dense"]
+        lines += [f"### {name} ({N} blocks)", "", f"`{result['command']}`", "",
+                  "| k | configuration | strength | wiki (x dense) | wiki: / one-shot [95%] | lambada (x dense) | lambada: / one-shot [95%] |",
+                  "|---|---|---|---|---|---|---|"]
+        for k in sorted({r["num_pruned"] for r in result["rows"]}):
+            rows = {r["configuration"]: r for r in result["rows"] if r["num_pruned"] == k}
+            base = rows["one-shot"]
+            for configuration, row in rows.items():
+                cells = []
+                for t in TEXTS:
+                    ratio_dense = perplexity(row, t) / perplexity(dense, t)
+                    if row is base:
+                        cells += [f"{ratio_dense:.2f}", "1"]
+                    else:
+                        r, low, high = ratio_interval(_losses(row, t), _losses(base, t))
+                        cells += [f"{ratio_dense:.2f}", f"{r:.3f} [{low:.3f}, {high:.3f}]"]
+                strength = row["compensation"]["strength"] if "compensation" in row else "-"
+                lines.append(f"| {k}/{N} | {configuration} | {strength} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--models", nargs="+", default=list(MODELS))
+    run.add_argument("--out", default="benchmarks/results/rounds")
+    run.add_argument("--eval-windows", type=int, default=40)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.models:
+        write_json(out / f"{name}.json", run_model(name, args), indent=1)
+        print(f"wrote {out / (name + '.json')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
