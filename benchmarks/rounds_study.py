@@ -115,6 +115,9 @@ def rounds_section(folder: Path) -> list[str]:
                 strength = row["compensation"]["strength"] if "compensation" in row else "-"
                 lines.append(f"| {k}/{N} | {configuration} | {strength} | " + " | ".join(cells) + " |")
         lines.append("")
+    missing = [m for m in MODELS if m not in {r["model"] for r in results}]
+    if missing:
+        lines += [f"Not yet run: {', '.join(missing)} (`python benchmarks/rounds_study.py run --models {' '.join(missing)}`).", ""]
     return lines
 
 
