@@ -196,9 +196,7 @@ def fit_strength(loss: Any, pruned: Sequence[int], norms: Sequence[float],
     costs one check of the plan, compensated). Ties go to the smaller strength. Returns the
     strength, its factors and the loss at every strength.
     """
-    losses = {}
-    for strength in strengths:
-        factors = gap_factors(norms, pruned, strength)
-        losses[float(strength)] = loss(pruned) if strength == 0 else loss.compensated(pruned, factors)
+    factors = {float(s): gap_factors(norms, pruned, s) for s in strengths}
+    losses = {s: loss.compensated(pruned, f) for s, f in factors.items()}  # strength 0: the plan's own loss
     best = min(losses, key=lambda s: (losses[s], s))
-    return best, gap_factors(norms, pruned, best), losses
+    return best, factors[best], losses

@@ -185,9 +185,7 @@ class PlanLoss:
                 + sum(self._settled[key] for key in settled))
 
     def __call__(self, pruned: Iterable[int]) -> float:
-        key = self.key(pruned)
-        self.asked.add(key)
-        self._prefix_asked |= self._after_prefix(key)
+        key = self._ask(self.key(pruned))
         if key not in self.losses:
             self._remember(key, self._losses(list(key)))
         return self.losses[key]
@@ -200,9 +198,7 @@ class PlanLoss:
         not run, and only the windows run count in ``window_passes``. The answer is exact. A plan
         found below ``bound`` has run every window, and its loss is remembered.
         """
-        key = self.key(pruned)
-        self.asked.add(key)
-        self._prefix_asked |= self._after_prefix(key)
+        key = self._ask(self.key(pruned))
         if key in self.losses:
             return self.losses[key] < bound
         if key in self._settled:  # settled against a bound before; run it again only for a higher one
@@ -221,11 +217,9 @@ class PlanLoss:
         ``prune_layers(model, pruned, compensate=factors)``, without a weight changed. Remembered and
         counted as a plan of its own (factors all 1: the plan's own loss)."""
         entry = self.key(pruned, factors)
-        if entry[0] != "compensated":
+        if entry[:1] != ("compensated",):  # factors all 1 (an empty plan's key is empty)
             return self(entry)
-        _, key, scales = entry
-        self.asked.add(entry)
-        self._prefix_asked |= self._after_prefix(key)
+        _, key, scales = self._ask(entry)
         if entry not in self.losses:
             self._remember(entry, self._losses(list(key), factors=dict(scales)))
         return self.losses[entry]
@@ -237,6 +231,12 @@ class PlanLoss:
         blocks = tuple(sorted(int(b) for b in pruned))
         scales = tuple(sorted((int(b), float(f)) for b, f in (factors or {}).items() if float(f) != 1.0))
         return ("compensated", blocks, scales) if scales else blocks
+
+    def _ask(self, entry: tuple) -> tuple:
+        """Count ``entry`` (a ``key``) as asked for in this selection, and the dense prefix its pass starts from."""
+        self.asked.add(entry)
+        self._prefix_asked |= self._after_prefix(entry[1] if entry[:1] == ("compensated",) else entry)
+        return entry
 
     def _remember(self, key: tuple, losses: list[float]) -> None:
         self.window_losses[key] = losses
