@@ -34,6 +34,9 @@ losses of the plans the study has already measured:
     python benchmarks/quality_study.py run --every-budget --out benchmarks/results/sweep --reuse-from benchmarks/results \
         --methods lorp_search lorp lorp_checked sleb ppl shortgpt streamline angular
 
+A stopped run keeps the held-out losses it measured in ``<out>/<model>.partial.json``; the same
+command run again reuses them, and removes the file when it writes the model's JSON.
+
 It also records every plan's check loss and, for the default, whether any plan one swap away has a
 lower check loss (``swap_check``, each neighbour checked again with ``PlanLoss.below``).
 """
@@ -99,7 +102,9 @@ def swap_check(checks: PlanLoss, plan: list[int], num_layers: int, protected: li
     return {"neighbours": len(around), "better": [{"pruned": p, "check_loss": checks(p)} for p in better]}
 
 
-def run_model(name: str, args, earlier: list[dict] = ()) -> dict:
+def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = None) -> dict:
+    """One model's results. ``earlier``: results whose held-out losses are reused; ``partial``: where
+    this run's held-out losses are written as they come (read back as an earlier result by a rerun)."""
     torch.manual_seed(0)
     model, tokenizer = load_model(name, progress=False)  # dtype="auto", recorded in the results
     calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.calibration_windows)
@@ -140,15 +145,21 @@ def run_model(name: str, args, earlier: list[dict] = ()) -> dict:
     reused = set(held_out)
     if held_out:
         print(f"  {len(held_out)} plans' held-out losses reused from the earlier results", flush=True)
+    measured = {}  # this run's held-out losses, kept in `partial` after each plan so a stopped run loses none
     for plan in [()] + [tuple(r["pruned"]) for r in rows]:
         if plan not in held_out:
             start = time.perf_counter()
             for t in TEXTS:
                 evaluation[t](list(plan))
             losses = {t: evaluation[t].window_losses[plan] for t in TEXTS}
-            held_out[plan] = losses
+            held_out[plan] = measured[plan] = losses
             print(f"  held-out {list(plan)}: " + ", ".join(f"{t} {math.exp(np.mean(window_losses)):.1f}" for t, window_losses in losses.items())
                   + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+            if partial is not None:
+                write_json(partial, {"dtype": str(model.dtype).removeprefix("torch."),
+                                     "evaluation": {"texts": list(TEXTS), "windows": windows, "window": args.window},
+                                     "dense": {"window_losses": held_out[()]},
+                                     "rows": [{"pruned": list(p), "window_losses": v} for p, v in measured.items() if p]})
     for row in rows:
         row["window_losses"] = held_out[tuple(row["pruned"])]
     rows.sort(key=lambda r: (-r["num_pruned"], METHODS.index(r["method"])))
@@ -193,16 +204,22 @@ def cmd_run(args) -> None:
             raise SystemExit(f"--merge: there are no earlier results at {path} to merge into")
         others = [Path(d) / f"{name}.json" for d in args.reuse_from]
         others = [p for p in others if p.is_file() and p.resolve() != path.resolve()]
-        result = run_model(name, args, ([earlier] if earlier else []) + [json.loads(p.read_text()) for p in others])
+        partial = out / f"{name}.partial.json"  # a stopped run's held-out losses: reused, then removed
+        if partial.is_file():
+            others.append(partial)
+            print(f"  reading the held-out losses of a stopped run from {partial}", flush=True)
+        result = run_model(name, args, ([earlier] if earlier else []) + [json.loads(p.read_text()) for p in others], partial)
         command = "python benchmarks/quality_study.py run " + " ".join(sys.argv[2:])
         earlier_commands = _commands(earlier) if earlier and (args.merge or result["held_out_reused"]) else []
         result["commands"] = earlier_commands + [command]
-        if others and result["held_out_reused"]:
-            result["held_out_also_from"] = [str(p) for p in others]  # whose commands made the losses copied
+        also_from = [str(p) for p in others if p != partial]  # whose commands made the losses copied
+        if also_from and result["held_out_reused"]:
+            result["held_out_also_from"] = also_from
         zero_shot = kept_zero_shot(earlier, result)
         if zero_shot is not None:
             result["zero_shot"] = zero_shot
         write_json(out / f"{name}.json", result, indent=1)
+        partial.unlink(missing_ok=True)
         print(f"wrote {out / (name + '.json')}", flush=True)
 
 

@@ -135,11 +135,16 @@ def _writers(block: nn.Module, patterns: Sequence[str]) -> list[nn.Parameter]:
     return [p for name, p in block.named_parameters() if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
 
 
+def writers(block: nn.Module, architecture: Architecture) -> list[nn.Parameter]:
+    """The parameters of ``block`` that ``fold`` scales (its family's stream writers and offset writers)."""
+    return _writers(block, architecture.stream_writers + architecture.offset_writers)
+
+
 def check_writers(model: nn.Module, architecture: Architecture, blocks: Sequence[int]) -> None:
     """Every block of ``blocks`` has a stream writer to scale (else the table entry is wrong for this model)."""
     layers = decoder_layers(model)
     for index in blocks:
-        if not _writers(layers[index], architecture.stream_writers + architecture.offset_writers):
+        if not writers(layers[index], architecture):
             raise NotImplementedError(
                 f"block {index} of this {model.config.model_type!r} model has no parameter named as its family's stream "
                 f"writers {architecture.stream_writers + architecture.offset_writers}: compensation cannot be folded")

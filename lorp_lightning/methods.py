@@ -262,6 +262,7 @@ def select_layers(
     progress: bool = False,
     shared_checks: Any = None,
     compensate: bool = False,
+    rounds: int = 1,
 ) -> PruningPlan:
     """Choose the decoder blocks to prune.
 
@@ -299,6 +300,11 @@ def select_layers(
             the strength of ``STRENGTHS`` whose factors give the plan the lowest loss on the check
             windows, recorded in ``plan.compensation`` for ``prune_layers`` to fold in. Needs
             ``model`` and ``windows`` (for any method) and a ``LayerStats`` with ``norms``.
+        rounds: prune in this many rounds (an int from 1, one shot, the default, to the budget):
+            each round selects its part of the budget (``rounds.round_sizes``) with ``method`` on
+            the model the rounds before it pruned (and compensated), its statistics collected
+            again on all of ``windows`` (``lorp_lightning.rounds``). Needs ``model`` and
+            ``windows``; the model is put back as it was. The plan lists its ``rounds``.
 
     Returns:
         A ``PruningPlan`` whose ``cost`` records the window
@@ -317,7 +323,14 @@ def select_layers(
     if compensate:
         _check_compensation(stats_or_similarity, model if shared_checks is None else shared_checks.model,
                             windows if shared_checks is None else shared_checks.windows)
-    if entry.reads_model or compensate:
+    if not is_integer(rounds) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got rounds={rounds!r}")
+    if rounds > 1 and (model is None or windows is None):
+        raise ValueError(f"rounds={rounds} collects the statistics again on the partly pruned model: pass model= and "
+                         "windows= (all the calibration windows)")
+    statistics_windows = windows  # all of them, for the statistics of later rounds (before shared_checks replaces them)
+    tries_plans = entry.reads_model or compensate or rounds > 1  # runs the model
+    if tries_plans:
         if shared_checks is not None:
             model, windows, check_windows, check_tokens, score_last = (
                 shared_checks.model, shared_checks.windows, len(shared_checks.windows), None, shared_checks.score_last)
@@ -339,13 +352,18 @@ def select_layers(
             raise ValueError(f"method={name!r} reads the layer statistics: pass a LayerStats or a similarity matrix")
     else:
         inp = sel._read_inputs(stats_or_similarity, name if name in REGISTRY else "lorp")
-        if entry.reads_model and inp.N != N:
+        if tries_plans and inp.N != N:
             raise ValueError(f"stats describe {inp.N} blocks but the model has {N}; collect them on this model")
         N = inp.N
     protected = protected_blocks(protect, N)
     k = resolve_budget(num_prune, N, N - len(protected))
     if num_clusters is not None and (not is_integer(num_clusters) or not 1 <= num_clusters <= N):
         raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
+    if rounds > 1:
+        return _in_rounds(entry, stats_or_similarity, N, k, int(rounds), protected, statistics_windows, dict(
+            method=method, num_clusters=num_clusters, seed=seed, model=model, windows=statistics_windows,
+            check_windows=check_windows, check_tokens=check_tokens, score_last=score_last, progress=progress,
+            compensate=compensate), shared_checks)
     ctx = SelectionContext(
         method=name, stats=stats_or_similarity, num_layers=N, num_prune=k, protected=tuple(sorted(protected)),
         seed=int(seed), num_clusters=None if num_clusters is None else int(num_clusters), model=model,
@@ -365,6 +383,28 @@ def select_layers(
     statistics = getattr(stats_or_similarity, "num_sequences", None) if entry.reads_stats else 0
     plan.cost = {"statistics_windows": statistics, "check_windows": ctx.cost.get("check_windows", 0), **ctx.cost,
                  "seconds": seconds}
+    return plan
+
+
+def _in_rounds(entry: Method, stats: Any, N: int, k: int, rounds: int, protected: set[int], windows: Any,
+               options: dict[str, Any], shared_checks: Any) -> PruningPlan:
+    """``select_layers(..., rounds=rounds)``: each round a one-shot selection on the partly pruned model."""
+    from lorp_lightning.rounds import round_sizes, select_in_rounds
+    from lorp_lightning.search import as_windows
+
+    model = options["model"]
+
+    def select_round(stats: Any, size: int, protect: list[int], first: bool) -> PruningPlan:
+        return select_layers(stats, size, protect=protect, shared_checks=shared_checks if first else None, **options)
+
+    chosen = select_in_rounds(model, as_windows(windows), stats, round_sizes(k, rounds), sorted(protected), select_round,
+                              collect=entry.reads_stats or options["compensate"], progress=options["progress"])
+    ctx = SelectionContext(method=entry.name, stats=stats, num_layers=N, num_prune=k, protected=tuple(sorted(protected)))
+    plan = _plan(ctx, chosen["pruned"], rounds=chosen["rounds"])
+    if options["compensate"]:
+        plan.compensation = {"strength": None, "factors": [{"block": b, "factor": f} for b, f in sorted(chosen["factors"].items())],
+                             "tried": [], "check_windows": 0}
+    plan.cost = chosen["cost"]
     return plan
 
 

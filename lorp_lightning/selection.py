@@ -110,7 +110,11 @@ class PruningPlan:
             gap, which ``prune_layers`` folds into the kept weights (``lorp_lightning.compensation``):
             ``{"strength": s, "factors": [{"block": b, "factor": c}, ...], "tried": [{"strength":
             s, "loss": calibration loss}, ...], "check_windows": window passes of its checks}``;
-            else None.
+            else None. A plan chosen in rounds has the factors of all its rounds composed
+            (``rounds.compose_rounds``), and ``strength`` None: each round's is in ``rounds``.
+        rounds: with ``select_layers(..., rounds=R)``, R > 1: one record per round, ``{"pruned":
+            the blocks it removed (original numbering), "num_layers": the depth it pruned, "rls",
+            "num_clusters", "compensation": {"strength", "tried"} or None}``; else None.
     """
 
     method: str
@@ -126,6 +130,7 @@ class PruningPlan:
     candidates: list[dict[str, Any]] | None = None
     cost: dict[str, Any] | None = field(default=None, compare=False)  # a measurement, not part of the plan
     compensation: dict[str, Any] | None = None
+    rounds: list[dict[str, Any]] | None = None
 
     @property
     def num_pruned(self) -> int:
@@ -141,6 +146,10 @@ class PruningPlan:
         if self.compensation is not None:
             d["compensation"] = dict(self.compensation, tried=[dict(t, loss=_encode_float(t["loss"]))
                                                                for t in self.compensation["tried"]])
+        if self.rounds is not None:
+            d["rounds"] = [dict(r, rls=_encode_float(r["rls"]), compensation=None if r["compensation"] is None else
+                                dict(r["compensation"], tried=[dict(t, loss=_encode_float(t["loss"])) for t in r["compensation"]["tried"]]))
+                           for r in self.rounds]
         return d
 
     @classmethod
@@ -159,6 +168,11 @@ class PruningPlan:
             c = d["compensation"]
             d["compensation"] = dict(c, factors=[{"block": int(f["block"]), "factor": float(f["factor"])} for f in c["factors"]],
                                      tried=[dict(t, loss=_decode_float(t["loss"])) for t in c["tried"]])
+        if d.get("rounds") is not None:
+            d["rounds"] = [dict(r, pruned=[int(b) for b in r["pruned"]], rls=_decode_float(r["rls"]),
+                                compensation=None if r["compensation"] is None else
+                                dict(r["compensation"], tried=[dict(t, loss=_decode_float(t["loss"])) for t in r["compensation"]["tried"]]))
+                           for r in d["rounds"]]
         for key in ("pruned", "kept", "protected", "labels"):
             if d.get(key) is not None:
                 d[key] = [int(x) for x in d[key]]
@@ -183,10 +197,17 @@ class PruningPlan:
         s += f"; protected {self.protected}"
         if self.seed is not None:
             s += f"; seed {self.seed}"
+        if self.rounds is not None:
+            s += f"; in {len(self.rounds)} rounds " + ", ".join(str(r["pruned"]) for r in self.rounds)
         if self.compensation is not None:
             factors = ", ".join(f"{f['block']}: {f['factor']:.3f}" for f in self.compensation["factors"])
-            s += f"; compensated, strength {self.compensation['strength']:g}"
-            s += f" (factors {factors})" if self.compensation["strength"] else ""
+            strength = self.compensation["strength"]
+            if strength is None:  # in rounds: each round's strength
+                strength = "/".join(f"{r['compensation']['strength']:g}" for r in self.rounds)
+                s += f"; compensated, strengths {strength}"
+            else:
+                s += f"; compensated, strength {strength:g}"
+            s += f" (factors {factors})" if any(f["factor"] != 1.0 for f in self.compensation["factors"]) else ""
         return s
 
 
