@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                               help="fold a training-free correction of the stream's scale at each gap into the kept weights, "
                                    "its strength chosen on the calibration loss of the first 8 calibration windows "
                                    "(docs/method.md, Compensation)")
+    prune_parser.add_argument("--rounds", type=_positive_int, default=1,
+                              help="select the budget in R rounds, the statistics collected again on the partly pruned "
+                                   "(and, with --compensate, compensated) model between rounds (docs/method.md, Rounds; "
+                                   "default: 1, one shot)")
     prune_parser.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
     _add_calibration(prune_parser)
     _add_evaluation(prune_parser)
@@ -350,28 +354,28 @@ def _check_method(method: str) -> None:
 
 
 def _select(stats, amount, method, *, seed: int, quiet: bool, model=None, windows=None, num_clusters=None,
-            compensate: bool = False):
+            compensate: bool = False, rounds: int = 1):
     """The plan of ``method``; a method that tries plans on the model checks them on ``windows``
     (the calibration windows of --text), the others read ``stats`` alone (with ``compensate``, the
-    strength is checked on ``windows`` too)."""
+    strength is checked on ``windows`` too; with ``rounds`` > 1, later rounds collect statistics on them)."""
     from lorp_lightning.methods import get_method, select_layers
 
-    on_model = get_method(method).reads_model or compensate
+    on_model = get_method(method).reads_model or compensate or rounds > 1
     try:
         return select_layers(stats, amount, method=method, num_clusters=num_clusters, seed=seed,
                              model=model if on_model else None, windows=windows if on_model else None,
-                             progress=not quiet, compensate=compensate)
+                             progress=not quiet, compensate=compensate, rounds=rounds)
     except ValueError as error:
         raise UsageError(str(error).replace("num_clusters", "--num-clusters").replace("method=", "--method ")
-                         .replace("compensate=True", "--compensate")) from error
+                         .replace("compensate=True", "--compensate").replace("rounds=", "--rounds ")) from error
 
 
-def _check_windows(methods: list[str], tokenizer, text: str, window: int, count: int, compensate: bool = False):
+def _check_windows(methods: list[str], tokenizer, text: str, window: int, count: int, on_model: bool = False):
     """The calibration windows of --text, read once, if one of ``methods`` tries plans on the model (or
-    ``compensate`` checks its strength); else None."""
+    ``on_model``: compensation checks its strength, or rounds collect statistics); else None."""
     from lorp_lightning.methods import get_method
 
-    if not compensate and not any(get_method(method).reads_model for method in methods):
+    if not on_model and not any(get_method(method).reads_model for method in methods):
         return None
     return _calibration_windows(tokenizer, text, window, count)
 
@@ -445,9 +449,9 @@ def _evaluate(models: dict, windows, *, quiet: bool, prompt_tokens: int, new_tok
 def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, amount: int | float, method: str,
           num_clusters: int | None, seed: int, text: str, windows: int, window: int, batch_size: int, stats: str | None,
           eval_text: str, eval_windows: int, speed_repeats: int, prompt_tokens: int, new_tokens: int, heal_steps: int,
-          distill: bool, lm_weight: float | None, compensate: bool = False) -> dict:
-    """``lorp prune``: the statistics, the plan of ``method`` for ``amount`` (compensated with ``compensate``),
-    the pruned model (healed for
+          distill: bool, lm_weight: float | None, compensate: bool = False, rounds: int = 1) -> dict:
+    """``lorp prune``: the statistics, the plan of ``method`` for ``amount`` (compensated with ``compensate``,
+    in ``rounds`` rounds), the pruned model (healed for
     ``heal_steps`` first, by distillation from the dense model with ``distill``), dense and pruned measured side
     by side, the pruned model and the report saved to ``out`` (``"pruned/MODEL-METHOD-AMOUNT"``: named from
     them); the report."""
@@ -458,6 +462,9 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
         raise UsageError("--distill heals by distillation from the dense model, which needs --heal-steps N (N >= 1)")
     if lm_weight is not None and not distill:
         raise UsageError(f"--lm-weight {lm_weight} mixes the next-token loss into distillation; it needs --distill")
+    if rounds > 1 and heal_steps:
+        raise UsageError(f"--rounds {rounds} with --heal-steps {heal_steps}: healing between rounds is not built yet; "
+                         "prune in rounds training-free (--rounds alone), or heal once after a one-shot pruning")
     if heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
         _calibration_text(text, "calibration")
     if out == "pruned/MODEL-METHOD-AMOUNT":
@@ -478,8 +485,9 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
                                                                  count=windows, batch_size=batch_size, quiet=quiet)
         analysis = _select(layer_stats, 1, "lorp", seed=seed, quiet=quiet)
         start = time.perf_counter()
-        plan = _select(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense, compensate=compensate,
-                       windows=_check_windows([method], tokenizer, text, window, windows, compensate), num_clusters=num_clusters)
+        plan = _select(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense, compensate=compensate, rounds=rounds,
+                       windows=_check_windows([method], tokenizer, text, window, windows, compensate or rounds > 1),
+                       num_clusters=num_clusters)
         timings["selection_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
         pruned = prune_layers(dense, plan, inplace=False)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorp_lightning import selection as sel
-from lorp_lightning._validation import check_choice, is_integer
+from lorp_lightning._validation import check_choice, check_int, is_integer
 from lorp_lightning.locality import (
     allocate_lorp,
     block_redundancy,
@@ -323,8 +323,7 @@ def select_layers(
     if compensate:
         _check_compensation(stats_or_similarity, model if shared_checks is None else shared_checks.model,
                             windows if shared_checks is None else shared_checks.windows)
-    if not is_integer(rounds) or rounds < 1:
-        raise ValueError(f"rounds must be an int >= 1, got rounds={rounds!r}")
+    rounds = check_int(rounds, "rounds")
     if rounds > 1 and (model is None or windows is None):
         raise ValueError(f"rounds={rounds} collects the statistics again on the partly pruned model: pass model= and "
                          "windows= (all the calibration windows)")
@@ -360,7 +359,7 @@ def select_layers(
     if num_clusters is not None and (not is_integer(num_clusters) or not 1 <= num_clusters <= N):
         raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
     if rounds > 1:
-        return _in_rounds(entry, stats_or_similarity, N, k, int(rounds), protected, statistics_windows, dict(
+        return _in_rounds(entry, stats_or_similarity, N, k, rounds, protected, statistics_windows, dict(
             method=method, num_clusters=num_clusters, seed=seed, model=model, windows=statistics_windows,
             check_windows=check_windows, check_tokens=check_tokens, score_last=score_last, progress=progress,
             compensate=compensate), shared_checks)

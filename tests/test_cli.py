@@ -93,6 +93,25 @@ def test_prune_by_default_with_lorp_search_reuses_saved_statistics_and_checks_on
     assert report["metrics"]["pruned"]["num_layers"] == 27
 
 
+def test_prune_in_rounds_saves_the_plan_select_layers_chooses_in_rounds(tmp_path):
+    from lorp_lightning import LayerStats, load_model, load_text, select_layers
+    from lorp_lightning.evaluation import token_windows
+
+    analysis = tmp_path / "analysis"
+    assert main(["analyze", *SMALL, "--out", str(analysis)]) == 0
+    out = tmp_path / "pruned"
+    assert main(["prune", "--amount", "2", "--method", "shortgpt", "--rounds", "2", "--stats", str(analysis / "stats.pt"),
+                 "--out", str(out), *SMALL, *SMALL_EVAL]) == 0
+    report = json.loads((out / "report.json").read_text())
+    model, tokenizer = load_model("smollm2-135m", dtype=report["dtype"], progress=False)
+    windows = token_windows(tokenizer, load_text("wiki", "calibration"), window=128, max_windows=4)
+    expected = select_layers(LayerStats.load(analysis / "stats.pt"), 2, method="shortgpt", model=model, windows=windows, rounds=2)
+    assert report["plan"]["pruned"] == expected.pruned
+    assert [r["pruned"] for r in report["plan"]["rounds"]] == [r["pruned"] for r in expected.rounds]
+    assert report["plan"]["cost"]["statistics_windows"] == 4 + 4  # the statistics of the second round: one more pass
+    assert report["metrics"]["pruned"]["num_layers"] == 28
+
+
 @pytest.mark.parametrize("dtype, expected", [(None, None), ("float32", "dtype: float32 (requested)")])
 def test_a_command_says_once_which_dtype_it_computes_in_and_why(tmp_path, capsys, dtype, expected):
     from lorp_lightning.precision import choose_dtype
@@ -140,6 +159,8 @@ def test_an_existing_output_directory_needs_overwrite_and_is_left_as_it_was(tmp_
         (["analyze", "--text", "ptb"], "unknown calibration text 'ptb'"),
         # with --stats nothing is calibrated, but healing would train on --text: refused before loading
         (["prune", "--stats", "no-such-stats.pt", "--heal-steps", "2", "--text", "ptb"], "unknown calibration text 'ptb'"),
+        (["prune", "--rounds", "2", "--heal-steps", "2"], "--rounds 2 with --heal-steps 2: healing between rounds is not built yet"),
+        (["prune", "--amount", "2", "--rounds", "3"], "rounds must be between 1 and the 2 blocks to prune, got --rounds 3"),
     ],
 )
 def test_bad_arguments_end_with_one_clear_line_and_exit_status_2(tmp_path, capsys, argv, message):

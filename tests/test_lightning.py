@@ -172,6 +172,7 @@ def test_prune_callback_rejects_an_unknown_method_and_lists_the_methods():
         (dict(protect=[0, -1]), "protect=(0, -1)"),
         (dict(seed=-1), "seed=-1"),
         (dict(compensate="yes"), "compensate='yes'"),
+        (dict(rounds=0), "rounds must be a positive int, got rounds=0"),
     ],
 )
 def test_prune_callback_rejects_other_bad_arguments_naming_the_value(kwargs, words):
@@ -651,3 +652,27 @@ def test_compensate_on_a_family_where_no_fold_is_exact_is_refused_at_setup_befor
     with pytest.raises(ValueError, match=r"compensation is not available for the 'olmo2' family"):
         make_trainer(tmp_path, callbacks=[callback]).predict(LoRPModule(model), torch.utils.data.DataLoader(Never()))
     assert len(decoder_layers(model)) == 6
+
+
+def test_rounds_prune_the_plan_select_layers_chooses_in_rounds_on_all_the_calibration_windows(tokenizer, tmp_path):
+    model = tiny_llama(len(tokenizer))
+    module = LoRPModule(copy.deepcopy(model), tokenizer)
+    dm = stories(tokenizer, num_calibration_windows=10)
+    callback = LoRPPruneCallback(3, method="shortgpt", prune_on="predict_end", rounds=2, compensate=True, verbose=False)
+    make_trainer(tmp_path, callbacks=[callback]).predict(module, datamodule=dm)
+    windows = dm.windows("calibration")
+    assert torch.equal(callback.windows, windows)  # all 10: the second round's statistics are collected on them
+    expected = select_layers(callback.stats, 3, method="shortgpt", model=model, windows=windows, compensate=True, rounds=2)
+    assert callback.plan == expected and [len(r["pruned"]) for r in expected.rounds] == [2, 1]
+    reference = prune_layers(copy.deepcopy(model), expected)
+    ids = windows[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(module.model(ids).logits, reference(ids).logits, rtol=0, atol=0)
+
+
+def test_more_rounds_than_blocks_to_prune_is_refused_at_setup_before_any_batch(tokenizer, tmp_path):
+    module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
+    callback = LoRPPruneCallback(2, method="shortgpt", prune_on="predict_end", rounds=3)
+    with pytest.raises(ValueError, match=r"rounds=3 exceeds the 2 blocks amount=2 prunes; pass at most 2"):
+        make_trainer(tmp_path, callbacks=[callback]).predict(module, datamodule=stories(tokenizer))
+    assert callback.stats is None and len(decoder_layers(module.model)) == 8

@@ -168,9 +168,9 @@ def test_a_statistics_method_in_rounds_reads_statistics_collected_again():
 
 
 @pytest.mark.parametrize("rounds, message", [
-    (0, r"rounds must be an int >= 1, got rounds=0"),
-    (1.5, r"rounds must be an int >= 1, got rounds=1.5"),
-    (True, r"rounds must be an int >= 1, got rounds=True"),
+    (0, r"rounds must be a positive int, got rounds=0"),
+    (1.5, r"rounds must be a positive int, got rounds=1.5"),
+    (True, r"rounds must be a positive int, got rounds=True"),
     (4, r"rounds must be between 1 and the 3 blocks to prune, got rounds=4"),
 ])
 def test_bad_rounds_are_refused_by_name_before_any_work(chosen, rounds, message):

@@ -31,7 +31,7 @@ from lorp_lightning.callbacks.location import (
 )
 from lorp_lightning.callbacks.statistics import LayerStatsCallback, _Gathering, _GatheringCallback
 from lorp_lightning.compensation import check_compensable
-from lorp_lightning.methods import DEFAULT_METHOD, get_method, select_layers
+from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, get_method, select_layers
 from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
 from lorp_lightning.stats import LayerStats
 from lorp_lightning.surgery import prune_layers
@@ -116,6 +116,11 @@ class LoRPPruneCallback(_GatheringCallback):
             weights (``select_layers(..., compensate=True)``, ``lorp_lightning.compensation``): its
             strength is chosen on the calibration windows, like the default method's plans. A family
             where no fold is exact is refused at ``setup``, before any batch.
+        rounds: select the budget in this many rounds (``select_layers(..., rounds=rounds)``,
+            ``lorp_lightning.rounds``): each round on the model the rounds before it pruned (and
+            compensated), its statistics collected again on the calibration windows (all the
+            unpadded ones the loop ran; with a ``LayerStatsCallback`` in the Trainer, its first 8).
+            Default 1, one shot. More rounds than blocks to prune is refused at ``setup``.
 
     After pruning, ``plan`` is the ``PruningPlan`` and
     ``stats`` the statistics it was chosen from; both are part of the callback's state.
@@ -135,6 +140,7 @@ class LoRPPruneCallback(_GatheringCallback):
         verbose: bool = True,
         model: ModelLocation = "model",
         compensate: bool = False,
+        rounds: int = 1,
     ) -> None:
         if not is_budget(amount):  # the one budget rule (selection.is_budget); the message says what was wrong
             if is_integer(amount):
@@ -173,12 +179,14 @@ class LoRPPruneCallback(_GatheringCallback):
         if not isinstance(compensate, bool):
             raise ValueError(f"compensate must be True or False, got compensate={compensate!r}")
         self.compensate = compensate
+        self.rounds = int(check_int(rounds, "rounds", low=1))
         self.verbose = verbose
         self.stages = ("predict",) if prune_on == "predict_end" else ("validation",)
         self.model = check_model_location(model, type(self).__name__)
         self.stats: LayerStats | None = None
         self.windows: torch.Tensor | None = None
-        self._gathering = _Gathering(self.stages, self.model, type(self).__name__, check=self._check_model)
+        self._gathering = _Gathering(self.stages, self.model, type(self).__name__, check=self._check_model,
+                                     keep_windows=None if self.rounds > 1 else CHECK_WINDOWS)  # rounds: all, for their statistics
         self._listener = self._gathering.listener
         self.plan: PruningPlan | None = None
         self._stats_callback: LayerStatsCallback | None = None
@@ -250,7 +258,9 @@ class LoRPPruneCallback(_GatheringCallback):
             raise ValueError(
                 f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}"
             )
-        resolve_budget(self.amount, num_layers, num_layers - len(protect))
+        k = resolve_budget(self.amount, num_layers, num_layers - len(protect))
+        if self.rounds > k:
+            raise ValueError(f"rounds={self.rounds} exceeds the {k} blocks amount={self.amount!r} prunes; pass at most {k}")
 
     # ------------------------------------------------------------------ listening
 
@@ -292,10 +302,11 @@ class LoRPPruneCallback(_GatheringCallback):
         if _is_sharded(causal_lm):  # sharded by a strategy setup did not know: refuse, the model unchanged
             raise RuntimeError(self._sharded_message("found sharded when the pruning came"))
         model = windows = None
-        if self._method.reads_model or self.compensate:
+        if self._method.reads_model or self.compensate or self.rounds > 1:
             source = self._stats_callback if self._stats_callback is not None else self
             if source.windows is None:
-                what = f"method={self._method.name!r}" if self._method.reads_model else "compensate=True"
+                what = (f"method={self._method.name!r}" if self._method.reads_model else
+                        "compensate=True" if self.compensate else f"rounds={self.rounds}")
                 raise RuntimeError(
                     f"LoRPPruneCallback({what}) checks on unpadded {self._listens_to} sequences, and none ran "
                     "through the model; give it unpadded windows (TextDataModule's are)"
@@ -304,7 +315,7 @@ class LoRPPruneCallback(_GatheringCallback):
         with torch.inference_mode(False):  # plans tried on the model run outside Lightning's inference mode
             plan = select_layers(
                 self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect,
-                seed=self.seed, model=model, windows=windows, compensate=self.compensate,
+                seed=self.seed, model=model, windows=windows, compensate=self.compensate, rounds=self.rounds,
             )
         plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
         with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode
@@ -331,6 +342,7 @@ class LoRPPruneCallback(_GatheringCallback):
             "lorp_num_clusters": plan.num_clusters,
             "lorp_prune_on": self.prune_on,
             "lorp_compensation_strength": None if plan.compensation is None else plan.compensation["strength"],
+            "lorp_rounds": self.rounds,
         }
         for logger in trainer.loggers:
             logger.log_hyperparams(hyperparameters)

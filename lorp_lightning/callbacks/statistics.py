@@ -27,12 +27,13 @@ __all__ = ["LayerStatsCallback"]
 class _Listener:
     """Hooks on the decoder blocks feeding a fresh ``LayerSimilarity``, for one run of a loop.
 
-    It also keeps the first ``CHECK_WINDOWS`` unpadded sequences it
-    sees (token ids, on the CPU), the calibration windows the methods that try plans on the model
-    (``lorp_search``, ``sleb``, ...) check them on.
+    It also keeps the first ``keep_windows`` unpadded sequences it sees (token ids, on the CPU;
+    None: all of them), the calibration windows the methods that try plans on the model
+    (``lorp_search``, ``sleb``, ...) check them on, and that rounds collect statistics on again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_windows: int | None = CHECK_WINDOWS) -> None:
+        self.keep_windows = keep_windows
         self.recorder: HiddenStateRecorder | None = None
         self.metric: LayerSimilarity | None = None
         self.windows: list[torch.Tensor] = []
@@ -54,7 +55,7 @@ class _Listener:
         states, norms = self.recorder.pop_with_norms()
         self.metric.update(states, attention_mask, normalized=True, norms=norms)
         for ids, mask in zip(input_ids, attention_mask, strict=True):
-            if len(self.windows) < CHECK_WINDOWS and bool(mask.all()) and (not self.windows or ids.numel() == self.windows[0].numel()):
+            if (self.keep_windows is None or len(self.windows) < self.keep_windows) and bool(mask.all()) and (not self.windows or ids.numel() == self.windows[0].numel()):
                 self.windows.append(ids.detach().to("cpu", copy=True))
 
     def finish(self) -> LayerStats:
@@ -89,9 +90,9 @@ class _Gathering:
     """
 
     def __init__(self, stages: tuple[str, ...], location: ModelLocation, owner: str,
-                 check: Callable[[pl.Trainer, nn.Module], None] | None = None) -> None:
+                 check: Callable[[pl.Trainer, nn.Module], None] | None = None, keep_windows: int | None = CHECK_WINDOWS) -> None:
         self.stages, self.location, self.owner, self.check = stages, location, owner, check
-        self.listener = _Listener()
+        self.listener = _Listener(keep_windows)
         self._checked = False
 
     def causal_lm(self, pl_module: pl.LightningModule) -> nn.Module:
