@@ -28,9 +28,11 @@ import torch
 from torch import nn
 
 from lorp_lightning import compensation
+from lorp_lightning._validation import is_integer
 from lorp_lightning.architectures import architecture_of, decoder_layers
+from lorp_lightning.selection import PruningPlan
 
-__all__ = ["STATISTICS_BATCH", "compose_rounds", "round_sizes", "select_in_rounds"]
+__all__ = ["PruningSchedule", "STATISTICS_BATCH", "compose_plans", "compose_rounds", "round_sizes", "select_in_rounds"]
 
 STATISTICS_BATCH = 4  # windows per forward pass when a round collects the statistics again
 
@@ -118,9 +120,44 @@ def pruned_in_rounds(model: nn.Module) -> Iterator[Callable[[Any], None]]:
                 parameter.copy_(values)
 
 
+def compose_plans(plans: Sequence[PruningPlan], protected: Sequence[int]) -> PruningPlan:
+    """The one plan, in the original numbering, of ``plans`` applied one after another, each to the model the
+    ones before it left (its own numbering): the union of their blocks, their factors composed
+    (``compose_rounds``), and ``rounds``, one record per plan. One plan is returned as it is.
+
+    ``protected``: the blocks never pruned, in the original numbering. The cost is the caller's to add.
+    """
+    if len(plans) == 1:
+        return plans[0]
+    num_layers = plans[0].num_layers
+    alive = list(range(num_layers))
+    steps: list[tuple[list[int], dict[int, float]]] = []
+    records: list[dict[str, Any]] = []
+    for plan in plans:
+        if plan.num_layers != len(alive):
+            raise ValueError(f"a plan for {plan.num_layers} blocks cannot follow plans that left {len(alive)}")
+        steps.append((plan.pruned, {} if plan.compensation is None else
+                      {f["block"]: f["factor"] for f in plan.compensation["factors"]}))
+        records.append({
+            "pruned": [alive[b] for b in plan.pruned], "num_layers": plan.num_layers, "rls": plan.rls,
+            "num_clusters": plan.num_clusters,
+            "compensation": None if plan.compensation is None else
+            {"strength": plan.compensation["strength"], "tried": plan.compensation["tried"]},
+        })
+        alive = [b for i, b in enumerate(alive) if i not in set(plan.pruned)]
+    pruned, factors = compose_rounds(num_layers, steps)
+    composed = PruningPlan(method=plans[0].method, num_layers=num_layers, pruned=pruned,
+                           kept=[b for b in range(num_layers) if b not in set(pruned)], protected=sorted(protected),
+                           rounds=records)
+    if any(plan.compensation is not None for plan in plans):
+        composed.compensation = {"strength": None, "factors": [{"block": b, "factor": f} for b, f in sorted(factors.items())],
+                                 "tried": [], "check_windows": 0}
+    return composed
+
+
 def select_in_rounds(model: nn.Module, windows: torch.Tensor, stats: Any, sizes: Sequence[int], protected: Sequence[int],
-                     select_round: Callable[[Any, int, list[int], bool], Any], *, collect: bool,
-                     progress: bool = False) -> dict[str, Any]:
+                     select_round: Callable[[Any, int, list[int], bool], PruningPlan], *, collect: bool,
+                     progress: bool = False) -> PruningPlan:
     """Select in rounds of ``sizes`` blocks (see the module docs).
 
     Args:
@@ -137,42 +174,104 @@ def select_in_rounds(model: nn.Module, windows: torch.Tensor, stats: Any, sizes:
         progress: show the progress of the statistics passes.
 
     Returns:
-        ``pruned`` and ``factors`` (``compose_rounds``), ``rounds`` (one record per round: its
-        blocks in the original numbering and what its plan chose) and the summed ``cost``.
+        The plans composed (``compose_plans``), with the rounds' costs summed: window passes of
+        checks and of the statistics collected again, plans checked, and seconds.
     """
     from lorp_lightning.stats import collect_layer_stats
 
-    num_layers = len(decoder_layers(model))
-    alive = list(range(num_layers))
-    steps: list[tuple[list[int], dict[int, float]]] = []
-    records: list[dict[str, Any]] = []
+    alive = list(range(len(decoder_layers(model))))
+    plans: list[PruningPlan] = []
     cost = {"statistics_windows": 0, "check_windows": 0, "plans_checked": 0, "seconds": 0.0}
     with pruned_in_rounds(model) as prune:
         for r, size in enumerate(sizes):
             start = time.perf_counter()
-            passes = 0
-            if r and collect:
-                stats = collect_layer_stats(model, windows.split(STATISTICS_BATCH), progress=progress)
-                passes = len(windows)
-            elif r:
-                stats = None
-            seconds = time.perf_counter() - start
+            if r:
+                stats = collect_layer_stats(model, windows.split(STATISTICS_BATCH), progress=progress) if collect else None
+                cost["statistics_windows"] += len(windows) if collect else 0
+            cost["seconds"] += time.perf_counter() - start
             plan = select_round(stats, size, [i for i, b in enumerate(alive) if b in set(protected)], r == 0)
-            factors = {} if plan.compensation is None else {f["block"]: f["factor"] for f in plan.compensation["factors"]}
-            steps.append((plan.pruned, factors))
-            records.append({
-                "pruned": [alive[b] for b in plan.pruned], "num_layers": len(alive), "rls": plan.rls,
-                "num_clusters": plan.num_clusters,
-                "compensation": None if plan.compensation is None else
-                {"strength": plan.compensation["strength"], "tried": plan.compensation["tried"]},
-            })
-            round_cost = dict(plan.cost)
-            round_cost["statistics_windows"] = (round_cost.get("statistics_windows") or 0) if r == 0 else passes
-            for key in ("statistics_windows", "check_windows", "plans_checked"):
-                cost[key] += round_cost.get(key) or 0
-            cost["seconds"] += seconds + round_cost["seconds"]
+            plans.append(plan)
+            if r == 0:
+                cost["statistics_windows"] += plan.cost.get("statistics_windows") or 0
+            for key in ("check_windows", "plans_checked", "seconds"):
+                cost[key] += plan.cost.get(key) or 0
             if r + 1 < len(sizes):
                 prune(plan)
                 alive = [b for i, b in enumerate(alive) if i not in set(plan.pruned)]
-    pruned, factors = compose_rounds(num_layers, steps)
-    return {"pruned": pruned, "factors": factors, "rounds": records, "cost": cost}
+    composed = compose_plans(plans, protected)
+    composed.cost = cost
+    return composed
+
+
+# --------------------------------------------------------------------------- a schedule, for pruning during training
+
+
+class PruningSchedule:
+    """When a progressive pruning has removed how many blocks, as Lightning's ``ModelPruning`` takes it.
+
+        PruningSchedule([(0, 2), (100, 4), (200, 0.25)])   # 2 blocks by step 0, 4 by step 100, a quarter by 200
+        PruningSchedule(lambda epoch: 2 * (epoch + 1))      # a callable of the epoch
+
+    Each amount is the total removed by then, of the unpruned model's blocks: a count (an int >= 1)
+    or a fraction (a float in (0, 1), rounded down), the budget rule of ``select_layers``. A list
+    gives (optimizer step, amount) pairs, the steps strictly increasing; the pair applies from the
+    first pruning point at or after its step. A callable of the epoch may return 0 for nothing yet.
+    The amounts must grow by at least one block from one entry to the next and stay within the
+    unprotected blocks (``blocks``): anything else is refused with a ValueError naming the schedule.
+    """
+
+    def __init__(self, schedule: Sequence[tuple[int, int | float]] | Callable[[int], int | float]) -> None:
+        from lorp_lightning.selection import is_budget
+
+        self.schedule = schedule
+        if callable(schedule):
+            self.entries = None
+            return
+        if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or not schedule:
+            raise ValueError(f"a schedule must be a non-empty list of (step, amount) pairs or a callable of the epoch, "
+                             f"got {schedule!r}")
+        entries = []
+        for entry in schedule:
+            if not (isinstance(entry, Sequence) and len(entry) == 2 and is_integer(entry[0]) and entry[0] >= 0
+                    and is_budget(entry[1])):
+                raise ValueError(f"the schedule {schedule!r} holds {entry!r}, which is not a pair (step, amount) of an "
+                                 "optimizer step (an int >= 0) and an amount (a count >= 1 or a fraction in (0, 1))")
+            entries.append((int(entry[0]), int(entry[1]) if is_integer(entry[1]) else float(entry[1])))
+        steps = [step for step, _ in entries]
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError(f"the steps of the schedule {schedule!r} must strictly increase, got {steps}")
+        self.entries = entries
+
+    def __repr__(self) -> str:
+        return repr(self.schedule) if self.entries is not None else getattr(self.schedule, "__name__", repr(self.schedule))
+
+    def blocks(self, num_layers: int, num_unprotected: int) -> list[int] | None:
+        """The total blocks removed after each entry of a list (None for a callable), checked: growing by at
+        least one block each, and within the ``num_unprotected`` blocks of a model of ``num_layers``."""
+        if self.entries is None:
+            return None
+        totals = [self._resolve(amount, num_layers, num_unprotected, f"step {step}") for step, amount in self.entries]
+        if any(b <= a for a, b in zip(totals, totals[1:], strict=False)):
+            raise ValueError(f"the schedule {self!r} removes {totals} blocks of {num_layers} at its steps: each entry must "
+                             "remove at least one block more than the one before (amounts that decrease, or fractions "
+                             "that round down to the same whole number of blocks, are not a schedule)")
+        return totals
+
+    def due(self, step: int, epoch: int, num_layers: int, num_unprotected: int) -> int:
+        """The total blocks removed by optimizer step ``step`` in epoch ``epoch`` (0 before the first entry)."""
+        if self.entries is not None:
+            totals = self.blocks(num_layers, num_unprotected)
+            reached = [total for (at, _), total in zip(self.entries, totals, strict=True) if at <= step]
+            return reached[-1] if reached else 0
+        amount = self.schedule(epoch)
+        if is_integer(amount) and amount == 0:
+            return 0
+        return self._resolve(amount, num_layers, num_unprotected, f"epoch {epoch}")
+
+    def _resolve(self, amount: Any, num_layers: int, num_unprotected: int, when: str) -> int:
+        from lorp_lightning.selection import resolve_budget
+
+        try:
+            return resolve_budget(amount, num_layers, num_unprotected)
+        except ValueError as error:
+            raise ValueError(f"the schedule {self!r} asks at {when} for amount={amount!r}: {error}") from error

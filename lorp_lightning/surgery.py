@@ -883,11 +883,13 @@ def _composed_record(config: Any, num_layers: int, pruned: list[int], step: dict
     entry = {"method": step["method"], "pruned_layers": step_pruned, "rls": step["rls"], "num_clusters": step["num_clusters"]}
     if "compensation" in step:  # the stream's factor at each gap, by the kept block after it (original numbering)
         entry["compensation"] = [{"block": original_index[b], "factor": f} for b, f in sorted(step["compensation"].items())]
-    return {
+    record = copy.deepcopy(previous) if previous is not None else {}  # what else it holds (the healings) stays
+    record.update({
         "original_num_layers": original_num_layers,
         "pruned_layers": sorted(already_pruned + step_pruned),
         "steps": steps + [entry],
-    }
+    })
+    return record
 
 
 # --------------------------------------------------------------------------- device map

@@ -14,6 +14,12 @@ def smollm2():
     return load_model("smollm2-135m", dtype=torch.float32, progress=False)
 
 
+@pytest.fixture
+def tokenizer(smollm2):
+    """SmolLM2's tokenizer (the tiny random models of the Lightning tests take its vocabulary)."""
+    return smollm2[1]
+
+
 @pytest.fixture(scope="session")
 def wiki_heldout_windows(smollm2):
     from lorp_lightning.assets import load_text

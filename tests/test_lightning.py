@@ -129,11 +129,6 @@ class Record(Callback):
             self.snapshot = copy.deepcopy(pl_module.model)  # the weights the last validation saw
 
 
-@pytest.fixture
-def tokenizer(smollm2):
-    return smollm2[1]
-
-
 # --------------------------------------------------------------------------- argument checks
 
 

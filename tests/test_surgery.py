@@ -424,6 +424,14 @@ def test_pruning_twice_in_memory_composes_the_record_like_after_a_reload():
     torch.testing.assert_close(logits(model), logits_with_blocks_skipped(build("llama"), "llama", [0, 2, 4, 5]), rtol=0, atol=1e-5)
 
 
+def test_pruning_a_healed_model_again_keeps_its_healings_in_the_record():
+    model = prune_layers(build("llama"), [1])
+    healing = [{"mode": "lora", "num_steps": 3}]  # what healing.record adds, in short
+    pruning_record(model)["healing"] = healing
+    prune_layers(model, [2])
+    assert pruning_record(model)["healing"] == healing and pruning_record(model)["pruned_layers"] == [1, 3]
+
+
 def test_a_stale_record_is_refused():
     model = build("llama")
     model.config.lorp_pruning = {"original_num_layers": 10, "pruned_layers": [1, 2], "steps": []}

@@ -59,7 +59,10 @@ class LoRPHealCallback(Callback):
     after it prunes (the optimizers are built again over what trains; until then the whole dense
     model trains). At the end of ``fit`` (or when it stops on an exception) the adapters are
     merged, the model's parameters train as before, and the healing is added to the pruning
-    record: ``config.lorp_pruning["healing"]`` (see ``healing_records``).
+    record: ``config.lorp_pruning["healing"]`` (see ``healing_records``). With a schedule
+    (``LoRPPruneCallback([(step, amount), ...])``), progressive prune-heal: before each pruning
+    after the first, the healing so far is merged and recorded, and a new one begins after the
+    pruning, so the record holds one healing per step of the schedule.
 
     Checkpoints written during healing hold the adapters unmerged, and resuming a healing from
     them is not supported: save the healed model after ``fit`` (``save_pretrained``).
@@ -245,7 +248,7 @@ class LoRPHealCallback(Callback):
             )
         self._check_teacher(trainer, pl_module, model)
         self._prune_callback = self._pending_prune(trainer)
-        if self._prune_callback is None:
+        if self._prune_callback is None or self._prune_callback.plan is not None:  # pruned already (a schedule: partly)
             self._check_ready(model)
             self._begin(trainer, pl_module)  # before the strategy builds the optimizers and the DDP wrapper
         else:  # the checks that do not need the pruning, now rather than in the middle of fit
@@ -258,7 +261,7 @@ class LoRPHealCallback(Callback):
         """teacher='dense': save the stack before a LoRPPruneCallback of this Trainer prunes (references, no copy)."""
         if self._dense is not None:
             return
-        if not any(isinstance(cb, LoRPPruneCallback) and cb.plan is None for cb in trainer.callbacks):
+        if not any(isinstance(cb, LoRPPruneCallback) and not cb.finished for cb in trainer.callbacks):
             return  # nothing will be pruned here; _check_teacher says what is missing at the setup of fit
         model = self._causal_lm(pl_module)
         if pruning_record(model) is not None:
@@ -289,12 +292,17 @@ class LoRPHealCallback(Callback):
     def _pending_prune(self, trainer: pl.Trainer) -> LoRPPruneCallback | None:
         """The Trainer's LoRPPruneCallback that will prune during this fit, checked to run before this callback."""
         callbacks = list(trainer.callbacks)
-        pending = [cb for cb in callbacks if isinstance(cb, LoRPPruneCallback) and cb.plan is None]
+        pending = [cb for cb in callbacks if isinstance(cb, LoRPPruneCallback) and not cb.finished]
         if not pending:
             return None
         prune = pending[0]
         if prune.prune_on != "validation_end":
             return None  # it prunes at the end of fit or of predict: not during this fit
+        if prune.schedule is not None and self.teacher == "dense":
+            raise ValueError(
+                f"LoRPHealCallback(teacher='dense') with the schedule {prune.schedule!r}: the dense teacher is the model "
+                "before the pruning, whose kept blocks the first healing's merge changes; distil from a model given as "
+                "teacher=... (the dense model loaded again) across a schedule")
         if callbacks.index(prune) > callbacks.index(self):
             raise ValueError(
                 "LoRPHealCallback comes before LoRPPruneCallback in the Trainer's callbacks, so it would see the model "
@@ -346,8 +354,19 @@ class LoRPHealCallback(Callback):
             pl_module.distillation = distillation
 
     @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before a scheduled pruning after the first: this healing ends (merged, recorded), and a new one begins after it.
+        if (
+            self._healing is not None
+            and self._prune_callback is not None
+            and trainer.state.fn == TrainerFn.FITTING
+            and self._prune_callback.prunes_now(trainer)
+        ):
+            self._end(trainer, pl_module, completed=True)
+
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Right after the LoRPPruneCallback before this one pruned in the middle of fit.
+        # Right after the LoRPPruneCallback before this one pruned in the middle of fit (each step of a schedule).
         if (
             self._healing is None
             and self._prune_callback is not None

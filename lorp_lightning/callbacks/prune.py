@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -32,6 +32,7 @@ from lorp_lightning.callbacks.location import (
 from lorp_lightning.callbacks.statistics import LayerStatsCallback, _Gathering, _GatheringCallback
 from lorp_lightning.compensation import check_compensable
 from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, get_method, select_layers
+from lorp_lightning.rounds import PruningSchedule, compose_plans
 from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
 from lorp_lightning.stats import LayerStats
 from lorp_lightning.surgery import prune_layers
@@ -73,8 +74,18 @@ class LoRPPruneCallback(_GatheringCallback):
     (``lorp/num_clusters``), ``lorp/num_pruned`` and ``lorp/num_layers`` to the loggers' metrics,
     the plan to their hyper-parameters, and a one-line summary.
 
-    It never prunes during the sanity check and prunes only once: later validations leave the
-    model alone. Pruned in the middle of ``fit``, the model keeps training: the optimizers and
+    It never prunes during the sanity check and, given one amount, prunes only once: later
+    validations leave the model alone. Given a schedule, it prunes progressively, as Lightning's
+    ``ModelPruning`` does: ``LoRPPruneCallback([(0, 2), (100, 4), (200, 0.25)])`` has removed 2
+    blocks by optimizer step 0, 4 by step 100 and a quarter of them by step 200, each step at the
+    first validation end of ``fit`` (or of a ``validate`` before it) at or after its step, from
+    the statistics of that validation run on the model as it is then (``rounds.PruningSchedule``).
+    Training goes on between the steps: with ``LoRPHealCallback`` after it in the callbacks, a
+    healing per step (progressive prune-heal), or the module's own ``training_step``. ``plans``
+    lists each step's plan, and ``plan`` is them composed in the original numbering. Resuming
+    ``fit`` from a checkpoint in the middle of a schedule needs a module that rebuilds the pruned
+    depth before the weights load (``LoRPModule`` does); the schedule then goes on where it
+    stopped, and a model of another depth is refused, naming both. Pruned in the middle of ``fit``, the model keeps training: the optimizers and
     learning-rate schedulers are built again by ``configure_optimizers``, over the kept
     parameters (single-device and DDP strategies). Under DDP, every process prunes the same
     blocks, selected from the statistics of all processes. (Lightning's ``DistributedSampler``
@@ -96,7 +107,11 @@ class LoRPPruneCallback(_GatheringCallback):
 
     Args:
         amount: how many blocks to prune: an int (a count) or a float in (0, 1) (a fraction of
-            the blocks, rounded down).
+            the blocks, rounded down); or a schedule: a list of (optimizer step, amount) pairs, or
+            a callable of the epoch returning the amount removed by then (0 for nothing yet). A
+            schedule prunes at validation ends (``prune_on="validation_end"``); one whose
+            amounts do not grow by whole blocks, or exceed the unprotected blocks, is refused
+            (a list at ``setup``, a callable when it is asked).
         method: a name of ``METHODS``: ``"lorp_search"`` (default:
             the locality analysis's candidate plans checked and improved on the calibration
             loss), ``"lorp"`` (the paper's method, as published), a baseline; or a callable
@@ -131,7 +146,7 @@ class LoRPPruneCallback(_GatheringCallback):
 
     def __init__(
         self,
-        amount: int | float,
+        amount: int | float | Sequence[tuple[int, int | float]] | Callable[[int], int | float],
         method: str | Callable = DEFAULT_METHOD,
         num_clusters: int | None = None,
         protect: Iterable[int] | None = None,
@@ -142,7 +157,15 @@ class LoRPPruneCallback(_GatheringCallback):
         compensate: bool = False,
         rounds: int = 1,
     ) -> None:
-        if not is_budget(amount):  # the one budget rule (selection.is_budget); the message says what was wrong
+        self.schedule = None
+        if callable(amount) or (isinstance(amount, (list, tuple)) and not is_budget(amount)):
+            self.schedule = PruningSchedule(amount)  # a ValueError naming the schedule if it is not one
+            if prune_on != "validation_end":
+                raise ValueError(f"a schedule prunes at the validation ends of fit it reaches: pass prune_on='validation_end' "
+                                 f"(the default), not prune_on={prune_on!r}, or a single amount")
+            if rounds != 1:
+                raise ValueError(f"rounds={rounds!r} splits a single amount into rounds; a schedule gives its own rounds")
+        elif not is_budget(amount):  # the one budget rule (selection.is_budget); the message says what was wrong
             if is_integer(amount):
                 raise ValueError(f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
             if isinstance(amount, numbers.Real) and not isinstance(amount, bool):
@@ -153,7 +176,8 @@ class LoRPPruneCallback(_GatheringCallback):
             raise ValueError(
                 f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
             )
-        amount = int(amount) if is_integer(amount) else float(amount)
+        if self.schedule is None:
+            amount = int(amount) if is_integer(amount) else float(amount)
         self._method = get_method(method)  # a ValueError naming the methods for an unknown name
         if num_clusters is not None:
             if self._method.name != "lorp":
@@ -189,12 +213,15 @@ class LoRPPruneCallback(_GatheringCallback):
                                      keep_windows=None if self.rounds > 1 else CHECK_WINDOWS)  # rounds: all, for their statistics
         self._listener = self._gathering.listener
         self.plan: PruningPlan | None = None
+        self.plans: list[PruningPlan] = []  # with a schedule: each pruning's plan, in the numbering of the model it pruned
+        self._depth: int | None = None  # the blocks of the unpruned model, once found
         self._stats_callback: LayerStatsCallback | None = None
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(amount=self.amount, method=self._method.name, prune_on=self.prune_on)
+        amount = self.amount if self.schedule is None else repr(self.schedule)  # a callable by its name, stable across runs
+        return self._generate_state_key(amount=amount, method=self._method.name, prune_on=self.prune_on)
 
     @property
     def _listens_to(self) -> str:
@@ -228,7 +255,8 @@ class LoRPPruneCallback(_GatheringCallback):
     def _check_model(self, trainer: pl.Trainer, model: nn.Module) -> None:
         """The checks that need the causal LM, once it is found (``_Gathering``'s ``check``)."""
         if self.plan is None:
-            self._check_budget(len(decoder_layers(model)))
+            self._depth = len(decoder_layers(model))
+            self._check_budget(self._depth)
             if self.compensate:
                 check_compensable(model)  # a family where no fold is exact, refused by name before any batch
 
@@ -248,9 +276,13 @@ class LoRPPruneCallback(_GatheringCallback):
             "prune_layers(model, plan). This callback prunes in place under single-device and DDP strategies"
         )
 
+    def _protected(self, num_layers: int) -> set[int]:
+        """The blocks never pruned, in the unpruned model's numbering."""
+        return {0, num_layers - 1} if self.protect is None else set(self.protect)
+
     def _check_budget(self, num_layers: int) -> None:
         """The errors select_layers would raise about the arguments, now rather than after a loop."""
-        protect = {0, num_layers - 1} if self.protect is None else set(self.protect)
+        protect = self._protected(num_layers)
         outside = sorted(p for p in protect if p >= num_layers)
         if outside:
             raise ValueError(f"protect={self.protect!r} holds {outside}, beyond the {num_layers} blocks of the model")
@@ -258,6 +290,9 @@ class LoRPPruneCallback(_GatheringCallback):
             raise ValueError(
                 f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}"
             )
+        if self.schedule is not None:
+            self.schedule.blocks(num_layers, num_layers - len(protect))  # a list: every entry checked now
+            return
         k = resolve_budget(self.amount, num_layers, num_layers - len(protect))
         if self.rounds > k:
             raise ValueError(f"rounds={self.rounds} exceeds the {k} blocks amount={self.amount!r} prunes; pass at most {k}")
@@ -267,8 +302,39 @@ class LoRPPruneCallback(_GatheringCallback):
     @property
     @override
     def _listening(self) -> bool:
-        """Listen only until the pruning, and only when no LayerStatsCallback does it already."""
-        return self.plan is None and self._stats_callback is None
+        """Listen only until the pruning (with a schedule: until its last), and only when no LayerStatsCallback does it already."""
+        return not self.finished and self._stats_callback is None
+
+    @property
+    def finished(self) -> bool:
+        """Whether nothing is left to prune: the plan is there, and a schedule has reached its last amount."""
+        if self.plan is None:
+            return False
+        if self.schedule is None:
+            return True
+        totals = self.schedule.blocks(self.plan.num_layers, self.plan.num_layers - len(self._protected(self.plan.num_layers)))
+        return totals is not None and len(self.plan.pruned) >= totals[-1]
+
+    def prunes_now(self, trainer: pl.Trainer) -> bool:
+        """Whether this validation end prunes: the first one (a single amount, ``prune_on='validation_end'``), or
+        one where the schedule asks for more blocks than are removed (read by ``LoRPHealCallback``)."""
+        if self.prune_on != "validation_end" or trainer.sanity_checking:
+            return False
+        if self.schedule is None:
+            return self.plan is None
+        return self._due(trainer) > 0
+
+    def _due(self, trainer: pl.Trainer) -> int:
+        """With a schedule: the blocks it asks to remove now, beyond those removed (never negative)."""
+        assert self.schedule is not None
+        num_layers = self.plan.num_layers if self.plan is not None else self._depth
+        done = 0 if self.plan is None else len(self.plan.pruned)
+        total = self.schedule.due(trainer.global_step, trainer.current_epoch, num_layers,
+                                  num_layers - len(self._protected(num_layers)))
+        if total < done:
+            raise ValueError(f"the schedule {self.schedule!r} asks for {total} blocks removed at epoch {trainer.current_epoch}, "
+                             f"step {trainer.global_step}, but {done} are removed already: a schedule may not decrease")
+        return total - done
 
     # ------------------------------------------------------------------ pruning
 
@@ -288,7 +354,9 @@ class LoRPPruneCallback(_GatheringCallback):
             self._prune(trainer, pl_module)
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plan is not None:
+        if self.schedule is None and self.plan is not None:
+            return
+        if self.schedule is not None and not self._due(trainer):
             return
         if self._stats_callback is not None:
             self.stats = self._stats_callback.stats
@@ -312,9 +380,17 @@ class LoRPPruneCallback(_GatheringCallback):
                     "through the model; give it unpadded windows (TextDataModule's are)"
                 )
             model, windows = causal_lm, source.windows
+        amount, protect = self.amount, self.protect
+        if self.schedule is not None:  # this step of the schedule, on the model the steps before it left
+            amount = self._due(trainer)
+            num_layers = self.plan.num_layers if self.plan is not None else self._depth
+            alive = [b for b in range(num_layers) if self.plan is None or b not in set(self.plan.pruned)]
+            if len(decoder_layers(causal_lm)) != len(alive):
+                raise RuntimeError(self._depth_message(len(decoder_layers(causal_lm))))
+            protect = [i for i, b in enumerate(alive) if b in self._protected(num_layers)]
         with torch.inference_mode(False):  # plans tried on the model run outside Lightning's inference mode
             plan = select_layers(
-                self.stats, self.amount, method=self.method, num_clusters=self.num_clusters, protect=self.protect,
+                self.stats, amount, method=self.method, num_clusters=self.num_clusters, protect=protect,
                 seed=self.seed, model=model, windows=windows, compensate=self.compensate, rounds=self.rounds,
             )
         plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
@@ -322,8 +398,25 @@ class LoRPPruneCallback(_GatheringCallback):
             prune_layers(causal_lm, plan)
             if trainer.state.fn == TrainerFn.FITTING and self.prune_on == "validation_end":
                 rebuild_optimizers(trainer, pl_module)
-        self.plan = plan
+        self.plans.append(plan)
+        self.plan = compose_plans(self.plans, sorted(self._protected(self.plans[0].num_layers)))
         self._log(trainer)
+
+    def _depth_message(self, depth: int) -> str:
+        if self.plan is None:
+            return f"the model has {depth} blocks, but had {self._depth} when LoRPPruneCallback checked its schedule at setup"
+        return (f"the model has {depth} blocks, but the schedule {self.schedule!r} of LoRPPruneCallback has removed "
+                f"{len(self.plan.pruned)} of {self.plan.num_layers} (blocks {self.plan.pruned}), which leaves "
+                f"{len(self.plan.kept)}: resume from a checkpoint with a module that rebuilds the pruned depth "
+                "(LoRPModule does, from the checkpoint's pruning record)")
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self.schedule is not None and self.plan is not None:  # resumed in the middle of a schedule
+            depth = len(decoder_layers(self._gathering.causal_lm(pl_module)))
+            if depth != len(self.plan.kept):
+                raise ValueError(self._depth_message(depth))
 
     def _log(self, trainer: pl.Trainer) -> None:
         plan = self.plan
@@ -348,17 +441,20 @@ class LoRPPruneCallback(_GatheringCallback):
             logger.log_hyperparams(hyperparameters)
             logger.log_metrics(metrics, step=trainer.global_step)
         if self.verbose:
-            rank_zero_info(f"LoRPPruneCallback: {plan}; {len(plan.kept)} blocks remain")
+            when = "" if self.schedule is None else f"step {trainer.global_step}, "
+            rank_zero_info(f"LoRPPruneCallback: {when}{plan}; {len(plan.kept)} blocks remain")
 
     # ------------------------------------------------------------------ state
 
     @override
     def state_dict(self) -> dict[str, Any]:
         plan = None if self.plan is None else json.loads(self.plan.to_json())  # plain Python values only
-        return {"plan": plan, "stats": None if self.stats is None else self.stats.state_dict()}
+        return {"plan": plan, "plans": [json.loads(p.to_json()) for p in self.plans],
+                "stats": None if self.stats is None else self.stats.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         plan = state_dict.get("plan")
         self.plan = None if plan is None else PruningPlan.from_dict(plan)
+        self.plans = [PruningPlan.from_dict(p) for p in state_dict.get("plans", [plan] if plan is not None else [])]
         self.stats = None if state_dict.get("stats") is None else LayerStats.from_state_dict(state_dict["stats"])
