@@ -7,7 +7,8 @@ does in a user's project: it runs this same command again with ``LOCAL_RANK=1``.
 build the same tiny random Llama (seeded) and then
 
 1. ``validate`` with ``LoRPPruneCallback(0.25, method="lorp")``: each process sees half of the held-out windows;
-2. ``fit`` with ``LoRPPruneCallback(0.25, method="lorp")`` pruning at the first validation, then training on.
+2. ``fit`` with ``LoRPPruneCallback(0.25, method="lorp")`` pruning at the first validation, then training on;
+3. ``fit`` with the schedule ``LoRPPruneCallback([(2, 1), (4, 2)], method="lorp")``, training between its steps.
 
 Each process writes what it saw and did to ``OUT_DIR/rank{rank}.json``.
 """
@@ -110,6 +111,20 @@ def main(out: Path, tokenizer_dir: str) -> None:
         "optimizer_state_size": len(fit.optimizers[0].state),
         "parameter_sums": [p.detach().double().sum().item() for p in module.model.parameters()],
         "ddp_wraps_pruned_model": sum(1 for _ in fit.strategy.model.parameters()) == len(list(module.model.parameters())),
+    }
+
+    # 3. a schedule: 1 block at the validation end of epoch 0 (step 2), 2 at that of epoch 1 (step 4), training between
+    module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3)
+    callback = LoRPPruneCallback([(2, 1), (4, 2)], method="lorp")
+    scheduled = trainer(out, [callback], max_epochs=3, limit_train_batches=2, num_sanity_val_steps=0)
+    scheduled.fit(module, datamodule=datamodule(tokenizer))
+    optimizer_ids = [id(p) for group in scheduled.optimizers[0].param_groups for p in group["params"]]
+    result["schedule"] = {
+        "plans": [json.loads(p.to_json()) for p in callback.plans],
+        "pruned": callback.plan.pruned,
+        "num_layers_after": len(decoder_layers(module.model)),
+        "optimizer_matches_model": sorted(optimizer_ids) == sorted(id(p) for p in module.model.parameters()),
+        "parameter_sums": [p.detach().double().sum().item() for p in module.model.parameters()],
     }
     (out / f"rank{rank}.json").write_text(json.dumps(result))
 

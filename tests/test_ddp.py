@@ -97,3 +97,13 @@ def test_pruning_inside_fit_under_ddp_keeps_both_processes_training_the_same_pru
     assert fit0["optimizer_state_size"] == fit1["optimizer_state_size"] > 0
     # gradients were averaged over the two processes after the pruning: the weights agree
     assert fit0["parameter_sums"] == pytest.approx(fit1["parameter_sums"], rel=1e-6, abs=1e-9)
+
+
+def test_both_processes_prune_each_step_of_a_schedule_alike_and_train_the_same_weights(ddp_run):
+    rank0, rank1, _ = ddp_run
+    schedule = rank0["schedule"]
+    assert [len(p["pruned"]) for p in schedule["plans"]] == [1, 1] and len(schedule["pruned"]) == 2
+    assert schedule["num_layers_after"] == load_worker().NUM_LAYERS - 2
+    assert rank1["schedule"]["plans"] == schedule["plans"] and rank1["schedule"]["pruned"] == schedule["pruned"]
+    assert schedule["optimizer_matches_model"] and rank1["schedule"]["optimizer_matches_model"]
+    assert rank1["schedule"]["parameter_sums"] == pytest.approx(schedule["parameter_sums"], rel=1e-6, abs=1e-9)  # averaged gradients
