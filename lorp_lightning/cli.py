@@ -17,6 +17,7 @@ run leaves nothing half-written; an existing directory needs ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -462,9 +463,9 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
         raise UsageError("--distill heals by distillation from the dense model, which needs --heal-steps N (N >= 1)")
     if lm_weight is not None and not distill:
         raise UsageError(f"--lm-weight {lm_weight} mixes the next-token loss into distillation; it needs --distill")
-    if rounds > 1 and heal_steps:
-        raise UsageError(f"--rounds {rounds} with --heal-steps {heal_steps}: healing between rounds is not built yet; "
-                         "prune in rounds training-free (--rounds alone), or heal once after a one-shot pruning")
+    if rounds > 1 and heal_steps and heal_steps < rounds:
+        raise UsageError(f"--heal-steps {heal_steps} are split over the --rounds {rounds}, each round healed after its "
+                         f"pruning: give each round at least one (--heal-steps >= {rounds})")
     if heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
         _calibration_text(text, "calibration")
     if out == "pruned/MODEL-METHOD-AMOUNT":
@@ -484,18 +485,29 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
         layer_stats, timings["calibration_seconds"] = _calibrate(dense, tokenizer, stats_file=stats, text=text, window=window,
                                                                  count=windows, batch_size=batch_size, quiet=quiet)
         analysis = _select(layer_stats, 1, "lorp", seed=seed, quiet=quiet)
-        start = time.perf_counter()
-        plan = _select(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense, compensate=compensate, rounds=rounds,
-                       windows=_check_windows([method], tokenizer, text, window, windows, compensate or rounds > 1),
-                       num_clusters=num_clusters)
-        timings["selection_seconds"] = time.perf_counter() - start
-        start = time.perf_counter()
-        pruned = prune_layers(dense, plan, inplace=False)
-        timings["prune_seconds"] = time.perf_counter() - start
+        calibration = _check_windows([method], tokenizer, text, window, windows, compensate or rounds > 1)
         held_out = _eval_windows(tokenizer, eval_text, text, window, eval_windows)
+        teacher = {"teacher": dense, "teacher_name": model, "lm_weight": lm_weight} if distill else {}  # still in memory
         healing = None
-        if heal_steps:  # with --distill, the teacher is the dense model, still in memory
-            teacher = {"teacher": dense, "teacher_name": model, "lm_weight": lm_weight} if distill else {}
+        if rounds > 1 and heal_steps:  # progressive: each round healed before the next is selected
+            start = time.perf_counter()
+            pruned = copy.deepcopy(dense)
+            plan, healing = _prune_and_heal(pruned, tokenizer, layer_stats, amount, method, quiet=quiet, rounds=rounds,
+                                            steps=heal_steps, windows=calibration, seed=seed, compensate=compensate,
+                                            num_clusters=num_clusters, text=text, window=window, batch_size=batch_size,
+                                            **teacher)
+            timings["selection_seconds"] = plan.cost["seconds"]
+            timings["heal_seconds"] = sum(record["seconds"] for record in healing["records"])
+            timings["prune_seconds"] = time.perf_counter() - start - timings["selection_seconds"] - timings["heal_seconds"]
+        else:
+            start = time.perf_counter()
+            plan = _select(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense, compensate=compensate,
+                           rounds=rounds, windows=calibration, num_clusters=num_clusters)
+            timings["selection_seconds"] = time.perf_counter() - start
+            start = time.perf_counter()
+            pruned = prune_layers(dense, plan, inplace=False)
+            timings["prune_seconds"] = time.perf_counter() - start
+        if heal_steps and healing is None:
             healing = _heal_pruned(pruned, tokenizer, held_out, quiet=quiet, steps=heal_steps, text=text,
                                    window=window, batch_size=batch_size, seed=seed, **teacher)
             timings["heal_seconds"] = healing["record"]["seconds"]
@@ -515,7 +527,11 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
         write_json(output.path / "report.json", report)
     final = output.final
     print(plan)
-    if healing is not None:
+    if healing is not None and "records" in healing:  # one healing per round
+        for r, record in enumerate(healing["records"], 1):
+            print(f"round {r}: " + _healing_line(record, None, metrics["pruned"]["perplexity"] if r == len(healing["records"])
+                                                 else None))
+    elif healing is not None:
         print(_healing_line(healing["record"], healing["perplexity_before_healing"], metrics["pruned"]["perplexity"]))
     print(_comparison_table(metrics))
     print(f"saved the pruned model to {final} (report.json beside it)")
@@ -670,6 +686,29 @@ def _heal_pruned(pruned, tokenizer, eval_windows, *, quiet: bool, **healing) -> 
     before = perplexity(pruned, eval_windows, progress=not quiet)
     record, losses = _run_healing(pruned, tokenizer, quiet, **healing)
     return {"record": record, "losses": losses, "perplexity_before_healing": before}
+
+
+def _prune_and_heal(model, tokenizer, stats, amount, method, *, quiet: bool, **options) -> tuple[Any, dict]:
+    """`lorp prune --rounds R --heal-steps N`: ``healing.prune_and_heal`` (Lightning's progress bar unless quiet); the
+    plan, and the healing records of the rounds with the loss of every step."""
+    import logging
+
+    from lorp_lightning import healing
+
+    curve = healing.LossCurve()
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
+    lightning_logger.setLevel(logging.WARNING)
+    before = len(healing.healing_records(model))
+    try:
+        plan = healing.prune_and_heal(model, tokenizer, stats, amount, method=method, progress=not quiet,
+                                      trainer_options={"callbacks": [curve]}, **options)
+    except ValueError as error:
+        raise UsageError(str(error).replace("num_clusters", "--num-clusters").replace("rounds=", "--rounds ")
+                         .replace("steps=", "--heal-steps ")) from error
+    finally:
+        lightning_logger.setLevel(level)
+    return plan, {"records": healing.healing_records(model)[before:], "losses": curve.losses}
 
 
 def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[float]]:

@@ -159,7 +159,7 @@ def test_an_existing_output_directory_needs_overwrite_and_is_left_as_it_was(tmp_
         (["analyze", "--text", "ptb"], "unknown calibration text 'ptb'"),
         # with --stats nothing is calibrated, but healing would train on --text: refused before loading
         (["prune", "--stats", "no-such-stats.pt", "--heal-steps", "2", "--text", "ptb"], "unknown calibration text 'ptb'"),
-        (["prune", "--rounds", "2", "--heal-steps", "2"], "--rounds 2 with --heal-steps 2: healing between rounds is not built yet"),
+        (["prune", "--rounds", "3", "--heal-steps", "2"], "--heal-steps 2 are split over the --rounds 3, each round healed"),
         (["prune", "--amount", "2", "--rounds", "3"], "rounds must be between 1 and the 2 blocks to prune, got --rounds 3"),
     ],
 )
@@ -392,3 +392,21 @@ def test_help_names_the_four_ways_to_give_a_model(command, capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for form in ("bundled name", "model directory", ".gguf file", "hub id org/name", "HF_HUB_OFFLINE=1"):
         assert form in text, (command, form)
+
+
+def test_prune_in_rounds_with_heal_steps_heals_each_round_before_the_next_and_reports_every_healing(tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code = main(["prune", "--amount", "3", "--method", "shortgpt", "--rounds", "2", "--heal-steps", "3", "--out", str(out),
+                 *SMALL, *SMALL_EVAL])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    healing = report["healing"]
+    assert [r["num_steps"] for r in healing["records"]] == [2, 1] and len(healing["losses"]) == 3
+    plan = report["plan"]
+    assert [len(r["pruned"]) for r in plan["rounds"]] == [2, 1] and sorted(sum((r["pruned"] for r in plan["rounds"]), [])) == plan["pruned"]
+    assert plan["cost"]["statistics_windows"] == 4 + 4  # the first round's pass, and the second's on the healed model
+    assert report["metrics"]["pruned"]["num_layers"] == 27
+    config = json.loads((out / "config.json").read_text())
+    assert config["lorp_pruning"]["pruned_layers"] == plan["pruned"] and len(config["lorp_pruning"]["healing"]) == 2
+    printed = capsys.readouterr().out
+    assert "round 1: healed for 2 steps" in printed and "round 2: healed for 1 steps" in printed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_lightning import make_trainer, stories, tiny_llama
@@ -181,3 +182,47 @@ def test_distillation_from_the_dense_model_across_a_schedule_is_refused_at_setup
     with pytest.raises(ValueError, match=r"LoRPHealCallback\(teacher='dense'\) with the schedule"):
         make_trainer(tmp_path, callbacks=callbacks, max_steps=2).fit(module, datamodule=stories(tokenizer))
     assert len(decoder_layers(module.model)) == 8
+
+
+# --------------------------------------------------------------------------- prune_and_heal, the same without a Trainer
+
+
+HEALING = dict(text="tinystories", window=32, batch_size=2, num_windows=4)
+
+
+def test_prune_and_heal_selects_each_round_on_the_model_the_healed_rounds_before_left(tokenizer):
+    from lorp_lightning.healing import heal, prune_and_heal
+    from lorp_lightning.methods import select_layers
+    from lorp_lightning.stats import collect_layer_stats
+    from lorp_lightning.surgery import prune_layers
+
+    windows = stories(tokenizer).windows("calibration")
+    model = tiny_llama(len(tokenizer))
+    plan = prune_and_heal(model, tokenizer, collect_layer_stats(model, windows.split(4), progress=False), 3, rounds=2,
+                          steps=3, windows=windows, method="shortgpt", **HEALING)
+
+    by_hand = tiny_llama(len(tokenizer))  # round 1: 2 blocks, healed 2 steps; round 2: 1 block, healed 1 step
+    first = select_layers(collect_layer_stats(by_hand, windows.split(4), progress=False), 2, method="shortgpt",
+                          model=by_hand, windows=windows)
+    heal(prune_layers(by_hand, first), tokenizer, steps=2, **HEALING)
+    second = select_layers(collect_layer_stats(by_hand, windows.split(4), progress=False), 1, method="shortgpt",
+                           protect=[0, 5], model=by_hand, windows=windows)
+    heal(prune_layers(by_hand, second), tokenizer, steps=1, **HEALING)
+
+    kept = [b for b in range(8) if b not in first.pruned]
+    assert [r["pruned"] for r in plan.rounds] == [first.pruned, [kept[b] for b in second.pruned]]
+    assert pruning_record(model)["pruned_layers"] == plan.pruned and len(decoder_layers(model)) == 5
+    assert [r["num_steps"] for r in healing_records(model)] == [2, 1]
+    for name, value in by_hand.state_dict().items():  # healed alike: the same seed, windows and steps
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=1e-6)
+    assert plan.cost["statistics_windows"] == 2 * len(windows)
+
+
+def test_prune_and_heal_refuses_fewer_healing_steps_than_rounds_before_any_work(tokenizer):
+    from lorp_lightning.healing import prune_and_heal
+
+    model = tiny_llama(len(tokenizer))
+    with pytest.raises(ValueError, match=r"steps=2 heals fewer steps than the 3 rounds: give each round at least one"):
+        prune_and_heal(model, tokenizer, None, 3, rounds=3, steps=2, windows=stories(tokenizer).windows("calibration"),
+                       method="sleb", **HEALING)
+    assert len(decoder_layers(model)) == 8

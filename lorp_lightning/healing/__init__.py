@@ -33,7 +33,8 @@ Two entry points:
 
 One file per concern: ``settings.py`` (the checked arguments, ``HealingSettings``), ``adapters.py``
 (what trains, put in and merged), ``record.py`` (the entry in the pruning record, written once),
-``schedule.py`` (the learning-rate schedule and the time budget), ``run.py`` (``heal``).
+``schedule.py`` (the learning-rate schedule and the time budget), ``run.py`` (``heal``),
+``progressive.py`` (``prune_and_heal``: pruning in rounds, each healed before the next).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ _EXPORTS = {
     "healing_records": "record",
     "learning_rate_factor": "schedule",
     "heal": "run",
+    "prune_and_heal": "progressive",
 }
 # LoRPHealCallback lives with the other callbacks; it is named here too, for one import of healing.
 _CALLBACKS = {"LoRPHealCallback": "lorp_lightning.callbacks.heal", "LossCurve": "lorp_lightning.callbacks.heal"}
@@ -56,6 +58,7 @@ _CALLBACKS = {"LoRPHealCallback": "lorp_lightning.callbacks.heal", "LossCurve": 
 if TYPE_CHECKING:
     from lorp_lightning.callbacks.heal import LoRPHealCallback, LossCurve
     from lorp_lightning.healing.adapters import blocks_next_to_removed
+    from lorp_lightning.healing.progressive import prune_and_heal
     from lorp_lightning.healing.record import healing_records
     from lorp_lightning.healing.run import heal
     from lorp_lightning.healing.schedule import learning_rate_factor
@@ -73,4 +76,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["DEFAULT_LR", "MODES", "HealingSettings", "LoRPHealCallback", "LossCurve", "blocks_next_to_removed", "heal",
-           "healing_records", "learning_rate_factor"]
+           "healing_records", "learning_rate_factor", "prune_and_heal"]
