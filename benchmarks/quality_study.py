@@ -34,8 +34,9 @@ losses of the plans the study has already measured:
     python benchmarks/quality_study.py run --every-budget --out benchmarks/results/sweep --reuse-from benchmarks/results \
         --methods lorp_search lorp lorp_checked sleb ppl shortgpt streamline angular
 
-A stopped run keeps the held-out losses it measured in ``<out>/<model>.partial.json``; the same
-command run again reuses them, and removes the file when it writes the model's JSON.
+A stopped run keeps its plans in ``<out>/<model>.selection.json`` and the held-out losses it measured in
+``<out>/<model>.partial.json``; the same command run again reuses them (the plans only if the library's
+and this script's sources are unchanged), and removes both files when it writes the model's JSON.
 
 It also records every plan's check loss and, for the default, whether any plan one swap away has a
 lower check loss (``swap_check``, each neighbour checked again with ``PlanLoss.below``).
@@ -102,9 +103,21 @@ def swap_check(checks: PlanLoss, plan: list[int], num_layers: int, protected: li
     return {"neighbours": len(around), "better": [{"pruned": p, "check_loss": checks(p)} for p in better]}
 
 
-def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = None) -> dict:
+def code_fingerprint() -> str:
+    """The sha256 of the library's and this script's sources: a kept selection is reused only by the same code."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "lorp_lightning").rglob("*.py")) + [Path(__file__).resolve()]:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = None, selection: Path | None = None) -> dict:
     """One model's results. ``earlier``: results whose held-out losses are reused; ``partial``: where
-    this run's held-out losses are written as they come (read back as an earlier result by a rerun)."""
+    this run's held-out losses are written as they come (read back as an earlier result by a rerun);
+    ``selection``: where its plans are kept once selected (reused by a rerun of the same code)."""
     torch.manual_seed(0)
     model, tokenizer = load_model(name, progress=False)  # dtype="auto", recorded in the results
     calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.calibration_windows)
@@ -117,10 +130,16 @@ def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = 
 
     checks = PlanLoss(model, calibration[:CHECK_WINDOWS, :CHECK_TOKENS], score_last=SCORE_LAST)
     rows = []
+    key = {"code": code_fingerprint(), "methods": list(args.methods), "budgets": budgets, "window": args.window,
+           "calibration_windows": args.calibration_windows}
+    kept = json.loads(selection.read_text()) if selection is not None and selection.is_file() else None
+    if kept is not None and kept["key"] == key:  # a stopped run's selection, by the same code: not run again
+        rows, stats_seconds = kept["rows"], kept["statistics_seconds"]
+        print(f"  the selection of a stopped run, by the same code, read from {selection}", flush=True)
     # Method by method, each at every budget, the default first (METHODS' order): its seconds are its own,
     # while a later method's checks may have been computed by an earlier one (its window passes count them
     # all). Greedy SLEB takes the big budget first: the smaller ones reuse its checks.
-    for method in args.methods:
+    for method in args.methods if not rows else ():
         entry = REGISTRY[method]
         for k in sorted(budgets, reverse=True):
             plan = select_layers(stats, k, method=method, shared_checks=checks if entry.reads_model else None)
@@ -137,6 +156,8 @@ def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = 
                   + (f", check loss {row['check_loss']:.3f}" if "check_loss" in row else "")
                   + (f", {len(row['swap_check']['better'])} better of {row['swap_check']['neighbours']} neighbours"
                      if "swap_check" in row else ""), flush=True)
+    if selection is not None:
+        write_json(selection, {"key": key, "rows": rows, "statistics_seconds": stats_seconds})
 
     evaluation = {t: PlanLoss(model, token_windows(tokenizer, load_text(t, "heldout"), window=args.window,
                                                    max_windows=args.eval_windows), score_last=None) for t in TEXTS}
@@ -208,7 +229,9 @@ def cmd_run(args) -> None:
         if partial.is_file():
             others.append(partial)
             print(f"  reading the held-out losses of a stopped run from {partial}", flush=True)
-        result = run_model(name, args, ([earlier] if earlier else []) + [json.loads(p.read_text()) for p in others], partial)
+        selection = out / f"{name}.selection.json"
+        result = run_model(name, args, ([earlier] if earlier else []) + [json.loads(p.read_text()) for p in others], partial,
+                           selection)
         command = "python benchmarks/quality_study.py run " + " ".join(sys.argv[2:])
         earlier_commands = _commands(earlier) if earlier and (args.merge or result["held_out_reused"]) else []
         result["commands"] = earlier_commands + [command]
@@ -220,6 +243,7 @@ def cmd_run(args) -> None:
             result["zero_shot"] = zero_shot
         write_json(out / f"{name}.json", result, indent=1)
         partial.unlink(missing_ok=True)
+        selection.unlink(missing_ok=True)
         print(f"wrote {out / (name + '.json')}", flush=True)
 
 
