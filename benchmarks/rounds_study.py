@@ -85,7 +85,7 @@ def run_model(name: str, args, save) -> dict:
                 plan = select_layers(stats, k, method=DEFAULT_METHOD, shared_checks=checks, model=model, windows=calibration,
                                      compensate=rounds == 1 or compensate, rounds=rounds)
                 one_shot = plan if rounds == 1 else one_shot
-            factors = {f["block"]: f["factor"] for f in plan.compensation["factors"]} if compensate else {}
+            factors = plan.factors if compensate else {}
             losses = {}
             for t in TEXTS:
                 evaluation[t].compensated(plan.pruned, factors)  # factors all 1 or none: the plan itself

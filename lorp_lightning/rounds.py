@@ -103,7 +103,7 @@ def pruned_in_rounds(model: nn.Module) -> Iterator[Callable[[Any], None]]:
         if plan.compensation is not None:
             layers = decoder_layers(model)
             kept = [i for i in range(len(layers)) if i not in set(plan.pruned)]
-            factors = {f["block"]: f["factor"] for f in plan.compensation["factors"]}
+            factors = plan.factors
             architecture = architecture_of(model)
             for index, scale in zip(kept, compensation.writer_scales(kept, factors), strict=True):
                 if scale != 1.0:
@@ -136,8 +136,7 @@ def compose_plans(plans: Sequence[PruningPlan], protected: Sequence[int]) -> Pru
     for plan in plans:
         if plan.num_layers != len(alive):
             raise ValueError(f"a plan for {plan.num_layers} blocks cannot follow plans that left {len(alive)}")
-        steps.append((plan.pruned, {} if plan.compensation is None else
-                      {f["block"]: f["factor"] for f in plan.compensation["factors"]}))
+        steps.append((plan.pruned, plan.factors))
         records.append({
             "pruned": [alive[b] for b in plan.pruned], "num_layers": plan.num_layers, "rls": plan.rls,
             "num_clusters": plan.num_clusters,

@@ -136,6 +136,11 @@ class PruningPlan:
     def num_pruned(self) -> int:
         return len(self.pruned)
 
+    @property
+    def factors(self) -> dict[int, float]:
+        """The compensation's factors by block (the kept block after each gap), empty without compensation."""
+        return {} if self.compensation is None else {f["block"]: f["factor"] for f in self.compensation["factors"]}
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (infinities and NaN as the strings "inf", "-inf", "nan")."""
         d = asdict(self)

@@ -293,7 +293,7 @@ def pruned_config(config: Any, plan_or_blocks: Any) -> Any:
 def _requested_compensation(plan_or_blocks: Any, compensate: Mapping[int, float] | None) -> Mapping[int, float] | None:
     """The factors asked for: ``compensate``, else those of a plan chosen with compensation, else None."""
     if compensate is None and getattr(plan_or_blocks, "compensation", None) is not None:
-        return {f["block"]: f["factor"] for f in plan_or_blocks.compensation["factors"]}
+        return plan_or_blocks.factors
     return compensate
 
 

@@ -284,7 +284,7 @@ def test_select_layers_compensate_records_the_strength_of_lowest_check_loss_and_
 
 def test_prune_layers_folds_a_plans_own_compensation_and_the_plan_survives_json(chosen):
     model, windows, stats, plan = chosen
-    factors = {f["block"]: f["factor"] for f in plan.compensation["factors"]}
+    factors = plan.factors
     expected = prune_layers(build("llama"), plan.pruned, compensate=factors)
     pruned = prune_layers(build("llama"), PruningPlan.from_json(plan.to_json()))
     torch.testing.assert_close(logits_with_stream_scaled(pruned, {}), logits_with_stream_scaled(expected, {}), rtol=0, atol=0)

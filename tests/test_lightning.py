@@ -624,7 +624,7 @@ def test_compensate_prunes_and_folds_the_factors_select_layers_chooses_on_the_sa
     assert torch.equal(callback.windows, windows[:8])  # a statistics-only method still checks the strength on windows
     expected = select_layers(callback.stats, 0.25, method="shortgpt", model=model, windows=windows, compensate=True)
     assert callback.plan == expected and callback.plan.compensation is not None
-    factors = {f["block"]: f["factor"] for f in expected.compensation["factors"]}
+    factors = expected.factors
     reference = prune_layers(copy.deepcopy(model), expected.pruned, compensate=factors)
     ids = windows[:2]
     with torch.no_grad():

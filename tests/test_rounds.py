@@ -78,7 +78,7 @@ def by_hand(method: str, k: int, sizes: list[int], compensate: bool):
             stats = collect_layer_stats(model, WINDOWS.split(4), progress=False)
         protect = [original.index(0), original.index(5)]
         plan = select_layers(stats, size, method=method, protect=protect, model=model, windows=WINDOWS, compensate=compensate)
-        factors = {f["block"]: f["factor"] for f in plan.compensation["factors"]} if compensate else {}
+        factors = plan.factors
         steps.append((plan.pruned, factors))
         removed.append([original[b] for b in plan.pruned])
         model = prune_layers(model, plan)
@@ -121,7 +121,7 @@ def test_the_plan_of_the_rounds_prunes_the_model_the_rounds_left(chosen):
     scale = expected.abs().max()
     torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=1e-5)
     checks = PlanLoss(model, WINDOWS)
-    factors = {f["block"]: f["factor"] for f in plan.compensation["factors"]}
+    factors = plan.factors
     last = plan.rounds[-1]["compensation"]
     best = min(t["loss"] for t in last["tried"])  # the last round's loss, on the model the first round left
     assert checks.compensated(plan.pruned, factors) == pytest.approx(best, rel=1e-5)
