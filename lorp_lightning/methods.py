@@ -295,7 +295,8 @@ def select_layers(
         shared_checks: a ``PlanLoss`` to check plans with instead of
             a new one over ``windows[:check_windows]`` (which it replaces): a study of several
             methods and budgets computes each plan's loss once. The plan's cost still counts
-            what this selection asked for, as if run alone.
+            what this selection asked for, as if run alone. With ``rounds``, it serves the first
+            round; the later ones check on the first windows of ``windows`` in its shape.
         compensate: also choose the compensation of the plan (``lorp_lightning.compensation``):
             the strength of ``STRENGTHS`` whose factors give the plan the lowest loss on the check
             windows, recorded in ``plan.compensation`` for ``prune_layers`` to fold in. Needs
@@ -332,7 +333,8 @@ def select_layers(
     if tries_plans:
         if shared_checks is not None:
             model, windows, check_windows, check_tokens, score_last = (
-                shared_checks.model, shared_checks.windows, len(shared_checks.windows), None, shared_checks.score_last)
+                shared_checks.model, shared_checks.windows, len(shared_checks.windows), shared_checks.windows.shape[1],
+                shared_checks.score_last)  # the checks' shape, which later rounds take from all the windows given
         if model is None or windows is None:
             raise ValueError(f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)")
         from lorp_lightning.architectures import decoder_layers

@@ -143,6 +143,16 @@ def test_the_cost_of_the_rounds_adds_each_rounds_checks_and_the_statistics_colle
     assert plan.cost["plans_checked"] > one_shot[0].cost["plans_checked"]
 
 
+def test_shared_checks_serve_the_first_round_and_the_later_rounds_check_windows_of_the_same_shape(chosen):
+    model, stats, _, _ = chosen
+    shared = PlanLoss(model, WINDOWS[:2, :12], score_last=None)
+    plan = select_layers(stats, 3, method="lorp_search", model=model, windows=WINDOWS, compensate=True, rounds=2,
+                         shared_checks=shared)
+    alone = select_layers(stats, 3, method="lorp_search", model=model, windows=WINDOWS, compensate=True, rounds=2,
+                          check_windows=2, check_tokens=12, score_last=None)
+    assert plan.rounds == alone.rounds and plan == alone  # every round's tried losses too
+
+
 def test_one_round_is_the_one_shot_selection(chosen):
     model, stats, _, _ = chosen
     once = select_layers(stats, 3, method="lorp_search", model=model, windows=WINDOWS, compensate=True, rounds=1)
