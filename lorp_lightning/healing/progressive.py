@@ -44,8 +44,12 @@ def prune_and_heal(model: nn.Module, tokenizer: Any, stats: Any, amount: int | f
             earlier rounds take the extra steps); at least one per round.
         windows: the calibration windows (B, T) the selections check plans on and the later rounds
             collect their statistics on.
-        method, num_clusters, protect, seed, compensate: as for ``select_layers`` (``num_clusters``: each round's K; ``protect``
-            in the numbering of ``model`` as given).
+        method: the selection method of every round (``select_layers``; default ``DEFAULT_METHOD``).
+        num_clusters: ``"lorp"`` only: each round's K forced.
+        protect: the blocks never pruned, in the numbering of ``model`` as given (default: the
+            first and the last).
+        seed: the selections' seed, and every healing's.
+        compensate: each round's compensation chosen and folded (``select_layers(..., compensate=True)``).
         progress: show progress bars.
         heal_options: the other arguments of ``heal`` (``text``, ``mode``, ``lr``, ``window``,
             ``batch_size``, ``teacher``, ...); each round heals with them.
