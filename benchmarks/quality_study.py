@@ -26,7 +26,7 @@ per-window losses are copied, and the command that made them stays in the JSON's
 default, the faithful ``lorp`` and the two best baselines by held-out wiki perplexity whose plans
 differ from the default's; ``render`` writes ``docs/study.md`` (a summary per model, the plots
 ``docs/images/study_<model>.png``, every method's table folded, then the sections of
-``rounds_study.py`` and of the sweep).
+``rounds_study.py``, ``prune_heal_study.py`` and of the sweep).
 
 The sweep, every budget k = 1 .. N // 3 (issue 35), written to its own folder and reusing the held-out
 losses of the plans the study has already measured:
@@ -472,6 +472,9 @@ def cmd_render(args) -> None:
     from rounds_study import rounds_section  # a sibling script (benchmarks/ is on the path when run as a script)
 
     lines += rounds_section(Path(args.rounds))
+    from prune_heal_study import prune_heal_section
+
+    lines += prune_heal_section(Path(args.prune_heal))
     lines += sweep_section(Path(args.sweep))
     (docs / "study.md").write_text("\n".join(lines))
     print(f"wrote {docs / 'study.md'} and {len(results)} plots; target met at {met} of {cells_measured} cells")
@@ -601,6 +604,7 @@ def main() -> None:
     render.add_argument("--docs", default="docs")
     render.add_argument("--sweep", default="benchmarks/results/sweep", help="the results of run --every-budget, if any")
     render.add_argument("--rounds", default="benchmarks/results/rounds", help="the results of rounds_study.py run, if any")
+    render.add_argument("--prune-heal", default="benchmarks/results/prune_heal", help="the results of prune_heal_study.py run, if any")
     zeroshot = sub.add_parser("zeroshot", help="add zero-shot accuracy at one budget to a model's results")
     zeroshot.add_argument("--models", nargs="+", default=list(MODELS))
     zeroshot.add_argument("--results", default="benchmarks/results")
