@@ -354,9 +354,8 @@ class LoRPPruneCallback(_GatheringCallback):
             self._prune(trainer, pl_module)
 
     def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.schedule is None and self.plan is not None:
-            return
-        if self.schedule is not None and not self._due(trainer):
+        due = None if self.schedule is None else self._due(trainer)  # a schedule: the blocks it asks for now
+        if (self.schedule is None and self.plan is not None) or due == 0:
             return
         if self._stats_callback is not None:
             self.stats = self._stats_callback.stats
@@ -381,8 +380,8 @@ class LoRPPruneCallback(_GatheringCallback):
                 )
             model, windows = causal_lm, source.windows
         amount, protect = self.amount, self.protect
-        if self.schedule is not None:  # this step of the schedule, on the model the steps before it left
-            amount = self._due(trainer)
+        if due is not None:  # this step of the schedule, on the model the steps before it left
+            amount = due
             num_layers = self.plan.num_layers if self.plan is not None else self._depth
             alive = [b for b in range(num_layers) if self.plan is None or b not in set(self.plan.pruned)]
             if len(decoder_layers(causal_lm)) != len(alive):
