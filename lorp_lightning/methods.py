@@ -361,7 +361,7 @@ def select_layers(
     if num_clusters is not None and (not is_integer(num_clusters) or not 1 <= num_clusters <= N):
         raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
     if rounds > 1:
-        return _in_rounds(entry, stats_or_similarity, k, rounds, protected, statistics_windows, dict(
+        return _in_rounds(entry, stats_or_similarity, k, rounds, protected, dict(
             method=method, num_clusters=num_clusters, seed=seed, model=model, windows=statistics_windows,
             check_windows=check_windows, check_tokens=check_tokens, score_last=score_last, progress=progress,
             compensate=compensate), shared_checks)
@@ -387,16 +387,17 @@ def select_layers(
     return plan
 
 
-def _in_rounds(entry: Method, stats: Any, k: int, rounds: int, protected: set[int], windows: Any,
-               options: dict[str, Any], shared_checks: Any) -> PruningPlan:
-    """``select_layers(..., rounds=rounds)``: each round a one-shot selection on the partly pruned model."""
+def _in_rounds(entry: Method, stats: Any, k: int, rounds: int, protected: set[int], options: dict[str, Any],
+               shared_checks: Any) -> PruningPlan:
+    """``select_layers(..., rounds=rounds)``: each round a one-shot selection (``options``: its arguments) on the
+    partly pruned model."""
     from lorp_lightning.rounds import round_sizes, select_in_rounds
     from lorp_lightning.search import as_windows
 
     def select_round(stats: Any, size: int, protect: list[int], first: bool) -> PruningPlan:
         return select_layers(stats, size, protect=protect, shared_checks=shared_checks if first else None, **options)
 
-    return select_in_rounds(options["model"], as_windows(windows), stats, round_sizes(k, rounds), sorted(protected),
+    return select_in_rounds(options["model"], as_windows(options["windows"]), stats, round_sizes(k, rounds), sorted(protected),
                             select_round, collect=entry.reads_stats or options["compensate"], progress=options["progress"])
 
 
