@@ -17,7 +17,8 @@ Every row records its check loss (the calibration loss the configurations are ch
 Held-out losses are computed with the factors applied as the fold would apply them (``PlanLoss.compensated``,
 equal to the folded model's, tests/test_compensation.py), so no weight is copied. The results hold every
 window's loss; ``render`` (called by ``quality_study.py render``) gives each configuration's ratio to dense and
-its ratio to the one-shot default with a 95% paired-bootstrap interval. The JSON is written after each budget.
+its ratio to the one-shot default with a 95% paired-bootstrap interval. The JSON is written after each row.
+A budget of fewer blocks than R has no R-rounds rows.
 
     python benchmarks/rounds_study.py run [--models smollm2-135m ...] [--rounds 2 3] [--out benchmarks/results/rounds]
 """
@@ -58,7 +59,7 @@ def configurations(rounds: tuple[int, ...] = ROUNDS) -> list[tuple[str, int, boo
 
 
 def run_model(name: str, args, save) -> dict:
-    """One model's rows, budget by budget; ``save(result)`` after each budget, so a stopped run keeps what it measured."""
+    """One model's rows, budget by budget; ``save(result)`` after each row, so a stopped run keeps what it measured."""
     torch.manual_seed(0)
     model, tokenizer = load_model(name, progress=False)
     calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=512, max_windows=32)
@@ -79,6 +80,8 @@ def run_model(name: str, args, save) -> dict:
         k = int(budget * N)
         one_shot = None
         for configuration, rounds, compensate in configurations(tuple(args.rounds)):
+            if rounds > k:  # more rounds than blocks: not a configuration at this budget
+                continue
             if rounds == 1 and one_shot is not None:  # compensation is chosen after the selection: the same plan
                 plan = one_shot
             else:
@@ -102,7 +105,7 @@ def run_model(name: str, args, save) -> dict:
             print(f"  {name} k={k} {configuration}: {plan.pruned}, check loss {row['check_loss']:.3f}, "
                   f"{cost['window_passes']} window passes; " + ", ".join(f"{t} {math.exp(np.mean(v)):.2f}" for t, v in losses.items()),
                   flush=True)
-        save(result)
+            save(result)
     return result
 
 
