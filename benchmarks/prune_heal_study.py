@@ -110,7 +110,7 @@ def run_cell(name: str, k: int, args, result: dict, save) -> None:
 
 def prune_heal_section(folder: Path) -> list[str]:
     """docs/study.md's section on progressive prune-heal, from the JSON in ``folder`` (none: no section)."""
-    from quality_study import _losses, perplexity, ratio_interval
+    from quality_study import ratio_cells
 
     results = [json.loads((folder / f"{m}.json").read_text()) for m in MODELS if (folder / f"{m}.json").is_file()]
     results = [r for r in results if r["rows"]]
@@ -131,14 +131,7 @@ def prune_heal_section(folder: Path) -> list[str]:
             rows = [r for r in result["rows"] if r["num_pruned"] == k]
             base = next(r for r in rows if r["configuration"] == "one-shot, then heal")
             for row in rows:
-                cells = []
-                for t in TEXTS:
-                    ratio = perplexity(row, t) / perplexity(result["dense"], t)
-                    if row is base:
-                        cells += [f"{ratio:.2f}", "1"]
-                    else:
-                        r, low, high = ratio_interval(_losses(row, t), _losses(base, t))
-                        cells += [f"{ratio:.2f}", f"{r:.3f} [{low:.3f}, {high:.3f}]"]
+                cells = ratio_cells(row, base, result["dense"])
                 lines.append(f"| {k}/{N} | {row['configuration']} | {row['steps']} | {row['training_seconds'] / 60:.1f} min | "
                              + " | ".join(cells) + " |")
         lines.append("")

@@ -272,6 +272,20 @@ def ratio_interval(mine: np.ndarray, other: np.ndarray, seed: int = 0) -> tuple[
         return float(np.exp(diff.mean())), float(np.exp(low)), float(np.exp(high))
 
 
+def ratio_cells(row: dict, base: dict, dense: dict) -> list[str]:
+    """Per text of ``TEXTS``: the row's perplexity relative to dense, and its ratio to ``base`` with the 95%
+    paired-bootstrap interval ("1" for the base itself): the cells of the rounds and prune-heal tables."""
+    cells = []
+    for t in TEXTS:
+        cells.append(f"{perplexity(row, t) / perplexity(dense, t):.2f}")
+        if row is base:
+            cells.append("1")
+        else:
+            r, low, high = ratio_interval(_losses(row, t), _losses(base, t))
+            cells.append(f"{r:.3f} [{low:.3f}, {high:.3f}]")
+    return cells
+
+
 def target_cells(result: dict, default: str = DEFAULT_METHOD) -> list[dict]:
     """For every budget and text: the default's ratio to the best other method, with its interval."""
     cells = []

@@ -111,7 +111,7 @@ def run_model(name: str, args, save) -> dict:
 
 def rounds_section(folder: Path) -> list[str]:
     """docs/study.md's section on compensation and rounds, from the JSON in ``folder`` (none: no section)."""
-    from quality_study import _losses, perplexity, ratio_interval
+    from quality_study import ratio_cells
 
     results = [json.loads((folder / f"{m}.json").read_text()) for m in MODELS if (folder / f"{m}.json").is_file()]
     if not results:
@@ -133,14 +133,7 @@ def rounds_section(folder: Path) -> list[str]:
             rows = {r["configuration"]: r for r in result["rows"] if r["num_pruned"] == k}
             base = rows["one-shot"]
             for configuration, row in rows.items():
-                cells = []
-                for t in TEXTS:
-                    ratio_dense = perplexity(row, t) / perplexity(dense, t)
-                    if row is base:
-                        cells += [f"{ratio_dense:.2f}", "1"]
-                    else:
-                        r, low, high = ratio_interval(_losses(row, t), _losses(base, t))
-                        cells += [f"{ratio_dense:.2f}", f"{r:.3f} [{low:.3f}, {high:.3f}]"]
+                cells = ratio_cells(row, base, dense)
                 shown = configuration
                 if "compensation" in row:
                     strengths = [r["compensation"]["strength"] for r in row["rounds"]] if row.get("rounds") else \
