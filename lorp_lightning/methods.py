@@ -397,8 +397,33 @@ def _in_rounds(entry: Method, stats: Any, k: int, rounds: int, protected: set[in
     def select_round(stats: Any, size: int, protect: list[int], first: bool) -> PruningPlan:
         return select_layers(stats, size, protect=protect, shared_checks=shared_checks if first else None, **options)
 
-    return select_in_rounds(options["model"], as_windows(options["windows"]), stats, round_sizes(k, rounds), sorted(protected),
+    plan = select_in_rounds(options["model"], as_windows(options["windows"]), stats, round_sizes(k, rounds), sorted(protected),
                             select_round, collect=entry.reads_stats or options["compensate"], progress=options["progress"])
+    if options["compensate"]:
+        _keep_if_lower(plan, options, shared_checks)
+    return plan
+
+
+def _keep_if_lower(plan: PruningPlan, options: dict[str, Any], shared_checks: Any) -> None:
+    """Rounds with compensation: keep the composed factors only if they give the plan a lower check loss on the
+    unpruned model than no factors (else all 1), as one-shot compensation never raises the loss it was chosen on;
+    each round fitted its strength on that round alone. Two checks, counted in the plan's cost."""
+    from lorp_lightning.search import PlanLoss, as_windows
+
+    if shared_checks is not None:
+        loss = shared_checks.start()
+    else:
+        windows = as_windows(options["windows"])
+        count = options["check_windows"] or min(CHECK_WINDOWS, windows.shape[0])
+        loss = PlanLoss(options["model"], windows[:count, :options["check_tokens"]], score_last=options["score_last"])
+    compensated, plain = loss.compensated(plan.pruned, plan.factors), loss(plan.pruned)
+    plan.compensation["check"] = {"compensated": compensated, "plain": plain}
+    plan.compensation["composed"] = list(plan.compensation["factors"])  # as the rounds folded them
+    if not compensated < plain:
+        plan.compensation["factors"] = [{"block": f["block"], "factor": 1.0} for f in plan.compensation["factors"]]
+    plan.compensation["check_windows"] = loss.window_passes
+    plan.cost["check_windows"] += loss.window_passes
+    plan.cost["plans_checked"] += loss.plans_checked
 
 
 def _check_compensation(stats: Any, model: Any, windows: Any) -> None:

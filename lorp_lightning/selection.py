@@ -111,7 +111,10 @@ class PruningPlan:
             ``{"strength": s, "factors": [{"block": b, "factor": c}, ...], "tried": [{"strength":
             s, "loss": calibration loss}, ...], "check_windows": window passes of its checks}``;
             else None. A plan chosen in rounds has the factors of all its rounds composed
-            (``rounds.compose_rounds``), and ``strength`` None: each round's is in ``rounds``.
+            (``rounds.compose_rounds``), and ``strength`` None: each round's is in ``rounds``; its
+            ``"composed"`` the factors as the rounds folded them, ``"check"`` the check loss of the
+            plan with them and without, and ``"factors"`` are the composed ones if they lower it,
+            else all 1.
         rounds: with ``select_layers(..., rounds=R)``, R > 1: one record per round, ``{"pruned":
             the blocks it removed (original numbering), "num_layers": the depth it pruned, "rls",
             "num_clusters", "compensation": {"strength", "tried"} or None}``; else None.
@@ -151,6 +154,8 @@ class PruningPlan:
         if self.compensation is not None:
             d["compensation"] = dict(self.compensation, tried=[dict(t, loss=_encode_float(t["loss"]))
                                                                for t in self.compensation["tried"]])
+            if "check" in self.compensation:
+                d["compensation"]["check"] = {k: _encode_float(v) for k, v in self.compensation["check"].items()}
         if self.rounds is not None:
             d["rounds"] = [dict(r, rls=_encode_float(r["rls"]), compensation=None if r["compensation"] is None else
                                 dict(r["compensation"], tried=[dict(t, loss=_encode_float(t["loss"])) for t in r["compensation"]["tried"]]))
@@ -173,6 +178,9 @@ class PruningPlan:
             c = d["compensation"]
             d["compensation"] = dict(c, factors=[{"block": int(f["block"]), "factor": float(f["factor"])} for f in c["factors"]],
                                      tried=[dict(t, loss=_decode_float(t["loss"])) for t in c["tried"]])
+            if "check" in c:
+                d["compensation"]["check"] = {k: _decode_float(v) for k, v in c["check"].items()}
+                d["compensation"]["composed"] = [{"block": int(f["block"]), "factor": float(f["factor"])} for f in c["composed"]]
         if d.get("rounds") is not None:
             d["rounds"] = [dict(r, pruned=[int(b) for b in r["pruned"]], rls=_decode_float(r["rls"]),
                                 compensation=None if r["compensation"] is None else
@@ -207,9 +215,11 @@ class PruningPlan:
         if self.compensation is not None:
             factors = ", ".join(f"{f['block']}: {f['factor']:.3f}" for f in self.compensation["factors"])
             strength = self.compensation["strength"]
-            if strength is None:  # in rounds: each round's strength
+            if strength is None:  # in rounds: each round's strength, kept if the composed factors lower the check loss
                 strength = "/".join(f"{r['compensation']['strength']:g}" for r in self.rounds)
                 s += f"; compensated, strengths {strength}"
+                if all(f["factor"] == 1.0 for f in self.compensation["factors"]):
+                    s += " (composed, they did not lower the check loss: factors 1)"
             else:
                 s += f"; compensated, strength {strength:g}"
             s += f" (factors {factors})" if any(f["factor"] != 1.0 for f in self.compensation["factors"]) else ""

@@ -102,7 +102,7 @@ def test_select_layers_in_rounds_chooses_what_the_rounds_run_by_hand_choose(chos
     removed, (pruned, factors), _, _ = by_hand("lorp_search", 3, [2, 1], compensate=True)
     assert [r["pruned"] for r in plan.rounds] == removed
     assert plan.pruned == pruned == sorted(sum(removed, []))
-    assert plan.compensation["factors"] == [{"block": b, "factor": f} for b, f in sorted(factors.items())]
+    assert plan.compensation["composed"] == [{"block": b, "factor": f} for b, f in sorted(factors.items())]
     assert [r["num_layers"] for r in plan.rounds] == [6, 4]
 
 
@@ -118,15 +118,26 @@ def test_the_model_is_left_exactly_as_it_was_by_the_rounds(chosen):
 def test_the_plan_of_the_rounds_prunes_the_model_the_rounds_left(chosen):
     model, _, _, plan = chosen
     _, _, stepwise, _ = by_hand("lorp_search", 3, [2, 1], compensate=True)
-    pruned = prune_layers(model, PruningPlan.from_json(plan.to_json()), inplace=False)  # the plan folds its composed factors
+    composed = {f["block"]: f["factor"] for f in plan.compensation["composed"]}
+    pruned = prune_layers(model, plan.pruned, compensate=composed, inplace=False)  # one fold of the composed factors
     got, expected = logits_with_stream_scaled(pruned, {}), logits_with_stream_scaled(stepwise, {})
     scale = expected.abs().max()
     torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=1e-5)
-    checks = PlanLoss(model, WINDOWS)
-    factors = plan.factors
     last = plan.rounds[-1]["compensation"]
     best = min(t["loss"] for t in last["tried"])  # the last round's loss, on the model the first round left
-    assert checks.compensated(plan.pruned, factors) == pytest.approx(best, rel=1e-5)
+    assert plan.compensation["check"]["compensated"] == pytest.approx(best, rel=1e-5)
+
+
+def test_the_composed_factors_are_kept_only_where_they_lower_the_check_loss_of_the_plan(chosen):
+    model, _, _, plan = chosen
+    checks = PlanLoss(model, WINDOWS)  # select_layers checks all 4 windows (fewer than 8 given), every token scored
+    check, composed = plan.compensation["check"], {f["block"]: f["factor"] for f in plan.compensation["composed"]}
+    assert check["plain"] == pytest.approx(checks(plan.pruned), rel=1e-6)
+    assert check["compensated"] == pytest.approx(checks.compensated(plan.pruned, composed), rel=1e-6)
+    kept = check["compensated"] < check["plain"]
+    assert plan.factors == (composed if kept else {b: 1.0 for b in composed})
+    assert checks.compensated(plan.pruned, plan.factors) <= checks(plan.pruned) * (1 + 1e-6)
+    assert ("did not lower the check loss: factors 1" in str(plan)) == (not kept)
 
 
 def test_the_plan_of_the_rounds_survives_json_and_says_its_rounds(chosen):
@@ -141,8 +152,10 @@ def test_the_cost_of_the_rounds_adds_each_rounds_checks_and_the_statistics_colle
     _, _, _, plan = chosen
     *_, costs = by_hand("lorp_search", 3, [2, 1], compensate=True)
     assert plan.cost["statistics_windows"] == 4 + 4  # the given statistics, and one more pass over the 4 windows
-    for key in ("check_windows", "plans_checked"):  # each round's checks, compensation's included
-        assert plan.cost[key] == sum(cost[key] for cost in costs) > costs[0][key]
+    final = {"check_windows": plan.compensation["check_windows"], "plans_checked": 2}  # the composed factors against none
+    assert final["check_windows"] == 3 * 4  # the two plans and the dense prefix they start from, 4 windows each
+    for key in ("check_windows", "plans_checked"):  # each round's checks, compensation's included, and the final two
+        assert plan.cost[key] == sum(cost[key] for cost in costs) + final[key]
 
 
 def test_shared_checks_serve_the_first_round_and_the_later_rounds_check_windows_of_the_same_shape(chosen):
