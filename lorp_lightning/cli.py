@@ -17,6 +17,7 @@ run leaves nothing half-written; an existing directory needs ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -691,42 +692,46 @@ def _heal_pruned(pruned, tokenizer, eval_windows, *, quiet: bool, **healing) -> 
 def _prune_and_heal(model, tokenizer, stats, amount, method, *, quiet: bool, **options) -> tuple[Any, dict]:
     """`lorp prune --rounds R --heal-steps N`: ``healing.prune_and_heal`` (Lightning's progress bar unless quiet); the
     plan, and the healing records of the rounds with the loss of every step."""
-    import logging
 
     from lorp_lightning import healing
 
     curve = healing.LossCurve()
-    lightning_logger = logging.getLogger("lightning.pytorch")
-    level = lightning_logger.level
-    lightning_logger.setLevel(logging.WARNING)
     before = len(healing.healing_records(model))
     try:
-        plan = healing.prune_and_heal(model, tokenizer, stats, amount, method=method, progress=not quiet,
-                                      trainer_options={"callbacks": [curve]}, **options)
+        with _lightning_warnings_only():
+            plan = healing.prune_and_heal(model, tokenizer, stats, amount, method=method, progress=not quiet,
+                                          trainer_options={"callbacks": [curve]}, **options)
     except ValueError as error:
         raise UsageError(str(error).replace("num_clusters", "--num-clusters").replace("rounds=", "--rounds ")
                          .replace("steps=", "--heal-steps ")) from error
+    return plan, {"records": healing.healing_records(model)[before:], "losses": curve.losses}
+
+
+@contextlib.contextmanager
+def _lightning_warnings_only():
+    """Lightning's logger at WARNING inside the ``with`` block: no "GPU available: False" lines around a healing."""
+    import logging
+
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
+    lightning_logger.setLevel(logging.WARNING)
+    try:
+        yield
     finally:
         lightning_logger.setLevel(level)
-    return plan, {"records": healing.healing_records(model)[before:], "losses": curve.losses}
 
 
 def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[float]]:
     """heal(model, ...) with Lightning's progress bar (unless quiet); the healing record and the loss of every step."""
-    import logging
 
     from lorp_lightning import healing  # its heal(), not this module's command of that name
 
     curve = healing.LossCurve()
-    lightning_logger = logging.getLogger("lightning.pytorch")
-    level = lightning_logger.level
-    lightning_logger.setLevel(logging.WARNING)  # no "GPU available: False" lines
     try:
-        healing.heal(model, tokenizer, progress=not quiet, trainer_options={"callbacks": [curve]}, **options)
+        with _lightning_warnings_only():
+            healing.heal(model, tokenizer, progress=not quiet, trainer_options={"callbacks": [curve]}, **options)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    finally:
-        lightning_logger.setLevel(level)
     return healing.healing_records(model)[-1], curve.losses
 
 

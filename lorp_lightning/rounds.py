@@ -154,6 +154,15 @@ def compose_plans(plans: Sequence[PruningPlan], protected: Sequence[int]) -> Pru
     return composed
 
 
+def add_round_cost(cost: dict[str, Any], plan: PruningPlan, first: bool) -> None:
+    """Add a round's selection cost to ``cost``: its checks, plans checked and seconds, and for the first
+    round the statistics pass it read (a later round's own pass is counted where it runs)."""
+    if first:
+        cost["statistics_windows"] += plan.cost.get("statistics_windows") or 0
+    for key in ("check_windows", "plans_checked", "seconds"):
+        cost[key] += plan.cost.get(key) or 0
+
+
 def select_in_rounds(model: nn.Module, windows: torch.Tensor, stats: Any, sizes: Sequence[int], protected: Sequence[int],
                      select_round: Callable[[Any, int, list[int], bool], PruningPlan], *, collect: bool,
                      progress: bool = False) -> PruningPlan:
@@ -190,10 +199,7 @@ def select_in_rounds(model: nn.Module, windows: torch.Tensor, stats: Any, sizes:
             cost["seconds"] += time.perf_counter() - start
             plan = select_round(stats, size, [i for i, b in enumerate(alive) if b in set(protected)], r == 0)
             plans.append(plan)
-            if r == 0:
-                cost["statistics_windows"] += plan.cost.get("statistics_windows") or 0
-            for key in ("check_windows", "plans_checked", "seconds"):
-                cost[key] += plan.cost.get(key) or 0
+            add_round_cost(cost, plan, first=r == 0)
             if r + 1 < len(sizes):
                 prune(plan)
                 alive = [b for i, b in enumerate(alive) if i not in set(plan.pruned)]

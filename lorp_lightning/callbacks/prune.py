@@ -33,7 +33,7 @@ from lorp_lightning.callbacks.statistics import LayerStatsCallback, _Gathering, 
 from lorp_lightning.compensation import check_compensable
 from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, get_method, select_layers
 from lorp_lightning.rounds import PruningSchedule, compose_plans
-from lorp_lightning.selection import PruningPlan, is_budget, resolve_budget
+from lorp_lightning.selection import PruningPlan, is_budget, protected_blocks, resolve_budget
 from lorp_lightning.stats import LayerStats
 from lorp_lightning.surgery import prune_layers
 
@@ -277,15 +277,15 @@ class LoRPPruneCallback(_GatheringCallback):
         )
 
     def _protected(self, num_layers: int) -> set[int]:
-        """The blocks never pruned, in the unpruned model's numbering."""
-        return {0, num_layers - 1} if self.protect is None else set(self.protect)
+        """The blocks never pruned, in the unpruned model's numbering (select_layers' rule)."""
+        return protected_blocks(self.protect, num_layers)
 
     def _check_budget(self, num_layers: int) -> None:
         """The errors select_layers would raise about the arguments, now rather than after a loop."""
-        protect = self._protected(num_layers)
-        outside = sorted(p for p in protect if p >= num_layers)
+        outside = sorted(p for p in self.protect or () if p >= num_layers)
         if outside:
             raise ValueError(f"protect={self.protect!r} holds {outside}, beyond the {num_layers} blocks of the model")
+        protect = self._protected(num_layers)
         if self.num_clusters is not None and self.num_clusters > num_layers:
             raise ValueError(
                 f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}"

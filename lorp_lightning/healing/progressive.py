@@ -22,7 +22,7 @@ from torch import nn
 from lorp_lightning._validation import check_int
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.methods import DEFAULT_METHOD, select_layers
-from lorp_lightning.rounds import STATISTICS_BATCH, compose_plans, round_sizes
+from lorp_lightning.rounds import STATISTICS_BATCH, add_round_cost, compose_plans, round_sizes
 from lorp_lightning.selection import PruningPlan, protected_blocks, resolve_budget
 
 __all__ = ["prune_and_heal"]
@@ -83,10 +83,7 @@ def prune_and_heal(model: nn.Module, tokenizer: Any, stats: Any, amount: int | f
             cost["statistics_windows"] += len(windows)
         plan = select_layers(stats, size, method=method, num_clusters=num_clusters,
                              protect=[i for i, b in enumerate(alive) if b in protected], seed=seed, model=model, windows=windows, compensate=compensate, progress=progress)
-        if r == 0:
-            cost["statistics_windows"] += plan.cost.get("statistics_windows") or 0
-        for key in ("check_windows", "plans_checked", "seconds"):
-            cost[key] += plan.cost.get(key) or 0
+        add_round_cost(cost, plan, first=r == 0)
         prune_layers(model, plan)
         heal(model, tokenizer, steps=round_steps, seed=seed, progress=progress, **heal_options)
         plans.append(plan)
