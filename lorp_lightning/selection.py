@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from typing import Any
@@ -56,6 +56,20 @@ def _encode_float(x: float | None) -> float | str | None:
     if x is None or math.isfinite(x):
         return x
     return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _compensation_floats(compensation: dict[str, Any] | None, convert: Callable[[Any], Any]) -> dict[str, Any] | None:
+    """A plan's (or a round's) compensation record with its losses passed through ``convert`` (``_encode_float`` to
+    write JSON, ``_decode_float`` to read it) and its factors as {int block: float factor}."""
+    if compensation is None:
+        return None
+    out = dict(compensation, tried=[dict(t, loss=convert(t["loss"])) for t in compensation["tried"]])
+    for key in ("factors", "composed"):
+        if key in compensation:
+            out[key] = [{"block": int(f["block"]), "factor": float(f["factor"])} for f in compensation[key]]
+    if "check" in compensation:
+        out["check"] = {k: convert(v) for k, v in compensation["check"].items()}
+    return out
 
 
 def _decode_float(x: float | str | None) -> float | None:
@@ -151,14 +165,9 @@ class PruningPlan:
         d["scores"] = None if self.scores is None else [_encode_float(s) for s in self.scores]
         if self.candidates is not None:
             d["candidates"] = [dict(c, loss=_encode_float(c["loss"])) for c in self.candidates]
-        if self.compensation is not None:
-            d["compensation"] = dict(self.compensation, tried=[dict(t, loss=_encode_float(t["loss"]))
-                                                               for t in self.compensation["tried"]])
-            if "check" in self.compensation:
-                d["compensation"]["check"] = {k: _encode_float(v) for k, v in self.compensation["check"].items()}
+        d["compensation"] = _compensation_floats(self.compensation, _encode_float)
         if self.rounds is not None:
-            d["rounds"] = [dict(r, rls=_encode_float(r["rls"]), compensation=None if r["compensation"] is None else
-                                dict(r["compensation"], tried=[dict(t, loss=_encode_float(t["loss"])) for t in r["compensation"]["tried"]]))
+            d["rounds"] = [dict(r, rls=_encode_float(r["rls"]), compensation=_compensation_floats(r["compensation"], _encode_float))
                            for r in self.rounds]
         return d
 
@@ -174,17 +183,10 @@ class PruningPlan:
             d["scores"] = [_decode_float(s) for s in d["scores"]]
         if d.get("candidates") is not None:
             d["candidates"] = [dict(c, loss=_decode_float(c["loss"])) for c in d["candidates"]]
-        if d.get("compensation") is not None:
-            c = d["compensation"]
-            d["compensation"] = dict(c, factors=[{"block": int(f["block"]), "factor": float(f["factor"])} for f in c["factors"]],
-                                     tried=[dict(t, loss=_decode_float(t["loss"])) for t in c["tried"]])
-            if "check" in c:
-                d["compensation"]["check"] = {k: _decode_float(v) for k, v in c["check"].items()}
-                d["compensation"]["composed"] = [{"block": int(f["block"]), "factor": float(f["factor"])} for f in c["composed"]]
+        d["compensation"] = _compensation_floats(d.get("compensation"), _decode_float)
         if d.get("rounds") is not None:
             d["rounds"] = [dict(r, pruned=[int(b) for b in r["pruned"]], rls=_decode_float(r["rls"]),
-                                compensation=None if r["compensation"] is None else
-                                dict(r["compensation"], tried=[dict(t, loss=_decode_float(t["loss"])) for t in r["compensation"]["tried"]]))
+                                compensation=_compensation_floats(r["compensation"], _decode_float))
                            for r in d["rounds"]]
         for key in ("pruned", "kept", "protected", "labels"):
             if d.get(key) is not None:
