@@ -32,7 +32,7 @@ The pieces, each in one module:
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from lorp_lightning._versions import __version__
 
 # Names are imported when first used (PEP 562), so that importing the pure modules (``locality``,
 # ``selection``, ``stats``, ``surgery``) does not import Lightning.

@@ -240,9 +240,9 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    import lorp_lightning
+    from lorp_lightning._versions import __version__
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "lorp_lightning": lorp_lightning.__version__}
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "lorp_lightning": __version__}
 
 
 def _resolve_dtype(args) -> None:
@@ -693,18 +693,20 @@ def _prune_and_heal(model, tokenizer, stats, amount, method, *, quiet: bool, **o
     """`lorp prune --rounds R --heal-steps N`: ``healing.prune_and_heal`` (Lightning's progress bar unless quiet); the
     plan, and the healing records of the rounds with the loss of every step."""
 
-    from lorp_lightning import healing
+    from lorp_lightning.callbacks.heal import LossCurve
+    from lorp_lightning.healing.record import healing_records
+    from lorp_lightning.recipes.prune_and_heal import prune_and_heal
 
-    curve = healing.LossCurve()
-    before = len(healing.healing_records(model))
+    curve = LossCurve()
+    before = len(healing_records(model))
     try:
         with _lightning_warnings_only():
-            plan = healing.prune_and_heal(model, tokenizer, stats, amount, method=method, progress=not quiet,
+            plan = prune_and_heal(model, tokenizer, stats, amount, method=method, progress=not quiet,
                                           trainer_options={"callbacks": [curve]}, **options)
     except ValueError as error:
         raise UsageError(str(error).replace("num_clusters", "--num-clusters").replace("rounds=", "--rounds ")
                          .replace("steps=", "--heal-steps ")) from error
-    return plan, {"records": healing.healing_records(model)[before:], "losses": curve.losses}
+    return plan, {"records": healing_records(model)[before:], "losses": curve.losses}
 
 
 @contextlib.contextmanager
@@ -724,15 +726,17 @@ def _lightning_warnings_only():
 def _run_healing(model, tokenizer, quiet: bool, **options) -> tuple[dict, list[float]]:
     """heal(model, ...) with Lightning's progress bar (unless quiet); the healing record and the loss of every step."""
 
-    from lorp_lightning import healing  # its heal(), not this module's command of that name
+    from lorp_lightning.callbacks.heal import LossCurve
+    from lorp_lightning.healing.record import healing_records
+    from lorp_lightning.recipes.heal import heal  # the recipe, not this module's command of that name
 
-    curve = healing.LossCurve()
+    curve = LossCurve()
     try:
         with _lightning_warnings_only():
-            healing.heal(model, tokenizer, progress=not quiet, trainer_options={"callbacks": [curve]}, **options)
+            heal(model, tokenizer, progress=not quiet, trainer_options={"callbacks": [curve]}, **options)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    return healing.healing_records(model)[-1], curve.losses
+    return healing_records(model)[-1], curve.losses
 
 
 def _healing_line(record: dict, before, after) -> str:

@@ -313,12 +313,12 @@ class FakeClock:
 
 
 def test_a_time_budget_stops_the_run_in_time_and_the_schedule_follows_the_time(smollm2, monkeypatch):
-    import lorp_lightning.healing.schedule as schedule
+    import lorp_lightning.callbacks.time_budget as time_budget
 
     _, tokenizer = smollm2
     model = prune_layers(tiny_llama(len(tokenizer)), [2])
     rates, clock = LearningRates(), FakeClock(tick=0.05)
-    monkeypatch.setattr(schedule, "time", clock)
+    monkeypatch.setattr(time_budget, "time", clock)
     heal(model, tokenizer, steps=100_000, max_seconds=5.0, lr=1e-3, text="tinystories", window=16, batch_size=1,
          trainer_options={"callbacks": [rates]})
     [entry] = healing_records(model)
@@ -344,11 +344,11 @@ class _Trainer:
 
 
 def test_the_time_budget_stops_on_rank_0s_decision_and_keeps_its_clock_in_the_checkpoint(monkeypatch):
-    import lorp_lightning.healing.schedule as schedule
+    import lorp_lightning.callbacks.time_budget as time_budget
 
     clock = FakeClock(tick=1.0)
-    monkeypatch.setattr(schedule, "time", clock)
-    budget = schedule.TimeBudget(seconds=2.5)
+    monkeypatch.setattr(time_budget, "time", clock)
+    budget = time_budget.TimeBudget(seconds=2.5)
     budget.on_train_start(None, None)                      # t = 1
     budget.on_train_batch_start(None, None, None, 0)       # t = 2
     this_rank = _Trainer(rank0=False)
@@ -359,7 +359,7 @@ def test_the_time_budget_stops_on_rank_0s_decision_and_keeps_its_clock_in_the_ch
     assert rank0.should_stop
     state = budget.state_dict()                            # t = 5: 4 s spent
     assert state == {"elapsed": 4.0, "longest_step": 2.0}
-    resumed = schedule.TimeBudget(seconds=2.5)
+    resumed = time_budget.TimeBudget(seconds=2.5)
     resumed.load_state_dict(state)
     assert resumed.elapsed() == 4.0 and resumed.share() == 4.0 / 2.5  # before the resumed run starts: the time already spent
 

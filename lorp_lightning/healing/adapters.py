@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from lorp_lightning.architectures import architecture_of, decoder_layers
-from lorp_lightning.healing.record import checked_record
 from lorp_lightning.healing.settings import HealingSettings, peft
+from lorp_lightning.surgery import RECORD_ATTRIBUTE, pruning_record
 
-__all__ = ["Healing", "blocks_next_to_removed", "check_model", "check_settings", "lora_targets", "merge", "start"]
+__all__ = ["Healing", "blocks_next_to_removed", "check_model", "check_settings", "checked_record", "lora_targets", "merge", "start"]
 
 _ADAPTER = "default"
 
@@ -47,6 +47,27 @@ def blocks_next_to_removed(original_num_layers: int, pruned_layers: Sequence[int
         if above:
             neighbours.add(above[0])
     return sorted(kept.index(i) for i in neighbours)
+
+
+def checked_record(model: nn.Module) -> dict:
+    """The model's pruning record, checked to be one and to match the model's depth (what healing needs)."""
+    record = pruning_record(model)
+    if record is None:
+        raise ValueError(
+            "healing recovers what pruning lost, but this model has no pruning record (config.lorp_pruning): prune it "
+            "first (prune_layers, LoRPPruneCallback or `lorp prune`); for plain fine-tuning, fit a LoRPModule"
+        )
+    try:
+        original = int(record["original_num_layers"])
+        pruned = [int(i) for i in record["pruned_layers"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"config.{RECORD_ATTRIBUTE}={record!r} is not a pruning record written by lorp_lightning") from error
+    if original - len(pruned) != len(decoder_layers(model)):
+        raise ValueError(
+            f"config.{RECORD_ATTRIBUTE} says {original} - {len(pruned)} blocks remain, but the model has "
+            f"{len(decoder_layers(model))}; the record is stale"
+        )
+    return record
 
 
 def _linear_layers_of_blocks(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:

@@ -19,9 +19,10 @@ from typing_extensions import override
 
 from lorp_lightning._validation import check_int, check_real
 from lorp_lightning.callbacks.heal import LoRPHealCallback
+from lorp_lightning.callbacks.time_budget import TimeBudget
 from lorp_lightning.distillation import check_teacher
 from lorp_lightning.healing.adapters import check_model
-from lorp_lightning.healing.schedule import TimeBudget, learning_rate_factor
+from lorp_lightning.healing.schedule import learning_rate_factor
 from lorp_lightning.healing.settings import DEFAULT_LR, HealingSettings
 from lorp_lightning.module import LoRPModule
 

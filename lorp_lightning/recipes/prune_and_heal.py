@@ -22,8 +22,11 @@ from torch import nn
 from lorp_lightning._validation import check_int
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.methods import DEFAULT_METHOD, select_layers
+from lorp_lightning.recipes.heal import heal
 from lorp_lightning.rounds import STATISTICS_BATCH, add_round_cost, compose_plans, round_sizes
 from lorp_lightning.selection import PruningPlan, protected_blocks, resolve_budget
+from lorp_lightning.stats import collect_layer_stats
+from lorp_lightning.surgery import prune_layers
 
 __all__ = ["prune_and_heal"]
 
@@ -59,10 +62,6 @@ def prune_and_heal(model: nn.Module, tokenizer: Any, stats: Any, amount: int | f
         with their summed ``cost`` (window passes of statistics and checks, plans checked, and the
         seconds of selection; healing's are in each healing's record).
     """
-    from lorp_lightning.healing.run import heal
-    from lorp_lightning.stats import collect_layer_stats
-    from lorp_lightning.surgery import prune_layers
-
     rounds = check_int(rounds, "rounds")
     steps = check_int(steps, "steps")
     num_layers = len(decoder_layers(model))
