@@ -61,11 +61,13 @@ _EXPORTS = {
     "LayerStats": "stats",
     "collect_layer_stats": "stats",
     "PlanRefusedError": "surgery",
+    "ParameterError": "_validation",
     "prune_layers": "surgery",
     "pruning_record": "surgery",
 }
 
 if TYPE_CHECKING:
+    from lorp_lightning._validation import ParameterError
     from lorp_lightning.assets import list_models, list_texts, load_model, load_text
     from lorp_lightning.callbacks import LayerStatsCallback, LoRPHealCallback, LoRPPruneCallback
     from lorp_lightning.checked import select_checked
@@ -109,6 +111,7 @@ __all__ = [
     "LoRPHealCallback",
     "LoRPModule",
     "LoRPPruneCallback",
+    "ParameterError",
     "PlanRefusedError",
     "PruningPlan",
     "SelectionContext",

@@ -3,7 +3,9 @@
 One integer rule: an int, NumPy ints included, never a bool (``True`` is not a block count or an
 index here). One real-number rule: a finite int or float, never a bool. The checks raise a
 ValueError that names the parameter and the value, in one shape:
-``"<name> must be <what>, got <name>=<value>"``.
+``"<name> must be <what>, got <name>=<value>"``; the error is a ``ParameterError``, whose
+``.parameter`` names the parameter to a caller that has other names for it (the command line's
+flags), so that no caller rewrites a message's text.
 
     steps = check_int(steps, "steps", what="a positive int (optimizer steps)")
     seed = check_int(seed, "seed", low=0)                           # "seed must be an int >= 0, got seed=-1"
@@ -20,7 +22,25 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_choice", "check_int", "check_real", "is_integer", "is_real"]
+__all__ = ["ParameterError", "check_choice", "check_int", "check_real", "is_integer", "is_real", "tagged"]
+
+
+class ParameterError(ValueError):
+    """A bad argument: a ValueError that also says which parameter it is about (``.parameter``).
+
+        raise ParameterError("rounds", f"rounds must be between 1 and the {k} blocks to prune, got rounds={rounds!r}")
+    """
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def tagged(error: Exception, parameter: str) -> Exception:
+    """``error`` (of a kind that is not a ValueError: a FileNotFoundError, a FileExistsError) with ``.parameter`` set,
+    as a ``ParameterError`` has it."""
+    error.parameter = parameter
+    return error
 
 
 def is_integer(value: Any) -> bool:
@@ -33,8 +53,8 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
 
 
-def _refuse(name: str, value: Any, what: str) -> ValueError:
-    return ValueError(f"{name} must be {what}, got {name}={value!r}")
+def _refuse(name: str, value: Any, what: str) -> ParameterError:
+    return ParameterError(name, f"{name} must be {what}, got {name}={value!r}")
 
 
 def check_int(value: Any, name: str, *, low: int = 1, none_ok: bool = False, what: str | None = None) -> int | None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from lorp_lightning._io import OutputDirectory
-from lorp_lightning._validation import check_choice
+from lorp_lightning._validation import ParameterError, check_choice
 from lorp_lightning.precision import choose_dtype
 
 if TYPE_CHECKING:
@@ -234,14 +234,14 @@ def check_device(device: str | torch.device) -> str:
     """``device`` as one of `DEVICES`, checked against the hardware; a clear error otherwise."""
     text = str(device) if isinstance(device, torch.device) else device
     if not isinstance(text, str) or re.fullmatch(r"cpu|auto|cuda(:\d+)?", text) is None:
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got device={device!r}")
+        raise ParameterError("device", f"device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got device={device!r}")
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device={text!r}, but no CUDA device is visible here (torch.cuda.is_available() is False); "
+            raise ParameterError("device", f"device={text!r}, but no CUDA device is visible here (torch.cuda.is_available() is False); "
                              "use device='cpu', or 'auto', which takes the GPUs when there are any")
         index = int(text.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device={text!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+            raise ParameterError("device", f"device={text!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
     return text
 
 

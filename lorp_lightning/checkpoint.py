@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from lorp_lightning._io import OutputDirectory
+from lorp_lightning._validation import ParameterError, tagged
 from lorp_lightning.architectures import Architecture, architecture_of, skeleton
 from lorp_lightning.selection import PruningPlan
 from lorp_lightning.surgery import _pruned_config
@@ -116,21 +117,21 @@ def _checked_checkpoint_dir(checkpoint_dir: Any) -> Path:
     path = Path(checkpoint_dir)
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "does not exist"
-        raise FileNotFoundError(f"checkpoint_dir={str(checkpoint_dir)!r} {what}; pass a Hugging Face model directory "
-                                "(config.json and model.safetensors, or model.safetensors.index.json and its shards)")
+        raise tagged(FileNotFoundError(f"checkpoint_dir={str(checkpoint_dir)!r} {what}; pass a Hugging Face model directory "
+                                "(config.json and model.safetensors, or model.safetensors.index.json and its shards)"), "checkpoint_dir")
     return path
 
 
 def _checked_out_dir(out_dir: Any, checkpoint: Path, overwrite: bool) -> Path:
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"out_dir={str(out_dir)!r} exists; pass overwrite=True to replace it, or choose another out_dir")
+        raise tagged(FileExistsError(f"out_dir={str(out_dir)!r} exists; pass overwrite=True to replace it, or choose another out_dir"), "out_dir")
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out_dir={str(out_dir)!r} exists and is not a directory; choose another out_dir")
+        raise tagged(FileExistsError(f"out_dir={str(out_dir)!r} exists and is not a directory; choose another out_dir"), "out_dir")
     a, b = out.resolve(), checkpoint.resolve()
     if a == b or a in b.parents or b in a.parents:
         where = "is" if a == b else "is inside" if b in a.parents else "holds"
-        raise ValueError(f"out_dir={str(out_dir)!r} {where} checkpoint_dir={str(checkpoint)!r}; the checkpoint is "
+        raise ParameterError("out_dir", f"out_dir={str(out_dir)!r} {where} checkpoint_dir={str(checkpoint)!r}; the checkpoint is "
                          "only read, never changed: choose an out_dir outside it")
     return out
 
@@ -142,28 +143,28 @@ def _read_plan_file(path_like: str | os.PathLike) -> PruningPlan:
     if path.is_dir() and (path / "report.json").is_file():
         path = path / "report.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{shown} is not a file; pass a saved plan (the report.json of `lorp prune`, or a "
-                                "file of PruningPlan.to_json()) or the blocks to remove")
+        raise tagged(FileNotFoundError(f"{shown} is not a file; pass a saved plan (the report.json of `lorp prune`, or a "
+                                "file of PruningPlan.to_json()) or the blocks to remove"), "plan_or_blocks")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{shown} is not a JSON plan file ({error})") from error
+        raise ParameterError("plan_or_blocks", f"{shown} is not a JSON plan file ({error})") from error
     if isinstance(data, dict) and isinstance(data.get("plan"), dict):
         data = data["plan"]
     elif isinstance(data, dict) and data.get("command") == "analyze":
-        raise ValueError(f"{shown} is the report of `lorp analyze`, which holds statistics but no plan; choose the "
+        raise ParameterError("plan_or_blocks", f"{shown} is the report of `lorp analyze`, which holds statistics but no plan; choose the "
                          "blocks with `lorp prune MODEL --stats DIR/stats.pt --amount ...` and pass its report.json, "
                          "or pass the blocks")
     elif isinstance(data, dict) and "command" in data:
-        raise ValueError(f"{shown} is the report of `lorp {data['command']}`, which holds no single plan; pass the "
+        raise ParameterError("plan_or_blocks", f"{shown} is the report of `lorp {data['command']}`, which holds no single plan; pass the "
                          "report.json of `lorp prune`, or the blocks")
     if not (isinstance(data, dict) and {"pruned", "num_layers"} <= set(data)):
-        raise ValueError(f"{shown} holds no plan (no 'pruned' and 'num_layers'); pass the report.json of `lorp prune` "
+        raise ParameterError("plan_or_blocks", f"{shown} holds no plan (no 'pruned' and 'num_layers'); pass the report.json of `lorp prune` "
                          "or a file of PruningPlan.to_json()")
     try:
         return PruningPlan.from_dict(data)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{shown} holds a plan this version cannot read ({error})") from error
+        raise ParameterError("plan_or_blocks", f"{shown} holds a plan this version cannot read ({error})") from error
 
 
 # --------------------------------------------------------------------------- reading safetensors
@@ -260,10 +261,10 @@ def _weight_files(checkpoint: Path) -> tuple[list[_Shard], dict | None]:
     if not (checkpoint / INDEX_FILE).is_file():
         others = sorted(p.name for p in checkpoint.iterdir() if p.name.endswith((".bin", ".bin.index.json", ".pt", ".pth")))
         if others:
-            raise ValueError(f"{shown} holds PyTorch weights only ({', '.join(others)}); only safetensors checkpoints "
+            raise ParameterError("checkpoint_dir", f"{shown} holds PyTorch weights only ({', '.join(others)}); only safetensors checkpoints "
                              "can be pruned on disk: load the model and save_pretrained it (safetensors is the default), "
                              "or prune it in memory with prune_layers")
-        raise FileNotFoundError(f"{shown} has neither {SINGLE_FILE} nor {INDEX_FILE}; pass a directory written by save_pretrained")
+        raise tagged(FileNotFoundError(f"{shown} has neither {SINGLE_FILE} nor {INDEX_FILE}; pass a directory written by save_pretrained"), "checkpoint_dir")
     index_path = checkpoint / INDEX_FILE
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -275,7 +276,7 @@ def _weight_files(checkpoint: Path) -> tuple[list[_Shard], dict | None]:
     shards = []
     for file_name in sorted(set(weight_map.values())):
         if Path(file_name).name != file_name:
-            raise ValueError(f"the index {str(index_path)!r} names the shard {file_name!r}, which is not a file name in {shown}")
+            raise ParameterError("checkpoint_dir", f"the index {str(index_path)!r} names the shard {file_name!r}, which is not a file name in {shown}")
         if not (checkpoint / file_name).is_file():
             raise FileNotFoundError(f"the shard {file_name!r}, named in the weight_map of {str(index_path)!r}, is missing "
                                     f"from {shown}; the checkpoint is incomplete")
@@ -322,7 +323,7 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
     from transformers import AutoConfig
 
     if not (checkpoint / "config.json").is_file():
-        raise FileNotFoundError(f"checkpoint_dir={str(checkpoint)!r} has no config.json; pass a directory written by save_pretrained")
+        raise tagged(FileNotFoundError(f"checkpoint_dir={str(checkpoint)!r} has no config.json; pass a directory written by save_pretrained"), "checkpoint_dir")
     config = AutoConfig.from_pretrained(str(checkpoint))
     architecture = architecture_of(config)
     if architecture.generic:
@@ -387,20 +388,20 @@ def _blocks_on_disk(shards: list[_Shard], architecture: Architecture, checkpoint
     if len(found) != 1:
         paths = " or ".join(repr(p) for p in (architecture.layers_path, *architecture.checkpoint_layers_paths))
         problem = "no tensor named" if not found else "tensors under both of"
-        raise ValueError(f"{shown} has {problem} {paths} followed by a block number; its tensors are named like "
+        raise ParameterError("checkpoint_dir", f"{shown} has {problem} {paths} followed by a block number; its tensors are named like "
                          f"{names[0]!r}. If transformers names this model's blocks otherwise on disk, add the name "
                          f"to checkpoint_layers_paths in {where}")
     (prefix, indices), = found.items()
     num_layers = max(indices) + 1
     if sorted(indices) != list(range(num_layers)):
         missing = sorted(set(range(num_layers)) - indices)
-        raise ValueError(f"{shown} has no tensors of the blocks {missing} under {prefix!r}, but has tensors of block "
+        raise ParameterError("checkpoint_dir", f"{shown} has no tensors of the blocks {missing} under {prefix!r}, but has tensors of block "
                          f"{num_layers - 1}; the checkpoint is incomplete")
     text_config = config.get_text_config(decoder=True)
     for name in architecture.depth_fields:
         depth = getattr(text_config, name, None)
         if depth is not None and depth != num_layers:
-            raise ValueError(f"{shown}: config.json says {name}={depth}, but the weights hold {num_layers} blocks under "
+            raise ParameterError("checkpoint_dir", f"{shown}: config.json says {name}={depth}, but the weights hold {num_layers} blocks under "
                              f"{prefix!r}; the weights and the config are of different models")
     return prefix, num_layers
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import ParameterError, is_integer
 
 __all__ = [
     "allocate_lorp",
@@ -170,7 +170,7 @@ def cluster_layers(similarity: Any, num_clusters: int, seed: int = 0) -> list[in
     S = as_similarity_matrix(similarity)
     N = S.shape[0]
     if not is_integer(num_clusters) or not 1 <= num_clusters <= N:
-        raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
+        raise ParameterError("num_clusters", f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
     if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     num_clusters, seed = int(num_clusters), int(seed)

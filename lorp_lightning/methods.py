@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorp_lightning import selection as sel
-from lorp_lightning._validation import check_choice, check_int, is_integer
+from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer
 from lorp_lightning.locality import (
     allocate_lorp,
     block_redundancy,
@@ -318,15 +318,15 @@ def select_layers(
     if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if num_clusters is not None and name != "lorp":
-        raise ValueError(f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={name!r}")
+        raise ParameterError("num_clusters", f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={name!r}")
     if not isinstance(compensate, bool):
-        raise ValueError(f"compensate must be True or False, got compensate={compensate!r}")
+        raise ParameterError("compensate", f"compensate must be True or False, got compensate={compensate!r}")
     if compensate:
         _check_compensation(stats_or_similarity, model if shared_checks is None else shared_checks.model,
                             windows if shared_checks is None else shared_checks.windows)
     rounds = check_int(rounds, "rounds")
     if rounds > 1 and (model is None or windows is None):
-        raise ValueError(f"rounds={rounds} collects the statistics again on the partly pruned model: pass model= and "
+        raise ParameterError("rounds", f"rounds={rounds} collects the statistics again on the partly pruned model: pass model= and "
                          "windows= (all the calibration windows)")
     statistics_windows = windows  # all of them, for the statistics of later rounds (before shared_checks replaces them)
     tries_plans = entry.reads_model or compensate or rounds > 1  # runs the model
@@ -336,7 +336,7 @@ def select_layers(
                 shared_checks.model, shared_checks.windows, len(shared_checks.windows), shared_checks.windows.shape[1],
                 shared_checks.score_last)  # the checks' shape, which later rounds take from all the windows given
         if model is None or windows is None:
-            raise ValueError(f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)")
+            raise ParameterError("method", f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)")
         from lorp_lightning.architectures import decoder_layers
         from lorp_lightning.search import as_windows
 
@@ -350,7 +350,7 @@ def select_layers(
             raise ValueError(f"check_tokens must be an int >= 2 or None, got {check_tokens!r}")
     if stats_or_similarity is None:
         if entry.reads_stats:
-            raise ValueError(f"method={name!r} reads the layer statistics: pass a LayerStats or a similarity matrix")
+            raise ParameterError("method", f"method={name!r} reads the layer statistics: pass a LayerStats or a similarity matrix")
     else:
         inp = sel._read_inputs(stats_or_similarity, name if name in REGISTRY else "lorp")
         if tries_plans and inp.N != N:
@@ -359,7 +359,7 @@ def select_layers(
     protected = protected_blocks(protect, N)
     k = resolve_budget(num_prune, N, N - len(protected))
     if num_clusters is not None and (not is_integer(num_clusters) or not 1 <= num_clusters <= N):
-        raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
+        raise ParameterError("num_clusters", f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
     if rounds > 1:
         return _in_rounds(entry, stats_or_similarity, k, rounds, protected, dict(
             method=method, num_clusters=num_clusters, seed=seed, model=model, windows=statistics_windows,
@@ -431,10 +431,10 @@ def _check_compensation(stats: Any, model: Any, windows: Any) -> None:
     from lorp_lightning.compensation import check_compensable
 
     if getattr(stats, "norms", None) is None:
-        raise ValueError("compensate=True reads the stream's norms of the statistics: pass the LayerStats of "
+        raise ParameterError("compensate", "compensate=True reads the stream's norms of the statistics: pass the LayerStats of "
                          "collect_layer_stats (statistics saved before norms were recorded have none: collect them again)")
     if model is None or windows is None:
-        raise ValueError("compensate=True chooses its strength on the calibration loss: pass model= and windows=")
+        raise ParameterError("compensate", "compensate=True chooses its strength on the calibration loss: pass model= and windows=")
     check_compensable(model)  # a family where no fold is exact is refused by name
 
 
@@ -474,4 +474,4 @@ def _check_plan(method: str, pruned: Any, ctx: SelectionContext) -> None:
     elif set(map(int, blocks)) & set(ctx.protected):
         problem = f"holds protected blocks {sorted(set(map(int, blocks)) & set(ctx.protected))}"
     if problem:
-        raise ValueError(f"method {method!r} returned the plan {pruned!r}, which {problem}; the model was not changed")
+        raise ParameterError("method", f"method {method!r} returned the plan {pruned!r}, which {problem}; the model was not changed")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lorp_lightning import compensation
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import ParameterError, is_integer
 from lorp_lightning.architectures import architecture_of, decoder_layers
 from lorp_lightning.selection import PruningPlan
 
@@ -47,7 +47,7 @@ def round_sizes(num_prune: int, rounds: int) -> list[int]:
         [3, 2, 2]
     """
     if not 1 <= rounds <= num_prune:
-        raise ValueError(f"rounds must be between 1 and the {num_prune} blocks to prune, got rounds={rounds!r}")
+        raise ParameterError("rounds", f"rounds must be between 1 and the {num_prune} blocks to prune, got rounds={rounds!r}")
     whole, rest = divmod(num_prune, rounds)
     return [whole + 1] * rest + [whole] * (rounds - rest)
 

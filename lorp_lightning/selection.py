@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lorp_lightning._validation import is_integer, is_real
+from lorp_lightning._validation import ParameterError, is_integer, is_real
 from lorp_lightning.locality import (
     allocate_lorp,
     as_similarity_matrix,
@@ -254,19 +254,19 @@ def resolve_budget(num_prune: Any, num_layers: int, num_unprotected: int) -> int
     elif isinstance(num_prune, numbers.Real) and not isinstance(num_prune, (bool, np.bool_)):
         x = float(num_prune)
         if not (0.0 < x < 1.0):  # also rejects NaN
-            raise ValueError(
+            raise ParameterError("num_prune", 
                 f"num_prune as a float must be a fraction in (0, 1) of the {num_layers} blocks, got {num_prune!r}"
             )
         k = math.floor(Fraction(repr(x)) * num_layers)  # (6) rounded down
         asked = f"num_prune={x!r} of {num_layers} blocks rounds down to {k} blocks and"
     else:
-        raise ValueError(
+        raise ParameterError("num_prune", 
             f"num_prune must be an int (a count) or a float in (0, 1) (a fraction), got {num_prune!r}"
         )
     if k < 1:
-        raise ValueError(f"{asked} is fewer than 1; prune at least 1 block")
+        raise ParameterError("num_prune", f"{asked} is fewer than 1; prune at least 1 block")
     if k > num_unprotected:
-        raise ValueError(
+        raise ParameterError("num_prune", 
             f"{asked} exceeds the {num_unprotected} unprotected blocks (of {num_layers}); "
             "prune fewer or protect fewer"
         )
@@ -311,11 +311,11 @@ def protected_blocks(protect: Iterable[int] | None, N: int) -> set[int]:
     if protect is None:
         return {0, N - 1}
     if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
-        raise ValueError(f"protect must be an iterable of block indices, got {protect!r}")
+        raise ParameterError("protect", f"protect must be an iterable of block indices, got {protect!r}")
     out = set()
     for p in protect:
         if not is_integer(p) or not 0 <= p < N:
-            raise ValueError(f"protect holds {p!r}, which is not a block index in 0..{N - 1}")
+            raise ParameterError("protect", f"protect holds {p!r}, which is not a block index in 0..{N - 1}")
         out.add(int(p))
     return out
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lorp_lightning import compensation
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import ParameterError, is_integer
 from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers, skeleton
 
 __all__ = [
@@ -504,26 +504,26 @@ def _checked_blocks(blocks: Any, num_layers: int, name: str) -> list[int]:
     """``blocks`` as a sorted list of ints after checking each is a distinct index < ``num_layers``."""
     valid = f"pass distinct integer indices in 0..{num_layers - 1}"
     if not isinstance(blocks, (list, tuple)):
-        raise ValueError(f"{name} must be a list of block indices, got {blocks!r}; {valid}")
+        raise ParameterError(name, f"{name} must be a list of block indices, got {blocks!r}; {valid}")
     if not blocks:
-        raise ValueError(f"{name}={blocks!r} is empty: there is nothing to remove; {valid}")
+        raise ParameterError(name, f"{name}={blocks!r} is empty: there is nothing to remove; {valid}")
     seen: set[int] = set()
     for value in blocks:
         if not is_integer(value):
-            raise ValueError(
+            raise ParameterError(name, 
                 f"{name}={blocks!r} holds {value!r} ({type(value).__name__}), which is not an integer block index; {valid}"
             )
         if value < 0:
-            raise ValueError(
+            raise ParameterError(name, 
                 f"{name}={blocks!r} holds the negative index {value}; negative indices are not accepted, {valid}"
             )
         if value >= num_layers:
-            raise ValueError(f"{name}={blocks!r} holds {value}, out of range for a model of {num_layers} blocks; {valid}")
+            raise ParameterError(name, f"{name}={blocks!r} holds {value}, out of range for a model of {num_layers} blocks; {valid}")
         if int(value) in seen:
-            raise ValueError(f"{name}={blocks!r} holds block {value} more than once; {valid}")
+            raise ParameterError(name, f"{name}={blocks!r} holds block {value} more than once; {valid}")
         seen.add(int(value))
     if len(seen) == num_layers:
-        raise ValueError(f"{name}={blocks!r} removes all {num_layers} blocks of the model; keep at least one")
+        raise ParameterError(name, f"{name}={blocks!r} removes all {num_layers} blocks of the model; keep at least one")
     return sorted(seen)
 
 

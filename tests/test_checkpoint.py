@@ -381,9 +381,9 @@ def test_lorp_apply_reads_the_plan_from_the_report_of_lorp_prune(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["1,6", "CHECKPOINT", "--out", "OUT"], "lorp apply: error: PLAN=[1, 6] holds 6, out of range for a model of 6 blocks"),
-    (["1,2", "NOWHERE", "--out", "OUT"], "lorp apply: error: CHECKPOINT_DIR='NOWHERE' does not exist"),
-    (["1,2", "CHECKPOINT", "--out", "CHECKPOINT", "--overwrite"], "lorp apply: error: --out='CHECKPOINT' is CHECKPOINT_DIR="),
+    (["1,6", "CHECKPOINT", "--out", "OUT"], "lorp apply: error: PLAN: plan_or_blocks=[1, 6] holds 6, out of range for a model of 6 blocks"),
+    (["1,2", "NOWHERE", "--out", "OUT"], "lorp apply: error: CHECKPOINT_DIR: checkpoint_dir='NOWHERE' does not exist"),
+    (["1,2", "CHECKPOINT", "--out", "CHECKPOINT", "--overwrite"], "lorp apply: error: --out: out_dir='CHECKPOINT' is checkpoint_dir="),
 ])
 def test_lorp_apply_bad_input_is_one_line_naming_the_argument_with_exit_status_2_and_writes_nothing(argv, message, tmp_path, capsys):
     checkpoint = saved("llama", tmp_path / "checkpoint")
@@ -402,7 +402,7 @@ def test_lorp_apply_refuses_an_existing_out_without_overwrite_and_replaces_it_wi
     argv = ["apply", "1,2", str(checkpoint), "--out", str(tmp_path / "pruned")]
     capsys.readouterr()
     assert main(argv) == 2
-    assert f"--out={str(tmp_path / 'pruned')!r} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert f"the output directory {tmp_path / 'pruned'} exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert list((tmp_path / "pruned").iterdir()) == []
     assert main([*argv, "--overwrite"]) == 0
     assert (tmp_path / "pruned" / "config.json").is_file()

@@ -132,7 +132,8 @@ def test_a_bad_lorp_dtype_variable_is_one_clear_line(tmp_path, capsys, monkeypat
 
 
 def test_auto_heals_the_adjacent_blocks_in_float32(capsys):
-    from lorp_lightning.cli import _resolve_dtype, build_parser
+    from lorp_lightning.cli import build_parser
+    from lorp_lightning.cli._shared import resolve_dtype as _resolve_dtype
 
     args = build_parser().parse_args(["heal", "pruned/any", "--mode", "adjacent"])
     _resolve_dtype(args)
@@ -155,12 +156,12 @@ def test_an_existing_output_directory_needs_overwrite_and_is_left_as_it_was(tmp_
     [
         (["prune", "no-such-model"], "unknown model name_or_path='no-such-model'"),
         (["prune", "--method", "best"], "unknown method 'best'"),
-        (["prune", "--amount", "29"], "num_prune"),
-        (["analyze", "--text", "ptb"], "unknown calibration text 'ptb'"),
+        (["prune", "--amount", "29"], "--amount: num_prune=29 exceeds the 28 unprotected blocks"),
+        (["analyze", "--text", "ptb"], "--text: text='ptb' is neither a bundled text"),
         # with --stats nothing is calibrated, but healing would train on --text: refused before loading
-        (["prune", "--stats", "no-such-stats.pt", "--heal-steps", "2", "--text", "ptb"], "unknown calibration text 'ptb'"),
+        (["prune", "--stats", "no-such-stats.pt", "--heal-steps", "2", "--text", "ptb"], "--text: text='ptb' is neither a bundled text"),
         (["prune", "--rounds", "3", "--heal-steps", "2"], "--heal-steps 2 are split over the --rounds 3, each round healed"),
-        (["prune", "--amount", "2", "--rounds", "3"], "rounds must be between 1 and the 2 blocks to prune, got --rounds 3"),
+        (["prune", "--amount", "2", "--rounds", "3"], "--rounds: rounds must be between 1 and the 2 blocks to prune, got rounds=3"),
     ],
 )
 def test_bad_arguments_end_with_one_clear_line_and_exit_status_2(tmp_path, capsys, argv, message):
@@ -232,7 +233,7 @@ def test_a_text_file_without_enough_calibration_text_is_one_clear_line(tmp_path,
     short.write_text("\n\n".join(p for p in paragraphs[:60] if not _held_out(p)), encoding="utf-8")
     for path, argv, message in (
         (only_held_out, SMALL, "has no calibration documents"),
-        (short, ["--windows", "1000", *SMALL[2:]], "--windows 1000 but the calibration split of --text"),
+        (short, ["--windows", "1000", *SMALL[2:]], "--windows: num_windows=1000 but the calibration split of text="),
     ):
         assert main(["analyze", "--text", str(path), *argv, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -342,7 +343,7 @@ def test_heal_saves_a_healed_model_that_plain_transformers_reloads_with_a_report
     [
         (["--rank", "1000"], "rank=1000 does not fit: the target module 'k_proj' maps 576 to 192 features"),
         (["--mode", "adjacent", "--dtype", "bfloat16"], "--mode adjacent trains the block weights themselves and needs --dtype float32"),
-        (["--text", "ptb"], "unknown training text 'ptb'"),
+        (["--text", "ptb"], "--text: text='ptb' is neither a bundled text"),
     ],
 )
 def test_heal_with_bad_arguments_ends_with_one_clear_line_and_writes_nothing(pruned_dir, tmp_path, capsys, extra, message):

@@ -167,7 +167,7 @@ def test_heal_refuses_a_model_spread_over_several_devices_before_training(tiny_d
 def test_the_command_line_refuses_a_bad_device_in_one_line_naming_the_flag(capsys):
     assert main(["analyze", "--device", "gpu", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "lorp analyze: error: device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got --device 'gpu'" in err
+    assert "lorp analyze: error: --device: device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got device='gpu'" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU placement of --device auto")

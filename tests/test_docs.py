@@ -23,14 +23,49 @@ def test_the_docs_build_in_strict_mode_without_a_warning(tmp_path):
     assert notebooks and all((tmp_path / "site" / "notebooks" / name / "index.html").is_file() for name in notebooks)
 
 
-def test_every_public_name_of_the_package_is_in_the_api_reference():
+GATHERERS = ("lorp_lightning", "lorp_lightning.callbacks", "lorp_lightning.healing", "lorp_lightning.recipes")
+"""The packages whose ``__all__`` is the public API: the package itself and the subpackages a user imports from."""
+
+
+def _documented() -> list[tuple[str, str]]:
+    """Every ``::: lorp_lightning.module.Name`` entry of docs/api.md, as (module, name)."""
     import re
 
-    import lorp_lightning
+    entries = re.findall(r"^::: (lorp_lightning[\w.]*)\.(\w+)$", (ROOT / "docs" / "api.md").read_text(), flags=re.M)
+    assert entries, "docs/api.md documents nothing"
+    return entries
 
-    documented = set(re.findall(r"^::: lorp_lightning\.[\w.]+\.(\w+)$", (ROOT / "docs" / "api.md").read_text(), flags=re.M))
-    public = [name for name in lorp_lightning.__all__ if name != "__version__"]
-    assert [name for name in public if name not in documented] == []
+
+def test_every_public_name_of_the_package_is_in_the_api_reference():
+    import importlib
+
+    documented = {name for _, name in _documented()}
+    undocumented = [f"{package}.{name}" for package in GATHERERS for name in importlib.import_module(package).__all__
+                    if name != "__version__" and name not in documented]
+    assert undocumented == []
+
+
+def test_every_name_the_api_reference_documents_exists_where_it_says():
+    import importlib
+
+    missing = []
+    for module, name in _documented():
+        try:
+            getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as error:
+            missing.append(f"{module}.{name} ({error})")
+    assert missing == []
+
+
+def test_a_name_the_gatherers_export_is_the_object_documented_under_that_name():
+    import importlib
+
+    where = {name: module for module, name in _documented()}
+    for package in GATHERERS:
+        for name in importlib.import_module(package).__all__:
+            if name in where:
+                assert getattr(importlib.import_module(package), name) is getattr(importlib.import_module(where[name]), name), \
+                    f"{package}.{name} is not {where[name]}.{name}"
 
 
 def test_the_readme_lists_exactly_the_architectures_of_the_table():

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lorp_lightning._validation import check_choice, check_int, is_integer
+from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.callbacks.location import (
     _SHARDED_STRATEGIES,
@@ -164,7 +164,7 @@ class LoRPPruneCallback(_GatheringCallback):
                 raise ValueError(f"a schedule prunes at the validation ends of fit it reaches: pass prune_on='validation_end' "
                                  f"(the default), not prune_on={prune_on!r}, or a single amount")
             if rounds != 1:
-                raise ValueError(f"rounds={rounds!r} splits a single amount into rounds; a schedule gives its own rounds")
+                raise ParameterError("rounds", f"rounds={rounds!r} splits a single amount into rounds; a schedule gives its own rounds")
         elif not is_budget(amount):  # the one budget rule (selection.is_budget); the message says what was wrong
             if is_integer(amount):
                 raise ValueError(f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
@@ -181,13 +181,13 @@ class LoRPPruneCallback(_GatheringCallback):
         self._method = get_method(method)  # a ValueError naming the methods for an unknown name
         if num_clusters is not None:
             if self._method.name != "lorp":
-                raise ValueError(
+                raise ParameterError("num_clusters", 
                     f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}"
                 )
             check_int(num_clusters, "num_clusters", what="a positive int or None")
         if protect is not None:
             if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
-                raise ValueError(f"protect must be a list of block indices or None, got protect={protect!r}")
+                raise ParameterError("protect", f"protect must be a list of block indices or None, got protect={protect!r}")
             protect = tuple(protect)
             if not all(is_integer(p) and p >= 0 for p in protect):
                 raise ValueError(f"protect must hold block indices (ints >= 0), got protect={protect!r}")
@@ -201,7 +201,7 @@ class LoRPPruneCallback(_GatheringCallback):
         self.prune_on = prune_on
         self.seed = int(seed)
         if not isinstance(compensate, bool):
-            raise ValueError(f"compensate must be True or False, got compensate={compensate!r}")
+            raise ParameterError("compensate", f"compensate must be True or False, got compensate={compensate!r}")
         self.compensate = compensate
         self.rounds = int(check_int(rounds, "rounds", low=1))
         self.verbose = verbose
@@ -287,7 +287,7 @@ class LoRPPruneCallback(_GatheringCallback):
             raise ValueError(f"protect={self.protect!r} holds {outside}, beyond the {num_layers} blocks of the model")
         protect = self._protected(num_layers)
         if self.num_clusters is not None and self.num_clusters > num_layers:
-            raise ValueError(
+            raise ParameterError("num_clusters", 
                 f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}"
             )
         if self.schedule is not None:
@@ -295,7 +295,7 @@ class LoRPPruneCallback(_GatheringCallback):
             return
         k = resolve_budget(self.amount, num_layers, num_layers - len(protect))
         if self.rounds > k:
-            raise ValueError(f"rounds={self.rounds} exceeds the {k} blocks amount={self.amount!r} prunes; pass at most {k}")
+            raise ParameterError("rounds", f"rounds={self.rounds} exceeds the {k} blocks amount={self.amount!r} prunes; pass at most {k}")
 
     # ------------------------------------------------------------------ listening
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lorp_lightning._validation import check_int
+from lorp_lightning._validation import ParameterError, check_int
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.methods import DEFAULT_METHOD, select_layers
 from lorp_lightning.recipes.heal import heal
@@ -68,7 +68,7 @@ def prune_and_heal(model: nn.Module, tokenizer: Any, stats: Any, amount: int | f
     protected = protected_blocks(protect, num_layers)
     sizes = round_sizes(resolve_budget(amount, num_layers, num_layers - len(protected)), rounds)
     if steps < rounds:
-        raise ValueError(f"steps={steps} heals fewer steps than the {rounds} rounds: give each round at least one "
+        raise ParameterError("steps", f"steps={steps} heals fewer steps than the {rounds} rounds: give each round at least one "
                          f"(steps >= {rounds})")
     heal_steps = round_sizes(steps, rounds)
     alive = list(range(num_layers))

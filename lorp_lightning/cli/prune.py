@@ -1,0 +1,199 @@
+"""``lorp prune``: analyze, select, prune, save, and compare dense and pruned (optionally healed, or in rounds)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from lorp_lightning._io import write_json
+from lorp_lightning.cli._arguments import (
+    DEFAULT_MODEL,
+    MODEL_HELP,
+    UsageError,
+    add_calibration,
+    add_common,
+    add_evaluation,
+    fraction_or_count,
+    non_negative_int,
+    positive_int,
+    unit_float,
+)
+from lorp_lightning.cli._shared import (
+    calibrate,
+    check_calibration_text,
+    check_method,
+    healing_line,
+    held_out_windows,
+    lightning_warnings_only,
+    load,
+    output_directory,
+    run_healing,
+    select_plan,
+    stats_summary,
+    versions,
+    windows_for_checks,
+)
+from lorp_lightning.evaluation import compare_models, comparison_table
+from lorp_lightning.methods import DEFAULT_METHOD
+
+RENAMED = {"num_prune": "amount", "steps": "heal_steps", "num_windows": "windows"}
+"""The library's parameters that are this command's arguments under other names (see ``_arguments.flags``)."""
+
+
+def add_arguments(commands) -> argparse.ArgumentParser:
+    """The ``prune`` sub-command's parser, added to ``commands`` (argparse's sub-parsers)."""
+    parser = commands.add_parser("prune", help="analyze, select, prune, save, and evaluate dense against pruned")
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
+    parser.add_argument("--amount", type=fraction_or_count, default=0.25, help="fraction of the blocks in (0, 1), or a block count (default: 0.25)")
+    parser.add_argument("--method", default=DEFAULT_METHOD,
+                              help=f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
+                                   "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
+                                   "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last")
+    parser.add_argument("--num-clusters", type=positive_int, help="lorp: force K instead of deriving it from the RLS")
+    parser.add_argument("--compensate", action="store_true",
+                              help="fold a training-free correction of the stream's scale at each gap into the kept weights, "
+                                   "its strength chosen on the calibration loss of the first 8 calibration windows "
+                                   "(docs/method.md, Compensation)")
+    parser.add_argument("--rounds", type=positive_int, default=1,
+                              help="select the budget in R rounds, the statistics collected again on the partly pruned "
+                                   "(and, with --compensate, compensated) model between rounds (docs/method.md, Rounds; "
+                                   "default: 1, one shot)")
+    parser.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
+    add_calibration(parser)
+    add_evaluation(parser)
+    parser.add_argument("--heal-steps", type=non_negative_int, default=0,
+                              help="heal the pruned model for N steps (LoRA, on the calibration split of --text) before "
+                                   "evaluating and saving it; see `lorp heal` (default: 0, no healing)")
+    parser.add_argument("--distill", action="store_true",
+                              help="heal by distillation from the dense model just pruned (KL between its next-token "
+                                   "distributions and the pruned model's; no second load) instead of the next-token loss; "
+                                   "needs --heal-steps")
+    parser.add_argument("--lm-weight", type=unit_float, default=None,
+                              help="with --distill: the share of the next-token loss mixed into the distillation loss, in "
+                                   "[0, 1] (default: 0, pure distillation)")
+    add_common(parser, "pruned/MODEL-METHOD-AMOUNT")
+    return parser
+
+
+def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, amount: int | float, method: str,
+          num_clusters: int | None, seed: int, text: str, windows: int, window: int, batch_size: int, stats: str | None,
+          eval_text: str, eval_windows: int, speed_repeats: int, prompt_tokens: int, new_tokens: int, heal_steps: int,
+          distill: bool, lm_weight: float | None, compensate: bool = False, rounds: int = 1) -> dict:
+    """``lorp prune``: the statistics, the plan of ``method`` for ``amount`` (compensated with ``compensate``,
+    in ``rounds`` rounds), the pruned model (healed for
+    ``heal_steps`` first, by distillation from the dense model with ``distill``), dense and pruned measured side
+    by side, the pruned model and the report saved to ``out`` (``"pruned/MODEL-METHOD-AMOUNT"``: named from
+    them); the report."""
+    from lorp_lightning.surgery import prune_layers
+
+    check_method(method)
+    if distill and not heal_steps:
+        raise UsageError("--distill heals by distillation from the dense model, which needs --heal-steps N (N >= 1)")
+    if lm_weight is not None and not distill:
+        raise UsageError(f"--lm-weight {lm_weight} mixes the next-token loss into distillation; it needs --distill")
+    if rounds > 1 and heal_steps and heal_steps < rounds:
+        raise UsageError(f"--heal-steps {heal_steps} are split over the --rounds {rounds}, each round healed after its "
+                         f"pruning: give each round at least one (--heal-steps >= {rounds})")
+    if heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
+        check_calibration_text(text)
+    if out == "pruned/MODEL-METHOD-AMOUNT":
+        out = f"pruned/{Path(model).name}-{method}-{amount}"
+    with output_directory(out, overwrite) as output:
+        timings = {}
+        start = time.perf_counter()
+        dense, tokenizer = load(model, dtype, quiet, device)
+        timings["load_seconds"] = time.perf_counter() - start
+        if compensate:  # a family where no fold is exact: refused before the calibration pass
+            from lorp_lightning.compensation import check_compensable
+
+            try:
+                check_compensable(dense)
+            except ValueError as error:
+                raise UsageError(f"--compensate: {error}") from error
+        layer_stats, timings["calibration_seconds"] = calibrate(dense, tokenizer, stats_file=stats, text=text, window=window,
+                                                                 count=windows, batch_size=batch_size, quiet=quiet)
+        analysis = select_plan(layer_stats, 1, "lorp", seed=seed, quiet=quiet)
+        calibration = windows_for_checks([method], tokenizer, text, window, windows, compensate or rounds > 1)
+        held_out = held_out_windows(tokenizer, eval_text, text, window, eval_windows)
+        teacher = {"teacher": dense, "teacher_name": model, "lm_weight": lm_weight} if distill else {}  # still in memory
+        healing = None
+        if rounds > 1 and heal_steps:  # progressive: each round healed before the next is selected
+            start = time.perf_counter()
+            pruned = copy.deepcopy(dense)
+            plan, healing = _prune_and_heal(pruned, tokenizer, layer_stats, amount, method, quiet=quiet, rounds=rounds,
+                                            steps=heal_steps, windows=calibration, seed=seed, compensate=compensate,
+                                            num_clusters=num_clusters, text=text, window=window, batch_size=batch_size,
+                                            **teacher)
+            timings["selection_seconds"] = plan.cost["seconds"]
+            timings["heal_seconds"] = sum(record["seconds"] for record in healing["records"])
+            timings["prune_seconds"] = time.perf_counter() - start - timings["selection_seconds"] - timings["heal_seconds"]
+        else:
+            start = time.perf_counter()
+            plan = select_plan(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense, compensate=compensate,
+                           rounds=rounds, windows=calibration, num_clusters=num_clusters)
+            timings["selection_seconds"] = time.perf_counter() - start
+            start = time.perf_counter()
+            pruned = prune_layers(dense, plan, inplace=False)
+            timings["prune_seconds"] = time.perf_counter() - start
+        if heal_steps and healing is None:
+            healing = _heal_pruned(pruned, tokenizer, held_out, quiet=quiet, steps=heal_steps, text=text,
+                                   window=window, batch_size=batch_size, seed=seed, **teacher)
+            timings["heal_seconds"] = healing["record"]["seconds"]
+        start = time.perf_counter()
+        metrics = compare_models({"dense": dense, "pruned": pruned}, held_out, prompt_tokens=prompt_tokens,
+                                 new_tokens=new_tokens, repeats=speed_repeats, progress=not quiet)
+        timings["evaluation_seconds"] = time.perf_counter() - start
+        eval_setup = {"text": eval_text, "split": "heldout", "windows": int(held_out.shape[0]), "window": window}
+        pruned.save_pretrained(output.path)
+        tokenizer.save_pretrained(output.path)
+        report = {"command": "prune", "model": model, "dtype": dtype, "device": device, "plan": plan.to_dict(),
+                  "calibration": {"text": text, "windows": windows, "window": window, "stats_file": stats},
+                  "statistics": stats_summary(layer_stats, analysis), "evaluation": eval_setup, "metrics": metrics,
+                  "timings": timings, "versions": versions()}
+        if healing is not None:
+            report["healing"] = healing
+        write_json(output.path / "report.json", report)
+    final = output.final
+    print(plan)
+    if healing is not None and "records" in healing:  # one healing per round
+        for r, record in enumerate(healing["records"], 1):
+            print(f"round {r}: " + healing_line(record, None, metrics["pruned"]["perplexity"] if r == len(healing["records"])
+                                                 else None))
+    elif healing is not None:
+        print(healing_line(healing["record"], healing["perplexity_before_healing"], metrics["pruned"]["perplexity"]))
+    print(comparison_table(metrics))
+    print(f"saved the pruned model to {final} (report.json beside it)")
+    return report
+
+
+def _heal_pruned(pruned, tokenizer, eval_windows, *, quiet: bool, **healing) -> dict:
+    """`lorp prune --heal-steps N [--distill]`: the pruned model's perplexity on ``eval_windows``, then
+    ``heal(pruned, tokenizer, **healing)`` (LoRA on the calibration text, by the next-token loss or, with a
+    ``teacher``, by distillation)."""
+    from lorp_lightning.evaluation import perplexity
+
+    before = perplexity(pruned, eval_windows, progress=not quiet)
+    record, losses = run_healing(pruned, tokenizer, quiet, **healing)
+    return {"record": record, "losses": losses, "perplexity_before_healing": before}
+
+
+def _prune_and_heal(model, tokenizer, stats, amount, method, *, quiet: bool, **options) -> tuple[Any, dict]:
+    """`lorp prune --rounds R --heal-steps N`: ``healing.prune_and_heal`` (Lightning's progress bar unless quiet); the
+    plan, and the healing records of the rounds with the loss of every step."""
+
+    from lorp_lightning.callbacks.heal import LossCurve
+    from lorp_lightning.healing.record import healing_records
+    from lorp_lightning.recipes.prune_and_heal import prune_and_heal
+
+    curve = LossCurve()
+    before = len(healing_records(model))
+    try:
+        with lightning_warnings_only():
+            plan = prune_and_heal(model, tokenizer, stats, amount, method=method, progress=not quiet,
+                                          trainer_options={"callbacks": [curve]}, **options)
+    except ValueError as error:
+        raise UsageError.of(error) from error
+    return plan, {"records": healing_records(model)[before:], "losses": curve.losses}
