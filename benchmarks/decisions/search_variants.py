@@ -7,7 +7,7 @@ held-out text is read. Prints SLEB's plan, the best run, and for each variant it
 loss, validation loss and checks against SLEB's. How the default was chosen from these figures:
 docs/method.md.
 
-    python benchmarks/search_variants.py gemma3-270m > benchmarks/results/search_variants_gemma3-270m.txt
+    python benchmarks/decisions/search_variants.py gemma3-270m > benchmarks/results/search_variants_gemma3-270m.txt
 """
 import sys
 
