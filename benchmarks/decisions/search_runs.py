@@ -25,6 +25,8 @@ docs/method.md says how and why. No held-out figure was computed before either d
 
     python benchmarks/decisions/search_runs.py > benchmarks/results/search_runs.txt
 """
+import argparse
+
 import torch
 from decision_data import decision_data
 
@@ -35,6 +37,7 @@ MAX_PLANS_AT_TIMED_CELL = 26
 RUNS = (0, 1, 3, 6, None)  # None: every run (the default today)
 SWAPS = ((3, "1/3"), (4, "1/4"))  # the swap budget: SLEB's checks // d beyond the seeds
 
+argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 torch.set_num_threads(2)
 print("# python benchmarks/decisions/search_runs.py   (see the docstring for the rule)", flush=True)
 results = {}  # (runs, swaps) -> list of (val, plans, timed)
