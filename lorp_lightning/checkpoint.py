@@ -65,7 +65,7 @@ def prune_checkpoint(plan_or_blocks: Any, checkpoint_dir: str | os.PathLike, out
     plain ``AutoModelForCausalLM.from_pretrained``. The shards keep their partition of the
     tensors (a shard that held removed blocks only is dropped). Peak memory is that of the
     interpreter and its imports plus a copy buffer of 16 MB, whatever the checkpoint's size
-    (``benchmarks/apply_memory.py``). Weights in other formats (``pytorch_model.bin``, ...) and
+    (``benchmarks/performance/apply_memory.py``). Weights in other formats (``pytorch_model.bin``, ...) and
     sub-folders are left out with a warning; every other file is copied.
 
         prune_checkpoint([12, 13, 14], "Qwen2.5-0.5B", "Qwen2.5-0.5B-pruned")

@@ -25,7 +25,7 @@ cheaper without changing its value:
   the cost for models with big vocabularies) runs on those positions alone;
 - *windows run together,* ``batch_windows`` of them per forward pass (default: as many as keep
   their scored logits within ``LOGITS_BYTES``), which spends less time per window than one
-  window per pass (``python benchmarks/selection_cost.py --batching``). Each window's loss is
+  window per pass (``python benchmarks/performance/selection_cost.py --batching``). Each window's loss is
   still its own; on the CPU measured (AVX2, float32) it equals the one-window pass bit for bit,
   though another CPU's matrix kernels may round a batch's last bits differently.
 

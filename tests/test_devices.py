@@ -6,7 +6,7 @@ Without a GPU, ``auto`` loads the model onto the CPU (transformers sets no ``hf_
 for a single device); a model dispatched by accelerate's own ``dispatch_model`` (hooks on every
 block, as across GPUs) prunes with its map renumbered; and the only split between two places
 that accelerate makes without a GPU is cpu + disk, an offload, which pruning refuses. The test across two GPUs runs where two are
-visible (``benchmarks/gpu_check.sh`` runs it).
+visible (``benchmarks/performance/gpu_check.sh`` runs it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Do the plans of every method flip between bf16 and float32? (The check behind the notebooks' budgets.)
 
-    python benchmarks/plan_stability.py [--windows 8,16] [--window 256] [--models smollm2-135m,...]
-    python benchmarks/plan_stability.py --windows 8 --amounts 0.25 --methods lorp_search   # notebook 2
+    python benchmarks/decisions/plan_stability.py [--windows 8,16] [--window 256] [--models smollm2-135m,...]
+    python benchmarks/decisions/plan_stability.py --windows 8 --amounts 0.25 --methods lorp_search   # notebook 2
 
 For each bundled model, collects the statistics in bfloat16 and in float32 from the first W
 windows of the `wiki` calibration split (W from --windows), and prints, for every method and

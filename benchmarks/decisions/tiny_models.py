@@ -7,7 +7,7 @@ tiny_config(model_type) is its config: a generic shrinker (SMALL, applied to eve
 per-family OVERRIDES. Types that cannot be built here raise NotTiny with the reason; kind(model_type) says whether a type is
 a decoder, the decoder half of an encoder-decoder, a masked-LM encoder used as a decoder, or something else.
 
-    python benchmarks/tiny_models.py [--summary FILE] [TYPE ...]
+    python benchmarks/decisions/tiny_models.py [--summary FILE] [TYPE ...]
 
 builds every type (or the given ones), runs one forward pass, checks that skipping decoder block 1 changes the logits, and
 prints one line per type and the total time.

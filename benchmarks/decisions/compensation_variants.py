@@ -14,7 +14,7 @@ check loss is measured with the stream at each gap multiplied by the factor of e
 The dense model's h_a and h_b give every factor (a one-shot plan; hidden states of the statistics'
 windows, recorded by hooks in a pass of their own). No held-out text is read.
 
-    python benchmarks/compensation_variants.py [--models smollm2-135m ...] [--out benchmarks/results/compensation_variants.txt]
+    python benchmarks/decisions/compensation_variants.py [--models smollm2-135m ...] [--out benchmarks/results/compensation_variants.txt]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", default="benchmarks/results/compensation_variants.txt")
     args = parser.parse_args()
-    lines = [f"# python benchmarks/compensation_variants.py {' '.join(sys.argv[1:])}".rstrip(),
+    lines = [f"# python benchmarks/decisions/compensation_variants.py {' '.join(sys.argv[1:])}".rstrip(),
              f"# {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads; check loss "
              f"(first {CHECK_WINDOWS} calibration windows, {CHECK_TOKENS} tokens, last {SCORE_LAST} scored) of the "
              f"default's plan, by variant; fitted: the strength chosen",

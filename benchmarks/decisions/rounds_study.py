@@ -20,7 +20,7 @@ window's loss; ``render`` (called by ``quality_study.py render``) gives each con
 its ratio to the one-shot default with a 95% paired-bootstrap interval. The JSON is written after each row.
 A budget of fewer blocks than R has no R-rounds rows.
 
-    python benchmarks/rounds_study.py run [--models smollm2-135m ...] [--rounds 2 3] [--out benchmarks/results/rounds]
+    python benchmarks/decisions/rounds_study.py run [--models smollm2-135m ...] [--rounds 2 3] [--out benchmarks/results/rounds]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def run_model(name: str, args, save) -> dict:
     dense = {t: evaluation[t].window_losses[()] for t in TEXTS}
     result = {"model": name, "num_layers": N, "dtype": str(model.dtype).removeprefix("torch."), "dense": {"window_losses": dense},
               "rows": [], "evaluation": {"texts": list(TEXTS), "windows": args.eval_windows, "window": 512},
-              "command": "python benchmarks/rounds_study.py run " + " ".join(sys.argv[2:]),
+              "command": "python benchmarks/decisions/rounds_study.py run " + " ".join(sys.argv[2:]),
               "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
               "torch": torch.__version__}
     for budget in BUDGETS:
@@ -120,7 +120,7 @@ def rounds_section(folder: Path) -> list[str]:
              "Training-free configurations against the one-shot default at the study's budgets: held-out perplexity "
              "relative to dense, and the ratio to the one-shot default with its 95% paired-bootstrap interval (below 1: "
              "better). Compensation's strength is chosen on the check windows (`select_layers(..., compensate=True)`, "
-             "docs/method.md). Made by the command under each model's heading, then `python benchmarks/quality_study.py render`.",
+             "docs/method.md). Made by the command under each model's heading, then `python benchmarks/decisions/quality_study.py render`.",
              ""]
     for result in results:
         name, N = result["model"], result["num_layers"]
@@ -145,7 +145,7 @@ def rounds_section(folder: Path) -> list[str]:
         lines.append("")
     missing = [m for m in MODELS if m not in {r["model"] for r in results}]
     if missing:
-        lines += [f"Not yet run: {', '.join(missing)} (`python benchmarks/rounds_study.py run --models {' '.join(missing)}`).", ""]
+        lines += [f"Not yet run: {', '.join(missing)} (`python benchmarks/decisions/rounds_study.py run --models {' '.join(missing)}`).", ""]
     return lines
 
 

@@ -1,6 +1,6 @@
 """Peak memory of pruning a checkpoint on disk (`prune_checkpoint`, `lorp apply`) against its size.
 
-    python benchmarks/apply_memory.py [--model qwen2.5-0.5b] [--max-shard-size 200MB] [--blocks 12,13,14,15,16,17]
+    python benchmarks/performance/apply_memory.py [--model qwen2.5-0.5b] [--max-shard-size 200MB] [--blocks 12,13,14,15,16,17]
 
 Saves the bundled model in float32 as a sharded safetensors checkpoint (with its tokenizer) in
 a temporary folder, then measures, each in a fresh Python process (peak RSS from the kernel's

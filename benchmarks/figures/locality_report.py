@@ -1,6 +1,6 @@
 """RLS, K, clusters and the 25% LoRP plan of each bundled model, from one calibration pass each.
 
-    python benchmarks/locality_report.py [--models ...] [--windows 32] [--window 512] [--amount 0.25]
+    python benchmarks/figures/locality_report.py [--models ...] [--windows 32] [--window 512] [--amount 0.25]
 
 Calibration: the first ``--windows`` windows of ``--window`` tokens of the ``wiki`` calibration
 split, bf16, batch size 4. Prints one block per model.

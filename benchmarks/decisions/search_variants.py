@@ -7,16 +7,18 @@ held-out text is read. Prints SLEB's plan, the best run, and for each variant it
 loss, validation loss and checks against SLEB's. How the default was chosen from these figures:
 docs/method.md.
 
-    python benchmarks/search_variants.py gemma3-270m > benchmarks/results/search_variants_gemma3-270m.txt
+    python benchmarks/decisions/search_variants.py gemma3-270m > benchmarks/results/search_variants_gemma3-270m.txt
 """
-import sys
+import argparse
 
 from decision_data import decision_data
 
 from lorp_lightning.search import PlanLoss, contiguous_runs, neighbours, sleb_checks, sleb_order
 from lorp_lightning.selection import _read_inputs, candidate_plans
 
-name = sys.argv[1]
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("model", help="a bundled model, e.g. gemma3-270m or smollm2-135m")
+name = parser.parse_args().model
 model, _, cal, val, stats = decision_data(name)
 N = stats.num_layers
 inp = _read_inputs(stats, "lorp")

@@ -6,7 +6,7 @@ healed model, the recovery (pruned - healed) / (pruned - dense) on each text, an
 time. Target: at least half of the gap recovered with at most 10 minutes of training per method
 on 2 CPU cores.
 
-    python benchmarks/heal_recovery.py [--model smollm2-135m] [--amount 0.25] [--methods lorp,shortgpt]
+    python benchmarks/decisions/heal_recovery.py [--model smollm2-135m] [--amount 0.25] [--methods lorp,shortgpt]
                                        [--max-minutes 10] [--steps 5000] [--mode lora] [--rank 8] [--lr 1e-3]
                                        [--window 256] [--batch-size 4] [--eval-windows 40] [--threads N]
                                        [--json out.json]
@@ -36,7 +36,7 @@ training losses of both healings go to ``--json`` (for a loss-curve plot; the ne
 one, the KL of the other). Target: the distilled model's wiki perplexity at most 1.3x the dense
 model's, and lower than the next-token healing's on both texts.
 
-    python benchmarks/heal_recovery.py --distill [--method lorp_search] [--lm-weight 0] [--max-minutes 10]
+    python benchmarks/decisions/heal_recovery.py --distill [--method lorp_search] [--lm-weight 0] [--max-minutes 10]
                                        [--eval-windows 40] [--zero-shot-limit 100] [--json out.json]
 """
 

@@ -16,7 +16,7 @@ window's held-out loss; ``render`` (called by ``quality_study.py render``) gives
 and its ratio to "one-shot, then heal" with a 95% paired-bootstrap interval. The JSON is written after each
 configuration, and a rerun of the same command skips what it holds.
 
-    python benchmarks/prune_heal_study.py run [--models smollm2-135m gemma3-270m] [--budgets 1/4] [--minutes 10] [--rounds 3]
+    python benchmarks/decisions/prune_heal_study.py run [--models smollm2-135m gemma3-270m] [--budgets 1/4] [--minutes 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def prune_heal_section(folder: Path) -> list[str]:
              "with the same optimizer steps and with the same minutes of training; every row from the dense model loaded "
              "again, with the same seed. Held-out perplexity relative to dense, and the ratio to \"one-shot, then heal\" with "
              "its 95% paired-bootstrap interval (below 1: better). Made by the command under each model's heading, then "
-             "`python benchmarks/quality_study.py render`.", ""]
+             "`python benchmarks/decisions/quality_study.py render`.", ""]
     for result in results:
         name, N = result["model"], result["num_layers"]
         lines += [f"### {name} ({N} blocks)", "", f"`{result['command']}`", "",
@@ -153,7 +153,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/prune_heal_study.py run " + " ".join(sys.argv[2:])
+    command = "python benchmarks/decisions/prune_heal_study.py run " + " ".join(sys.argv[2:])
     for name in args.models:
         path = out / f"{name}.json"
         result = json.loads(path.read_text()) if path.is_file() else {

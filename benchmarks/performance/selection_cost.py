@@ -10,7 +10,7 @@ one check window per forward pass with the default batch of windows
 (``PlanLoss(batch_windows=...)``), and the script prints the ratio, whether the plans agree and
 whether every window's loss came out the same bit for bit.
 
-    python benchmarks/selection_cost.py [--model smollm2-135m] [--amount 0.25] [--repeats 3] [--batching]
+    python benchmarks/performance/selection_cost.py [--model smollm2-135m] [--amount 0.25] [--repeats 3] [--batching]
 """
 
 from __future__ import annotations

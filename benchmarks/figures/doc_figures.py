@@ -1,6 +1,6 @@
 """The pictures of the README and the docs, written to docs/images/ (run it again to regenerate them).
 
-    python benchmarks/doc_figures.py [--only heatmap|healing|distillation]
+    python benchmarks/figures/doc_figures.py [--only heatmap|healing|distillation]
 
 - ``heatmap_smollm2-135m.png`` (README, docs/method.md, docs/results.md): the similarity matrix S
   of SmolLM2-135M with LoRP's clusters, and the blocks each of two methods removes at a quarter of
@@ -30,7 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # benchmarks/figures/ -> the repository
 IMAGES = ROOT / "docs" / "images"
 HEALING = ROOT / "benchmarks" / "results" / "heal_recovery_2026-11-29.json"
 DISTILLATION = ROOT / "benchmarks" / "results" / "heal_distill_smollm2-135m.json"

@@ -1,7 +1,7 @@
 """Every causal-LM type of the installed transformers, pruned as a user would, or refused with a reason.
 
 For each model type in ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, a tiny random model
-(``benchmarks/tiny_models.py``: 6 blocks, hidden size 64, vocabulary 128) goes through four checks:
+(``benchmarks/decisions/tiny_models.py``: 6 blocks, hidden size 64, vocabulary 128) goes through four checks:
 
 1. ``prune_layers(model, plan)``: the logits equal the dense model's with the plan's blocks
    skipped (each hands its input on unchanged). The plan is [1, 2], or the first of
@@ -21,14 +21,13 @@ A type is then one of:
 - ``WRONG``: pruning went through but a check failed, or it crashed. That is a bug, and
   ``tests/test_families.py`` fails on it.
 
-    python benchmarks/family_sweep.py                 # every type; writes docs/families.md
-    python benchmarks/family_sweep.py llama jamba     # some types, printed only
+    python benchmarks/decisions/family_sweep.py                 # every type; writes docs/families.md
+    python benchmarks/decisions/family_sweep.py llama jamba     # some types, printed only
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 import warnings
@@ -37,16 +36,14 @@ from pathlib import Path
 
 import torch
 import transformers
+from tiny_models import DEPTH, NotTiny, kind, tiny_model  # a module of this folder, on the path when run as a script
 from transformers import AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_models import DEPTH, NotTiny, kind, tiny_model  # noqa: E402
+from lorp_lightning.architectures import ARCHITECTURES, architecture_of, decoder_layers
+from lorp_lightning.surgery import PlanRefusedError, prune_layers
 
-from lorp_lightning.architectures import ARCHITECTURES, architecture_of, decoder_layers  # noqa: E402
-from lorp_lightning.surgery import PlanRefusedError, prune_layers  # noqa: E402
-
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "families.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "families.md"
 FIRST_PLAN = [1, 2]
 FALLBACK_PLANS = ([2, 3], [3, 4], [1], [2], [3], [4], [5])
 AGAIN = [2]  # the second pruning, in the numbering after the first
@@ -235,7 +232,7 @@ def page(results: list[Result], command: str) -> str:
         "",
         f"transformers {transformers.__version__} ships {len(results)} causal-LM model types "
         "(`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`). Each was built as a tiny random model and pruned as a user would "
-        "(the checks are in `benchmarks/family_sweep.py`): the pruned model's logits equal the dense model's with "
+        "(the checks are in `benchmarks/decisions/family_sweep.py`): the pruned model's logits equal the dense model's with "
         "the removed blocks skipped, it saves and reloads with plain transformers, generates with its KV cache as "
         "without it, and can be pruned again.",
         "",
@@ -284,7 +281,7 @@ def main() -> None:
     print(f"{len(results)} types in {time.perf_counter() - start:.0f} s: "
           + ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in STATUSES))
     if not args.types:
-        PAGE.write_text(page(results, "python benchmarks/family_sweep.py"))
+        PAGE.write_text(page(results, "python benchmarks/decisions/family_sweep.py"))
         print(f"wrote {PAGE}")
 
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/results.md, in one script, on a CUDA machine (a few minutes on one
 # recent GPU):
-#   1. the statistics' overhead against a plain forward pass (benchmarks/stats_overhead.py);
+#   1. the statistics' overhead against a plain forward pass (benchmarks/performance/stats_overhead.py);
 #   2. `lorp prune` with its defaults on SmolLM2-135M: the pruned model's speed-up against the
 #      FLOP ideal, for prefill and for decode with the KV cache;
 #   3. full-set zero-shot accuracy (the nine tasks) of dense SmolLM2-135M and of the pruned model;
 #   4. the surgery tests on devices (tests/test_devices.py), the one across two GPUs included where
 #      two are visible.
 #
-#     bash benchmarks/gpu_check.sh [OUT]          # OUT defaults to gpu-check/
+#     bash benchmarks/performance/gpu_check.sh [OUT]          # OUT defaults to gpu-check/
 #
 # It needs an environment whose torch is a CUDA build (constraints.txt's CPU wheel is not), with
 # the package, its eval extra and the bundled assets installed, e.g.:
@@ -17,7 +17,7 @@
 # and LORP_PYTHON=.venv-gpu/bin/python (default: python3). Everything it prints goes to
 # OUT/gpu_check.log; put the figures in docs/results.md with the date and the GPU's name.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 py="${LORP_PYTHON:-python3}"
 out="${1:-gpu-check}"
 mkdir -p "$out"
@@ -33,7 +33,7 @@ EOF
 {
   date -u +"== %Y-%m-%d %H:%M UTC, $(git rev-parse --short HEAD)"
   echo "== 1. statistics overhead (32 windows of 512 tokens, batch 1)"
-  "$py" benchmarks/stats_overhead.py --device cuda --batches 32 --repeats 5
+  "$py" benchmarks/performance/stats_overhead.py --device cuda --batches 32 --repeats 5
   echo "== 2. lorp prune, defaults, on the GPU: speed-up against the FLOP ideal"
   "$py" -m lorp_lightning.cli prune --device cuda --quiet --overwrite --out "$out/pruned"
   echo "== 3. zero-shot, full sets: dense, then pruned"

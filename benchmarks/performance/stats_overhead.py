@@ -1,6 +1,6 @@
 """Cost of collecting layer statistics, against a plain forward pass over the same batches.
 
-    python benchmarks/stats_overhead.py [--model smollm2-135m] [--batches 8] [--window 512] [--repeats 3] [--device cpu]
+    python benchmarks/performance/stats_overhead.py [--model smollm2-135m] [--batches 8] [--window 512] [--repeats 3] [--device cpu]
 
 Both sides run the model in bf16 over the same batches of real calibration text (batch size 1),
 interleaved, in one process; each side's time is the median over repeats. The plain forward is

@@ -1,14 +1,14 @@
 """How far the figures of executed notebooks move from the stored ones: the measurement behind
 nbval's figure tolerance (``FIGURE_RTOL`` in notebooks/conftest.py).
 
-    python benchmarks/notebook_figures.py STORED.ipynb RUN.ipynb [RUN.ipynb ...]
+    python benchmarks/figures/notebook_figures.py STORED.ipynb RUN.ipynb [RUN.ipynb ...]
 
 For every code cell whose output nbval compares (no ``nbval-ignore-output`` tag), it pairs the
 figures of the stored output with those of each run (the same rule as nbval: a figure is a
 number with a decimal point or an exponent) and prints the largest relative difference, and
 whether the cell passes nbval's comparison. Text or integers that differ (a changed plan, a
 different generated text) are printed in full, since no tolerance covers them. The runs are
-notebooks executed elsewhere, e.g. by ``benchmarks/portability.sh`` under another kernel path,
+notebooks executed elsewhere, e.g. by ``benchmarks/performance/portability.sh`` under another kernel path,
 thread count or dtype. Exit status 1 when some compared cell would fail.
 """
 
@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-_CONFTEST = Path(__file__).resolve().parents[1] / "notebooks" / "conftest.py"
+_CONFTEST = Path(__file__).resolve().parents[2] / "notebooks" / "conftest.py"
 
 
 def _figures_module():

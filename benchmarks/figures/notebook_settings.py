@@ -5,7 +5,7 @@ held-out perplexity, each under its own settings (the notebooks use fewer and sh
 run in minutes on 2 CPU cores). This script computes each quantity under each page's settings, so
 the differences can be read as what they are: the windows, not the code.
 
-    python benchmarks/notebook_settings.py [--model smollm2-135m] [--threads N]
+    python benchmarks/figures/notebook_settings.py [--model smollm2-135m] [--threads N]
 
 Calibration settings (the ``wiki`` calibration split; "first" = ``token_windows(..., max_windows=n)``,
 the first n consecutive windows; "drawn" = ``TextDataModule``'s n windows drawn with seed 0):

@@ -20,11 +20,13 @@ The rule, fixed before this script was first run:
 
 By that rule the first run chose 0 runs, which gives up Gemma 3 at 1/4 (validation loss 5.065
 against 4.696). The cap was an estimate of the time target, so it was then replaced by the target
-itself, measured (benchmarks/selection_cost.py: 6 runs, 28 plans, 2.67x), and 6 runs were chosen:
+itself, measured (benchmarks/performance/selection_cost.py: 6 runs, 28 plans, 2.67x), and 6 runs were chosen:
 docs/method.md says how and why. No held-out figure was computed before either decision.
 
-    python benchmarks/search_runs.py > benchmarks/results/search_runs.txt
+    python benchmarks/decisions/search_runs.py > benchmarks/results/search_runs.txt
 """
+import argparse
+
 import torch
 from decision_data import decision_data
 
@@ -35,8 +37,9 @@ MAX_PLANS_AT_TIMED_CELL = 26
 RUNS = (0, 1, 3, 6, None)  # None: every run (the default today)
 SWAPS = ((3, "1/3"), (4, "1/4"))  # the swap budget: SLEB's checks // d beyond the seeds
 
+argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 torch.set_num_threads(2)
-print("# python benchmarks/search_runs.py   (see the docstring for the rule)", flush=True)
+print("# python benchmarks/decisions/search_runs.py   (see the docstring for the rule)", flush=True)
 results = {}  # (runs, swaps) -> list of (val, plans, timed)
 for name in ("smollm2-135m", "gemma3-270m"):
     model, _, cal, val, stats = decision_data(name)

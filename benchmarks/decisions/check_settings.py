@@ -5,7 +5,7 @@ different settings on the first windows of the ``wiki`` calibration split. Each 
 scored on OTHER windows of the same calibration split (windows 32-55, never seen by any check and
 not part of the statistics pass), every token scored. No held-out text is read.
 
-    python benchmarks/check_settings.py [--model smollm2-135m] [--amount 0.25] [--methods lorp_search]
+    python benchmarks/decisions/check_settings.py [--model smollm2-135m] [--amount 0.25] [--methods lorp_search]
 """
 
 from __future__ import annotations

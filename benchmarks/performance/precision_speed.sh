@@ -3,7 +3,7 @@
 # on the CPU's own kernels ("native") and on the AVX2 path (ATEN_CPU_CAPABILITY=avx2
 # ONEDNN_MAX_CPU_ISA=AVX2: a CPU without native bf16, as most laptops have), 2 torch threads.
 #
-#   bash benchmarks/precision_speed.sh [JOB ...]      JOB: prune, or a notebook file name
+#   bash benchmarks/performance/precision_speed.sh [JOB ...]      JOB: prune, or a notebook file name
 #
 # For each kernel path and job it runs auto first. The dtype auto chose is not run again (its
 # time is auto's, less the probe of 0.05-0.2 s). The other dtype runs under a cap of CAP times
@@ -11,7 +11,7 @@
 # show auto within 10% of the faster dtype. The notebooks are forced to a dtype by LORP_DTYPE,
 # which decides what their "auto" means. Output: a table, and runs/precision_speed/*.log.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 jobs=("$@")
 [ ${#jobs[@]} -gt 0 ] || jobs=(prune $(cd notebooks && ls *.ipynb))
 cap="${CAP:-1.1}"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The suite and the notebooks under other CPU kernel paths and thread counts, on one machine.
 #
-#   bash benchmarks/portability.sh suite     [COMBO ...]   the README's test command (in one process) under each COMBO
-#   bash benchmarks/portability.sh notebooks [COMBO ...]   each notebook executed under each COMBO, timed,
+#   bash benchmarks/performance/portability.sh suite     [COMBO ...]   the README's test command (in one process) under each COMBO
+#   bash benchmarks/performance/portability.sh notebooks [COMBO ...]   each notebook executed under each COMBO, timed,
 #                                                          its figures compared with the stored outputs
 #
 # A COMBO is KERNELS-THREADS: KERNELS is "native" (what this CPU has; on the project's machine
@@ -15,7 +15,7 @@
 # NOTEBOOKS="notebooks/03_methods_compared.ipynb ..." runs only those notebooks.
 # Exit status: non-zero if any run failed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 mode="${1:-}"
 shift || true
 combos=("$@")
@@ -62,12 +62,12 @@ case "$mode" in
         rc=$?
         echo "   $(basename "$notebook"): exit $rc in $(( $(date +%s) - start )) s"
         if [ $rc -ne 0 ]; then status=1; continue; fi
-        $py benchmarks/notebook_figures.py "$notebook" "$out/$combo/$(basename "$notebook")" | sed 's/^/   /' || status=1
+        $py benchmarks/figures/notebook_figures.py "$notebook" "$out/$combo/$(basename "$notebook")" | sed 's/^/   /' || status=1
       done
     done
     ;;
   *)
-    echo "usage: bash benchmarks/portability.sh suite|notebooks [COMBO ...]   (COMBO: native-2, avx2-1, ...)" >&2
+    echo "usage: bash benchmarks/performance/portability.sh suite|notebooks [COMBO ...]   (COMBO: native-2, avx2-1, ...)" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,6 @@
 """First (GGUF conversion) and cached load time of each bundled model, measured in one run.
 
-    python benchmarks/load_times.py [--models smollm2-135m,gemma3-270m,qwen2.5-0.5b]
+    python benchmarks/performance/load_times.py [--models smollm2-135m,gemma3-270m,qwen2.5-0.5b]
 
 The first load uses a fresh, empty cache directory (so it assembles, verifies, converts and
 caches); the second load reads that cache. Prints seconds and the ratio first / cached.

@@ -4,7 +4,7 @@ A seeded random similarity matrix stands in for real statistics: hidden states f
 walk over depth (so nearby blocks are alike, as in a real model), and S = F F^T over the unit-norm
 states, a correlation-like PSD matrix with unit diagonal. Target: under one second in total.
 
-    python benchmarks/selection_speed.py [--num-layers 128] [--seed 0]
+    python benchmarks/performance/selection_speed.py [--num-layers 128] [--seed 0]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ For each: the bytes of the weights the teacher holds beyond the student's own (c
 tensor, exact), the resident memory after the pruning (VmRSS) and its peak over the run (VmHWM),
 both in MB, and the seconds of a healing step.
 
-    python benchmarks/distill_memory.py [--model smollm2-135m] [--dtype auto] [--steps 2] [--threads N]
+    python benchmarks/performance/distill_memory.py [--model smollm2-135m] [--dtype auto] [--steps 2] [--threads N]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ On the project's 2-core machine (AMX bfloat16 units), one thread per task, the n
 1.6 hours in bfloat16 (HellaSwag 73 minutes) and float32 about 2.3 times as long; see
 docs/results.md for the figures of both dtypes.
 
-    python benchmarks/zeroshot_dense.py [--model smollm2-135m] [--limit N] [--tasks copa piqa]
+    python benchmarks/decisions/zeroshot_dense.py [--model smollm2-135m] [--limit N] [--tasks copa piqa]
                                         [--batch-size 8] [--dtype auto|float32|bfloat16] [--threads N]
                                         [--json out.json]
 """
