@@ -25,6 +25,7 @@ import functools
 import math
 import numbers
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,11 +34,13 @@ import torch
 from lorp_lightning._validation import ParameterError, is_integer
 
 __all__ = [
+    "Similarities",
     "allocate_lorp",
     "block_redundancy",
     "clear_cluster_cache",
     "cluster_layers",
     "clusters_for_rls",
+    "read_similarities",
     "renumber_labels",
     "representation_locality_score",
     "residual_redundancy",
@@ -347,3 +350,44 @@ def allocate_lorp(
         pruned.add(order[-1])
         residual[best] = residual_of(best)
     return order
+
+
+# --------------------------------------------------------------------------------------------
+# what a selection reads
+
+
+@dataclass
+class Similarities:
+    """The similarities a selection reads, from a ``LayerStats`` or a plain N x N matrix (``read_similarities``)."""
+
+    blocks: np.ndarray  # S[:N, :N]
+    full: np.ndarray | None  # S, (N+1) x (N+1), from a LayerStats
+    last: np.ndarray | None  # S_last, (N+1) x (N+1), from a LayerStats
+    source: str
+
+    @property
+    def N(self) -> int:
+        return self.blocks.shape[0]
+
+
+def read_similarities(stats_or_similarity: Any, method: str = "lorp") -> Similarities:
+    """The block-input similarity S[:N, :N] of a ``LayerStats`` or of a plain N x N matrix, and, from a LayerStats,
+    the full (N+1) x (N+1) S (index N is the model's output) and, for ``method="angular"``, the last-token S_last.
+
+    A plain matrix is **always** read as the block-input similarity S[:N, :N]: an (N+1) x (N+1) matrix cannot be
+    told apart from the inputs of N+1 blocks, so to use the full statistics pass the LayerStats itself.
+    """
+    if hasattr(stats_or_similarity, "similarity") and hasattr(stats_or_similarity, "last_token_similarity"):
+        full = as_similarity_matrix(stats_or_similarity.similarity, name="stats.similarity", min_size=3)
+        last = None
+        if method == "angular":  # validated only where it is used
+            last = as_similarity_matrix(
+                stats_or_similarity.last_token_similarity, name="stats.last_token_similarity"
+            )
+            if last.shape != full.shape:
+                raise ValueError(
+                    f"stats.last_token_similarity has shape {last.shape}, stats.similarity {full.shape}"
+                )
+        return Similarities(blocks=full[:-1, :-1], full=full, last=last, source="LayerStats")
+    blocks = as_similarity_matrix(stats_or_similarity, name="similarity", min_size=2)
+    return Similarities(blocks=blocks, full=None, last=None, source="plain N x N matrix")

@@ -24,19 +24,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorp_lightning import selection as sel
+from torch import nn
+
+from lorp_lightning import baselines
 from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer
 from lorp_lightning.locality import (
+    Similarities,
     allocate_lorp,
     block_redundancy,
     cluster_layers,
     clusters_for_rls,
+    read_similarities,
     representation_locality_score,
 )
-from lorp_lightning.selection import PruningPlan, candidate_plans, protected_blocks, resolve_budget
+from lorp_lightning.search import as_windows, candidate_plans
+from lorp_lightning.selection import PruningPlan, protected_blocks, resolve_budget
+from lorp_lightning.stats import LayerStats, collect_layer_stats
 
 __all__ = ["CHECK_WINDOWS", "DEFAULT_METHOD", "METHODS", "Method", "REGISTRY", "CHECK_TOKENS", "SCORE_LAST", "SEARCH_RUNS", "SelectionContext",
-           "STATS_METHODS", "get_method", "select_layers"]
+           "STATS_METHODS", "get_method", "select_checked", "select_layers"]
 
 DEFAULT_METHOD = "lorp_search"  # of LoRPPruneCallback and `lorp prune`
 CHECK_WINDOWS = 8  # calibration windows each loss check runs (the first ones given)
@@ -108,11 +114,11 @@ class Method:
 
 
 # --------------------------------------------------------------------------------------------
-# selectors that read the statistics only (the mathematics is in selection.py and locality.py)
+# selectors that read the statistics only (the mathematics is in locality.py and baselines.py)
 
 
-def _inputs(ctx: SelectionContext) -> sel._Inputs:
-    return sel._read_inputs(ctx.stats, ctx.method)
+def _inputs(ctx: SelectionContext) -> Similarities:
+    return read_similarities(ctx.stats, ctx.method)
 
 
 def _lorp(ctx: SelectionContext) -> PruningPlan:
@@ -133,11 +139,11 @@ def _scored(rule: Callable) -> Callable[[SelectionContext], PruningPlan]:
 
 
 def _random(ctx: SelectionContext) -> PruningPlan:
-    return _plan(ctx, sel._random(ctx.num_layers, ctx.num_prune, set(ctx.protected), ctx.seed), seed=ctx.seed)
+    return _plan(ctx, baselines.random_blocks(ctx.num_layers, ctx.num_prune, set(ctx.protected), ctx.seed), seed=ctx.seed)
 
 
 def _last(ctx: SelectionContext) -> list[int]:
-    return sel._last(ctx.num_layers, ctx.num_prune, set(ctx.protected))
+    return baselines.last_blocks(ctx.num_layers, ctx.num_prune, set(ctx.protected))
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,9 +229,9 @@ REGISTRY: dict[str, Method] = {
                reads_stats=False, reads_model=True),
         Method("ppl", _ppl, "one-shot perplexity (Shortened LLaMA): the k blocks whose removal alone hurts least",
                reads_stats=False, reads_model=True),
-        Method("shortgpt", _scored(sel._shortgpt), "ShortGPT: the k blocks of lowest Block Influence 1 - S[l, l+1]"),
-        Method("streamline", _scored(sel._streamline), "LLM-Streamline: the run of k blocks maximising S[s, s+k]"),
-        Method("angular", _scored(sel._angular), "Gromov et al.: the run of k blocks of least last-token angular distance"),
+        Method("shortgpt", _scored(baselines.shortgpt), "ShortGPT: the k blocks of lowest Block Influence 1 - S[l, l+1]"),
+        Method("streamline", _scored(baselines.streamline), "LLM-Streamline: the run of k blocks maximising S[s, s+k]"),
+        Method("angular", _scored(baselines.angular), "Gromov et al.: the run of k blocks of least last-token angular distance"),
         Method("random", _random, "k unprotected blocks drawn with the seed (a floor)"),
         Method("last", _last, "the k unprotected blocks nearest the output (a floor)"),
     )
@@ -345,14 +351,14 @@ def select_layers(
         if check_windows is None:
             check_windows = min(CHECK_WINDOWS, windows.shape[0])
         if not is_integer(check_windows) or not 1 <= check_windows <= windows.shape[0]:
-            raise ValueError(f"check_windows must be an int between 1 and the {windows.shape[0]} windows given, got {check_windows!r}")
+            raise ParameterError("check_windows", f"check_windows must be an int between 1 and the {windows.shape[0]} windows given, got {check_windows!r}")
         if check_tokens is not None and (not is_integer(check_tokens) or check_tokens < 2):
             raise ValueError(f"check_tokens must be an int >= 2 or None, got {check_tokens!r}")
     if stats_or_similarity is None:
         if entry.reads_stats:
             raise ParameterError("method", f"method={name!r} reads the layer statistics: pass a LayerStats or a similarity matrix")
     else:
-        inp = sel._read_inputs(stats_or_similarity, name if name in REGISTRY else "lorp")
+        inp = read_similarities(stats_or_similarity, name if name in REGISTRY else "lorp")
         if tries_plans and inp.N != N:
             raise ValueError(f"stats describe {inp.N} blocks but the model has {N}; collect them on this model")
         N = inp.N
@@ -448,6 +454,54 @@ def _compensation(ctx: SelectionContext, pruned: list[int]) -> dict[str, Any]:
     return {"strength": strength, "factors": [{"block": b, "factor": f} for b, f in sorted(factors.items())],
             "tried": [{"strength": s, "loss": value} for s, value in tried.items()],
             "check_windows": loss.window_passes - before}
+
+
+def select_checked(
+    model: nn.Module,
+    windows: Any,
+    num_prune: int | float,
+    *,
+    stats: LayerStats | None = None,
+    check_windows: int | None = None,
+    check_tokens: int | None = CHECK_TOKENS,
+    score_last: int | None = SCORE_LAST,
+    protect: Iterable[int] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> PruningPlan:
+    """Choose the blocks to prune with ``lorp_checked``, the statistics collected here if not given.
+
+    ``lorp_checked`` checks the plans of LoRP's locality analysis (``search.candidate_plans``) on the calibration
+    loss, each applied to the model temporarily, and keeps the lowest (ties: the earlier candidate); see
+    docs/method.md. It is ``select_layers(stats, num_prune, "lorp_checked", model=model, windows=windows)``.
+
+    Args:
+        model: a Hugging Face causal LM (any architecture in ``lorp_lightning.architectures``).
+            Each candidate is tried by pruning it temporarily; the model is left exactly as it was.
+        windows: the calibration windows, a (B, T) tensor of token ids (or a list of 1-D tensors
+            of one length); the first ``check_windows`` of them are the loss checks.
+        num_prune: (6) an int, the number of blocks, or a float in (0, 1), a fraction of N
+            rounded down.
+        stats: the [`LayerStats`][lorp_lightning.stats.LayerStats] of ``model`` on ``windows`` if
+            already collected (e.g. shared with other methods); collected here if None.
+        check_windows: calibration windows per loss check, the first ones (default None: ``CHECK_WINDOWS`` = 8, or
+            all when fewer are given), as for ``select_layers``.
+        check_tokens: tokens of each check window, its first ones (default ``CHECK_TOKENS`` = 256; None: all).
+        score_last: predicted tokens scored per check window, the last ones (default ``SCORE_LAST`` = 128; None: all).
+        protect: block indices never pruned (default None: {0, N-1}).
+        seed: the spectral clustering's ``random_state`` (default 0).
+        progress: show a progress bar over the candidates.
+
+    Returns:
+        A [`PruningPlan`][lorp_lightning.selection.PruningPlan] with ``method="lorp_checked"``, the
+        RLS, K and clusters of the analysis, ``candidates`` (every candidate's rule, blocks and
+        loss; the chosen one is ``pruned``) and ``cost``.
+    """
+    batch = as_windows(windows)
+    if stats is None:
+        stats = collect_layer_stats(model, batch.split(1), progress=progress)
+    return select_layers(stats, num_prune, "lorp_checked", protect=protect, seed=seed, model=model, windows=batch,
+                         check_windows=check_windows, check_tokens=check_tokens, score_last=score_last, progress=progress)
 
 
 def _plan(ctx: SelectionContext, pruned: Sequence[int], **fields: Any) -> PruningPlan:

@@ -45,16 +45,26 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lorp_lightning import compensation
 from lorp_lightning._validation import check_int
 from lorp_lightning.architectures import architecture_of, decoder_layers
+from lorp_lightning.baselines import contiguous_runs
+from lorp_lightning.locality import (
+    allocate_lorp,
+    cluster_layers,
+    clusters_for_rls,
+    read_similarities,
+    representation_locality_score,
+)
 from lorp_lightning.next_token import next_token_loss
+from lorp_lightning.selection import protected_blocks, resolve_budget
 from lorp_lightning.surgery import PlanRefusedError, pruned_config, temporarily_pruned
 
-__all__ = ["LOGITS_BYTES", "PlanLoss", "as_windows", "calibration_loss", "contiguous_runs", "finite_best", "local_search", "neighbours", "one_shot_losses", "ranked_runs", "sleb_checks", "sleb_order"]
+__all__ = ["LOGITS_BYTES", "PlanLoss", "as_windows", "calibration_loss", "candidate_plans", "finite_best", "local_search", "neighbours", "one_shot_losses", "ranked_runs", "sleb_checks", "sleb_order"]
 
 
 def as_windows(windows: Any) -> Tensor:
@@ -400,12 +410,6 @@ def neighbours(plan: Sequence[int], num_layers: int, protected: set[int]) -> lis
     return out
 
 
-def contiguous_runs(num_layers: int, num_prune: int, protected: set[int]) -> list[list[int]]:
-    """Every run [s, s + k) of ``num_prune`` consecutive unprotected blocks, in order of s."""
-    return [list(range(s, s + num_prune)) for s in range(num_layers - num_prune + 1)
-            if not any(b in protected for b in range(s, s + num_prune))]
-
-
 def ranked_runs(similarity: Any, num_prune: int, protected: set[int]) -> list[list[int]]:
     """``contiguous_runs``, the most alike across the run first: by S[s, s+k] descending, the
     similarity of the run's input and output (LLM-Streamline's score; ties: the shallower run).
@@ -446,3 +450,88 @@ def local_search(loss: PlanLoss, start: list[int], num_layers: int, protected: s
                 return moves
         current = best
         moves.append({"pruned": best, "loss": loss(best)})
+
+
+# --------------------------------------------------------------------------------------------
+# LoRP's candidate plans: what lorp_checked and lorp_search check first
+
+
+def candidate_plans(
+    stats: Any,
+    num_prune: int | float,
+    protect: Iterable[int] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The plans ``lorp_checked`` checks against the calibration loss, all from one locality analysis.
+
+    The RLS gives K (2)-(3), spectral clustering the clusters (4); then, with BI_l = 1 - S[l, l+1]
+    the influence of block l (the similarity of its input and output, as in ``shortgpt``):
+
+    - ``lorp``: the faithful two-stage allocation (5), blocks ranked by redundancy in their cluster;
+    - ``lorp/influence``: the same allocation, blocks ranked by lowest influence in their cluster;
+    - ``spare c`` for each cluster c: the faithful allocation over the other clusters, c kept whole
+      (a small model may not be able to spare any block of some cluster);
+    - ``within c`` for each cluster c with enough unprotected blocks: the k lowest-influence
+      blocks of c (the whole budget spent where representations are most alike);
+    - ``run from c`` for each cluster c: the run [s, s+k) of unprotected blocks with s in c
+      maximising S[s, s+k] (the span over which the representation changes least).
+
+    The rules are applied to the clustering of the RLS's K, then to the coarsest one, K = 1 (all
+    blocks one cluster), whose rules reduce to the global ones: ``within 0 (K=1)`` is
+    ShortGPT's plan and ``run from 0 (K=1)`` LLM-Streamline's. Each rule's name ends with its K.
+
+    Args:
+        stats: a [`LayerStats`][lorp_lightning.stats.LayerStats] (the full (N+1) x (N+1) S is needed
+            for the influence of the last block and for runs that end at the output).
+        num_prune, protect, seed: as for `select_layers`.
+
+    Returns:
+        ``[{"rule": str, "pruned": [blocks, ascending]}, ...]`` in the order above, identical
+        plans listed once (under the first rule that made them).
+    """
+    similarities = read_similarities(stats, "lorp")
+    if similarities.full is None:
+        raise ValueError("candidate_plans needs a LayerStats (the full (N+1) x (N+1) similarity), not a plain matrix")
+    N, S, full = similarities.N, similarities.blocks, similarities.full
+    protected = protected_blocks(protect, N)
+    k = resolve_budget(num_prune, N, N - len(protected))
+    rls = representation_locality_score(S)  # (2)
+    K = min(clusters_for_rls(rls), N)  # (3)
+    labels = cluster_layers(S, K, seed=int(seed))  # (4)
+
+    plans: list[tuple[str, list[int]]] = []
+    for granularity in ([labels, [0] * N] if K > 1 else [labels]):
+        plans += _rule_plans(S, full, granularity, k, protected)
+
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[int, ...]] = set()
+    for rule, pruned in plans:
+        key = tuple(sorted(pruned))
+        if key not in seen:
+            seen.add(key)
+            out.append({"rule": rule, "pruned": list(key)})
+    return out
+
+
+def _rule_plans(S: np.ndarray, full: np.ndarray, labels: list[int], k: int, protected: set[int]) -> list[tuple[str, list[int]]]:
+    """The plans of `candidate_plans`' rules for one clustering ``labels``."""
+    N, K = len(labels), max(labels) + 1
+    tag = f" (K={K})"
+    closeness = [float(full[l, l + 1]) for l in range(N)]  # 1 - BI_l: higher = less influence
+    unprotected = [l for l in range(N) if l not in protected]
+    plans = [("lorp" + tag, allocate_lorp(S, labels, k, protected)),
+             ("lorp/influence" + tag, allocate_lorp(S, labels, k, protected, ranking=closeness))]
+    for c in range(K if K > 1 else 0):
+        spared = protected | {l for l in range(N) if labels[l] == c}
+        if N - len(spared) >= k:
+            plans.append((f"spare {c}" + tag, allocate_lorp(S, labels, k, spared)))
+    for c in range(K):
+        members = [l for l in unprotected if labels[l] == c]
+        if len(members) >= k:
+            plans.append((f"within {c}" + tag, sorted(members, key=lambda l: -closeness[l])[:k]))
+    for c in range(K):
+        starts = [s for s in range(N - k + 1) if labels[s] == c and not any(l in protected for l in range(s, s + k))]
+        if starts:
+            best = max(starts, key=lambda s: float(full[s, s + k]))  # max() keeps the first of ties
+            plans.append((f"run from {c}" + tag, list(range(best, best + k))))
+    return plans

@@ -38,6 +38,7 @@ LAYERS = {
     "lorp_lightning.selection": CORE,
     "lorp_lightning.search": CORE,
     "lorp_lightning.checked": CORE,
+    "lorp_lightning.baselines": CORE,
     "lorp_lightning.methods": CORE,
     "lorp_lightning.surgery": CORE,
     "lorp_lightning.compensation": CORE,

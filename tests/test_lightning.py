@@ -539,7 +539,7 @@ def test_prune_on_predict_end_prunes_from_the_calibration_windows(tokenizer, tmp
 
 
 def test_lorp_checked_prunes_from_the_statistics_and_the_first_eight_calibration_windows(tokenizer, tmp_path):
-    from lorp_lightning.checked import select_checked
+    from lorp_lightning.methods import select_checked
 
     model = tiny_llama(len(tokenizer))
     module = LoRPModule(copy.deepcopy(model), tokenizer)

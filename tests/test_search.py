@@ -18,9 +18,9 @@ import transformers
 from hand_matrices import sym
 
 from lorp_lightning import methods
+from lorp_lightning.baselines import contiguous_runs
 from lorp_lightning.methods import REGISTRY, SEARCH_RUNS, SelectionContext, select_layers
-from lorp_lightning.search import PlanLoss, calibration_loss, contiguous_runs, local_search, neighbours, ranked_runs, sleb_checks
-from lorp_lightning.selection import candidate_plans
+from lorp_lightning.search import PlanLoss, calibration_loss, candidate_plans, local_search, neighbours, ranked_runs, sleb_checks
 from lorp_lightning.stats import collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record, temporarily_pruned
 

@@ -386,7 +386,7 @@ def test_candidate_plans_by_hand():
     # K = 1: lorp: every block's redundancy is 3.5/5, depth order -> [1, 2] (again);
     #   influence S[l, l+1] ranks 2, 4 first -> lorp/influence and within 0: [2, 4] (again);
     #   run from 0: [1, 2] (again)
-    from lorp_lightning.selection import candidate_plans
+    from lorp_lightning.search import candidate_plans
 
     plans = candidate_plans(stats_of(PAIRS_FULL), 2)
     assert [(p["rule"], p["pruned"]) for p in plans] == [
@@ -396,7 +396,7 @@ def test_candidate_plans_by_hand():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_candidate_plans_hold_the_faithful_shortgpt_and_streamline_plans_and_respect_the_budget(seed):
-    from lorp_lightning.selection import candidate_plans
+    from lorp_lightning.search import candidate_plans
 
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(13, 8)).cumsum(axis=0)  # 12 blocks and the output, states drifting with depth
@@ -413,7 +413,7 @@ def test_candidate_plans_hold_the_faithful_shortgpt_and_streamline_plans_and_res
 
 
 def test_candidate_plans_need_layerstats():
-    from lorp_lightning.selection import candidate_plans
+    from lorp_lightning.search import candidate_plans
 
     with pytest.raises(ValueError, match="needs a LayerStats"):
         candidate_plans(PAIRS, 2)

@@ -30,8 +30,8 @@ import argparse
 import torch
 from decision_data import decision_data
 
-from lorp_lightning.search import PlanLoss, local_search, ranked_runs, sleb_checks
-from lorp_lightning.selection import _read_inputs, candidate_plans
+from lorp_lightning.locality import read_similarities
+from lorp_lightning.search import PlanLoss, candidate_plans, local_search, ranked_runs, sleb_checks
 
 MAX_PLANS_AT_TIMED_CELL = 26
 RUNS = (0, 1, 3, 6, None)  # None: every run (the default today)
@@ -44,7 +44,7 @@ results = {}  # (runs, swaps) -> list of (val, plans, timed)
 for name in ("smollm2-135m", "gemma3-270m"):
     model, _, cal, val, stats = decision_data(name)
     N = stats.num_layers
-    F = _read_inputs(stats, "lorp").full
+    F = read_similarities(stats, "lorp").full
     check = PlanLoss(model, cal[:8, :256], score_last=128)
     score = PlanLoss(model, val, score_last=None)
     protected = {0, N - 1}

@@ -13,15 +13,16 @@ import argparse
 
 from decision_data import decision_data
 
-from lorp_lightning.search import PlanLoss, contiguous_runs, neighbours, sleb_checks, sleb_order
-from lorp_lightning.selection import _read_inputs, candidate_plans
+from lorp_lightning.baselines import contiguous_runs
+from lorp_lightning.locality import read_similarities
+from lorp_lightning.search import PlanLoss, candidate_plans, neighbours, sleb_checks, sleb_order
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("model", help="a bundled model, e.g. gemma3-270m or smollm2-135m")
 name = parser.parse_args().model
 model, _, cal, val, stats = decision_data(name)
 N = stats.num_layers
-inp = _read_inputs(stats, "lorp")
+inp = read_similarities(stats, "lorp")
 S, F = inp.blocks, inp.full
 close = [float(F[layer, layer + 1]) for layer in range(N)]
 check = PlanLoss(model, cal[:8, :256], score_last=128)
