@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorp_lightning._validation import is_real
 from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.healing.settings import check_lm_weight, check_temperature
 from lorp_lightning.next_token import causal_lm_labels, next_token_loss
 from lorp_lightning.surgery import SavedStack, pruning_record, removed_blocks, temporarily_restored
 
@@ -89,8 +89,8 @@ def distillation_loss(
             f"student_logits and teacher_logits must be (batch, tokens, vocabulary) of one shape, got "
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
-    lm_weight = _check_lm_weight(lm_weight)
-    temperature = _check_temperature(temperature)
+    lm_weight = check_lm_weight(lm_weight)
+    temperature = check_temperature(temperature)
     batch_tokens = tuple(student_logits.shape[:2])
     if mask is not None and tuple(mask.shape) != batch_tokens:
         raise ValueError(f"mask must be (batch, tokens) = {batch_tokens}, got {tuple(mask.shape)}")
@@ -121,20 +121,6 @@ def _log_probabilities(logits: Tensor, temperature: float) -> Tensor:
     if temperature != 1.0:
         logits = logits.float() / temperature
     return F.log_softmax(logits, dim=-1, dtype=torch.float32)
-
-
-def _check_lm_weight(value: Any) -> float:
-    if not is_real(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"lm_weight must be a number in [0, 1] (the share of the next-token loss; 0: pure "
-                         f"distillation), got lm_weight={value!r}")
-    return float(value)
-
-
-def _check_temperature(value: Any) -> float:
-    if not is_real(value) or not value > 0:
-        raise ValueError(f"temperature must be a number > 0 (1: the distributions as the models give them), "
-                         f"got temperature={value!r}")
-    return float(value)
 
 
 # --------------------------------------------------------------------------- the checks
@@ -269,8 +255,8 @@ class Distillation:
                  lm_weight: float = 0.0, description: dict[str, Any] | None = None,
                  on_start: Callable[[], None] | None = None, on_stop: Callable[[], None] | None = None) -> None:
         self._teacher_logits = teacher_logits
-        self.temperature = _check_temperature(temperature)
-        self.lm_weight = _check_lm_weight(lm_weight)
+        self.temperature = check_temperature(temperature)
+        self.lm_weight = check_lm_weight(lm_weight)
         self.description = dict(description or {})
         self.calls = 0
         self._on_start, self._on_stop = on_start, on_stop

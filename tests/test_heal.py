@@ -285,6 +285,55 @@ def test_a_healed_model_on_a_copy_leaves_the_original_alone(smollm2):
     assert_unchanged(model, before)
 
 
+# --------------------------------------------------------------------------- one settings object per task
+
+
+def test_the_settings_objects_heal_as_the_same_keywords_and_every_training_setting_is_recorded(smollm2):
+    from lorp_lightning.healing import HealingSettings, TrainingSettings
+
+    _, tokenizer = smollm2
+    by_keywords = prune_layers(tiny_llama(len(tokenizer)), [2])
+    by_settings = copy.deepcopy(by_keywords)
+    heal(by_keywords, tokenizer, text="tinystories", steps=2, rank=4, seed=3, lr=2e-3, weight_decay=0.01, window=WINDOW,
+         batch_size=BATCH, num_windows=2)
+    heal(by_settings, tokenizer, text="tinystories", settings=HealingSettings(rank=4, seed=3),
+         training=TrainingSettings(steps=2, lr=2e-3, weight_decay=0.01, window=WINDOW, batch_size=BATCH, num_windows=2))
+    [a], [b] = healing_records(by_keywords), healing_records(by_settings)
+    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    assert all(torch.equal(x, y) for x, y in zip(by_keywords.state_dict().values(), by_settings.state_dict().values(), strict=True))
+    # the record holds every field of the training settings (steps as the steps done)
+    assert (a["rank"], a["seed"], a["num_steps"], a["lr"], a["weight_decay"], a["window"], a["batch_size"],
+            a["num_windows"], a["max_seconds"]) == (4, 3, 2, 2e-3, 0.01, WINDOW, BATCH, 2, None)
+
+
+def test_a_keyword_given_with_the_settings_replaces_the_settings_own():
+    from lorp_lightning.healing import DistillationSettings, HealingSettings
+
+    settings = HealingSettings(rank=4, seed=3, distillation=DistillationSettings("dense", temperature=2.0))
+    callback = LoRPHealCallback(rank=16, lm_weight=0.5, settings=settings)
+    assert callback.settings == HealingSettings(rank=16, seed=3, distillation=DistillationSettings("dense", temperature=2.0, lm_weight=0.5))
+    assert LoRPHealCallback(settings=settings).settings is settings and callback.teacher == "dense"
+    assert LoRPHealCallback(mode="adjacent", settings=HealingSettings(rank=4)).settings == HealingSettings(mode="adjacent")
+
+
+def test_a_keyword_of_no_settings_object_is_a_type_error_naming_it(smollm2):
+    _, tokenizer = smollm2
+    with pytest.raises(TypeError, match="heal\\(\\) got an unexpected keyword argument 'rnak'"):
+        heal(prune_layers(tiny_llama(len(tokenizer)), [2]), tokenizer, rnak=4)
+
+
+def test_a_bad_setting_is_refused_when_the_settings_are_built_and_names_its_parameter():
+    from lorp_lightning import ParameterError
+    from lorp_lightning.healing import DistillationSettings, HealingSettings, TrainingSettings
+
+    for build, parameter in ((lambda: HealingSettings(rank=0), "rank"), (lambda: TrainingSettings(batch_size=0), "batch_size"),
+                             (lambda: DistillationSettings("dense", temperature=0), "temperature"),
+                             (lambda: HealingSettings(mode="adjacent", distillation=DistillationSettings("dense")), "teacher")):
+        with pytest.raises(ParameterError) as error:
+            build()
+        assert error.value.parameter == parameter
+
+
 # --------------------------------------------------------------------------- the schedule and the time budget
 
 
@@ -830,7 +879,7 @@ def other_vocabulary_dir(smollm2, tmp_path_factory):
     "command, message",
     [
         (["heal", "PRUNED", "--teacher", "OTHER"], "--teacher OTHER: the teacher's logits have 49160 entries"),
-        (["heal", "PRUNED", "--lm-weight", "0.5"], "--lm-weight 0.5 mixes the next-token loss into distillation; it needs --teacher"),
+        (["heal", "PRUNED", "--lm-weight", "0.5"], "--lm-weight 0.5 is a setting of distillation; it needs --teacher MODEL"),
         (["prune", "--distill"], "--distill heals by distillation from the dense model, which needs --heal-steps N"),
         (["prune", "--heal-steps", "1", "--lm-weight", "0.5"], "--lm-weight 0.5 mixes the next-token loss into distillation; it needs --distill"),
     ],

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+from typing import Any
 
 from lorp_lightning.selection import is_budget
 
@@ -119,3 +121,28 @@ def add_evaluation(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed-repeats", type=positive_int, default=5, help="repeats of the interleaved speed runs (default: 5)")
     parser.add_argument("--prompt-tokens", type=positive_int, default=512, help="prompt length for prefill latency (default: 512)")
     parser.add_argument("--new-tokens", type=positive_int, default=64, help="tokens generated with the KV cache for decode throughput (default: 64)")
+
+
+def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
+    """One flag for each field of a settings dataclass that has help text (``healing.settings.option``): ``--name``
+    (underscores as dashes), typed as the field, with the field's choices, and default None so that the settings'
+    own default applies (the help says which). The settings' checks refuse a bad value, named by its flag."""
+    for field in dataclasses.fields(settings):
+        if "help" not in field.metadata:
+            continue
+        kind = field.type.split(" | ")[0].split("[")[0]  # "int | None" -> int; "tuple[str, ...] | None" -> tuple
+        convert = {"int": int, "float": float, "str": str, "tuple": str}[kind]
+        if "separator" in field.metadata:
+            separator = field.metadata["separator"]
+
+            def convert(text: str, separator: str = separator) -> tuple[str, ...]:
+                return tuple(part for part in text.split(separator) if part)
+        shown = "" if field.default is None else f" (default: {field.default})"
+        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=convert, default=None,
+                            choices=field.metadata.get("choices"), help=field.metadata["help"] + shown)
+
+
+def settings_arguments(settings: type, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments that are fields of ``settings`` (a dataclass) and were given (not None)."""
+    names = {field.name for field in dataclasses.fields(settings)}
+    return {name: value for name, value in arguments.items() if name in names and value is not None}

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from lorp_lightning._io import write_json
 from lorp_lightning.cli._arguments import (
     MODEL_HELP,
     UsageError,
     add_common,
+    add_settings,
     non_negative_int,
     positive_float,
     positive_int,
-    unit_float,
+    settings_arguments,
 )
 from lorp_lightning.cli._shared import (
     check_calibration_text,
@@ -23,61 +25,57 @@ from lorp_lightning.cli._shared import (
     run_healing,
     versions,
 )
+from lorp_lightning.healing.settings import DistillationSettings, HealingSettings, TrainingSettings
 
 
 def add_arguments(commands) -> argparse.ArgumentParser:
     """The ``heal`` sub-command's parser, added to ``commands`` (argparse's sub-parsers)."""
     parser = commands.add_parser("heal", help="heal a pruned model by a short training run on calibration text, merge, save")
     parser.add_argument("model", help="directory of a pruned model (the output of `lorp prune`)")
-    parser.add_argument("--steps", type=positive_int, default=200, help="optimizer steps (default: 200)")
-    parser.add_argument("--mode", choices=["lora", "adjacent"], default="lora",
-                             help="lora: adapters on every block, merged at the end; adjacent: train the blocks next to the "
-                                  "removed ones, the final norm and the head (needs --dtype float32) (default: lora)")
-    parser.add_argument("--rank", type=positive_int, default=None, help="LoRA rank (default: 8)")
-    parser.add_argument("--alpha", type=positive_float, default=None, help="LoRA alpha; the update is scaled by alpha/rank (default: 16)")
-    parser.add_argument("--target-modules", default=None,
-                             help="comma-separated linear layers of the blocks that get adapters, e.g. q_proj,v_proj (default: all)")
-    parser.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default: 1e-3 for lora, 1e-4 for adjacent)")
     parser.add_argument("--text", default="wiki", help="training text: a bundled name (wiki, c4, tinystories, lambada) or a UTF-8 "
                                                              "text file, cut into documents at blank lines; only its calibration split "
                                                              "is used (default: wiki)")
-    parser.add_argument("--window", type=positive_int, default=256, help="tokens per training window (default: 256)")
-    parser.add_argument("--batch-size", type=positive_int, default=4, help="training windows per step (default: 4)")
     parser.add_argument("--max-minutes", type=positive_float, default=None, help="a wall-clock budget: training stops before a step that would overrun it, and the learning rate decays over it (default: none, --steps alone)")
-    parser.add_argument("--seed", type=int, default=0, help="adapter initialisation and window order (default: 0)")
     parser.add_argument("--teacher", metavar="MODEL", default=None,
                              help=f"heal by distillation from this model (KL between its next-token distributions and the "
                                   f"student's) instead of the next-token loss: the dense model DIR was pruned from, or any "
                                   f"causal LM with the same tokenizer, loaded in --dtype on --device; {MODEL_HELP}")
-    parser.add_argument("--lm-weight", type=unit_float, default=None,
-                             help="with --teacher: the share of the next-token loss mixed into the distillation loss, in "
-                                  "[0, 1] (default: 0, pure distillation)")
     parser.add_argument("--eval-text", default="wiki", help="held-out text for perplexity before and after: a bundled name or a text file (default: wiki)")
     parser.add_argument("--eval-windows", type=non_negative_int, default=40, help="evaluation windows of --eval-window tokens; 0 skips the evaluation (default: 40)")
     parser.add_argument("--eval-window", type=positive_int, default=512, help="tokens per evaluation window (default: 512)")
+    for settings in (HealingSettings, TrainingSettings, DistillationSettings):  # the flags of their options
+        add_settings(parser, settings)
     add_common(parser, "DIR-healed")
     return parser
 
 
-def heal(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, steps: int, mode: str,
-         rank: int | None, alpha: float | None, target_modules: str | None, lr: float | None, text: str, window: int,
-         batch_size: int, max_minutes: float | None, seed: int, teacher: str | None, lm_weight: float | None,
-         eval_text: str, eval_windows: int, eval_window: int) -> dict:
+def heal(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, text: str,
+         max_minutes: float | None, teacher: str | None, eval_text: str, eval_windows: int, eval_window: int,
+         **options: Any) -> dict:
     """``lorp heal``: the pruned model in the directory ``model`` healed (``lorp_lightning.heal``; by distillation
     from ``teacher`` when given), measured before and after on ``eval_windows`` held-out windows (0: not measured),
-    and saved with a report to ``out`` (``"DIR-healed"``: beside ``model``); the report."""
+    and saved with a report to ``out`` (``"DIR-healed"``: beside ``model``); the report. ``options``: the flags of
+    the settings' options (``add_settings``), given to ``heal`` as its keywords."""
     from lorp_lightning.evaluation import perplexity
     from lorp_lightning.surgery import pruning_record
 
     if out == "DIR-healed":
         out = f"{str(model).rstrip('/')}-healed"
-    if mode == "adjacent" and dtype != "float32":
+    distillation = settings_arguments(DistillationSettings, options)
+    if distillation and teacher is None:
+        name, value = next(iter(distillation.items()))
+        raise UsageError(f"--{name.replace('_', '-')} {value} is a setting of distillation; it needs --teacher MODEL")
+    try:  # every setting checked before anything is loaded (the teacher's, once it is loaded)
+        settings = HealingSettings(**settings_arguments(HealingSettings, options))
+        TrainingSettings(**settings_arguments(TrainingSettings, options))
+        if distillation:
+            DistillationSettings(teacher="dense", **distillation)  # the teacher's own checks come once it is loaded
+    except ValueError as error:
+        raise UsageError.of(error) from error
+    if settings.mode == "adjacent" and dtype != "float32":
         raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {dtype}, "
                          "AdamW's small updates would be lost); or heal with --mode lora")
-    if lm_weight is not None and teacher is None:
-        raise UsageError(f"--lm-weight {lm_weight} mixes the next-token loss into distillation; it needs --teacher MODEL")
     check_calibration_text(text)
-    targets = None if target_modules is None else [t for t in target_modules.split(",") if t]
     with output_directory(out, overwrite) as output:
         student, tokenizer = load(model, dtype, quiet, device)
         if pruning_record(student) is None:
@@ -92,17 +90,14 @@ def heal(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quie
                 check_teacher(student, teacher_model, tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer)
             except ValueError as error:
                 raise UsageError(f"--teacher {teacher}: {error}") from error
-            distill = {"teacher": teacher_model, "teacher_tokenizer": teacher_tokenizer, "teacher_name": teacher,
-                       "lm_weight": lm_weight}
+            distill = {"teacher": teacher_model, "teacher_tokenizer": teacher_tokenizer, "teacher_name": teacher}
         held_out = before = after = None
         if eval_windows:
             held_out = held_out_windows(tokenizer, eval_text, text, eval_window, eval_windows)
             before = perplexity(student, held_out, progress=not quiet)
-        lora_only = {"rank": rank, "alpha": alpha, "target_modules": targets}  # heal() refuses them for adjacent
         record, losses = run_healing(
-            student, tokenizer, quiet, steps=steps, mode=mode, lr=lr, text=text, window=window, batch_size=batch_size,
-            seed=seed, max_seconds=None if max_minutes is None else 60 * max_minutes,
-            **{k: v for k, v in lora_only.items() if v is not None}, **distill,
+            student, tokenizer, quiet, text=text, max_seconds=None if max_minutes is None else 60 * max_minutes,
+            **{name: value for name, value in options.items() if value is not None}, **distill,
         )
         if held_out is not None:
             after = perplexity(student, held_out, progress=not quiet)

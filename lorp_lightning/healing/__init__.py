@@ -49,6 +49,8 @@ _EXPORTS = {
     "DEFAULT_LR": "settings",
     "MODES": "settings",
     "HealingSettings": "settings",
+    "DistillationSettings": "settings",
+    "TrainingSettings": "settings",
     "blocks_next_to_removed": "adapters",
     "healing_records": "record",
     "learning_rate_factor": "schedule",
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
     from lorp_lightning.healing.adapters import blocks_next_to_removed
     from lorp_lightning.healing.record import healing_records
     from lorp_lightning.healing.schedule import learning_rate_factor
-    from lorp_lightning.healing.settings import DEFAULT_LR, MODES, HealingSettings
+    from lorp_lightning.healing.settings import DEFAULT_LR, MODES, DistillationSettings, HealingSettings, TrainingSettings
     from lorp_lightning.recipes.heal import heal
     from lorp_lightning.recipes.prune_and_heal import prune_and_heal
 
@@ -77,5 +79,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lorp_lightning.healing' has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_LR", "MODES", "HealingSettings", "LoRPHealCallback", "LossCurve", "blocks_next_to_removed", "heal",
+__all__ = ["DEFAULT_LR", "MODES", "DistillationSettings", "HealingSettings", "TrainingSettings", "LoRPHealCallback", "LossCurve", "blocks_next_to_removed", "heal",
            "healing_records", "learning_rate_factor", "prune_and_heal"]

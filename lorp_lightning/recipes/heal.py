@@ -10,6 +10,7 @@ import copy
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,34 +18,33 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lorp_lightning._validation import check_int, check_real
+from lorp_lightning._validation import ParameterError
 from lorp_lightning.callbacks.heal import LoRPHealCallback
 from lorp_lightning.callbacks.time_budget import TimeBudget
 from lorp_lightning.distillation import check_teacher
 from lorp_lightning.healing.adapters import check_model
-from lorp_lightning.healing.schedule import learning_rate_factor
-from lorp_lightning.healing.settings import DEFAULT_LR, HealingSettings
+from lorp_lightning.healing.settings import DEFAULT_LR, HealingSettings, TrainingSettings, split_keywords
 from lorp_lightning.module import LoRPModule
 
 __all__ = ["heal"]
 
 
 class _HealingModule(LoRPModule):
-    """LoRPModule with AdamW under ``learning_rate_factor``, over ``steps`` or ``max_seconds``.
+    """LoRPModule with AdamW under the run's learning-rate schedule (``TrainingSettings.learning_rate_factor``), over
+    ``training.steps`` or ``training.max_seconds``.
 
     The progress of the run is the larger of the share of the steps done and the share of the
     time spent, so a run cut by ``max_seconds`` still warms up and decays over the time it has.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, lr: float, weight_decay: float, steps: int,
-                 budget: TimeBudget | None) -> None:
-        super().__init__(model, tokenizer, lr=lr, weight_decay=weight_decay)
-        self.steps = steps
+    def __init__(self, model: Any, tokenizer: Any, lr: float, training: TrainingSettings, budget: TimeBudget | None) -> None:
+        super().__init__(model, tokenizer, lr=lr, weight_decay=training.weight_decay)
+        self.training_settings = training
         self.budget = budget
 
     def progress(self, step: int) -> float:
         """The share of the run done once ``step`` steps are done (the next step's learning rate uses it)."""
-        share = step / self.steps
+        share = step / self.training_settings.steps
         if self.budget is not None:
             share = max(share, self.budget.share())
         return share
@@ -53,7 +53,8 @@ class _HealingModule(LoRPModule):
     def configure_optimizers(self) -> Any:
         optimizer = super().configure_optimizers()
         # LambdaLR gives the step count: the learning rate of step k (from 0) is that of progress (k + 1) / steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(self.progress(step + 1)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: self.training_settings.learning_rate_factor(self.progress(step + 1)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -61,29 +62,13 @@ def heal(
     model: nn.Module,
     tokenizer: Any,
     *,
-    steps: int,
     text: str | os.PathLike | Sequence[str] = "wiki",
-    mode: str = "lora",
-    rank: int | None = None,
-    alpha: float | None = None,
-    dropout: float | None = None,
-    target_modules: Sequence[str] | None = None,
-    lora: Any = None,
-    lr: float | None = None,
-    weight_decay: float = 0.0,
-    window: int = 256,
-    batch_size: int = 4,
-    num_windows: int | None = None,
-    max_seconds: float | None = None,
-    seed: int = 0,
+    settings: HealingSettings | None = None,
+    training: TrainingSettings | None = None,
     progress: bool = False,
     inplace: bool = True,
     trainer_options: dict[str, Any] | None = None,
-    teacher: nn.Module | None = None,
-    teacher_tokenizer: Any = None,
-    temperature: float | None = None,
-    lm_weight: float | None = None,
-    teacher_name: str | None = None,
+    **options: Any,
 ) -> nn.Module:
     """Heal a pruned model by a short Lightning training run on calibration text, and return it.
 
@@ -111,45 +96,25 @@ def heal(
     Args:
         model: a pruned Hugging Face causal LM (it has ``config.lorp_pruning``).
         tokenizer: its tokenizer.
-        steps: optimizer steps (>= 1).
         text: a bundled text name, a text file or a list of documents; its calibration split trains.
-        mode: ``"lora"`` (default) or ``"adjacent"`` (see ``LoRPHealCallback``).
-        rank: LoRA rank (``"lora"`` only; default 8).
-        alpha: LoRA alpha; the update is scaled by alpha / rank (``"lora"`` only; default 16).
-        dropout: LoRA dropout (``"lora"`` only; default 0).
-        target_modules: names of the linear layers of the blocks that get adapters, e.g.
-            ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block but the routers of MoE blocks).
-        lora: a peft ``LoraConfig`` instead of the four settings above (see ``LoRPHealCallback``).
-        lr: peak learning rate; default ``DEFAULT_LR`` of the mode (1e-3 for LoRA, 1e-4 for
-            ``"adjacent"``).
-        weight_decay: AdamW weight decay.
-        window: tokens per training window.
-        batch_size: windows per step.
-        num_windows: how many calibration windows to draw (None: all).
-        max_seconds: a wall-clock budget for the training: it stops before a step that would
-            end later than this (judged by the longest step so far; under DDP rank 0 decides
-            and every process stops after the same step), and the learning-rate schedule
-            follows the time spent; None: ``steps`` alone.
-        seed: the adapters' initialisation and the order of the windows.
+        settings: what trains and on which loss, a ``HealingSettings`` (default: LoRA rank 8 on every block, the
+            next-token loss).
+        training: the run, a ``TrainingSettings`` (``steps``, ``lr``, ``weight_decay``, ``window``, ``batch_size``,
+            ``num_windows``, ``max_seconds``: default 200 steps at ``DEFAULT_LR`` of the mode).
         progress: show Lightning's progress bar, with the training loss.
         inplace: heal ``model`` itself (True) or a deep copy of it, leaving ``model`` as it was.
         trainer_options: extra keyword arguments for the ``Trainer`` (e.g. ``logger``,
             ``precision``); ``callbacks`` listed there are added after the healing callback.
-        teacher: a causal LM to distil from, with the student's tokenizer and on its device
-            (typically the dense model the student was pruned from, kept by
-            ``prune_layers(model, plan, inplace=False)``); None (default): the next-token loss.
-            The training loss is then ``distillation_loss``:
-            KL(teacher || student) of the next-token distributions, per token, averaged over the
-            tokens. The teacher runs under no_grad, in eval mode, in its own dtype, and is left
-            as it was. (``teacher="dense"``, the student with its removed blocks put back, needs
-            the blocks the pruning removed: it is for ``LoRPHealCallback`` with
-            ``LoRPPruneCallback`` in one Trainer.)
-        teacher_tokenizer: the teacher's tokenizer, compared with ``tokenizer`` (optional).
-        temperature: the distillation temperature tau > 0 (default 1).
-        lm_weight: the share of the next-token loss in the distillation loss, in [0, 1]
-            (default 0: pure distillation).
-        teacher_name: the teacher's name in the healing record (default: its config's
-            ``_name_or_path``).
+        **options: any field of the three settings objects as a keyword, in place of the object's: ``mode``,
+            ``rank``, ``alpha``, ``dropout``, ``target_modules``, ``lora``, ``seed`` (``HealingSettings``); ``teacher``,
+            ``teacher_tokenizer``, ``temperature``, ``lm_weight``, ``teacher_name`` (``DistillationSettings``);
+            ``steps``, ``lr``, ... (``TrainingSettings``). ``teacher``: a causal LM to distil from, with the
+            student's tokenizer and on its device (typically the dense model the student was pruned from, kept by
+            ``prune_layers(model, plan, inplace=False)``); the training loss is then ``distillation_loss``,
+            KL(teacher || student) of the next-token distributions, per token, averaged over the tokens. The teacher
+            runs under no_grad, in eval mode, in its own dtype, and is left as it was. (``teacher="dense"``, the
+            student with its removed blocks put back, needs the blocks the pruning removed: it is for
+            ``LoRPHealCallback`` with ``LoRPPruneCallback`` in one Trainer.)
 
     Returns:
         The healed model (``model`` itself when ``inplace``), with a new entry in
@@ -166,33 +131,31 @@ def heal(
             error the model is left as it was.
         TypeError: a teacher that is not a causal LM.
     """
-    steps = check_int(steps, "steps", what="a positive int (optimizer steps; steps=0 would train nothing)")
-    settings = HealingSettings.checked(mode, rank, alpha, dropout, target_modules, seed, lora)
-    lr = DEFAULT_LR[settings.mode] if lr is None else check_real(lr, "lr", low=0.0, low_inclusive=False, what="a number > 0")
-    weight_decay = check_real(weight_decay, "weight_decay", low=0.0, what="a number >= 0")
-    if max_seconds is not None:
-        max_seconds = check_real(max_seconds, "max_seconds", low=0.0, low_inclusive=False, what="a number of seconds > 0, or None")
+    healing_options, training_options = split_keywords(options, "heal()")
+    settings = HealingSettings.of(settings, **healing_options)
+    training = TrainingSettings.of(training, **training_options)
+    lr = DEFAULT_LR[settings.mode] if training.lr is None else training.lr
     if trainer_options is not None and not isinstance(trainer_options, dict):
         raise ValueError(f"trainer_options must be a dict of Trainer arguments or None, got trainer_options={trainer_options!r}")
     options = dict(trainer_options or {})
     for owned in ("max_steps", "max_epochs", "limit_val_batches"):
         if owned in options:
             raise ValueError(f"trainer_options may not set {owned!r}: heal() sets it from its own arguments")
+    teacher = settings.teacher
     if isinstance(teacher, str) and teacher == "dense":
-        raise ValueError(
-            "heal(teacher='dense') would put back the blocks the pruning removed, which a pruned model no longer has: "
-            "pass the dense model (prune_layers(model, plan, inplace=False) keeps it), or heal in a Trainer with "
+        raise ParameterError(
+            "teacher", "heal(teacher='dense') would put back the blocks the pruning removed, which a pruned model no longer "
+            "has: pass the dense model (prune_layers(model, plan, inplace=False) keeps it), or heal in a Trainer with "
             "LoRPPruneCallback and LoRPHealCallback(teacher='dense'), which keeps the removed blocks aside"
         )
-    callback = LoRPHealCallback(mode, rank, alpha, dropout, target_modules, seed=seed, verbose=False, teacher=teacher, lora=lora,
-                                teacher_tokenizer=teacher_tokenizer, temperature=temperature, lm_weight=lm_weight,
-                                teacher_name=teacher_name)
+    callback = LoRPHealCallback(settings=settings, verbose=False)
     check_model(model, settings)
     if teacher is not None:
-        check_teacher(model, teacher, tokenizer=tokenizer, teacher_tokenizer=teacher_tokenizer)
+        check_teacher(model, teacher, tokenizer=tokenizer, teacher_tokenizer=settings.distillation.teacher_tokenizer)
     from lorp_lightning.data import TextDataModule
 
-    data = TextDataModule(text, tokenizer, window=window, num_calibration_windows=num_windows, batch_size=batch_size, seed=seed)
+    data = TextDataModule(text, tokenizer, window=training.window, num_calibration_windows=training.num_windows,
+                          batch_size=training.batch_size, seed=settings.seed)
     windows = data.windows("calibration")  # the calibration split only: the held-out split is never read
 
     spread = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
@@ -215,27 +178,24 @@ def heal(
         num_sanity_val_steps=0,
     )
     trainer_arguments.update(options)
-    budget = None if max_seconds is None else TimeBudget(max_seconds)
+    budget = None if training.max_seconds is None else TimeBudget(training.max_seconds)
     trainer = pl.Trainer(
-        max_steps=steps,
+        max_steps=training.steps,
         max_epochs=-1,
         limit_val_batches=0,
         callbacks=[callback, *([] if budget is None else [budget]), *extra_callbacks],
         **trainer_arguments,
     )
-    module = _HealingModule(model, tokenizer, lr=lr, weight_decay=weight_decay, steps=steps, budget=budget)
+    module = _HealingModule(model, tokenizer, lr=lr, training=training, budget=budget)
     loader = torch.utils.data.DataLoader(
-        windows, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        windows, batch_size=training.batch_size, shuffle=True, generator=torch.Generator().manual_seed(settings.seed)
     )
-    callback._run = {  # written into the healing record, once, when the run ends
+    callback._run = {  # written into the healing record, once, when the run ends: the data and every training setting
         "text": text if isinstance(text, str) else os.fspath(text) if isinstance(text, os.PathLike) else f"{len(text)} documents",
         "split": "calibration",
-        "window": window,
-        "batch_size": batch_size,
+        **{name: value for name, value in asdict(training).items() if name != "steps"},  # steps done: num_steps
         "num_windows": int(windows.shape[0]),
         "lr": lr,
-        "weight_decay": weight_decay,
-        "max_seconds": max_seconds,
     }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
