@@ -88,10 +88,11 @@ def heal(
     tokens and shuffled with ``seed``; the held-out split is never read. The run is
     ``Trainer.fit`` of a ``LoRPModule`` with a
     ``LoRPHealCallback`` for ``steps`` optimizer steps, or until ``max_seconds`` have passed,
-    whichever comes first: AdamW (``lr``, ``weight_decay``) with a linear warm-up over the first 5%
-    of the run and a cosine decay to 10% of ``lr`` (the run's progress is the larger of the share
-    of the steps done and the share of ``max_seconds`` spent), gradients clipped to norm 1. The model trains in its own dtype on its own device (a bfloat16 model
-    trains float32 adapters on frozen bfloat16 weights).
+    whichever comes first: AdamW (``lr``, ``weight_decay``) under the run's learning-rate schedule,
+    ``TrainingSettings.learning_rate_factor`` (a linear warm-up, then a cosine decay; the run's progress
+    is the larger of the share of the steps done and the share of ``max_seconds`` spent), gradients
+    clipped to norm 1. The model trains in its own dtype on its own device (a bfloat16 model trains
+    float32 adapters on frozen bfloat16 weights).
 
     Args:
         model: a pruned Hugging Face causal LM (it has ``config.lorp_pruning``).
