@@ -350,6 +350,23 @@ class LearningRates(Callback):
         self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
+@pytest.mark.parametrize("warmup, first_two", [
+    (0.2, [0.5e-3, 1e-3]),  # steps of progress 0.1 and 0.2: half way up the warm-up, then its top
+    (0.0, [1e-3 * (0.1 + 0.45 * (1 + math.cos(0.1 * math.pi))), 1e-3 * (0.1 + 0.45 * (1 + math.cos(0.2 * math.pi)))]),
+])
+def test_the_warm_up_length_is_a_training_setting_read_by_the_schedule_recorded_and_a_flag(smollm2, warmup, first_two):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2])
+    rates = LearningRates()
+    heal(model, tokenizer, steps=10, warmup=warmup, lr=1e-3, text="tinystories", window=16, batch_size=1,
+         trainer_options={"callbacks": [rates]})
+    assert rates.rates[:2] == pytest.approx(first_two)
+    assert healing_records(model)[0]["warmup"] == warmup
+    from lorp_lightning.cli import build_parser
+
+    assert build_parser().parse_args(["heal", "DIR", "--warmup", "0.1"]).warmup == 0.1
+
+
 class FakeClock:
     """A ``time`` module whose clock advances by ``tick`` seconds at every reading, whatever the machine's speed."""
 

@@ -18,11 +18,11 @@ FINAL_LR_FRACTION = 0.1
 """The cosine decay ends at this fraction of ``lr``."""
 
 
-def learning_rate_factor(progress: float) -> float:
+def learning_rate_factor(progress: float, warmup: float = WARMUP) -> float:
     """The multiple of ``lr`` at ``progress`` in [0, 1] of a healing run: linear warm-up over the
-    first 5%, then a cosine decay from 1 to 0.1."""
+    first ``warmup`` of the run (default 5%; 0: none), then a cosine decay from 1 to 0.1."""
     progress = min(max(progress, 0.0), 1.0)
-    if progress < WARMUP:
-        return progress / WARMUP
-    decay = (progress - WARMUP) / (1.0 - WARMUP)
+    if progress < warmup:
+        return progress / warmup
+    decay = (progress - warmup) / (1.0 - warmup)
     return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * decay))

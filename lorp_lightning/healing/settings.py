@@ -22,7 +22,7 @@ from lorp_lightning._io import to_json
 from lorp_lightning._validation import ParameterError, check_choice, check_int, check_real
 from lorp_lightning._versions import check_version
 from lorp_lightning.evaluation import check_window
-from lorp_lightning.healing.schedule import learning_rate_factor
+from lorp_lightning.healing.schedule import WARMUP, learning_rate_factor
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_DROPOUT", "DEFAULT_LR", "DEFAULT_RANK", "DISTILLATION_KEYWORDS", "MODES", "DistillationSettings",
            "HealingSettings", "TrainingSettings", "check_lm_weight", "check_temperature", "option", "peft",
@@ -282,6 +282,7 @@ class TrainingSettings:
         weight_decay: AdamW's weight decay (>= 0).
         window: tokens per training window.
         batch_size: windows per step.
+        warmup: the share of the run over which the learning rate rises linearly to ``lr`` (default 0.05; 0: none).
         num_windows: how many calibration windows to draw (None: all).
         max_seconds: a wall-clock budget for the training (None: ``steps`` alone); see ``heal``.
 
@@ -294,6 +295,8 @@ class TrainingSettings:
     weight_decay: float = option(0.0, "AdamW's weight decay")
     window: int = option(256, "tokens per training window")
     batch_size: int = option(4, "training windows per step")
+    warmup: float = option(WARMUP, "the share of the run over which the learning rate rises linearly to its peak, in "
+                                   "[0, 1) (0: no warm-up)")
     num_windows: int | None = None
     max_seconds: float | None = None
 
@@ -304,6 +307,7 @@ class TrainingSettings:
             weight_decay=check_real(self.weight_decay, "weight_decay", low=0.0, what="a number >= 0"),
             window=check_window(self.window),
             batch_size=check_int(self.batch_size, "batch_size"),
+            warmup=check_real(self.warmup, "warmup", low=0.0, high=1.0, high_inclusive=False, what="a number in [0, 1)"),
             num_windows=check_int(self.num_windows, "num_windows", none_ok=True),
             max_seconds=None if self.max_seconds is None else check_real(
                 self.max_seconds, "max_seconds", low=0.0, low_inclusive=False, what="a number of seconds > 0, or None"),
@@ -314,7 +318,7 @@ class TrainingSettings:
     def learning_rate_factor(self, progress: float) -> float:
         """The multiple of the peak learning rate at ``progress`` in [0, 1] of this run (``schedule.learning_rate_factor``:
         a linear warm-up, then a cosine decay)."""
-        return learning_rate_factor(progress)
+        return learning_rate_factor(progress, warmup=self.warmup)
 
     @classmethod
     def of(cls, settings: TrainingSettings | None, **keywords: Any) -> TrainingSettings:
