@@ -53,6 +53,7 @@ _EXPORTS = {
     "DEFAULT_METHOD": "methods",
     "METHODS": "methods",
     "SelectionContext": "methods",
+    "PruneSettings": "methods",
     "select_layers": "methods",
     "LoRPModule": "module",
     "PruningPlan": "selection",
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
     from lorp_lightning.data import TextDataModule
     from lorp_lightning.healing import heal, healing_records
     from lorp_lightning.locality import clusters_for_rls, representation_locality_score
-    from lorp_lightning.methods import DEFAULT_METHOD, METHODS, SelectionContext, select_checked, select_layers
+    from lorp_lightning.methods import DEFAULT_METHOD, METHODS, PruneSettings, SelectionContext, select_checked, select_layers
     from lorp_lightning.module import LoRPModule
     from lorp_lightning.selection import PruningPlan
     from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
@@ -111,6 +112,7 @@ __all__ = [
     "LoRPPruneCallback",
     "ParameterError",
     "PlanRefusedError",
+    "PruneSettings",
     "PruningPlan",
     "SelectionContext",
     "TextDataModule",

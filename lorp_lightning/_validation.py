@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from dataclasses import field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ParameterError", "check_choice", "check_int", "check_real", "is_integer", "is_real", "tagged"]
+__all__ = ["ParameterError", "check_choice", "check_int", "check_real", "is_integer", "is_real", "option", "tagged"]
 
 
 class ParameterError(ValueError):
@@ -95,3 +96,10 @@ def check_choice(value: Any, name: str, choices: Sequence[Any], *, also: str = "
     if not ok:
         raise _refuse(name, value, f"one of {', '.join(map(repr, choices))}{also}")
     return value
+
+
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A field of a settings dataclass (``HealingSettings``, ``PruneSettings``, ...) with its help text: the one place
+    an option is described, from which the command line makes its flag (``cli._arguments.add_settings``: ``--name``,
+    typed by the field; ``separator`` splits a list, ``parse`` reads the text, ``choices`` limits it)."""
+    return field(default=default, metadata={"help": help, **metadata})

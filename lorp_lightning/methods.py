@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
 from lorp_lightning import baselines
-from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer
+from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer, option
 from lorp_lightning.locality import (
     Similarities,
     allocate_lorp,
@@ -38,10 +38,10 @@ from lorp_lightning.locality import (
     representation_locality_score,
 )
 from lorp_lightning.search import as_windows, candidate_plans
-from lorp_lightning.selection import PruningPlan, protected_blocks, resolve_budget
+from lorp_lightning.selection import PruningPlan, is_budget, parse_budget, protected_blocks, resolve_budget
 from lorp_lightning.stats import LayerStats, collect_layer_stats
 
-__all__ = ["CHECK_WINDOWS", "DEFAULT_METHOD", "METHODS", "Method", "REGISTRY", "CHECK_TOKENS", "SCORE_LAST", "SEARCH_RUNS", "SelectionContext",
+__all__ = ["CHECK_WINDOWS", "DEFAULT_METHOD", "METHODS", "Method", "PruneSettings", "REGISTRY", "CHECK_TOKENS", "SCORE_LAST", "SEARCH_RUNS", "SelectionContext",
            "STATS_METHODS", "get_method", "select_checked", "select_layers"]
 
 DEFAULT_METHOD = "lorp_search"  # of LoRPPruneCallback and `lorp prune`
@@ -49,6 +49,88 @@ CHECK_WINDOWS = 8  # calibration windows each loss check runs (the first ones gi
 CHECK_TOKENS = 256  # tokens of each check window (its first ones)
 SCORE_LAST = 128  # predicted tokens scored per check window (the last ones)
 SEARCH_RUNS = 6  # lorp_search: the runs of k blocks it checks beside LoRP's candidates (docs/method.md)
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """The checked settings of one pruning: how much, by which method, and how. ``select_layers``,
+    ``LoRPPruneCallback`` and ``lorp prune`` build one from their arguments and check it once, or take it whole
+    (``settings=``), an argument given as well replacing its own.
+
+        settings = PruneSettings(0.25, method="lorp_search", compensate=True)
+        plan = select_layers(stats, settings=settings, model=model, windows=windows)
+        LoRPPruneCallback(settings=settings)
+
+    The checks here need no model; those that need its depth (the budget against the unprotected blocks, ``protect``
+    and ``num_clusters`` against N, ``rounds`` against the blocks to prune) come when the model is known.
+
+    Attributes:
+        amount: an int (a count of blocks) or a float in (0, 1) (a fraction of them, rounded down); None only where a
+            schedule gives the amounts (``LoRPPruneCallback``).
+        method: a name of ``METHODS``, or a callable taking a ``SelectionContext`` and returning the blocks to prune.
+        num_clusters: ``"lorp"`` only: force K instead of deriving it from the RLS.
+        protect: block indices never pruned (default None: the first and the last block; ``()``: none).
+        seed: the seed of the clustering (``"lorp"``) or of the draw (``"random"``).
+        compensate: also choose the compensation of the plan (``lorp_lightning.compensation``).
+        rounds: select the budget in this many rounds (``lorp_lightning.rounds``).
+    """
+
+    amount: int | float | None = option(0.25, "fraction of the blocks in (0, 1), or a block count", parse=parse_budget)
+    method: str | Callable = option(
+        DEFAULT_METHOD, f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
+        "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
+        "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last")
+    num_clusters: int | None = option(None, "lorp: force K instead of deriving it from the RLS")
+    protect: tuple[int, ...] | None = None
+    seed: int = option(0, "clustering / random seed")
+    compensate: bool = option(False, "fold a training-free correction of the stream's scale at each gap into the kept "
+                                     "weights, its strength chosen on the calibration loss of the first 8 calibration "
+                                     "windows (docs/method.md, Compensation)")
+    rounds: int = option(1, "select the budget in R rounds, the statistics collected again on the partly pruned (and, "
+                            "with compensation, compensated) model between rounds (docs/method.md, Rounds; 1: one shot)")
+
+    def __post_init__(self) -> None:
+        amount = self.amount
+        if amount is not None and not is_budget(amount):  # the one budget rule; the message says what was wrong
+            raise ParameterError("amount", f"amount must be a fraction in (0, 1) or a block count >= 1, got amount={amount!r}")
+        entry = get_method(self.method)  # a ParameterError naming the methods for an unknown name
+        if self.num_clusters is not None:
+            if entry.name != "lorp":
+                raise ParameterError("num_clusters", f"num_clusters applies only to method='lorp', got "
+                                                     f"num_clusters={self.num_clusters!r} with method={entry.name!r}")
+            check_int(self.num_clusters, "num_clusters", what="a positive int or None")
+        protect = self.protect
+        if protect is not None:
+            if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
+                raise ParameterError("protect", f"protect must be a list of block indices or None, got protect={protect!r}")
+            protect = tuple(protect)
+            for p in protect:
+                if not (is_integer(p) and p >= 0):
+                    raise ParameterError("protect", f"protect holds {p!r}, which is not a block index (an int >= 0)")
+            protect = tuple(int(p) for p in protect)
+        if not isinstance(self.compensate, bool):
+            raise ParameterError("compensate", f"compensate must be True or False, got compensate={self.compensate!r}")
+        checked = dict(amount=None if amount is None else int(amount) if is_integer(amount) else float(amount),
+                       num_clusters=None if self.num_clusters is None else int(self.num_clusters), protect=protect,
+                       seed=check_int(self.seed, "seed", low=0), rounds=check_int(self.rounds, "rounds"))
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def entry(self) -> Method:
+        """The method's entry of the table (``get_method``)."""
+        return get_method(self.method)
+
+    @classmethod
+    def of(cls, settings: PruneSettings | None, **keywords: Any) -> PruneSettings:
+        """``settings`` with the keywords given (those not None) in place of its own, or the settings of the keywords
+        alone."""
+        given = {name: value for name, value in keywords.items() if value is not None}
+        if settings is None:
+            return cls(**given)
+        if not isinstance(settings, cls):
+            raise TypeError(f"settings must be a {cls.__name__} or None, got {type(settings).__name__}")
+        return replace(settings, **given) if given else settings
 
 
 @dataclass(frozen=True)
@@ -254,12 +336,13 @@ def get_method(method: str | Callable) -> Method:
 
 def select_layers(
     stats_or_similarity: Any,
-    num_prune: int | float,
-    method: str | Callable = "lorp",
+    num_prune: int | float | None = None,
+    method: str | Callable | None = None,
     num_clusters: int | None = None,
     protect: Iterable[int] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     *,
+    settings: PruneSettings | None = None,
     model: Any = None,
     windows: Any = None,
     check_windows: int | None = None,
@@ -267,8 +350,8 @@ def select_layers(
     score_last: int | None = SCORE_LAST,
     progress: bool = False,
     shared_checks: Any = None,
-    compensate: bool = False,
-    rounds: int = 1,
+    compensate: bool | None = None,
+    rounds: int | None = None,
 ) -> PruningPlan:
     """Choose the decoder blocks to prune.
 
@@ -278,7 +361,8 @@ def select_layers(
             inputs, never as the (N+1) x (N+1) S (see ``lorp_lightning.selection``). May be
             None for ``sleb`` and ``ppl``, which read only the model.
         num_prune: (6) an int, the number of blocks, or a float in (0, 1), a fraction of N
-            rounded down. Must come to >= 1 and <= the number of unprotected blocks.
+            rounded down. Must come to >= 1 and <= the number of unprotected blocks. Needed unless
+            ``settings`` gives it.
         method: a name of ``METHODS`` or a callable taking a ``SelectionContext`` and
             returning the blocks to prune. Default ``"lorp"``, the paper's method, which reads
             the statistics alone; ``DEFAULT_METHOD`` (``"lorp_search"``, the default of
@@ -287,6 +371,9 @@ def select_layers(
         protect: block indices never pruned. Default None: {0, N-1}. Pass ``()`` to protect none.
         seed: an int >= 0 (default 0): the spectral clustering's ``random_state``, the draw for
             ``random``; methods without randomness ignore it.
+        settings: ``num_prune`` (as ``amount``), ``method``, ``num_clusters``, ``protect``, ``seed``,
+            ``compensate`` and ``rounds`` as one ``PruneSettings``; an argument given as well replaces its
+            own. Without it, the arguments' defaults are those written here (``method="lorp"``).
         model: the model the statistics describe, for methods that try plans on it
             (``lorp_search``, ``lorp_checked``, ``sleb``, ``ppl``); it is left as it was.
         windows: the calibration windows for those methods, a (B, T) tensor of token ids (or a
@@ -303,7 +390,7 @@ def select_layers(
             methods and budgets computes each plan's loss once. The plan's cost still counts
             what this selection asked for, as if run alone. With ``rounds``, it serves the first
             round; the later ones check on the first windows of ``windows`` in its shape.
-        compensate: also choose the compensation of the plan (``lorp_lightning.compensation``):
+        compensate: also choose the compensation of the plan (default False; ``lorp_lightning.compensation``):
             the strength of ``STRENGTHS`` whose factors give the plan the lowest loss on the check
             windows, recorded in ``plan.compensation`` for ``prune_layers`` to fold in. Needs
             ``model`` and ``windows`` (for any method) and a ``LayerStats`` with ``norms``.
@@ -319,18 +406,23 @@ def select_layers(
         statistics, and ``check_windows`` of loss checks) and the selection's ``seconds``
         (the calibration pass not included).
     """
-    entry = get_method(method)
-    name = entry.name
-    if not is_integer(seed) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    if num_clusters is not None and name != "lorp":
-        raise ParameterError("num_clusters", f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={name!r}")
-    if not isinstance(compensate, bool):
-        raise ParameterError("compensate", f"compensate must be True or False, got compensate={compensate!r}")
+    if settings is None and num_prune is None:
+        raise TypeError("select_layers() needs the budget: num_prune, or settings=PruneSettings(amount, ...)")
+    if num_prune is not None and not is_budget(num_prune):  # the budget rule, under this function's name for it
+        raise ParameterError("num_prune", f"num_prune must be an int >= 1 (a count of blocks) or a float in (0, 1) (a "
+                                          f"fraction of them), got num_prune={num_prune!r}")
+    settings = PruneSettings.of(settings if settings is not None else PruneSettings(method="lorp"), amount=num_prune,
+                                method=method, num_clusters=num_clusters, protect=protect, seed=seed,
+                                compensate=compensate, rounds=rounds)  # every check that needs no model, once
+    if settings.amount is None:
+        raise ParameterError("num_prune", "select_layers() needs the budget: num_prune, or settings with an amount")
+    entry, num_prune, num_clusters, protect, seed, compensate, rounds = (
+        settings.entry, settings.amount, settings.num_clusters, settings.protect, settings.seed, settings.compensate,
+        settings.rounds)
+    method, name = settings.method, settings.entry.name
     if compensate:
         _check_compensation(stats_or_similarity, model if shared_checks is None else shared_checks.model,
                             windows if shared_checks is None else shared_checks.windows)
-    rounds = check_int(rounds, "rounds")
     if rounds > 1 and (model is None or windows is None):
         raise ParameterError("rounds", f"rounds={rounds} collects the statistics again on the partly pruned model: pass model= and "
                          "windows= (all the calibration windows)")

@@ -26,7 +26,7 @@ import numpy as np
 
 from lorp_lightning._validation import ParameterError, is_integer, is_real
 
-__all__ = ["PruningPlan", "format_clusters", "is_budget", "protected_blocks", "resolve_budget"]
+__all__ = ["PruningPlan", "format_clusters", "is_budget", "parse_budget", "protected_blocks", "resolve_budget"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,6 +220,15 @@ def is_budget(value: Any) -> bool:
     if is_integer(value):
         return value >= 1
     return is_real(value) and 0.0 < float(value) < 1.0
+
+
+def parse_budget(text: str) -> int | float:
+    """A budget as written on a command line, read as Python reads a number: "3" is the int 3 (blocks), "0.25" and
+    "3.0" are floats (``is_budget`` then refuses "3.0", a float that is no fraction)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def resolve_budget(num_prune: Any, num_layers: int, num_unprotected: int) -> int:

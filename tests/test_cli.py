@@ -248,16 +248,24 @@ def test_the_console_script_rejects_an_amount_out_of_range():
     assert "amount must be a fraction in (0, 1) or a block count" in result.stderr
 
 
-@pytest.mark.parametrize("text, expected", [("3", 3), ("0.25", 0.25), ("3.0", None), ("0", None), ("1.0", None), ("x", None)])
-def test_amount_follows_the_librarys_budget_rule(text, expected, capsys):
-    # as LoRPPruneCallback(amount) and select_layers: an int is a count, a float a fraction in (0, 1)
+@pytest.mark.parametrize("text, expected", [("3", 3), ("0.25", 0.25), ("3.0", None), ("0", None), ("1.0", None)])
+def test_amount_follows_the_librarys_budget_rule(text, expected, tmp_path, capsys):
+    # as LoRPPruneCallback(amount) and select_layers: an int is a count, a float a fraction in (0, 1); refused by the
+    # settings before anything is loaded
     if expected is not None:
         assert build_parser().parse_args(["prune", "--amount", text]).amount == expected
         return
+    assert main(["prune", "--amount", text, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"lorp prune: error: --amount: amount must be a fraction in (0, 1) or a block count >= 1, got amount={float(text) if '.' in text else int(text)!r}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_amount_that_is_no_number_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_status:
-        main(["prune", "--amount", text])
+        main(["prune", "--amount", "x"])
     assert exit_status.value.code == 2
-    assert "amount must be a fraction in (0, 1) or a block count" in capsys.readouterr().err
+    assert "argument --amount: expected a number, got 'x'" in capsys.readouterr().err
 
 
 def test_compare_runs_every_method_at_every_budget_from_one_pass(tmp_path):

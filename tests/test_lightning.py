@@ -164,7 +164,7 @@ def test_prune_callback_rejects_an_unknown_method_and_lists_the_methods():
         (dict(num_clusters=3, method="shortgpt"), "num_clusters applies only to method='lorp'"),
         (dict(num_clusters=0), "num_clusters=0"),
         (dict(protect="0"), "protect='0'"),
-        (dict(protect=[0, -1]), "protect=(0, -1)"),
+        (dict(protect=[0, -1]), "protect holds -1, which is not a block index"),
         (dict(seed=-1), "seed=-1"),
         (dict(compensate="yes"), "compensate='yes'"),
         (dict(rounds=0), "rounds must be a positive int, got rounds=0"),
@@ -671,3 +671,17 @@ def test_more_rounds_than_blocks_to_prune_is_refused_at_setup_before_any_batch(t
     with pytest.raises(ValueError, match=r"rounds=3 exceeds the 2 blocks amount=2 prunes; pass at most 2"):
         make_trainer(tmp_path, callbacks=[callback]).predict(module, datamodule=stories(tokenizer))
     assert callback.stats is None and len(decoder_layers(module.model)) == 8
+
+
+def test_the_prune_callback_takes_its_settings_whole_or_as_arguments_which_replace_their_own():
+    from lorp_lightning.methods import PruneSettings
+
+    settings = PruneSettings(2, method="shortgpt", seed=1, protect=(0,))
+    assert LoRPPruneCallback(settings=settings).settings is settings
+    assert LoRPPruneCallback(2, method="shortgpt", seed=1, protect=[0]).settings == settings
+    callback = LoRPPruneCallback(3, settings=settings)
+    assert (callback.amount, callback.method, callback.seed, callback.protect) == (3, "shortgpt", 1, (0,))
+    scheduled = LoRPPruneCallback([(0, 1), (4, 2)], settings=settings)
+    assert scheduled.settings.amount is None and scheduled.amount == [(0, 1), (4, 2)]
+    with pytest.raises(TypeError, match="needs an amount"):
+        LoRPPruneCallback()

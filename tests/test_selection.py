@@ -100,9 +100,11 @@ def test_protect_out_of_range_names_the_value(bad):
 
 
 def test_num_clusters_out_of_range_names_the_value():
-    for bad in (0, 7, 1.5):
-        with pytest.raises(ValueError, match=f"num_clusters.*N=6.*{bad!r}"):
+    for bad in (0, 1.5):  # refused by the settings, before the similarity is read
+        with pytest.raises(ValueError, match=f"num_clusters must be a positive int or None, got num_clusters={bad!r}"):
             select_layers(sym(6, {}, 0.5), 1, num_clusters=bad)
+    with pytest.raises(ValueError, match="num_clusters.*N=6.*7"):  # against the model's depth
+        select_layers(sym(6, {}, 0.5), 1, num_clusters=7)
 
 
 def test_num_clusters_only_for_lorp():
@@ -417,3 +419,25 @@ def test_candidate_plans_need_layerstats():
 
     with pytest.raises(ValueError, match="needs a LayerStats"):
         candidate_plans(PAIRS, 2)
+
+
+def test_the_prune_settings_select_as_the_same_arguments_and_an_argument_given_with_them_replaces_their_own():
+    from lorp_lightning.methods import PruneSettings
+
+    S = sym(10, {(4, 5): 0.99, (5, 6): 0.98}, default=0.5)
+    settings = PruneSettings(3, method="shortgpt", protect=(0, 9))
+    assert select_layers(S, settings=settings) == select_layers(S, 3, method="shortgpt", protect=(0, 9))
+    assert select_layers(S, 2, settings=settings) == select_layers(S, 2, method="shortgpt", protect=(0, 9))
+    assert select_layers(S, settings=settings, method="last").pruned == [6, 7, 8]
+
+
+def test_a_bad_prune_setting_is_refused_when_the_settings_are_built_naming_its_parameter():
+    from lorp_lightning import ParameterError
+    from lorp_lightning.methods import PruneSettings
+
+    for kwargs, parameter in ((dict(amount=1.5), "amount"), (dict(method="best"), "method"), (dict(rounds=0), "rounds"),
+                              (dict(num_clusters=2), "num_clusters"), (dict(protect=[-1]), "protect"),
+                              (dict(compensate=1), "compensate"), (dict(seed=-1), "seed")):
+        with pytest.raises(ParameterError) as error:
+            PruneSettings(**kwargs)
+        assert error.value.parameter == parameter, kwargs

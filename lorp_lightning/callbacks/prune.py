@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import numbers
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,7 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer
+from lorp_lightning._validation import ParameterError, check_choice, is_integer
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.callbacks.location import (
     _SHARDED_STRATEGIES,
@@ -31,7 +32,7 @@ from lorp_lightning.callbacks.location import (
 )
 from lorp_lightning.callbacks.statistics import LayerStatsCallback, _Gathering, _GatheringCallback
 from lorp_lightning.compensation import check_compensable
-from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, get_method, select_layers
+from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, PruneSettings, select_layers
 from lorp_lightning.rounds import PruningSchedule, compose_plans
 from lorp_lightning.selection import PruningPlan, is_budget, protected_blocks, resolve_budget
 from lorp_lightning.stats import LayerStats
@@ -136,6 +137,9 @@ class LoRPPruneCallback(_GatheringCallback):
             compensated), its statistics collected again on the calibration windows (all the
             unpadded ones the loop ran; with a ``LayerStatsCallback`` in the Trainer, its first 8).
             Default 1, one shot. More rounds than blocks to prune is refused at ``setup``.
+        settings: ``amount`` (a single one), ``method``, ``num_clusters``, ``protect``, ``seed``,
+            ``compensate`` and ``rounds`` as one ``PruneSettings``, checked once; an argument given
+            as well replaces its own (a schedule as ``amount`` replaces its amount).
 
     After pruning, ``plan`` is the ``PruningPlan`` and
     ``stats`` the statistics it was chosen from; both are part of the callback's state.
@@ -146,64 +150,49 @@ class LoRPPruneCallback(_GatheringCallback):
 
     def __init__(
         self,
-        amount: int | float | Sequence[tuple[int, int | float]] | Callable[[int], int | float],
-        method: str | Callable = DEFAULT_METHOD,
+        amount: int | float | Sequence[tuple[int, int | float]] | Callable[[int], int | float] | None = None,
+        method: str | Callable | None = None,
         num_clusters: int | None = None,
         protect: Iterable[int] | None = None,
         prune_on: str = "validation_end",
-        seed: int = 0,
+        seed: int | None = None,
         verbose: bool = True,
         model: ModelLocation = "model",
-        compensate: bool = False,
-        rounds: int = 1,
+        compensate: bool | None = None,
+        rounds: int | None = None,
+        *,
+        settings: PruneSettings | None = None,
     ) -> None:
+        if amount is None and settings is None:
+            raise TypeError("LoRPPruneCallback needs an amount (a count, a fraction, or a schedule) or settings=PruneSettings(...)")
         self.schedule = None
         if callable(amount) or (isinstance(amount, (list, tuple)) and not is_budget(amount)):
             self.schedule = PruningSchedule(amount)  # a ValueError naming the schedule if it is not one
             if prune_on != "validation_end":
                 raise ValueError(f"a schedule prunes at the validation ends of fit it reaches: pass prune_on='validation_end' "
                                  f"(the default), not prune_on={prune_on!r}, or a single amount")
-            if rounds != 1:
-                raise ParameterError("rounds", f"rounds={rounds!r} splits a single amount into rounds; a schedule gives its own rounds")
-        elif not is_budget(amount):  # the one budget rule (selection.is_budget); the message says what was wrong
+            if rounds not in (None, 1) or (settings is not None and settings.rounds != 1):
+                raise ParameterError("rounds", f"rounds={rounds if rounds is not None else settings.rounds!r} splits a "
+                                               "single amount into rounds; a schedule gives its own rounds")
+            amount = None
+        elif amount is not None and not is_budget(amount):  # the one budget rule; the message says what was wrong
             if is_integer(amount):
-                raise ValueError(f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
+                raise ParameterError("amount", f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
             if isinstance(amount, numbers.Real) and not isinstance(amount, bool):
-                raise ValueError(
-                    f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, "
-                    "or an int count"
-                )
-            raise ValueError(
-                f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
-            )
-        if self.schedule is None:
-            amount = int(amount) if is_integer(amount) else float(amount)
-        self._method = get_method(method)  # a ValueError naming the methods for an unknown name
-        if num_clusters is not None:
-            if self._method.name != "lorp":
-                raise ParameterError("num_clusters", 
-                    f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}"
-                )
-            check_int(num_clusters, "num_clusters", what="a positive int or None")
-        if protect is not None:
-            if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
-                raise ParameterError("protect", f"protect must be a list of block indices or None, got protect={protect!r}")
-            protect = tuple(protect)
-            if not all(is_integer(p) and p >= 0 for p in protect):
-                raise ValueError(f"protect must hold block indices (ints >= 0), got protect={protect!r}")
-            protect = tuple(int(p) for p in protect)
+                raise ParameterError(
+                    "amount", f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the "
+                    "blocks, or an int count")
+            raise ParameterError(
+                "amount", f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got "
+                f"amount={amount!r}")
+        base = settings if settings is not None else PruneSettings(method=DEFAULT_METHOD)
+        if self.schedule is not None:
+            base = replace(base, amount=None)
+        self.settings = PruneSettings.of(base, amount=amount, method=method, num_clusters=num_clusters, protect=protect,
+                                         seed=seed, compensate=compensate, rounds=rounds)
+        self._method = self.settings.entry
         check_choice(prune_on, "prune_on", self.PRUNE_ON)
-        seed = check_int(seed, "seed", low=0)
-        self.amount = amount
-        self.method = method
-        self.num_clusters = None if num_clusters is None else int(num_clusters)
-        self.protect = protect
         self.prune_on = prune_on
-        self.seed = int(seed)
-        if not isinstance(compensate, bool):
-            raise ParameterError("compensate", f"compensate must be True or False, got compensate={compensate!r}")
-        self.compensate = compensate
-        self.rounds = int(check_int(rounds, "rounds", low=1))
         self.verbose = verbose
         self.stages = ("predict",) if prune_on == "predict_end" else ("validation",)
         self.model = check_model_location(model, type(self).__name__)
@@ -216,6 +205,16 @@ class LoRPPruneCallback(_GatheringCallback):
         self.plans: list[PruningPlan] = []  # with a schedule: each pruning's plan, in the numbering of the model it pruned
         self._depth: int | None = None  # the blocks of the unpruned model, once found
         self._stats_callback: LayerStatsCallback | None = None
+
+    # the settings, as the arguments they came from
+    amount = property(lambda self: self.settings.amount if self.schedule is None else self.schedule.schedule,
+                      doc="The amount: the settings' budget, or the schedule as given.")
+    method = property(lambda self: self.settings.method, doc="The method, a name or a callable (``settings.method``).")
+    num_clusters = property(lambda self: self.settings.num_clusters, doc="``settings.num_clusters``.")
+    protect = property(lambda self: self.settings.protect, doc="``settings.protect``.")
+    seed = property(lambda self: self.settings.seed, doc="``settings.seed``.")
+    compensate = property(lambda self: self.settings.compensate, doc="``settings.compensate``.")
+    rounds = property(lambda self: self.settings.rounds, doc="``settings.rounds``.")
 
     @property
     @override
@@ -388,10 +387,7 @@ class LoRPPruneCallback(_GatheringCallback):
                 raise RuntimeError(self._depth_message(len(decoder_layers(causal_lm))))
             protect = [i for i, b in enumerate(alive) if b in self._protected(num_layers)]
         with torch.inference_mode(False):  # plans tried on the model run outside Lightning's inference mode
-            plan = select_layers(
-                self.stats, amount, method=self.method, num_clusters=self.num_clusters, protect=protect,
-                seed=self.seed, model=model, windows=windows, compensate=self.compensate, rounds=self.rounds,
-            )
+            plan = select_layers(self.stats, amount, protect=protect, settings=self.settings, model=model, windows=windows)
         plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
         with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode
             prune_layers(causal_lm, plan)

@@ -130,16 +130,34 @@ def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
     for field in dataclasses.fields(settings):
         if "help" not in field.metadata:
             continue
+        flag, shown = f"--{field.name.replace('_', '-')}", "" if field.default is None else f" (default: {field.default})"
         kind = field.type.split(" | ")[0].split("[")[0]  # "int | None" -> int; "tuple[str, ...] | None" -> tuple
-        convert = {"int": int, "float": float, "str": str, "tuple": str}[kind]
+        if kind == "bool":  # a switch: given, True; absent, the settings' default
+            parser.add_argument(flag, dest=field.name, action="store_const", const=True, default=None,
+                                help=field.metadata["help"])
+            continue
+        convert = _worded(field.metadata.get("parse") or {"int": int, "float": float, "str": str, "tuple": str}[kind])
         if "separator" in field.metadata:
             separator = field.metadata["separator"]
 
             def convert(text: str, separator: str = separator) -> tuple[str, ...]:
                 return tuple(part for part in text.split(separator) if part)
-        shown = "" if field.default is None else f" (default: {field.default})"
-        parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, type=convert, default=None,
-                            choices=field.metadata.get("choices"), help=field.metadata["help"] + shown)
+        parser.add_argument(flag, dest=field.name, type=convert, default=None, choices=field.metadata.get("choices"),
+                            help=field.metadata["help"] + shown)
+
+
+def _worded(parse: Any) -> Any:
+    """``parse`` as an argparse ``type`` whose refusal says what was expected ("expected a number, got 'x'")."""
+    if parse is str:
+        return str
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an int' if parse is int else 'a number'}, got {text!r}") from None
+
+    return convert
 
 
 def settings_arguments(settings: type, arguments: dict[str, Any]) -> dict[str, Any]:

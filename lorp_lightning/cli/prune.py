@@ -16,9 +16,9 @@ from lorp_lightning.cli._arguments import (
     add_calibration,
     add_common,
     add_evaluation,
-    fraction_or_count,
+    add_settings,
     non_negative_int,
-    positive_int,
+    settings_arguments,
     unit_float,
 )
 from lorp_lightning.cli._shared import (
@@ -37,7 +37,7 @@ from lorp_lightning.cli._shared import (
     windows_for_checks,
 )
 from lorp_lightning.evaluation import compare_models, comparison_table
-from lorp_lightning.methods import DEFAULT_METHOD
+from lorp_lightning.methods import PruneSettings
 
 RENAMED = {"num_prune": "amount", "steps": "heal_steps", "num_windows": "windows"}
 """The library's parameters that are this command's arguments under other names (see ``_arguments.flags``)."""
@@ -47,21 +47,7 @@ def add_arguments(commands) -> argparse.ArgumentParser:
     """The ``prune`` sub-command's parser, added to ``commands`` (argparse's sub-parsers)."""
     parser = commands.add_parser("prune", help="analyze, select, prune, save, and evaluate dense against pruned")
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
-    parser.add_argument("--amount", type=fraction_or_count, default=0.25, help="fraction of the blocks in (0, 1), or a block count (default: 0.25)")
-    parser.add_argument("--method", default=DEFAULT_METHOD,
-                              help=f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
-                                   "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
-                                   "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last")
-    parser.add_argument("--num-clusters", type=positive_int, help="lorp: force K instead of deriving it from the RLS")
-    parser.add_argument("--compensate", action="store_true",
-                              help="fold a training-free correction of the stream's scale at each gap into the kept weights, "
-                                   "its strength chosen on the calibration loss of the first 8 calibration windows "
-                                   "(docs/method.md, Compensation)")
-    parser.add_argument("--rounds", type=positive_int, default=1,
-                              help="select the budget in R rounds, the statistics collected again on the partly pruned "
-                                   "(and, with --compensate, compensated) model between rounds (docs/method.md, Rounds; "
-                                   "default: 1, one shot)")
-    parser.add_argument("--seed", type=int, default=0, help="clustering / random seed (default: 0)")
+    add_settings(parser, PruneSettings)  # --amount, --method, --num-clusters, --seed, --compensate, --rounds
     add_calibration(parser)
     add_evaluation(parser)
     parser.add_argument("--heal-steps", type=non_negative_int, default=0,
@@ -78,18 +64,26 @@ def add_arguments(commands) -> argparse.ArgumentParser:
     return parser
 
 
-def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, amount: int | float, method: str,
-          num_clusters: int | None, seed: int, text: str, windows: int, window: int, batch_size: int, stats: str | None,
-          eval_text: str, eval_windows: int, speed_repeats: int, prompt_tokens: int, new_tokens: int, heal_steps: int,
-          distill: bool, lm_weight: float | None, compensate: bool = False, rounds: int = 1) -> dict:
+def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, text: str, windows: int,
+          window: int, batch_size: int, stats: str | None, eval_text: str, eval_windows: int, speed_repeats: int,
+          prompt_tokens: int, new_tokens: int, heal_steps: int, distill: bool, lm_weight: float | None,
+          **options: Any) -> dict:
     """``lorp prune``: the statistics, the plan of ``method`` for ``amount`` (compensated with ``compensate``,
     in ``rounds`` rounds), the pruned model (healed for
     ``heal_steps`` first, by distillation from the dense model with ``distill``), dense and pruned measured side
     by side, the pruned model and the report saved to ``out`` (``"pruned/MODEL-METHOD-AMOUNT"``: named from
-    them); the report."""
+    them); the report. ``options``: the flags of ``PruneSettings`` (``add_settings``), checked before anything is
+    loaded."""
     from lorp_lightning.surgery import prune_layers
 
-    check_method(method)
+    if options.get("method") is not None:
+        check_method(options["method"])
+    try:
+        settings = PruneSettings(**settings_arguments(PruneSettings, options))
+    except ValueError as error:
+        raise UsageError.of(error) from error
+    amount, method, num_clusters, seed, compensate, rounds = (
+        settings.amount, settings.method, settings.num_clusters, settings.seed, settings.compensate, settings.rounds)
     if distill and not heal_steps:
         raise UsageError("--distill heals by distillation from the dense model, which needs --heal-steps N (N >= 1)")
     if lm_weight is not None and not distill:

@@ -13,19 +13,19 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from torch import nn
 
 from lorp_lightning._io import to_json
-from lorp_lightning._validation import ParameterError, check_choice, check_int, check_real
+from lorp_lightning._validation import ParameterError, check_choice, check_int, check_real, option
 from lorp_lightning._versions import check_version
 from lorp_lightning.evaluation import check_window
 from lorp_lightning.healing.schedule import WARMUP, learning_rate_factor
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_DROPOUT", "DEFAULT_LR", "DEFAULT_RANK", "DISTILLATION_KEYWORDS", "MODES", "DistillationSettings",
-           "HealingSettings", "TrainingSettings", "check_lm_weight", "check_temperature", "option", "peft",
+           "HealingSettings", "TrainingSettings", "check_lm_weight", "check_temperature", "peft",
            "split_keywords"]
 
 MODES = ("lora", "adjacent")
@@ -74,12 +74,6 @@ def check_lm_weight(value: Any) -> float:
     """The share of the next-token loss in the distillation loss, a number in [0, 1], as a float."""
     return check_real(value, "lm_weight", low=0.0, high=1.0,
                       what="a number in [0, 1] (the share of the next-token loss; 0: pure distillation)")
-
-
-def option(default: Any, help: str, **metadata: Any) -> Any:
-    """A settings field with its help text: the one place an option is described, which the keywords of the callbacks
-    and the recipes and the command line's flag (``lorp heal --name``) all read."""
-    return field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclass(frozen=True)
