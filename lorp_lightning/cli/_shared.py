@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lorp_lightning.cli._arguments import UsageError
+from lorp_lightning.healing.settings import HealingSettings
 
 
 def output_directory(path: str, overwrite: bool):
@@ -41,7 +42,7 @@ def resolve_dtype(args) -> None:
     except ValueError as error:
         raise UsageError.of(error) from error
     on = compute_device(args.device)
-    if args.dtype == "auto" and getattr(args, "mode", None) == "adjacent":
+    if args.dtype == "auto" and getattr(args, "mode", None) is not None and HealingSettings(mode=args.mode).needs_float32:
         import torch
 
         choice = DtypeChoice(torch.float32, "auto: --mode adjacent trains the block weights, which needs float32")

@@ -72,7 +72,7 @@ def heal(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quie
             DistillationSettings(teacher="dense", **distillation)  # the teacher's own checks come once it is loaded
     except ValueError as error:
         raise UsageError.of(error) from error
-    if settings.mode == "adjacent" and dtype != "float32":
+    if settings.needs_float32 and dtype != "float32":
         raise UsageError(f"--mode adjacent trains the block weights themselves and needs --dtype float32 (in {dtype}, "
                          "AdamW's small updates would be lost); or heal with --mode lora")
     check_calibration_text(text)

@@ -153,7 +153,8 @@ def _final_norms(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def check_dtype(model: nn.Module, settings: HealingSettings) -> None:
-    if settings.mode == "adjacent":
+    """The model's weights refused for settings that train them in low precision (``settings.needs_float32``)."""
+    if settings.needs_float32:
         low = sorted({str(p.dtype) for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)})
         if low:
             raise ValueError(

@@ -239,6 +239,12 @@ class HealingSettings:
         return replace(settings, **given) if given else settings
 
     @property
+    def needs_float32(self) -> bool:
+        """Whether the model's own weights train (``mode="adjacent"``), which needs float32 weights: AdamW's updates
+        smaller than bfloat16's or float16's precision would be lost (LoRA trains float32 adapters on any weights)."""
+        return self.mode == "adjacent"
+
+    @property
     def teacher(self) -> Any:
         """The distillation's teacher, or None."""
         return None if self.distillation is None else self.distillation.teacher
