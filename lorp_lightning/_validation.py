@@ -29,7 +29,7 @@ __all__ = ["ParameterError", "check_choice", "check_int", "check_real", "is_inte
 class ParameterError(ValueError):
     """A bad argument: a ValueError that also says which parameter it is about (``.parameter``).
 
-        raise ParameterError("rounds", f"rounds must be between 1 and the {k} blocks to prune, got rounds={rounds!r}")
+    raise ParameterError("rounds", f"rounds must be between 1 and the {k} blocks to prune, got rounds={rounds!r}")
     """
 
     def __init__(self, parameter: str, message: str) -> None:
@@ -73,8 +73,16 @@ def check_int(value: Any, name: str, *, low: int = 1, none_ok: bool = False, wha
     return int(value)
 
 
-def check_real(value: Any, name: str, *, low: float | None = None, low_inclusive: bool = True,
-               high: float | None = None, high_inclusive: bool = True, what: str) -> float:
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    low_inclusive: bool = True,
+    high: float | None = None,
+    high_inclusive: bool = True,
+    what: str,
+) -> float:
     """``value`` as a float if it is a finite real within the bounds given, else a ValueError saying ``what``."""
     ok = is_real(value)
     if ok and low is not None:

@@ -58,8 +58,11 @@ def check_version(distribution: str) -> None:
     installed = Version(metadata.version(distribution))
     if installed in bounds:
         return
-    what = f"lorp_lightning uses private parts of {distribution} ({PRIVATE_APIS[distribution]}), checked for {distribution}{bounds}"
+    what = (
+        f"lorp_lightning uses private parts of {distribution} ({PRIVATE_APIS[distribution]}), checked for {distribution}{bounds}"
+    )
     if any(installed < Version(spec.version) for spec in bounds if spec.operator in (">=", ">")):
         raise ImportError(f"{what}; {installed} is installed: pip install '{distribution}{bounds}'")
-    warnings.warn(f"{what}; {installed} is installed, newer than checked: if it fails, pip install '{distribution}{bounds}'",
-                  stacklevel=3)
+    warnings.warn(
+        f"{what}; {installed} is installed, newer than checked: if it fails, pip install '{distribution}{bounds}'", stacklevel=3
+    )

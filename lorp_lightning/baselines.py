@@ -43,8 +43,11 @@ def shortgpt(similarities: Similarities, k: int, protected: set[int]) -> tuple[l
 
 def contiguous_runs(num_layers: int, num_prune: int, protected: set[int]) -> list[list[int]]:
     """Every run [s, s + k) of ``num_prune`` consecutive unprotected blocks, in order of s."""
-    return [list(range(s, s + num_prune)) for s in range(num_layers - num_prune + 1)
-            if not any(b in protected for b in range(s, s + num_prune))]
+    return [
+        list(range(s, s + num_prune))
+        for s in range(num_layers - num_prune + 1)
+        if not any(b in protected for b in range(s, s + num_prune))
+    ]
 
 
 def _run_starts(N: int, k: int, protected: set[int], method: str) -> list[int]:
@@ -80,9 +83,7 @@ def streamline(similarities: Similarities, k: int, protected: set[int]) -> tuple
 def angular(similarities: Similarities, k: int, protected: set[int]) -> tuple[list[int], list[float | None]]:
     """Gromov et al.: the run [s, s+k) minimising arccos(S_last[s, s+k]) / pi (ties: shallowest)."""
     if similarities.last is None:
-        raise ValueError(
-            "angular needs the last-token similarity S_last, which a plain matrix lacks: pass a LayerStats"
-        )
+        raise ValueError("angular needs the last-token similarity S_last, which a plain matrix lacks: pass a LayerStats")
     N = similarities.N
     starts = _run_starts(N, k, protected, "angular")
     scores: list[float | None] = [None] * N

@@ -13,5 +13,9 @@ __all__ = ["METHOD", "calibration_loss", "select_checked"]
 
 METHOD = "lorp_checked"
 
-warnings.warn("lorp_lightning.checked is deprecated: import select_checked from lorp_lightning (or "
-              "lorp_lightning.methods) and calibration_loss from lorp_lightning.search", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "lorp_lightning.checked is deprecated: import select_checked from lorp_lightning (or "
+    "lorp_lightning.methods) and calibration_loss from lorp_lightning.search",
+    DeprecationWarning,
+    stacklevel=2,
+)

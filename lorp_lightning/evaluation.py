@@ -53,8 +53,10 @@ def token_windows(tokenizer, text: str, window: int = 512, max_windows: int | No
     if max_windows is not None:
         count = min(count, max_windows)
     if count == 0:
-        raise ParameterError("window", f"the text has {ids.numel()} tokens, fewer than one window of window={window}; "
-                                       "use a smaller window or a longer text")
+        raise ParameterError(
+            "window",
+            f"the text has {ids.numel()} tokens, fewer than one window of window={window}; use a smaller window or a longer text",
+        )
     return ids[: count * window].reshape(count, window)
 
 
@@ -140,12 +142,26 @@ def _prefill(model: nn.Module, ids: Tensor) -> None:
 
 @torch.no_grad()
 def _decode(model: nn.Module, ids: Tensor, new_tokens: int) -> None:
-    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+    model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+    )
 
 
-def measure_speed(models: dict[str, nn.Module], prompt_tokens: int = 512, new_tokens: int = 64, batch_size: int = 1,
-                  repeats: int = 5, vocab_size: int | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+def measure_speed(
+    models: dict[str, nn.Module],
+    prompt_tokens: int = 512,
+    new_tokens: int = 64,
+    batch_size: int = 1,
+    repeats: int = 5,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """Prefill latency and decode throughput of several models, measured side by side.
 
     The models run in turns (model A, model B, A, B, ...) ``repeats`` times after one warm-up
@@ -211,20 +227,31 @@ def measure_speed(models: dict[str, nn.Module], prompt_tokens: int = 512, new_to
 
 def model_size(model: nn.Module) -> dict[str, int]:
     """The model's parameters, decoder blocks and matmul FLOPs per token."""
-    return {"num_parameters": num_parameters(model), "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
-            "matmul_flops_per_token": matmul_flops_per_token(model)}
+    return {
+        "num_parameters": num_parameters(model),
+        "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
+        "matmul_flops_per_token": matmul_flops_per_token(model),
+    }
 
 
-def compare_models(models: dict[str, nn.Module], windows: Tensor, *, prompt_tokens: int = 512, new_tokens: int = 64,
-                   repeats: int = 5, progress: bool = False) -> dict[str, dict[str, Any]]:
+def compare_models(
+    models: dict[str, nn.Module],
+    windows: Tensor,
+    *,
+    prompt_tokens: int = 512,
+    new_tokens: int = 64,
+    repeats: int = 5,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Each model's held-out perplexity on ``windows``, its size (``model_size``), and its speed and memory measured
     side by side with the others' (``measure_speed``): what ``lorp prune`` reports for dense against pruned.
 
         metrics = compare_models({"dense": dense, "pruned": pruned}, held_out)
         print(comparison_table(metrics))
     """
-    results: dict[str, dict[str, Any]] = {name: {"perplexity": perplexity(model, windows, progress=progress), **model_size(model)}
-                                          for name, model in models.items()}
+    results: dict[str, dict[str, Any]] = {
+        name: {"perplexity": perplexity(model, windows, progress=progress), **model_size(model)} for name, model in models.items()
+    }
     speed = measure_speed(models, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats)
     for name in models:
         results[name].update(speed[name])
@@ -254,5 +281,7 @@ def comparison_table(metrics: dict[str, dict[str, Any]]) -> str:
     ideal = dense["matmul_flops_per_token"] / pruned["matmul_flops_per_token"]
     measured_prefill = dense["prefill_seconds"] / pruned["prefill_seconds"]
     measured_decode = pruned["decode_tokens_per_second"] / dense["decode_tokens_per_second"]
-    lines.append(f"speed-up: prefill {measured_prefill:.2f}x, decode {measured_decode:.2f}x; ideal from matmul FLOPs per token {ideal:.2f}x")
+    lines.append(
+        f"speed-up: prefill {measured_prefill:.2f}x, decode {measured_decode:.2f}x; ideal from matmul FLOPs per token {ideal:.2f}x"
+    )
     return "\n".join(lines)

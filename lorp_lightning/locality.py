@@ -173,7 +173,9 @@ def cluster_layers(similarity: Any, num_clusters: int, seed: int = 0) -> list[in
     S = as_similarity_matrix(similarity)
     N = S.shape[0]
     if not is_integer(num_clusters) or not 1 <= num_clusters <= N:
-        raise ParameterError("num_clusters", f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
+        raise ParameterError(
+            "num_clusters", f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}"
+        )
     if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     num_clusters, seed = int(num_clusters), int(seed)
@@ -299,9 +301,7 @@ def allocate_lorp(
     protected = {int(p) for p in protected}
     unprotected = [l for l in range(N) if l not in protected]
     if not is_integer(num_prune) or not 0 <= num_prune <= len(unprotected):
-        raise ValueError(
-            f"num_prune must be an int between 0 and the {len(unprotected)} unprotected blocks, got {num_prune!r}"
-        )
+        raise ValueError(f"num_prune must be an int between 0 and the {len(unprotected)} unprotected blocks, got {num_prune!r}")
 
     K = max(labels) + 1
     members = [[l for l in range(N) if labels[l] == c] for c in range(K)]
@@ -381,13 +381,9 @@ def read_similarities(stats_or_similarity: Any, method: str = "lorp") -> Similar
         full = as_similarity_matrix(stats_or_similarity.similarity, name="stats.similarity", min_size=3)
         last = None
         if method == "angular":  # validated only where it is used
-            last = as_similarity_matrix(
-                stats_or_similarity.last_token_similarity, name="stats.last_token_similarity"
-            )
+            last = as_similarity_matrix(stats_or_similarity.last_token_similarity, name="stats.last_token_similarity")
             if last.shape != full.shape:
-                raise ValueError(
-                    f"stats.last_token_similarity has shape {last.shape}, stats.similarity {full.shape}"
-                )
+                raise ValueError(f"stats.last_token_similarity has shape {last.shape}, stats.similarity {full.shape}")
         return Similarities(blocks=full[:-1, :-1], full=full, last=last, source="LayerStats")
     blocks = as_similarity_matrix(stats_or_similarity, name="similarity", min_size=2)
     return Similarities(blocks=blocks, full=None, last=None, source="plain N x N matrix")

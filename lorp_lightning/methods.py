@@ -41,8 +41,22 @@ from lorp_lightning.search import as_windows, candidate_plans
 from lorp_lightning.selection import PruningPlan, is_budget, parse_budget, protected_blocks, resolve_budget
 from lorp_lightning.stats import LayerStats, collect_layer_stats
 
-__all__ = ["CHECK_WINDOWS", "DEFAULT_METHOD", "METHODS", "Method", "PruneSettings", "REGISTRY", "CHECK_TOKENS", "SCORE_LAST", "SEARCH_RUNS", "SelectionContext",
-           "STATS_METHODS", "get_method", "select_checked", "select_layers"]
+__all__ = [
+    "CHECK_WINDOWS",
+    "DEFAULT_METHOD",
+    "METHODS",
+    "Method",
+    "PruneSettings",
+    "REGISTRY",
+    "CHECK_TOKENS",
+    "SCORE_LAST",
+    "SEARCH_RUNS",
+    "SelectionContext",
+    "STATS_METHODS",
+    "get_method",
+    "select_checked",
+    "select_layers",
+]
 
 DEFAULT_METHOD = "lorp_search"  # of LoRPPruneCallback and `lorp prune`
 CHECK_WINDOWS = 8  # calibration windows each loss check runs (the first ones given)
@@ -77,17 +91,25 @@ class PruneSettings:
 
     amount: int | float | None = option(0.25, "fraction of the blocks in (0, 1), or a block count", parse=parse_budget)
     method: str | Callable = option(
-        DEFAULT_METHOD, f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
+        DEFAULT_METHOD,
+        f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
         "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
-        "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last")
+        "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last",
+    )
     num_clusters: int | None = option(None, "lorp: force K instead of deriving it from the RLS")
     protect: tuple[int, ...] | None = None
     seed: int = option(0, "clustering / random seed")
-    compensate: bool = option(False, "fold a training-free correction of the stream's scale at each gap into the kept "
-                                     "weights, its strength chosen on the calibration loss of the first 8 calibration "
-                                     "windows (docs/method.md, Compensation)")
-    rounds: int = option(1, "select the budget in R rounds, the statistics collected again on the partly pruned (and, "
-                            "with compensation, compensated) model between rounds (docs/method.md, Rounds; 1: one shot)")
+    compensate: bool = option(
+        False,
+        "fold a training-free correction of the stream's scale at each gap into the kept "
+        "weights, its strength chosen on the calibration loss of the first 8 calibration "
+        "windows (docs/method.md, Compensation)",
+    )
+    rounds: int = option(
+        1,
+        "select the budget in R rounds, the statistics collected again on the partly pruned (and, "
+        "with compensation, compensated) model between rounds (docs/method.md, Rounds; 1: one shot)",
+    )
 
     def __post_init__(self) -> None:
         amount = self.amount
@@ -96,8 +118,11 @@ class PruneSettings:
         entry = get_method(self.method)  # a ParameterError naming the methods for an unknown name
         if self.num_clusters is not None:
             if entry.name != "lorp":
-                raise ParameterError("num_clusters", f"num_clusters applies only to method='lorp', got "
-                                                     f"num_clusters={self.num_clusters!r} with method={entry.name!r}")
+                raise ParameterError(
+                    "num_clusters",
+                    f"num_clusters applies only to method='lorp', got "
+                    f"num_clusters={self.num_clusters!r} with method={entry.name!r}",
+                )
             check_int(self.num_clusters, "num_clusters", what="a positive int or None")
         protect = self.protect
         if protect is not None:
@@ -110,9 +135,13 @@ class PruneSettings:
             protect = tuple(int(p) for p in protect)
         if not isinstance(self.compensate, bool):
             raise ParameterError("compensate", f"compensate must be True or False, got compensate={self.compensate!r}")
-        checked = dict(amount=None if amount is None else int(amount) if is_integer(amount) else float(amount),
-                       num_clusters=None if self.num_clusters is None else int(self.num_clusters), protect=protect,
-                       seed=check_int(self.seed, "seed", low=0), rounds=check_int(self.rounds, "rounds"))
+        checked = dict(
+            amount=None if amount is None else int(amount) if is_integer(amount) else float(amount),
+            num_clusters=None if self.num_clusters is None else int(self.num_clusters),
+            protect=protect,
+            seed=check_int(self.seed, "seed", low=0),
+            rounds=check_int(self.rounds, "rounds"),
+        )
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -178,8 +207,11 @@ class SelectionContext:
         """The ``PlanLoss`` over the first ``check_windows`` calibration windows."""
         from lorp_lightning.search import PlanLoss
 
-        loss = (self.shared_checks.start() if self.shared_checks is not None else
-                PlanLoss(self.model, self.windows[:self.check_windows, :self.check_tokens], score_last=self.score_last))
+        loss = (
+            self.shared_checks.start()
+            if self.shared_checks is not None
+            else PlanLoss(self.model, self.windows[: self.check_windows, : self.check_tokens], score_last=self.score_last)
+        )
         self.checks.append(loss)  # select_layers reads the cost of the checks from it
         return loss
 
@@ -264,8 +296,11 @@ def _searched(ctx: SelectionContext, loss, candidates: list[dict[str, Any]], max
 
     for candidate in tqdm(candidates, desc=ctx.method, unit="plan", disable=not ctx.progress):
         candidate["loss"] = loss(candidate["pruned"])
-    best = finite_best({i: c["loss"] for i, c in enumerate(candidates)}, f"{ctx.method}'s candidate plans",
-                       lambda i: loss.refusal(candidates[i]["pruned"]))
+    best = finite_best(
+        {i: c["loss"] for i, c in enumerate(candidates)},
+        f"{ctx.method}'s candidate plans",
+        lambda i: loss.refusal(candidates[i]["pruned"]),
+    )
     moves = local_search(loss, candidates[best]["pruned"], ctx.num_layers, set(ctx.protected), max_checks) if max_checks else []
     candidates += [dict(rule=f"move {i + 1}", **move) for i, move in enumerate(moves)]
     chosen = moves[-1]["pruned"] if moves else candidates[best]["pruned"]
@@ -278,7 +313,9 @@ def _sleb(ctx: SelectionContext) -> PruningPlan:
     loss = ctx.plan_loss()
     steps = sleb_order(loss, ctx.num_prune, set(ctx.protected), progress=ctx.progress)
     removed = [step["block"] for step in steps]
-    candidates = [{"rule": f"step {i + 1}", "pruned": sorted(removed[:i + 1]), "loss": step["loss"]} for i, step in enumerate(steps)]
+    candidates = [
+        {"rule": f"step {i + 1}", "pruned": sorted(removed[: i + 1]), "loss": step["loss"]} for i, step in enumerate(steps)
+    ]
     return _plan(ctx, removed, candidates=candidates)
 
 
@@ -290,9 +327,11 @@ def _ppl(ctx: SelectionContext) -> PruningPlan:
     finite_best(alone, "ppl", lambda b: loss.refusal([b]))  # the error when no block's loss is finite
     ranked = sorted((b for b in alone if math.isfinite(alone[b])), key=lambda b: alone[b])  # stable: ties by index
     if len(ranked) < ctx.num_prune:
-        raise FloatingPointError(f"ppl: only {len(ranked)} blocks have a finite loss when removed alone, fewer than the {ctx.num_prune} to prune")
+        raise FloatingPointError(
+            f"ppl: only {len(ranked)} blocks have a finite loss when removed alone, fewer than the {ctx.num_prune} to prune"
+        )
     scores = [alone.get(b) for b in range(ctx.num_layers)]
-    return _plan(ctx, ranked[:ctx.num_prune], scores=scores)
+    return _plan(ctx, ranked[: ctx.num_prune], scores=scores)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,15 +341,34 @@ def _ppl(ctx: SelectionContext) -> PruningPlan:
 REGISTRY: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("lorp_search", _lorp_search, "LoRP's candidate plans and the 6 runs of k blocks most alike across the run checked on the calibration "
-               "loss, the best then improved one block at a time with a third of SLEB's checks (the default)", reads_model=True),
+        Method(
+            "lorp_search",
+            _lorp_search,
+            "LoRP's candidate plans and the 6 runs of k blocks most alike across the run checked on the calibration "
+            "loss, the best then improved one block at a time with a third of SLEB's checks (the default)",
+            reads_model=True,
+        ),
         Method("lorp", _lorp, "LoRP as published: RLS, clusters, two-stage allocation (equations (2)-(5))"),
-        Method("lorp_checked", _lorp_checked, "LoRP's candidate plans checked on the calibration loss; the lowest wins",
-               reads_model=True),
-        Method("sleb", _sleb, "SLEB: greedy, each step removes the block whose removal gives the lowest calibration loss",
-               reads_stats=False, reads_model=True),
-        Method("ppl", _ppl, "one-shot perplexity (Shortened LLaMA): the k blocks whose removal alone hurts least",
-               reads_stats=False, reads_model=True),
+        Method(
+            "lorp_checked",
+            _lorp_checked,
+            "LoRP's candidate plans checked on the calibration loss; the lowest wins",
+            reads_model=True,
+        ),
+        Method(
+            "sleb",
+            _sleb,
+            "SLEB: greedy, each step removes the block whose removal gives the lowest calibration loss",
+            reads_stats=False,
+            reads_model=True,
+        ),
+        Method(
+            "ppl",
+            _ppl,
+            "one-shot perplexity (Shortened LLaMA): the k blocks whose removal alone hurts least",
+            reads_stats=False,
+            reads_model=True,
+        ),
         Method("shortgpt", _scored(baselines.shortgpt), "ShortGPT: the k blocks of lowest Block Influence 1 - S[l, l+1]"),
         Method("streamline", _scored(baselines.streamline), "LLM-Streamline: the run of k blocks maximising S[s, s+k]"),
         Method("angular", _scored(baselines.angular), "Gromov et al.: the run of k blocks of least last-token angular distance"),
@@ -409,32 +467,60 @@ def select_layers(
     if settings is None and num_prune is None:
         raise TypeError("select_layers() needs the budget: num_prune, or settings=PruneSettings(amount, ...)")
     if num_prune is not None and not is_budget(num_prune):  # the budget rule, under this function's name for it
-        raise ParameterError("num_prune", f"num_prune must be an int >= 1 (a count of blocks) or a float in (0, 1) (a "
-                                          f"fraction of them), got num_prune={num_prune!r}")
-    settings = PruneSettings.of(settings if settings is not None else PruneSettings(method="lorp"), amount=num_prune,
-                                method=method, num_clusters=num_clusters, protect=protect, seed=seed,
-                                compensate=compensate, rounds=rounds)  # every check that needs no model, once
+        raise ParameterError(
+            "num_prune",
+            f"num_prune must be an int >= 1 (a count of blocks) or a float in (0, 1) (a "
+            f"fraction of them), got num_prune={num_prune!r}",
+        )
+    settings = PruneSettings.of(
+        settings if settings is not None else PruneSettings(method="lorp"),
+        amount=num_prune,
+        method=method,
+        num_clusters=num_clusters,
+        protect=protect,
+        seed=seed,
+        compensate=compensate,
+        rounds=rounds,
+    )  # every check that needs no model, once
     if settings.amount is None:
         raise ParameterError("num_prune", "select_layers() needs the budget: num_prune, or settings with an amount")
     entry, num_prune, num_clusters, protect, seed, compensate, rounds = (
-        settings.entry, settings.amount, settings.num_clusters, settings.protect, settings.seed, settings.compensate,
-        settings.rounds)
+        settings.entry,
+        settings.amount,
+        settings.num_clusters,
+        settings.protect,
+        settings.seed,
+        settings.compensate,
+        settings.rounds,
+    )
     method, name = settings.method, settings.entry.name
     if compensate:
-        _check_compensation(stats_or_similarity, model if shared_checks is None else shared_checks.model,
-                            windows if shared_checks is None else shared_checks.windows)
+        _check_compensation(
+            stats_or_similarity,
+            model if shared_checks is None else shared_checks.model,
+            windows if shared_checks is None else shared_checks.windows,
+        )
     if rounds > 1 and (model is None or windows is None):
-        raise ParameterError("rounds", f"rounds={rounds} collects the statistics again on the partly pruned model: pass model= and "
-                         "windows= (all the calibration windows)")
+        raise ParameterError(
+            "rounds",
+            f"rounds={rounds} collects the statistics again on the partly pruned model: pass model= and "
+            "windows= (all the calibration windows)",
+        )
     statistics_windows = windows  # all of them, for the statistics of later rounds (before shared_checks replaces them)
     tries_plans = entry.reads_model or compensate or rounds > 1  # runs the model
     if tries_plans:
         if shared_checks is not None:
             model, windows, check_windows, check_tokens, score_last = (
-                shared_checks.model, shared_checks.windows, len(shared_checks.windows), shared_checks.windows.shape[1],
-                shared_checks.score_last)  # the checks' shape, which later rounds take from all the windows given
+                shared_checks.model,
+                shared_checks.windows,
+                len(shared_checks.windows),
+                shared_checks.windows.shape[1],
+                shared_checks.score_last,
+            )  # the checks' shape, which later rounds take from all the windows given
         if model is None or windows is None:
-            raise ParameterError("method", f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)")
+            raise ParameterError(
+                "method", f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)"
+            )
         from lorp_lightning.architectures import decoder_layers
         from lorp_lightning.search import as_windows
 
@@ -443,12 +529,17 @@ def select_layers(
         if check_windows is None:
             check_windows = min(CHECK_WINDOWS, windows.shape[0])
         if not is_integer(check_windows) or not 1 <= check_windows <= windows.shape[0]:
-            raise ParameterError("check_windows", f"check_windows must be an int between 1 and the {windows.shape[0]} windows given, got {check_windows!r}")
+            raise ParameterError(
+                "check_windows",
+                f"check_windows must be an int between 1 and the {windows.shape[0]} windows given, got {check_windows!r}",
+            )
         if check_tokens is not None and (not is_integer(check_tokens) or check_tokens < 2):
             raise ValueError(f"check_tokens must be an int >= 2 or None, got {check_tokens!r}")
     if stats_or_similarity is None:
         if entry.reads_stats:
-            raise ParameterError("method", f"method={name!r} reads the layer statistics: pass a LayerStats or a similarity matrix")
+            raise ParameterError(
+                "method", f"method={name!r} reads the layer statistics: pass a LayerStats or a similarity matrix"
+            )
     else:
         inp = read_similarities(stats_or_similarity, name if name in REGISTRY else "lorp")
         if tries_plans and inp.N != N:
@@ -457,17 +548,44 @@ def select_layers(
     protected = protected_blocks(protect, N)
     k = resolve_budget(num_prune, N, N - len(protected))
     if num_clusters is not None and (not is_integer(num_clusters) or not 1 <= num_clusters <= N):
-        raise ParameterError("num_clusters", f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
+        raise ParameterError(
+            "num_clusters", f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}"
+        )
     if rounds > 1:
-        return _in_rounds(entry, stats_or_similarity, k, rounds, protected, dict(
-            method=method, num_clusters=num_clusters, seed=seed, model=model, windows=statistics_windows,
-            check_windows=check_windows, check_tokens=check_tokens, score_last=score_last, progress=progress,
-            compensate=compensate), shared_checks)
+        return _in_rounds(
+            entry,
+            stats_or_similarity,
+            k,
+            rounds,
+            protected,
+            dict(
+                method=method,
+                num_clusters=num_clusters,
+                seed=seed,
+                model=model,
+                windows=statistics_windows,
+                check_windows=check_windows,
+                check_tokens=check_tokens,
+                score_last=score_last,
+                progress=progress,
+                compensate=compensate,
+            ),
+            shared_checks,
+        )
     ctx = SelectionContext(
-        method=name, stats=stats_or_similarity, num_layers=N, num_prune=k, protected=tuple(sorted(protected)),
-        seed=int(seed), num_clusters=None if num_clusters is None else int(num_clusters), model=model,
-        windows=windows, check_windows=int(check_windows or CHECK_WINDOWS), check_tokens=check_tokens,
-        score_last=score_last, progress=progress,
+        method=name,
+        stats=stats_or_similarity,
+        num_layers=N,
+        num_prune=k,
+        protected=tuple(sorted(protected)),
+        seed=int(seed),
+        num_clusters=None if num_clusters is None else int(num_clusters),
+        model=model,
+        windows=windows,
+        check_windows=int(check_windows or CHECK_WINDOWS),
+        check_tokens=check_tokens,
+        score_last=score_last,
+        progress=progress,
         shared_checks=shared_checks,
     )
     start = time.perf_counter()
@@ -480,13 +598,18 @@ def select_layers(
     for loss in ctx.checks:
         ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
     statistics = getattr(stats_or_similarity, "num_sequences", None) if entry.reads_stats else 0
-    plan.cost = {"statistics_windows": statistics, "check_windows": ctx.cost.get("check_windows", 0), **ctx.cost,
-                 "seconds": seconds}
+    plan.cost = {
+        "statistics_windows": statistics,
+        "check_windows": ctx.cost.get("check_windows", 0),
+        **ctx.cost,
+        "seconds": seconds,
+    }
     return plan
 
 
-def _in_rounds(entry: Method, stats: Any, k: int, rounds: int, protected: set[int], options: dict[str, Any],
-               shared_checks: Any) -> PruningPlan:
+def _in_rounds(
+    entry: Method, stats: Any, k: int, rounds: int, protected: set[int], options: dict[str, Any], shared_checks: Any
+) -> PruningPlan:
     """``select_layers(..., rounds=rounds)``: each round a one-shot selection (``options``: its arguments) on the
     partly pruned model."""
     from lorp_lightning.rounds import round_sizes, select_in_rounds
@@ -495,8 +618,16 @@ def _in_rounds(entry: Method, stats: Any, k: int, rounds: int, protected: set[in
     def select_round(stats: Any, size: int, protect: list[int], first: bool) -> PruningPlan:
         return select_layers(stats, size, protect=protect, shared_checks=shared_checks if first else None, **options)
 
-    plan = select_in_rounds(options["model"], as_windows(options["windows"]), stats, round_sizes(k, rounds), sorted(protected),
-                            select_round, collect=entry.reads_stats or options["compensate"], progress=options["progress"])
+    plan = select_in_rounds(
+        options["model"],
+        as_windows(options["windows"]),
+        stats,
+        round_sizes(k, rounds),
+        sorted(protected),
+        select_round,
+        collect=entry.reads_stats or options["compensate"],
+        progress=options["progress"],
+    )
     if options["compensate"]:
         _keep_if_lower(plan, options, shared_checks)
     return plan
@@ -513,7 +644,7 @@ def _keep_if_lower(plan: PruningPlan, options: dict[str, Any], shared_checks: An
     else:
         windows = as_windows(options["windows"])
         count = options["check_windows"] or min(CHECK_WINDOWS, windows.shape[0])
-        loss = PlanLoss(options["model"], windows[:count, :options["check_tokens"]], score_last=options["score_last"])
+        loss = PlanLoss(options["model"], windows[:count, : options["check_tokens"]], score_last=options["score_last"])
     compensated, plain = loss.compensated(plan.pruned, plan.factors), loss(plan.pruned)
     plan.compensation["check"] = {"compensated": compensated, "plain": plain}
     plan.compensation["composed"] = list(plan.compensation["factors"])  # as the rounds folded them
@@ -529,10 +660,15 @@ def _check_compensation(stats: Any, model: Any, windows: Any) -> None:
     from lorp_lightning.compensation import check_compensable
 
     if getattr(stats, "norms", None) is None:
-        raise ParameterError("compensate", "compensate=True reads the stream's norms of the statistics: pass the LayerStats of "
-                         "collect_layer_stats (statistics saved before norms were recorded have none: collect them again)")
+        raise ParameterError(
+            "compensate",
+            "compensate=True reads the stream's norms of the statistics: pass the LayerStats of "
+            "collect_layer_stats (statistics saved before norms were recorded have none: collect them again)",
+        )
     if model is None or windows is None:
-        raise ParameterError("compensate", "compensate=True chooses its strength on the calibration loss: pass model= and windows=")
+        raise ParameterError(
+            "compensate", "compensate=True chooses its strength on the calibration loss: pass model= and windows="
+        )
     check_compensable(model)  # a family where no fold is exact is refused by name
 
 
@@ -543,9 +679,12 @@ def _compensation(ctx: SelectionContext, pruned: list[int]) -> dict[str, Any]:
     loss = ctx.checks[-1] if ctx.checks else ctx.plan_loss()  # the selection's own checks go on counting
     before = loss.window_passes
     strength, factors, tried = fit_strength(loss, pruned, ctx.stats.norms.tolist())
-    return {"strength": strength, "factors": [{"block": b, "factor": f} for b, f in sorted(factors.items())],
-            "tried": [{"strength": s, "loss": value} for s, value in tried.items()],
-            "check_windows": loss.window_passes - before}
+    return {
+        "strength": strength,
+        "factors": [{"block": b, "factor": f} for b, f in sorted(factors.items())],
+        "tried": [{"strength": s, "loss": value} for s, value in tried.items()],
+        "check_windows": loss.window_passes - before,
+    }
 
 
 def select_checked(
@@ -592,15 +731,32 @@ def select_checked(
     batch = as_windows(windows)
     if stats is None:
         stats = collect_layer_stats(model, batch.split(1), progress=progress)
-    return select_layers(stats, num_prune, "lorp_checked", protect=protect, seed=seed, model=model, windows=batch,
-                         check_windows=check_windows, check_tokens=check_tokens, score_last=score_last, progress=progress)
+    return select_layers(
+        stats,
+        num_prune,
+        "lorp_checked",
+        protect=protect,
+        seed=seed,
+        model=model,
+        windows=batch,
+        check_windows=check_windows,
+        check_tokens=check_tokens,
+        score_last=score_last,
+        progress=progress,
+    )
 
 
 def _plan(ctx: SelectionContext, pruned: Sequence[int], **fields: Any) -> PruningPlan:
     """The plan of ``pruned`` (checked by select_layers, which every plan passes through)."""
     chosen = sorted(int(b) for b in pruned)
-    return PruningPlan(method=ctx.method, num_layers=ctx.num_layers, pruned=chosen,
-                       kept=[b for b in range(ctx.num_layers) if b not in set(chosen)], protected=list(ctx.protected), **fields)
+    return PruningPlan(
+        method=ctx.method,
+        num_layers=ctx.num_layers,
+        pruned=chosen,
+        kept=[b for b in range(ctx.num_layers) if b not in set(chosen)],
+        protected=list(ctx.protected),
+        **fields,
+    )
 
 
 def _check_plan(method: str, pruned: Any, ctx: SelectionContext) -> None:
@@ -620,4 +776,6 @@ def _check_plan(method: str, pruned: Any, ctx: SelectionContext) -> None:
     elif set(map(int, blocks)) & set(ctx.protected):
         problem = f"holds protected blocks {sorted(set(map(int, blocks)) & set(ctx.protected))}"
     if problem:
-        raise ParameterError("method", f"method {method!r} returned the plan {pruned!r}, which {problem}; the model was not changed")
+        raise ParameterError(
+            "method", f"method {method!r} returned the plan {pruned!r}, which {problem}; the model was not changed"
+        )

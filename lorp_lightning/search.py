@@ -64,7 +64,20 @@ from lorp_lightning.next_token import next_token_loss
 from lorp_lightning.selection import protected_blocks, resolve_budget
 from lorp_lightning.surgery import PlanRefusedError, pruned_config, temporarily_pruned
 
-__all__ = ["LOGITS_BYTES", "PlanLoss", "as_windows", "calibration_loss", "candidate_plans", "finite_best", "local_search", "neighbours", "one_shot_losses", "ranked_runs", "sleb_checks", "sleb_order"]
+__all__ = [
+    "LOGITS_BYTES",
+    "PlanLoss",
+    "as_windows",
+    "calibration_loss",
+    "candidate_plans",
+    "finite_best",
+    "local_search",
+    "neighbours",
+    "one_shot_losses",
+    "ranked_runs",
+    "sleb_checks",
+    "sleb_order",
+]
 
 
 def as_windows(windows: Any) -> Tensor:
@@ -74,7 +87,9 @@ def as_windows(windows: Any) -> Tensor:
             raise ValueError(f"windows must all have the same length, got lengths {sorted({w.numel() for w in windows})}")
         windows = torch.stack([w.reshape(-1) for w in windows])
     if not isinstance(windows, Tensor):
-        raise ValueError(f"windows must be a (B, T) tensor of token ids or a list of 1-D tensors of one length, got {type(windows).__name__}")
+        raise ValueError(
+            f"windows must be a (B, T) tensor of token ids or a list of 1-D tensors of one length, got {type(windows).__name__}"
+        )
     if windows.dim() == 1:
         windows = windows.unsqueeze(0)
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.dtype not in (torch.int32, torch.int64):
@@ -94,7 +109,7 @@ def _window_losses(model: nn.Module, ids: Tensor, scored: int) -> list[float]:
     """Mean next-token cross-entropy of the last ``scored`` tokens of each window of the (B, T) ``ids``."""
     # The logits at positions T-scored-1 .. T-2 predict tokens T-scored .. T-1. Models that know
     # ``logits_to_keep`` run their head on those positions only; the slice serves the others.
-    logits = model(input_ids=ids, use_cache=False, logits_to_keep=scored + 1).logits[:, -(scored + 1):]
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=scored + 1).logits[:, -(scored + 1) :]
     return next_token_loss(logits, ids, per_window=True).tolist()
 
 
@@ -151,8 +166,14 @@ class PlanLoss:
     losses remembered from earlier selections are not computed again.
     """
 
-    def __init__(self, model: nn.Module, windows: Any, score_last: int | None = None, reuse_prefix: bool = True,
-                 batch_windows: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        windows: Any,
+        score_last: int | None = None,
+        reuse_prefix: bool = True,
+        batch_windows: int | None = None,
+    ) -> None:
         self.model = model
         self.windows = as_windows(windows)
         self.score_last = score_last = check_int(score_last, "score_last", none_ok=True)
@@ -191,8 +212,9 @@ class PlanLoss:
         """Window passes those plans cost when run alone: one per window and plan (a plan settled
         early by ``below``: the windows it ran), and the dense prefix's."""
         settled = [key for key in self.asked if key in self._settled and key not in self.losses]
-        return (len(self.windows) * (len(self.asked) - len(settled) + self._prefix_asked)
-                + sum(self._settled[key] for key in settled))
+        return len(self.windows) * (len(self.asked) - len(settled) + self._prefix_asked) + sum(
+            self._settled[key] for key in settled
+        )
 
     def __call__(self, pruned: Iterable[int]) -> float:
         key = self._ask(self.key(pruned))
@@ -260,8 +282,13 @@ class PlanLoss:
     def _after_prefix(self, pruned: Sequence[int]) -> bool:
         """Whether the plan's pass starts from the recorded dense prefix: its first removed block
         is not block 0, and some block is left after the prefix and the plan."""
-        return (self.reuse_prefix and not self._generic and bool(pruned) and min(pruned) > 0
-                and min(pruned) + len(pruned) < self.num_layers)
+        return (
+            self.reuse_prefix
+            and not self._generic
+            and bool(pruned)
+            and min(pruned) > 0
+            and min(pruned) + len(pruned) < self.num_layers
+        )
 
     @torch.no_grad()
     def _losses(self, pruned: list[int], bound: float | None = None, factors: Mapping[int, float] | None = None) -> list[float]:
@@ -299,8 +326,10 @@ class PlanLoss:
                 except PlanRefusedError:  # the plan itself is refused (below, at once), or only with the prefix
                     pass  # removed too (Jamba's period): a plain pass
             try:
-                with temporarily_pruned(model, pruned) if pruned else nullcontext(), \
-                        compensation.stream_scaled({layers[b]: f for b, f in factors.items()}):
+                with (
+                    temporarily_pruned(model, pruned) if pruned else nullcontext(),
+                    compensation.stream_scaled({layers[b]: f for b, f in factors.items()}),
+                ):
                     losses = []
                     for ids in self._batches:
                         losses += _window_losses(model, ids.to(device), self.scored)
@@ -315,6 +344,7 @@ class PlanLoss:
 
     def _losses_from(self, model: nn.Module, ids: Tensor, hidden: Tensor) -> list[float]:
         """The losses of the windows ``ids`` with the input of the model's first (remaining) block replaced by ``hidden``."""
+
         def replace(module: nn.Module, args: tuple, kwargs: dict):
             if args:
                 return (hidden,) + tuple(args[1:]), kwargs
@@ -378,8 +408,11 @@ def sleb_order(loss: PlanLoss, num_prune: int, protected: set[int], progress: bo
     steps = []
     for _ in tqdm(range(num_prune), desc="sleb", unit="block", disable=not progress):
         tried = {b: loss(removed + [b]) for b in range(loss.num_layers) if b not in protected and b not in removed}
-        block = finite_best(tried, f"sleb, removing block {len(removed) + 1} of {num_prune}",
-                            lambda b, removed=removed: loss.refusal(removed + [b]))
+        block = finite_best(
+            tried,
+            f"sleb, removing block {len(removed) + 1} of {num_prune}",
+            lambda b, removed=removed: loss.refusal(removed + [b]),
+        )
         removed.append(block)
         steps.append({"block": block, "loss": tried[block], "tried": len(tried)})
     return steps
@@ -398,8 +431,9 @@ def neighbours(plan: Sequence[int], num_layers: int, protected: set[int]) -> lis
     instead, and one kept, unprotected block next to a removed block removed instead (a run
     [12, 18] may shift to [11, 17] or [13, 19], or give up block 15 for block 11 or 19)."""
     removed = set(plan)
-    border = sorted(c for c in range(num_layers) if c not in removed and c not in protected
-                    and (c - 1 in removed or c + 1 in removed))
+    border = sorted(
+        c for c in range(num_layers) if c not in removed and c not in protected and (c - 1 in removed or c + 1 in removed)
+    )
     out, seen = [], set()
     for b in sorted(removed):
         for c in border:
@@ -500,7 +534,7 @@ def candidate_plans(
     labels = cluster_layers(S, K, seed=int(seed))  # (4)
 
     plans: list[tuple[str, list[int]]] = []
-    for granularity in ([labels, [0] * N] if K > 1 else [labels]):
+    for granularity in [labels, [0] * N] if K > 1 else [labels]:
         plans += _rule_plans(S, full, granularity, k, protected)
 
     out: list[dict[str, Any]] = []
@@ -519,8 +553,10 @@ def _rule_plans(S: np.ndarray, full: np.ndarray, labels: list[int], k: int, prot
     tag = f" (K={K})"
     closeness = [float(full[l, l + 1]) for l in range(N)]  # 1 - BI_l: higher = less influence
     unprotected = [l for l in range(N) if l not in protected]
-    plans = [("lorp" + tag, allocate_lorp(S, labels, k, protected)),
-             ("lorp/influence" + tag, allocate_lorp(S, labels, k, protected, ranking=closeness))]
+    plans = [
+        ("lorp" + tag, allocate_lorp(S, labels, k, protected)),
+        ("lorp/influence" + tag, allocate_lorp(S, labels, k, protected, ranking=closeness)),
+    ]
     for c in range(K if K > 1 else 0):
         spared = protected | {l for l in range(N) if labels[l] == c}
         if N - len(spared) >= k:

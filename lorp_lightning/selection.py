@@ -149,8 +149,10 @@ class PruningPlan:
             d["candidates"] = [dict(c, loss=_encode_float(c["loss"])) for c in self.candidates]
         d["compensation"] = _compensation_floats(self.compensation, _encode_float)
         if self.rounds is not None:
-            d["rounds"] = [dict(r, rls=_encode_float(r["rls"]), compensation=_compensation_floats(r["compensation"], _encode_float))
-                           for r in self.rounds]
+            d["rounds"] = [
+                dict(r, rls=_encode_float(r["rls"]), compensation=_compensation_floats(r["compensation"], _encode_float))
+                for r in self.rounds
+            ]
         return d
 
     @classmethod
@@ -167,9 +169,15 @@ class PruningPlan:
             d["candidates"] = [dict(c, loss=_decode_float(c["loss"])) for c in d["candidates"]]
         d["compensation"] = _compensation_floats(d.get("compensation"), _decode_float)
         if d.get("rounds") is not None:
-            d["rounds"] = [dict(r, pruned=[int(b) for b in r["pruned"]], rls=_decode_float(r["rls"]),
-                                compensation=_compensation_floats(r["compensation"], _decode_float))
-                           for r in d["rounds"]]
+            d["rounds"] = [
+                dict(
+                    r,
+                    pruned=[int(b) for b in r["pruned"]],
+                    rls=_decode_float(r["rls"]),
+                    compensation=_compensation_floats(r["compensation"], _decode_float),
+                )
+                for r in d["rounds"]
+            ]
         for key in ("pruned", "kept", "protected", "labels"):
             if d.get(key) is not None:
                 d[key] = [int(x) for x in d[key]]
@@ -245,21 +253,21 @@ def resolve_budget(num_prune: Any, num_layers: int, num_unprotected: int) -> int
     elif isinstance(num_prune, numbers.Real) and not isinstance(num_prune, (bool, np.bool_)):
         x = float(num_prune)
         if not (0.0 < x < 1.0):  # also rejects NaN
-            raise ParameterError("num_prune", 
-                f"num_prune as a float must be a fraction in (0, 1) of the {num_layers} blocks, got {num_prune!r}"
+            raise ParameterError(
+                "num_prune", f"num_prune as a float must be a fraction in (0, 1) of the {num_layers} blocks, got {num_prune!r}"
             )
         k = math.floor(Fraction(repr(x)) * num_layers)  # (6) rounded down
         asked = f"num_prune={x!r} of {num_layers} blocks rounds down to {k} blocks and"
     else:
-        raise ParameterError("num_prune", 
-            f"num_prune must be an int (a count) or a float in (0, 1) (a fraction), got {num_prune!r}"
+        raise ParameterError(
+            "num_prune", f"num_prune must be an int (a count) or a float in (0, 1) (a fraction), got {num_prune!r}"
         )
     if k < 1:
         raise ParameterError("num_prune", f"{asked} is fewer than 1; prune at least 1 block")
     if k > num_unprotected:
-        raise ParameterError("num_prune", 
-            f"{asked} exceeds the {num_unprotected} unprotected blocks (of {num_layers}); "
-            "prune fewer or protect fewer"
+        raise ParameterError(
+            "num_prune",
+            f"{asked} exceeds the {num_unprotected} unprotected blocks (of {num_layers}); prune fewer or protect fewer",
         )
     return k
 
@@ -276,5 +284,3 @@ def protected_blocks(protect: Iterable[int] | None, N: int) -> set[int]:
             raise ParameterError("protect", f"protect holds {p!r}, which is not a block index in 0..{N - 1}")
         out.add(int(p))
     return out
-
-

@@ -165,18 +165,28 @@ with open(results_file, "w") as handle:
 def checked(tmp_path_factory) -> dict[str, list[str]]:
     """{script: problems} for every Python script, all checked in one child interpreter."""
     results = tmp_path_factory.mktemp("benchmarks") / "results.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-           "MPLBACKEND": "Agg"}
-    run = subprocess.run([sys.executable, "-c", CHECKER, str(ROOT), str(results), *PYTHON_SCRIPTS],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "MPLBACKEND": "Agg",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", CHECKER, str(ROOT), str(results), *PYTHON_SCRIPTS],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0 and results.is_file(), f"the checker itself failed: {run.stderr[-3000:]}"
     return json.loads(results.read_text())
 
 
 def test_every_benchmark_script_is_found():
     assert PYTHON_SCRIPTS and SHELL_SCRIPTS
-    assert {Path(s).parts[1] for s in PYTHON_SCRIPTS + SHELL_SCRIPTS} == {"performance", "decisions", "figures"}, \
+    assert {Path(s).parts[1] for s in PYTHON_SCRIPTS + SHELL_SCRIPTS} == {"performance", "decisions", "figures"}, (
         "a script outside benchmarks/performance, decisions or figures: see benchmarks/README.md"
+    )
 
 
 @pytest.mark.parametrize("script", PYTHON_SCRIPTS)
@@ -195,9 +205,24 @@ def test_the_shell_script_parses_and_every_benchmarks_path_it_names_exists(scrip
 
 def test_every_benchmarks_script_that_the_repository_names_exists():
     """README, docs, notebooks, tests, the library, the scripts and the commands kept with their results."""
-    patterns = ["README.md", "docs/**/*.md", "notebooks/*.ipynb", "notebooks/*.py", "tests/*.py", "lorp_lightning/**/*.py",
-                "benchmarks/**/*.py", "benchmarks/**/*.sh", "benchmarks/**/*.md", "benchmarks/results/**/*.txt",
-                "benchmarks/results/**/*.json", "constraints.txt", ".gitignore", "setup.sh", ".ci/run", "mkdocs.yml"]
+    patterns = [
+        "README.md",
+        "docs/**/*.md",
+        "notebooks/*.ipynb",
+        "notebooks/*.py",
+        "tests/*.py",
+        "lorp_lightning/**/*.py",
+        "benchmarks/**/*.py",
+        "benchmarks/**/*.sh",
+        "benchmarks/**/*.md",
+        "benchmarks/results/**/*.txt",
+        "benchmarks/results/**/*.json",
+        "constraints.txt",
+        ".gitignore",
+        "setup.sh",
+        ".ci/run",
+        "mkdocs.yml",
+    ]
     stale = {}
     for pattern in patterns:
         for path in ROOT.glob(pattern):

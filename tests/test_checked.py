@@ -93,12 +93,15 @@ def reference_loss_dense(model, w) -> float:
     return float(F.cross_entropy(logits, w[1:]))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(check_windows=0), "check_windows must be an int between 1 and the 6 windows given, got 0"),
-    (dict(check_windows=7), "check_windows must be an int between 1 and the 6 windows given, got 7"),
-    (dict(num_prune=0), "num_prune must be an int >= 1"),
-    (dict(num_prune=0.99), "exceeds the 28 unprotected blocks"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(check_windows=0), "check_windows must be an int between 1 and the 6 windows given, got 0"),
+        (dict(check_windows=7), "check_windows must be an int between 1 and the 6 windows given, got 7"),
+        (dict(num_prune=0), "num_prune must be an int >= 1"),
+        (dict(num_prune=0.99), "exceeds the 28 unprotected blocks"),
+    ],
+)
 def test_bad_arguments_name_the_parameter_and_the_value(smollm2, calibration, kwargs, message):
     model, _ = smollm2
     windows, stats = calibration

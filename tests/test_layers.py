@@ -61,8 +61,11 @@ GATHERERS = {"lorp_lightning", "lorp_lightning.callbacks", "lorp_lightning.heali
 def layer_of(module: str, layers: dict[str, int] = LAYERS, gatherers: set[str] = GATHERERS) -> int | None:
     if module in gatherers:
         return None
-    matches = [prefix for prefix in layers if module == prefix or (prefix.endswith(".") and module.startswith(prefix))
-               or module.startswith(prefix + ".")]
+    matches = [
+        prefix
+        for prefix in layers
+        if module == prefix or (prefix.endswith(".") and module.startswith(prefix)) or module.startswith(prefix + ".")
+    ]
     if not matches:
         raise AssertionError(f"{module} has no layer: place it in LAYERS of tests/test_layers.py")
     return layers[max(matches, key=len)]
@@ -72,10 +75,17 @@ def _problems(root: Path, layers: dict[str, int], gatherers: set[str]) -> list[s
     """Every breach of the rules in the package at ``root``, one line each, naming the import."""
     graph = import_graph(root)
     problems = [f"circle: {' -> '.join(f'{a} imports {b}' for a, b in cycle_edges(graph, group))}" for group in cycles(graph)]
-    problems += [f"upward: {a} (layer {layer_of(a, layers, gatherers)}) imports {b} (layer {layer_of(b, layers, gatherers)})"
-                 for a, b in upward_edges(graph, lambda m: layer_of(m, layers, gatherers))]
-    problems += [f"through a gatherer: {a} imports {b}; import the module that defines the name"
-                 for a, targets in sorted(graph.items()) if a not in gatherers for b in sorted(targets) if b in gatherers]
+    problems += [
+        f"upward: {a} (layer {layer_of(a, layers, gatherers)}) imports {b} (layer {layer_of(b, layers, gatherers)})"
+        for a, b in upward_edges(graph, lambda m: layer_of(m, layers, gatherers))
+    ]
+    problems += [
+        f"through a gatherer: {a} imports {b}; import the module that defines the name"
+        for a, targets in sorted(graph.items())
+        if a not in gatherers
+        for b in sorted(targets)
+        if b in gatherers
+    ]
     return problems
 
 
@@ -88,11 +98,13 @@ def test_the_drivers_are_above_the_callbacks_which_are_above_the_healing_parts()
     assert "lorp_lightning.callbacks.heal" in graph["lorp_lightning.recipes.heal"]
     assert {"lorp_lightning.healing.adapters", "lorp_lightning.healing.record"} <= graph["lorp_lightning.callbacks.heal"]
     healing_parts = [m for m in graph if m.startswith("lorp_lightning.healing.")]
-    assert healing_parts and all(not b.startswith(("lorp_lightning.callbacks", "lorp_lightning.recipes"))
-                                 for m in healing_parts for b in graph[m])
+    assert healing_parts and all(
+        not b.startswith(("lorp_lightning.callbacks", "lorp_lightning.recipes")) for m in healing_parts for b in graph[m]
+    )
 
 
 # ----------------------------------------------------------------------------- the checker itself, on a tiny package
+
 
 def _package(root: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
@@ -106,31 +118,54 @@ TINY_LAYERS = {"tiny.maths": 0, "tiny.glue": 1, "tiny.parts.": 0}
 
 
 def test_a_clean_tiny_package_passes(tmp_path):
-    root = _package(tmp_path, {"__init__.py": "from tiny.glue import run\n", "maths.py": "X = 1\n",
-                               "glue.py": "from tiny.maths import X\nfrom .parts import a\n\ndef run():\n    return X\n",
-                               "parts/__init__.py": "", "parts/a.py": "import tiny.maths\n"})
+    root = _package(
+        tmp_path,
+        {
+            "__init__.py": "from tiny.glue import run\n",
+            "maths.py": "X = 1\n",
+            "glue.py": "from tiny.maths import X\nfrom .parts import a\n\ndef run():\n    return X\n",
+            "parts/__init__.py": "",
+            "parts/a.py": "import tiny.maths\n",
+        },
+    )
     assert _problems(root, TINY_LAYERS, {"tiny", "tiny.parts"}) == []
 
 
 def test_a_deliberate_circle_fails_with_its_imports_named(tmp_path):
-    root = _package(tmp_path, {"__init__.py": "", "maths.py": "from tiny.parts.a import Y\n", "glue.py": "",
-                               "parts/__init__.py": "",
-                               "parts/a.py": "def f():\n    from ..maths import X  # deferred, still a dependency\n"})
+    root = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "maths.py": "from tiny.parts.a import Y\n",
+            "glue.py": "",
+            "parts/__init__.py": "",
+            "parts/a.py": "def f():\n    from ..maths import X  # deferred, still a dependency\n",
+        },
+    )
     assert _problems(root, TINY_LAYERS, {"tiny", "tiny.parts"}) == [
-        "circle: tiny.maths imports tiny.parts.a -> tiny.parts.a imports tiny.maths"]
+        "circle: tiny.maths imports tiny.parts.a -> tiny.parts.a imports tiny.maths"
+    ]
 
 
 def test_an_upward_import_fails_with_the_edge_named(tmp_path):
-    root = _package(tmp_path, {"__init__.py": "", "glue.py": "",
-                               "maths.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import tiny.glue\n"})
+    root = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "glue.py": "",
+            "maths.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import tiny.glue\n",
+        },
+    )
     assert _problems(root, TINY_LAYERS, {"tiny"}) == ["upward: tiny.maths (layer 0) imports tiny.glue (layer 1)"]
 
 
 def test_an_import_through_a_gatherer_fails(tmp_path):
-    root = _package(tmp_path, {"__init__.py": "from tiny.maths import X\n", "maths.py": "X = 1\n",
-                               "glue.py": "from tiny import X\n"})
+    root = _package(
+        tmp_path, {"__init__.py": "from tiny.maths import X\n", "maths.py": "X = 1\n", "glue.py": "from tiny import X\n"}
+    )
     assert _problems(root, TINY_LAYERS, {"tiny"}) == [
-        "through a gatherer: tiny.glue imports tiny; import the module that defines the name"]
+        "through a gatherer: tiny.glue imports tiny; import the module that defines the name"
+    ]
 
 
 def test_a_module_without_a_layer_is_named(tmp_path):

@@ -325,8 +325,7 @@ def test_last_prunes_the_deepest_unprotected_blocks():
 
 def test_plan_json_round_trip_with_minus_inf_scores():
     # K = 2 on PAIRS-like data with a singleton cluster gives a -inf redundancy
-    S = sym(5, {(0, 1): 0.875, (0, 2): 0.875, (1, 2): 0.875, (0, 3): 0.875, (1, 3): 0.875, (2, 3): 0.875},
-            default=-0.75)
+    S = sym(5, {(0, 1): 0.875, (0, 2): 0.875, (1, 2): 0.875, (0, 3): 0.875, (1, 3): 0.875, (2, 3): 0.875}, default=-0.75)
     plan = select_layers(S, 2, num_clusters=2, protect=[0])
     assert plan.labels == [0, 0, 0, 0, 1]
     assert plan.scores[4] == -math.inf
@@ -340,8 +339,9 @@ def test_plan_json_round_trip_of_every_method_and_infinite_rls():
     for method in STATS_METHODS:
         plan = select_layers(stats, 2, method=method)
         assert PruningPlan.from_json(plan.to_json(indent=2)) == plan, method
-    odd = PruningPlan("lorp", 3, [1], [0, 2], [0], rls=math.inf, num_clusters=2, labels=[0, 0, 1],
-                      scores=[0.5, 0.5, -math.inf], seed=0)
+    odd = PruningPlan(
+        "lorp", 3, [1], [0, 2], [0], rls=math.inf, num_clusters=2, labels=[0, 0, 1], scores=[0.5, 0.5, -math.inf], seed=0
+    )
     assert PruningPlan.from_json(odd.to_json()) == odd
 
 
@@ -392,7 +392,10 @@ def test_candidate_plans_by_hand():
 
     plans = candidate_plans(stats_of(PAIRS_FULL), 2)
     assert [(p["rule"], p["pruned"]) for p in plans] == [
-        ("lorp (K=3)", [1, 2]), ("spare 0 (K=3)", [2, 4]), ("spare 1 (K=3)", [1, 4]), ("within 1 (K=3)", [2, 3]),
+        ("lorp (K=3)", [1, 2]),
+        ("spare 0 (K=3)", [2, 4]),
+        ("spare 1 (K=3)", [1, 4]),
+        ("within 1 (K=3)", [2, 3]),
     ]
 
 
@@ -435,9 +438,15 @@ def test_a_bad_prune_setting_is_refused_when_the_settings_are_built_naming_its_p
     from lorp_lightning import ParameterError
     from lorp_lightning.methods import PruneSettings
 
-    for kwargs, parameter in ((dict(amount=1.5), "amount"), (dict(method="best"), "method"), (dict(rounds=0), "rounds"),
-                              (dict(num_clusters=2), "num_clusters"), (dict(protect=[-1]), "protect"),
-                              (dict(compensate=1), "compensate"), (dict(seed=-1), "seed")):
+    for kwargs, parameter in (
+        (dict(amount=1.5), "amount"),
+        (dict(method="best"), "method"),
+        (dict(rounds=0), "rounds"),
+        (dict(num_clusters=2), "num_clusters"),
+        (dict(protect=[-1]), "protect"),
+        (dict(compensate=1), "compensate"),
+        (dict(seed=-1), "seed"),
+    ):
         with pytest.raises(ParameterError) as error:
             PruneSettings(**kwargs)
         assert error.value.parameter == parameter, kwargs

@@ -28,23 +28,40 @@ def main() -> None:
     parser.add_argument("--amount", type=float, default=0.25)
     parser.add_argument("--methods", nargs="+", default=["lorp_search"])
     parser.add_argument("--validation-windows", type=int, default=24)
-    parser.add_argument("--settings", nargs="+", default=[",".join(map(str, s)) for s in SETTINGS],
-                        help="check windows,tokens per window,scored tokens triples (default: %(default)s)")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=[",".join(map(str, s)) for s in SETTINGS],
+        help="check windows,tokens per window,scored tokens triples (default: %(default)s)",
+    )
     args = parser.parse_args()
     model, _, calibration, validation, stats = decision_data(args.model, args.validation_windows)
     score = PlanLoss(model, validation, score_last=None)
-    print(f"{args.model}, amount {args.amount}, dtype {model.dtype}; validation: {len(validation)} other calibration "
-          f"windows of 512 tokens, all tokens scored")
+    print(
+        f"{args.model}, amount {args.amount}, dtype {model.dtype}; validation: {len(validation)} other calibration "
+        f"windows of 512 tokens, all tokens scored"
+    )
     for method in args.methods:
         for setting in args.settings:
             check_windows, check_tokens, score_last = map(int, setting.split(","))
             start = time.perf_counter()
-            plan = select_layers(stats, args.amount, method=method, model=model, windows=calibration,
-                                 check_windows=check_windows, check_tokens=check_tokens, score_last=score_last)
+            plan = select_layers(
+                stats,
+                args.amount,
+                method=method,
+                model=model,
+                windows=calibration,
+                check_windows=check_windows,
+                check_tokens=check_tokens,
+                score_last=score_last,
+            )
             seconds = time.perf_counter() - start
-            print(f"{method:>12} check {check_windows:>2} windows of {check_tokens} tokens, last {score_last} scored: {plan.pruned} "
-                  f"validation loss {score(plan.pruned):.4f}; {plan.cost['plans_checked']} plans, "
-                  f"{plan.cost['check_windows']} window passes, {seconds:.0f} s", flush=True)
+            print(
+                f"{method:>12} check {check_windows:>2} windows of {check_tokens} tokens, last {score_last} scored: {plan.pruned} "
+                f"validation loss {score(plan.pruned):.4f}; {plan.cost['plans_checked']} plans, "
+                f"{plan.cost['check_windows']} window passes, {seconds:.0f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

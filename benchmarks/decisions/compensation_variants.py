@@ -52,6 +52,7 @@ def magnitudes(model, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     def keep(index):
         def hook(module, args, kwargs):
             states[index] = (args[0] if args else kwargs["hidden_states"]).double().reshape(-1, model.config.hidden_size)
+
         return hook
 
     def keep_last(module, args, output):
@@ -80,11 +81,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", default="benchmarks/results/compensation_variants.txt")
     args = parser.parse_args()
-    lines = [f"# python benchmarks/decisions/compensation_variants.py {' '.join(sys.argv[1:])}".rstrip(),
-             f"# {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads; check loss "
-             f"(first {CHECK_WINDOWS} calibration windows, {CHECK_TOKENS} tokens, last {SCORE_LAST} scored) of the "
-             f"default's plan, by variant; fitted: the strength chosen",
-             f"{'model':<14} {'k/N':>6} {'plan':<34} {'none':>7} {'l2':>7} {'abs':>7} {'lsq':>7} {'fitted':>7} strength"]
+    lines = [
+        f"# python benchmarks/decisions/compensation_variants.py {' '.join(sys.argv[1:])}".rstrip(),
+        f"# {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {torch.get_num_threads()} threads; check loss "
+        f"(first {CHECK_WINDOWS} calibration windows, {CHECK_TOKENS} tokens, last {SCORE_LAST} scored) of the "
+        f"default's plan, by variant; fitted: the strength chosen",
+        f"{'model':<14} {'k/N':>6} {'plan':<34} {'none':>7} {'l2':>7} {'abs':>7} {'lsq':>7} {'fitted':>7} strength",
+    ]
     print("\n".join(lines), flush=True)
     for name in args.models:
         torch.manual_seed(0)
@@ -105,12 +108,17 @@ def main() -> None:
             losses = {"none": checks(plan)} | {v: checks.compensated(plan, f) for v, f in factors.items()}
             strength, _, fitted = fit_strength(checks, plan, stats.norms.tolist())
             losses["fitted"] = fitted[strength]
-            line = (f"{name:<14} {f'{k}/{N}':>6} {str(plan):<34} " + " ".join(f"{losses[v]:7.3f}" for v in
-                    ("none", "l2", "abs", "lsq", "fitted")) + f" {strength}")
+            line = (
+                f"{name:<14} {f'{k}/{N}':>6} {str(plan):<34} "
+                + " ".join(f"{losses[v]:7.3f}" for v in ("none", "l2", "abs", "lsq", "fitted"))
+                + f" {strength}"
+            )
             lines.append(line)
             print(line, flush=True)
-            lines.append("    factors " + "; ".join(f"{v}: " + ", ".join(f"{b}: {c:.3f}" for b, c in f.items())
-                                                for v, f in factors.items()))
+            lines.append(
+                "    factors "
+                + "; ".join(f"{v}: " + ", ".join(f"{b}: {c:.3f}" for b, c in f.items()) for v, f in factors.items())
+            )
             print(lines[-1], flush=True)
         del model
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -21,8 +21,9 @@ def decision_data(name: str, validation_windows: int = 24):
     """``(model, tokenizer, calibration, validation, stats)`` for the bundled model ``name``."""
     torch.manual_seed(0)
     model, tokenizer = load_model(name, progress=False)
-    windows = token_windows(tokenizer, load_text("wiki", "calibration"), window=512,
-                            max_windows=STATISTICS_WINDOWS + validation_windows)
+    windows = token_windows(
+        tokenizer, load_text("wiki", "calibration"), window=512, max_windows=STATISTICS_WINDOWS + validation_windows
+    )
     calibration, validation = windows[:STATISTICS_WINDOWS], windows[STATISTICS_WINDOWS:]
     stats = collect_layer_stats(model, calibration.split(4), progress=False)
     return model, tokenizer, calibration, validation, stats

@@ -64,8 +64,12 @@ class Result:
 def input_ids(model: torch.nn.Module) -> torch.Tensor:
     """A fixed input that avoids the config's special tokens (an image token would ask for pixels)."""
     config = model.config
-    special = {value for c in (config, config.get_text_config(decoder=True)) for name, value in vars(c).items()
-               if name.endswith(("_token_id", "_token_index")) and isinstance(value, int)}
+    special = {
+        value
+        for c in (config, config.get_text_config(decoder=True))
+        for name, value in vars(c).items()
+        if name.endswith(("_token_id", "_token_index")) and isinstance(value, int)
+    }
     allowed = torch.tensor([i for i in range(3, 120) if i not in special])
     return allowed[torch.randint(len(allowed), (1, LENGTH), generator=torch.Generator().manual_seed(1))]
 
@@ -89,9 +93,17 @@ def logits(model: torch.nn.Module, ids: torch.Tensor, skipped: list[int] = ()) -
 @torch.no_grad()
 def greedy(model: torch.nn.Module, ids: torch.Tensor, use_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The tokens and the logits of greedy generation of NEW_TOKENS tokens after ``ids``."""
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW_TOKENS,
-                         min_new_tokens=NEW_TOKENS, use_cache=use_cache, pad_token_id=0, return_dict_in_generate=True,
-                         output_logits=True)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        use_cache=use_cache,
+        pad_token_id=0,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     return out.sequences, torch.stack(out.logits).float()
 
 
@@ -117,7 +129,7 @@ def first_line(error: BaseException) -> str:
     """The error's class and its first sentence (the rest says what to do, which the page need not repeat)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     cut = text.find(". ", 60)
-    text = text[:cut + 1] if 0 < cut else text
+    text = text[: cut + 1] if 0 < cut else text
     return f"{type(error).__name__}: {text if len(text) <= 320 else text[:320].rsplit(' ', 1)[0] + ' ...'}"
 
 
@@ -172,7 +184,9 @@ def check(model_type: str) -> Result:
         return result("WRONG", how, f"plan {plan} accepted, but skipping its blocks fails: {first_line(expected)}")
     pruned = logits(model, ids)
     if not close(pruned, expected):
-        return result("WRONG", how, f"plan {plan}: logits differ from skipping the blocks by {(pruned - expected).abs().max():.3g}")
+        return result(
+            "WRONG", how, f"plan {plan}: logits differ from skipping the blocks by {(pruned - expected).abs().max():.3g}"
+        )
 
     try:
         reloaded(tiny_model(model_type))
@@ -278,8 +292,10 @@ def main() -> None:
     results = sweep(args.types or sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES))
     for r in results:
         print(f"{r.model_type:28} {r.status:14} {r.how:16} {r.seconds:5.2f}s  {r.note[:160]}")
-    print(f"{len(results)} types in {time.perf_counter() - start:.0f} s: "
-          + ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in STATUSES))
+    print(
+        f"{len(results)} types in {time.perf_counter() - start:.0f} s: "
+        + ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in STATUSES)
+    )
     if not args.types:
         PAGE.write_text(page(results, "python benchmarks/decisions/family_sweep.py"))
         print(f"wrote {PAGE}")

@@ -79,13 +79,24 @@ def main() -> None:
     parser.add_argument("--calibration-windows", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
-    parser.add_argument("--distill", action="store_true",
-                        help="compare healing with the next-token loss and by distillation from the dense model (issue 20)")
+    parser.add_argument(
+        "--distill",
+        action="store_true",
+        help="compare healing with the next-token loss and by distillation from the dense model (issue 20)",
+    )
     parser.add_argument("--method", default=None, help="--distill: the pruning method (default: lorp_search, the default)")
-    parser.add_argument("--lm-weight", type=float, default=0.0,
-                        help="--distill: the share of the next-token loss in the distillation loss (default: 0)")
-    parser.add_argument("--zero-shot-limit", type=int, default=100,
-                        help="--distill: zero-shot on the first N documents of each task; 0 skips it (default: 100)")
+    parser.add_argument(
+        "--lm-weight",
+        type=float,
+        default=0.0,
+        help="--distill: the share of the next-token loss in the distillation loss (default: 0)",
+    )
+    parser.add_argument(
+        "--zero-shot-limit",
+        type=int,
+        default=100,
+        help="--distill: zero-shot on the first N documents of each task; 0 skips it (default: 100)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,8 +113,9 @@ def main() -> None:
     model, tokenizer = load_model(args.model, dtype=dtype, progress=False)
     calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=512, max_windows=args.calibration_windows)
     stats = collect_layer_stats(model, calibration.split(4), progress=False)
-    evaluation = {text: token_windows(tokenizer, load_text(text, "heldout"), window=512, max_windows=args.eval_windows)
-                  for text in TEXTS}
+    evaluation = {
+        text: token_windows(tokenizer, load_text(text, "heldout"), window=512, max_windows=args.eval_windows) for text in TEXTS
+    }
 
     def perplexities(m) -> dict[str, float]:
         return {text: perplexity(m, windows, batch_size=4) for text, windows in evaluation.items()}
@@ -113,12 +125,16 @@ def main() -> None:
         from lorp_lightning.methods import get_method
 
         reads_model = get_method(method).reads_model
-        return select_layers(stats, args.amount, method=method, model=model if reads_model else None,
-                             windows=calibration if reads_model else None)
+        return select_layers(
+            stats, args.amount, method=method, model=model if reads_model else None, windows=calibration if reads_model else None
+        )
 
     dense = perplexities(model)
-    print(f"{args.model}, {model.dtype}, {torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}; "
-          f"started {started}, load average {load_before[0]:.1f}", flush=True)
+    print(
+        f"{args.model}, {model.dtype}, {torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}; "
+        f"started {started}, load average {load_before[0]:.1f}",
+        flush=True,
+    )
     print("dense perplexity: " + ", ".join(f"{t} {p:.2f}" for t, p in dense.items()), flush=True)
     if args.distill:
         compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, started, load_before)
@@ -129,15 +145,33 @@ def main() -> None:
         pruned = prune_layers(model, plan, inplace=False)
         before = perplexities(pruned)
         options = {k: v for k, v in (("rank", args.rank), ("lr", args.lr)) if v is not None}
-        heal(pruned, tokenizer, steps=args.steps, max_seconds=60 * args.max_minutes, mode=args.mode,
-             text=args.train_text, window=args.window, batch_size=args.batch_size, **options)
+        heal(
+            pruned,
+            tokenizer,
+            steps=args.steps,
+            max_seconds=60 * args.max_minutes,
+            mode=args.mode,
+            text=args.train_text,
+            window=args.window,
+            batch_size=args.batch_size,
+            **options,
+        )
         record = healing_records(pruned)[-1]
         after = perplexities(pruned)
-        row = {"method": method, "pruned_layers": plan.pruned, "pruned": before, "healed": after,
-               "recovery": {t: recovery(dense[t], before[t], after[t]) for t in TEXTS}, "healing": record}
+        row = {
+            "method": method,
+            "pruned_layers": plan.pruned,
+            "pruned": before,
+            "healed": after,
+            "recovery": {t: recovery(dense[t], before[t], after[t]) for t in TEXTS},
+            "healing": record,
+        }
         rows.append(row)
-        print(f"{method}: removed {plan.pruned}; {record['num_steps']} steps, {record['tokens']} tokens, "
-              f"{record['seconds']:.0f} s; training loss {record['initial_loss']:.3f} -> {record['final_loss']:.3f}", flush=True)
+        print(
+            f"{method}: removed {plan.pruned}; {record['num_steps']} steps, {record['tokens']} tokens, "
+            f"{record['seconds']:.0f} s; training loss {record['initial_loss']:.3f} -> {record['final_loss']:.3f}",
+            flush=True,
+        )
         del pruned
 
     load_after = os.getloadavg()
@@ -148,15 +182,26 @@ def main() -> None:
         record = row["healing"]
         training = f"{record['seconds'] / 60:.1f} min, {record['num_steps']} steps"
         for text in TEXTS:
-            print(f"| {row['method']} | {', '.join(map(str, row['pruned_layers']))} | {text} | {dense[text]:.2f} | "
-                  f"{row['pruned'][text]:.2f} | {row['healed'][text]:.2f} | {row['recovery'][text]:.0%} | {training} |")
+            print(
+                f"| {row['method']} | {', '.join(map(str, row['pruned_layers']))} | {text} | {dense[text]:.2f} | "
+                f"{row['pruned'][text]:.2f} | {row['healed'][text]:.2f} | {row['recovery'][text]:.0%} | {training} |"
+            )
     met = all(r["recovery"][t] >= 0.5 and r["healing"]["seconds"] <= 600 for r in rows for t in TEXTS)
     print()
     print(f"target (>= 50% of the gap recovered on every text, <= 10 min of training per method): {'met' if met else 'NOT met'}")
     print(f"load average: {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end (2 CPU cores)")
     if args.json:
-        write_json(args.json, {"args": vars(args), "started": started, "dense": dense, "rows": rows,
-                               "load_average": [load_before, load_after], "threads": torch.get_num_threads()})
+        write_json(
+            args.json,
+            {
+                "args": vars(args),
+                "started": started,
+                "dense": dense,
+                "rows": rows,
+                "load_average": [load_before, load_after],
+                "threads": torch.get_num_threads(),
+            },
+        )
 
 
 def compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, started, load_before) -> None:
@@ -184,28 +229,45 @@ def compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, s
     options = {k: v for k, v in (("rank", args.rank), ("lr", args.lr)) if v is not None}
     for name, distill in (("healed_lm", {}), ("healed_distill", {"teacher": model, "lm_weight": args.lm_weight})):
         curve = LossCurve()
-        healed = heal(pruned, tokenizer, steps=args.steps, max_seconds=60 * args.max_minutes, mode=args.mode,
-                      text=args.train_text, window=args.window, batch_size=args.batch_size, inplace=False,
-                      trainer_options={"callbacks": [curve]}, **options, **distill)
+        healed = heal(
+            pruned,
+            tokenizer,
+            steps=args.steps,
+            max_seconds=60 * args.max_minutes,
+            mode=args.mode,
+            text=args.train_text,
+            window=args.window,
+            batch_size=args.batch_size,
+            inplace=False,
+            trainer_options={"callbacks": [curve]},
+            **options,
+            **distill,
+        )
         record = healing_records(healed)[-1]
         results[name] = {"perplexity": perplexities(healed), "healing": record, "losses": curve.losses}
         if zero_shot is not None:
             results[name]["zero_shot"] = zero_shot(healed)
         loss = "next-token loss" if not distill else "KL to the dense model"
-        print(f"{name}: {record['num_steps']} steps, {record['tokens']} tokens, {record['seconds']:.0f} s; training {loss} "
-              f"{record['initial_loss']:.3f} -> {record['final_loss']:.3f}; perplexity "
-              + ", ".join(f"{t} {p:.2f}" for t, p in results[name]["perplexity"].items()), flush=True)
+        print(
+            f"{name}: {record['num_steps']} steps, {record['tokens']} tokens, {record['seconds']:.0f} s; training {loss} "
+            f"{record['initial_loss']:.3f} -> {record['final_loss']:.3f}; perplexity "
+            + ", ".join(f"{t} {p:.2f}" for t, p in results[name]["perplexity"].items()),
+            flush=True,
+        )
         del healed
     for name, result in results.items():
         result["ratio_to_dense"] = {t: result["perplexity"][t] / dense[t] for t in TEXTS}
         if name.startswith("healed"):
-            result["gap_recovered"] = {t: recovery(dense[t], results["pruned"]["perplexity"][t], result["perplexity"][t])
-                                       for t in TEXTS}
+            result["gap_recovered"] = {
+                t: recovery(dense[t], results["pruned"]["perplexity"][t], result["perplexity"][t]) for t in TEXTS
+            }
 
     load_after = os.getloadavg()
     print()
-    print(f"{args.model}, {method} at {args.amount}: removed {plan.pruned}; healing {args.max_minutes:g} min each, "
-          f"same seed, windows and learning rate")
+    print(
+        f"{args.model}, {method} at {args.amount}: removed {plan.pruned}; healing {args.max_minutes:g} min each, "
+        f"same seed, windows and learning rate"
+    )
     print()
     print("| model | text | perplexity | / dense | gap recovered | training |")
     print("|---|---|---|---|---|---|")
@@ -214,8 +276,10 @@ def compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, s
         training = "" if record is None else f"{record['seconds'] / 60:.1f} min, {record['num_steps']} steps"
         for text in TEXTS:
             gap = result.get("gap_recovered", {}).get(text)
-            print(f"| {name} | {text} | {result['perplexity'][text]:.2f} | {result['ratio_to_dense'][text]:.3f} | "
-                  f"{'' if gap is None else f'{gap:.0%}'} | {training} |")
+            print(
+                f"| {name} | {text} | {result['perplexity'][text]:.2f} | {result['ratio_to_dense'][text]:.3f} | "
+                f"{'' if gap is None else f'{gap:.0%}'} | {training} |"
+            )
     if zero_shot is not None:
         tasks = [t for t in results["dense"]["zero_shot"] if t != "average"]
         print()
@@ -229,16 +293,27 @@ def compare_distillation(args, model, tokenizer, plan_of, perplexities, dense, s
     better = all(distilled[t] < lm[t] for t in TEXTS)
     in_time = all(results[n]["healing"]["seconds"] <= 60 * args.max_minutes for n in ("healed_lm", "healed_distill"))
     print()
-    print(f"target (distilled wiki perplexity <= 1.3x dense: {distilled['wiki'] / dense['wiki']:.3f}x, "
-          f"{'yes' if within else 'no'}; better than next-token healing on "
-          f"{' and '.join(TEXTS)}: {'yes' if better else 'no'}; within {args.max_minutes:g} min: "
-          f"{'yes' if in_time else 'no'}): {'met' if within and better and in_time else 'NOT met'}")
+    print(
+        f"target (distilled wiki perplexity <= 1.3x dense: {distilled['wiki'] / dense['wiki']:.3f}x, "
+        f"{'yes' if within else 'no'}; better than next-token healing on "
+        f"{' and '.join(TEXTS)}: {'yes' if better else 'no'}; within {args.max_minutes:g} min: "
+        f"{'yes' if in_time else 'no'}): {'met' if within and better and in_time else 'NOT met'}"
+    )
     print(f"load average: {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end")
     if args.json:
-        write_json(args.json, {"args": vars(args), "started": started, "method": method, "pruned_layers": plan.pruned,
-                               "results": results, "target": {"within_1_3x_dense": within, "better_than_lm_healing": better,
-                                                              "within_budget": in_time},
-                               "load_average": [load_before, load_after], "threads": torch.get_num_threads()})
+        write_json(
+            args.json,
+            {
+                "args": vars(args),
+                "started": started,
+                "method": method,
+                "pruned_layers": plan.pruned,
+                "results": results,
+                "target": {"within_1_3x_dense": within, "better_than_lm_healing": better, "within_budget": in_time},
+                "load_average": [load_before, load_after],
+                "threads": torch.get_num_threads(),
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 For each bundled model, collects the statistics in bfloat16 and in float32 from the first W
 windows of the `wiki` calibration split (W from --windows), and prints, for every method and
 budget of notebook 3 (1/8, 1/4, 1/3 of the blocks; or those given), the plans that differ
-between the two precisions. Methods that try plans on the model check them on the same windows. A plan that differs sits on a near-tie that the two precisions break differently,
+between the two precisions. Methods that try plans on the model check them on the same windows.
+A plan that differs sits on a near-tie that the two precisions break differently,
 so a notebook that shows it exactly would hold on one CPU and not another.
 """
 
@@ -43,16 +44,23 @@ def main() -> None:
                 stats = collect_layer_stats(model, windows.split(4), progress=False)
                 for amount in amounts:
                     for method in methods:
-                        plans[dtype, count, amount, method] = select_layers(stats, amount, method=method, model=model,
-                                                                            windows=windows).pruned
+                        plans[dtype, count, amount, method] = select_layers(
+                            stats, amount, method=method, model=model, windows=windows
+                        ).pruned
             del model
         for count in counts:
-            flips = [f"{method} at {amount}: {plans['bfloat16', count, amount, method]} in bf16, "
-                     f"{plans['float32', count, amount, method]} in float32"
-                     for amount in amounts for method in methods
-                     if plans["bfloat16", count, amount, method] != plans["float32", count, amount, method]]
-            print(f"{name}, {count} x {args.window} tokens: "
-                  + ("; ".join(flips) if flips else f"all {len(amounts) * len(methods)} plans agree"), flush=True)
+            flips = [
+                f"{method} at {amount}: {plans['bfloat16', count, amount, method]} in bf16, "
+                f"{plans['float32', count, amount, method]} in float32"
+                for amount in amounts
+                for method in methods
+                if plans["bfloat16", count, amount, method] != plans["float32", count, amount, method]
+            ]
+            print(
+                f"{name}, {count} x {args.window} tokens: "
+                + ("; ".join(flips) if flips else f"all {len(amounts) * len(methods)} plans agree"),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -76,13 +76,23 @@ def run_cell(name: str, k: int, args, result: dict, save) -> None:
         save(result)
 
     def add(configuration: str, pruned: list[int], records: list[dict], extra: dict, model) -> None:
-        row = {"configuration": configuration, "num_pruned": k, "pruned": pruned, "healing": records,
-               "steps": sum(r["num_steps"] for r in records), "training_seconds": sum(r["seconds"] for r in records),
-               "window_losses": {t: window_losses(model, w) for t, w in evaluation.items()}, **extra}
+        row = {
+            "configuration": configuration,
+            "num_pruned": k,
+            "pruned": pruned,
+            "healing": records,
+            "steps": sum(r["num_steps"] for r in records),
+            "training_seconds": sum(r["seconds"] for r in records),
+            "window_losses": {t: window_losses(model, w) for t, w in evaluation.items()},
+            **extra,
+        }
         result["rows"].append(row)
         save(result)
-        print(f"  {name} k={k} {configuration}: {pruned}, {row['steps']} steps in {row['training_seconds']:.0f} s; "
-              + ", ".join(f"{t} {math.exp(np.mean(v)):.2f}" for t, v in row["window_losses"].items()), flush=True)
+        print(
+            f"  {name} k={k} {configuration}: {pruned}, {row['steps']} steps in {row['training_seconds']:.0f} s; "
+            + ", ".join(f"{t} {math.exp(np.mean(v)):.2f}" for t, v in row["window_losses"].items()),
+            flush=True,
+        )
 
     one_shot = [r for r in result["rows"] if r["num_pruned"] == k and r["configuration"] == "one-shot, then heal"]
     if not one_shot:
@@ -95,17 +105,36 @@ def run_cell(name: str, k: int, args, result: dict, save) -> None:
         add("one-shot, then heal", plan.pruned, healing_records(model), {"selection_seconds": selection}, model)
         one_shot = result["rows"][-1:]
     steps = one_shot[0]["steps"]
-    for configuration, options in ((f"progressive ({args.rounds} rounds), same steps", {"steps": steps}),
-                                   (f"progressive ({args.rounds} rounds), same minutes",
-                                    {"steps": MANY_STEPS, "max_seconds": 60 * args.minutes / args.rounds})):
+    for configuration, options in (
+        (f"progressive ({args.rounds} rounds), same steps", {"steps": steps}),
+        (
+            f"progressive ({args.rounds} rounds), same minutes",
+            {"steps": MANY_STEPS, "max_seconds": 60 * args.minutes / args.rounds},
+        ),
+    ):
         if configuration in done:
             continue
         model, tokenizer = fresh()
         stats = collect_layer_stats(model, calibration.split(4), progress=False)
-        plan = prune_and_heal(model, tokenizer, stats, k, rounds=args.rounds, windows=calibration, method=DEFAULT_METHOD,
-                              seed=0, **HEALING, **options)
-        add(configuration, plan.pruned, healing_records(model), {"rounds": plan.rounds, "selection_seconds": plan.cost["seconds"]},
-            model)
+        plan = prune_and_heal(
+            model,
+            tokenizer,
+            stats,
+            k,
+            rounds=args.rounds,
+            windows=calibration,
+            method=DEFAULT_METHOD,
+            seed=0,
+            **HEALING,
+            **options,
+        )
+        add(
+            configuration,
+            plan.pruned,
+            healing_records(model),
+            {"rounds": plan.rounds, "selection_seconds": plan.cost["seconds"]},
+            model,
+        )
 
 
 def prune_heal_section(folder: Path) -> list[str]:
@@ -116,24 +145,37 @@ def prune_heal_section(folder: Path) -> list[str]:
     results = [r for r in results if r["rows"]]
     if not results:
         return []
-    lines = ["## Progressive prune-heal", "",
-             "Pruning once and then healing against pruning in rounds with healing between them (`healing.prune_and_heal`), "
-             "with the same optimizer steps and with the same minutes of training; every row from the dense model loaded "
-             "again, with the same seed. Held-out perplexity relative to dense, and the ratio to \"one-shot, then heal\" with "
-             "its 95% paired-bootstrap interval (below 1: better). Made by the command under each model's heading, then "
-             "`python benchmarks/decisions/quality_study.py render`.", ""]
+    lines = [
+        "## Progressive prune-heal",
+        "",
+        "Pruning once and then healing against pruning in rounds with healing between them (`healing.prune_and_heal`), "
+        "with the same optimizer steps and with the same minutes of training; every row from the dense model loaded "
+        'again, with the same seed. Held-out perplexity relative to dense, and the ratio to "one-shot, then heal" with '
+        "its 95% paired-bootstrap interval (below 1: better). Made by the command under each model's heading, then "
+        "`python benchmarks/decisions/quality_study.py render`.",
+        "",
+    ]
     for result in results:
         name, N = result["model"], result["num_layers"]
-        lines += [f"### {name} ({N} blocks)", "", f"`{result['command']}`", "",
-                  "| k | configuration | steps | training | wiki (x dense) | wiki: / one-shot [95%] | lambada (x dense) "
-                  "| lambada: / one-shot [95%] |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {name} ({N} blocks)",
+            "",
+            f"`{result['command']}`",
+            "",
+            "| k | configuration | steps | training | wiki (x dense) | wiki: / one-shot [95%] | lambada (x dense) "
+            "| lambada: / one-shot [95%] |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for k in sorted({r["num_pruned"] for r in result["rows"]}):
             rows = [r for r in result["rows"] if r["num_pruned"] == k]
             base = next(r for r in rows if r["configuration"] == "one-shot, then heal")
             for row in rows:
                 cells = ratio_cells(row, base, result["dense"])
-                lines.append(f"| {k}/{N} | {row['configuration']} | {row['steps']} | {row['training_seconds'] / 60:.1f} min | "
-                             + " | ".join(cells) + " |")
+                lines.append(
+                    f"| {k}/{N} | {row['configuration']} | {row['steps']} | {row['training_seconds'] / 60:.1f} min | "
+                    + " | ".join(cells)
+                    + " |"
+                )
         lines.append("")
     return lines
 
@@ -156,11 +198,24 @@ def main() -> None:
     command = "python benchmarks/decisions/prune_heal_study.py run " + " ".join(sys.argv[2:])
     for name in args.models:
         path = out / f"{name}.json"
-        result = json.loads(path.read_text()) if path.is_file() else {
-            "model": name, "rows": [], "evaluation": {"texts": list(TEXTS), "windows": args.eval_windows, "window": 512},
-            "healing": HEALING, "minutes": args.minutes, "rounds": args.rounds}
-        result.update(command=command, date=date.today().isoformat(), torch=torch.__version__,
-                      machine=f"{platform.machine()}, {torch.get_num_threads()} threads")
+        result = (
+            json.loads(path.read_text())
+            if path.is_file()
+            else {
+                "model": name,
+                "rows": [],
+                "evaluation": {"texts": list(TEXTS), "windows": args.eval_windows, "window": 512},
+                "healing": HEALING,
+                "minutes": args.minutes,
+                "rounds": args.rounds,
+            }
+        )
+        result.update(
+            command=command,
+            date=date.today().isoformat(),
+            torch=torch.__version__,
+            machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
+        )
         model, _ = load_model(name, progress=False)
         result["num_layers"] = N = len(decoder_layers(model))
         del model

@@ -79,8 +79,12 @@ def _earlier_held_out(earlier: list[dict], dtype: str, windows: dict, window: in
     """The held-out losses by plan of earlier results with the same evaluation (empty if none)."""
     held_out = {}
     for result in earlier:
-        if result.get("dtype") != dtype or result.get("evaluation", {}).get("windows") != windows \
-                or result["evaluation"].get("window") != window or "window_losses" not in result.get("dense", {}):
+        if (
+            result.get("dtype") != dtype
+            or result.get("evaluation", {}).get("windows") != windows
+            or result["evaluation"].get("window") != window
+            or "window_losses" not in result.get("dense", {})
+        ):
             continue
         held_out[()] = result["dense"]["window_losses"]
         for row in result["rows"]:
@@ -120,7 +124,9 @@ def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = 
     ``selection``: where its plans are kept once selected (reused by a rerun of the same code)."""
     torch.manual_seed(0)
     model, tokenizer = load_model(name, progress=False)  # dtype="auto", recorded in the results
-    calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.calibration_windows)
+    calibration = token_windows(
+        tokenizer, load_text("wiki", "calibration"), window=args.window, max_windows=args.calibration_windows
+    )
     start = time.perf_counter()
     stats = collect_layer_stats(model, calibration.split(4), progress=False)
     stats_seconds = time.perf_counter() - start
@@ -130,8 +136,13 @@ def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = 
 
     checks = PlanLoss(model, calibration[:CHECK_WINDOWS, :CHECK_TOKENS], score_last=SCORE_LAST)
     rows = []
-    key = {"code": code_fingerprint(), "methods": list(args.methods), "budgets": budgets, "window": args.window,
-           "calibration_windows": args.calibration_windows}
+    key = {
+        "code": code_fingerprint(),
+        "methods": list(args.methods),
+        "budgets": budgets,
+        "window": args.window,
+        "calibration_windows": args.calibration_windows,
+    }
     kept = json.loads(selection.read_text()) if selection is not None and selection.is_file() else None
     if kept is not None and kept["key"] == key:  # a stopped run's selection, by the same code: not run again
         rows, stats_seconds = kept["rows"], kept["statistics_seconds"]
@@ -152,15 +163,27 @@ def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = 
                 if method == DEFAULT_METHOD:
                     row["swap_check"] = swap_check(checks, plan.pruned, N, plan.protected)
             rows.append(row)
-            print(f"  k={k:<2} {method:>12} {plan.pruned} {cost['window_passes']} window passes, {cost['seconds']:.0f} s"
-                  + (f", check loss {row['check_loss']:.3f}" if "check_loss" in row else "")
-                  + (f", {len(row['swap_check']['better'])} better of {row['swap_check']['neighbours']} neighbours"
-                     if "swap_check" in row else ""), flush=True)
+            print(
+                f"  k={k:<2} {method:>12} {plan.pruned} {cost['window_passes']} window passes, {cost['seconds']:.0f} s"
+                + (f", check loss {row['check_loss']:.3f}" if "check_loss" in row else "")
+                + (
+                    f", {len(row['swap_check']['better'])} better of {row['swap_check']['neighbours']} neighbours"
+                    if "swap_check" in row
+                    else ""
+                ),
+                flush=True,
+            )
     if selection is not None:
         write_json(selection, {"key": key, "rows": rows, "statistics_seconds": stats_seconds})
 
-    evaluation = {t: PlanLoss(model, token_windows(tokenizer, load_text(t, "heldout"), window=args.window,
-                                                   max_windows=args.eval_windows), score_last=None) for t in TEXTS}
+    evaluation = {
+        t: PlanLoss(
+            model,
+            token_windows(tokenizer, load_text(t, "heldout"), window=args.window, max_windows=args.eval_windows),
+            score_last=None,
+        )
+        for t in TEXTS
+    }
     windows = {t: len(evaluation[t].windows) for t in TEXTS}
     held_out = _earlier_held_out(earlier, str(model.dtype).removeprefix("torch."), windows, args.window)
     reused = set(held_out)
@@ -174,13 +197,22 @@ def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = 
                 evaluation[t](list(plan))
             losses = {t: evaluation[t].window_losses[plan] for t in TEXTS}
             held_out[plan] = measured[plan] = losses
-            print(f"  held-out {list(plan)}: " + ", ".join(f"{t} {math.exp(np.mean(window_losses)):.1f}" for t, window_losses in losses.items())
-                  + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"  held-out {list(plan)}: "
+                + ", ".join(f"{t} {math.exp(np.mean(window_losses)):.1f}" for t, window_losses in losses.items())
+                + f" ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
             if partial is not None:
-                write_json(partial, {"dtype": str(model.dtype).removeprefix("torch."),
-                                     "evaluation": {"texts": list(TEXTS), "windows": windows, "window": args.window},
-                                     "dense": {"window_losses": held_out[()]},
-                                     "rows": [{"pruned": list(p), "window_losses": v} for p, v in measured.items() if p]})
+                write_json(
+                    partial,
+                    {
+                        "dtype": str(model.dtype).removeprefix("torch."),
+                        "evaluation": {"texts": list(TEXTS), "windows": windows, "window": args.window},
+                        "dense": {"window_losses": held_out[()]},
+                        "rows": [{"pruned": list(p), "window_losses": v} for p, v in measured.items() if p],
+                    },
+                )
     for row in rows:
         row["window_losses"] = held_out[tuple(row["pruned"])]
     rows.sort(key=lambda r: (-r["num_pruned"], METHODS.index(r["method"])))
@@ -189,12 +221,25 @@ def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = 
         rows = [r for r in earlier[0]["rows"] if r["method"] not in args.methods] + rows
         rows.sort(key=lambda r: (-r["num_pruned"], METHODS.index(r["method"])))
     return {
-        "model": name, "num_layers": N, "budgets": budgets, "dtype": str(model.dtype).removeprefix("torch."),
-        "calibration": {"text": "wiki", "windows": args.calibration_windows, "window": args.window, "seconds": stats_seconds,
-                        "check_windows": CHECK_WINDOWS, "check_tokens": CHECK_TOKENS, "score_last": SCORE_LAST},
+        "model": name,
+        "num_layers": N,
+        "budgets": budgets,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "calibration": {
+            "text": "wiki",
+            "windows": args.calibration_windows,
+            "window": args.window,
+            "seconds": stats_seconds,
+            "check_windows": CHECK_WINDOWS,
+            "check_tokens": CHECK_TOKENS,
+            "score_last": SCORE_LAST,
+        },
         "evaluation": {"texts": list(TEXTS), "windows": windows, "window": args.window},
-        "dense": {"window_losses": held_out[()]}, "rows": rows, "held_out_reused": len(reused),
-        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "dense": {"window_losses": held_out[()]},
+        "rows": rows,
+        "held_out_reused": len(reused),
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
     }
 
@@ -207,8 +252,11 @@ def kept_zero_shot(earlier: dict | None, result: dict) -> dict | None:
     zero_shot, k = earlier["zero_shot"], earlier["zero_shot"]["num_pruned"]
     measured = zero_shot.get("plans") or {r["method"]: r["pruned"] for r in earlier["rows"] if r["num_pruned"] == k}
     now = {r["method"]: r["pruned"] for r in result["rows"] if r["num_pruned"] == k}
-    changed = [m for m in list(zero_shot["results"]) + zero_shot.get("same_plan_as_default", [])
-               if m != "dense" and now.get(m) != measured.get(m)]
+    changed = [
+        m
+        for m in list(zero_shot["results"]) + zero_shot.get("same_plan_as_default", [])
+        if m != "dense" and now.get(m) != measured.get(m)
+    ]
     if changed:
         print(f"  zero-shot figures dropped: the plans of {changed} changed; run `zeroshot` again", flush=True)
         return None
@@ -230,8 +278,9 @@ def cmd_run(args) -> None:
             others.append(partial)
             print(f"  reading the held-out losses of a stopped run from {partial}", flush=True)
         selection = out / f"{name}.selection.json"
-        result = run_model(name, args, ([earlier] if earlier else []) + [json.loads(p.read_text()) for p in others], partial,
-                           selection)
+        result = run_model(
+            name, args, ([earlier] if earlier else []) + [json.loads(p.read_text()) for p in others], partial, selection
+        )
         command = "python benchmarks/decisions/quality_study.py run " + " ".join(sys.argv[2:])
         earlier_commands = _commands(earlier) if earlier and (args.merge or result["held_out_reused"]) else []
         result["commands"] = earlier_commands + [command]
@@ -294,14 +343,23 @@ def target_cells(result: dict, default: str = DEFAULT_METHOD) -> list[dict]:
         if default not in rows:
             continue
         mine = rows[default]
-        cell = {"num_pruned": k, "sleb_passes": rows["sleb"]["cost"]["window_passes"] if "sleb" in rows else None,
-                "passes": mine["cost"]["window_passes"]}
+        cell = {
+            "num_pruned": k,
+            "sleb_passes": rows["sleb"]["cost"]["window_passes"] if "sleb" in rows else None,
+            "passes": mine["cost"]["window_passes"],
+        }
         for text in TEXTS:
             others = {m: perplexity(r, text) for m, r in rows.items() if m != default}
             best = min(others, key=others.get)
             ratio, low, high = ratio_interval(_losses(mine, text), _losses(rows[best], text))
-            cell[text] = {"best_other": best, "ratio": ratio, "low": low, "high": high, "met": low <= 1.0,
-                          "significantly_worse": low > 1.0}
+            cell[text] = {
+                "best_other": best,
+                "ratio": ratio,
+                "low": low,
+                "high": high,
+                "met": low <= 1.0,
+                "significantly_worse": low > 1.0,
+            }
         cells.append(cell)
     return cells
 
@@ -348,8 +406,13 @@ def _plot(result: dict, docs: Path) -> str:
         for method in METHODS:
             points = sorted((r["num_pruned"], perplexity(r, text) / dense[text]) for r in result["rows"] if r["method"] == method)
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=method, linewidth=3 if method == DEFAULT_METHOD else 1.2,
-                        zorder=3 if method == DEFAULT_METHOD else 2)
+                ax.plot(
+                    *zip(*points, strict=True),
+                    marker="o",
+                    label=method,
+                    linewidth=3 if method == DEFAULT_METHOD else 1.2,
+                    zorder=3 if method == DEFAULT_METHOD else 2,
+                )
         ax.set_yscale("log")
         ax.set_ylim(1, 30)
         ax.axhline(1, color="gray", linestyle=":")
@@ -367,10 +430,14 @@ def _plot(result: dict, docs: Path) -> str:
 def _full_table(result: dict) -> list[str]:
     """Every method at every budget: plan, held-out perplexity (x dense), window passes, plans checked, seconds."""
     dense = {t: perplexity(result["dense"], t) for t in TEXTS}
-    lines = ["; then ".join(f"`{c}`" for c in _commands(result)), "",
-             "Dense: " + ", ".join(f"{t} {_fmt(dense[t])}" for t in TEXTS), "",
-             "| k | method | pruned | " + " | ".join(f"{t} (x dense)" for t in TEXTS) + " | passes (plans), seconds |",
-             "|---|---|---|" + "---|" * len(TEXTS) + "---|"]
+    lines = [
+        "; then ".join(f"`{c}`" for c in _commands(result)),
+        "",
+        "Dense: " + ", ".join(f"{t} {_fmt(dense[t])}" for t in TEXTS),
+        "",
+        "| k | method | pruned | " + " | ".join(f"{t} (x dense)" for t in TEXTS) + " | passes (plans), seconds |",
+        "|---|---|---|" + "---|" * len(TEXTS) + "---|",
+    ]
     for k in result["budgets"]:
         rows = [r for r in result["rows"] if r["num_pruned"] == k]
         best = {t: min(perplexity(r, t) for r in rows) for t in TEXTS}
@@ -381,8 +448,11 @@ def _full_table(result: dict) -> list[str]:
                 text = f"{_fmt(p)} ({_fmt(p / dense[t])})"
                 cells.append(f"**{text}**" if p == best[t] else text)
             c = r["cost"]
-            lines.append(f"| {k} | {r['method']} | {_runs(r['pruned'])} | " + " | ".join(cells)
-                         + f" | {c['window_passes']} ({c.get('plans_checked', 0)}), {c['seconds_with_statistics']:.0f} s |")
+            lines.append(
+                f"| {k} | {r['method']} | {_runs(r['pruned'])} | "
+                + " | ".join(cells)
+                + f" | {c['window_passes']} ({c.get('plans_checked', 0)}), {c['seconds_with_statistics']:.0f} s |"
+            )
     return lines
 
 
@@ -390,24 +460,35 @@ def _zero_shot_table(result: dict) -> list[str]:
     """Zero-shot accuracy, one row per task (the models as columns keep the table narrow)."""
     zs, N = result["zero_shot"], result["num_layers"]
     labels = list(zs["results"])
-    lines = [f"Zero-shot at {zs['num_pruned']}/{N} blocks removed: accuracy over the nine tasks, the first {zs['limit']} "
-             f"documents of each (`{zs['command']}`); ± is lm-eval's standard error.", "",
-             "| task | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    lines = [
+        f"Zero-shot at {zs['num_pruned']}/{N} blocks removed: accuracy over the nine tasks, the first {zs['limit']} "
+        f"documents of each (`{zs['command']}`); ± is lm-eval's standard error.",
+        "",
+        "| task | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
     for task in zs["tasks"]:
-        lines.append(f"| {task} | " + " | ".join(f"{zs['results'][m][task]['acc']:.3f} ± {zs['results'][m][task]['acc_stderr']:.3f}"
-                                                  for m in labels) + " |")
+        lines.append(
+            f"| {task} | "
+            + " | ".join(f"{zs['results'][m][task]['acc']:.3f} ± {zs['results'][m][task]['acc_stderr']:.3f}" for m in labels)
+            + " |"
+        )
     lines.append("| average | " + " | ".join(f"{zs['results'][m]['average']['acc']:.3f}" for m in labels) + " |")
     if zs.get("same_plan_as_default"):
         same = zs["same_plan_as_default"]
-        lines += ["", f"{', '.join(f'`{m}`' for m in same)} chose the default's own plan at this budget, so "
-                  f"{'its' if len(same) == 1 else 'their'} accuracy is the default's; the two baselines shown are the "
-                  "best by held-out wiki perplexity among those whose plans differ from it."]
+        lines += [
+            "",
+            f"{', '.join(f'`{m}`' for m in same)} chose the default's own plan at this budget, so "
+            f"{'its' if len(same) == 1 else 'their'} accuracy is the default's; the two baselines shown are the "
+            "best by held-out wiki perplexity among those whose plans differ from it.",
+        ]
     return lines
 
 
 def cmd_render(args) -> None:
-    results = [json.loads((Path(args.results) / f"{m}.json").read_text()) for m in MODELS
-               if (Path(args.results) / f"{m}.json").is_file()]
+    results = [
+        json.loads((Path(args.results) / f"{m}.json").read_text()) for m in MODELS if (Path(args.results) / f"{m}.json").is_file()
+    ]
     if not results:
         raise SystemExit(f"no results in {args.results}: run `python benchmarks/decisions/quality_study.py run` first")
     results = [r for r in results if "window_losses" in r["dense"]]  # this study's format; older results are not read
@@ -431,7 +512,10 @@ def cmd_render(args) -> None:
         "No held-out text is read by any method.",
         "",
         "**Held-out text.** Perplexity (exp of the mean window loss, every token scored) over the first "
-        + ", ".join(f"{n} non-overlapping windows of {first['evaluation']['window']} tokens of `{t}`" for t, n in first["evaluation"]["windows"].items())
+        + ", ".join(
+            f"{n} non-overlapping windows of {first['evaluation']['window']} tokens of `{t}`"
+            for t, n in first["evaluation"]["windows"].items()
+        )
         + " (held-out splits; `wiki` stands in for WikiText-2, `lambada` is the LAMBADA test set).",
         "",
         "## Summary",
@@ -447,9 +531,12 @@ def cmd_render(args) -> None:
         name, N = result["model"], result["num_layers"]
         dense = {t: perplexity(result["dense"], t) for t in TEXTS}
         rows_by = {(r["num_pruned"], r["method"]): r for r in result["rows"]}
-        lines += [f"### {name} ({N} blocks)", "",
-                  "| k | text | default (x dense) | best other (x dense) | default / best other [95%] | passes / sleb's |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"### {name} ({N} blocks)",
+            "",
+            "| k | text | default (x dense) | best other (x dense) | default / best other [95%] | passes / sleb's |",
+            "|---|---|---|---|---|---|",
+        ]
         for cell in target_cells(result):
             k = cell["num_pruned"]
             cells_measured += 1
@@ -459,24 +546,33 @@ def cmd_render(args) -> None:
                 mine = perplexity(rows_by[(k, DEFAULT_METHOD)], text) / dense[text]
                 other = perplexity(rows_by[(k, c["best_other"])], text) / dense[text]
                 passes = f"{cell['passes']} / {cell['sleb_passes']}" if text == TEXTS[0] and cell["sleb_passes"] else ""
-                lines.append(f"| {k}/{N} | {text} | {_times(mine)} | {c['best_other']} {_times(other)} | {c['ratio']:.3f} "
-                             f"[{c['low']:.3f}, {c['high']:.3f}] | {passes} |")
+                lines.append(
+                    f"| {k}/{N} | {text} | {_times(mine)} | {c['best_other']} {_times(other)} | {c['ratio']:.3f} "
+                    f"[{c['low']:.3f}, {c['high']:.3f}] | {passes} |"
+                )
         lines.append("")
     lines += [f"Met at {met} of {cells_measured} cells measured (both texts).", ""]
     missing = [m for m in MODELS if m not in {r["model"] for r in results}]
     if missing:
-        lines += [f"Not yet measured in this study: {', '.join(missing)} (`python benchmarks/decisions/quality_study.py run --models "
-                  f"{' '.join(missing)}`, then `render`).", ""]
+        lines += [
+            f"Not yet measured in this study: {', '.join(missing)} (`python benchmarks/decisions/quality_study.py run --models "
+            f"{' '.join(missing)}`, then `render`).",
+            "",
+        ]
     lines += ["## Plots", ""]
     for result in results:
         lines += [_plot(result, docs), ""]
-    lines += ["## Every method, in full", "",
-              "Each model's table, folded: every method's plan (blocks as runs), held-out perplexity (x dense; the best of "
-              "each budget in bold), window passes (one calibration window through the model: the statistics pass of the "
-              "methods that read the statistics, and every loss check, as if the method ran alone), plans checked, and "
-              "seconds of the selection with the statistics pass. The loss checks are shared between methods and budgets "
-              "(each plan computed once), so the seconds of `sleb`, `ppl` and `lorp_checked` at the smaller budgets are "
-              "lower than a run of its own; the window passes are not.", ""]
+    lines += [
+        "## Every method, in full",
+        "",
+        "Each model's table, folded: every method's plan (blocks as runs), held-out perplexity (x dense; the best of "
+        "each budget in bold), window passes (one calibration window through the model: the statistics pass of the "
+        "methods that read the statistics, and every loss check, as if the method ran alone), plans checked, and "
+        "seconds of the selection with the statistics pass. The loss checks are shared between methods and budgets "
+        "(each plan computed once), so the seconds of `sleb`, `ppl` and `lorp_checked` at the smaller budgets are "
+        "lower than a run of its own; the window passes are not.",
+        "",
+    ]
     for result in results:
         body = _full_table(result)
         if "zero_shot" in result:
@@ -500,22 +596,32 @@ def sweep_section(folder: Path) -> list[str]:
     if not results:
         return []
     methods = sorted({r["method"] for r in results[0]["rows"]}, key=METHODS.index)
-    lines = ["## Every budget", "",
-             f"The default at every k from 1 to N/3 (rounded down), against the other methods measured here "
-             f"({', '.join(f'`{m}`' for m in methods if m != DEFAULT_METHOD)}; the floors `random` and `last` are left "
-             "out). Same calibration, checks and held-out windows as above; the plans of the three budgets above are the "
-             "same, and their held-out losses are reused. Per cell: the default's plan; the check loss (the calibration "
-             "loss every method that tries plans is judged by) of the default and of `sleb`; how many of the default's "
-             "swap neighbours (one removed block kept, one kept block next to a removed one removed instead: the "
-             "neighbourhood its search moves in) have a lower check loss, of how many, each checked again here; the "
-             "held-out perplexity ratio to the best other method with its 95% paired-bootstrap interval; and the "
-             "default's window passes against `sleb`'s.", ""]
+    lines = [
+        "## Every budget",
+        "",
+        f"The default at every k from 1 to N/3 (rounded down), against the other methods measured here "
+        f"({', '.join(f'`{m}`' for m in methods if m != DEFAULT_METHOD)}; the floors `random` and `last` are left "
+        "out). Same calibration, checks and held-out windows as above; the plans of the three budgets above are the "
+        "same, and their held-out losses are reused. Per cell: the default's plan; the check loss (the calibration "
+        "loss every method that tries plans is judged by) of the default and of `sleb`; how many of the default's "
+        "swap neighbours (one removed block kept, one kept block next to a removed one removed instead: the "
+        "neighbourhood its search moves in) have a lower check loss, of how many, each checked again here; the "
+        "held-out perplexity ratio to the best other method with its 95% paired-bootstrap interval; and the "
+        "default's window passes against `sleb`'s.",
+        "",
+    ]
     summary = []
     for result in results:
         name, N = result["model"], result["num_layers"]
-        lines += [f"### {name} ({N} blocks)", "", "; then ".join(f"`{c}`" for c in _commands(result)), "",
-                  "| k | default's plan | check loss, default / sleb | better neighbours | text | best other: ratio [95%] "
-                  "| passes / sleb's |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {name} ({N} blocks)",
+            "",
+            "; then ".join(f"`{c}`" for c in _commands(result)),
+            "",
+            "| k | default's plan | check loss, default / sleb | better neighbours | text | best other: ratio [95%] "
+            "| passes / sleb's |",
+            "|---|---|---|---|---|---|---|",
+        ]
         cells = {c["num_pruned"]: c for c in target_cells(result)}
         for k in sorted(result["budgets"]):
             rows = {r["method"]: r for r in result["rows"] if r["num_pruned"] == k}
@@ -525,9 +631,11 @@ def sweep_section(folder: Path) -> list[str]:
                 c = cell[text]
                 ratio = f"{c['best_other']}: {c['ratio']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
                 if text == TEXTS[0]:
-                    lines.append(f"| {k} | {_runs(mine['pruned'])} | {mine['check_loss']:.3f} / {sleb['check_loss']:.3f} "
-                                 f"| {len(swap['better'])} of {swap['neighbours']} | {text} | {ratio} "
-                                 f"| {cell['passes']} / {cell['sleb_passes']} |")
+                    lines.append(
+                        f"| {k} | {_runs(mine['pruned'])} | {mine['check_loss']:.3f} / {sleb['check_loss']:.3f} "
+                        f"| {len(swap['better'])} of {swap['neighbours']} | {text} | {ratio} "
+                        f"| {cell['passes']} / {cell['sleb_passes']} |"
+                    )
                 else:
                     lines.append(f"| | | | | {text} | {ratio} | |")
             summary.append((name, k, N, mine, sleb, cell))
@@ -536,14 +644,22 @@ def sweep_section(folder: Path) -> list[str]:
     above = [(n, k, N, m["check_loss"], s["check_loss"]) for n, k, N, m, s, _ in summary if m["check_loss"] > s["check_loss"]]
     worse = [(n, k, N, t, c[t]) for n, k, N, _, _, c in summary for t in TEXTS if c[t]["significantly_worse"]]
     cheaper = sum(c["passes"] < c["sleb_passes"] for *_, c in summary)
-    lines += [f"Over the {len(summary)} cells: the default's plan is a local optimum of its check loss at {local}; its "
-              f"check loss is at most `sleb`'s at {len(summary) - len(above)}"
-              + (" (above it: " + "; ".join(f"{n} {k}/{N}: {a:.3f} against {b:.3f}" for n, k, N, a, b in above) + ")"
-                 if above else "")
-              + "; it is significantly worse than the best other method on held-out text at "
-              + (", ".join(f"{n} {k}/{N} {t} ({c['best_other']}, {c['ratio']:.3f} [{c['low']:.3f}, {c['high']:.3f}])"
-                           for n, k, N, t, c in worse) if worse else "none")
-              + f"; it runs fewer window passes than `sleb` at {cheaper}.", ""]
+    lines += [
+        f"Over the {len(summary)} cells: the default's plan is a local optimum of its check loss at {local}; its "
+        f"check loss is at most `sleb`'s at {len(summary) - len(above)}"
+        + (" (above it: " + "; ".join(f"{n} {k}/{N}: {a:.3f} against {b:.3f}" for n, k, N, a, b in above) + ")" if above else "")
+        + "; it is significantly worse than the best other method on held-out text at "
+        + (
+            ", ".join(
+                f"{n} {k}/{N} {t} ({c['best_other']}, {c['ratio']:.3f} [{c['low']:.3f}, {c['high']:.3f}])"
+                for n, k, N, t, c in worse
+            )
+            if worse
+            else "none"
+        )
+        + f"; it runs fewer window passes than `sleb` at {cheaper}.",
+        "",
+    ]
     missing = [m for m in MODELS if m not in {r["model"] for r in results}]
     if missing:
         lines += [f"Not yet swept: {', '.join(missing)} (the command above with `--models {' '.join(missing)}`).", ""]
@@ -585,13 +701,21 @@ def cmd_zeroshot(args) -> None:
             start = time.perf_counter()
             with temporarily_pruned(model, pruned) if pruned else torch.no_grad():
                 figures[label] = evaluate_zero_shot(model, tokenizer, limit=args.limit, batch_size=8, progress=False)
-            print(f"  {name} {label} {pruned}: average {figures[label]['average']['acc']:.3f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"  {name} {label} {pruned}: average {figures[label]['average']['acc']:.3f} "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
         tasks = [t for t in figures["dense"] if t != "average"]
-        result["zero_shot"] = {"num_pruned": k, "limit": args.limit, "tasks": tasks, "results": figures,
-                               "same_plan_as_default": same,
-                               "plans": {m: rows[m]["pruned"] for m in chosen + same},
-                               "command": "python benchmarks/decisions/quality_study.py zeroshot " + " ".join(sys.argv[2:])}
+        result["zero_shot"] = {
+            "num_pruned": k,
+            "limit": args.limit,
+            "tasks": tasks,
+            "results": figures,
+            "same_plan_as_default": same,
+            "plans": {m: rows[m]["pruned"] for m in chosen + same},
+            "command": "python benchmarks/decisions/quality_study.py zeroshot " + " ".join(sys.argv[2:]),
+        }
         write_json(path, result, indent=1)
         print(f"wrote {path}", flush=True)
 
@@ -606,19 +730,30 @@ def main() -> None:
     run.add_argument("--window", type=int, default=512)
     run.add_argument("--calibration-windows", type=int, default=32)
     run.add_argument("--eval-windows", type=int, default=40, help="held-out windows per text (default 40)")
-    run.add_argument("--merge", action="store_true",
-                     help="rerun only --methods and keep the other methods' rows of the existing JSON")
-    run.add_argument("--every-budget", action="store_true",
-                     help="the sweep: every k from 1 to N // 3 (not 1/8, 1/4, 1/3), with every plan's check loss and "
-                          "the default's swap neighbourhood checked; write it under --out benchmarks/results/sweep")
-    run.add_argument("--reuse-from", nargs="*", default=[], metavar="DIR",
-                     help="other results folders whose held-out losses of the same plans are copied, not recomputed")
+    run.add_argument(
+        "--merge", action="store_true", help="rerun only --methods and keep the other methods' rows of the existing JSON"
+    )
+    run.add_argument(
+        "--every-budget",
+        action="store_true",
+        help="the sweep: every k from 1 to N // 3 (not 1/8, 1/4, 1/3), with every plan's check loss and "
+        "the default's swap neighbourhood checked; write it under --out benchmarks/results/sweep",
+    )
+    run.add_argument(
+        "--reuse-from",
+        nargs="*",
+        default=[],
+        metavar="DIR",
+        help="other results folders whose held-out losses of the same plans are copied, not recomputed",
+    )
     render = sub.add_parser("render", help="write docs/study.md and its plots from the JSON results")
     render.add_argument("--results", default="benchmarks/results")
     render.add_argument("--docs", default="docs")
     render.add_argument("--sweep", default="benchmarks/results/sweep", help="the results of run --every-budget, if any")
     render.add_argument("--rounds", default="benchmarks/results/rounds", help="the results of rounds_study.py run, if any")
-    render.add_argument("--prune-heal", default="benchmarks/results/prune_heal", help="the results of prune_heal_study.py run, if any")
+    render.add_argument(
+        "--prune-heal", default="benchmarks/results/prune_heal", help="the results of prune_heal_study.py run, if any"
+    )
     zeroshot = sub.add_parser("zeroshot", help="add zero-shot accuracy at one budget to a model's results")
     zeroshot.add_argument("--models", nargs="+", default=list(MODELS))
     zeroshot.add_argument("--results", default="benchmarks/results")

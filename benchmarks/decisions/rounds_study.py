@@ -66,16 +66,27 @@ def run_model(name: str, args, save) -> dict:
     stats = collect_layer_stats(model, calibration.split(4), progress=False)
     N = stats.num_layers
     checks = PlanLoss(model, calibration[:CHECK_WINDOWS, :CHECK_TOKENS], score_last=SCORE_LAST)
-    evaluation = {t: PlanLoss(model, token_windows(tokenizer, load_text(t, "heldout"), window=512,
-                                                   max_windows=args.eval_windows), score_last=None) for t in TEXTS}
+    evaluation = {
+        t: PlanLoss(
+            model, token_windows(tokenizer, load_text(t, "heldout"), window=512, max_windows=args.eval_windows), score_last=None
+        )
+        for t in TEXTS
+    }
     for t in TEXTS:
         evaluation[t]([])
     dense = {t: evaluation[t].window_losses[()] for t in TEXTS}
-    result = {"model": name, "num_layers": N, "dtype": str(model.dtype).removeprefix("torch."), "dense": {"window_losses": dense},
-              "rows": [], "evaluation": {"texts": list(TEXTS), "windows": args.eval_windows, "window": 512},
-              "command": "python benchmarks/decisions/rounds_study.py run " + " ".join(sys.argv[2:]),
-              "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-              "torch": torch.__version__}
+    result = {
+        "model": name,
+        "num_layers": N,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "dense": {"window_losses": dense},
+        "rows": [],
+        "evaluation": {"texts": list(TEXTS), "windows": args.eval_windows, "window": 512},
+        "command": "python benchmarks/decisions/rounds_study.py run " + " ".join(sys.argv[2:]),
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+    }
     for budget in BUDGETS:
         k = int(budget * N)
         one_shot = None
@@ -85,8 +96,16 @@ def run_model(name: str, args, save) -> dict:
             if rounds == 1 and one_shot is not None:  # compensation is chosen after the selection: the same plan
                 plan = one_shot
             else:
-                plan = select_layers(stats, k, method=DEFAULT_METHOD, shared_checks=checks, model=model, windows=calibration,
-                                     compensate=rounds == 1 or compensate, rounds=rounds)
+                plan = select_layers(
+                    stats,
+                    k,
+                    method=DEFAULT_METHOD,
+                    shared_checks=checks,
+                    model=model,
+                    windows=calibration,
+                    compensate=rounds == 1 or compensate,
+                    rounds=rounds,
+                )
                 one_shot = plan if rounds == 1 else one_shot
             factors = plan.factors if compensate else {}
             losses = {}
@@ -97,14 +116,24 @@ def run_model(name: str, args, save) -> dict:
             if rounds == 1 and not compensate:  # the one-shot plan was chosen with compensation: its checks are not the default's
                 cost["check_windows"] -= plan.compensation["check_windows"]
             cost["window_passes"] = cost["statistics_windows"] + cost["check_windows"]
-            row = {"configuration": configuration, "num_pruned": k, "pruned": plan.pruned, "rounds": plan.rounds,
-                   "check_loss": checks.compensated(plan.pruned, factors), "cost": cost, "window_losses": losses}
+            row = {
+                "configuration": configuration,
+                "num_pruned": k,
+                "pruned": plan.pruned,
+                "rounds": plan.rounds,
+                "check_loss": checks.compensated(plan.pruned, factors),
+                "cost": cost,
+                "window_losses": losses,
+            }
             if compensate:
                 row["compensation"] = plan.compensation
             result["rows"].append(row)
-            print(f"  {name} k={k} {configuration}: {plan.pruned}, check loss {row['check_loss']:.3f}, "
-                  f"{cost['window_passes']} window passes; " + ", ".join(f"{t} {math.exp(np.mean(v)):.2f}" for t, v in losses.items()),
-                  flush=True)
+            print(
+                f"  {name} k={k} {configuration}: {plan.pruned}, check loss {row['check_loss']:.3f}, "
+                f"{cost['window_passes']} window passes; "
+                + ", ".join(f"{t} {math.exp(np.mean(v)):.2f}" for t, v in losses.items()),
+                flush=True,
+            )
             save(result)
     return result
 
@@ -116,19 +145,27 @@ def rounds_section(folder: Path) -> list[str]:
     results = [json.loads((folder / f"{m}.json").read_text()) for m in MODELS if (folder / f"{m}.json").is_file()]
     if not results:
         return []
-    lines = ["## Compensation and rounds", "",
-             "Training-free configurations against the one-shot default at the study's budgets: held-out perplexity "
-             "relative to dense, and the ratio to the one-shot default with its 95% paired-bootstrap interval (below 1: "
-             "better). Compensation's strength is chosen on the check windows (`select_layers(..., compensate=True)`, "
-             "docs/method.md). Made by the command under each model's heading, then `python benchmarks/decisions/quality_study.py render`.",
-             ""]
+    lines = [
+        "## Compensation and rounds",
+        "",
+        "Training-free configurations against the one-shot default at the study's budgets: held-out perplexity "
+        "relative to dense, and the ratio to the one-shot default with its 95% paired-bootstrap interval (below 1: "
+        "better). Compensation's strength is chosen on the check windows (`select_layers(..., compensate=True)`, "
+        "docs/method.md). Made by the command under each model's heading, then `python benchmarks/decisions/quality_study.py render`.",
+        "",
+    ]
     for result in results:
         name, N = result["model"], result["num_layers"]
         dense = result["dense"]
-        lines += [f"### {name} ({N} blocks)", "", f"`{result['command']}`", "",
-                  "| k | configuration | check loss | window passes | wiki (x dense) | wiki: / one-shot [95%] | lambada (x dense) "
-                  "| lambada: / one-shot [95%] |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {name} ({N} blocks)",
+            "",
+            f"`{result['command']}`",
+            "",
+            "| k | configuration | check loss | window passes | wiki (x dense) | wiki: / one-shot [95%] | lambada (x dense) "
+            "| lambada: / one-shot [95%] |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for k in sorted({r["num_pruned"] for r in result["rows"]}):
             rows = {r["configuration"]: r for r in result["rows"] if r["num_pruned"] == k}
             base = rows["one-shot"]
@@ -136,8 +173,11 @@ def rounds_section(folder: Path) -> list[str]:
                 cells = ratio_cells(row, base, dense)
                 shown = configuration
                 if "compensation" in row:
-                    strengths = [r["compensation"]["strength"] for r in row["rounds"]] if row.get("rounds") else \
-                        [row["compensation"]["strength"]]
+                    strengths = (
+                        [r["compensation"]["strength"] for r in row["rounds"]]
+                        if row.get("rounds")
+                        else [row["compensation"]["strength"]]
+                    )
                     shown += " (strength " + "/".join(f"{x:g}" for x in strengths) + ")"
                 check = f"{row['check_loss']:.3f}" if "check_loss" in row else "-"
                 passes = row["cost"]["window_passes"] if "cost" in row else "-"
@@ -145,7 +185,10 @@ def rounds_section(folder: Path) -> list[str]:
         lines.append("")
     missing = [m for m in MODELS if m not in {r["model"] for r in results}]
     if missing:
-        lines += [f"Not yet run: {', '.join(missing)} (`python benchmarks/decisions/rounds_study.py run --models {' '.join(missing)}`).", ""]
+        lines += [
+            f"Not yet run: {', '.join(missing)} (`python benchmarks/decisions/rounds_study.py run --models {' '.join(missing)}`).",
+            "",
+        ]
     return lines
 
 

@@ -25,6 +25,7 @@ docs/method.md says how and why. No held-out figure was computed before either d
 
     python benchmarks/decisions/search_runs.py > benchmarks/results/search_runs.txt
 """
+
 import argparse
 
 import torch
@@ -51,7 +52,10 @@ for name in ("smollm2-135m", "gemma3-270m"):
     for k in [int(f * N) for f in (1 / 3, 1 / 4, 1 / 8)]:
         seeds = [c["pruned"] for c in candidate_plans(stats, k, protect=protected, seed=0)]
         ranked = [r for r in ranked_runs(F, k, protected) if r not in seeds]
-        print(f"{name} k={k}/{N}: SLEB checks {sleb_checks(N - 2, k)}; {len(seeds)} candidates, {len(ranked)} other runs", flush=True)
+        print(
+            f"{name} k={k}/{N}: SLEB checks {sleb_checks(N - 2, k)}; {len(seeds)} candidates, {len(ranked)} other runs",
+            flush=True,
+        )
         for m in RUNS:
             for d, dname in SWAPS:
                 pool = seeds + ranked[:m] if m is not None else seeds + ranked
@@ -64,8 +68,11 @@ for name in ("smollm2-135m", "gemma3-270m"):
                 v = score(plan)
                 timed = name == "smollm2-135m" and k == N // 4
                 results.setdefault((m, dname), []).append((v, check.plans_checked, timed))
-                print(f"   runs {'all' if m is None else m:>3}  swaps {dname}  {plan} check {check(plan):.4f} "
-                      f"val {v:.4f} plans {check.plans_checked}", flush=True)
+                print(
+                    f"   runs {'all' if m is None else m:>3}  swaps {dname}  {plan} check {check(plan):.4f} "
+                    f"val {v:.4f} plans {check.plans_checked}",
+                    flush=True,
+                )
     del model, check, score
 
 print("\nvariant              val sum   plans  plans at SmolLM2 1/4  eligible")

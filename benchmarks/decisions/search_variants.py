@@ -9,6 +9,7 @@ docs/method.md.
 
     python benchmarks/decisions/search_variants.py gemma3-270m > benchmarks/results/search_variants_gemma3-270m.txt
 """
+
 import argparse
 
 from decision_data import decision_data
@@ -30,9 +31,11 @@ score = PlanLoss(model, val, score_last=None)
 protected = {0, N - 1}
 U = N - 2
 
+
 def runs(k):
     """Every run of k unprotected blocks, most similar across the run first."""
     return sorted(contiguous_runs(N, k, protected), key=lambda run: -float(F[run[0], run[0] + k]))
+
 
 class Counter:
     def __init__(self):
@@ -41,6 +44,7 @@ class Counter:
     def __call__(self, p):
         self.asked.add(tuple(sorted(p)))
         return check(p)
+
 
 def local(c, start, cap, first, ordered):
     """cap: max distinct plans in c.asked overall (None = unlimited)."""
@@ -54,6 +58,7 @@ def local(c, start, cap, first, ordered):
                 b = (rem - set(p)).pop()
                 a = (set(p) - rem).pop()
                 return -(close[a] - close[b])
+
             around.sort(key=key)
         best, bestl = None, c(cur)
         for p in around:
@@ -68,7 +73,8 @@ def local(c, start, cap, first, ordered):
             return cur
         cur = best
 
-for k in [int(f * N) for f in (1/3, 1/4, 1/8)]:
+
+for k in [int(f * N) for f in (1 / 3, 1 / 4, 1 / 8)]:
     sc = sleb_checks(U, k)
     cands = [c["pruned"] for c in candidate_plans(stats, k, protect=protected, seed=0)]
     R = [r for r in runs(k) if r not in cands]
@@ -80,8 +86,11 @@ for k in [int(f * N) for f in (1/3, 1/4, 1/8)]:
     print(f"   best run {best_run} check {check(best_run):.4f} val {score(best_run):.4f}", flush=True)
     for seeds in ("C", "C+R"):
         for first, ordered in ((False, False), (True, True), (True, False)):
-            for capname, capf in (("/4 total", lambda n, sc=sc: sc // 4), ("/4 beyond", lambda n, sc=sc: n + sc // 4),
-                                  ("/3 beyond", lambda n, sc=sc: n + sc // 3)):
+            for capname, capf in (
+                ("/4 total", lambda n, sc=sc: sc // 4),
+                ("/4 beyond", lambda n, sc=sc: n + sc // 4),
+                ("/3 beyond", lambda n, sc=sc: n + sc // 3),
+            ):
                 c = Counter()
                 pool = cands + (R if seeds == "C+R" else [])
                 for p in pool:
@@ -89,4 +98,7 @@ for k in [int(f * N) for f in (1/3, 1/4, 1/8)]:
                 start = min(pool, key=check)
                 plan = local(c, start, capf(len(pool)), first, ordered)
                 tag = f"{seeds:4} {'first' if first else 'best '}{'/ord' if ordered else '    '} cap {capname:9}"
-                print(f"   {tag} {plan} check {check(plan):.4f} val {score(plan):.4f} checks {len(c.asked)} ({len(c.asked)/sc:.2f} of sleb)", flush=True)
+                print(
+                    f"   {tag} {plan} check {check(plan):.4f} val {score(plan):.4f} checks {len(c.asked)} ({len(c.asked) / sc:.2f} of sleb)",
+                    flush=True,
+                )

@@ -36,34 +36,116 @@ TEXT_SUB_CONFIGS = ("text_config", "decoder", "global_config")  # sub-configs ho
 VOCAB = 128
 MAX_PARAMS = 3_000_000  # tiny_model refuses anything bigger (checked on the meta device first)
 
-DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "decoder_layers", "encoder_layers",
-                "num_decoder_layers", "num_encoder_layers", "num_blocks")
+DEPTH_FIELDS = (
+    "num_hidden_layers",
+    "n_layer",
+    "n_layers",
+    "num_layers",
+    "decoder_layers",
+    "encoder_layers",
+    "num_decoder_layers",
+    "num_encoder_layers",
+    "num_blocks",
+)
 
 # Field -> small value, passed to a config constructor for every field its class has (sub-configs included); the
 # DEPTH_FIELDS get DEPTH or TOWER_DEPTH (see shrink).
 SMALL: dict[str, Any] = {
     # width
-    **dict.fromkeys(["hidden_size", "n_embd", "d_model", "emb_dim", "hidden_size_global", "backbone_hidden_size", "mm_embed_dim",
-                     "audio_embed_dim", "output_proj_dims", "nemo_conv_channels", "ext_pw_out_channel",
-                     "depthwise_separable_out_channel", "adapter_in_dim", "adapter_out_dim", "adapter_input_size"], 64),
-    **dict.fromkeys(["intermediate_size", "ffn_dim", "decoder_ffn_dim", "encoder_ffn_dim", "d_inner", "dff", "dim_ff", "mlp_dim",
-                     "ffn_hidden_size", "intermediate_size_mlp", "dense_intermediate_size", "first_dense_intermediate_size",
-                     "mlp_only_intermediate_size", "prefix_dense_intermediate_size", "feed_forward_size"], 128),
+    **dict.fromkeys(
+        [
+            "hidden_size",
+            "n_embd",
+            "d_model",
+            "emb_dim",
+            "hidden_size_global",
+            "backbone_hidden_size",
+            "mm_embed_dim",
+            "audio_embed_dim",
+            "output_proj_dims",
+            "nemo_conv_channels",
+            "ext_pw_out_channel",
+            "depthwise_separable_out_channel",
+            "adapter_in_dim",
+            "adapter_out_dim",
+            "adapter_input_size",
+        ],
+        64,
+    ),
+    **dict.fromkeys(
+        [
+            "intermediate_size",
+            "ffn_dim",
+            "decoder_ffn_dim",
+            "encoder_ffn_dim",
+            "d_inner",
+            "dff",
+            "dim_ff",
+            "mlp_dim",
+            "ffn_hidden_size",
+            "intermediate_size_mlp",
+            "dense_intermediate_size",
+            "first_dense_intermediate_size",
+            "mlp_only_intermediate_size",
+            "prefix_dense_intermediate_size",
+            "feed_forward_size",
+        ],
+        128,
+    ),
     # attention heads
-    **dict.fromkeys(["num_attention_heads", "n_head", "n_heads", "num_heads", "attention_heads", "decoder_attention_heads",
-                     "encoder_attention_heads", "num_decoder_attention_heads", "num_encoder_attention_heads",
-                     "conf_num_attention_heads", "swa_num_attention_heads", "linear_num_value_heads", "linear_num_heads"], 4),
-    **dict.fromkeys(["num_key_value_heads", "swa_num_key_value_heads", "linear_num_key_heads", "index_n_heads",
-                     "index_num_heads"], 2),
-    **dict.fromkeys(["head_dim", "swa_head_dim", "dim_head", "d_head", "attention_head_size", "kv_channels", "index_head_dim",
-                     "linear_key_head_dim", "linear_value_head_dim", "linear_head_dim", "v_head_dim"], 16),
+    **dict.fromkeys(
+        [
+            "num_attention_heads",
+            "n_head",
+            "n_heads",
+            "num_heads",
+            "attention_heads",
+            "decoder_attention_heads",
+            "encoder_attention_heads",
+            "num_decoder_attention_heads",
+            "num_encoder_attention_heads",
+            "conf_num_attention_heads",
+            "swa_num_attention_heads",
+            "linear_num_value_heads",
+            "linear_num_heads",
+        ],
+        4,
+    ),
+    **dict.fromkeys(
+        ["num_key_value_heads", "swa_num_key_value_heads", "linear_num_key_heads", "index_n_heads", "index_num_heads"], 2
+    ),
+    **dict.fromkeys(
+        [
+            "head_dim",
+            "swa_head_dim",
+            "dim_head",
+            "d_head",
+            "attention_head_size",
+            "kv_channels",
+            "index_head_dim",
+            "linear_key_head_dim",
+            "linear_value_head_dim",
+            "linear_head_dim",
+            "v_head_dim",
+        ],
+        16,
+    ),
     # multi-head latent attention (deepseek style) and sparse-attention indexers
     **dict.fromkeys(["kv_lora_rank", "q_lora_rank", "o_lora_rank"], 16),
     **dict.fromkeys(["qk_rope_head_dim", "qk_nope_head_dim", "rotary_dim", "index_topk"], 8),
     # mixture of experts
-    **dict.fromkeys(["moe_intermediate_size", "shared_expert_intermediate_size", "moe_shared_expert_intermediate_size",
-                     "shared_experts_intermediate_size", "shared_intermediate_size", "expert_ffn_hidden_size",
-                     "router_hidden_size"], 32),
+    **dict.fromkeys(
+        [
+            "moe_intermediate_size",
+            "shared_expert_intermediate_size",
+            "moe_shared_expert_intermediate_size",
+            "shared_experts_intermediate_size",
+            "shared_intermediate_size",
+            "expert_ffn_hidden_size",
+            "router_hidden_size",
+        ],
+        32,
+    ),
     **dict.fromkeys(["num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"], 4),
     **dict.fromkeys(["num_experts_per_tok", "moe_topk", "moe_k", "top_k_experts", "zero_expert_num"], 2),
     **dict.fromkeys(["n_shared_experts", "num_shared_experts", "moe_num_shared_experts", "n_group", "topk_group"], 1),
@@ -78,14 +160,33 @@ SMALL: dict[str, Any] = {
     **dict.fromkeys(["hc_lowrank", "laurel_rank", "loop_gate_rank", "adapter_rank", "hidden_size_per_layer_input"], 16),
     # positions and windows
     **dict.fromkeys(["max_position_embeddings", "n_positions", "n_ctx", "max_target_positions", "position_embedding_size"], 256),
-    **dict.fromkeys(["sliding_window", "sliding_window_size", "attention_window_size", "attention_chunk_size",
-                     "local_attention_window_len", "keep_window_size"], 4),
+    **dict.fromkeys(
+        [
+            "sliding_window",
+            "sliding_window_size",
+            "attention_window_size",
+            "attention_chunk_size",
+            "local_attention_window_len",
+            "keep_window_size",
+        ],
+        4,
+    ),
     "local_attention": 8,  # ModernBERT-decoder halves it into its sliding window
     "rel_extent": 32,
     "mm_posemb_size": 16,
     # vocabularies and special embeddings
-    **dict.fromkeys(["vocab_size", "vocab_size_per_layer_input", "decoder_vocab_size", "output_vocab_size", "unpadded_vocab_size",
-                     "shape_vocab_size", "pronunciation_vocab_size"], VOCAB),
+    **dict.fromkeys(
+        [
+            "vocab_size",
+            "vocab_size_per_layer_input",
+            "decoder_vocab_size",
+            "output_vocab_size",
+            "unpadded_vocab_size",
+            "shape_vocab_size",
+            "pronunciation_vocab_size",
+        ],
+        VOCAB,
+    ),
     **dict.fromkeys(["shape_embed_dim", "pronunciation_embed_dim", "num_centroids"], 16),
     "centroid_intermediate_top_k": 4,
     "encoder_hash_byte_group_vocab": 256,
@@ -95,10 +196,32 @@ SMALL: dict[str, Any] = {
     "eos_token_id": 2,
 }
 # Of these fields only lower an int default (a family with 1 key/value head or no shared expert keeps it); the rest are set.
-CAP_ONLY = {"num_key_value_heads", "swa_num_key_value_heads", "n_shared_experts", "num_shared_experts", "moe_num_shared_experts",
-            "shared_intermediate_size", "num_experts_per_tok", "moe_topk", "moe_k", "top_k_experts", "q_lora_rank", "o_lora_rank",
-            "kv_channels", "rotary_dim", "n_group", "topk_group", "num_experts", "num_local_experts", "n_routed_experts",
-            "moe_num_experts", "head_dim", "v_head_dim", "hidden_size_per_layer_input", "index_topk"}
+CAP_ONLY = {
+    "num_key_value_heads",
+    "swa_num_key_value_heads",
+    "n_shared_experts",
+    "num_shared_experts",
+    "moe_num_shared_experts",
+    "shared_intermediate_size",
+    "num_experts_per_tok",
+    "moe_topk",
+    "moe_k",
+    "top_k_experts",
+    "q_lora_rank",
+    "o_lora_rank",
+    "kv_channels",
+    "rotary_dim",
+    "n_group",
+    "topk_group",
+    "num_experts",
+    "num_local_experts",
+    "n_routed_experts",
+    "moe_num_experts",
+    "head_dim",
+    "v_head_dim",
+    "hidden_size_per_layer_input",
+    "index_topk",
+}
 
 SLIDE, FULL, LINEAR = "sliding_attention", "full_attention", "linear_attention"
 
@@ -106,16 +229,33 @@ SLIDE, FULL, LINEAR = "sliding_attention", "full_attention", "linear_attention"
 # Gemma 3n / Gemma 4 text: full attention at 1 and 5, and the last two blocks KV-sharing (the small checkpoints share K/V in
 # their last layers: block 4 reads block 3's sliding K/V, block 5 reads block 1's full K/V); the default 15 shared layers
 # exceed DEPTH. Gemma 3n also keeps activation sparsity in its first blocks.
-_GEMMA3N_TEXT = {"layer_types": [SLIDE, FULL, SLIDE, SLIDE, SLIDE, FULL], "num_kv_shared_layers": 2,
-                 "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0, 0.0, 0.0]}
+_GEMMA3N_TEXT = {
+    "layer_types": [SLIDE, FULL, SLIDE, SLIDE, SLIDE, FULL],
+    "num_kv_shared_layers": 2,
+    "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0, 0.0, 0.0],
+}
 # global_head_dim (a constructor-only kwarg, stored as per_layer_config of the full blocks) defaults to 512
 _GEMMA4_TEXT = {"layer_types": [SLIDE, FULL, SLIDE, SLIDE, SLIDE, FULL], "num_kv_shared_layers": 2, "global_head_dim": 32}
 # Dots 3 Note: sliding blocks take their attention shape from swa_* constructor kwargs, stored as per_layer_config.
-_DOTS3_TEXT = {"swa_num_attention_heads": 4, "swa_num_key_value_heads": 4, "swa_q_lora_rank": 16, "swa_kv_lora_rank": 16,
-               "swa_head_dim": 16, "swa_qk_nope_head_dim": 8, "swa_v_head_dim": 16, "index_head_dim": 16}
+_DOTS3_TEXT = {
+    "swa_num_attention_heads": 4,
+    "swa_num_key_value_heads": 4,
+    "swa_q_lora_rank": 16,
+    "swa_kv_lora_rank": 16,
+    "swa_head_dim": 16,
+    "swa_qk_nope_head_dim": 8,
+    "swa_v_head_dim": 16,
+    "index_head_dim": 16,
+}
 # Qwen4-Exp: its query-sparse indexer has no defaults; n-gram per-layer embeddings (PLE, one-indexed ids) on blocks 1 and 2.
-_QWEN4_TEXT = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 8,
-               "indexer_compress_ratio": 2, "ple_layer_ids": [2, 3]}
+_QWEN4_TEXT = {
+    "indexer_n_heads": 2,
+    "indexer_kv_heads": 1,
+    "indexer_head_dim": 16,
+    "indexer_budget": 8,
+    "indexer_compress_ratio": 2,
+    "ple_layer_ids": [2, 3],
+}
 
 # model_type -> constructor kwargs applied over the generic shrink (nested dicts for sub-configs), each with why.
 OVERRIDES: dict[str, dict[str, Any]] = {
@@ -142,8 +282,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "gemma3n_text": _GEMMA3N_TEXT,
     "gemma4": {"text_config": _GEMMA4_TEXT},  # see _GEMMA4_TEXT
     # an assistant has no per-layer-input embedding (its validation insists)
-    "gemma4_assistant": {"text_config": {"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0,
-                                         "global_head_dim": 32}},
+    "gemma4_assistant": {
+        "text_config": {"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0, "global_head_dim": 32}
+    },
     "gemma4_text": _GEMMA4_TEXT,
     "gemma4_unified": {"text_config": {"global_head_dim": 32}},  # see _GEMMA4_TEXT for global_head_dim
     "gemma4_unified_assistant": {"text_config": {"global_head_dim": 32}},
@@ -156,16 +297,27 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     # default is all mamba blocks; Granite 4.0-H interleaves a few attention blocks
     "granitemoehybrid": {"layer_types": [LINEAR, LINEAR, FULL, LINEAR, LINEAR, FULL]},
     # attention-residual block boundaries every 2 blocks, and blocks 2-3 looped twice (loop bounds must be multiples of it)
-    "inkling2_loop_text": {"n_layers_per_attn_res_block": 2, "loop_layer_index_start": 2, "loop_layer_index_end": 4,
-                           "loop_num_passes": 2},
+    "inkling2_loop_text": {
+        "n_layers_per_attn_res_block": 2,
+        "loop_layer_index_start": 2,
+        "loop_layer_index_end": 4,
+        "loop_num_passes": 2,
+    },
     # attention-residual block boundaries every 2 blocks (the default 6 = DEPTH would make a single group)
     "inkling2_text": {"n_layers_per_attn_res_block": 2},
     "inkling_text": {"n_layers_per_attn_res_block": 2},
     # indexed attention at 1, 2, 4: blocks 1 and 4 run the indexer, block 2 reuses block 1's K/V (kv_source_layers); the
     # default pattern has one indexed block; small index pools for 16 tokens
-    "kolibri1_1": {"layer_types": [SLIDE, "indexed_attention", "indexed_attention", SLIDE, "indexed_attention", SLIDE],
-                   "index_layers": [1, 4], "kv_source_layers": [0, 1, 1, 3, 4, 5], "index_topk": 4, "index_pool_size": 64,
-                   "index_compression": 4, "index_num_local_tokens": 4, "index_num_sink_tokens": 1},
+    "kolibri1_1": {
+        "layer_types": [SLIDE, "indexed_attention", "indexed_attention", SLIDE, "indexed_attention", SLIDE],
+        "index_layers": [1, 4],
+        "kv_source_layers": [0, 1, 1, 3, 4, 5],
+        "index_topk": 4,
+        "index_pool_size": 64,
+        "index_compression": 4,
+        "index_num_local_tokens": 4,
+        "index_num_sink_tokens": 1,
+    },
     # default is all full attention with equal heads; sliding blocks with more heads (num_attention_heads_per_layer)
     "laguna": {"layer_types": [FULL, SLIDE, SLIDE, SLIDE, FULL, SLIDE], "num_attention_heads_per_layer": [4, 8, 8, 8, 4, 8]},
     # default full_attn_idxs is every block; LFM2 checkpoints are mostly short-conv blocks
@@ -176,19 +328,29 @@ OVERRIDES: dict[str, dict[str, Any]] = {
     "mamba2": {"head_dim": 32},
     # default is all full attention and MoE; the checkpoint's lightning-indexer sparse blocks (small index blocks for 16
     # tokens) and a dense block 0
-    "minimax_m3_vl_text": {"layer_types": [FULL, "minimax_m3_sparse", "minimax_m3_sparse", FULL, "minimax_m3_sparse", FULL],
-                           "mlp_layer_types": ["dense", "sparse", "sparse", "sparse", "sparse", "sparse"],
-                           "index_block_size": 4, "index_topk_blocks": 2},
+    "minimax_m3_vl_text": {
+        "layer_types": [FULL, "minimax_m3_sparse", "minimax_m3_sparse", FULL, "minimax_m3_sparse", FULL],
+        "mlp_layer_types": ["dense", "sparse", "sparse", "sparse", "sparse", "sparse"],
+        "index_block_size": 4,
+        "index_topk_blocks": 2,
+    },
     # cross-attention block at 3 (the checkpoints: 3, 8, 13...; skipped without images); vision taps inside TOWER_DEPTH
-    "mllama": {"text_config": {"cross_attention_layers": [3]},
-               "vision_config": {"num_global_layers": 1, "intermediate_layers_indices": [0, 1], "vision_output_dim": 192}},
+    "mllama": {
+        "text_config": {"cross_attention_layers": [3]},
+        "vision_config": {"num_global_layers": 1, "intermediate_layers_indices": [0, 1], "vision_output_dim": 192},
+    },
     # the default pattern has 4 entries whatever num_hidden_layers says; mamba, MoE, attention, mamba, MLP, MoE
     "nemotron_h": {"layer_types": [LINEAR, "moe", FULL, LINEAR, "mlp", "moe"]},
     "qwen4_exp": {"text_config": _QWEN4_TEXT},  # see _QWEN4_TEXT
     "qwen4_exp_text": _QWEN4_TEXT,
     # axial position factors must multiply to the positions and sum to hidden_size; attention chunks shorter than the input
-    "reformer": {"axial_pos_shape": [16, 16], "axial_pos_embds_dim": [32, 32], "local_attn_chunk_length": 8,
-                 "lsh_attn_chunk_length": 8, "attention_head_size": 16},
+    "reformer": {
+        "axial_pos_shape": [16, 16],
+        "axial_pos_embds_dim": [32, 32],
+        "local_attn_chunk_length": 8,
+        "lsh_attn_chunk_length": 8,
+        "attention_head_size": 16,
+    },
     # in eval, block i's output weights are divided by 2 ** (i // rescale_every) and the hidden state is halved after every
     # rescale_every-th block (by loop position); the default 6 = DEPTH would leave that inactive inside the stack
     "rwkv": {"rescale_every": 2},
@@ -207,9 +369,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 # model_type -> why no tiny model of it can be built here.
 NOT_TINY: dict[str, str] = {
     "musicgen": "AutoModelForCausalLM builds MusicgenForCausalLM from the composite MusicgenConfig, but that class needs the "
-                "decoder sub-config, which AutoModelForCausalLM does not accept",
+    "decoder sub-config, which AutoModelForCausalLM does not accept",
     "musicgen_melody": "AutoModelForCausalLM builds MusicgenMelodyForCausalLM from the composite MusicgenMelodyConfig, but that "
-                       "class needs the decoder sub-config, which AutoModelForCausalLM does not accept",
+    "class needs the decoder sub-config, which AutoModelForCausalLM does not accept",
 }
 
 # model_type -> a library its model needs beyond transformers and torch (NotTiny when it is not installed).
@@ -221,21 +383,36 @@ NEEDS_LIBRARY: dict[str, str] = {
 KIND_EXCEPTIONS: dict[str, tuple[str, str]] = {
     "bert-generation": ("encoder", "a BERT encoder (BertGenerationEncoder) used as a decoder with is_decoder=True"),
     "trocr": ("encoder-decoder", "the text decoder of a VisionEncoderDecoderModel; its blocks carry cross-attention"),
-    "musicgen": ("encoder-decoder", "a T5 text encoder and an audio-codebook decoder (is_encoder_decoder is set in "
-                                    "__post_init__)"),
-    "musicgen_melody": ("encoder-decoder", "a T5 text encoder and an audio-codebook decoder (is_encoder_decoder is set in "
-                                           "__post_init__)"),
+    "musicgen": (
+        "encoder-decoder",
+        "a T5 text encoder and an audio-codebook decoder (is_encoder_decoder is set in __post_init__)",
+    ),
+    "musicgen_melody": (
+        "encoder-decoder",
+        "a T5 text encoder and an audio-codebook decoder (is_encoder_decoder is set in __post_init__)",
+    ),
     "xlnet": ("other", "a permutation LM: its attention is bidirectional unless a perm_mask is passed"),
-    "blt": ("other", "a byte latent transformer: local encoder, global transformer over byte patches and local decoder, "
-                     "three block stacks and an entropy patcher"),
+    "blt": (
+        "other",
+        "a byte latent transformer: local encoder, global transformer over byte patches and local decoder, "
+        "three block stacks and an entropy patcher",
+    ),
     "hrm_text": ("other", "a hierarchical recurrent model: two block stacks (H and L) re-run in nested cycles"),
-    "gemma4_assistant": ("other", "a drafting head: every block reads the key/values of a target Gemma 4 model "
-                                  "(shared_kv_states), so input_ids alone cannot run it"),
-    "gemma4_unified_assistant": ("other", "a drafting head: every block reads the key/values of a target Gemma 4 model "
-                                          "(shared_kv_states), so input_ids alone cannot run it"),
+    "gemma4_assistant": (
+        "other",
+        "a drafting head: every block reads the key/values of a target Gemma 4 model "
+        "(shared_kv_states), so input_ids alone cannot run it",
+    ),
+    "gemma4_unified_assistant": (
+        "other",
+        "a drafting head: every block reads the key/values of a target Gemma 4 model "
+        "(shared_kv_states), so input_ids alone cannot run it",
+    ),
     "dory": ("decoder", "a decoder-only causal LM whose middle blocks run n_recurrent_loops times (a looped core)"),
-    "inkling2_loop_text": ("decoder", "a decoder-only causal LM whose blocks loop_layer_index_start..end run loop_num_passes "
-                                      "times"),
+    "inkling2_loop_text": (
+        "decoder",
+        "a decoder-only causal LM whose blocks loop_layer_index_start..end run loop_num_passes times",
+    ),
 }
 
 # model_type -> note on a family whose initialisation zeroes weights that gate what a block adds (tiny_model gives every
@@ -446,8 +623,10 @@ def main() -> None:
         line = f"{model_type} | {kind(model_type)} | {status} | {params} | {seconds:.3f} | {skip}"
         lines.append(line)
         print(line, flush=True)
-    total = (f"# build + one forward, all {len(lines)} types: {build_and_forward:.1f} s (after a {warm_up:.1f} s warm-up); "
-             f"skip-block checks: {check:.1f} s; one thread")
+    total = (
+        f"# build + one forward, all {len(lines)} types: {build_and_forward:.1f} s (after a {warm_up:.1f} s warm-up); "
+        f"skip-block checks: {check:.1f} s; one thread"
+    )
     print(total)
     if args.summary:
         header = "# model_type | kind | built ok / NotTiny reason | params | seconds (build + forward) | skip-changes-logits"

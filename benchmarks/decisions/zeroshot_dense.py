@@ -68,9 +68,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N documents per task (default: all)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dtype", choices=DTYPES, default="auto")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's). On cores shared with other work, 1 can be "
-                             "several times faster than more: OpenMP threads spin-wait on busy cores")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's). On cores shared with other work, 1 can be "
+        "several times faster than more: OpenMP threads spin-wait on busy cores",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
     if args.threads is not None:
@@ -80,18 +84,25 @@ def main() -> None:
     model, tokenizer = load_model(args.model, dtype=args.dtype, progress=False)
     args.dtype = str(model.dtype).removeprefix("torch.")  # what "auto" chose, for the printout and the record
     device = next(model.parameters()).device
-    print(f"model {args.model} ({args.dtype}, {device}, {torch.get_num_threads()} threads), "
-          f"limit {args.limit if args.limit else 'none (full splits)'}, batch size {args.batch_size}", flush=True)
-    results = evaluate_zero_shot(model, tokenizer, tasks=tuple(args.tasks), limit=args.limit,
-                                 batch_size=args.batch_size, progress=True)
+    print(
+        f"model {args.model} ({args.dtype}, {device}, {torch.get_num_threads()} threads), "
+        f"limit {args.limit if args.limit else 'none (full splits)'}, batch size {args.batch_size}",
+        flush=True,
+    )
+    results = evaluate_zero_shot(
+        model, tokenizer, tasks=tuple(args.tasks), limit=args.limit, batch_size=args.batch_size, progress=True
+    )
 
     projected = {}
     if args.limit is not None:
         for name in args.tasks:
             task = build_zero_shot_task(name)
             limited, full = _processed_tokens(tokenizer, task, args.limit), _processed_tokens(tokenizer, task, None)
-            projected[name] = {"tokens_limited": limited, "tokens_full": full,
-                               "seconds_full": results[name]["seconds"] * full / max(limited, 1)}
+            projected[name] = {
+                "tokens_limited": limited,
+                "tokens_full": full,
+                "seconds_full": results[name]["seconds"] * full / max(limited, 1),
+            }
 
     info = {row["task"]: row for row in zero_shot_task_info()}
     header = f"{'task':<14} {'split':<10} {'docs':>6} {'acc':>7} {'acc_norm':>8} {'seconds':>8}"
@@ -101,8 +112,7 @@ def main() -> None:
     for name in args.tasks:
         r = results[name]
         norm = f"{r['acc_norm']:.4f}" if "acc_norm" in r else "-"
-        line = (f"{name:<14} {info[name]['split']:<10} {r['num_examples']:>6} {r['acc']:>7.4f} {norm:>8} "
-                f"{r['seconds']:>8.1f}")
+        line = f"{name:<14} {info[name]['split']:<10} {r['num_examples']:>6} {r['acc']:>7.4f} {norm:>8} {r['seconds']:>8.1f}"
         if projected:
             p = projected[name]
             line += f" {p['seconds_full'] / 3600:>8.2f} h ({p['tokens_full'] / 1e6:.2f}M tok)"
@@ -117,10 +127,15 @@ def main() -> None:
 
     if args.json:
         record = {
-            "model": args.model, "dtype": args.dtype, "device": str(device), "limit": args.limit,
-            "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+            "model": args.model,
+            "dtype": args.dtype,
+            "device": str(device),
+            "limit": args.limit,
+            "batch_size": args.batch_size,
+            "threads": torch.get_num_threads(),
             "machine": platform.processor() or platform.machine(),
-            "results": results, "projected_full_run": projected or None,
+            "results": results,
+            "projected_full_run": projected or None,
         }
         write_json(args.json, record)  # strict JSON: an undefined stderr (NaN) is null
         print(f"wrote {args.json}")

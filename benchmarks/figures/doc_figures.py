@@ -61,12 +61,15 @@ def heatmap() -> None:
     print(f"{default}\n{faithful}", flush=True)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.6))
     for ax, plan, name in ((axes[0], default, "lorp_search (the default)"), (axes[1], faithful, "lorp (as published)")):
-        similarity_heatmap(stats, labels=faithful.labels, pruned=plan.pruned, ax=ax,
-                           title=f"{name}: removes {spans(plan.pruned)}")
-    fig.suptitle(f"SmolLM2-135M: similarity S of the states entering each block (RLS {faithful.rls:.3f}, "
-                 f"K {faithful.num_clusters}; white lines: LoRP's clusters; red: removed blocks)\n"
-                 f"first 32 windows of 512 tokens of the wiki calibration split, {str(model.dtype).removeprefix('torch.')}",
-                 fontsize=10)
+        similarity_heatmap(
+            stats, labels=faithful.labels, pruned=plan.pruned, ax=ax, title=f"{name}: removes {spans(plan.pruned)}"
+        )
+    fig.suptitle(
+        f"SmolLM2-135M: similarity S of the states entering each block (RLS {faithful.rls:.3f}, "
+        f"K {faithful.num_clusters}; white lines: LoRP's clusters; red: removed blocks)\n"
+        f"first 32 windows of 512 tokens of the wiki calibration split, {str(model.dtype).removeprefix('torch.')}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(IMAGES / "heatmap_smollm2-135m.png", dpi=90)
     print(f"wrote {IMAGES / 'heatmap_smollm2-135m.png'}")
@@ -89,8 +92,11 @@ def healing() -> None:
         ax.set_title(f"{text} held-out split, 40 windows of 512 tokens", fontsize=9)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("perplexity (log scale)")
-    fig.suptitle("SmolLM2-135M, a quarter of the blocks removed, then healed for 10 minutes (LoRA, bfloat16; "
-                 "docs/healing.md, run of 2026-11-29)", fontsize=10)
+    fig.suptitle(
+        "SmolLM2-135M, a quarter of the blocks removed, then healed for 10 minutes (LoRA, bfloat16; "
+        "docs/healing.md, run of 2026-11-29)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(IMAGES / "healing_perplexity.png", dpi=90)
 
@@ -99,14 +105,23 @@ def healing() -> None:
         steps = row["num_steps"]
         tenth = max(1, steps // 10)
         first, last = (tenth + 1) / 2, steps - (tenth - 1) / 2  # the middle step of each tenth
-        ax.plot([first, last], [row["initial_loss"], row["final_loss"]], color=color, linestyle="--", marker="o",
-                label=f"{row['method']} ({steps} steps): {row['initial_loss']:.3f} -> {row['final_loss']:.3f}")
+        ax.plot(
+            [first, last],
+            [row["initial_loss"], row["final_loss"]],
+            color=color,
+            linestyle="--",
+            marker="o",
+            label=f"{row['method']} ({steps} steps): {row['initial_loss']:.3f} -> {row['final_loss']:.3f}",
+        )
         for step in (first, last):
             ax.axvspan(step - (tenth - 1) / 2 - 0.5, step + (tenth - 1) / 2 + 0.5, color=color, alpha=0.08)
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss, mean of a tenth")
-    ax.set_title("Healing SmolLM2-135M for 10 minutes: the stored run kept the mean loss of the\n"
-                 "first and the last tenth of the steps, not every step's loss (dashed: no data between)", fontsize=9)
+    ax.set_title(
+        "Healing SmolLM2-135M for 10 minutes: the stored run kept the mean loss of the\n"
+        "first and the last tenth of the steps, not every step's loss (dashed: no data between)",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(IMAGES / "healing_loss.png", dpi=90)
@@ -117,14 +132,20 @@ def distillation() -> None:
     run = json.loads(DISTILLATION.read_text())
     results, args = run["results"], run["args"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, (name, label, color) in zip(axes[:2], (("healed_lm", "next-token loss (cross-entropy)", "tab:blue"),
-                                               ("healed_distill", "KL(dense || pruned)", "tab:green")), strict=True):
+    for ax, (name, label, color) in zip(
+        axes[:2],
+        (("healed_lm", "next-token loss (cross-entropy)", "tab:blue"), ("healed_distill", "KL(dense || pruned)", "tab:green")),
+        strict=True,
+    ):
         losses = results[name]["losses"]
         ax.plot(range(1, len(losses) + 1), losses, color=color, linewidth=1)
         ax.set_xlabel("training step")
         ax.set_ylabel(label)
-        ax.set_title(f"{name}: {len(losses)} steps in {results[name]['healing']['seconds'] / 60:.1f} min, "
-                     f"{losses[0]:.3f} -> {losses[-1]:.3f}", fontsize=9)
+        ax.set_title(
+            f"{name}: {len(losses)} steps in {results[name]['healing']['seconds'] / 60:.1f} min, "
+            f"{losses[0]:.3f} -> {losses[-1]:.3f}",
+            fontsize=9,
+        )
     ax = axes[2]
     names = list(results)
     texts = list(results["dense"]["perplexity"])
@@ -138,8 +159,11 @@ def distillation() -> None:
     ax.set_ylabel("held-out perplexity / dense (log scale)")
     ax.set_title(f"{args['eval_windows']} held-out windows of 512 tokens per text", fontsize=9)
     ax.legend(fontsize=8)
-    fig.suptitle(f"{args['model']}, {run['method']} removes {spans(run['pruned_layers'])}, then {args['max_minutes']:g} "
-                 f"minutes of LoRA healing each (run of {run['started'][:10]}, heal_recovery.py --distill)", fontsize=10)
+    fig.suptitle(
+        f"{args['model']}, {run['method']} removes {spans(run['pruned_layers'])}, then {args['max_minutes']:g} "
+        f"minutes of LoRA healing each (run of {run['started'][:10]}, heal_recovery.py --distill)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(IMAGES / "distillation.png", dpi=90)
     print(f"wrote {IMAGES / 'distillation.png'}")

@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             if not passes:
                 failed = True
                 if _text_and_integers(figures, text) != _text_and_integers(figures, other):  # not only figures differ
-                    print("    text or integers differ:\n    stored:   " + text.replace("\n", "\n              ")
-                          + "\n    computed: " + other.replace("\n", "\n              "))
+                    print(
+                        "    text or integers differ:\n    stored:   "
+                        + text.replace("\n", "\n              ")
+                        + "\n    computed: "
+                        + other.replace("\n", "\n              ")
+                    )
         print(f"  largest relative difference of a figure: {largest:.2e} (tolerance {figures.FIGURE_RTOL})")
     return 1 if failed else 0
 

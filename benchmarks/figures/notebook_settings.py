@@ -62,8 +62,11 @@ def main() -> None:
     for pages, how, count, window in CALIBRATION:
         stats = collect_layer_stats(model, windows("calibration", how, count, window).split(4), progress=False)
         lorp, shortgpt = (select_layers(stats, 0.25, method=method) for method in ("lorp", "shortgpt"))
-        print(f"| {pages} | {how} {count} x {window} | {lorp.rls:.3f} | {lorp.num_clusters} | "
-              f"{', '.join(map(str, lorp.pruned))} | {', '.join(map(str, shortgpt.pruned))} |", flush=True)
+        print(
+            f"| {pages} | {how} {count} x {window} | {lorp.rls:.3f} | {lorp.num_clusters} | "
+            f"{', '.join(map(str, lorp.pruned))} | {', '.join(map(str, shortgpt.pruned))} |",
+            flush=True,
+        )
     print()
     print("| pages | held-out windows (wiki held-out split) | tokens | dense perplexity, batch 1 | batch 4 |")
     print("|---|---|---|---|---|")

@@ -80,8 +80,8 @@ def check_against_memory(checkpoint: Path, out: Path, blocks: list[int], tokens:
 
     torch.set_num_threads(1)
     ids = AutoTokenizer.from_pretrained(checkpoint)(
-        "Depth pruning removes whole decoder blocks from a language model, keeping the rest as it was.",
-        return_tensors="pt").input_ids[:, :tokens]
+        "Depth pruning removes whole decoder blocks from a language model, keeping the rest as it was.", return_tensors="pt"
+    ).input_ids[:, :tokens]
     expected_model = prune_layers(AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32), blocks).eval()
     pruned = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -93,8 +93,9 @@ def check_against_memory(checkpoint: Path, out: Path, blocks: list[int], tokens:
 
 def step(*arguments: str) -> str:
     """Run a step of this script in a fresh process (so that this one never holds a model); its stdout."""
-    result = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, __file__, *arguments], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     if result.returncode != 0:
         raise RuntimeError(f"step {arguments[:2]} failed:\n{result.stderr[-3000:]}")
     return result.stdout
@@ -131,18 +132,24 @@ def main() -> None:
 
         imports, _ = peak_rss_of("import lorp_lightning.checkpoint")
         apply, apply_seconds = peak_rss_of(
-            f"from lorp_lightning.checkpoint import prune_checkpoint; prune_checkpoint({blocks!r}, {str(checkpoint)!r}, {str(out)!r})")
+            f"from lorp_lightning.checkpoint import prune_checkpoint; prune_checkpoint({blocks!r}, {str(checkpoint)!r}, {str(out)!r})"
+        )
         loaded, loaded_seconds = peak_rss_of(
             "import torch; from transformers import AutoModelForCausalLM; from lorp_lightning.surgery import prune_layers; "
             f"m = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, dtype=torch.float32); "
-            f"prune_layers(m, {blocks!r}).save_pretrained({str(in_memory)!r}, max_shard_size={args.max_shard_size!r})")
+            f"prune_layers(m, {blocks!r}).save_pretrained({str(in_memory)!r}, max_shard_size={args.max_shard_size!r})"
+        )
         out_size = sum(p.stat().st_size for p in out.glob("*.safetensors"))
         out_shards = len(list(out.glob("*.safetensors")))
         record = json.loads((out / "config.json").read_text())["lorp_pruning"]
-        check = json.loads(step("--blocks", args.blocks, "--tokens", str(args.tokens), "--step", "check", scratch).splitlines()[-1])
+        check = json.loads(
+            step("--blocks", args.blocks, "--tokens", str(args.tokens), "--step", "check", scratch).splitlines()[-1]
+        )
 
-    print(f"checkpoint: {args.model} in float32, {depth} blocks, {num_shards} safetensors shards of at most "
-          f"{args.max_shard_size} (a tensor larger than that gets a shard of its own): {size / MB:.1f} MB")
+    print(
+        f"checkpoint: {args.model} in float32, {depth} blocks, {num_shards} safetensors shards of at most "
+        f"{args.max_shard_size} (a tensor larger than that gets a shard of its own): {size / MB:.1f} MB"
+    )
     print(f"largest tensor: {largest_name} {tensors[largest_name][0]}, {largest / MB:.1f} MB")
     print(f"removed blocks {record['pruned_layers']}: the pruned checkpoint has {out_shards} shards, {out_size / MB:.1f} MB")
     print()
@@ -152,14 +159,18 @@ def main() -> None:
     print(f"{'prune_checkpoint (lorp apply)':<62} {apply:>8.0f} {apply_seconds:>8.1f}")
     print(f"{'from_pretrained + prune_layers + save_pretrained':<62} {loaded:>8.0f} {loaded_seconds:>8.1f}")
     print()
-    print(f"prune_checkpoint: peak RSS / checkpoint size = {apply / (size / MB):.3f}; / largest tensor = "
-          f"{apply / (largest / MB):.2f}; above the imports: {apply - imports:.0f} MB "
-          f"= {(apply - imports) / (largest / MB):.3f} of the largest tensor")
+    print(
+        f"prune_checkpoint: peak RSS / checkpoint size = {apply / (size / MB):.3f}; / largest tensor = "
+        f"{apply / (largest / MB):.2f}; above the imports: {apply - imports:.0f} MB "
+        f"= {(apply - imports) / (largest / MB):.3f} of the largest tensor"
+    )
     print(f"in memory, for comparison: peak RSS / checkpoint size = {loaded / (size / MB):.3f}")
     equal = check["difference"] <= 1e-6
-    print(f"check on {check['tokens']} tokens: logits of the pruned checkpoint vs prune_layers in memory, max |difference| "
-          f"{check['difference']:.3g} (float32, tolerance 1e-6): {'equal' if equal else 'NOT EQUAL'}; weights identical "
-          f"bit for bit: {check['identical']}")
+    print(
+        f"check on {check['tokens']} tokens: logits of the pruned checkpoint vs prune_layers in memory, max |difference| "
+        f"{check['difference']:.3g} (float32, tolerance 1e-6): {'equal' if equal else 'NOT EQUAL'}; weights identical "
+        f"bit for bit: {check['identical']}"
+    )
     if not (equal and check["identical"]):
         sys.exit(1)
 

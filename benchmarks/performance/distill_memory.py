@@ -57,8 +57,7 @@ def run_variant(args) -> dict:
     loaded = status_mb("VmRSS")
     module = LoRPModule(model, tokenizer, lr=1e-3)
     # more windows than the steps use: the epoch does not end, so fit runs no validation
-    data = TextDataModule("wiki", tokenizer, window=256, num_calibration_windows=8 * args.steps, num_eval_windows=4,
-                          batch_size=4)
+    data = TextDataModule("wiki", tokenizer, window=256, num_calibration_windows=8 * args.steps, num_eval_windows=4, batch_size=4)
     heal = LoRPHealCallback(verbose=False, teacher=teacher)
 
     class StepTimes(Callback):
@@ -72,9 +71,18 @@ def run_variant(args) -> dict:
             self.seconds.append(time.perf_counter() - self._start)
 
     times = StepTimes()
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, max_steps=args.steps, limit_val_batches=1, num_sanity_val_steps=0,
-                      callbacks=[LoRPPruneCallback(0.25, method="lorp", verbose=False), heal, times])
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=args.steps,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[LoRPPruneCallback(0.25, method="lorp", verbose=False), heal, times],
+    )
     trainer.validate(module, datamodule=data, verbose=False)
     student = {id(p) for p in module.model.parameters()}
     if args.variant == "shared":
@@ -87,10 +95,17 @@ def run_variant(args) -> dict:
     student_bytes = sum(p.numel() * p.element_size() for p in module.model.parameters())
     pruned = status_mb("VmRSS")
     trainer.fit(module, datamodule=data)
-    return {"variant": args.variant, "dtype": str(model.dtype), "student_weights_mb": student_bytes / 2**20,
-            "teacher_extra_weights_mb": teacher_bytes / 2**20, "rss_loaded_mb": loaded, "rss_after_pruning_mb": pruned,
-            "peak_rss_mb": status_mb("VmHWM"), "step_seconds": times.seconds,
-            "distillation": heal.records[-1]["distillation"]}
+    return {
+        "variant": args.variant,
+        "dtype": str(model.dtype),
+        "student_weights_mb": student_bytes / 2**20,
+        "teacher_extra_weights_mb": teacher_bytes / 2**20,
+        "rss_loaded_mb": loaded,
+        "rss_after_pruning_mb": pruned,
+        "peak_rss_mb": status_mb("VmHWM"),
+        "step_seconds": times.seconds,
+        "distillation": heal.records[-1]["distillation"],
+    }
 
 
 def main() -> None:
@@ -106,19 +121,33 @@ def main() -> None:
         return
     rows = []
     for variant in VARIANTS:
-        command = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--dtype", args.dtype,
-                   "--steps", str(args.steps)] + (["--threads", str(args.threads)] if args.threads else [])
+        command = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--model",
+            args.model,
+            "--dtype",
+            args.dtype,
+            "--steps",
+            str(args.steps),
+        ] + (["--threads", str(args.threads)] if args.threads else [])
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))
     print(f"{args.model}, {rows[0]['dtype']}, 7 of 30 blocks removed; student weights {rows[0]['student_weights_mb']:.0f} MB")
-    print("| teacher | weights held beyond the student (MB) | RSS after pruning (MB) | peak RSS (MB) | "
-          "peak - no teacher (MB) | s / step |")
+    print(
+        "| teacher | weights held beyond the student (MB) | RSS after pruning (MB) | peak RSS (MB) | "
+        "peak - no teacher (MB) | s / step |"
+    )
     print("|---|---|---|---|---|---|")
     base = rows[0]["peak_rss_mb"]
     for row in rows:
         step = sum(row["step_seconds"][1:]) / max(1, len(row["step_seconds"]) - 1)  # the first step warms up
-        print(f"| {row['variant']} | {row['teacher_extra_weights_mb']:.0f} | {row['rss_after_pruning_mb']:.0f} | "
-              f"{row['peak_rss_mb']:.0f} | {row['peak_rss_mb'] - base:+.0f} | {step:.1f} |")
+        print(
+            f"| {row['variant']} | {row['teacher_extra_weights_mb']:.0f} | {row['rss_after_pruning_mb']:.0f} | "
+            f"{row['peak_rss_mb']:.0f} | {row['peak_rss_mb'] - base:+.0f} | {step:.1f} |"
+        )
 
 
 if __name__ == "__main__":

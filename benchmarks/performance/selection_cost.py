@@ -48,13 +48,18 @@ def batching(model, windows, amount, repeats: int) -> None:
             plan = select_layers(stats, amount, method=DEFAULT_METHOD, shared_checks=loss)
             times.setdefault(loss.batch_windows, []).append(time.perf_counter() - start)
             losses[loss.batch_windows], plans[loss.batch_windows] = loss.window_losses, plan.pruned
-            print(f"  {loss.batch_windows} window(s) per pass: {times[loss.batch_windows][-1]:6.1f} s  {plan.pruned}  "
-                  f"{loss.plans_checked} plans, {loss.window_passes} window passes", flush=True)
+            print(
+                f"  {loss.batch_windows} window(s) per pass: {times[loss.batch_windows][-1]:6.1f} s  {plan.pruned}  "
+                f"{loss.plans_checked} plans, {loss.window_passes} window passes",
+                flush=True,
+            )
     one, batched = (statistics.median(times[b]) for b in times)
     (_, alone), (size, together) = losses.items()
-    print(f"{DEFAULT_METHOD}'s checks with {size} windows per pass instead of 1: {one:.1f} s -> {batched:.1f} s, "
-          f"{one / batched:.2f}x (medians of {repeats}); same plan: {len(set(map(tuple, plans.values()))) == 1}; "
-          f"every window's loss the same bit for bit: {alone == together}")
+    print(
+        f"{DEFAULT_METHOD}'s checks with {size} windows per pass instead of 1: {one:.1f} s -> {batched:.1f} s, "
+        f"{one / batched:.2f}x (medians of {repeats}); same plan: {len(set(map(tuple, plans.values()))) == 1}; "
+        f"every window's loss the same bit for bit: {alone == together}"
+    )
 
 
 def main() -> None:
@@ -71,11 +76,16 @@ def main() -> None:
         for method in times:
             seconds, plan = selection(model, windows, args.amount, method)
             times[method].append(seconds)
-            print(f"  {method:>12}: {seconds:6.1f} s  {plan.pruned}  window passes {plan.cost['statistics_windows']} + "
-                  f"{plan.cost['check_windows']}", flush=True)
+            print(
+                f"  {method:>12}: {seconds:6.1f} s  {plan.pruned}  window passes {plan.cost['statistics_windows']} + "
+                f"{plan.cost['check_windows']}",
+                flush=True,
+            )
     faithful, default = (statistics.median(times[m]) for m in times)
-    print(f"{args.model}, amount {args.amount}, {model.dtype}, {torch.get_num_threads()} threads: faithful lorp {faithful:.1f} s, "
-          f"{DEFAULT_METHOD} {default:.1f} s (medians of {args.repeats}); ratio {default / faithful:.2f}x (target <= 3x)")
+    print(
+        f"{args.model}, amount {args.amount}, {model.dtype}, {torch.get_num_threads()} threads: faithful lorp {faithful:.1f} s, "
+        f"{DEFAULT_METHOD} {default:.1f} s (medians of {args.repeats}); ratio {default / faithful:.2f}x (target <= 3x)"
+    )
     if args.batching:
         batching(model, windows, args.amount, args.repeats)
 

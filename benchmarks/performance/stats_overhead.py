@@ -83,7 +83,10 @@ def main() -> None:
     plain_peak, stats_peak = peak(plain), peak(stats)
     n = model.config.num_hidden_layers
     bound = (n + 1) * batches[0].numel() * model.config.hidden_size * 4
-    print(f"model {args.model} ({model.dtype}, {device}), {len(batches)} x {args.window} tokens, median of {args.repeats}, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model} ({model.dtype}, {device}), {len(batches)} x {args.window} tokens, "
+        f"median of {args.repeats}, torch threads {torch.get_num_threads()}"
+    )
     print(f"plain forward        {plain_s:8.2f} s")
     print(f"backbone forward     {backbone_s:8.2f} s   (the same without the language-model head)")
     print(f"collect_layer_stats  {stats_s:8.2f} s")
@@ -93,8 +96,10 @@ def main() -> None:
     what = "peak GPU memory" if device.type == "cuda" else "peak RSS"
     print(f"{what}, plain      {plain_peak / mib:8.1f} MiB")
     print(f"{what}, stats      {stats_peak / mib:8.1f} MiB")
-    print(f"extra peak memory    {(stats_peak - plain_peak) / mib:8.1f} MiB   "
-          f"(bound: one float32 copy of the N+1={n + 1} states of one batch = {bound / mib:.1f} MiB)")
+    print(
+        f"extra peak memory    {(stats_peak - plain_peak) / mib:8.1f} MiB   "
+        f"(bound: one float32 copy of the N+1={n + 1} states of one batch = {bound / mib:.1f} MiB)"
+    )
 
 
 if __name__ == "__main__":

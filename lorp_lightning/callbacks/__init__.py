@@ -23,4 +23,14 @@ from lorp_lightning.callbacks.prune import LoRPPruneCallback
 from lorp_lightning.callbacks.statistics import LayerStatsCallback
 from lorp_lightning.callbacks.time_budget import TimeBudget
 
-__all__ = ["LayerStatsCallback", "LoRPHealCallback", "LoRPPruneCallback", "LossCurve", "ModelLocation", "check_model_location", "TimeBudget", "get_causal_lm", "rebuild_optimizers"]
+__all__ = [
+    "LayerStatsCallback",
+    "LoRPHealCallback",
+    "LoRPPruneCallback",
+    "LossCurve",
+    "ModelLocation",
+    "check_model_location",
+    "TimeBudget",
+    "get_causal_lm",
+    "rebuild_optimizers",
+]

@@ -167,9 +167,20 @@ class LoRPHealCallback(Callback):
         settings: HealingSettings | None = None,
     ) -> None:
         self.settings = HealingSettings.of(
-            settings, mode=mode, rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules, seed=seed,
-            lora=lora, teacher=teacher, teacher_tokenizer=teacher_tokenizer, temperature=temperature, lm_weight=lm_weight,
-            teacher_name=teacher_name)
+            settings,
+            mode=mode,
+            rank=rank,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
+            seed=seed,
+            lora=lora,
+            teacher=teacher,
+            teacher_tokenizer=teacher_tokenizer,
+            temperature=temperature,
+            lm_weight=lm_weight,
+            teacher_name=teacher_name,
+        )
         self.verbose = verbose
         self.model = check_model_location(model, type(self).__name__)
         self.records: list[dict] = []
@@ -217,10 +228,14 @@ class LoRPHealCallback(Callback):
     def _current_distillation(self, name: str) -> Distillation:
         if self._distillation is None:
             if self.teacher is None:
-                raise RuntimeError(f"LoRPHealCallback.{name}: this callback has no teacher; pass "
-                                   "LoRPHealCallback(teacher='dense' or the dense model)")
-            raise RuntimeError(f"LoRPHealCallback.{name}: no healing is running (it runs from the setup of fit, or "
-                               "from the pruning in the middle of fit, to the end of fit); check callback.healing first")
+                raise RuntimeError(
+                    f"LoRPHealCallback.{name}: this callback has no teacher; pass "
+                    "LoRPHealCallback(teacher='dense' or the dense model)"
+                )
+            raise RuntimeError(
+                f"LoRPHealCallback.{name}: no healing is running (it runs from the setup of fit, or "
+                "from the pruning in the middle of fit, to the end of fit); check callback.healing first"
+            )
         return self._distillation
 
     def _student_device(self) -> torch.device:
@@ -280,9 +295,13 @@ class LoRPHealCallback(Callback):
                     "teacher=dense_model"
                 )
             return
-        check_teacher(model, self.teacher, device=trainer.strategy.root_device,
-                      tokenizer=getattr(pl_module, "tokenizer", None),
-                      teacher_tokenizer=self.settings.distillation.teacher_tokenizer)
+        check_teacher(
+            model,
+            self.teacher,
+            device=trainer.strategy.root_device,
+            tokenizer=getattr(pl_module, "tokenizer", None),
+            teacher_tokenizer=self.settings.distillation.teacher_tokenizer,
+        )
 
     def _pending_prune(self, trainer: pl.Trainer) -> LoRPPruneCallback | None:
         """The Trainer's LoRPPruneCallback that will prune during this fit, checked to run before this callback."""
@@ -297,7 +316,8 @@ class LoRPHealCallback(Callback):
             raise ValueError(
                 f"LoRPHealCallback(teacher='dense') with the schedule {prune.schedule!r}: the dense teacher is the model "
                 "before the pruning, whose kept blocks the first healing's merge changes; distil from a model given as "
-                "teacher=... (the dense model loaded again) across a schedule")
+                "teacher=... (the dense model loaded again) across a schedule"
+            )
         if callbacks.index(prune) > callbacks.index(self):
             raise ValueError(
                 "LoRPHealCallback comes before LoRPPruneCallback in the Trainer's callbacks, so it would see the model "
@@ -328,21 +348,27 @@ class LoRPHealCallback(Callback):
             self._start_distillation(pl_module, model)
         if self.verbose:
             healing = self._healing
-            what = (f"LoRA rank {self.settings.rank} on {', '.join(healing.target_modules)}" if self.settings.mode == "lora"
-                    else f"blocks {healing.trained_blocks}, the final norm and the head")
+            what = (
+                f"LoRA rank {self.settings.rank} on {', '.join(healing.target_modules)}"
+                if self.settings.mode == "lora"
+                else f"blocks {healing.trained_blocks}, the final norm and the head"
+            )
             loss = "" if healing.distillation is None else f", distilled from the teacher {healing.distillation['teacher']}"
-            rank_zero_info(f"LoRPHealCallback: healing {what}: {healing.num_trainable_parameters / 1e6:.2f} M trainable "
-                           f"parameters{loss}")
+            rank_zero_info(
+                f"LoRPHealCallback: healing {what}: {healing.num_trainable_parameters / 1e6:.2f} M trainable parameters{loss}"
+            )
 
     def _start_distillation(self, pl_module: pl.LightningModule, model: nn.Module) -> None:
         """Build the teacher, and hand it to a LoRPModule, whose training_step then distils."""
         settings = self.settings.distillation
         if self.teacher == "dense":
-            distillation = Distillation.dense_student(model, self._dense, self._healing.tuner,
-                                                      temperature=settings.temperature, lm_weight=settings.lm_weight)
+            distillation = Distillation.dense_student(
+                model, self._dense, self._healing.tuner, temperature=settings.temperature, lm_weight=settings.lm_weight
+            )
         else:
-            distillation = Distillation.from_model(self.teacher, temperature=settings.temperature,
-                                                   lm_weight=settings.lm_weight, name=settings.teacher_name)
+            distillation = Distillation.from_model(
+                self.teacher, temperature=settings.temperature, lm_weight=settings.lm_weight, name=settings.teacher_name
+            )
         distillation.start()
         self._distillation, self._pl_module, self._asked_teacher = distillation, pl_module, None
         self._healing.distillation = distillation.record()
@@ -375,7 +401,9 @@ class LoRPHealCallback(Callback):
                 rebuild_optimizers(trainer, pl_module)
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._healing is not None:
             loss = _step_loss(outputs)
             if loss is not None:
@@ -419,8 +447,11 @@ class LoRPHealCallback(Callback):
         self.records.append(entry)
         if self.verbose:
             kind = "" if entry["distillation"] is None else " (distillation)"
-            losses = (f"; training loss{kind} {entry['initial_loss']:.3f} -> {entry['final_loss']:.3f}"
-                      if entry["initial_loss"] is not None else "")
+            losses = (
+                f"; training loss{kind} {entry['initial_loss']:.3f} -> {entry['final_loss']:.3f}"
+                if entry["initial_loss"] is not None
+                else ""
+            )
             rank_zero_info(f"LoRPHealCallback: healed for {entry['num_steps']} steps{losses}; merged into the weights")
 
     # ------------------------------------------------------------------ state
@@ -437,15 +468,17 @@ class LoRPHealCallback(Callback):
 class LossCurve(Callback):
     """The training loss of every step of ``fit``, in ``losses`` (a list of floats).
 
-        curve = LossCurve()
-        heal(model, tokenizer, steps=200, trainer_options={"callbacks": [curve]})
-        curve.losses   # one float per step
+    curve = LossCurve()
+    heal(model, tokenizer, steps=200, trainer_options={"callbacks": [curve]})
+    curve.losses   # one float per step
     """
 
     def __init__(self) -> None:
         self.losses: list[float] = []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = _step_loss(outputs)
         if loss is not None:
             self.losses.append(loss)

@@ -86,7 +86,8 @@ class LoRPPruneCallback(_GatheringCallback):
     lists each step's plan, and ``plan`` is them composed in the original numbering. Resuming
     ``fit`` from a checkpoint in the middle of a schedule needs a module that rebuilds the pruned
     depth before the weights load (``LoRPModule`` does); the schedule then goes on where it
-    stopped, and a model of another depth is refused, naming both. Pruned in the middle of ``fit``, the model keeps training: the optimizers and
+    stopped, and a model of another depth is refused, naming both. Pruned in the middle of ``fit``, the model
+    keeps training: the optimizers and
     learning-rate schedulers are built again by ``configure_optimizers``, over the kept
     parameters (single-device and DDP strategies). Under DDP, every process prunes the same
     blocks, selected from the statistics of all processes. (Lightning's ``DistributedSampler``
@@ -164,32 +165,50 @@ class LoRPPruneCallback(_GatheringCallback):
         settings: PruneSettings | None = None,
     ) -> None:
         if amount is None and settings is None:
-            raise TypeError("LoRPPruneCallback needs an amount (a count, a fraction, or a schedule) or settings=PruneSettings(...)")
+            raise TypeError(
+                "LoRPPruneCallback needs an amount (a count, a fraction, or a schedule) or settings=PruneSettings(...)"
+            )
         self.schedule = None
         if callable(amount) or (isinstance(amount, (list, tuple)) and not is_budget(amount)):
             self.schedule = PruningSchedule(amount)  # a ValueError naming the schedule if it is not one
             if prune_on != "validation_end":
-                raise ValueError(f"a schedule prunes at the validation ends of fit it reaches: pass prune_on='validation_end' "
-                                 f"(the default), not prune_on={prune_on!r}, or a single amount")
+                raise ValueError(
+                    f"a schedule prunes at the validation ends of fit it reaches: pass prune_on='validation_end' "
+                    f"(the default), not prune_on={prune_on!r}, or a single amount"
+                )
             if rounds not in (None, 1) or (settings is not None and settings.rounds != 1):
-                raise ParameterError("rounds", f"rounds={rounds if rounds is not None else settings.rounds!r} splits a "
-                                               "single amount into rounds; a schedule gives its own rounds")
+                raise ParameterError(
+                    "rounds",
+                    f"rounds={rounds if rounds is not None else settings.rounds!r} splits a "
+                    "single amount into rounds; a schedule gives its own rounds",
+                )
             amount = None
         elif amount is not None and not is_budget(amount):  # the one budget rule; the message says what was wrong
             if is_integer(amount):
                 raise ParameterError("amount", f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
             if isinstance(amount, numbers.Real) and not isinstance(amount, bool):
                 raise ParameterError(
-                    "amount", f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the "
-                    "blocks, or an int count")
+                    "amount",
+                    f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the "
+                    "blocks, or an int count",
+                )
             raise ParameterError(
-                "amount", f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got "
-                f"amount={amount!r}")
+                "amount",
+                f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}",
+            )
         base = settings if settings is not None else PruneSettings(method=DEFAULT_METHOD)
         if self.schedule is not None:
             base = replace(base, amount=None)
-        self.settings = PruneSettings.of(base, amount=amount, method=method, num_clusters=num_clusters, protect=protect,
-                                         seed=seed, compensate=compensate, rounds=rounds)
+        self.settings = PruneSettings.of(
+            base,
+            amount=amount,
+            method=method,
+            num_clusters=num_clusters,
+            protect=protect,
+            seed=seed,
+            compensate=compensate,
+            rounds=rounds,
+        )
         self._method = self.settings.entry
         check_choice(prune_on, "prune_on", self.PRUNE_ON)
         self.prune_on = prune_on
@@ -198,8 +217,13 @@ class LoRPPruneCallback(_GatheringCallback):
         self.model = check_model_location(model, type(self).__name__)
         self.stats: LayerStats | None = None
         self.windows: torch.Tensor | None = None
-        self._gathering = _Gathering(self.stages, self.model, type(self).__name__, check=self._check_model,
-                                     keep_windows=None if self.rounds > 1 else CHECK_WINDOWS)  # rounds: all, for their statistics
+        self._gathering = _Gathering(
+            self.stages,
+            self.model,
+            type(self).__name__,
+            check=self._check_model,
+            keep_windows=None if self.rounds > 1 else CHECK_WINDOWS,
+        )  # rounds: all, for their statistics
         self._listener = self._gathering.listener
         self.plan: PruningPlan | None = None
         self.plans: list[PruningPlan] = []  # with a schedule: each pruning's plan, in the numbering of the model it pruned
@@ -207,8 +231,10 @@ class LoRPPruneCallback(_GatheringCallback):
         self._stats_callback: LayerStatsCallback | None = None
 
     # the settings, as the arguments they came from
-    amount = property(lambda self: self.settings.amount if self.schedule is None else self.schedule.schedule,
-                      doc="The amount: the settings' budget, or the schedule as given.")
+    amount = property(
+        lambda self: self.settings.amount if self.schedule is None else self.schedule.schedule,
+        doc="The amount: the settings' budget, or the schedule as given.",
+    )
     method = property(lambda self: self.settings.method, doc="The method, a name or a callable (``settings.method``).")
     num_clusters = property(lambda self: self.settings.num_clusters, doc="``settings.num_clusters``.")
     protect = property(lambda self: self.settings.protect, doc="``settings.protect``.")
@@ -286,15 +312,18 @@ class LoRPPruneCallback(_GatheringCallback):
             raise ValueError(f"protect={self.protect!r} holds {outside}, beyond the {num_layers} blocks of the model")
         protect = self._protected(num_layers)
         if self.num_clusters is not None and self.num_clusters > num_layers:
-            raise ParameterError("num_clusters", 
-                f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}"
+            raise ParameterError(
+                "num_clusters",
+                f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}",
             )
         if self.schedule is not None:
             self.schedule.blocks(num_layers, num_layers - len(protect))  # a list: every entry checked now
             return
         k = resolve_budget(self.amount, num_layers, num_layers - len(protect))
         if self.rounds > k:
-            raise ParameterError("rounds", f"rounds={self.rounds} exceeds the {k} blocks amount={self.amount!r} prunes; pass at most {k}")
+            raise ParameterError(
+                "rounds", f"rounds={self.rounds} exceeds the {k} blocks amount={self.amount!r} prunes; pass at most {k}"
+            )
 
     # ------------------------------------------------------------------ listening
 
@@ -328,11 +357,14 @@ class LoRPPruneCallback(_GatheringCallback):
         assert self.schedule is not None
         num_layers = self.plan.num_layers if self.plan is not None else self._depth
         done = 0 if self.plan is None else len(self.plan.pruned)
-        total = self.schedule.due(trainer.global_step, trainer.current_epoch, num_layers,
-                                  num_layers - len(self._protected(num_layers)))
+        total = self.schedule.due(
+            trainer.global_step, trainer.current_epoch, num_layers, num_layers - len(self._protected(num_layers))
+        )
         if total < done:
-            raise ValueError(f"the schedule {self.schedule!r} asks for {total} blocks removed at epoch {trainer.current_epoch}, "
-                             f"step {trainer.global_step}, but {done} are removed already: a schedule may not decrease")
+            raise ValueError(
+                f"the schedule {self.schedule!r} asks for {total} blocks removed at epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step}, but {done} are removed already: a schedule may not decrease"
+            )
         return total - done
 
     # ------------------------------------------------------------------ pruning
@@ -371,8 +403,13 @@ class LoRPPruneCallback(_GatheringCallback):
         if self._method.reads_model or self.compensate or self.rounds > 1:
             source = self._stats_callback if self._stats_callback is not None else self
             if source.windows is None:
-                what = (f"method={self._method.name!r}" if self._method.reads_model else
-                        "compensate=True" if self.compensate else f"rounds={self.rounds}")
+                what = (
+                    f"method={self._method.name!r}"
+                    if self._method.reads_model
+                    else "compensate=True"
+                    if self.compensate
+                    else f"rounds={self.rounds}"
+                )
                 raise RuntimeError(
                     f"LoRPPruneCallback({what}) checks on unpadded {self._listens_to} sequences, and none ran "
                     "through the model; give it unpadded windows (TextDataModule's are)"
@@ -400,10 +437,12 @@ class LoRPPruneCallback(_GatheringCallback):
     def _depth_message(self, depth: int) -> str:
         if self.plan is None:
             return f"the model has {depth} blocks, but had {self._depth} when LoRPPruneCallback checked its schedule at setup"
-        return (f"the model has {depth} blocks, but the schedule {self.schedule!r} of LoRPPruneCallback has removed "
-                f"{len(self.plan.pruned)} of {self.plan.num_layers} (blocks {self.plan.pruned}), which leaves "
-                f"{len(self.plan.kept)}: resume from a checkpoint with a module that rebuilds the pruned depth "
-                "(LoRPModule does, from the checkpoint's pruning record)")
+        return (
+            f"the model has {depth} blocks, but the schedule {self.schedule!r} of LoRPPruneCallback has removed "
+            f"{len(self.plan.pruned)} of {self.plan.num_layers} (blocks {self.plan.pruned}), which leaves "
+            f"{len(self.plan.kept)}: resume from a checkpoint with a module that rebuilds the pruned depth "
+            "(LoRPModule does, from the checkpoint's pruning record)"
+        )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -444,8 +483,11 @@ class LoRPPruneCallback(_GatheringCallback):
     @override
     def state_dict(self) -> dict[str, Any]:
         plan = None if self.plan is None else json.loads(self.plan.to_json())  # plain Python values only
-        return {"plan": plan, "plans": [json.loads(p.to_json()) for p in self.plans],
-                "stats": None if self.stats is None else self.stats.state_dict()}
+        return {
+            "plan": plan,
+            "plans": [json.loads(p.to_json()) for p in self.plans],
+            "stats": None if self.stats is None else self.stats.state_dict(),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

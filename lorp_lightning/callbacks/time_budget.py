@@ -48,7 +48,9 @@ class TimeBudget(Callback):
         self._step_started = time.perf_counter()
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         self._longest_step = max(self._longest_step, now - self._step_started)
         stop = self.elapsed(now) + self._longest_step > self.seconds

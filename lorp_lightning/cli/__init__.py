@@ -42,8 +42,11 @@ command's own name (``evaluate`` for ``eval``) runs it with the parsed arguments
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``lorp``; ``parser.flags[command]`` is each command's table of library parameters to flags."""
-    parser = argparse.ArgumentParser(prog="lorp", description=__doc__.split("\n\nOne file per command")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lorp",
+        description=__doc__.split("\n\nOne file per command")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.flags = {}
     for name, module in COMMANDS.items():

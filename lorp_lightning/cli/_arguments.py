@@ -12,9 +12,11 @@ from lorp_lightning.selection import is_budget
 DEFAULT_MODEL = "smollm2-135m"
 
 
-MODEL_HELP = ("a bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), a local Hugging Face model directory, "
-              "a .gguf file, or a hub id org/name (read from the Hugging Face cache; with HF_HUB_OFFLINE=1 from "
-              "the cache only)")
+MODEL_HELP = (
+    "a bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), a local Hugging Face model directory, "
+    "a .gguf file, or a hub id org/name (read from the Hugging Face cache; with HF_HUB_OFFLINE=1 from "
+    "the cache only)"
+)
 
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -73,7 +75,6 @@ def int_or_float(text: str) -> int | float:
         return float(text)
 
 
-
 # A budget as the library reads it (selection.is_budget): "3" is 3 blocks, "0.25" a quarter of
 # them, and "3.0", a float that is no fraction, is refused as the callback refuses it.
 fraction_or_count = checked_number(int_or_float, is_budget, "a fraction in (0, 1) or a block count >= 1", name="amount")
@@ -92,22 +93,32 @@ unit_float = checked_number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def add_common(parser: argparse.ArgumentParser, out_default: str | None) -> None:
-    parser.add_argument("--dtype", choices=DTYPES, default="auto",
-                        help="weights' dtype for calibration and evaluation (default: auto, bfloat16 on a CPU that runs it "
-                             "natively and float32 on one that does not, where bf16 is several times slower)")
-    parser.add_argument("--device", default="cpu",
-                        help="where the model computes: cpu (default), cuda, cuda:N, or auto (accelerate's device_map='auto': "
-                             "the blocks spread over the visible GPUs; the CPU when there is none)")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="weights' dtype for calibration and evaluation (default: auto, bfloat16 on a CPU that runs it "
+        "natively and float32 on one that does not, where bf16 is several times slower)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model computes: cpu (default), cuda, cuda:N, or auto (accelerate's device_map='auto': "
+        "the blocks spread over the visible GPUs; the CPU when there is none)",
+    )
     parser.add_argument("--out", default=out_default, help=f"output directory (default: {out_default})")
     parser.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def add_calibration(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text", default="wiki",
-                        help="calibration text: a bundled name (wiki, c4, tinystories, lambada) or a UTF-8 text file, cut into "
-                             "documents at blank lines; only its calibration split is read (about 4 documents in 5, by the "
-                             "hash rule of lorp_lightning.data), from its first window on (default: wiki)")
+    parser.add_argument(
+        "--text",
+        default="wiki",
+        help="calibration text: a bundled name (wiki, c4, tinystories, lambada) or a UTF-8 text file, cut into "
+        "documents at blank lines; only its calibration split is read (about 4 documents in 5, by the "
+        "hash rule of lorp_lightning.data), from its first window on (default: wiki)",
+    )
     parser.add_argument("--windows", type=positive_int, default=32, help="calibration windows (default: 32)")
     parser.add_argument("--window", type=positive_int, default=512, help="tokens per window (default: 512)")
     parser.add_argument("--batch-size", type=positive_int, default=4, help="calibration batch size (default: 4)")
@@ -115,12 +126,27 @@ def add_calibration(parser: argparse.ArgumentParser) -> None:
 
 
 def add_evaluation(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--eval-text", default="wiki", help="held-out text for perplexity: a bundled name (its held-out split) or a text file (all of it; "
-                             "of the --text file, its held-out split only) (default: wiki)")
-    parser.add_argument("--eval-windows", type=positive_int, default=40, help="evaluation windows of --window tokens (default: 40)")
-    parser.add_argument("--speed-repeats", type=positive_int, default=5, help="repeats of the interleaved speed runs (default: 5)")
-    parser.add_argument("--prompt-tokens", type=positive_int, default=512, help="prompt length for prefill latency (default: 512)")
-    parser.add_argument("--new-tokens", type=positive_int, default=64, help="tokens generated with the KV cache for decode throughput (default: 64)")
+    parser.add_argument(
+        "--eval-text",
+        default="wiki",
+        help="held-out text for perplexity: a bundled name (its held-out split) or a text file (all of it; "
+        "of the --text file, its held-out split only) (default: wiki)",
+    )
+    parser.add_argument(
+        "--eval-windows", type=positive_int, default=40, help="evaluation windows of --window tokens (default: 40)"
+    )
+    parser.add_argument(
+        "--speed-repeats", type=positive_int, default=5, help="repeats of the interleaved speed runs (default: 5)"
+    )
+    parser.add_argument(
+        "--prompt-tokens", type=positive_int, default=512, help="prompt length for prefill latency (default: 512)"
+    )
+    parser.add_argument(
+        "--new-tokens",
+        type=positive_int,
+        default=64,
+        help="tokens generated with the KV cache for decode throughput (default: 64)",
+    )
 
 
 def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
@@ -133,8 +159,9 @@ def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
         flag, shown = f"--{field.name.replace('_', '-')}", "" if field.default is None else f" (default: {field.default})"
         kind = field.type.split(" | ")[0].split("[")[0]  # "int | None" -> int; "tuple[str, ...] | None" -> tuple
         if kind == "bool":  # a switch: given, True; absent, the settings' default
-            parser.add_argument(flag, dest=field.name, action="store_const", const=True, default=None,
-                                help=field.metadata["help"])
+            parser.add_argument(
+                flag, dest=field.name, action="store_const", const=True, default=None, help=field.metadata["help"]
+            )
             continue
         convert = _worded(field.metadata.get("parse") or {"int": int, "float": float, "str": str, "tuple": str}[kind])
         if "separator" in field.metadata:
@@ -142,8 +169,15 @@ def add_settings(parser: argparse.ArgumentParser, settings: type) -> None:
 
             def convert(text: str, separator: str = separator) -> tuple[str, ...]:
                 return tuple(part for part in text.split(separator) if part)
-        parser.add_argument(flag, dest=field.name, type=convert, default=None, choices=field.metadata.get("choices"),
-                            help=field.metadata["help"] + shown)
+
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            type=convert,
+            default=None,
+            choices=field.metadata.get("choices"),
+            help=field.metadata["help"] + shown,
+        )
 
 
 def _worded(parse: Any) -> Any:

@@ -80,8 +80,10 @@ def held_out_text(name_or_path: str, calibration: str | None = None) -> str:
         return path.read_text(encoding="utf-8")
     documents = text_documents(name_or_path, "heldout")
     if not documents:
-        raise UsageError(f"--eval-text {name_or_path!r} is also --text, and has no held-out documents to measure on "
-                         "(about 1 in 5 paragraphs is held out); give another --eval-text")
+        raise UsageError(
+            f"--eval-text {name_or_path!r} is also --text, and has no held-out documents to measure on "
+            "(about 1 in 5 paragraphs is held out); give another --eval-text"
+        )
     print(f"eval text: the held-out split of {name_or_path} ({len(documents)} documents), as it is also --text")
     return "\n\n".join(documents)
 
@@ -106,8 +108,7 @@ def calibration_windows(tokenizer, text: str, window: int, count: int):
         raise UsageError.of(error) from error
 
 
-def calibrate(model, tokenizer, *, stats_file: str | None, text: str, window: int, count: int, batch_size: int,
-               quiet: bool):
+def calibrate(model, tokenizer, *, stats_file: str | None, text: str, window: int, count: int, batch_size: int, quiet: bool):
     """The statistics: read from ``stats_file`` (--stats), or one pass over the calibration windows; and its seconds."""
     from lorp_lightning.stats import LayerStats, collect_layer_stats
 
@@ -116,7 +117,9 @@ def calibrate(model, tokenizer, *, stats_file: str | None, text: str, window: in
         from lorp_lightning.architectures import decoder_layers
 
         if stats.num_layers != len(decoder_layers(model)):
-            raise UsageError(f"--stats {stats_file} holds statistics of {stats.num_layers} blocks; the model has {len(decoder_layers(model))}")
+            raise UsageError(
+                f"--stats {stats_file} holds statistics of {stats.num_layers} blocks; the model has {len(decoder_layers(model))}"
+            )
         return stats, 0.0
     windows = calibration_windows(tokenizer, text, window, count)
     start = time.perf_counter()
@@ -131,8 +134,19 @@ def check_method(method: str) -> None:
         raise UsageError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
 
-def select_plan(stats, amount, method, *, seed: int, quiet: bool, model=None, windows=None, num_clusters=None,
-            compensate: bool = False, rounds: int = 1):
+def select_plan(
+    stats,
+    amount,
+    method,
+    *,
+    seed: int,
+    quiet: bool,
+    model=None,
+    windows=None,
+    num_clusters=None,
+    compensate: bool = False,
+    rounds: int = 1,
+):
     """The plan of ``method``; a method that tries plans on the model checks them on ``windows``
     (the calibration windows of --text), the others read ``stats`` alone (with ``compensate``, the
     strength is checked on ``windows`` too; with ``rounds`` > 1, later rounds collect statistics on them)."""
@@ -140,9 +154,18 @@ def select_plan(stats, amount, method, *, seed: int, quiet: bool, model=None, wi
 
     on_model = get_method(method).reads_model or compensate or rounds > 1
     try:
-        return select_layers(stats, amount, method=method, num_clusters=num_clusters, seed=seed,
-                             model=model if on_model else None, windows=windows if on_model else None,
-                             progress=not quiet, compensate=compensate, rounds=rounds)
+        return select_layers(
+            stats,
+            amount,
+            method=method,
+            num_clusters=num_clusters,
+            seed=seed,
+            model=model if on_model else None,
+            windows=windows if on_model else None,
+            progress=not quiet,
+            compensate=compensate,
+            rounds=rounds,
+        )
     except ValueError as error:
         raise UsageError.of(error) from error
 
@@ -212,10 +235,13 @@ def healing_line(record: dict, before, after) -> str:
     distillation = record.get("distillation")
     how = "" if distillation is None else f" by distillation from {distillation['teacher']}"
     loss = "training loss" if distillation is None else "training loss (KL to the teacher)"
-    line = (f"healed for {record['num_steps']} steps{how} ({what}; {record['tokens']} calibration tokens of {record['text']}, "
-            f"{record['seconds']:.0f} s): {loss} {record['initial_loss']:.3f} -> {record['final_loss']:.3f}")
+    line = (
+        f"healed for {record['num_steps']} steps{how} ({what}; {record['tokens']} calibration tokens of {record['text']}, "
+        f"{record['seconds']:.0f} s): {loss} {record['initial_loss']:.3f} -> {record['final_loss']:.3f}"
+    )
     if before is None:
         return line
+
     def show(x: str | float) -> str:
         return x if isinstance(x, str) else f"{x:.2f}"
 

@@ -24,23 +24,48 @@ def add_arguments(commands) -> argparse.ArgumentParser:
     return parser
 
 
-def analyze(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, text: str, windows: int,
-            window: int, batch_size: int, stats: str | None, seed: int, num_clusters: int | None) -> dict:
+def analyze(
+    *,
+    model: str,
+    out: str,
+    overwrite: bool,
+    dtype: str,
+    device: str,
+    quiet: bool,
+    text: str,
+    windows: int,
+    window: int,
+    batch_size: int,
+    stats: str | None,
+    seed: int,
+    num_clusters: int | None,
+) -> dict:
     """``lorp analyze``: the statistics of ``model`` (one calibration pass, or read from ``stats``), its RLS, K and
     clusters, and a heatmap, written to ``out``; the report."""
     from lorp_lightning.plots import save_similarity_heatmap
 
     with output_directory(out, overwrite) as output:
         lm, tokenizer = load(model, dtype, quiet, device)
-        layer_stats, seconds = calibrate(lm, tokenizer, stats_file=stats, text=text, window=window, count=windows,
-                                          batch_size=batch_size, quiet=quiet)
+        layer_stats, seconds = calibrate(
+            lm, tokenizer, stats_file=stats, text=text, window=window, count=windows, batch_size=batch_size, quiet=quiet
+        )
         plan = select_plan(layer_stats, 1, "lorp", seed=seed, quiet=quiet, num_clusters=num_clusters)
         layer_stats.save(output.path / "stats.pt")
-        save_similarity_heatmap(layer_stats, output.path / "similarity.png", labels=plan.labels,
-                                title=f"{model}: RLS {plan.rls:.3f}, K {plan.num_clusters}")
-        report = {"command": "analyze", "model": model, "dtype": dtype, "device": device,
-                  "calibration": {"text": text, "windows": windows, "window": window, "seconds": seconds, "stats_file": stats},
-                  "statistics": stats_summary(layer_stats, plan), "versions": versions()}
+        save_similarity_heatmap(
+            layer_stats,
+            output.path / "similarity.png",
+            labels=plan.labels,
+            title=f"{model}: RLS {plan.rls:.3f}, K {plan.num_clusters}",
+        )
+        report = {
+            "command": "analyze",
+            "model": model,
+            "dtype": dtype,
+            "device": device,
+            "calibration": {"text": text, "windows": windows, "window": window, "seconds": seconds, "stats_file": stats},
+            "statistics": stats_summary(layer_stats, plan),
+            "versions": versions(),
+        }
         write_json(output.path / "report.json", report)
     final = output.final
     print(f"{model}: {layer_stats.num_layers} blocks, {layer_stats.num_tokens} calibration tokens")

@@ -15,12 +15,18 @@ RENAMED = {"plan_or_blocks": "plan", "checkpoint_dir": "checkpoint", "out_dir": 
 def add_arguments(commands) -> argparse.ArgumentParser:
     """The ``apply`` sub-command's parser, added to ``commands`` (argparse's sub-parsers)."""
     parser = commands.add_parser("apply", help="prune a saved checkpoint on disk by a plan, tensor by tensor, without loading it")
-    parser.add_argument("plan", metavar="PLAN",
-                              help="the blocks to remove, e.g. 12,13,14 (the checkpoint's numbering), or a saved plan: the "
-                                   "report.json of `lorp prune` (or its output directory), or a file of PruningPlan.to_json()")
-    parser.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
-                              help="a Hugging Face model directory with safetensors weights (model.safetensors, or "
-                                   "model.safetensors.index.json and its shards); only read")
+    parser.add_argument(
+        "plan",
+        metavar="PLAN",
+        help="the blocks to remove, e.g. 12,13,14 (the checkpoint's numbering), or a saved plan: the "
+        "report.json of `lorp prune` (or its output directory), or a file of PruningPlan.to_json()",
+    )
+    parser.add_argument(
+        "checkpoint",
+        metavar="CHECKPOINT_DIR",
+        help="a Hugging Face model directory with safetensors weights (model.safetensors, or "
+        "model.safetensors.index.json and its shards); only read",
+    )
     parser.add_argument("--out", required=True, help="output directory for the pruned checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the output directory if it exists")
     return parser
@@ -43,7 +49,9 @@ def apply(*, plan: str, checkpoint: str, out: str, overwrite: bool) -> dict:
     record = json.loads((final / "config.json").read_text())["lorp_pruning"]
     removed = record["steps"][-1]["pruned_layers"]
     remaining = record["original_num_layers"] - len(record["pruned_layers"])
-    print(f"removed blocks {removed} (original numbering) of {checkpoint}: {remaining} of "
-          f"{record['original_num_layers']} blocks remain")
+    print(
+        f"removed blocks {removed} (original numbering) of {checkpoint}: {remaining} of "
+        f"{record['original_num_layers']} blocks remain"
+    )
     print(f"saved the pruned checkpoint to {final}")
     return {"command": "apply", "plan": plan, "checkpoint": checkpoint, "out": str(final), "lorp_pruning": record}

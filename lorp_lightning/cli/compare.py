@@ -35,9 +35,12 @@ def add_arguments(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("compare", help="every method at every budget, from one calibration pass")
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: {DEFAULT_MODEL})")
     parser.add_argument("--amounts", default="0.125,0.25,0.33", help="comma-separated budgets (default: 0.125,0.25,0.33)")
-    parser.add_argument("--methods", default=",".join(COMPARED),
-                                help=f"comma-separated methods (default: {','.join(COMPARED)}; sleb, left out, checks about 4x as "
-                                     "many plans as lorp_search)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(COMPARED),
+        help=f"comma-separated methods (default: {','.join(COMPARED)}; sleb, left out, checks about 4x as "
+        "many plans as lorp_search)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     add_calibration(parser)
     parser.add_argument("--eval-text", default="wiki")
@@ -49,9 +52,25 @@ def add_arguments(commands) -> argparse.ArgumentParser:
 COMPARED = ("lorp_search", "lorp", "lorp_checked", "ppl", "shortgpt", "streamline", "angular", "random", "last")
 
 
-def compare(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, amounts: str, methods: str,
-            seed: int, text: str, windows: int, window: int, batch_size: int, stats: str | None, eval_text: str,
-            eval_windows: int) -> dict:
+def compare(
+    *,
+    model: str,
+    out: str,
+    overwrite: bool,
+    dtype: str,
+    device: str,
+    quiet: bool,
+    amounts: str,
+    methods: str,
+    seed: int,
+    text: str,
+    windows: int,
+    window: int,
+    batch_size: int,
+    stats: str | None,
+    eval_text: str,
+    eval_windows: int,
+) -> dict:
     """``lorp compare``: every method of ``methods`` at every budget of ``amounts`` (comma-separated), from one
     calibration pass, by held-out perplexity; a report and a picture written to ``out``; the report."""
     from lorp_lightning.evaluation import perplexity
@@ -64,8 +83,9 @@ def compare(*, model: str, out: str, overwrite: bool, dtype: str, device: str, q
     budgets = [_fraction_or_count_or_usage(a) for a in amounts.split(",") if a]
     with output_directory(out, overwrite) as output:
         dense, tokenizer = load(model, dtype, quiet, device)
-        layer_stats, seconds = calibrate(dense, tokenizer, stats_file=stats, text=text, window=window, count=windows,
-                                          batch_size=batch_size, quiet=quiet)
+        layer_stats, seconds = calibrate(
+            dense, tokenizer, stats_file=stats, text=text, window=window, count=windows, batch_size=batch_size, quiet=quiet
+        )
         check_windows = windows_for_checks(method_names, tokenizer, text, window, windows)
         held_out = held_out_windows(tokenizer, eval_text, text, window, eval_windows)
         dense_ppl = perplexity(dense, held_out)
@@ -74,18 +94,33 @@ def compare(*, model: str, out: str, overwrite: bool, dtype: str, device: str, q
             for method in method_names:
                 plan = select_plan(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense, windows=check_windows)
                 pruned = prune_layers(dense, plan, inplace=False)
-                rows.append({"amount": amount, "method": method, "pruned": plan.pruned, "num_pruned": len(plan.pruned),
-                             "perplexity": perplexity(pruned, held_out)})
+                rows.append(
+                    {
+                        "amount": amount,
+                        "method": method,
+                        "pruned": plan.pruned,
+                        "num_pruned": len(plan.pruned),
+                        "perplexity": perplexity(pruned, held_out),
+                    }
+                )
                 del pruned
         analysis = select_plan(layer_stats, 1, "lorp", seed=seed, quiet=quiet)
-        report = {"command": "compare", "model": model, "dtype": dtype, "device": device, "dense_perplexity": dense_ppl,
-                  "calibration": {"text": text, "windows": windows, "window": window, "seconds": seconds},
-                  "statistics": stats_summary(layer_stats, analysis),
-                  "evaluation": {"text": eval_text, "split": "heldout", "windows": int(held_out.shape[0]), "window": window},
-                  "results": rows, "versions": versions()}
+        report = {
+            "command": "compare",
+            "model": model,
+            "dtype": dtype,
+            "device": device,
+            "dense_perplexity": dense_ppl,
+            "calibration": {"text": text, "windows": windows, "window": window, "seconds": seconds},
+            "statistics": stats_summary(layer_stats, analysis),
+            "evaluation": {"text": eval_text, "split": "heldout", "windows": int(held_out.shape[0]), "window": window},
+            "results": rows,
+            "versions": versions(),
+        }
         write_json(output.path / "report.json", report)
-        save_perplexity_by_budget(rows, dense_ppl, output.path / "perplexity.png", title=model,
-                                  ylabel=f"held-out perplexity ({eval_text})")
+        save_perplexity_by_budget(
+            rows, dense_ppl, output.path / "perplexity.png", title=model, ylabel=f"held-out perplexity ({eval_text})"
+        )
     final = output.final
     print(f"{model}: dense perplexity {dense_ppl:.2f} on {eval_text} (held-out)")
     print(f"{'amount':>7} {'blocks':>6} " + " ".join(f"{m:>11}" for m in method_names))

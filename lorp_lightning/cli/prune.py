@@ -50,24 +50,54 @@ def add_arguments(commands) -> argparse.ArgumentParser:
     add_settings(parser, PruneSettings)  # --amount, --method, --num-clusters, --seed, --compensate, --rounds
     add_calibration(parser)
     add_evaluation(parser)
-    parser.add_argument("--heal-steps", type=non_negative_int, default=0,
-                              help="heal the pruned model for N steps (LoRA, on the calibration split of --text) before "
-                                   "evaluating and saving it; see `lorp heal` (default: 0, no healing)")
-    parser.add_argument("--distill", action="store_true",
-                              help="heal by distillation from the dense model just pruned (KL between its next-token "
-                                   "distributions and the pruned model's; no second load) instead of the next-token loss; "
-                                   "needs --heal-steps")
-    parser.add_argument("--lm-weight", type=unit_float, default=None,
-                              help="with --distill: the share of the next-token loss mixed into the distillation loss, in "
-                                   "[0, 1] (default: 0, pure distillation)")
+    parser.add_argument(
+        "--heal-steps",
+        type=non_negative_int,
+        default=0,
+        help="heal the pruned model for N steps (LoRA, on the calibration split of --text) before "
+        "evaluating and saving it; see `lorp heal` (default: 0, no healing)",
+    )
+    parser.add_argument(
+        "--distill",
+        action="store_true",
+        help="heal by distillation from the dense model just pruned (KL between its next-token "
+        "distributions and the pruned model's; no second load) instead of the next-token loss; "
+        "needs --heal-steps",
+    )
+    parser.add_argument(
+        "--lm-weight",
+        type=unit_float,
+        default=None,
+        help="with --distill: the share of the next-token loss mixed into the distillation loss, in "
+        "[0, 1] (default: 0, pure distillation)",
+    )
     add_common(parser, "pruned/MODEL-METHOD-AMOUNT")
     return parser
 
 
-def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, quiet: bool, text: str, windows: int,
-          window: int, batch_size: int, stats: str | None, eval_text: str, eval_windows: int, speed_repeats: int,
-          prompt_tokens: int, new_tokens: int, heal_steps: int, distill: bool, lm_weight: float | None,
-          **options: Any) -> dict:
+def prune(
+    *,
+    model: str,
+    out: str,
+    overwrite: bool,
+    dtype: str,
+    device: str,
+    quiet: bool,
+    text: str,
+    windows: int,
+    window: int,
+    batch_size: int,
+    stats: str | None,
+    eval_text: str,
+    eval_windows: int,
+    speed_repeats: int,
+    prompt_tokens: int,
+    new_tokens: int,
+    heal_steps: int,
+    distill: bool,
+    lm_weight: float | None,
+    **options: Any,
+) -> dict:
     """``lorp prune``: the statistics, the plan of ``method`` for ``amount`` (compensated with ``compensate``,
     in ``rounds`` rounds), the pruned model (healed for
     ``heal_steps`` first, by distillation from the dense model with ``distill``), dense and pruned measured side
@@ -83,14 +113,22 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
     except ValueError as error:
         raise UsageError.of(error) from error
     amount, method, num_clusters, seed, compensate, rounds = (
-        settings.amount, settings.method, settings.num_clusters, settings.seed, settings.compensate, settings.rounds)
+        settings.amount,
+        settings.method,
+        settings.num_clusters,
+        settings.seed,
+        settings.compensate,
+        settings.rounds,
+    )
     if distill and not heal_steps:
         raise UsageError("--distill heals by distillation from the dense model, which needs --heal-steps N (N >= 1)")
     if lm_weight is not None and not distill:
         raise UsageError(f"--lm-weight {lm_weight} mixes the next-token loss into distillation; it needs --distill")
     if rounds > 1 and heal_steps and heal_steps < rounds:
-        raise UsageError(f"--heal-steps {heal_steps} are split over the --rounds {rounds}, each round healed after its "
-                         f"pruning: give each round at least one (--heal-steps >= {rounds})")
+        raise UsageError(
+            f"--heal-steps {heal_steps} are split over the --rounds {rounds}, each round healed after its "
+            f"pruning: give each round at least one (--heal-steps >= {rounds})"
+        )
     if heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
         check_calibration_text(text)
     if out == "pruned/MODEL-METHOD-AMOUNT":
@@ -107,8 +145,9 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
                 check_compensable(dense)
             except ValueError as error:
                 raise UsageError(f"--compensate: {error}") from error
-        layer_stats, timings["calibration_seconds"] = calibrate(dense, tokenizer, stats_file=stats, text=text, window=window,
-                                                                 count=windows, batch_size=batch_size, quiet=quiet)
+        layer_stats, timings["calibration_seconds"] = calibrate(
+            dense, tokenizer, stats_file=stats, text=text, window=window, count=windows, batch_size=batch_size, quiet=quiet
+        )
         analysis = select_plan(layer_stats, 1, "lorp", seed=seed, quiet=quiet)
         calibration = windows_for_checks([method], tokenizer, text, window, windows, compensate or rounds > 1)
         held_out = held_out_windows(tokenizer, eval_text, text, window, eval_windows)
@@ -117,36 +156,85 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
         if rounds > 1 and heal_steps:  # progressive: each round healed before the next is selected
             start = time.perf_counter()
             pruned = copy.deepcopy(dense)
-            plan, healing = _prune_and_heal(pruned, tokenizer, layer_stats, amount, method, quiet=quiet, rounds=rounds,
-                                            steps=heal_steps, windows=calibration, seed=seed, compensate=compensate,
-                                            num_clusters=num_clusters, text=text, window=window, batch_size=batch_size,
-                                            **teacher)
+            plan, healing = _prune_and_heal(
+                pruned,
+                tokenizer,
+                layer_stats,
+                amount,
+                method,
+                quiet=quiet,
+                rounds=rounds,
+                steps=heal_steps,
+                windows=calibration,
+                seed=seed,
+                compensate=compensate,
+                num_clusters=num_clusters,
+                text=text,
+                window=window,
+                batch_size=batch_size,
+                **teacher,
+            )
             timings["selection_seconds"] = plan.cost["seconds"]
             timings["heal_seconds"] = sum(record["seconds"] for record in healing["records"])
             timings["prune_seconds"] = time.perf_counter() - start - timings["selection_seconds"] - timings["heal_seconds"]
         else:
             start = time.perf_counter()
-            plan = select_plan(layer_stats, amount, method, seed=seed, quiet=quiet, model=dense, compensate=compensate,
-                           rounds=rounds, windows=calibration, num_clusters=num_clusters)
+            plan = select_plan(
+                layer_stats,
+                amount,
+                method,
+                seed=seed,
+                quiet=quiet,
+                model=dense,
+                compensate=compensate,
+                rounds=rounds,
+                windows=calibration,
+                num_clusters=num_clusters,
+            )
             timings["selection_seconds"] = time.perf_counter() - start
             start = time.perf_counter()
             pruned = prune_layers(dense, plan, inplace=False)
             timings["prune_seconds"] = time.perf_counter() - start
         if heal_steps and healing is None:
-            healing = _heal_pruned(pruned, tokenizer, held_out, quiet=quiet, steps=heal_steps, text=text,
-                                   window=window, batch_size=batch_size, seed=seed, **teacher)
+            healing = _heal_pruned(
+                pruned,
+                tokenizer,
+                held_out,
+                quiet=quiet,
+                steps=heal_steps,
+                text=text,
+                window=window,
+                batch_size=batch_size,
+                seed=seed,
+                **teacher,
+            )
             timings["heal_seconds"] = healing["record"]["seconds"]
         start = time.perf_counter()
-        metrics = compare_models({"dense": dense, "pruned": pruned}, held_out, prompt_tokens=prompt_tokens,
-                                 new_tokens=new_tokens, repeats=speed_repeats, progress=not quiet)
+        metrics = compare_models(
+            {"dense": dense, "pruned": pruned},
+            held_out,
+            prompt_tokens=prompt_tokens,
+            new_tokens=new_tokens,
+            repeats=speed_repeats,
+            progress=not quiet,
+        )
         timings["evaluation_seconds"] = time.perf_counter() - start
         eval_setup = {"text": eval_text, "split": "heldout", "windows": int(held_out.shape[0]), "window": window}
         pruned.save_pretrained(output.path)
         tokenizer.save_pretrained(output.path)
-        report = {"command": "prune", "model": model, "dtype": dtype, "device": device, "plan": plan.to_dict(),
-                  "calibration": {"text": text, "windows": windows, "window": window, "stats_file": stats},
-                  "statistics": stats_summary(layer_stats, analysis), "evaluation": eval_setup, "metrics": metrics,
-                  "timings": timings, "versions": versions()}
+        report = {
+            "command": "prune",
+            "model": model,
+            "dtype": dtype,
+            "device": device,
+            "plan": plan.to_dict(),
+            "calibration": {"text": text, "windows": windows, "window": window, "stats_file": stats},
+            "statistics": stats_summary(layer_stats, analysis),
+            "evaluation": eval_setup,
+            "metrics": metrics,
+            "timings": timings,
+            "versions": versions(),
+        }
         if healing is not None:
             report["healing"] = healing
         write_json(output.path / "report.json", report)
@@ -154,8 +242,10 @@ def prune(*, model: str, out: str, overwrite: bool, dtype: str, device: str, qui
     print(plan)
     if healing is not None and "records" in healing:  # one healing per round
         for r, record in enumerate(healing["records"], 1):
-            print(f"round {r}: " + healing_line(record, None, metrics["pruned"]["perplexity"] if r == len(healing["records"])
-                                                 else None))
+            print(
+                f"round {r}: "
+                + healing_line(record, None, metrics["pruned"]["perplexity"] if r == len(healing["records"]) else None)
+            )
     elif healing is not None:
         print(healing_line(healing["record"], healing["perplexity_before_healing"], metrics["pruned"]["perplexity"]))
     print(comparison_table(metrics))
@@ -186,8 +276,16 @@ def _prune_and_heal(model, tokenizer, stats, amount, method, *, quiet: bool, **o
     before = len(healing_records(model))
     try:
         with lightning_warnings_only():
-            plan = prune_and_heal(model, tokenizer, stats, amount, method=method, progress=not quiet,
-                                          trainer_options={"callbacks": [curve]}, **options)
+            plan = prune_and_heal(
+                model,
+                tokenizer,
+                stats,
+                amount,
+                method=method,
+                progress=not quiet,
+                trainer_options={"callbacks": [curve]},
+                **options,
+            )
     except ValueError as error:
         raise UsageError.of(error) from error
     return plan, {"records": healing_records(model)[before:], "losses": curve.losses}

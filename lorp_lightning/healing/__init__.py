@@ -56,8 +56,12 @@ _EXPORTS = {
     "learning_rate_factor": "schedule",
 }
 # Named here too, for one import of healing: the callback lives with the other callbacks, the drivers with the recipes.
-_ABOVE = {"LoRPHealCallback": "lorp_lightning.callbacks.heal", "LossCurve": "lorp_lightning.callbacks.heal",
-          "heal": "lorp_lightning.recipes.heal", "prune_and_heal": "lorp_lightning.recipes.prune_and_heal"}
+_ABOVE = {
+    "LoRPHealCallback": "lorp_lightning.callbacks.heal",
+    "LossCurve": "lorp_lightning.callbacks.heal",
+    "heal": "lorp_lightning.recipes.heal",
+    "prune_and_heal": "lorp_lightning.recipes.prune_and_heal",
+}
 
 if TYPE_CHECKING:
     from lorp_lightning.callbacks.heal import LoRPHealCallback, LossCurve
@@ -79,5 +83,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lorp_lightning.healing' has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_LR", "MODES", "DistillationSettings", "HealingSettings", "TrainingSettings", "LoRPHealCallback", "LossCurve", "blocks_next_to_removed", "heal",
-           "healing_records", "learning_rate_factor", "prune_and_heal"]
+__all__ = [
+    "DEFAULT_LR",
+    "MODES",
+    "DistillationSettings",
+    "HealingSettings",
+    "TrainingSettings",
+    "LoRPHealCallback",
+    "LossCurve",
+    "blocks_next_to_removed",
+    "heal",
+    "healing_records",
+    "learning_rate_factor",
+    "prune_and_heal",
+]

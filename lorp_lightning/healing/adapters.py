@@ -22,7 +22,16 @@ from lorp_lightning.architectures import architecture_of, decoder_layers
 from lorp_lightning.healing.settings import HealingSettings, peft
 from lorp_lightning.surgery import RECORD_ATTRIBUTE, pruning_record
 
-__all__ = ["Healing", "blocks_next_to_removed", "check_model", "check_settings", "checked_record", "lora_targets", "merge", "start"]
+__all__ = [
+    "Healing",
+    "blocks_next_to_removed",
+    "check_model",
+    "check_settings",
+    "checked_record",
+    "lora_targets",
+    "merge",
+    "start",
+]
 
 _ADAPTER = "default"
 
@@ -84,9 +93,13 @@ def _linear_layers_of_blocks(model: nn.Module) -> tuple[dict[str, nn.Module], di
     prefix = architecture_of(model).layers_path
     layers, routers = {}, {}
     for index, block in enumerate(decoder_layers(model)):
-        routing = {f"{owner}.{child}" if owner else child
-                   for owner, module in block.named_modules() if isinstance(getattr(module, "experts", None), nn.Module)
-                   for child, layer in module.named_children() if isinstance(layer, (nn.Linear, Conv1D))}
+        routing = {
+            f"{owner}.{child}" if owner else child
+            for owner, module in block.named_modules()
+            if isinstance(getattr(module, "experts", None), nn.Module)
+            for child, layer in module.named_children()
+            if isinstance(layer, (nn.Linear, Conv1D))
+        }
         for name, module in block.named_modules():
             if isinstance(module, (nn.Linear, Conv1D)):
                 (routers if name in routing else layers)[f"{prefix}.{index}.{name}"] = module
@@ -119,9 +132,12 @@ def lora_targets(model: nn.Module, settings: HealingSettings) -> dict[str, nn.Mo
         unknown = [t for t in settings.target_modules if t not in leaf_names]
         if unknown:
             routing = sorted({name.rpartition(".")[2] for name in routers})
-            why = (f"which routes tokens among the experts of the MoE blocks: LoRA leaves the routing layers {routing} as "
-                   "they are, so that a healing does not change which experts each token runs through"
-                   if unknown[0] in routing else "which is not a linear layer of the decoder blocks")
+            why = (
+                f"which routes tokens among the experts of the MoE blocks: LoRA leaves the routing layers {routing} as "
+                "they are, so that a healing does not change which experts each token runs through"
+                if unknown[0] in routing
+                else "which is not a linear layer of the decoder blocks"
+            )
             raise ValueError(
                 f"target_modules={list(settings.target_modules)!r} names {unknown[0]!r}, {why}; the blocks' linear "
                 f"layers are {leaf_names}"
@@ -217,10 +233,12 @@ def _misplaced(tuner: Any, targets: dict[str, nn.Module]) -> str | None:
         return None
     extra = sorted(set(placed) - set(targets)) + parameters
     missing = sorted(set(targets) - set(placed))
-    return (f"peft {peft().__version__} put the LoRA adapters on other weights than the {len(targets)} linear layers "
-            f"asked for: also on {len(extra)} others ({', '.join(extra[:3])}), not on {len(missing)} of them "
-            f"({', '.join(missing[:3])}); the model is left as it was. Heal with mode='adjacent', or with the peft "
-            "version pyproject.toml names")
+    return (
+        f"peft {peft().__version__} put the LoRA adapters on other weights than the {len(targets)} linear layers "
+        f"asked for: also on {len(extra)} others ({', '.join(extra[:3])}), not on {len(missing)} of them "
+        f"({', '.join(missing[:3])}); the model is left as it was. Heal with mode='adjacent', or with the peft "
+        "version pyproject.toml names"
+    )
 
 
 def check_model(model: nn.Module, settings: HealingSettings) -> dict:

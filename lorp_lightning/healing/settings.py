@@ -24,9 +24,21 @@ from lorp_lightning._versions import check_version
 from lorp_lightning.evaluation import check_window
 from lorp_lightning.healing.schedule import WARMUP, learning_rate_factor
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_DROPOUT", "DEFAULT_LR", "DEFAULT_RANK", "DISTILLATION_KEYWORDS", "MODES", "DistillationSettings",
-           "HealingSettings", "TrainingSettings", "check_lm_weight", "check_temperature", "peft",
-           "split_keywords"]
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_DROPOUT",
+    "DEFAULT_LR",
+    "DEFAULT_RANK",
+    "DISTILLATION_KEYWORDS",
+    "MODES",
+    "DistillationSettings",
+    "HealingSettings",
+    "TrainingSettings",
+    "check_lm_weight",
+    "check_temperature",
+    "peft",
+    "split_keywords",
+]
 
 MODES = ("lora", "adjacent")
 """The ways to heal: LoRA adapters on every block, or full training of the blocks next to the removed ones."""
@@ -43,11 +55,28 @@ DEFAULT_LR = {"lora": 1e-3, "adjacent": 1e-4}
 # (inference_mode): refused, with their default.
 _REFUSED_LORA_OPTIONS = {
     "inference_mode": False,
-    "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None, "exclude_modules": None,
-    "bias": "none", "trainable_token_indices": None, "layer_replication": None, "target_parameters": None,
+    "modules_to_save": None,
+    "layers_to_transform": None,
+    "layers_pattern": None,
+    "exclude_modules": None,
+    "bias": "none",
+    "trainable_token_indices": None,
+    "layer_replication": None,
+    "target_parameters": None,
 }
 # LoraConfig fields that are not settings of the adapters (bookkeeping), or that this module reads itself.
-_NOT_OPTIONS = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "r", "lora_alpha", "lora_dropout", "target_modules"}
+_NOT_OPTIONS = {
+    "task_type",
+    "peft_type",
+    "auto_mapping",
+    "peft_version",
+    "base_model_name_or_path",
+    "revision",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+}
 
 
 def peft():
@@ -56,8 +85,7 @@ def peft():
         import peft as module
     except ImportError as error:
         raise ImportError(
-            f"healing with LoRA adapters needs peft: pip install 'lorp_lightning[heal]' ({error}); or heal with "
-            "mode='adjacent'"
+            f"healing with LoRA adapters needs peft: pip install 'lorp_lightning[heal]' ({error}); or heal with mode='adjacent'"
         ) from error
     check_version("peft")
     return module
@@ -66,14 +94,16 @@ def peft():
 def check_temperature(value: Any) -> float:
     """The distillation temperature, a number > 0, as a float (the rule of ``DistillationSettings`` and of
     ``distillation_loss``)."""
-    return check_real(value, "temperature", low=0.0, low_inclusive=False,
-                      what="a number > 0 (1: the distributions as the models give them)")
+    return check_real(
+        value, "temperature", low=0.0, low_inclusive=False, what="a number > 0 (1: the distributions as the models give them)"
+    )
 
 
 def check_lm_weight(value: Any) -> float:
     """The share of the next-token loss in the distillation loss, a number in [0, 1], as a float."""
-    return check_real(value, "lm_weight", low=0.0, high=1.0,
-                      what="a number in [0, 1] (the share of the next-token loss; 0: pure distillation)")
+    return check_real(
+        value, "lm_weight", low=0.0, high=1.0, what="a number in [0, 1] (the share of the next-token loss; 0: pure distillation)"
+    )
 
 
 @dataclass(frozen=True)
@@ -92,16 +122,20 @@ class DistillationSettings:
     teacher: Any
     teacher_tokenizer: Any = None
     temperature: float = option(1.0, "with a teacher: the distillation temperature, > 0")
-    lm_weight: float = option(0.0, "with a teacher: the share of the next-token loss mixed into the distillation loss, "
-                                   "in [0, 1] (0: pure distillation)")
+    lm_weight: float = option(
+        0.0, "with a teacher: the share of the next-token loss mixed into the distillation loss, in [0, 1] (0: pure distillation)"
+    )
     teacher_name: str | None = None
 
     def __post_init__(self) -> None:
         teacher = self.teacher
         if isinstance(teacher, str) and teacher != "dense":
-            raise ParameterError("teacher", f"teacher must be a causal LM, 'dense' (the student with its removed blocks put "
-                                            f"back) or None, got teacher={teacher!r}; to use a model by name, load it first "
-                                            "(load_model)")
+            raise ParameterError(
+                "teacher",
+                f"teacher must be a causal LM, 'dense' (the student with its removed blocks put "
+                f"back) or None, got teacher={teacher!r}; to use a model by name, load it first "
+                "(load_model)",
+            )
         if not isinstance(teacher, (str, nn.Module)):
             raise TypeError(f"teacher must be a causal LM (nn.Module), 'dense' or None, got {type(teacher).__name__}")
         object.__setattr__(self, "temperature", check_temperature(self.temperature))
@@ -109,11 +143,15 @@ class DistillationSettings:
         if teacher == "dense":
             for name in ("teacher_tokenizer", "teacher_name"):
                 if getattr(self, name) is not None:
-                    raise ParameterError(name, f"{name} applies to a separate teacher model; teacher='dense' is the student "
-                                               f"itself, with its own tokenizer and name: leave {name} out")
+                    raise ParameterError(
+                        name,
+                        f"{name} applies to a separate teacher model; teacher='dense' is the student "
+                        f"itself, with its own tokenizer and name: leave {name} out",
+                    )
         if self.teacher_name is not None and not (isinstance(self.teacher_name, str) and self.teacher_name):
-            raise ParameterError("teacher_name", f"teacher_name must be a non-empty str or None, got "
-                                                 f"teacher_name={self.teacher_name!r}")
+            raise ParameterError(
+                "teacher_name", f"teacher_name must be a non-empty str or None, got teacher_name={self.teacher_name!r}"
+            )
 
     @classmethod
     def of(cls, teacher: Any = None, **keywords: Any) -> DistillationSettings | None:
@@ -123,8 +161,11 @@ class DistillationSettings:
         if teacher is None:
             if given:
                 name, value = next(iter(given.items()))
-                raise ParameterError(name, f"{name} applies only to distillation, got {name}={value!r} without a "
-                                           "teacher; pass teacher='dense' or the dense model, or leave it out")
+                raise ParameterError(
+                    name,
+                    f"{name} applies only to distillation, got {name}={value!r} without a "
+                    "teacher; pass teacher='dense' or the dense model, or leave it out",
+                )
             return None
         return cls(teacher, **given)
 
@@ -158,13 +199,18 @@ class HealingSettings:
     they are its own.
     """
 
-    mode: str = option("lora", "lora: adapters on every block, merged at the end; adjacent: train the blocks next to "
-                               "the removed ones, the final norm and the head (needs float32 weights)", choices=MODES)
+    mode: str = option(
+        "lora",
+        "lora: adapters on every block, merged at the end; adjacent: train the blocks next to "
+        "the removed ones, the final norm and the head (needs float32 weights)",
+        choices=MODES,
+    )
     rank: int | None = option(None, f"the LoRA rank (default: {DEFAULT_RANK})")
     alpha: float | None = option(None, f"LoRA alpha; the update is scaled by alpha/rank (default: {DEFAULT_ALPHA:g})")
     dropout: float | None = option(None, f"LoRA dropout, in [0, 1) (default: {DEFAULT_DROPOUT:g})")
     target_modules: tuple[str, ...] | None = option(
-        None, "the blocks' linear layers that get adapters, e.g. q_proj,v_proj (default: all)", separator=",")
+        None, "the blocks' linear layers that get adapters, e.g. q_proj,v_proj (default: all)", separator=","
+    )
     seed: int = option(0, "the adapters' initialisation and the order of the training windows")
     lora: Any = None
     distillation: DistillationSettings | None = None
@@ -172,47 +218,82 @@ class HealingSettings:
     def __post_init__(self) -> None:
         mode = check_choice(self.mode, "mode", MODES)
         seed = check_int(self.seed, "seed", low=0)
-        plain = {name: getattr(self, name) for name in ("rank", "alpha", "dropout", "target_modules")
-                 if getattr(self, name) is not None}
+        plain = {
+            name: getattr(self, name)
+            for name in ("rank", "alpha", "dropout", "target_modules")
+            if getattr(self, name) is not None
+        }
         if self.distillation is not None and not isinstance(self.distillation, DistillationSettings):
             raise TypeError(f"distillation must be a DistillationSettings or None, got {type(self.distillation).__name__}")
         if self.teacher == "dense" and mode != "lora":
-            raise ParameterError("teacher", f"teacher='dense' runs the student with its adapters off as the dense model, "
-                                            f"which needs mode='lora' (the kept blocks' own weights frozen); mode={mode!r} "
-                                            "trains them, so pass the dense model as a separate teacher")
+            raise ParameterError(
+                "teacher",
+                f"teacher='dense' runs the student with its adapters off as the dense model, "
+                f"which needs mode='lora' (the kept blocks' own weights frozen); mode={mode!r} "
+                "trains them, so pass the dense model as a separate teacher",
+            )
         if mode == "adjacent":
             if plain or self.lora is not None:
                 name, value = next(iter(plain.items())) if plain else ("lora", self.lora)
-                raise ParameterError(name, f"{name} applies only to mode='lora', got {name}={value!r} with mode='adjacent' "
-                                           "(which trains whole blocks, without adapters); leave it out or pass mode='lora'")
+                raise ParameterError(
+                    name,
+                    f"{name} applies only to mode='lora', got {name}={value!r} with mode='adjacent' "
+                    "(which trains whole blocks, without adapters); leave it out or pass mode='lora'",
+                )
             values: dict[str, Any] = dict(rank=None, alpha=None, dropout=None, target_modules=None)
         elif isinstance(self.lora, _Checked):  # a copy (dataclasses.replace) of settings made from a LoraConfig
             values = _from_lora_config(self.lora.config)
             for name, value in plain.items():
                 if value != values[name]:
-                    raise ParameterError(name, f"{name}={value!r} differs from the LoRA config's {values[name]!r}: set "
-                                               "r, lora_alpha, lora_dropout or target_modules in the LoraConfig")
+                    raise ParameterError(
+                        name,
+                        f"{name}={value!r} differs from the LoRA config's {values[name]!r}: set "
+                        "r, lora_alpha, lora_dropout or target_modules in the LoraConfig",
+                    )
         elif self.lora is not None:
             if plain:
                 name, value = next(iter(plain.items()))
-                raise ParameterError(name, f"pass the LoRA settings either as lora=LoraConfig(...) or as rank, alpha, "
-                                           f"dropout and target_modules, not both: got lora and {name}={value!r}; set r, "
-                                           "lora_alpha, lora_dropout or target_modules in the LoraConfig")
+                raise ParameterError(
+                    name,
+                    f"pass the LoRA settings either as lora=LoraConfig(...) or as rank, alpha, "
+                    f"dropout and target_modules, not both: got lora and {name}={value!r}; set r, "
+                    "lora_alpha, lora_dropout or target_modules in the LoraConfig",
+                )
             values = _from_lora_config(self.lora)
         else:
             values = dict(
                 rank=DEFAULT_RANK if self.rank is None else check_int(self.rank, "rank", what="a positive int (the LoRA rank)"),
-                alpha=DEFAULT_ALPHA if self.alpha is None else check_real(
-                    self.alpha, "alpha", low=0.0, low_inclusive=False, what="a number > 0 (LoRA scales its update by alpha / rank)"),
-                dropout=DEFAULT_DROPOUT if self.dropout is None else check_real(
-                    self.dropout, "dropout", low=0.0, high=1.0, high_inclusive=False, what="a number in [0, 1) (LoRA dropout)"),
-                target_modules=_checked_targets(self.target_modules, "target_modules"))
+                alpha=DEFAULT_ALPHA
+                if self.alpha is None
+                else check_real(
+                    self.alpha,
+                    "alpha",
+                    low=0.0,
+                    low_inclusive=False,
+                    what="a number > 0 (LoRA scales its update by alpha / rank)",
+                ),
+                dropout=DEFAULT_DROPOUT
+                if self.dropout is None
+                else check_real(
+                    self.dropout, "dropout", low=0.0, high=1.0, high_inclusive=False, what="a number in [0, 1) (LoRA dropout)"
+                ),
+                target_modules=_checked_targets(self.target_modules, "target_modules"),
+            )
         for name, value in dict(mode=mode, seed=seed, **values).items():
             object.__setattr__(self, name, value)
 
     @classmethod
-    def checked(cls, mode: Any = "lora", rank: Any = None, alpha: Any = None, dropout: Any = None,
-                target_modules: Any = None, seed: Any = 0, lora: Any = None, distillation: Any = None) -> HealingSettings:
+    def checked(
+        cls,
+        mode: Any = "lora",
+        rank: Any = None,
+        alpha: Any = None,
+        dropout: Any = None,
+        target_modules: Any = None,
+        seed: Any = 0,
+        lora: Any = None,
+        distillation: Any = None,
+    ) -> HealingSettings:
         """``HealingSettings(...)`` by position, in the order of ``LoRPHealCallback``'s first arguments."""
         return cls(mode, rank, alpha, dropout, target_modules, seed, lora, distillation)
 
@@ -234,8 +315,7 @@ class HealingSettings:
         if not isinstance(settings, cls):
             raise TypeError(f"settings must be a {cls.__name__} or None, got {type(settings).__name__}")
         if given.get("mode", settings.mode) != settings.mode:  # the other mode: the LoRA settings were the old mode's
-            settings = replace(settings, mode=given["mode"], rank=None, alpha=None, dropout=None, target_modules=None,
-                               lora=None)
+            settings = replace(settings, mode=given["mode"], rank=None, alpha=None, dropout=None, target_modules=None, lora=None)
         return replace(settings, **given) if given else settings
 
     @property
@@ -253,8 +333,9 @@ class HealingSettings:
         """The peft ``LoraConfig`` of the adapters on ``targets`` (full module names)."""
         LoraConfig = peft().LoraConfig
         if self.lora is None:
-            return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(targets),
-                              bias="none")
+            return LoraConfig(
+                r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(targets), bias="none"
+            )
         config = copy.deepcopy(self.lora.config)
         config.target_modules = set(targets)
         return config
@@ -265,7 +346,9 @@ class HealingSettings:
         if self.lora is None:
             return None
         given, default = self.lora.config.to_dict(), type(self.lora.config)().to_dict()
-        options = {name: value for name, value in sorted(given.items()) if name not in _NOT_OPTIONS and value != default.get(name)}
+        options = {
+            name: value for name, value in sorted(given.items()) if name not in _NOT_OPTIONS and value != default.get(name)
+        }
         return json.loads(to_json(options, indent=None))  # the package's strict JSON, as every record and report
 
 
@@ -295,8 +378,9 @@ class TrainingSettings:
     weight_decay: float = option(0.0, "AdamW's weight decay")
     window: int = option(256, "tokens per training window")
     batch_size: int = option(4, "training windows per step")
-    warmup: float = option(WARMUP, "the share of the run over which the learning rate rises linearly to its peak, in "
-                                   "[0, 1) (0: no warm-up)")
+    warmup: float = option(
+        WARMUP, "the share of the run over which the learning rate rises linearly to its peak, in [0, 1) (0: no warm-up)"
+    )
     num_windows: int | None = None
     max_seconds: float | None = None
 
@@ -309,8 +393,11 @@ class TrainingSettings:
             batch_size=check_int(self.batch_size, "batch_size"),
             warmup=check_real(self.warmup, "warmup", low=0.0, high=1.0, high_inclusive=False, what="a number in [0, 1)"),
             num_windows=check_int(self.num_windows, "num_windows", none_ok=True),
-            max_seconds=None if self.max_seconds is None else check_real(
-                self.max_seconds, "max_seconds", low=0.0, low_inclusive=False, what="a number of seconds > 0, or None"),
+            max_seconds=None
+            if self.max_seconds is None
+            else check_real(
+                self.max_seconds, "max_seconds", low=0.0, low_inclusive=False, what="a number of seconds > 0, or None"
+            ),
         )
         for name, value in checked.items():
             object.__setattr__(self, name, value)
@@ -339,8 +426,7 @@ def split_keywords(keywords: dict[str, Any], owner: str) -> tuple[dict[str, Any]
     for name in keywords:
         if name not in healing_names | training_names:
             raise TypeError(f"{owner} got an unexpected keyword argument {name!r}")
-    return ({k: v for k, v in keywords.items() if k in healing_names},
-            {k: v for k, v in keywords.items() if k in training_names})
+    return ({k: v for k, v in keywords.items() if k in healing_names}, {k: v for k, v in keywords.items() if k in training_names})
 
 
 def _from_lora_config(lora: Any) -> dict[str, Any]:
@@ -356,18 +442,23 @@ def _from_lora_config(lora: Any) -> dict[str, Any]:
     targets = lora.target_modules
     if isinstance(targets, str):
         if targets != "all-linear":
-            raise ValueError(f"lora.target_modules={targets!r} is a regular expression, which healing does not read; "
-                             "pass a list of the blocks' linear layer names (e.g. ['q_proj', 'v_proj']), "
-                             "'all-linear' or None")
+            raise ValueError(
+                f"lora.target_modules={targets!r} is a regular expression, which healing does not read; "
+                "pass a list of the blocks' linear layer names (e.g. ['q_proj', 'v_proj']), "
+                "'all-linear' or None"
+            )
         targets = None
     rank = check_int(lora.r, "lora.r", what="a positive int (the LoRA rank)")
     alpha = check_real(lora.lora_alpha, "lora.lora_alpha", low=0.0, low_inclusive=False, what="a number > 0")
-    dropout = check_real(lora.lora_dropout, "lora.lora_dropout", low=0.0, high=1.0, high_inclusive=False,
-                         what="a number in [0, 1)")
-    targets = None if targets is None else _checked_targets(sorted(targets) if isinstance(targets, set) else targets,
-                                                            "lora.target_modules")
-    return dict(rank=rank, alpha=float(alpha), dropout=float(dropout), target_modules=targets,
-                lora=_Checked(copy.deepcopy(lora)))
+    dropout = check_real(
+        lora.lora_dropout, "lora.lora_dropout", low=0.0, high=1.0, high_inclusive=False, what="a number in [0, 1)"
+    )
+    targets = (
+        None
+        if targets is None
+        else _checked_targets(sorted(targets) if isinstance(targets, set) else targets, "lora.target_modules")
+    )
+    return dict(rank=rank, alpha=float(alpha), dropout=float(dropout), target_modules=targets, lora=_Checked(copy.deepcopy(lora)))
 
 
 @dataclass(frozen=True)

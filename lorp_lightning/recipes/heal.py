@@ -54,7 +54,8 @@ class _HealingModule(LoRPModule):
         optimizer = super().configure_optimizers()
         # LambdaLR gives the step count: the learning rate of step k (from 0) is that of progress (k + 1) / steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: self.training_settings.learning_rate_factor(self.progress(step + 1)))
+            optimizer, lambda step: self.training_settings.learning_rate_factor(self.progress(step + 1))
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -145,9 +146,10 @@ def heal(
     teacher = settings.teacher
     if isinstance(teacher, str) and teacher == "dense":
         raise ParameterError(
-            "teacher", "heal(teacher='dense') would put back the blocks the pruning removed, which a pruned model no longer "
+            "teacher",
+            "heal(teacher='dense') would put back the blocks the pruning removed, which a pruned model no longer "
             "has: pass the dense model (prune_layers(model, plan, inplace=False) keeps it), or heal in a Trainer with "
-            "LoRPPruneCallback and LoRPHealCallback(teacher='dense'), which keeps the removed blocks aside"
+            "LoRPPruneCallback and LoRPHealCallback(teacher='dense'), which keeps the removed blocks aside",
         )
     callback = LoRPHealCallback(settings=settings, verbose=False)
     check_model(model, settings)
@@ -155,15 +157,23 @@ def heal(
         check_teacher(model, teacher, tokenizer=tokenizer, teacher_tokenizer=settings.distillation.teacher_tokenizer)
     from lorp_lightning.data import TextDataModule
 
-    data = TextDataModule(text, tokenizer, window=training.window, num_calibration_windows=training.num_windows,
-                          batch_size=training.batch_size, seed=settings.seed)
+    data = TextDataModule(
+        text,
+        tokenizer,
+        window=training.window,
+        num_calibration_windows=training.num_windows,
+        batch_size=training.batch_size,
+        seed=settings.seed,
+    )
     windows = data.windows("calibration")  # the calibration split only: the held-out split is never read
 
     spread = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
     if len(spread) > 1:
-        raise ValueError(f"heal() trains on one device, but the model is spread over {spread} (hf_device_map, e.g. from "
-                         "device='auto'); load it on one device (device='cuda:0' or 'cpu'), or heal in your own Trainer "
-                         "with a strategy that shards it")
+        raise ValueError(
+            f"heal() trains on one device, but the model is spread over {spread} (hf_device_map, e.g. from "
+            "device='auto'); load it on one device (device='cuda:0' or 'cpu'), or heal in your own Trainer "
+            "with a strategy that shards it"
+        )
     if not inplace:
         model = copy.deepcopy(model)
     device = next(model.parameters()).device

@@ -31,10 +31,23 @@ from lorp_lightning.surgery import prune_layers
 __all__ = ["prune_and_heal"]
 
 
-def prune_and_heal(model: nn.Module, tokenizer: Any, stats: Any, amount: int | float, *, rounds: int, steps: int,
-                   windows: torch.Tensor, method: str = DEFAULT_METHOD, num_clusters: int | None = None,
-                   protect: Iterable[int] | None = None, seed: int = 0, compensate: bool = False, progress: bool = False,
-                   **heal_options: Any) -> PruningPlan:
+def prune_and_heal(
+    model: nn.Module,
+    tokenizer: Any,
+    stats: Any,
+    amount: int | float,
+    *,
+    rounds: int,
+    steps: int,
+    windows: torch.Tensor,
+    method: str = DEFAULT_METHOD,
+    num_clusters: int | None = None,
+    protect: Iterable[int] | None = None,
+    seed: int = 0,
+    compensate: bool = False,
+    progress: bool = False,
+    **heal_options: Any,
+) -> PruningPlan:
     """Prune ``model`` in place in ``rounds`` rounds, healing after each; return the plan of all rounds.
 
     Args:
@@ -68,8 +81,9 @@ def prune_and_heal(model: nn.Module, tokenizer: Any, stats: Any, amount: int | f
     protected = protected_blocks(protect, num_layers)
     sizes = round_sizes(resolve_budget(amount, num_layers, num_layers - len(protected)), rounds)
     if steps < rounds:
-        raise ParameterError("steps", f"steps={steps} heals fewer steps than the {rounds} rounds: give each round at least one "
-                         f"(steps >= {rounds})")
+        raise ParameterError(
+            "steps", f"steps={steps} heals fewer steps than the {rounds} rounds: give each round at least one (steps >= {rounds})"
+        )
     heal_steps = round_sizes(steps, rounds)
     alive = list(range(num_layers))
     plans: list[PruningPlan] = []
@@ -80,8 +94,18 @@ def prune_and_heal(model: nn.Module, tokenizer: Any, stats: Any, amount: int | f
             stats = collect_layer_stats(model, windows.split(STATISTICS_BATCH), progress=progress)
             cost["seconds"] += time.perf_counter() - start
             cost["statistics_windows"] += len(windows)
-        plan = select_layers(stats, size, method=method, num_clusters=num_clusters,
-                             protect=[i for i, b in enumerate(alive) if b in protected], seed=seed, model=model, windows=windows, compensate=compensate, progress=progress)
+        plan = select_layers(
+            stats,
+            size,
+            method=method,
+            num_clusters=num_clusters,
+            protect=[i for i, b in enumerate(alive) if b in protected],
+            seed=seed,
+            model=model,
+            windows=windows,
+            compensate=compensate,
+            progress=progress,
+        )
         add_round_cost(cost, plan, first=r == 0)
         prune_layers(model, plan)
         heal(model, tokenizer, steps=round_steps, seed=seed, progress=progress, **heal_options)
