@@ -24,10 +24,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from lorp_lightning import baselines
 from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer, option
+from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.locality import (
     Similarities,
     allocate_lorp,
@@ -464,6 +465,79 @@ def select_layers(
         statistics, and ``check_windows`` of loss checks) and the selection's ``seconds``
         (the calibration pass not included).
     """
+    settings = _prune_settings(settings, num_prune, method, num_clusters, protect, seed, compensate, rounds)
+    entry, name = settings.entry, settings.entry.name
+    if settings.compensate:
+        _check_compensation(
+            stats_or_similarity,
+            model if shared_checks is None else shared_checks.model,
+            windows if shared_checks is None else shared_checks.windows,
+        )
+    if settings.rounds > 1 and (model is None or windows is None):
+        raise ParameterError(
+            "rounds",
+            f"rounds={settings.rounds} collects the statistics again on the partly pruned model: pass model= and "
+            "windows= (all the calibration windows)",
+        )
+    statistics_windows = windows  # all of them, for the statistics of later rounds (before shared_checks replaces them)
+    N = None
+    if entry.reads_model or settings.compensate or settings.rounds > 1:  # runs the model
+        model, windows, check_windows, check_tokens, score_last = _checks(
+            name, model, windows, check_windows, check_tokens, score_last, shared_checks
+        )
+        N = len(decoder_layers(model))
+    N = _depth(stats_or_similarity, entry, N)
+    protected = protected_blocks(settings.protect, N)
+    k = resolve_budget(settings.amount, N, N - len(protected))
+    if settings.num_clusters is not None and not settings.num_clusters <= N:
+        raise ParameterError(
+            "num_clusters",
+            f"num_clusters must be an int between 1 and the number of blocks N={N}, got {settings.num_clusters!r}",
+        )
+    if settings.rounds > 1:
+        options = dict(
+            method=settings.method,
+            num_clusters=settings.num_clusters,
+            seed=settings.seed,
+            model=model,
+            windows=statistics_windows,
+            check_windows=check_windows,
+            check_tokens=check_tokens,
+            score_last=score_last,
+            progress=progress,
+            compensate=settings.compensate,
+        )
+        return _in_rounds(entry, stats_or_similarity, k, settings.rounds, protected, options, shared_checks)
+    ctx = SelectionContext(
+        method=name,
+        stats=stats_or_similarity,
+        num_layers=N,
+        num_prune=k,
+        protected=tuple(sorted(protected)),
+        seed=settings.seed,
+        num_clusters=settings.num_clusters,
+        model=model,
+        windows=windows,
+        check_windows=int(check_windows or CHECK_WINDOWS),
+        check_tokens=check_tokens,
+        score_last=score_last,
+        progress=progress,
+        shared_checks=shared_checks,
+    )
+    return _select_once(entry, ctx, settings.compensate)
+
+
+def _prune_settings(
+    settings: PruneSettings | None,
+    num_prune: Any,
+    method: Any,
+    num_clusters: Any,
+    protect: Any,
+    seed: Any,
+    compensate: Any,
+    rounds: Any,
+) -> PruneSettings:
+    """``select_layers``' arguments as one ``PruneSettings`` (every check that needs no model, once)."""
     if settings is None and num_prune is None:
         raise TypeError("select_layers() needs the budget: num_prune, or settings=PruneSettings(amount, ...)")
     if num_prune is not None and not is_budget(num_prune):  # the budget rule, under this function's name for it
@@ -481,123 +555,68 @@ def select_layers(
         seed=seed,
         compensate=compensate,
         rounds=rounds,
-    )  # every check that needs no model, once
+    )
     if settings.amount is None:
         raise ParameterError("num_prune", "select_layers() needs the budget: num_prune, or settings with an amount")
-    entry, num_prune, num_clusters, protect, seed, compensate, rounds = (
-        settings.entry,
-        settings.amount,
-        settings.num_clusters,
-        settings.protect,
-        settings.seed,
-        settings.compensate,
-        settings.rounds,
-    )
-    method, name = settings.method, settings.entry.name
-    if compensate:
-        _check_compensation(
-            stats_or_similarity,
-            model if shared_checks is None else shared_checks.model,
-            windows if shared_checks is None else shared_checks.windows,
-        )
-    if rounds > 1 and (model is None or windows is None):
-        raise ParameterError(
-            "rounds",
-            f"rounds={rounds} collects the statistics again on the partly pruned model: pass model= and "
-            "windows= (all the calibration windows)",
-        )
-    statistics_windows = windows  # all of them, for the statistics of later rounds (before shared_checks replaces them)
-    tries_plans = entry.reads_model or compensate or rounds > 1  # runs the model
-    if tries_plans:
-        if shared_checks is not None:
-            model, windows, check_windows, check_tokens, score_last = (
-                shared_checks.model,
-                shared_checks.windows,
-                len(shared_checks.windows),
-                shared_checks.windows.shape[1],
-                shared_checks.score_last,
-            )  # the checks' shape, which later rounds take from all the windows given
-        if model is None or windows is None:
-            raise ParameterError(
-                "method", f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)"
-            )
-        from lorp_lightning.architectures import decoder_layers
-        from lorp_lightning.search import as_windows
+    return settings
 
-        windows = as_windows(windows)
-        N = len(decoder_layers(model))
-        if check_windows is None:
-            check_windows = min(CHECK_WINDOWS, windows.shape[0])
-        if not is_integer(check_windows) or not 1 <= check_windows <= windows.shape[0]:
-            raise ParameterError(
-                "check_windows",
-                f"check_windows must be an int between 1 and the {windows.shape[0]} windows given, got {check_windows!r}",
-            )
-        if check_tokens is not None and (not is_integer(check_tokens) or check_tokens < 2):
-            raise ValueError(f"check_tokens must be an int >= 2 or None, got {check_tokens!r}")
+
+def _checks(
+    name: str, model: Any, windows: Any, check_windows: Any, check_tokens: Any, score_last: Any, shared_checks: Any
+) -> tuple[Any, Tensor, Any, Any, Any]:
+    """The model, windows and checks' shape of a selection that runs the model, checked (``shared_checks``: those of
+    a ``PlanLoss`` shared by several selections)."""
+    if shared_checks is not None:
+        model, windows, check_windows, check_tokens, score_last = (
+            shared_checks.model,
+            shared_checks.windows,
+            len(shared_checks.windows),
+            shared_checks.windows.shape[1],
+            shared_checks.score_last,
+        )  # the checks' shape, which later rounds take from all the windows given
+    if model is None or windows is None:
+        raise ParameterError(
+            "method", f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)"
+        )
+    windows = as_windows(windows)
+    if check_windows is None:
+        check_windows = min(CHECK_WINDOWS, windows.shape[0])
+    if not is_integer(check_windows) or not 1 <= check_windows <= windows.shape[0]:
+        raise ParameterError(
+            "check_windows",
+            f"check_windows must be an int between 1 and the {windows.shape[0]} windows given, got {check_windows!r}",
+        )
+    if check_tokens is not None and (not is_integer(check_tokens) or check_tokens < 2):
+        raise ParameterError("check_tokens", f"check_tokens must be an int >= 2 or None, got {check_tokens!r}")
+    return model, windows, check_windows, check_tokens, score_last
+
+
+def _depth(stats_or_similarity: Any, entry: Method, model_depth: int | None) -> int:
+    """N, the blocks the statistics describe (checked against the model's, ``model_depth``, where there is one)."""
     if stats_or_similarity is None:
         if entry.reads_stats:
             raise ParameterError(
-                "method", f"method={name!r} reads the layer statistics: pass a LayerStats or a similarity matrix"
+                "method", f"method={entry.name!r} reads the layer statistics: pass a LayerStats or a similarity matrix"
             )
-    else:
-        inp = read_similarities(stats_or_similarity, name if name in REGISTRY else "lorp")
-        if tries_plans and inp.N != N:
-            raise ValueError(f"stats describe {inp.N} blocks but the model has {N}; collect them on this model")
-        N = inp.N
-    protected = protected_blocks(protect, N)
-    k = resolve_budget(num_prune, N, N - len(protected))
-    if num_clusters is not None and (not is_integer(num_clusters) or not 1 <= num_clusters <= N):
-        raise ParameterError(
-            "num_clusters", f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}"
-        )
-    if rounds > 1:
-        return _in_rounds(
-            entry,
-            stats_or_similarity,
-            k,
-            rounds,
-            protected,
-            dict(
-                method=method,
-                num_clusters=num_clusters,
-                seed=seed,
-                model=model,
-                windows=statistics_windows,
-                check_windows=check_windows,
-                check_tokens=check_tokens,
-                score_last=score_last,
-                progress=progress,
-                compensate=compensate,
-            ),
-            shared_checks,
-        )
-    ctx = SelectionContext(
-        method=name,
-        stats=stats_or_similarity,
-        num_layers=N,
-        num_prune=k,
-        protected=tuple(sorted(protected)),
-        seed=int(seed),
-        num_clusters=None if num_clusters is None else int(num_clusters),
-        model=model,
-        windows=windows,
-        check_windows=int(check_windows or CHECK_WINDOWS),
-        check_tokens=check_tokens,
-        score_last=score_last,
-        progress=progress,
-        shared_checks=shared_checks,
-    )
+        return model_depth
+    N = read_similarities(stats_or_similarity, entry.name if entry.name in REGISTRY else "lorp").N
+    if model_depth is not None and N != model_depth:
+        raise ValueError(f"stats describe {N} blocks but the model has {model_depth}; collect them on this model")
+    return N
+
+
+def _select_once(entry: Method, ctx: SelectionContext, compensate: bool) -> PruningPlan:
+    """One selection: the method's plan, checked, with its compensation when asked, and its cost."""
     start = time.perf_counter()
     chosen = entry.select(ctx)
     seconds = time.perf_counter() - start
-    _check_plan(name, chosen.pruned if isinstance(chosen, PruningPlan) else chosen, ctx)  # before any conversion
+    _check_plan(entry.name, chosen.pruned if isinstance(chosen, PruningPlan) else chosen, ctx)  # before any conversion
     plan = chosen if isinstance(chosen, PruningPlan) else _plan(ctx, chosen)
     if compensate:
         plan.compensation = _compensation(ctx, plan.pruned)
     for loss in ctx.checks:
         ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
-    statistics = getattr(stats_or_similarity, "num_sequences", None) if entry.reads_stats else 0
+    statistics = getattr(ctx.stats, "num_sequences", None) if entry.reads_stats else 0
     plan.cost = {
         "statistics_windows": statistics,
         "check_windows": ctx.cost.get("check_windows", 0),
