@@ -104,41 +104,15 @@ def prune(
     by side, the pruned model and the report saved to ``out`` (``"pruned/MODEL-METHOD-AMOUNT"``: named from
     them); the report. ``options``: the flags of ``PruneSettings`` (``add_settings``), checked before anything is
     loaded."""
-    from lorp_lightning.surgery import prune_layers
-
-    if options.get("method") is not None:
-        check_method(options["method"])
-    try:
-        settings = PruneSettings(**settings_arguments(PruneSettings, options))
-    except ValueError as error:
-        raise UsageError.of(error) from error
-    amount, method, num_clusters, seed, compensate, rounds = (
-        settings.amount,
-        settings.method,
-        settings.num_clusters,
-        settings.seed,
-        settings.compensate,
-        settings.rounds,
-    )
-    if distill and not heal_steps:
-        raise UsageError("--distill heals by distillation from the dense model, which needs --heal-steps N (N >= 1)")
-    if lm_weight is not None and not distill:
-        raise UsageError(f"--lm-weight {lm_weight} mixes the next-token loss into distillation; it needs --distill")
-    if rounds > 1 and heal_steps and heal_steps < rounds:
-        raise UsageError(
-            f"--heal-steps {heal_steps} are split over the --rounds {rounds}, each round healed after its "
-            f"pruning: give each round at least one (--heal-steps >= {rounds})"
-        )
-    if heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
-        check_calibration_text(text)
+    settings = _checked_settings(options, heal_steps=heal_steps, distill=distill, lm_weight=lm_weight, text=text)
     if out == "pruned/MODEL-METHOD-AMOUNT":
-        out = f"pruned/{Path(model).name}-{method}-{amount}"
+        out = f"pruned/{Path(model).name}-{settings.method}-{settings.amount}"
     with output_directory(out, overwrite) as output:
         timings = {}
         start = time.perf_counter()
         dense, tokenizer = load(model, dtype, quiet, device)
         timings["load_seconds"] = time.perf_counter() - start
-        if compensate:  # a family where no fold is exact: refused before the calibration pass
+        if settings.compensate:  # a family where no fold is exact: refused before the calibration pass
             from lorp_lightning.compensation import check_compensable
 
             try:
@@ -148,67 +122,15 @@ def prune(
         layer_stats, timings["calibration_seconds"] = calibrate(
             dense, tokenizer, stats_file=stats, text=text, window=window, count=windows, batch_size=batch_size, quiet=quiet
         )
-        analysis = select_plan(layer_stats, 1, "lorp", seed=seed, quiet=quiet)
-        calibration = windows_for_checks([method], tokenizer, text, window, windows, compensate or rounds > 1)
+        analysis = select_plan(layer_stats, 1, "lorp", seed=settings.seed, quiet=quiet)
+        on_model = settings.compensate or settings.rounds > 1
+        calibration = windows_for_checks([settings.method], tokenizer, text, window, windows, on_model)
         held_out = held_out_windows(tokenizer, eval_text, text, window, eval_windows)
         teacher = {"teacher": dense, "teacher_name": model, "lm_weight": lm_weight} if distill else {}  # still in memory
-        healing = None
-        if rounds > 1 and heal_steps:  # progressive: each round healed before the next is selected
-            start = time.perf_counter()
-            pruned = copy.deepcopy(dense)
-            plan, healing = _prune_and_heal(
-                pruned,
-                tokenizer,
-                layer_stats,
-                amount,
-                method,
-                quiet=quiet,
-                rounds=rounds,
-                steps=heal_steps,
-                windows=calibration,
-                seed=seed,
-                compensate=compensate,
-                num_clusters=num_clusters,
-                text=text,
-                window=window,
-                batch_size=batch_size,
-                **teacher,
-            )
-            timings["selection_seconds"] = plan.cost["seconds"]
-            timings["heal_seconds"] = sum(record["seconds"] for record in healing["records"])
-            timings["prune_seconds"] = time.perf_counter() - start - timings["selection_seconds"] - timings["heal_seconds"]
-        else:
-            start = time.perf_counter()
-            plan = select_plan(
-                layer_stats,
-                amount,
-                method,
-                seed=seed,
-                quiet=quiet,
-                model=dense,
-                compensate=compensate,
-                rounds=rounds,
-                windows=calibration,
-                num_clusters=num_clusters,
-            )
-            timings["selection_seconds"] = time.perf_counter() - start
-            start = time.perf_counter()
-            pruned = prune_layers(dense, plan, inplace=False)
-            timings["prune_seconds"] = time.perf_counter() - start
-        if heal_steps and healing is None:
-            healing = _heal_pruned(
-                pruned,
-                tokenizer,
-                held_out,
-                quiet=quiet,
-                steps=heal_steps,
-                text=text,
-                window=window,
-                batch_size=batch_size,
-                seed=seed,
-                **teacher,
-            )
-            timings["heal_seconds"] = healing["record"]["seconds"]
+        healing_options = dict(text=text, window=window, batch_size=batch_size, seed=settings.seed, **teacher)
+        plan, pruned, healing = _pruned(
+            dense, tokenizer, layer_stats, settings, calibration, held_out, heal_steps, healing_options, timings, quiet=quiet
+        )
         start = time.perf_counter()
         metrics = compare_models(
             {"dense": dense, "pruned": pruned},
@@ -238,19 +160,107 @@ def prune(
         if healing is not None:
             report["healing"] = healing
         write_json(output.path / "report.json", report)
-    final = output.final
+    _print_summary(plan, healing, metrics, output.final)
+    return report
+
+
+def _checked_settings(
+    options: dict[str, Any], *, heal_steps: int, distill: bool, lm_weight: float | None, text: str
+) -> PruneSettings:
+    """The selection's settings and the healing's flags, checked before anything is loaded."""
+    if options.get("method") is not None:
+        check_method(options["method"])
+    try:
+        settings = PruneSettings(**settings_arguments(PruneSettings, options))
+    except ValueError as error:
+        raise UsageError.of(error) from error
+    if distill and not heal_steps:
+        raise UsageError("--distill heals by distillation from the dense model, which needs --heal-steps N (N >= 1)")
+    if lm_weight is not None and not distill:
+        raise UsageError(f"--lm-weight {lm_weight} mixes the next-token loss into distillation; it needs --distill")
+    if settings.rounds > 1 and heal_steps and heal_steps < settings.rounds:
+        raise UsageError(
+            f"--heal-steps {heal_steps} are split over the --rounds {settings.rounds}, each round healed after its "
+            f"pruning: give each round at least one (--heal-steps >= {settings.rounds})"
+        )
+    if heal_steps:  # healing trains on --text's calibration split, also when --stats spares the calibration
+        check_calibration_text(text)
+    return settings
+
+
+def _pruned(
+    dense,
+    tokenizer,
+    layer_stats,
+    settings: PruneSettings,
+    calibration,
+    held_out,
+    heal_steps: int,
+    healing_options: dict[str, Any],
+    timings: dict[str, float],
+    *,
+    quiet: bool,
+) -> tuple[Any, Any, dict | None]:
+    """The plan, the pruned copy of ``dense`` and its healing (None without ``heal_steps``): in rounds each healed
+    before the next (``--rounds R --heal-steps N``), or selected, pruned, then healed; the seconds of each part in
+    ``timings``."""
+    from lorp_lightning.surgery import prune_layers
+
+    start = time.perf_counter()
+    if settings.rounds > 1 and heal_steps:  # progressive: each round healed before the next is selected
+        pruned = copy.deepcopy(dense)
+        plan, healing = _prune_and_heal(
+            pruned,
+            tokenizer,
+            layer_stats,
+            settings.amount,
+            settings.method,
+            quiet=quiet,
+            rounds=settings.rounds,
+            steps=heal_steps,
+            windows=calibration,
+            compensate=settings.compensate,
+            num_clusters=settings.num_clusters,
+            **healing_options,
+        )
+        timings["selection_seconds"] = plan.cost["seconds"]
+        timings["heal_seconds"] = sum(record["seconds"] for record in healing["records"])
+        timings["prune_seconds"] = time.perf_counter() - start - timings["selection_seconds"] - timings["heal_seconds"]
+        return plan, pruned, healing
+    plan = select_plan(
+        layer_stats,
+        settings.amount,
+        settings.method,
+        seed=settings.seed,
+        quiet=quiet,
+        model=dense,
+        compensate=settings.compensate,
+        rounds=settings.rounds,
+        windows=calibration,
+        num_clusters=settings.num_clusters,
+    )
+    timings["selection_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    pruned = prune_layers(dense, plan, inplace=False)
+    timings["prune_seconds"] = time.perf_counter() - start
+    healing = None
+    if heal_steps:
+        healing = _heal_pruned(pruned, tokenizer, held_out, quiet=quiet, steps=heal_steps, **healing_options)
+        timings["heal_seconds"] = healing["record"]["seconds"]
+    return plan, pruned, healing
+
+
+def _print_summary(plan, healing: dict | None, metrics: dict[str, dict[str, Any]], final: Path) -> None:
+    """What ``lorp prune`` prints at the end: the plan, each healing, dense against pruned, and where it saved."""
     print(plan)
     if healing is not None and "records" in healing:  # one healing per round
         for r, record in enumerate(healing["records"], 1):
-            print(
-                f"round {r}: "
-                + healing_line(record, None, metrics["pruned"]["perplexity"] if r == len(healing["records"]) else None)
-            )
+            after = metrics["pruned"]["perplexity"] if r == len(healing["records"]) else None
+            print(f"round {r}: " + healing_line(record, None, after))
     elif healing is not None:
         print(healing_line(healing["record"], healing["perplexity_before_healing"], metrics["pruned"]["perplexity"]))
     print(comparison_table(metrics))
     print(f"saved the pruned model to {final} (report.json beside it)")
-    return report
 
 
 def _heal_pruned(pruned, tokenizer, eval_windows, *, quiet: bool, **healing) -> dict:
