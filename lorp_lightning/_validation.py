@@ -18,12 +18,22 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import field
+from dataclasses import field, replace
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ParameterError", "check_choice", "check_int", "check_real", "is_integer", "is_real", "option", "tagged"]
+__all__ = [
+    "ParameterError",
+    "check_choice",
+    "check_int",
+    "check_real",
+    "is_integer",
+    "is_real",
+    "option",
+    "tagged",
+    "with_keywords",
+]
 
 
 class ParameterError(ValueError):
@@ -111,3 +121,15 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
     an option is described, from which the command line makes its flag (``cli._arguments.add_settings``: ``--name``,
     typed by the field; ``separator`` splits a list, ``parse`` reads the text, ``choices`` limits it)."""
     return field(default=default, metadata={"help": help, **metadata})
+
+
+def with_keywords(cls: type, settings: Any, keywords: dict[str, Any], name: str = "settings") -> Any:
+    """``settings`` (an instance of the frozen settings dataclass ``cls``, or None) with the keywords given (those not
+    None) in place of its own, or ``cls`` of the keywords alone, checked by its ``__post_init__``: how the callbacks,
+    the recipes and ``select_layers`` take ``settings=`` as well as keywords. ``name`` is the parameter's."""
+    given = {key: value for key, value in keywords.items() if value is not None}
+    if settings is None:
+        return cls(**given)
+    if not isinstance(settings, cls):
+        raise TypeError(f"{name} must be a {cls.__name__} or None, got {type(settings).__name__}")
+    return replace(settings, **given) if given else settings

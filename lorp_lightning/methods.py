@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
 
 from lorp_lightning import baselines
-from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer, option
+from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer, option, with_keywords
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.locality import (
     Similarities,
@@ -155,12 +155,7 @@ class PruneSettings:
     def of(cls, settings: PruneSettings | None, **keywords: Any) -> PruneSettings:
         """``settings`` with the keywords given (those not None) in place of its own, or the settings of the keywords
         alone."""
-        given = {name: value for name, value in keywords.items() if value is not None}
-        if settings is None:
-            return cls(**given)
-        if not isinstance(settings, cls):
-            raise TypeError(f"settings must be a {cls.__name__} or None, got {type(settings).__name__}")
-        return replace(settings, **given) if given else settings
+        return with_keywords(cls, settings, keywords)
 
 
 @dataclass(frozen=True)

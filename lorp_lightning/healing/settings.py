@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from lorp_lightning._io import to_json
-from lorp_lightning._validation import ParameterError, check_choice, check_int, check_real, option
+from lorp_lightning._validation import ParameterError, check_choice, check_int, check_real, option, with_keywords
 from lorp_lightning._versions import check_version
 from lorp_lightning.evaluation import check_window
 from lorp_lightning.healing.schedule import WARMUP, learning_rate_factor
@@ -310,13 +310,10 @@ class HealingSettings:
                 given["distillation"] = replace(current, **distill)
             else:
                 given["distillation"] = DistillationSettings.of(**distill)
-        if settings is None:
-            return cls(**given)
-        if not isinstance(settings, cls):
-            raise TypeError(f"settings must be a {cls.__name__} or None, got {type(settings).__name__}")
-        if given.get("mode", settings.mode) != settings.mode:  # the other mode: the LoRA settings were the old mode's
+        if isinstance(settings, cls) and given.get("mode", settings.mode) != settings.mode:
+            # the other mode: the LoRA settings were the old mode's
             settings = replace(settings, mode=given["mode"], rank=None, alpha=None, dropout=None, target_modules=None, lora=None)
-        return replace(settings, **given) if given else settings
+        return with_keywords(cls, settings, given)
 
     @property
     def needs_float32(self) -> bool:
@@ -410,12 +407,7 @@ class TrainingSettings:
     @classmethod
     def of(cls, settings: TrainingSettings | None, **keywords: Any) -> TrainingSettings:
         """As ``HealingSettings.of``: ``settings`` with the keywords given (not None) in its place, or the keywords'."""
-        given = {name: value for name, value in keywords.items() if value is not None}
-        if settings is None:
-            return cls(**given)
-        if not isinstance(settings, cls):
-            raise TypeError(f"training must be a {cls.__name__} or None, got {type(settings).__name__}")
-        return replace(settings, **given) if given else settings
+        return with_keywords(cls, settings, keywords, name="training")
 
 
 def split_keywords(keywords: dict[str, Any], owner: str) -> tuple[dict[str, Any], dict[str, Any]]:
