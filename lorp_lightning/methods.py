@@ -19,6 +19,7 @@ Adding a method means adding one entry here.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -115,7 +116,18 @@ class PruneSettings:
     def __post_init__(self) -> None:
         amount = self.amount
         if amount is not None and not is_budget(amount):  # the one budget rule; the message says what was wrong
-            raise ParameterError("amount", f"amount must be a fraction in (0, 1) or a block count >= 1, got amount={amount!r}")
+            if is_integer(amount):
+                what = f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)"
+            elif isinstance(amount, numbers.Real) and not isinstance(amount, bool):
+                what = (
+                    f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, "
+                    "or an int count"
+                )
+            else:
+                what = (
+                    f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
+                )
+            raise ParameterError("amount", what)
         entry = get_method(self.method)  # a ParameterError naming the methods for an unknown name
         if self.num_clusters is not None:
             if entry.name != "lorp":

@@ -7,7 +7,6 @@ does), or reads those of a ``LayerStatsCallback`` in the same Trainer; the selec
 from __future__ import annotations
 
 import json
-import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lorp_lightning._validation import ParameterError, check_choice, is_integer
+from lorp_lightning._validation import ParameterError, check_choice
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.callbacks.location import (
     _SHARDED_STRATEGIES,
@@ -183,19 +182,6 @@ class LoRPPruneCallback(_GatheringCallback):
                     "single amount into rounds; a schedule gives its own rounds",
                 )
             amount = None
-        elif amount is not None and not is_budget(amount):  # the one budget rule; the message says what was wrong
-            if is_integer(amount):
-                raise ParameterError("amount", f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
-            if isinstance(amount, numbers.Real) and not isinstance(amount, bool):
-                raise ParameterError(
-                    "amount",
-                    f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the "
-                    "blocks, or an int count",
-                )
-            raise ParameterError(
-                "amount",
-                f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}",
-            )
         base = settings if settings is not None else PruneSettings(method=DEFAULT_METHOD)
         if self.schedule is not None:
             base = replace(base, amount=None)
