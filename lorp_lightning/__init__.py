@@ -8,12 +8,11 @@ The pieces, each in one module:
 - ``stats``: layer statistics from one calibration pass (``LayerSimilarity``, ``LayerStats``,
   ``collect_layer_stats``).
 - ``locality``: the locality analysis (RLS, granularity, clustering, allocation), pure maths.
-- ``methods``: the table of every method, and the entry point (``select_layers``, ``METHODS``,
-  ``DEFAULT_METHOD``); ``selection``: the plan, the budget rule and the baselines' rules
-  (``PruningPlan``).
+- ``methods``: the table of every method, and the entry points (``select_layers``, ``METHODS``,
+  ``DEFAULT_METHOD``; ``select_checked``, ``lorp_checked`` as one function); ``selection``: the plan and
+  the budget rule (``PruningPlan``); ``baselines``: the rules of the baselines that read the statistics.
 - ``search``: methods that try plans on the model with the calibration loss: the default
-  ``lorp_search``, ``sleb`` and ``ppl`` (``PlanLoss``); ``checked``: ``lorp_checked``
-  (``select_checked``).
+  ``lorp_search``, ``sleb`` and ``ppl`` (``PlanLoss``), and LoRP's candidate plans they start from.
 - ``surgery``: removing blocks so the result is a normal Hugging Face model (``prune_layers``).
 - ``checkpoint``: the same, on a checkpoint on disk, tensor by tensor, without loading it
   (``prune_checkpoint``).
@@ -32,7 +31,7 @@ The pieces, each in one module:
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from lorp_lightning._versions import __version__
 
 # Names are imported when first used (PEP 562), so that importing the pure modules (``locality``,
 # ``selection``, ``stats``, ``surgery``) does not import Lightning.
@@ -43,7 +42,7 @@ _EXPORTS = {
     "load_text": "assets",
     "LayerStatsCallback": "callbacks",
     "LoRPPruneCallback": "callbacks",
-    "select_checked": "checked",
+    "select_checked": "methods",
     "prune_checkpoint": "checkpoint",
     "TextDataModule": "data",
     "LoRPHealCallback": "callbacks",
@@ -54,6 +53,7 @@ _EXPORTS = {
     "DEFAULT_METHOD": "methods",
     "METHODS": "methods",
     "SelectionContext": "methods",
+    "PruneSettings": "methods",
     "select_layers": "methods",
     "LoRPModule": "module",
     "PruningPlan": "selection",
@@ -61,19 +61,20 @@ _EXPORTS = {
     "LayerStats": "stats",
     "collect_layer_stats": "stats",
     "PlanRefusedError": "surgery",
+    "ParameterError": "_validation",
     "prune_layers": "surgery",
     "pruning_record": "surgery",
 }
 
 if TYPE_CHECKING:
+    from lorp_lightning._validation import ParameterError
     from lorp_lightning.assets import list_models, list_texts, load_model, load_text
     from lorp_lightning.callbacks import LayerStatsCallback, LoRPHealCallback, LoRPPruneCallback
-    from lorp_lightning.checked import select_checked
     from lorp_lightning.checkpoint import prune_checkpoint
     from lorp_lightning.data import TextDataModule
     from lorp_lightning.healing import heal, healing_records
     from lorp_lightning.locality import clusters_for_rls, representation_locality_score
-    from lorp_lightning.methods import DEFAULT_METHOD, METHODS, SelectionContext, select_layers
+    from lorp_lightning.methods import DEFAULT_METHOD, METHODS, PruneSettings, SelectionContext, select_checked, select_layers
     from lorp_lightning.module import LoRPModule
     from lorp_lightning.selection import PruningPlan
     from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
@@ -109,7 +110,9 @@ __all__ = [
     "LoRPHealCallback",
     "LoRPModule",
     "LoRPPruneCallback",
+    "ParameterError",
     "PlanRefusedError",
+    "PruneSettings",
     "PruningPlan",
     "SelectionContext",
     "TextDataModule",

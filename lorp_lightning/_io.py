@@ -1,11 +1,11 @@
 """Writing outputs so that a failure leaves nothing half-written, and strict JSON (private to the package).
 
-    with OutputDirectory("pruned/model", overwrite=False) as out:
-        model.save_pretrained(out.path)        # written into a temporary folder beside it
-    out.final                                  # renamed into place only if the block succeeded
+with OutputDirectory("pruned/model", overwrite=False) as out:
+    model.save_pretrained(out.path)        # written into a temporary folder beside it
+out.final                                  # renamed into place only if the block succeeded
 
-    write_json("report.json", report)          # strict JSON (a diverged perplexity is null), atomically
-    write_jsonl("rows.jsonl", rows)            # one strict JSON object per line, atomically
+write_json("report.json", report)          # strict JSON (a diverged perplexity is null), atomically
+write_jsonl("rows.jsonl", rows)            # one strict JSON object per line, atomically
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Version bounds of the libraries whose private APIs the package uses (private to the package).
+"""The package's own version, and the version bounds of the libraries whose private APIs it uses (private to the
+package).
+
+``__version__`` is written here once: ``lorp_lightning.__version__`` and the command line read it, and
+pyproject.toml takes it as the distribution's version (``[tool.setuptools.dynamic]``).
 
 lorp_lightning reaches into a few private parts of its optional libraries:
 
@@ -22,7 +26,9 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-__all__ = ["PRIVATE_APIS", "check_version", "version_bounds"]
+__all__ = ["PRIVATE_APIS", "__version__", "check_version", "version_bounds"]
+
+__version__ = "0.1.0"
 
 PRIVATE_APIS = {
     "lm-eval": "lm_eval.tasks._yaml_loader and the tqdm of lm_eval.api.task, lm_eval.api.model, lm_eval.models.huggingface",
@@ -52,8 +58,11 @@ def check_version(distribution: str) -> None:
     installed = Version(metadata.version(distribution))
     if installed in bounds:
         return
-    what = f"lorp_lightning uses private parts of {distribution} ({PRIVATE_APIS[distribution]}), checked for {distribution}{bounds}"
+    what = (
+        f"lorp_lightning uses private parts of {distribution} ({PRIVATE_APIS[distribution]}), checked for {distribution}{bounds}"
+    )
     if any(installed < Version(spec.version) for spec in bounds if spec.operator in (">=", ">")):
         raise ImportError(f"{what}; {installed} is installed: pip install '{distribution}{bounds}'")
-    warnings.warn(f"{what}; {installed} is installed, newer than checked: if it fails, pip install '{distribution}{bounds}'",
-                  stacklevel=3)
+    warnings.warn(
+        f"{what}; {installed} is installed, newer than checked: if it fails, pip install '{distribution}{bounds}'", stacklevel=3
+    )

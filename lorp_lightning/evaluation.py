@@ -1,4 +1,4 @@
-"""Evaluation of dense and pruned models: held-out perplexity.
+"""Evaluation of dense and pruned models: held-out perplexity, size, speed and memory, side by side.
 
 Perplexity is measured over non-overlapping windows of ``window`` tokens of a held-out text:
 the text is tokenized once, cut into consecutive windows, and every token of a window after its
@@ -17,14 +17,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lorp_lightning._validation import check_int
+from lorp_lightning._validation import ParameterError, check_int
 from lorp_lightning.next_token import IGNORE_INDEX, next_token_pairs
 
 __all__ = [
     "PeakRSS",
     "check_window",
+    "compare_models",
+    "comparison_table",
     "matmul_flops_per_token",
     "measure_speed",
+    "model_size",
     "num_parameters",
     "parameter_bytes",
     "perplexity",
@@ -50,7 +53,10 @@ def token_windows(tokenizer, text: str, window: int = 512, max_windows: int | No
     if max_windows is not None:
         count = min(count, max_windows)
     if count == 0:
-        raise ValueError(f"the text has {ids.numel()} tokens, fewer than one window of {window}")
+        raise ParameterError(
+            "window",
+            f"the text has {ids.numel()} tokens, fewer than one window of window={window}; use a smaller window or a longer text",
+        )
     return ids[: count * window].reshape(count, window)
 
 
@@ -136,12 +142,26 @@ def _prefill(model: nn.Module, ids: Tensor) -> None:
 
 @torch.no_grad()
 def _decode(model: nn.Module, ids: Tensor, new_tokens: int) -> None:
-    model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                   min_new_tokens=new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+    model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+    )
 
 
-def measure_speed(models: dict[str, nn.Module], prompt_tokens: int = 512, new_tokens: int = 64, batch_size: int = 1,
-                  repeats: int = 5, vocab_size: int | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+def measure_speed(
+    models: dict[str, nn.Module],
+    prompt_tokens: int = 512,
+    new_tokens: int = 64,
+    batch_size: int = 1,
+    repeats: int = 5,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """Prefill latency and decode throughput of several models, measured side by side.
 
     The models run in turns (model A, model B, A, B, ...) ``repeats`` times after one warm-up
@@ -203,3 +223,65 @@ def measure_speed(models: dict[str, nn.Module], prompt_tokens: int = 512, new_to
             "peak_memory_mb": peaks[name] / 2**20,
         }
     return results
+
+
+def model_size(model: nn.Module) -> dict[str, int]:
+    """The model's parameters, decoder blocks and matmul FLOPs per token."""
+    return {
+        "num_parameters": num_parameters(model),
+        "num_layers": model.config.get_text_config(decoder=True).num_hidden_layers,
+        "matmul_flops_per_token": matmul_flops_per_token(model),
+    }
+
+
+def compare_models(
+    models: dict[str, nn.Module],
+    windows: Tensor,
+    *,
+    prompt_tokens: int = 512,
+    new_tokens: int = 64,
+    repeats: int = 5,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Each model's held-out perplexity on ``windows``, its size (``model_size``), and its speed and memory measured
+    side by side with the others' (``measure_speed``): what ``lorp prune`` reports for dense against pruned.
+
+        metrics = compare_models({"dense": dense, "pruned": pruned}, held_out)
+        print(comparison_table(metrics))
+    """
+    results: dict[str, dict[str, Any]] = {
+        name: {"perplexity": perplexity(model, windows, progress=progress), **model_size(model)} for name, model in models.items()
+    }
+    speed = measure_speed(models, prompt_tokens=prompt_tokens, new_tokens=new_tokens, repeats=repeats)
+    for name in models:
+        results[name].update(speed[name])
+    return results
+
+
+def comparison_table(metrics: dict[str, dict[str, Any]]) -> str:
+    """The table ``lorp prune`` prints: dense against pruned, side by side (``compare_models``' figures of the models
+    named ``"dense"`` and ``"pruned"``), with the measured speed-ups and the ideal one from matmul FLOPs."""
+    dense, pruned = metrics["dense"], metrics["pruned"]
+    rows = [
+        ("blocks", "num_layers", "{:d}", None),
+        ("parameters (M)", "num_parameters", "{:.1f}", 1e-6),
+        ("held-out perplexity", "perplexity", "{:.2f}", None),
+        ("prefill latency (ms)", "prefill_seconds", "{:.1f}", 1e3),
+        ("decode throughput (tokens/s)", "decode_tokens_per_second", "{:.1f}", None),
+        ("peak memory (MB)", "peak_memory_mb", "{:.0f}", None),
+    ]
+    lines = [f"{'':34} {'dense':>12} {'pruned':>12} {'pruned/dense':>13}"]
+    for label, key, fmt, scale in rows:
+        a, b = dense[key], pruned[key]
+        if isinstance(a, str) or isinstance(b, str):
+            lines.append(f"{label:34} {a!s:>12} {b!s:>12} {'':>13}")
+            continue
+        shown_a, shown_b = (a * scale, b * scale) if scale else (a, b)
+        lines.append(f"{label:34} {fmt.format(shown_a):>12} {fmt.format(shown_b):>12} {b / a:>13.3f}")
+    ideal = dense["matmul_flops_per_token"] / pruned["matmul_flops_per_token"]
+    measured_prefill = dense["prefill_seconds"] / pruned["prefill_seconds"]
+    measured_decode = pruned["decode_tokens_per_second"] / dense["decode_tokens_per_second"]
+    lines.append(
+        f"speed-up: prefill {measured_prefill:.2f}x, decode {measured_decode:.2f}x; ideal from matmul FLOPs per token {ideal:.2f}x"
+    )
+    return "\n".join(lines)

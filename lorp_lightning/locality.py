@@ -25,19 +25,22 @@ import functools
 import math
 import numbers
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import ParameterError, is_integer
 
 __all__ = [
+    "Similarities",
     "allocate_lorp",
     "block_redundancy",
     "clear_cluster_cache",
     "cluster_layers",
     "clusters_for_rls",
+    "read_similarities",
     "renumber_labels",
     "representation_locality_score",
     "residual_redundancy",
@@ -170,7 +173,9 @@ def cluster_layers(similarity: Any, num_clusters: int, seed: int = 0) -> list[in
     S = as_similarity_matrix(similarity)
     N = S.shape[0]
     if not is_integer(num_clusters) or not 1 <= num_clusters <= N:
-        raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
+        raise ParameterError(
+            "num_clusters", f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}"
+        )
     if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     num_clusters, seed = int(num_clusters), int(seed)
@@ -296,9 +301,7 @@ def allocate_lorp(
     protected = {int(p) for p in protected}
     unprotected = [l for l in range(N) if l not in protected]
     if not is_integer(num_prune) or not 0 <= num_prune <= len(unprotected):
-        raise ValueError(
-            f"num_prune must be an int between 0 and the {len(unprotected)} unprotected blocks, got {num_prune!r}"
-        )
+        raise ValueError(f"num_prune must be an int between 0 and the {len(unprotected)} unprotected blocks, got {num_prune!r}")
 
     K = max(labels) + 1
     members = [[l for l in range(N) if labels[l] == c] for c in range(K)]
@@ -347,3 +350,40 @@ def allocate_lorp(
         pruned.add(order[-1])
         residual[best] = residual_of(best)
     return order
+
+
+# --------------------------------------------------------------------------------------------
+# what a selection reads
+
+
+@dataclass
+class Similarities:
+    """The similarities a selection reads, from a ``LayerStats`` or a plain N x N matrix (``read_similarities``)."""
+
+    blocks: np.ndarray  # S[:N, :N]
+    full: np.ndarray | None  # S, (N+1) x (N+1), from a LayerStats
+    last: np.ndarray | None  # S_last, (N+1) x (N+1), from a LayerStats
+    source: str
+
+    @property
+    def N(self) -> int:
+        return self.blocks.shape[0]
+
+
+def read_similarities(stats_or_similarity: Any, method: str = "lorp") -> Similarities:
+    """The block-input similarity S[:N, :N] of a ``LayerStats`` or of a plain N x N matrix, and, from a LayerStats,
+    the full (N+1) x (N+1) S (index N is the model's output) and, for ``method="angular"``, the last-token S_last.
+
+    A plain matrix is **always** read as the block-input similarity S[:N, :N]: an (N+1) x (N+1) matrix cannot be
+    told apart from the inputs of N+1 blocks, so to use the full statistics pass the LayerStats itself.
+    """
+    if hasattr(stats_or_similarity, "similarity") and hasattr(stats_or_similarity, "last_token_similarity"):
+        full = as_similarity_matrix(stats_or_similarity.similarity, name="stats.similarity", min_size=3)
+        last = None
+        if method == "angular":  # validated only where it is used
+            last = as_similarity_matrix(stats_or_similarity.last_token_similarity, name="stats.last_token_similarity")
+            if last.shape != full.shape:
+                raise ValueError(f"stats.last_token_similarity has shape {last.shape}, stats.similarity {full.shape}")
+        return Similarities(blocks=full[:-1, :-1], full=full, last=last, source="LayerStats")
+    blocks = as_similarity_matrix(stats_or_similarity, name="similarity", min_size=2)
+    return Similarities(blocks=blocks, full=None, last=None, source="plain N x N matrix")

@@ -19,30 +19,155 @@ Adding a method means adding one entry here.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorp_lightning import selection as sel
-from lorp_lightning._validation import check_choice, check_int, is_integer
+from torch import Tensor, nn
+
+from lorp_lightning import baselines
+from lorp_lightning._validation import ParameterError, check_choice, check_int, is_integer, option, with_keywords
+from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.locality import (
+    Similarities,
     allocate_lorp,
     block_redundancy,
     cluster_layers,
     clusters_for_rls,
+    read_similarities,
     representation_locality_score,
 )
-from lorp_lightning.selection import PruningPlan, candidate_plans, protected_blocks, resolve_budget
+from lorp_lightning.search import as_windows, candidate_plans
+from lorp_lightning.selection import PruningPlan, is_budget, parse_budget, protected_blocks, resolve_budget
+from lorp_lightning.stats import LayerStats, collect_layer_stats
 
-__all__ = ["CHECK_WINDOWS", "DEFAULT_METHOD", "METHODS", "Method", "REGISTRY", "CHECK_TOKENS", "SCORE_LAST", "SEARCH_RUNS", "SelectionContext",
-           "STATS_METHODS", "get_method", "select_layers"]
+__all__ = [
+    "CHECK_WINDOWS",
+    "DEFAULT_METHOD",
+    "METHODS",
+    "Method",
+    "PruneSettings",
+    "REGISTRY",
+    "CHECK_TOKENS",
+    "SCORE_LAST",
+    "SEARCH_RUNS",
+    "SelectionContext",
+    "STATS_METHODS",
+    "get_method",
+    "select_checked",
+    "select_layers",
+]
 
 DEFAULT_METHOD = "lorp_search"  # of LoRPPruneCallback and `lorp prune`
 CHECK_WINDOWS = 8  # calibration windows each loss check runs (the first ones given)
 CHECK_TOKENS = 256  # tokens of each check window (its first ones)
 SCORE_LAST = 128  # predicted tokens scored per check window (the last ones)
 SEARCH_RUNS = 6  # lorp_search: the runs of k blocks it checks beside LoRP's candidates (docs/method.md)
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """The checked settings of one pruning: how much, by which method, and how. ``select_layers``,
+    ``LoRPPruneCallback`` and ``lorp prune`` build one from their arguments and check it once, or take it whole
+    (``settings=``), an argument given as well replacing its own.
+
+        settings = PruneSettings(0.25, method="lorp_search", compensate=True)
+        plan = select_layers(stats, settings=settings, model=model, windows=windows)
+        LoRPPruneCallback(settings=settings)
+
+    The checks here need no model; those that need its depth (the budget against the unprotected blocks, ``protect``
+    and ``num_clusters`` against N, ``rounds`` against the blocks to prune) come when the model is known.
+
+    Attributes:
+        amount: an int (a count of blocks) or a float in (0, 1) (a fraction of them, rounded down); None only where a
+            schedule gives the amounts (``LoRPPruneCallback``).
+        method: a name of ``METHODS``, or a callable taking a ``SelectionContext`` and returning the blocks to prune.
+        num_clusters: ``"lorp"`` only: force K instead of deriving it from the RLS.
+        protect: block indices never pruned (default None: the first and the last block; ``()``: none).
+        seed: the seed of the clustering (``"lorp"``) or of the draw (``"random"``).
+        compensate: also choose the compensation of the plan (``lorp_lightning.compensation``).
+        rounds: select the budget in this many rounds (``lorp_lightning.rounds``).
+    """
+
+    amount: int | float | None = option(0.25, "fraction of the blocks in (0, 1), or a block count", parse=parse_budget)
+    method: str | Callable = option(
+        DEFAULT_METHOD,
+        f"{DEFAULT_METHOD} (the default: the locality analysis's candidate plans checked and improved on "
+        "the calibration loss of the first 8 calibration windows), lorp (the paper's method, as published), "
+        "lorp_checked, sleb, ppl, shortgpt, streamline, angular, random or last",
+    )
+    num_clusters: int | None = option(None, "lorp: force K instead of deriving it from the RLS")
+    protect: tuple[int, ...] | None = None
+    seed: int = option(0, "clustering / random seed")
+    compensate: bool = option(
+        False,
+        "fold a training-free correction of the stream's scale at each gap into the kept "
+        "weights, its strength chosen on the calibration loss of the first 8 calibration "
+        "windows (docs/method.md, Compensation)",
+    )
+    rounds: int = option(
+        1,
+        "select the budget in R rounds, the statistics collected again on the partly pruned (and, "
+        "with compensation, compensated) model between rounds (docs/method.md, Rounds; 1: one shot)",
+    )
+
+    def __post_init__(self) -> None:
+        amount = self.amount
+        if amount is not None and not is_budget(amount):  # the one budget rule; the message says what was wrong
+            if is_integer(amount):
+                what = f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)"
+            elif isinstance(amount, numbers.Real) and not isinstance(amount, bool):
+                what = (
+                    f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, "
+                    "or an int count"
+                )
+            else:
+                what = (
+                    f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
+                )
+            raise ParameterError("amount", what)
+        entry = get_method(self.method)  # a ParameterError naming the methods for an unknown name
+        if self.num_clusters is not None:
+            if entry.name != "lorp":
+                raise ParameterError(
+                    "num_clusters",
+                    f"num_clusters applies only to method='lorp', got "
+                    f"num_clusters={self.num_clusters!r} with method={entry.name!r}",
+                )
+            check_int(self.num_clusters, "num_clusters", what="a positive int or None")
+        protect = self.protect
+        if protect is not None:
+            if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
+                raise ParameterError("protect", f"protect must be a list of block indices or None, got protect={protect!r}")
+            protect = tuple(protect)
+            for p in protect:
+                if not (is_integer(p) and p >= 0):
+                    raise ParameterError("protect", f"protect holds {p!r}, which is not a block index (an int >= 0)")
+            protect = tuple(int(p) for p in protect)
+        if not isinstance(self.compensate, bool):
+            raise ParameterError("compensate", f"compensate must be True or False, got compensate={self.compensate!r}")
+        checked = dict(
+            amount=None if amount is None else int(amount) if is_integer(amount) else float(amount),
+            num_clusters=None if self.num_clusters is None else int(self.num_clusters),
+            protect=protect,
+            seed=check_int(self.seed, "seed", low=0),
+            rounds=check_int(self.rounds, "rounds"),
+        )
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def entry(self) -> Method:
+        """The method's entry of the table (``get_method``)."""
+        return get_method(self.method)
+
+    @classmethod
+    def of(cls, settings: PruneSettings | None, **keywords: Any) -> PruneSettings:
+        """``settings`` with the keywords given (those not None) in place of its own, or the settings of the keywords
+        alone."""
+        return with_keywords(cls, settings, keywords)
 
 
 @dataclass(frozen=True)
@@ -90,8 +215,11 @@ class SelectionContext:
         """The ``PlanLoss`` over the first ``check_windows`` calibration windows."""
         from lorp_lightning.search import PlanLoss
 
-        loss = (self.shared_checks.start() if self.shared_checks is not None else
-                PlanLoss(self.model, self.windows[:self.check_windows, :self.check_tokens], score_last=self.score_last))
+        loss = (
+            self.shared_checks.start()
+            if self.shared_checks is not None
+            else PlanLoss(self.model, self.windows[: self.check_windows, : self.check_tokens], score_last=self.score_last)
+        )
         self.checks.append(loss)  # select_layers reads the cost of the checks from it
         return loss
 
@@ -108,11 +236,11 @@ class Method:
 
 
 # --------------------------------------------------------------------------------------------
-# selectors that read the statistics only (the mathematics is in selection.py and locality.py)
+# selectors that read the statistics only (the mathematics is in locality.py and baselines.py)
 
 
-def _inputs(ctx: SelectionContext) -> sel._Inputs:
-    return sel._read_inputs(ctx.stats, ctx.method)
+def _inputs(ctx: SelectionContext) -> Similarities:
+    return read_similarities(ctx.stats, ctx.method)
 
 
 def _lorp(ctx: SelectionContext) -> PruningPlan:
@@ -133,11 +261,11 @@ def _scored(rule: Callable) -> Callable[[SelectionContext], PruningPlan]:
 
 
 def _random(ctx: SelectionContext) -> PruningPlan:
-    return _plan(ctx, sel._random(ctx.num_layers, ctx.num_prune, set(ctx.protected), ctx.seed), seed=ctx.seed)
+    return _plan(ctx, baselines.random_blocks(ctx.num_layers, ctx.num_prune, set(ctx.protected), ctx.seed), seed=ctx.seed)
 
 
 def _last(ctx: SelectionContext) -> list[int]:
-    return sel._last(ctx.num_layers, ctx.num_prune, set(ctx.protected))
+    return baselines.last_blocks(ctx.num_layers, ctx.num_prune, set(ctx.protected))
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,8 +304,11 @@ def _searched(ctx: SelectionContext, loss, candidates: list[dict[str, Any]], max
 
     for candidate in tqdm(candidates, desc=ctx.method, unit="plan", disable=not ctx.progress):
         candidate["loss"] = loss(candidate["pruned"])
-    best = finite_best({i: c["loss"] for i, c in enumerate(candidates)}, f"{ctx.method}'s candidate plans",
-                       lambda i: loss.refusal(candidates[i]["pruned"]))
+    best = finite_best(
+        {i: c["loss"] for i, c in enumerate(candidates)},
+        f"{ctx.method}'s candidate plans",
+        lambda i: loss.refusal(candidates[i]["pruned"]),
+    )
     moves = local_search(loss, candidates[best]["pruned"], ctx.num_layers, set(ctx.protected), max_checks) if max_checks else []
     candidates += [dict(rule=f"move {i + 1}", **move) for i, move in enumerate(moves)]
     chosen = moves[-1]["pruned"] if moves else candidates[best]["pruned"]
@@ -190,7 +321,9 @@ def _sleb(ctx: SelectionContext) -> PruningPlan:
     loss = ctx.plan_loss()
     steps = sleb_order(loss, ctx.num_prune, set(ctx.protected), progress=ctx.progress)
     removed = [step["block"] for step in steps]
-    candidates = [{"rule": f"step {i + 1}", "pruned": sorted(removed[:i + 1]), "loss": step["loss"]} for i, step in enumerate(steps)]
+    candidates = [
+        {"rule": f"step {i + 1}", "pruned": sorted(removed[: i + 1]), "loss": step["loss"]} for i, step in enumerate(steps)
+    ]
     return _plan(ctx, removed, candidates=candidates)
 
 
@@ -202,9 +335,11 @@ def _ppl(ctx: SelectionContext) -> PruningPlan:
     finite_best(alone, "ppl", lambda b: loss.refusal([b]))  # the error when no block's loss is finite
     ranked = sorted((b for b in alone if math.isfinite(alone[b])), key=lambda b: alone[b])  # stable: ties by index
     if len(ranked) < ctx.num_prune:
-        raise FloatingPointError(f"ppl: only {len(ranked)} blocks have a finite loss when removed alone, fewer than the {ctx.num_prune} to prune")
+        raise FloatingPointError(
+            f"ppl: only {len(ranked)} blocks have a finite loss when removed alone, fewer than the {ctx.num_prune} to prune"
+        )
     scores = [alone.get(b) for b in range(ctx.num_layers)]
-    return _plan(ctx, ranked[:ctx.num_prune], scores=scores)
+    return _plan(ctx, ranked[: ctx.num_prune], scores=scores)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,18 +349,37 @@ def _ppl(ctx: SelectionContext) -> PruningPlan:
 REGISTRY: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("lorp_search", _lorp_search, "LoRP's candidate plans and the 6 runs of k blocks most alike across the run checked on the calibration "
-               "loss, the best then improved one block at a time with a third of SLEB's checks (the default)", reads_model=True),
+        Method(
+            "lorp_search",
+            _lorp_search,
+            "LoRP's candidate plans and the 6 runs of k blocks most alike across the run checked on the calibration "
+            "loss, the best then improved one block at a time with a third of SLEB's checks (the default)",
+            reads_model=True,
+        ),
         Method("lorp", _lorp, "LoRP as published: RLS, clusters, two-stage allocation (equations (2)-(5))"),
-        Method("lorp_checked", _lorp_checked, "LoRP's candidate plans checked on the calibration loss; the lowest wins",
-               reads_model=True),
-        Method("sleb", _sleb, "SLEB: greedy, each step removes the block whose removal gives the lowest calibration loss",
-               reads_stats=False, reads_model=True),
-        Method("ppl", _ppl, "one-shot perplexity (Shortened LLaMA): the k blocks whose removal alone hurts least",
-               reads_stats=False, reads_model=True),
-        Method("shortgpt", _scored(sel._shortgpt), "ShortGPT: the k blocks of lowest Block Influence 1 - S[l, l+1]"),
-        Method("streamline", _scored(sel._streamline), "LLM-Streamline: the run of k blocks maximising S[s, s+k]"),
-        Method("angular", _scored(sel._angular), "Gromov et al.: the run of k blocks of least last-token angular distance"),
+        Method(
+            "lorp_checked",
+            _lorp_checked,
+            "LoRP's candidate plans checked on the calibration loss; the lowest wins",
+            reads_model=True,
+        ),
+        Method(
+            "sleb",
+            _sleb,
+            "SLEB: greedy, each step removes the block whose removal gives the lowest calibration loss",
+            reads_stats=False,
+            reads_model=True,
+        ),
+        Method(
+            "ppl",
+            _ppl,
+            "one-shot perplexity (Shortened LLaMA): the k blocks whose removal alone hurts least",
+            reads_stats=False,
+            reads_model=True,
+        ),
+        Method("shortgpt", _scored(baselines.shortgpt), "ShortGPT: the k blocks of lowest Block Influence 1 - S[l, l+1]"),
+        Method("streamline", _scored(baselines.streamline), "LLM-Streamline: the run of k blocks maximising S[s, s+k]"),
+        Method("angular", _scored(baselines.angular), "Gromov et al.: the run of k blocks of least last-token angular distance"),
         Method("random", _random, "k unprotected blocks drawn with the seed (a floor)"),
         Method("last", _last, "the k unprotected blocks nearest the output (a floor)"),
     )
@@ -248,12 +402,13 @@ def get_method(method: str | Callable) -> Method:
 
 def select_layers(
     stats_or_similarity: Any,
-    num_prune: int | float,
-    method: str | Callable = "lorp",
+    num_prune: int | float | None = None,
+    method: str | Callable | None = None,
     num_clusters: int | None = None,
     protect: Iterable[int] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     *,
+    settings: PruneSettings | None = None,
     model: Any = None,
     windows: Any = None,
     check_windows: int | None = None,
@@ -261,8 +416,8 @@ def select_layers(
     score_last: int | None = SCORE_LAST,
     progress: bool = False,
     shared_checks: Any = None,
-    compensate: bool = False,
-    rounds: int = 1,
+    compensate: bool | None = None,
+    rounds: int | None = None,
 ) -> PruningPlan:
     """Choose the decoder blocks to prune.
 
@@ -272,7 +427,8 @@ def select_layers(
             inputs, never as the (N+1) x (N+1) S (see ``lorp_lightning.selection``). May be
             None for ``sleb`` and ``ppl``, which read only the model.
         num_prune: (6) an int, the number of blocks, or a float in (0, 1), a fraction of N
-            rounded down. Must come to >= 1 and <= the number of unprotected blocks.
+            rounded down. Must come to >= 1 and <= the number of unprotected blocks. Needed unless
+            ``settings`` gives it.
         method: a name of ``METHODS`` or a callable taking a ``SelectionContext`` and
             returning the blocks to prune. Default ``"lorp"``, the paper's method, which reads
             the statistics alone; ``DEFAULT_METHOD`` (``"lorp_search"``, the default of
@@ -281,6 +437,9 @@ def select_layers(
         protect: block indices never pruned. Default None: {0, N-1}. Pass ``()`` to protect none.
         seed: an int >= 0 (default 0): the spectral clustering's ``random_state``, the draw for
             ``random``; methods without randomness ignore it.
+        settings: ``num_prune`` (as ``amount``), ``method``, ``num_clusters``, ``protect``, ``seed``,
+            ``compensate`` and ``rounds`` as one ``PruneSettings``; an argument given as well replaces its
+            own. Without it, the arguments' defaults are those written here (``method="lorp"``).
         model: the model the statistics describe, for methods that try plans on it
             (``lorp_search``, ``lorp_checked``, ``sleb``, ``ppl``); it is left as it was.
         windows: the calibration windows for those methods, a (B, T) tensor of token ids (or a
@@ -297,7 +456,7 @@ def select_layers(
             methods and budgets computes each plan's loss once. The plan's cost still counts
             what this selection asked for, as if run alone. With ``rounds``, it serves the first
             round; the later ones check on the first windows of ``windows`` in its shape.
-        compensate: also choose the compensation of the plan (``lorp_lightning.compensation``):
+        compensate: also choose the compensation of the plan (default False; ``lorp_lightning.compensation``):
             the strength of ``STRENGTHS`` whose factors give the plan the lowest loss on the check
             windows, recorded in ``plan.compensation`` for ``prune_layers`` to fold in. Needs
             ``model`` and ``windows`` (for any method) and a ``LayerStats`` with ``norms``.
@@ -313,82 +472,170 @@ def select_layers(
         statistics, and ``check_windows`` of loss checks) and the selection's ``seconds``
         (the calibration pass not included).
     """
-    entry = get_method(method)
-    name = entry.name
-    if not is_integer(seed) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    if num_clusters is not None and name != "lorp":
-        raise ValueError(f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={name!r}")
-    if not isinstance(compensate, bool):
-        raise ValueError(f"compensate must be True or False, got compensate={compensate!r}")
-    if compensate:
-        _check_compensation(stats_or_similarity, model if shared_checks is None else shared_checks.model,
-                            windows if shared_checks is None else shared_checks.windows)
-    rounds = check_int(rounds, "rounds")
-    if rounds > 1 and (model is None or windows is None):
-        raise ValueError(f"rounds={rounds} collects the statistics again on the partly pruned model: pass model= and "
-                         "windows= (all the calibration windows)")
+    settings = _prune_settings(settings, num_prune, method, num_clusters, protect, seed, compensate, rounds)
+    entry, name = settings.entry, settings.entry.name
+    if settings.compensate:
+        _check_compensation(
+            stats_or_similarity,
+            model if shared_checks is None else shared_checks.model,
+            windows if shared_checks is None else shared_checks.windows,
+        )
+    if settings.rounds > 1 and (model is None or windows is None):
+        raise ParameterError(
+            "rounds",
+            f"rounds={settings.rounds} collects the statistics again on the partly pruned model: pass model= and "
+            "windows= (all the calibration windows)",
+        )
     statistics_windows = windows  # all of them, for the statistics of later rounds (before shared_checks replaces them)
-    tries_plans = entry.reads_model or compensate or rounds > 1  # runs the model
-    if tries_plans:
-        if shared_checks is not None:
-            model, windows, check_windows, check_tokens, score_last = (
-                shared_checks.model, shared_checks.windows, len(shared_checks.windows), shared_checks.windows.shape[1],
-                shared_checks.score_last)  # the checks' shape, which later rounds take from all the windows given
-        if model is None or windows is None:
-            raise ValueError(f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)")
-        from lorp_lightning.architectures import decoder_layers
-        from lorp_lightning.search import as_windows
-
-        windows = as_windows(windows)
+    N = None
+    if entry.reads_model or settings.compensate or settings.rounds > 1:  # runs the model
+        model, windows, check_windows, check_tokens, score_last = _checks(
+            name, model, windows, check_windows, check_tokens, score_last, shared_checks
+        )
         N = len(decoder_layers(model))
-        if check_windows is None:
-            check_windows = min(CHECK_WINDOWS, windows.shape[0])
-        if not is_integer(check_windows) or not 1 <= check_windows <= windows.shape[0]:
-            raise ValueError(f"check_windows must be an int between 1 and the {windows.shape[0]} windows given, got {check_windows!r}")
-        if check_tokens is not None and (not is_integer(check_tokens) or check_tokens < 2):
-            raise ValueError(f"check_tokens must be an int >= 2 or None, got {check_tokens!r}")
-    if stats_or_similarity is None:
-        if entry.reads_stats:
-            raise ValueError(f"method={name!r} reads the layer statistics: pass a LayerStats or a similarity matrix")
-    else:
-        inp = sel._read_inputs(stats_or_similarity, name if name in REGISTRY else "lorp")
-        if tries_plans and inp.N != N:
-            raise ValueError(f"stats describe {inp.N} blocks but the model has {N}; collect them on this model")
-        N = inp.N
-    protected = protected_blocks(protect, N)
-    k = resolve_budget(num_prune, N, N - len(protected))
-    if num_clusters is not None and (not is_integer(num_clusters) or not 1 <= num_clusters <= N):
-        raise ValueError(f"num_clusters must be an int between 1 and the number of blocks N={N}, got {num_clusters!r}")
-    if rounds > 1:
-        return _in_rounds(entry, stats_or_similarity, k, rounds, protected, dict(
-            method=method, num_clusters=num_clusters, seed=seed, model=model, windows=statistics_windows,
-            check_windows=check_windows, check_tokens=check_tokens, score_last=score_last, progress=progress,
-            compensate=compensate), shared_checks)
+    N = _depth(stats_or_similarity, entry, N)
+    protected = protected_blocks(settings.protect, N)
+    k = resolve_budget(settings.amount, N, N - len(protected))
+    if settings.num_clusters is not None and not settings.num_clusters <= N:
+        raise ParameterError(
+            "num_clusters",
+            f"num_clusters must be an int between 1 and the number of blocks N={N}, got {settings.num_clusters!r}",
+        )
+    if settings.rounds > 1:
+        options = dict(
+            method=settings.method,
+            num_clusters=settings.num_clusters,
+            seed=settings.seed,
+            model=model,
+            windows=statistics_windows,
+            check_windows=check_windows,
+            check_tokens=check_tokens,
+            score_last=score_last,
+            progress=progress,
+            compensate=settings.compensate,
+        )
+        return _in_rounds(entry, stats_or_similarity, k, settings.rounds, protected, options, shared_checks)
     ctx = SelectionContext(
-        method=name, stats=stats_or_similarity, num_layers=N, num_prune=k, protected=tuple(sorted(protected)),
-        seed=int(seed), num_clusters=None if num_clusters is None else int(num_clusters), model=model,
-        windows=windows, check_windows=int(check_windows or CHECK_WINDOWS), check_tokens=check_tokens,
-        score_last=score_last, progress=progress,
+        method=name,
+        stats=stats_or_similarity,
+        num_layers=N,
+        num_prune=k,
+        protected=tuple(sorted(protected)),
+        seed=settings.seed,
+        num_clusters=settings.num_clusters,
+        model=model,
+        windows=windows,
+        check_windows=int(check_windows or CHECK_WINDOWS),
+        check_tokens=check_tokens,
+        score_last=score_last,
+        progress=progress,
         shared_checks=shared_checks,
     )
+    return _select_once(entry, ctx, settings.compensate)
+
+
+def _prune_settings(
+    settings: PruneSettings | None,
+    num_prune: Any,
+    method: Any,
+    num_clusters: Any,
+    protect: Any,
+    seed: Any,
+    compensate: Any,
+    rounds: Any,
+) -> PruneSettings:
+    """``select_layers``' arguments as one ``PruneSettings`` (every check that needs no model, once)."""
+    if settings is None and num_prune is None:
+        raise TypeError("select_layers() needs the budget: num_prune, or settings=PruneSettings(amount, ...)")
+    if num_prune is not None and not is_budget(num_prune):  # the budget rule, under this function's name for it
+        raise ParameterError(
+            "num_prune",
+            f"num_prune must be an int >= 1 (a count of blocks) or a float in (0, 1) (a "
+            f"fraction of them), got num_prune={num_prune!r}",
+        )
+    settings = PruneSettings.of(
+        settings if settings is not None else PruneSettings(method="lorp"),
+        amount=num_prune,
+        method=method,
+        num_clusters=num_clusters,
+        protect=protect,
+        seed=seed,
+        compensate=compensate,
+        rounds=rounds,
+    )
+    if settings.amount is None:
+        raise ParameterError("num_prune", "select_layers() needs the budget: num_prune, or settings with an amount")
+    return settings
+
+
+def _checks(
+    name: str, model: Any, windows: Any, check_windows: Any, check_tokens: Any, score_last: Any, shared_checks: Any
+) -> tuple[Any, Tensor, Any, Any, Any]:
+    """The model, windows and checks' shape of a selection that runs the model, checked (``shared_checks``: those of
+    a ``PlanLoss`` shared by several selections)."""
+    if shared_checks is not None:
+        model, windows, check_windows, check_tokens, score_last = (
+            shared_checks.model,
+            shared_checks.windows,
+            len(shared_checks.windows),
+            shared_checks.windows.shape[1],
+            shared_checks.score_last,
+        )  # the checks' shape, which later rounds take from all the windows given
+    if model is None or windows is None:
+        raise ParameterError(
+            "method", f"method={name!r} tries plans on the model: pass model= and windows= (calibration windows)"
+        )
+    windows = as_windows(windows)
+    if check_windows is None:
+        check_windows = min(CHECK_WINDOWS, windows.shape[0])
+    if not is_integer(check_windows) or not 1 <= check_windows <= windows.shape[0]:
+        raise ParameterError(
+            "check_windows",
+            f"check_windows must be an int between 1 and the {windows.shape[0]} windows given, got {check_windows!r}",
+        )
+    if check_tokens is not None and (not is_integer(check_tokens) or check_tokens < 2):
+        raise ParameterError("check_tokens", f"check_tokens must be an int >= 2 or None, got {check_tokens!r}")
+    return model, windows, check_windows, check_tokens, score_last
+
+
+def _depth(stats_or_similarity: Any, entry: Method, model_depth: int | None) -> int:
+    """N, the blocks the statistics describe (checked against the model's, ``model_depth``, where there is one)."""
+    if stats_or_similarity is None:
+        if entry.reads_stats:
+            raise ParameterError(
+                "method", f"method={entry.name!r} reads the layer statistics: pass a LayerStats or a similarity matrix"
+            )
+        return model_depth
+    N = read_similarities(stats_or_similarity, entry.name if entry.name in REGISTRY else "lorp").N
+    if model_depth is not None and N != model_depth:
+        raise ValueError(f"stats describe {N} blocks but the model has {model_depth}; collect them on this model")
+    return N
+
+
+def _select_once(entry: Method, ctx: SelectionContext, compensate: bool) -> PruningPlan:
+    """One selection: the method's plan, checked, with its compensation when asked, and its cost."""
     start = time.perf_counter()
     chosen = entry.select(ctx)
     seconds = time.perf_counter() - start
-    _check_plan(name, chosen.pruned if isinstance(chosen, PruningPlan) else chosen, ctx)  # before any conversion
+    _check_plan(entry.name, chosen.pruned if isinstance(chosen, PruningPlan) else chosen, ctx)  # before any conversion
     plan = chosen if isinstance(chosen, PruningPlan) else _plan(ctx, chosen)
     if compensate:
         plan.compensation = _compensation(ctx, plan.pruned)
     for loss in ctx.checks:
         ctx.cost.update(check_windows=loss.window_passes, plans_checked=loss.plans_checked)
-    statistics = getattr(stats_or_similarity, "num_sequences", None) if entry.reads_stats else 0
-    plan.cost = {"statistics_windows": statistics, "check_windows": ctx.cost.get("check_windows", 0), **ctx.cost,
-                 "seconds": seconds}
+    statistics = getattr(ctx.stats, "num_sequences", None) if entry.reads_stats else 0
+    plan.cost = {
+        "statistics_windows": statistics,
+        "check_windows": ctx.cost.get("check_windows", 0),
+        **ctx.cost,
+        "seconds": seconds,
+    }
     return plan
 
 
-def _in_rounds(entry: Method, stats: Any, k: int, rounds: int, protected: set[int], options: dict[str, Any],
-               shared_checks: Any) -> PruningPlan:
+def _in_rounds(
+    entry: Method, stats: Any, k: int, rounds: int, protected: set[int], options: dict[str, Any], shared_checks: Any
+) -> PruningPlan:
     """``select_layers(..., rounds=rounds)``: each round a one-shot selection (``options``: its arguments) on the
     partly pruned model."""
     from lorp_lightning.rounds import round_sizes, select_in_rounds
@@ -397,8 +644,16 @@ def _in_rounds(entry: Method, stats: Any, k: int, rounds: int, protected: set[in
     def select_round(stats: Any, size: int, protect: list[int], first: bool) -> PruningPlan:
         return select_layers(stats, size, protect=protect, shared_checks=shared_checks if first else None, **options)
 
-    plan = select_in_rounds(options["model"], as_windows(options["windows"]), stats, round_sizes(k, rounds), sorted(protected),
-                            select_round, collect=entry.reads_stats or options["compensate"], progress=options["progress"])
+    plan = select_in_rounds(
+        options["model"],
+        as_windows(options["windows"]),
+        stats,
+        round_sizes(k, rounds),
+        sorted(protected),
+        select_round,
+        collect=entry.reads_stats or options["compensate"],
+        progress=options["progress"],
+    )
     if options["compensate"]:
         _keep_if_lower(plan, options, shared_checks)
     return plan
@@ -415,7 +670,7 @@ def _keep_if_lower(plan: PruningPlan, options: dict[str, Any], shared_checks: An
     else:
         windows = as_windows(options["windows"])
         count = options["check_windows"] or min(CHECK_WINDOWS, windows.shape[0])
-        loss = PlanLoss(options["model"], windows[:count, :options["check_tokens"]], score_last=options["score_last"])
+        loss = PlanLoss(options["model"], windows[:count, : options["check_tokens"]], score_last=options["score_last"])
     compensated, plain = loss.compensated(plan.pruned, plan.factors), loss(plan.pruned)
     plan.compensation["check"] = {"compensated": compensated, "plain": plain}
     plan.compensation["composed"] = list(plan.compensation["factors"])  # as the rounds folded them
@@ -431,10 +686,15 @@ def _check_compensation(stats: Any, model: Any, windows: Any) -> None:
     from lorp_lightning.compensation import check_compensable
 
     if getattr(stats, "norms", None) is None:
-        raise ValueError("compensate=True reads the stream's norms of the statistics: pass the LayerStats of "
-                         "collect_layer_stats (statistics saved before norms were recorded have none: collect them again)")
+        raise ParameterError(
+            "compensate",
+            "compensate=True reads the stream's norms of the statistics: pass the LayerStats of "
+            "collect_layer_stats (statistics saved before norms were recorded have none: collect them again)",
+        )
     if model is None or windows is None:
-        raise ValueError("compensate=True chooses its strength on the calibration loss: pass model= and windows=")
+        raise ParameterError(
+            "compensate", "compensate=True chooses its strength on the calibration loss: pass model= and windows="
+        )
     check_compensable(model)  # a family where no fold is exact is refused by name
 
 
@@ -445,16 +705,84 @@ def _compensation(ctx: SelectionContext, pruned: list[int]) -> dict[str, Any]:
     loss = ctx.checks[-1] if ctx.checks else ctx.plan_loss()  # the selection's own checks go on counting
     before = loss.window_passes
     strength, factors, tried = fit_strength(loss, pruned, ctx.stats.norms.tolist())
-    return {"strength": strength, "factors": [{"block": b, "factor": f} for b, f in sorted(factors.items())],
-            "tried": [{"strength": s, "loss": value} for s, value in tried.items()],
-            "check_windows": loss.window_passes - before}
+    return {
+        "strength": strength,
+        "factors": [{"block": b, "factor": f} for b, f in sorted(factors.items())],
+        "tried": [{"strength": s, "loss": value} for s, value in tried.items()],
+        "check_windows": loss.window_passes - before,
+    }
+
+
+def select_checked(
+    model: nn.Module,
+    windows: Any,
+    num_prune: int | float,
+    *,
+    stats: LayerStats | None = None,
+    check_windows: int | None = None,
+    check_tokens: int | None = CHECK_TOKENS,
+    score_last: int | None = SCORE_LAST,
+    protect: Iterable[int] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> PruningPlan:
+    """Choose the blocks to prune with ``lorp_checked``, the statistics collected here if not given.
+
+    ``lorp_checked`` checks the plans of LoRP's locality analysis (``search.candidate_plans``) on the calibration
+    loss, each applied to the model temporarily, and keeps the lowest (ties: the earlier candidate); see
+    docs/method.md. It is ``select_layers(stats, num_prune, "lorp_checked", model=model, windows=windows)``.
+
+    Args:
+        model: a Hugging Face causal LM (any architecture in ``lorp_lightning.architectures``).
+            Each candidate is tried by pruning it temporarily; the model is left exactly as it was.
+        windows: the calibration windows, a (B, T) tensor of token ids (or a list of 1-D tensors
+            of one length); the first ``check_windows`` of them are the loss checks.
+        num_prune: (6) an int, the number of blocks, or a float in (0, 1), a fraction of N
+            rounded down.
+        stats: the [`LayerStats`][lorp_lightning.stats.LayerStats] of ``model`` on ``windows`` if
+            already collected (e.g. shared with other methods); collected here if None.
+        check_windows: calibration windows per loss check, the first ones (default None: ``CHECK_WINDOWS`` = 8, or
+            all when fewer are given), as for ``select_layers``.
+        check_tokens: tokens of each check window, its first ones (default ``CHECK_TOKENS`` = 256; None: all).
+        score_last: predicted tokens scored per check window, the last ones (default ``SCORE_LAST`` = 128; None: all).
+        protect: block indices never pruned (default None: {0, N-1}).
+        seed: the spectral clustering's ``random_state`` (default 0).
+        progress: show a progress bar over the candidates.
+
+    Returns:
+        A [`PruningPlan`][lorp_lightning.selection.PruningPlan] with ``method="lorp_checked"``, the
+        RLS, K and clusters of the analysis, ``candidates`` (every candidate's rule, blocks and
+        loss; the chosen one is ``pruned``) and ``cost``.
+    """
+    batch = as_windows(windows)
+    if stats is None:
+        stats = collect_layer_stats(model, batch.split(1), progress=progress)
+    return select_layers(
+        stats,
+        num_prune,
+        "lorp_checked",
+        protect=protect,
+        seed=seed,
+        model=model,
+        windows=batch,
+        check_windows=check_windows,
+        check_tokens=check_tokens,
+        score_last=score_last,
+        progress=progress,
+    )
 
 
 def _plan(ctx: SelectionContext, pruned: Sequence[int], **fields: Any) -> PruningPlan:
     """The plan of ``pruned`` (checked by select_layers, which every plan passes through)."""
     chosen = sorted(int(b) for b in pruned)
-    return PruningPlan(method=ctx.method, num_layers=ctx.num_layers, pruned=chosen,
-                       kept=[b for b in range(ctx.num_layers) if b not in set(chosen)], protected=list(ctx.protected), **fields)
+    return PruningPlan(
+        method=ctx.method,
+        num_layers=ctx.num_layers,
+        pruned=chosen,
+        kept=[b for b in range(ctx.num_layers) if b not in set(chosen)],
+        protected=list(ctx.protected),
+        **fields,
+    )
 
 
 def _check_plan(method: str, pruned: Any, ctx: SelectionContext) -> None:
@@ -474,4 +802,6 @@ def _check_plan(method: str, pruned: Any, ctx: SelectionContext) -> None:
     elif set(map(int, blocks)) & set(ctx.protected):
         problem = f"holds protected blocks {sorted(set(map(int, blocks)) & set(ctx.protected))}"
     if problem:
-        raise ValueError(f"method {method!r} returned the plan {pruned!r}, which {problem}; the model was not changed")
+        raise ParameterError(
+            "method", f"method {method!r} returned the plan {pruned!r}, which {problem}; the model was not changed"
+        )

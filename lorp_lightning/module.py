@@ -86,14 +86,15 @@ class LoRPModule(pl.LightningModule):
             tokenizer = tokenizer if tokenizer is not None else loaded_tokenizer
         elif isinstance(model, PreTrainedModel):
             if dtype != "auto" and choose_dtype(dtype).dtype != model.dtype:
-                raise ValueError(f"dtype={dtype!r} applies only to a model loaded by name or path; "
-                                 f"a model object keeps its own dtype ({model.dtype}): cast it with model.to(dtype)")
+                raise ValueError(
+                    f"dtype={dtype!r} applies only to a model loaded by name or path; "
+                    f"a model object keeps its own dtype ({model.dtype}): cast it with model.to(dtype)"
+                )
             self.save_hyperparameters(ignore=["model", "tokenizer"])
             hf_model = model
         else:
             raise TypeError(
-                f"model must be a bundled model name, a model path or a transformers PreTrainedModel, "
-                f"got {type(model).__name__}"
+                f"model must be a bundled model name, a model path or a transformers PreTrainedModel, got {type(model).__name__}"
             )
         decoder_layers(hf_model)  # a causal LM whose blocks lorp_lightning finds, or a clear error now
         self.model = hf_model

@@ -46,12 +46,17 @@ def next_token_pairs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     predict the labels at T-L+1 .. T-1 (the last position predicts a token the window does not
     have).
     """
-    if logits.dim() != 3 or labels.dim() != 2 or logits.shape[0] != labels.shape[0] or not 2 <= logits.shape[1] <= labels.shape[1]:
+    if (
+        logits.dim() != 3
+        or labels.dim() != 2
+        or logits.shape[0] != labels.shape[0]
+        or not 2 <= logits.shape[1] <= labels.shape[1]
+    ):
         raise ValueError(
             f"logits must be (batch, L, vocabulary) for the last L of the (batch, T) labels, 2 <= L <= T, got logits "
             f"{tuple(logits.shape)} and labels {tuple(labels.shape)}"
         )
-    return logits[:, :-1].float(), labels[:, labels.shape[1] - logits.shape[1] + 1:]
+    return logits[:, :-1].float(), labels[:, labels.shape[1] - logits.shape[1] + 1 :]
 
 
 def next_token_loss(logits: Tensor, labels: Tensor, per_window: bool = False) -> Tensor:

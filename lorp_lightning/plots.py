@@ -11,8 +11,13 @@ from typing import Any
 __all__ = ["save_perplexity_by_budget", "save_similarity_heatmap", "similarity_heatmap"]
 
 
-def similarity_heatmap(stats_or_similarity: Any, labels: list[int] | None = None, pruned: list[int] | None = None,
-                       ax: Any = None, title: str | None = None) -> Any:
+def similarity_heatmap(
+    stats_or_similarity: Any,
+    labels: list[int] | None = None,
+    pruned: list[int] | None = None,
+    ax: Any = None,
+    title: str | None = None,
+) -> Any:
     """Draw S as a seaborn heatmap; cluster boundaries as lines, pruned blocks as marks.
 
     Args:
@@ -37,8 +42,17 @@ def similarity_heatmap(stats_or_similarity: Any, labels: list[int] | None = None
     if hasattr(stats_or_similarity, "similarity"):
         names[-1] = "out"
     ax = ax or plt.gca()
-    sns.heatmap(matrix, ax=ax, cmap="viridis", vmin=min(0.0, float(matrix.min())), vmax=1.0, square=True,
-                xticklabels=names, yticklabels=names, cbar_kws={"label": "mean cosine similarity"})
+    sns.heatmap(
+        matrix,
+        ax=ax,
+        cmap="viridis",
+        vmin=min(0.0, float(matrix.min())),
+        vmax=1.0,
+        square=True,
+        xticklabels=names,
+        yticklabels=names,
+        cbar_kws={"label": "mean cosine similarity"},
+    )
     ax.tick_params(labelsize=6)
     if labels is not None:
         for boundary in [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]:
@@ -53,8 +67,9 @@ def similarity_heatmap(stats_or_similarity: Any, labels: list[int] | None = None
     return ax
 
 
-def save_similarity_heatmap(stats_or_similarity: Any, path: str | os.PathLike, labels: list[int] | None = None,
-                            title: str | None = None) -> None:
+def save_similarity_heatmap(
+    stats_or_similarity: Any, path: str | os.PathLike, labels: list[int] | None = None, title: str | None = None
+) -> None:
     """``similarity_heatmap`` on a figure of its own, written to ``path`` (PNG)."""
     from matplotlib.figure import Figure
 
@@ -64,8 +79,13 @@ def save_similarity_heatmap(stats_or_similarity: Any, path: str | os.PathLike, l
     fig.savefig(path, dpi=120)
 
 
-def save_perplexity_by_budget(rows: list[dict[str, Any]], dense_perplexity: float, path: str | os.PathLike,
-                              title: str | None = None, ylabel: str = "held-out perplexity") -> None:
+def save_perplexity_by_budget(
+    rows: list[dict[str, Any]],
+    dense_perplexity: float,
+    path: str | os.PathLike,
+    title: str | None = None,
+    ylabel: str = "held-out perplexity",
+) -> None:
     """Perplexity against blocks removed, one line per method, the dense model as a dotted line
     (log scale), written to ``path`` (PNG). ``rows``: ``{"method", "num_pruned", "perplexity"}``
     dicts; a perplexity that is not finite is left out of its line."""

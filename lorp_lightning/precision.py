@@ -64,8 +64,9 @@ class DtypeChoice:
         return f"dtype: {self.name} ({self.reason})"
 
 
-def choose_dtype(dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu",
-                 checkpoint_dtype: torch.dtype | None = None) -> DtypeChoice:
+def choose_dtype(
+    dtype: torch.dtype | str = "auto", device: torch.device | str = "cpu", checkpoint_dtype: torch.dtype | None = None
+) -> DtypeChoice:
     """Resolve a requested dtype: an explicit one as it is, ``"auto"`` by the hardware.
 
     Args:
@@ -91,8 +92,10 @@ def choose_dtype(dtype: torch.dtype | str = "auto", device: torch.device | str =
     forced = os.environ.get(DTYPE_VARIABLE)
     if forced:
         if forced not in DTYPE_NAMES:
-            raise ValueError(f"the environment variable {DTYPE_VARIABLE} must be one of {', '.join(DTYPE_NAMES)} "
-                             f"(or unset), got {DTYPE_VARIABLE}={forced!r}")
+            raise ValueError(
+                f"the environment variable {DTYPE_VARIABLE} must be one of {', '.join(DTYPE_NAMES)} "
+                f"(or unset), got {DTYPE_VARIABLE}={forced!r}"
+            )
         return DtypeChoice(DTYPE_NAMES[forced], f"auto: {DTYPE_VARIABLE}={forced}")
     device = torch.device(device)
     if device.type == "cuda":
@@ -101,8 +104,12 @@ def choose_dtype(dtype: torch.dtype | str = "auto", device: torch.device | str =
         return DtypeChoice(torch.float32, f"auto on a {device.type} device")
     speedup = cpu_bf16_speedup()
     if speedup >= BF16_MIN_SPEEDUP:
-        return DtypeChoice(torch.bfloat16, f"auto: this CPU runs bf16 matrix products natively, {speedup:.1f}x as fast as float32")
-    return DtypeChoice(torch.float32, f"auto: this CPU has no native bf16 (bf16 matrix products run {speedup:.2f}x as fast as float32)")
+        return DtypeChoice(
+            torch.bfloat16, f"auto: this CPU runs bf16 matrix products natively, {speedup:.1f}x as fast as float32"
+        )
+    return DtypeChoice(
+        torch.float32, f"auto: this CPU has no native bf16 (bf16 matrix products run {speedup:.2f}x as fast as float32)"
+    )
 
 
 def _cuda_choice(checkpoint_dtype: torch.dtype | None) -> DtypeChoice:

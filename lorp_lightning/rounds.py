@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lorp_lightning import compensation
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import ParameterError, is_integer
 from lorp_lightning.architectures import architecture_of, decoder_layers
 from lorp_lightning.selection import PruningPlan
 
@@ -43,16 +43,18 @@ STATISTICS_BATCH = 4  # windows per forward pass when a round collects the stati
 def round_sizes(num_prune: int, rounds: int) -> list[int]:
     """The blocks each round removes: ``num_prune`` split as evenly as possible, the larger parts first.
 
-        >>> round_sizes(7, 3)
-        [3, 2, 2]
+    >>> round_sizes(7, 3)
+    [3, 2, 2]
     """
     if not 1 <= rounds <= num_prune:
-        raise ValueError(f"rounds must be between 1 and the {num_prune} blocks to prune, got rounds={rounds!r}")
+        raise ParameterError("rounds", f"rounds must be between 1 and the {num_prune} blocks to prune, got rounds={rounds!r}")
     whole, rest = divmod(num_prune, rounds)
     return [whole + 1] * rest + [whole] * (rounds - rest)
 
 
-def compose_rounds(num_layers: int, rounds: Sequence[tuple[Sequence[int], Mapping[int, float]]]) -> tuple[list[int], dict[int, float]]:
+def compose_rounds(
+    num_layers: int, rounds: Sequence[tuple[Sequence[int], Mapping[int, float]]]
+) -> tuple[list[int], dict[int, float]]:
     """The one plan, in the original numbering, that prunes as the rounds did one after another.
 
     Args:
@@ -137,20 +139,34 @@ def compose_plans(plans: Sequence[PruningPlan], protected: Sequence[int]) -> Pru
         if plan.num_layers != len(alive):
             raise ValueError(f"a plan for {plan.num_layers} blocks cannot follow plans that left {len(alive)}")
         steps.append((plan.pruned, plan.factors))
-        records.append({
-            "pruned": [alive[b] for b in plan.pruned], "num_layers": plan.num_layers, "rls": plan.rls,
-            "num_clusters": plan.num_clusters,
-            "compensation": None if plan.compensation is None else
-            {"strength": plan.compensation["strength"], "tried": plan.compensation["tried"]},
-        })
+        records.append(
+            {
+                "pruned": [alive[b] for b in plan.pruned],
+                "num_layers": plan.num_layers,
+                "rls": plan.rls,
+                "num_clusters": plan.num_clusters,
+                "compensation": None
+                if plan.compensation is None
+                else {"strength": plan.compensation["strength"], "tried": plan.compensation["tried"]},
+            }
+        )
         alive = [b for i, b in enumerate(alive) if i not in set(plan.pruned)]
     pruned, factors = compose_rounds(num_layers, steps)
-    composed = PruningPlan(method=plans[0].method, num_layers=num_layers, pruned=pruned,
-                           kept=[b for b in range(num_layers) if b not in set(pruned)], protected=sorted(protected),
-                           rounds=records)
+    composed = PruningPlan(
+        method=plans[0].method,
+        num_layers=num_layers,
+        pruned=pruned,
+        kept=[b for b in range(num_layers) if b not in set(pruned)],
+        protected=sorted(protected),
+        rounds=records,
+    )
     if any(plan.compensation is not None for plan in plans):
-        composed.compensation = {"strength": None, "factors": [{"block": b, "factor": f} for b, f in sorted(factors.items())],
-                                 "tried": [], "check_windows": 0}
+        composed.compensation = {
+            "strength": None,
+            "factors": [{"block": b, "factor": f} for b, f in sorted(factors.items())],
+            "tried": [],
+            "check_windows": 0,
+        }
     return composed
 
 
@@ -163,9 +179,17 @@ def add_round_cost(cost: dict[str, Any], plan: PruningPlan, first: bool) -> None
         cost[key] += plan.cost.get(key) or 0
 
 
-def select_in_rounds(model: nn.Module, windows: torch.Tensor, stats: Any, sizes: Sequence[int], protected: Sequence[int],
-                     select_round: Callable[[Any, int, list[int], bool], PruningPlan], *, collect: bool,
-                     progress: bool = False) -> PruningPlan:
+def select_in_rounds(
+    model: nn.Module,
+    windows: torch.Tensor,
+    stats: Any,
+    sizes: Sequence[int],
+    protected: Sequence[int],
+    select_round: Callable[[Any, int, list[int], bool], PruningPlan],
+    *,
+    collect: bool,
+    progress: bool = False,
+) -> PruningPlan:
     """Select in rounds of ``sizes`` blocks (see the module docs).
 
     Args:
@@ -233,14 +257,18 @@ class PruningSchedule:
             self.entries = None
             return
         if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence) or not schedule:
-            raise ValueError(f"a schedule must be a non-empty list of (step, amount) pairs or a callable of the epoch, "
-                             f"got {schedule!r}")
+            raise ValueError(
+                f"a schedule must be a non-empty list of (step, amount) pairs or a callable of the epoch, got {schedule!r}"
+            )
         entries = []
         for entry in schedule:
-            if not (isinstance(entry, Sequence) and len(entry) == 2 and is_integer(entry[0]) and entry[0] >= 0
-                    and is_budget(entry[1])):
-                raise ValueError(f"the schedule {schedule!r} holds {entry!r}, which is not a pair (step, amount) of an "
-                                 "optimizer step (an int >= 0) and an amount (a count >= 1 or a fraction in (0, 1))")
+            if not (
+                isinstance(entry, Sequence) and len(entry) == 2 and is_integer(entry[0]) and entry[0] >= 0 and is_budget(entry[1])
+            ):
+                raise ValueError(
+                    f"the schedule {schedule!r} holds {entry!r}, which is not a pair (step, amount) of an "
+                    "optimizer step (an int >= 0) and an amount (a count >= 1 or a fraction in (0, 1))"
+                )
             entries.append((int(entry[0]), int(entry[1]) if is_integer(entry[1]) else float(entry[1])))
         steps = [step for step, _ in entries]
         if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
@@ -257,9 +285,11 @@ class PruningSchedule:
             return None
         totals = [self._resolve(amount, num_layers, num_unprotected, f"step {step}") for step, amount in self.entries]
         if any(b <= a for a, b in zip(totals, totals[1:], strict=False)):
-            raise ValueError(f"the schedule {self!r} removes {totals} blocks of {num_layers} at its steps: each entry must "
-                             "remove at least one block more than the one before (amounts that decrease, or fractions "
-                             "that round down to the same whole number of blocks, are not a schedule)")
+            raise ValueError(
+                f"the schedule {self!r} removes {totals} blocks of {num_layers} at its steps: each entry must "
+                "remove at least one block more than the one before (amounts that decrease, or fractions "
+                "that round down to the same whole number of blocks, are not a schedule)"
+            )
         return totals
 
     def due(self, step: int, epoch: int, num_layers: int, num_unprotected: int) -> int:

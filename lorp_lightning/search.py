@@ -25,7 +25,7 @@ cheaper without changing its value:
   the cost for models with big vocabularies) runs on those positions alone;
 - *windows run together,* ``batch_windows`` of them per forward pass (default: as many as keep
   their scored logits within ``LOGITS_BYTES``), which spends less time per window than one
-  window per pass (``python benchmarks/selection_cost.py --batching``). Each window's loss is
+  window per pass (``python benchmarks/performance/selection_cost.py --batching``). Each window's loss is
   still its own; on the CPU measured (AVX2, float32) it equals the one-window pass bit for bit,
   though another CPU's matrix kernels may round a batch's last bits differently.
 
@@ -45,16 +45,39 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lorp_lightning import compensation
 from lorp_lightning._validation import check_int
 from lorp_lightning.architectures import architecture_of, decoder_layers
+from lorp_lightning.baselines import contiguous_runs
+from lorp_lightning.locality import (
+    allocate_lorp,
+    cluster_layers,
+    clusters_for_rls,
+    read_similarities,
+    representation_locality_score,
+)
 from lorp_lightning.next_token import next_token_loss
+from lorp_lightning.selection import protected_blocks, resolve_budget
 from lorp_lightning.surgery import PlanRefusedError, pruned_config, temporarily_pruned
 
-__all__ = ["LOGITS_BYTES", "PlanLoss", "as_windows", "calibration_loss", "contiguous_runs", "finite_best", "local_search", "neighbours", "one_shot_losses", "ranked_runs", "sleb_checks", "sleb_order"]
+__all__ = [
+    "LOGITS_BYTES",
+    "PlanLoss",
+    "as_windows",
+    "calibration_loss",
+    "candidate_plans",
+    "finite_best",
+    "local_search",
+    "neighbours",
+    "one_shot_losses",
+    "ranked_runs",
+    "sleb_checks",
+    "sleb_order",
+]
 
 
 def as_windows(windows: Any) -> Tensor:
@@ -64,7 +87,9 @@ def as_windows(windows: Any) -> Tensor:
             raise ValueError(f"windows must all have the same length, got lengths {sorted({w.numel() for w in windows})}")
         windows = torch.stack([w.reshape(-1) for w in windows])
     if not isinstance(windows, Tensor):
-        raise ValueError(f"windows must be a (B, T) tensor of token ids or a list of 1-D tensors of one length, got {type(windows).__name__}")
+        raise ValueError(
+            f"windows must be a (B, T) tensor of token ids or a list of 1-D tensors of one length, got {type(windows).__name__}"
+        )
     if windows.dim() == 1:
         windows = windows.unsqueeze(0)
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.dtype not in (torch.int32, torch.int64):
@@ -84,7 +109,7 @@ def _window_losses(model: nn.Module, ids: Tensor, scored: int) -> list[float]:
     """Mean next-token cross-entropy of the last ``scored`` tokens of each window of the (B, T) ``ids``."""
     # The logits at positions T-scored-1 .. T-2 predict tokens T-scored .. T-1. Models that know
     # ``logits_to_keep`` run their head on those positions only; the slice serves the others.
-    logits = model(input_ids=ids, use_cache=False, logits_to_keep=scored + 1).logits[:, -(scored + 1):]
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=scored + 1).logits[:, -(scored + 1) :]
     return next_token_loss(logits, ids, per_window=True).tolist()
 
 
@@ -141,8 +166,14 @@ class PlanLoss:
     losses remembered from earlier selections are not computed again.
     """
 
-    def __init__(self, model: nn.Module, windows: Any, score_last: int | None = None, reuse_prefix: bool = True,
-                 batch_windows: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        windows: Any,
+        score_last: int | None = None,
+        reuse_prefix: bool = True,
+        batch_windows: int | None = None,
+    ) -> None:
         self.model = model
         self.windows = as_windows(windows)
         self.score_last = score_last = check_int(score_last, "score_last", none_ok=True)
@@ -181,8 +212,9 @@ class PlanLoss:
         """Window passes those plans cost when run alone: one per window and plan (a plan settled
         early by ``below``: the windows it ran), and the dense prefix's."""
         settled = [key for key in self.asked if key in self._settled and key not in self.losses]
-        return (len(self.windows) * (len(self.asked) - len(settled) + self._prefix_asked)
-                + sum(self._settled[key] for key in settled))
+        return len(self.windows) * (len(self.asked) - len(settled) + self._prefix_asked) + sum(
+            self._settled[key] for key in settled
+        )
 
     def __call__(self, pruned: Iterable[int]) -> float:
         key = self._ask(self.key(pruned))
@@ -250,8 +282,13 @@ class PlanLoss:
     def _after_prefix(self, pruned: Sequence[int]) -> bool:
         """Whether the plan's pass starts from the recorded dense prefix: its first removed block
         is not block 0, and some block is left after the prefix and the plan."""
-        return (self.reuse_prefix and not self._generic and bool(pruned) and min(pruned) > 0
-                and min(pruned) + len(pruned) < self.num_layers)
+        return (
+            self.reuse_prefix
+            and not self._generic
+            and bool(pruned)
+            and min(pruned) > 0
+            and min(pruned) + len(pruned) < self.num_layers
+        )
 
     @torch.no_grad()
     def _losses(self, pruned: list[int], bound: float | None = None, factors: Mapping[int, float] | None = None) -> list[float]:
@@ -289,8 +326,10 @@ class PlanLoss:
                 except PlanRefusedError:  # the plan itself is refused (below, at once), or only with the prefix
                     pass  # removed too (Jamba's period): a plain pass
             try:
-                with temporarily_pruned(model, pruned) if pruned else nullcontext(), \
-                        compensation.stream_scaled({layers[b]: f for b, f in factors.items()}):
+                with (
+                    temporarily_pruned(model, pruned) if pruned else nullcontext(),
+                    compensation.stream_scaled({layers[b]: f for b, f in factors.items()}),
+                ):
                     losses = []
                     for ids in self._batches:
                         losses += _window_losses(model, ids.to(device), self.scored)
@@ -305,6 +344,7 @@ class PlanLoss:
 
     def _losses_from(self, model: nn.Module, ids: Tensor, hidden: Tensor) -> list[float]:
         """The losses of the windows ``ids`` with the input of the model's first (remaining) block replaced by ``hidden``."""
+
         def replace(module: nn.Module, args: tuple, kwargs: dict):
             if args:
                 return (hidden,) + tuple(args[1:]), kwargs
@@ -368,8 +408,11 @@ def sleb_order(loss: PlanLoss, num_prune: int, protected: set[int], progress: bo
     steps = []
     for _ in tqdm(range(num_prune), desc="sleb", unit="block", disable=not progress):
         tried = {b: loss(removed + [b]) for b in range(loss.num_layers) if b not in protected and b not in removed}
-        block = finite_best(tried, f"sleb, removing block {len(removed) + 1} of {num_prune}",
-                            lambda b, removed=removed: loss.refusal(removed + [b]))
+        block = finite_best(
+            tried,
+            f"sleb, removing block {len(removed) + 1} of {num_prune}",
+            lambda b, removed=removed: loss.refusal(removed + [b]),
+        )
         removed.append(block)
         steps.append({"block": block, "loss": tried[block], "tried": len(tried)})
     return steps
@@ -388,8 +431,9 @@ def neighbours(plan: Sequence[int], num_layers: int, protected: set[int]) -> lis
     instead, and one kept, unprotected block next to a removed block removed instead (a run
     [12, 18] may shift to [11, 17] or [13, 19], or give up block 15 for block 11 or 19)."""
     removed = set(plan)
-    border = sorted(c for c in range(num_layers) if c not in removed and c not in protected
-                    and (c - 1 in removed or c + 1 in removed))
+    border = sorted(
+        c for c in range(num_layers) if c not in removed and c not in protected and (c - 1 in removed or c + 1 in removed)
+    )
     out, seen = [], set()
     for b in sorted(removed):
         for c in border:
@@ -398,12 +442,6 @@ def neighbours(plan: Sequence[int], num_layers: int, protected: set[int]) -> lis
                 seen.add(swapped)
                 out.append(list(swapped))
     return out
-
-
-def contiguous_runs(num_layers: int, num_prune: int, protected: set[int]) -> list[list[int]]:
-    """Every run [s, s + k) of ``num_prune`` consecutive unprotected blocks, in order of s."""
-    return [list(range(s, s + num_prune)) for s in range(num_layers - num_prune + 1)
-            if not any(b in protected for b in range(s, s + num_prune))]
 
 
 def ranked_runs(similarity: Any, num_prune: int, protected: set[int]) -> list[list[int]]:
@@ -446,3 +484,90 @@ def local_search(loss: PlanLoss, start: list[int], num_layers: int, protected: s
                 return moves
         current = best
         moves.append({"pruned": best, "loss": loss(best)})
+
+
+# --------------------------------------------------------------------------------------------
+# LoRP's candidate plans: what lorp_checked and lorp_search check first
+
+
+def candidate_plans(
+    stats: Any,
+    num_prune: int | float,
+    protect: Iterable[int] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The plans ``lorp_checked`` checks against the calibration loss, all from one locality analysis.
+
+    The RLS gives K (2)-(3), spectral clustering the clusters (4); then, with BI_l = 1 - S[l, l+1]
+    the influence of block l (the similarity of its input and output, as in ``shortgpt``):
+
+    - ``lorp``: the faithful two-stage allocation (5), blocks ranked by redundancy in their cluster;
+    - ``lorp/influence``: the same allocation, blocks ranked by lowest influence in their cluster;
+    - ``spare c`` for each cluster c: the faithful allocation over the other clusters, c kept whole
+      (a small model may not be able to spare any block of some cluster);
+    - ``within c`` for each cluster c with enough unprotected blocks: the k lowest-influence
+      blocks of c (the whole budget spent where representations are most alike);
+    - ``run from c`` for each cluster c: the run [s, s+k) of unprotected blocks with s in c
+      maximising S[s, s+k] (the span over which the representation changes least).
+
+    The rules are applied to the clustering of the RLS's K, then to the coarsest one, K = 1 (all
+    blocks one cluster), whose rules reduce to the global ones: ``within 0 (K=1)`` is
+    ShortGPT's plan and ``run from 0 (K=1)`` LLM-Streamline's. Each rule's name ends with its K.
+
+    Args:
+        stats: a [`LayerStats`][lorp_lightning.stats.LayerStats] (the full (N+1) x (N+1) S is needed
+            for the influence of the last block and for runs that end at the output).
+        num_prune, protect, seed: as for `select_layers`.
+
+    Returns:
+        ``[{"rule": str, "pruned": [blocks, ascending]}, ...]`` in the order above, identical
+        plans listed once (under the first rule that made them).
+    """
+    similarities = read_similarities(stats, "lorp")
+    if similarities.full is None:
+        raise ValueError("candidate_plans needs a LayerStats (the full (N+1) x (N+1) similarity), not a plain matrix")
+    N, S, full = similarities.N, similarities.blocks, similarities.full
+    protected = protected_blocks(protect, N)
+    k = resolve_budget(num_prune, N, N - len(protected))
+    rls = representation_locality_score(S)  # (2)
+    K = min(clusters_for_rls(rls), N)  # (3)
+    labels = cluster_layers(S, K, seed=int(seed))  # (4)
+
+    plans: list[tuple[str, list[int]]] = []
+    for granularity in [labels, [0] * N] if K > 1 else [labels]:
+        plans += _rule_plans(S, full, granularity, k, protected)
+
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[int, ...]] = set()
+    for rule, pruned in plans:
+        key = tuple(sorted(pruned))
+        if key not in seen:
+            seen.add(key)
+            out.append({"rule": rule, "pruned": list(key)})
+    return out
+
+
+def _rule_plans(S: np.ndarray, full: np.ndarray, labels: list[int], k: int, protected: set[int]) -> list[tuple[str, list[int]]]:
+    """The plans of `candidate_plans`' rules for one clustering ``labels``."""
+    N, K = len(labels), max(labels) + 1
+    tag = f" (K={K})"
+    closeness = [float(full[l, l + 1]) for l in range(N)]  # 1 - BI_l: higher = less influence
+    unprotected = [l for l in range(N) if l not in protected]
+    plans = [
+        ("lorp" + tag, allocate_lorp(S, labels, k, protected)),
+        ("lorp/influence" + tag, allocate_lorp(S, labels, k, protected, ranking=closeness)),
+    ]
+    for c in range(K if K > 1 else 0):
+        spared = protected | {l for l in range(N) if labels[l] == c}
+        if N - len(spared) >= k:
+            plans.append((f"spare {c}" + tag, allocate_lorp(S, labels, k, spared)))
+    for c in range(K):
+        members = [l for l in unprotected if labels[l] == c]
+        if len(members) >= k:
+            plans.append((f"within {c}" + tag, sorted(members, key=lambda l: -closeness[l])[:k]))
+    for c in range(K):
+        starts = [s for s in range(N - k + 1) if labels[s] == c and not any(l in protected for l in range(s, s + k))]
+        if starts:
+            best = max(starts, key=lambda s: float(full[s, s + k]))  # max() keeps the first of ties
+            plans.append((f"run from {c}" + tag, list(range(best, best + k))))
+    return plans

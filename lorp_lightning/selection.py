@@ -1,26 +1,15 @@
-"""Which decoder blocks to prune, from one set of layer statistics: the plan, the budget rule, and
-the rules of LoRP's baselines. The entry point, [`select_layers`][lorp_lightning.methods.select_layers],
-and the table of methods are in `lorp_lightning.methods`.
+"""The plan and the budget rule: what every method returns, and how many blocks it removes.
 
-    plan = select_layers(stats, 7, method="shortgpt")      # a baseline, 7 blocks
+    plan = select_layers(stats, 7, method="shortgpt")      # the entry point is lorp_lightning.methods
     print(plan); plan.pruned; PruningPlan.from_json(plan.to_json())
 
-Input. ``select_layers`` takes either a [`LayerStats`][lorp_lightning.stats.LayerStats] (the full
-(N+1) x (N+1) similarity S, whose last index is the output of the last block, and the last-token
-similarity S_last), or a plain N x N matrix (NumPy array or tensor). A plain matrix is **always**
-read as the block-input similarity S[:N, :N]: an (N+1) x (N+1) matrix cannot be told apart from
-the inputs of N+1 blocks, so to use the full statistics pass the LayerStats itself. A plain matrix
-is enough for ``lorp``, ``streamline``, ``random``, ``last``, and for ``shortgpt`` while the last
-block is protected; ``angular`` needs S_last, hence a LayerStats.
-
-Methods (all share the budget rule (6) and the protected set, default {0, N-1}):
-
-    lorp        LoRP, equations (2)-(5), see `lorp_lightning.locality`
-    shortgpt    Block Influence (Men et al.): BI_l = 1 - S[l, l+1]; the k lowest-BI blocks
-    streamline  LLM-Streamline: the run [s, s+k) of unprotected blocks maximising S[s, s+k]
-    angular     Gromov et al.: the run [s, s+k) minimising arccos(S_last[s, s+k]) / pi
-    random      k unprotected blocks drawn with ``seed`` (a floor)
-    last        the k unprotected blocks nearest the output (a floor)
+``PruningPlan`` is the result of every method (the blocks removed, what the method read and scored, its cost, and
+where it applies, its compensation and rounds), readable back from JSON. The budget rule (6), ``resolve_budget``,
+turns an amount (a count of blocks, or a fraction of N rounded down) into the number of blocks, and
+``protected_blocks`` the ``protect`` argument into the blocks never pruned (default {0, N-1}). The rules that
+choose the blocks are elsewhere: LoRP's analysis in `lorp_lightning.locality`, the baselines that read the
+statistics in `lorp_lightning.baselines`, the methods that try plans on the model (and LoRP's candidate plans) in
+`lorp_lightning.search`, and the table of them all in `lorp_lightning.methods`.
 """
 
 from __future__ import annotations
@@ -35,16 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from lorp_lightning._validation import is_integer, is_real
-from lorp_lightning.locality import (
-    allocate_lorp,
-    as_similarity_matrix,
-    cluster_layers,
-    clusters_for_rls,
-    representation_locality_score,
-)
+from lorp_lightning._validation import ParameterError, is_integer, is_real
 
-__all__ = ["PruningPlan", "candidate_plans", "format_clusters", "is_budget", "protected_blocks", "resolve_budget"]
+__all__ = ["PruningPlan", "format_clusters", "is_budget", "parse_budget", "protected_blocks", "resolve_budget"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,8 +149,10 @@ class PruningPlan:
             d["candidates"] = [dict(c, loss=_encode_float(c["loss"])) for c in self.candidates]
         d["compensation"] = _compensation_floats(self.compensation, _encode_float)
         if self.rounds is not None:
-            d["rounds"] = [dict(r, rls=_encode_float(r["rls"]), compensation=_compensation_floats(r["compensation"], _encode_float))
-                           for r in self.rounds]
+            d["rounds"] = [
+                dict(r, rls=_encode_float(r["rls"]), compensation=_compensation_floats(r["compensation"], _encode_float))
+                for r in self.rounds
+            ]
         return d
 
     @classmethod
@@ -185,9 +169,15 @@ class PruningPlan:
             d["candidates"] = [dict(c, loss=_decode_float(c["loss"])) for c in d["candidates"]]
         d["compensation"] = _compensation_floats(d.get("compensation"), _decode_float)
         if d.get("rounds") is not None:
-            d["rounds"] = [dict(r, pruned=[int(b) for b in r["pruned"]], rls=_decode_float(r["rls"]),
-                                compensation=_compensation_floats(r["compensation"], _decode_float))
-                           for r in d["rounds"]]
+            d["rounds"] = [
+                dict(
+                    r,
+                    pruned=[int(b) for b in r["pruned"]],
+                    rls=_decode_float(r["rls"]),
+                    compensation=_compensation_floats(r["compensation"], _decode_float),
+                )
+                for r in d["rounds"]
+            ]
         for key in ("pruned", "kept", "protected", "labels"):
             if d.get(key) is not None:
                 d[key] = [int(x) for x in d[key]]
@@ -229,7 +219,7 @@ class PruningPlan:
 
 
 # --------------------------------------------------------------------------------------------
-# (6) the budget rule
+# (6) the budget rule, and the protected blocks
 
 
 def is_budget(value: Any) -> bool:
@@ -238,6 +228,15 @@ def is_budget(value: Any) -> bool:
     if is_integer(value):
         return value >= 1
     return is_real(value) and 0.0 < float(value) < 1.0
+
+
+def parse_budget(text: str) -> int | float:
+    """A budget as written on a command line, read as Python reads a number: "3" is the int 3 (blocks), "0.25" and
+    "3.0" are floats (``is_budget`` then refuses "3.0", a float that is no fraction)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def resolve_budget(num_prune: Any, num_layers: int, num_unprotected: int) -> int:
@@ -254,56 +253,23 @@ def resolve_budget(num_prune: Any, num_layers: int, num_unprotected: int) -> int
     elif isinstance(num_prune, numbers.Real) and not isinstance(num_prune, (bool, np.bool_)):
         x = float(num_prune)
         if not (0.0 < x < 1.0):  # also rejects NaN
-            raise ValueError(
-                f"num_prune as a float must be a fraction in (0, 1) of the {num_layers} blocks, got {num_prune!r}"
+            raise ParameterError(
+                "num_prune", f"num_prune as a float must be a fraction in (0, 1) of the {num_layers} blocks, got {num_prune!r}"
             )
         k = math.floor(Fraction(repr(x)) * num_layers)  # (6) rounded down
         asked = f"num_prune={x!r} of {num_layers} blocks rounds down to {k} blocks and"
     else:
-        raise ValueError(
-            f"num_prune must be an int (a count) or a float in (0, 1) (a fraction), got {num_prune!r}"
+        raise ParameterError(
+            "num_prune", f"num_prune must be an int (a count) or a float in (0, 1) (a fraction), got {num_prune!r}"
         )
     if k < 1:
-        raise ValueError(f"{asked} is fewer than 1; prune at least 1 block")
+        raise ParameterError("num_prune", f"{asked} is fewer than 1; prune at least 1 block")
     if k > num_unprotected:
-        raise ValueError(
-            f"{asked} exceeds the {num_unprotected} unprotected blocks (of {num_layers}); "
-            "prune fewer or protect fewer"
+        raise ParameterError(
+            "num_prune",
+            f"{asked} exceeds the {num_unprotected} unprotected blocks (of {num_layers}); prune fewer or protect fewer",
         )
     return k
-
-
-# --------------------------------------------------------------------------------------------
-# inputs
-
-
-@dataclass
-class _Inputs:
-    blocks: np.ndarray  # S[:N, :N]
-    full: np.ndarray | None  # S, (N+1) x (N+1), from a LayerStats
-    last: np.ndarray | None  # S_last, (N+1) x (N+1), from a LayerStats
-    source: str
-
-    @property
-    def N(self) -> int:
-        return self.blocks.shape[0]
-
-
-def _read_inputs(stats_or_similarity: Any, method: str) -> _Inputs:
-    if hasattr(stats_or_similarity, "similarity") and hasattr(stats_or_similarity, "last_token_similarity"):
-        full = as_similarity_matrix(stats_or_similarity.similarity, name="stats.similarity", min_size=3)
-        last = None
-        if method == "angular":  # validated only where it is used
-            last = as_similarity_matrix(
-                stats_or_similarity.last_token_similarity, name="stats.last_token_similarity"
-            )
-            if last.shape != full.shape:
-                raise ValueError(
-                    f"stats.last_token_similarity has shape {last.shape}, stats.similarity {full.shape}"
-                )
-        return _Inputs(blocks=full[:-1, :-1], full=full, last=last, source="LayerStats")
-    blocks = as_similarity_matrix(stats_or_similarity, name="similarity", min_size=2)
-    return _Inputs(blocks=blocks, full=None, last=None, source="plain N x N matrix")
 
 
 def protected_blocks(protect: Iterable[int] | None, N: int) -> set[int]:
@@ -311,171 +277,10 @@ def protected_blocks(protect: Iterable[int] | None, N: int) -> set[int]:
     if protect is None:
         return {0, N - 1}
     if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
-        raise ValueError(f"protect must be an iterable of block indices, got {protect!r}")
+        raise ParameterError("protect", f"protect must be an iterable of block indices, got {protect!r}")
     out = set()
     for p in protect:
         if not is_integer(p) or not 0 <= p < N:
-            raise ValueError(f"protect holds {p!r}, which is not a block index in 0..{N - 1}")
+            raise ParameterError("protect", f"protect holds {p!r}, which is not a block index in 0..{N - 1}")
         out.add(int(p))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# baselines
-
-
-def _shortgpt(inp: _Inputs, k: int, protected: set[int]) -> tuple[list[int], list[float | None]]:
-    """Block Influence: BI_l = 1 - S[l, l+1]; the k unprotected blocks with the lowest BI."""
-    N = inp.N
-    S = inp.full if inp.full is not None else inp.blocks
-    scores: list[float | None] = [1.0 - float(S[l, l + 1]) if l + 1 < S.shape[0] else None for l in range(N)]
-    if scores[N - 1] is None and (N - 1) not in protected:
-        raise ValueError(
-            f"shortgpt needs S[{N - 1}, {N}] (the output of the last block) to score block {N - 1}, "
-            "which a plain N x N matrix lacks: pass a LayerStats, or protect the last block"
-        )
-    candidates = sorted((l for l in range(N) if l not in protected), key=lambda l: scores[l])  # stable
-    return sorted(candidates[:k]), scores
-
-
-def _contiguous_runs(N: int, k: int, protected: set[int], method: str) -> list[int]:
-    starts = [s for s in range(N - k + 1) if not any(l in protected for l in range(s, s + k))]
-    if not starts:
-        raise ValueError(
-            f"{method}: no contiguous run of {k} unprotected blocks exists among {N} blocks "
-            f"with protected blocks {sorted(protected)}"
-        )
-    return starts
-
-
-def _streamline(inp: _Inputs, k: int, protected: set[int]) -> tuple[list[int], list[float | None]]:
-    """LLM-Streamline: the run [s, s+k) maximising S[s, s+k] (ties: the shallowest s)."""
-    N = inp.N
-    starts = _contiguous_runs(N, k, protected, "streamline")
-    S = inp.full if inp.full is not None else inp.blocks
-    if starts[-1] + k >= S.shape[0]:
-        raise ValueError(
-            f"streamline needs S[{starts[-1]}, {N}] (the output of the last block) to score the run "
-            f"[{starts[-1]}, {N}), which a plain N x N matrix lacks: pass a LayerStats, or protect the last block"
-        )
-    scores: list[float | None] = [None] * N
-    best = None
-    for s in starts:
-        scores[s] = float(S[s, s + k])
-        if best is None or scores[s] > scores[best]:  # strict: ties keep the shallowest
-            best = s
-    return list(range(best, best + k)), scores
-
-
-def _angular(inp: _Inputs, k: int, protected: set[int]) -> tuple[list[int], list[float | None]]:
-    """Gromov et al.: the run [s, s+k) minimising arccos(S_last[s, s+k]) / pi (ties: shallowest)."""
-    if inp.last is None:
-        raise ValueError(
-            "angular needs the last-token similarity S_last, which a plain matrix lacks: pass a LayerStats"
-        )
-    N = inp.N
-    starts = _contiguous_runs(N, k, protected, "angular")
-    scores: list[float | None] = [None] * N
-    best = None
-    for s in starts:
-        scores[s] = math.acos(min(1.0, max(-1.0, float(inp.last[s, s + k])))) / math.pi
-        if best is None or scores[s] < scores[best]:  # strict: ties keep the shallowest
-            best = s
-    return list(range(best, best + k)), scores
-
-
-def _random(N: int, k: int, protected: set[int], seed: int) -> list[int]:
-    """k unprotected blocks, a seeded permutation's first k (so budgets nest for one seed)."""
-    unprotected = np.array([l for l in range(N) if l not in protected])
-    return sorted(int(l) for l in np.random.default_rng(seed).permutation(unprotected)[:k])
-
-
-def _last(N: int, k: int, protected: set[int]) -> list[int]:
-    """The k unprotected blocks nearest the output."""
-    unprotected = [l for l in range(N) if l not in protected]
-    return unprotected[-k:]
-
-
-# --------------------------------------------------------------------------------------------
-# candidate plans for lorp_checked
-
-
-def candidate_plans(
-    stats: Any,
-    num_prune: int | float,
-    protect: Iterable[int] | None = None,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """The plans ``lorp_checked`` checks against the calibration loss, all from one locality analysis.
-
-    The RLS gives K (2)-(3), spectral clustering the clusters (4); then, with BI_l = 1 - S[l, l+1]
-    the influence of block l (the similarity of its input and output, as in ``shortgpt``):
-
-    - ``lorp``: the faithful two-stage allocation (5), blocks ranked by redundancy in their cluster;
-    - ``lorp/influence``: the same allocation, blocks ranked by lowest influence in their cluster;
-    - ``spare c`` for each cluster c: the faithful allocation over the other clusters, c kept whole
-      (a small model may not be able to spare any block of some cluster);
-    - ``within c`` for each cluster c with enough unprotected blocks: the k lowest-influence
-      blocks of c (the whole budget spent where representations are most alike);
-    - ``run from c`` for each cluster c: the run [s, s+k) of unprotected blocks with s in c
-      maximising S[s, s+k] (the span over which the representation changes least).
-
-    The rules are applied to the clustering of the RLS's K, then to the coarsest one, K = 1 (all
-    blocks one cluster), whose rules reduce to the global ones: ``within 0 (K=1)`` is
-    ShortGPT's plan and ``run from 0 (K=1)`` LLM-Streamline's. Each rule's name ends with its K.
-
-    Args:
-        stats: a [`LayerStats`][lorp_lightning.stats.LayerStats] (the full (N+1) x (N+1) S is needed
-            for the influence of the last block and for runs that end at the output).
-        num_prune, protect, seed: as for `select_layers`.
-
-    Returns:
-        ``[{"rule": str, "pruned": [blocks, ascending]}, ...]`` in the order above, identical
-        plans listed once (under the first rule that made them).
-    """
-    inp = _read_inputs(stats, "lorp")
-    if inp.full is None:
-        raise ValueError("candidate_plans needs a LayerStats (the full (N+1) x (N+1) similarity), not a plain matrix")
-    N, S, full = inp.N, inp.blocks, inp.full
-    protected = protected_blocks(protect, N)
-    k = resolve_budget(num_prune, N, N - len(protected))
-    rls = representation_locality_score(S)  # (2)
-    K = min(clusters_for_rls(rls), N)  # (3)
-    labels = cluster_layers(S, K, seed=int(seed))  # (4)
-
-    plans: list[tuple[str, list[int]]] = []
-    for granularity in ([labels, [0] * N] if K > 1 else [labels]):
-        plans += _rule_plans(S, full, granularity, k, protected)
-
-    out: list[dict[str, Any]] = []
-    seen: set[tuple[int, ...]] = set()
-    for rule, pruned in plans:
-        key = tuple(sorted(pruned))
-        if key not in seen:
-            seen.add(key)
-            out.append({"rule": rule, "pruned": list(key)})
-    return out
-
-
-def _rule_plans(S: np.ndarray, full: np.ndarray, labels: list[int], k: int, protected: set[int]) -> list[tuple[str, list[int]]]:
-    """The plans of `candidate_plans`' rules for one clustering ``labels``."""
-    N, K = len(labels), max(labels) + 1
-    tag = f" (K={K})"
-    closeness = [float(full[l, l + 1]) for l in range(N)]  # 1 - BI_l: higher = less influence
-    unprotected = [l for l in range(N) if l not in protected]
-    plans = [("lorp" + tag, allocate_lorp(S, labels, k, protected)),
-             ("lorp/influence" + tag, allocate_lorp(S, labels, k, protected, ranking=closeness))]
-    for c in range(K if K > 1 else 0):
-        spared = protected | {l for l in range(N) if labels[l] == c}
-        if N - len(spared) >= k:
-            plans.append((f"spare {c}" + tag, allocate_lorp(S, labels, k, spared)))
-    for c in range(K):
-        members = [l for l in unprotected if labels[l] == c]
-        if len(members) >= k:
-            plans.append((f"within {c}" + tag, sorted(members, key=lambda l: -closeness[l])[:k]))
-    for c in range(K):
-        starts = [s for s in range(N - k + 1) if labels[s] == c and not any(l in protected for l in range(s, s + k))]
-        if starts:
-            best = max(starts, key=lambda s: float(full[s, s + k]))  # max() keeps the first of ties
-            plans.append((f"run from {c}" + tag, list(range(best, best + k))))
-    return plans

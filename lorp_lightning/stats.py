@@ -192,8 +192,13 @@ class LayerSimilarity(Metric):
         self.add_state("num_sequences", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("norm_sum", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")  # NaN: norms not given
 
-    def update(self, hidden_states: Tensor | Sequence[Tensor], attention_mask: Tensor | None = None,
-               normalized: bool = False, norms: Tensor | None = None) -> None:
+    def update(
+        self,
+        hidden_states: Tensor | Sequence[Tensor],
+        attention_mask: Tensor | None = None,
+        normalized: bool = False,
+        norms: Tensor | None = None,
+    ) -> None:
         """Add one batch.
 
         Args:
@@ -222,8 +227,11 @@ class LayerSimilarity(Metric):
         if not normalized:
             norms = torch.linalg.vector_norm(hidden_states.float(), dim=-1)
         real = attention_mask.bool()
-        self.norm_sum += (norms[:, real].double().sum(dim=1).to(self.norm_sum.device) if norms is not None
-                          else torch.full_like(self.norm_sum, math.nan))
+        self.norm_sum += (
+            norms[:, real].double().sum(dim=1).to(self.norm_sum.device)
+            if norms is not None
+            else torch.full_like(self.norm_sum, math.nan)
+        )
         self.gram += gram.to(self.gram.device)
         self.num_tokens += count
         has_tokens = attention_mask.bool().any(dim=1)
@@ -315,7 +323,9 @@ class HiddenStateRecorder:
         # checks every value, at the cost of one value per token.
         if not torch.isfinite(norms).all():
             where = f"entering block {index}" if index < self.num_layers else f"leaving block {index - 1}"
-            raise FloatingPointError(f"non-finite values (inf or NaN) in the hidden state {where} (or values whose float32 norm overflows)")
+            raise FloatingPointError(
+                f"non-finite values (inf or NaN) in the hidden state {where} (or values whose float32 norm overflows)"
+            )
         torch.div(hidden, norms + EPS, out=self._states[index])  # f_l = h_l / (||h_l|| + 1e-8)
         self._norms[index] = norms.squeeze(-1)
         self._seen += 1
@@ -395,7 +405,9 @@ def backbone(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def collect_layer_stats(model: nn.Module, batches: Iterable[Tensor | Mapping[str, Any] | Sequence[Any]], progress: bool = True) -> LayerStats:
+def collect_layer_stats(
+    model: nn.Module, batches: Iterable[Tensor | Mapping[str, Any] | Sequence[Any]], progress: bool = True
+) -> LayerStats:
     """Run a Hugging Face causal LM over calibration batches and return its [`LayerStats`][lorp_lightning.stats.LayerStats].
 
     Args:

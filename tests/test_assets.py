@@ -69,7 +69,9 @@ def test_a_conversion_keeps_the_cache_entry_another_process_completed_meanwhile(
             target.mkdir(parents=True)
             (target / "config.json").write_text("theirs")
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: _Saved("config.json", other_process))
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: _Saved("config.json", other_process)
+    )
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _Saved("tokenizer.json"))
     assets._convert_gguf(tmp_path / "m.gguf", target)
     expected = {"config.json": "theirs"} if other_process_done else {"config.json": "ours", "tokenizer.json": "ours"}
@@ -100,9 +102,17 @@ def _fake_parts(tmp_path, monkeypatch, contents: list[bytes]) -> list:
 
 def _register_fake_model(monkeypatch, num_parts: int, sha256: str) -> str:
     fake = BundledModel(
-        name="fake-model", parts=tuple(("lorp_fake_parts", f"data/part{i:02d}") for i in range(num_parts)),
-        gguf_file="fake.gguf", sha256=sha256, model_type="llama", num_layers=1, hidden_size=1,
-        num_parameters="0", gguf_megabytes=0, licence="none", source="test",
+        name="fake-model",
+        parts=tuple(("lorp_fake_parts", f"data/part{i:02d}") for i in range(num_parts)),
+        gguf_file="fake.gguf",
+        sha256=sha256,
+        model_type="llama",
+        num_layers=1,
+        hidden_size=1,
+        num_parameters="0",
+        gguf_megabytes=0,
+        licence="none",
+        source="test",
     )
     monkeypatch.setitem(BUNDLED_MODELS, fake.name, fake)
     return fake.name
@@ -167,8 +177,15 @@ def test_a_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    config = transformers.LlamaConfig(
+        vocab_size=8,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
     model = transformers.AutoModelForCausalLM.from_config(config)
     words = Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1, "world": 2}, unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -196,8 +213,17 @@ def test_a_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path):
 def test_a_missing_asset_package_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv("LORP_CACHE_DIR", str(tmp_path))
     fake = BundledModel(
-        name="absent-model", parts=(("lorp_no_such_package", "x.gguf"),), gguf_file="x.gguf", sha256="0" * 64,
-        model_type="llama", num_layers=1, hidden_size=1, num_parameters="0", gguf_megabytes=0, licence="none", source="test",
+        name="absent-model",
+        parts=(("lorp_no_such_package", "x.gguf"),),
+        gguf_file="x.gguf",
+        sha256="0" * 64,
+        model_type="llama",
+        num_layers=1,
+        hidden_size=1,
+        num_parameters="0",
+        gguf_megabytes=0,
+        licence="none",
+        source="test",
     )
     monkeypatch.setitem(BUNDLED_MODELS, fake.name, fake)
     with pytest.raises(FileNotFoundError, match="lorp_no_such_package.*requirements-assets.txt"):
@@ -226,8 +252,10 @@ def test_the_split_is_the_documented_hash_rule():
 
 
 def test_bundled_texts_have_the_documented_document_counts():
-    counts = {name: len(load_documents(name, "calibration")) + len(load_documents(name, "heldout"))
-              for name in ["wiki", "c4", "lambada"]}
+    counts = {
+        name: len(load_documents(name, "calibration")) + len(load_documents(name, "heldout"))
+        for name in ["wiki", "c4", "lambada"]
+    }
     assert counts == {"wiki": 2349, "c4": 118, "lambada": 5153}
 
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from lorp_lightning.assets import load_text
-from lorp_lightning.checked import calibration_loss, select_checked
 from lorp_lightning.evaluation import token_windows
-from lorp_lightning.methods import select_layers
-from lorp_lightning.selection import PruningPlan, candidate_plans
+from lorp_lightning.methods import select_checked, select_layers
+from lorp_lightning.search import calibration_loss, candidate_plans
+from lorp_lightning.selection import PruningPlan
 from lorp_lightning.stats import collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record
 
@@ -93,12 +93,15 @@ def reference_loss_dense(model, w) -> float:
     return float(F.cross_entropy(logits, w[1:]))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(check_windows=0), "check_windows must be an int between 1 and the 6 windows given, got 0"),
-    (dict(check_windows=7), "check_windows must be an int between 1 and the 6 windows given, got 7"),
-    (dict(num_prune=0), "fewer than 1"),
-    (dict(num_prune=0.99), "exceeds the 28 unprotected blocks"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(check_windows=0), "check_windows must be an int between 1 and the 6 windows given, got 0"),
+        (dict(check_windows=7), "check_windows must be an int between 1 and the 6 windows given, got 7"),
+        (dict(num_prune=0), "num_prune must be an int >= 1"),
+        (dict(num_prune=0.99), "exceeds the 28 unprotected blocks"),
+    ],
+)
 def test_bad_arguments_name_the_parameter_and_the_value(smollm2, calibration, kwargs, message):
     model, _ = smollm2
     windows, stats = calibration
@@ -117,3 +120,16 @@ def test_bad_windows_and_stats_of_another_depth_are_rejected(smollm2, calibratio
     pruned = prune_layers(model, [5], inplace=False)
     with pytest.raises(ValueError, match="stats describe 30 blocks but the model has 29"):
         select_checked(pruned, windows, 3, stats=stats, progress=False)
+
+
+def test_the_old_import_path_still_gives_select_checked_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    import lorp_lightning
+
+    sys.modules.pop("lorp_lightning.checked", None)
+    with pytest.warns(DeprecationWarning, match="import select_checked from lorp_lightning"):
+        checked = importlib.import_module("lorp_lightning.checked")
+    assert checked.select_checked is select_checked is lorp_lightning.select_checked
+    assert checked.calibration_loss is calibration_loss and checked.METHOD == "lorp_checked"

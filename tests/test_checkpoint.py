@@ -241,11 +241,15 @@ PLAN = PruningPlan(method="lorp", num_layers=N, pruned=[1, 2], kept=[0, 3, 4, 5]
 def test_a_saved_plan_is_read_from_the_report_of_lorp_prune_its_directory_or_a_plan_json(form, tmp_path):
     report = lorp_prune_report(tmp_path / "prune-output", PLAN)
     (tmp_path / "plan.json").write_text(PLAN.to_json())
-    plan = {"the report.json of lorp prune": report, "the output directory of lorp prune": report.parent,
-            "a plan.json": tmp_path / "plan.json"}[form]
+    plan = {
+        "the report.json of lorp prune": report,
+        "the output directory of lorp prune": report.parent,
+        "a plan.json": tmp_path / "plan.json",
+    }[form]
     out = prune_checkpoint(str(plan), saved("llama", tmp_path / "checkpoint"), tmp_path / "pruned")
     assert pruning_record(transformers.AutoConfig.from_pretrained(out))["steps"] == [
-        {"method": "lorp", "pruned_layers": [1, 2], "rls": 0.5, "num_clusters": 2}]
+        {"method": "lorp", "pruned_layers": [1, 2], "rls": 0.5, "num_clusters": 2}
+    ]
 
 
 # --------------------------------------------------------------------------- bad input: a clear error, nothing written
@@ -306,27 +310,92 @@ def _analyze_report(checkpoint: Path, tmp_path: Path) -> dict:
 
 
 BAD_INPUT = [  # (what, setup -> arguments replaced, exception, message)
-    ("a plan for another depth", lambda c, t: {"plan_or_blocks": Plan(pruned=[1], num_layers=N + 1)},
-     ValueError, rf"plan.num_layers={N + 1} blocks, but this model has {N}"),
-    ("a block out of range", lambda c, t: {"plan_or_blocks": [1, N]}, ValueError, rf"plan_or_blocks=\[1, {N}\] holds {N}, out of range"),
-    ("blocks of another type", lambda c, t: {"plan_or_blocks": {1, 2}}, TypeError, r"plan_or_blocks must be a list or tuple .* got set"),
-    ("a plan file that does not exist", lambda c, t: {"plan_or_blocks": "1,2"}, FileNotFoundError, r"plan_or_blocks='1,2' is not a file"),
-    ("the report of lorp analyze", _analyze_report, ValueError, r"plan_or_blocks='.*report.json' is the report of `lorp analyze`, which holds statistics but no plan"),
-    ("a missing checkpoint", lambda c, t: {"checkpoint_dir": t / "nowhere"}, FileNotFoundError, r"checkpoint_dir='.*nowhere' does not exist"),
-    ("a missing shard", _missing_shard, FileNotFoundError,
-     r"the shard 'model-00003-of-00011.safetensors', named in the weight_map of '.*index.json', is missing from checkpoint_dir="),
-    ("a tensor in the index missing from its shard", _edit_index(lambda m: m.update({"model.layers.0.extra.weight": m["model.norm.weight"]})),
-     ValueError, r"puts the tensor 'model.layers.0.extra.weight' in 'model-000\d\d-of-00011.safetensors', which does not hold it"),
-    ("a shard tensor not in the index", _edit_index(lambda m: m.pop("model.norm.weight")),
-     ValueError, r"the shard 'model-000\d\d-of-00011.safetensors' holds the tensor 'model.norm.weight', which the index"),
+    (
+        "a plan for another depth",
+        lambda c, t: {"plan_or_blocks": Plan(pruned=[1], num_layers=N + 1)},
+        ValueError,
+        rf"plan.num_layers={N + 1} blocks, but this model has {N}",
+    ),
+    (
+        "a block out of range",
+        lambda c, t: {"plan_or_blocks": [1, N]},
+        ValueError,
+        rf"plan_or_blocks=\[1, {N}\] holds {N}, out of range",
+    ),
+    (
+        "blocks of another type",
+        lambda c, t: {"plan_or_blocks": {1, 2}},
+        TypeError,
+        r"plan_or_blocks must be a list or tuple .* got set",
+    ),
+    (
+        "a plan file that does not exist",
+        lambda c, t: {"plan_or_blocks": "1,2"},
+        FileNotFoundError,
+        r"plan_or_blocks='1,2' is not a file",
+    ),
+    (
+        "the report of lorp analyze",
+        _analyze_report,
+        ValueError,
+        r"plan_or_blocks='.*report.json' is the report of `lorp analyze`, which holds statistics but no plan",
+    ),
+    (
+        "a missing checkpoint",
+        lambda c, t: {"checkpoint_dir": t / "nowhere"},
+        FileNotFoundError,
+        r"checkpoint_dir='.*nowhere' does not exist",
+    ),
+    (
+        "a missing shard",
+        _missing_shard,
+        FileNotFoundError,
+        r"the shard 'model-00003-of-00011.safetensors', named in the weight_map of '.*index.json', is missing from checkpoint_dir=",
+    ),
+    (
+        "a tensor in the index missing from its shard",
+        _edit_index(lambda m: m.update({"model.layers.0.extra.weight": m["model.norm.weight"]})),
+        ValueError,
+        r"puts the tensor 'model.layers.0.extra.weight' in 'model-000\d\d-of-00011.safetensors', which does not hold it",
+    ),
+    (
+        "a shard tensor not in the index",
+        _edit_index(lambda m: m.pop("model.norm.weight")),
+        ValueError,
+        r"the shard 'model-000\d\d-of-00011.safetensors' holds the tensor 'model.norm.weight', which the index",
+    ),
     ("a damaged shard", _truncated_shard, ValueError, r"the safetensors file '.*model-00002-of-00011.safetensors' is damaged"),
-    ("a config of another depth", _config_depth, ValueError, r"config.json says num_hidden_layers=8, but the weights hold 6 blocks under 'model.layers'"),
-    ("only pytorch_model.bin", _only_pytorch_weights, ValueError,
-     r"checkpoint_dir='.*' holds PyTorch weights only \(pytorch_model.bin\); only safetensors checkpoints can be pruned"),
-    ("an architecture not in the table", _bloom, NotImplementedError, r"model_type='bloom'.*ARCHITECTURES in lorp_lightning/architectures.py"),
+    (
+        "a config of another depth",
+        _config_depth,
+        ValueError,
+        r"config.json says num_hidden_layers=8, but the weights hold 6 blocks under 'model.layers'",
+    ),
+    (
+        "only pytorch_model.bin",
+        _only_pytorch_weights,
+        ValueError,
+        r"checkpoint_dir='.*' holds PyTorch weights only \(pytorch_model.bin\); only safetensors checkpoints can be pruned",
+    ),
+    (
+        "an architecture not in the table",
+        _bloom,
+        NotImplementedError,
+        r"model_type='bloom'.*ARCHITECTURES in lorp_lightning/architectures.py",
+    ),
     ("an existing out_dir without overwrite", _existing_out, FileExistsError, r"out_dir='.*pruned' exists; pass overwrite=True"),
-    ("out_dir the checkpoint itself", lambda c, t: {"out_dir": c, "overwrite": True}, ValueError, r"out_dir='.*checkpoint' is checkpoint_dir="),
-    ("out_dir inside the checkpoint", lambda c, t: {"out_dir": c / "pruned"}, ValueError, r"out_dir='.*pruned' is inside checkpoint_dir="),
+    (
+        "out_dir the checkpoint itself",
+        lambda c, t: {"out_dir": c, "overwrite": True},
+        ValueError,
+        r"out_dir='.*checkpoint' is checkpoint_dir=",
+    ),
+    (
+        "out_dir inside the checkpoint",
+        lambda c, t: {"out_dir": c / "pruned"},
+        ValueError,
+        r"out_dir='.*pruned' is inside checkpoint_dir=",
+    ),
 ]
 
 
@@ -380,12 +449,23 @@ def test_lorp_apply_reads_the_plan_from_the_report_of_lorp_prune(tmp_path):
     assert pruning_record(transformers.AutoConfig.from_pretrained(tmp_path / "pruned"))["pruned_layers"] == [1, 2]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["1,6", "CHECKPOINT", "--out", "OUT"], "lorp apply: error: PLAN=[1, 6] holds 6, out of range for a model of 6 blocks"),
-    (["1,2", "NOWHERE", "--out", "OUT"], "lorp apply: error: CHECKPOINT_DIR='NOWHERE' does not exist"),
-    (["1,2", "CHECKPOINT", "--out", "CHECKPOINT", "--overwrite"], "lorp apply: error: --out='CHECKPOINT' is CHECKPOINT_DIR="),
-])
-def test_lorp_apply_bad_input_is_one_line_naming_the_argument_with_exit_status_2_and_writes_nothing(argv, message, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["1,6", "CHECKPOINT", "--out", "OUT"],
+            "lorp apply: error: PLAN: plan_or_blocks=[1, 6] holds 6, out of range for a model of 6 blocks",
+        ),
+        (["1,2", "NOWHERE", "--out", "OUT"], "lorp apply: error: CHECKPOINT_DIR: checkpoint_dir='NOWHERE' does not exist"),
+        (
+            ["1,2", "CHECKPOINT", "--out", "CHECKPOINT", "--overwrite"],
+            "lorp apply: error: --out: out_dir='CHECKPOINT' is checkpoint_dir=",
+        ),
+    ],
+)
+def test_lorp_apply_bad_input_is_one_line_naming_the_argument_with_exit_status_2_and_writes_nothing(
+    argv, message, tmp_path, capsys
+):
     checkpoint = saved("llama", tmp_path / "checkpoint")
     names = {"CHECKPOINT": str(checkpoint), "NOWHERE": str(tmp_path / "nowhere"), "OUT": str(tmp_path / "pruned")}
     message = message.replace("NOWHERE", names["NOWHERE"]).replace("CHECKPOINT'", f"{checkpoint}'")
@@ -402,7 +482,7 @@ def test_lorp_apply_refuses_an_existing_out_without_overwrite_and_replaces_it_wi
     argv = ["apply", "1,2", str(checkpoint), "--out", str(tmp_path / "pruned")]
     capsys.readouterr()
     assert main(argv) == 2
-    assert f"--out={str(tmp_path / 'pruned')!r} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert f"the output directory {tmp_path / 'pruned'} exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert list((tmp_path / "pruned").iterdir()) == []
     assert main([*argv, "--overwrite"]) == 0
     assert (tmp_path / "pruned" / "config.json").is_file()

@@ -43,8 +43,22 @@ def test_prune_saves_a_model_that_plain_transformers_reloads_and_reports_both_si
     analysis = tmp_path / "analysis"
     assert main(["analyze", *SMALL, "--out", str(analysis)]) == 0
     out = tmp_path / "pruned"
-    code = main(["prune", "--amount", "0.25", "--method", "shortgpt", "--stats", str(analysis / "stats.pt"),
-                 "--compensate", "--out", str(out), *SMALL, *SMALL_EVAL])
+    code = main(
+        [
+            "prune",
+            "--amount",
+            "0.25",
+            "--method",
+            "shortgpt",
+            "--stats",
+            str(analysis / "stats.pt"),
+            "--compensate",
+            "--out",
+            str(out),
+            *SMALL,
+            *SMALL_EVAL,
+        ]
+    )
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     stats = LayerStats.load(analysis / "stats.pt")
@@ -100,8 +114,26 @@ def test_prune_in_rounds_saves_the_plan_select_layers_chooses_in_rounds(tmp_path
     analysis = tmp_path / "analysis"
     assert main(["analyze", *SMALL, "--out", str(analysis)]) == 0
     out = tmp_path / "pruned"
-    assert main(["prune", "--amount", "2", "--method", "shortgpt", "--rounds", "2", "--stats", str(analysis / "stats.pt"),
-                 "--out", str(out), *SMALL, *SMALL_EVAL]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--amount",
+                "2",
+                "--method",
+                "shortgpt",
+                "--rounds",
+                "2",
+                "--stats",
+                str(analysis / "stats.pt"),
+                "--out",
+                str(out),
+                *SMALL,
+                *SMALL_EVAL,
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     model, tokenizer = load_model("smollm2-135m", dtype=report["dtype"], progress=False)
     windows = token_windows(tokenizer, load_text("wiki", "calibration"), window=128, max_windows=4)
@@ -126,13 +158,16 @@ def test_a_command_says_once_which_dtype_it_computes_in_and_why(tmp_path, capsys
 def test_a_bad_lorp_dtype_variable_is_one_clear_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LORP_DTYPE", "fp32")
     assert main(["analyze", *SMALL, "--out", str(tmp_path / "analysis")]) == 2
-    assert capsys.readouterr().err.strip() == ("lorp analyze: error: the environment variable LORP_DTYPE must be one of "
-                                               "float32, bfloat16, float16 (or unset), got LORP_DTYPE='fp32'")
+    assert capsys.readouterr().err.strip() == (
+        "lorp analyze: error: the environment variable LORP_DTYPE must be one of "
+        "float32, bfloat16, float16 (or unset), got LORP_DTYPE='fp32'"
+    )
     assert not (tmp_path / "analysis").exists()
 
 
 def test_auto_heals_the_adjacent_blocks_in_float32(capsys):
-    from lorp_lightning.cli import _resolve_dtype, build_parser
+    from lorp_lightning.cli import build_parser
+    from lorp_lightning.cli._shared import resolve_dtype as _resolve_dtype
 
     args = build_parser().parse_args(["heal", "pruned/any", "--mode", "adjacent"])
     _resolve_dtype(args)
@@ -155,12 +190,18 @@ def test_an_existing_output_directory_needs_overwrite_and_is_left_as_it_was(tmp_
     [
         (["prune", "no-such-model"], "unknown model name_or_path='no-such-model'"),
         (["prune", "--method", "best"], "unknown method 'best'"),
-        (["prune", "--amount", "29"], "num_prune"),
-        (["analyze", "--text", "ptb"], "unknown calibration text 'ptb'"),
+        (["prune", "--amount", "29"], "--amount: num_prune=29 exceeds the 28 unprotected blocks"),
+        (["analyze", "--text", "ptb"], "--text: text='ptb' is neither a bundled text"),
         # with --stats nothing is calibrated, but healing would train on --text: refused before loading
-        (["prune", "--stats", "no-such-stats.pt", "--heal-steps", "2", "--text", "ptb"], "unknown calibration text 'ptb'"),
+        (
+            ["prune", "--stats", "no-such-stats.pt", "--heal-steps", "2", "--text", "ptb"],
+            "--text: text='ptb' is neither a bundled text",
+        ),
         (["prune", "--rounds", "3", "--heal-steps", "2"], "--heal-steps 2 are split over the --rounds 3, each round healed"),
-        (["prune", "--amount", "2", "--rounds", "3"], "rounds must be between 1 and the 2 blocks to prune, got --rounds 3"),
+        (
+            ["prune", "--amount", "2", "--rounds", "3"],
+            "--rounds: rounds must be between 1 and the 2 blocks to prune, got rounds=3",
+        ),
     ],
 )
 def test_bad_arguments_end_with_one_clear_line_and_exit_status_2(tmp_path, capsys, argv, message):
@@ -215,8 +256,24 @@ def test_the_calibration_file_as_eval_text_is_measured_on_its_held_out_paragraph
     text = tmp_path / "mine.txt"
     text.write_text("\n\n".join(paragraphs), encoding="utf-8")
     out = tmp_path / "pruned"
-    assert main(["prune", "--method", "shortgpt", "--text", str(text), "--eval-text", str(text), "--out", str(out),
-                 *SMALL, *SMALL_EVAL]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--method",
+                "shortgpt",
+                "--text",
+                str(text),
+                "--eval-text",
+                str(text),
+                "--out",
+                str(out),
+                *SMALL,
+                *SMALL_EVAL,
+            ]
+        )
+        == 0
+    )
     assert f"eval text: the held-out split of {text}" in capsys.readouterr().out
     model, tokenizer = load_model("smollm2-135m", progress=False)
     held_out = "\n\n".join(p for p in paragraphs if _held_out(p))
@@ -232,7 +289,7 @@ def test_a_text_file_without_enough_calibration_text_is_one_clear_line(tmp_path,
     short.write_text("\n\n".join(p for p in paragraphs[:60] if not _held_out(p)), encoding="utf-8")
     for path, argv, message in (
         (only_held_out, SMALL, "has no calibration documents"),
-        (short, ["--windows", "1000", *SMALL[2:]], "--windows 1000 but the calibration split of --text"),
+        (short, ["--windows", "1000", *SMALL[2:]], "--windows: num_windows=1000 but the calibration split of text="),
     ):
         assert main(["analyze", "--text", str(path), *argv, "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -241,22 +298,39 @@ def test_a_text_file_without_enough_calibration_text_is_one_clear_line(tmp_path,
 
 
 def test_the_console_script_rejects_an_amount_out_of_range():
-    result = subprocess.run([sys.executable, "-m", "lorp_lightning.cli", "prune", "--amount", "1.5"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "lorp_lightning.cli", "prune", "--amount", "1.5"], capture_output=True, text=True
+    )
     assert result.returncode == 2
-    assert "amount must be a fraction in (0, 1) or a block count" in result.stderr
+    assert "lorp prune: error: --amount: amount=1.5 is not a fraction in (0, 1)" in result.stderr
 
 
-@pytest.mark.parametrize("text, expected", [("3", 3), ("0.25", 0.25), ("3.0", None), ("0", None), ("1.0", None), ("x", None)])
-def test_amount_follows_the_librarys_budget_rule(text, expected, capsys):
-    # as LoRPPruneCallback(amount) and select_layers: an int is a count, a float a fraction in (0, 1)
-    if expected is not None:
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("3", 3),
+        ("0.25", 0.25),
+        ("3.0", "amount=3.0 is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, or an int count"),
+        ("0", "amount=0 prunes no block: pass a count >= 1 or a fraction in (0, 1)"),
+        ("1.0", "amount=1.0 is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, or an int count"),
+    ],
+)
+def test_amount_follows_the_librarys_budget_rule(text, expected, tmp_path, capsys):
+    # as LoRPPruneCallback(amount) and select_layers: an int is a count, a float a fraction in (0, 1); refused by the
+    # settings (the callback's message) before anything is loaded
+    if not isinstance(expected, str):
         assert build_parser().parse_args(["prune", "--amount", text]).amount == expected
         return
+    assert main(["prune", "--amount", text, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"lorp prune: error: --amount: {expected}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_amount_that_is_no_number_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_status:
-        main(["prune", "--amount", text])
+        main(["prune", "--amount", "x"])
     assert exit_status.value.code == 2
-    assert "amount must be a fraction in (0, 1) or a block count" in capsys.readouterr().err
+    assert "argument --amount: expected a number, got 'x'" in capsys.readouterr().err
 
 
 def test_compare_runs_every_method_at_every_budget_from_one_pass(tmp_path):
@@ -265,7 +339,11 @@ def test_compare_runs_every_method_at_every_budget_from_one_pass(tmp_path):
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert [(r["amount"], r["method"], r["num_pruned"]) for r in report["results"]] == [
-        (0.1, "lorp", 3), (0.1, "last", 3), (0.2, "lorp", 6), (0.2, "last", 6)]
+        (0.1, "lorp", 3),
+        (0.1, "last", 3),
+        (0.2, "lorp", 6),
+        (0.2, "last", 6),
+    ]
     assert [r["pruned"] for r in report["results"] if r["method"] == "last"] == [[26, 27, 28], [23, 24, 25, 26, 27, 28]]
     assert (out / "perplexity.png").is_file()
 
@@ -274,8 +352,24 @@ def test_eval_reports_perplexity_on_each_text_size_speed_and_memory(tmp_path, ca
     text_file = tmp_path / "mine.txt"
     text_file.write_text("The river flows through the old town and under seven stone bridges. " * 40)
     out = tmp_path / "eval"
-    code = main(["eval", "smollm2-135m", "--texts", f"wiki,lambada,{text_file}", "--window", "64", "--quiet",
-                 "--tasks", "copa", "--limit", "4", "--out", str(out), *SMALL_EVAL])
+    code = main(
+        [
+            "eval",
+            "smollm2-135m",
+            "--texts",
+            f"wiki,lambada,{text_file}",
+            "--window",
+            "64",
+            "--quiet",
+            "--tasks",
+            "copa",
+            "--limit",
+            "4",
+            "--out",
+            str(out),
+            *SMALL_EVAL,
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "report.json").read_text())["metrics"]
     assert list(metrics["perplexity"]) == ["wiki", "lambada", str(text_file)]
@@ -332,7 +426,13 @@ def test_heal_saves_a_healed_model_that_plain_transformers_reloads_with_a_report
     assert reloaded.config.lorp_pruning["pruned_layers"] == [4, 5, 6]
     assert reloaded.config.lorp_pruning["healing"] == [record]
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".json", ".safetensors")) == [
-        "config.json", "generation_config.json", "model.safetensors", "report.json", "tokenizer.json", "tokenizer_config.json"]
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "report.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     printed = capsys.readouterr().out
     assert "healed for 2 steps (LoRA rank 8" in printed and "held-out perplexity" in printed
 
@@ -341,8 +441,11 @@ def test_heal_saves_a_healed_model_that_plain_transformers_reloads_with_a_report
     "extra, message",
     [
         (["--rank", "1000"], "rank=1000 does not fit: the target module 'k_proj' maps 576 to 192 features"),
-        (["--mode", "adjacent", "--dtype", "bfloat16"], "--mode adjacent trains the block weights themselves and needs --dtype float32"),
-        (["--text", "ptb"], "unknown training text 'ptb'"),
+        (
+            ["--mode", "adjacent", "--dtype", "bfloat16"],
+            "--mode adjacent trains the block weights themselves and needs --dtype float32",
+        ),
+        (["--text", "ptb"], "--text: text='ptb' is neither a bundled text"),
     ],
 )
 def test_heal_with_bad_arguments_ends_with_one_clear_line_and_writes_nothing(pruned_dir, tmp_path, capsys, extra, message):
@@ -361,11 +464,13 @@ def test_heal_refuses_a_model_that_was_never_pruned(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_zero_heal_steps_are_refused_by_the_argument_parser(capsys):
-    with pytest.raises(SystemExit) as exit_status:
-        main(["heal", "some-dir", "--steps", "0"])
-    assert exit_status.value.code == 2
-    assert "argument --steps: expected a positive integer, got '0'" in capsys.readouterr().err
+def test_zero_heal_steps_are_refused_by_the_settings_before_anything_is_loaded(tmp_path, capsys):
+    assert main(["heal", str(tmp_path / "no-such-dir"), "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "lorp heal: error: --steps: steps must be a positive int (optimizer steps; steps=0 would train nothing), got steps=0"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_prune_with_heal_steps_saves_the_healed_model_and_reports_both_perplexities(tmp_path, capsys):
@@ -396,14 +501,31 @@ def test_help_names_the_four_ways_to_give_a_model(command, capsys):
 
 def test_prune_in_rounds_with_heal_steps_heals_each_round_before_the_next_and_reports_every_healing(tmp_path, capsys):
     out = tmp_path / "pruned"
-    code = main(["prune", "--amount", "3", "--method", "shortgpt", "--rounds", "2", "--heal-steps", "3", "--out", str(out),
-                 *SMALL, *SMALL_EVAL])
+    code = main(
+        [
+            "prune",
+            "--amount",
+            "3",
+            "--method",
+            "shortgpt",
+            "--rounds",
+            "2",
+            "--heal-steps",
+            "3",
+            "--out",
+            str(out),
+            *SMALL,
+            *SMALL_EVAL,
+        ]
+    )
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     healing = report["healing"]
     assert [r["num_steps"] for r in healing["records"]] == [2, 1] and len(healing["losses"]) == 3
     plan = report["plan"]
-    assert [len(r["pruned"]) for r in plan["rounds"]] == [2, 1] and sorted(sum((r["pruned"] for r in plan["rounds"]), [])) == plan["pruned"]
+    assert [len(r["pruned"]) for r in plan["rounds"]] == [2, 1] and sorted(
+        sum((r["pruned"] for r in plan["rounds"]), [])
+    ) == plan["pruned"]
     assert plan["cost"]["statistics_windows"] == 4 + 4  # the first round's pass, and the second's on the healed model
     assert report["metrics"]["pruned"]["num_layers"] == 27
     config = json.loads((out / "config.json").read_text())

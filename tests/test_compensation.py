@@ -40,9 +40,16 @@ def tiny(family: str):
         model = jamba()
     elif family == "qwen3_5_moe_text":  # the text part of the multimodal qwen3_5_moe of test_family_chain.py
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(transformers.Qwen3_5MoeTextConfig(
-            **SMALL, head_dim=16, layer_types=[LIN, F, F, LIN, F, LIN], **LINEAR_ATTENTION, **MOE,
-            shared_expert_intermediate_size=32)).eval()
+        model = AutoModelForCausalLM.from_config(
+            transformers.Qwen3_5MoeTextConfig(
+                **SMALL,
+                head_dim=16,
+                layer_types=[LIN, F, F, LIN, F, LIN],
+                **LINEAR_ATTENTION,
+                **MOE,
+                shared_expert_intermediate_size=32,
+            )
+        ).eval()
     elif family in FAMILIES:
         model = build(family)
     else:
@@ -57,7 +64,8 @@ def tiny(family: str):
 
 
 COMPENSABLE = sorted(({*FAMILIES, "jamba", "qwen3_5_moe_text", *MULTIMODAL} - REFUSED) - {"gemma4-without-per-layer-inputs"}) + [
-    "gemma4-without-per-layer-inputs"]
+    "gemma4-without-per-layer-inputs"
+]
 
 
 def plan_for(family: str) -> tuple[list[int], dict[int, float]]:
@@ -73,6 +81,7 @@ def logits_with_stream_scaled(model, factors_by_block: dict[torch.nn.Module, flo
             if args:
                 return (args[0] * factor, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": kwargs["hidden_states"] * factor}
+
         return hook
 
     handles = [block.register_forward_pre_hook(scale(f), with_kwargs=True) for block, f in factors_by_block.items()]
@@ -84,8 +93,10 @@ def logits_with_stream_scaled(model, factors_by_block: dict[torch.nn.Module, flo
 
 
 def test_every_family_of_the_table_is_tested_here_either_folded_or_refused():
-    model_types = {family: (MULTIMODAL[family][0] if family in MULTIMODAL else
-                            tiny(family).config.model_type) for family in COMPENSABLE + sorted(REFUSED)}
+    model_types = {
+        family: (MULTIMODAL[family][0] if family in MULTIMODAL else tiny(family).config.model_type)
+        for family in COMPENSABLE + sorted(REFUSED)
+    }
     assert set(model_types.values()) == set(ARCHITECTURES)
 
 
@@ -182,13 +193,17 @@ def test_statistics_norms_are_the_mean_l2_norm_of_each_hidden_state_over_the_rea
 
     layers = decoder_layers(model)
     handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
-    handles.append(layers[-1].register_forward_hook(lambda m, a, out: states.append((out[0] if isinstance(out, tuple) else out).detach())))
+    handles.append(
+        layers[-1].register_forward_hook(lambda m, a, out: states.append((out[0] if isinstance(out, tuple) else out).detach()))
+    )
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, use_cache=False)
     for handle in handles:
         handle.remove()
     real = mask.bool()
-    expected = torch.tensor([torch.linalg.vector_norm(h.double(), dim=-1)[real].mean().item() for h in states], dtype=torch.float64)
+    expected = torch.tensor(
+        [torch.linalg.vector_norm(h.double(), dim=-1)[real].mean().item() for h in states], dtype=torch.float64
+    )
 
     stats = collect_layer_stats(build("llama"), [{"input_ids": ids, "attention_mask": mask}], progress=False)
     torch.testing.assert_close(stats.norms, expected, rtol=1e-6, atol=0)
@@ -197,10 +212,16 @@ def test_statistics_norms_are_the_mean_l2_norm_of_each_hidden_state_over_the_rea
 # --------------------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize("family, reason", [("olmo2", "no norm before"), ("olmo3", "no norm before"),
-                                            ("exaone4", "no norm before"),
-                                            ("gemma4_text", "hidden_size_per_layer_input=0"),
-                                            ("minimax", "residual after its input norm")])
+@pytest.mark.parametrize(
+    "family, reason",
+    [
+        ("olmo2", "no norm before"),
+        ("olmo3", "no norm before"),
+        ("exaone4", "no norm before"),
+        ("gemma4_text", "hidden_size_per_layer_input=0"),
+        ("minimax", "residual after its input norm"),
+    ],
+)
 def test_a_family_whose_blocks_read_the_stream_unnormalised_or_never_see_its_scale_is_refused_by_name_unchanged(family, reason):
     model = tiny(family)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -219,20 +240,29 @@ def test_opt_that_normalises_after_its_blocks_is_refused():
 
 
 def test_a_family_outside_the_table_is_refused_since_its_stream_writers_are_unknown():
-    config = transformers.PersimmonConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
-                                          num_attention_heads=4, max_position_embeddings=128)
+    config = transformers.PersimmonConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    )
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(ValueError, match=r"'persimmon' family: it is not in the table"):
         prune_layers(model, PLAN, compensate=FACTORS)
 
 
-@pytest.mark.parametrize("compensate, error, message", [
-    ({3: 1.5}, ValueError, r"block 3 is not the kept block after a gap of the plan \[1, 3\] \(those are \[2, 4\]\)"),
-    ({2: 0.0}, ValueError, r"the factor of block 2 must be finite and positive, got 0.0"),
-    ({2: float("nan")}, ValueError, r"the factor of block 2 must be finite and positive"),
-    ({"2": 1.5}, TypeError, r"block '2' is not an int"),
-    ([1.5], TypeError, r"compensate must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "compensate, error, message",
+    [
+        ({3: 1.5}, ValueError, r"block 3 is not the kept block after a gap of the plan \[1, 3\] \(those are \[2, 4\]\)"),
+        ({2: 0.0}, ValueError, r"the factor of block 2 must be finite and positive, got 0.0"),
+        ({2: float("nan")}, ValueError, r"the factor of block 2 must be finite and positive"),
+        ({"2": 1.5}, TypeError, r"block '2' is not an int"),
+        ([1.5], TypeError, r"compensate must be a mapping"),
+    ],
+)
 def test_bad_factors_are_refused_by_name_before_anything_changes(compensate, error, message):
     model = build("llama")
     with pytest.raises(error, match=message):
@@ -272,8 +302,9 @@ def test_select_layers_compensate_records_the_strength_of_lowest_check_loss_and_
     tried = {t["strength"]: t["loss"] for t in plan.compensation["tried"]}
     assert set(tried) == set(compensation.STRENGTHS)
     for strength, value in tried.items():
-        assert value == pytest.approx(checks.compensated(plan.pruned, gap_factors(stats.norms.tolist(), plan.pruned, strength)),
-                                      rel=1e-6)
+        assert value == pytest.approx(
+            checks.compensated(plan.pruned, gap_factors(stats.norms.tolist(), plan.pruned, strength)), rel=1e-6
+        )
     strength = plan.compensation["strength"]
     assert tried[strength] == min(tried.values())
     factors = gap_factors(stats.norms.tolist(), plan.pruned, strength)
@@ -294,7 +325,9 @@ def test_prune_layers_folds_a_plans_own_compensation_and_the_plan_survives_json(
 
 def test_select_layers_compensate_needs_the_model_and_windows_and_the_norms(chosen):
     model, windows, stats, _ = chosen
-    with pytest.raises(ValueError, match=r"compensate=True chooses its strength on the calibration loss: pass model= and windows="):
+    with pytest.raises(
+        ValueError, match=r"compensate=True chooses its strength on the calibration loss: pass model= and windows="
+    ):
         select_layers(stats, 2, method="shortgpt", compensate=True)
     old = type(stats)(stats.similarity, stats.last_token_similarity, stats.num_tokens, stats.num_sequences)  # no norms
     with pytest.raises(ValueError, match=r"compensate=True reads the stream's norms"):

@@ -40,7 +40,10 @@ def ddp_run(smollm2, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in launcher_variables}
     run = subprocess.run(
         [sys.executable, str(WORKER), str(out), str(out / "tokenizer")],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert run.returncode == 0, f"the DDP worker failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     results = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -106,4 +109,6 @@ def test_both_processes_prune_each_step_of_a_schedule_alike_and_train_the_same_w
     assert schedule["num_layers_after"] == load_worker().NUM_LAYERS - 2
     assert rank1["schedule"]["plans"] == schedule["plans"] and rank1["schedule"]["pruned"] == schedule["pruned"]
     assert schedule["optimizer_matches_model"] and rank1["schedule"]["optimizer_matches_model"]
-    assert rank1["schedule"]["parameter_sums"] == pytest.approx(schedule["parameter_sums"], rel=1e-6, abs=1e-9)  # averaged gradients
+    assert rank1["schedule"]["parameter_sums"] == pytest.approx(
+        schedule["parameter_sums"], rel=1e-6, abs=1e-9
+    )  # averaged gradients

@@ -6,7 +6,7 @@ Without a GPU, ``auto`` loads the model onto the CPU (transformers sets no ``hf_
 for a single device); a model dispatched by accelerate's own ``dispatch_model`` (hooks on every
 block, as across GPUs) prunes with its map renumbered; and the only split between two places
 that accelerate makes without a GPU is cpu + disk, an offload, which pruning refuses. The test across two GPUs runs where two are
-visible (``benchmarks/gpu_check.sh`` runs it).
+visible (``benchmarks/performance/gpu_check.sh`` runs it).
 """
 
 from __future__ import annotations
@@ -29,9 +29,17 @@ def tiny_dir(smollm2, tmp_path_factory):
     """A tiny random llama with SmolLM2's tokenizer, saved as a Hugging Face model directory."""
     _, tokenizer = smollm2
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=BLOCKS,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=BLOCKS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     path = tmp_path_factory.mktemp("tiny") / "model"
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -66,8 +74,11 @@ def test_check_device_accepts_cpu_auto_and_cuda_forms():
 
 @pytest.mark.parametrize("bad", ["gpu", "cuda:x", "CPU", "cuda:", 0, None])
 def test_a_bad_device_names_the_parameter_and_the_value(bad):
-    with pytest.raises(ValueError, match=r"device must be 'cpu', 'cuda', 'cuda:N' \(N a GPU index\) or 'auto', got device="
-                                         + repr(bad).replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ValueError,
+        match=r"device must be 'cpu', 'cuda', 'cuda:N' \(N a GPU index\) or 'auto', got device="
+        + repr(bad).replace("(", r"\(").replace(")", r"\)"),
+    ):
         check_device(bad)
 
 
@@ -104,8 +115,13 @@ def test_device_auto_without_a_gpu_loads_onto_the_cpu_and_the_model_prunes_saves
 def test_a_model_dispatched_by_accelerate_with_hooks_on_every_block_prunes_and_its_device_map_follows(tiny_dir, tmp_path):
     from accelerate import dispatch_model
 
-    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
-                  **{f"model.layers.{i}": "cpu" for i in range(BLOCKS)}}
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+        **{f"model.layers.{i}": "cpu" for i in range(BLOCKS)},
+    }
     reference, _ = load_model(tiny_dir, dtype=torch.float32, progress=False)
     dispatched, _ = load_model(tiny_dir, dtype=torch.float32, progress=False)
     dispatched = dispatch_model(dispatched, device_map, force_hooks=True)  # accelerate's hooks, as across GPUs
@@ -113,19 +129,31 @@ def test_a_model_dispatched_by_accelerate_with_hooks_on_every_block_prunes_and_i
 
     prune_layers(dispatched, [1, 2])
     prune_layers(reference, [1, 2])
-    assert dispatched.hf_device_map == {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu",
-                                        "lm_head": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu"}
+    assert dispatched.hf_device_map == {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "cpu",
+    }
     assert torch.equal(logits(dispatched), logits(reference))
     reloaded = generates_alike_with_its_cache_and_reloads(dispatched, tmp_path)
     assert torch.equal(logits(reloaded), logits(reference))
 
 
 def test_a_model_accelerate_split_between_cpu_and_disk_is_refused_and_keeps_computing(tiny_dir, tmp_path):
-    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
-                  **{f"model.layers.{i}": "cpu" if i < 2 else "disk" for i in range(BLOCKS)}}
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+        **{f"model.layers.{i}": "cpu" if i < 2 else "disk" for i in range(BLOCKS)},
+    }
     reference, _ = load_model(tiny_dir, dtype=torch.float32, progress=False)
-    split = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, device_map=device_map,
-                                                 offload_folder=str(tmp_path / "offload"))
+    split = AutoModelForCausalLM.from_pretrained(
+        tiny_dir, dtype=torch.float32, device_map=device_map, offload_folder=str(tmp_path / "offload")
+    )
     assert set(split.hf_device_map.values()) == {"cpu", "disk"}
     before = logits(split)
     assert torch.allclose(before, logits(reference), atol=1e-6)
@@ -138,8 +166,13 @@ def test_a_model_accelerate_split_between_cpu_and_disk_is_refused_and_keeps_comp
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two visible GPUs")
 def test_a_model_spread_over_two_gpus_prunes_and_generates_with_its_cache(tiny_dir):  # pragma: no cover - GPU only
     half = BLOCKS // 2
-    device_map = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 1, "lm_head": 1,
-                  **{f"model.layers.{i}": 0 if i < half else 1 for i in range(BLOCKS)}}
+    device_map = {
+        "model.embed_tokens": 0,
+        "model.rotary_emb": 0,
+        "model.norm": 1,
+        "lm_head": 1,
+        **{f"model.layers.{i}": 0 if i < half else 1 for i in range(BLOCKS)},
+    }
     spread = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, device_map=device_map)
     reference, _ = load_model(tiny_dir, dtype=torch.float32, progress=False)
     prune_layers(spread, [1, half])
@@ -167,14 +200,31 @@ def test_heal_refuses_a_model_spread_over_several_devices_before_training(tiny_d
 def test_the_command_line_refuses_a_bad_device_in_one_line_naming_the_flag(capsys):
     assert main(["analyze", "--device", "gpu", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "lorp analyze: error: device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got --device 'gpu'" in err
+    assert (
+        "lorp analyze: error: --device: device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'auto', got device='gpu'" in err
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU placement of --device auto")
 def test_the_command_line_runs_with_device_auto_and_reports_it(tiny_dir, tmp_path):
     out = tmp_path / "analysis"
-    args = ["analyze", str(tiny_dir), "--device", "auto", "--dtype", "float32", "--windows", "2", "--window", "32",
-            "--batch-size", "2", "--quiet", "--out", str(out)]
+    args = [
+        "analyze",
+        str(tiny_dir),
+        "--device",
+        "auto",
+        "--dtype",
+        "float32",
+        "--windows",
+        "2",
+        "--window",
+        "32",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["device"] == "auto" and report["statistics"]["num_layers"] == BLOCKS

@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_docs_build_in_strict_mode_without_a_warning(tmp_path):
     # mkdocs-material prints a notice about its end of life on every run; it is not a build warning.
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "WARNING" not in result.stderr
     assert (tmp_path / "site" / "api" / "index.html").is_file()
@@ -23,14 +28,54 @@ def test_the_docs_build_in_strict_mode_without_a_warning(tmp_path):
     assert notebooks and all((tmp_path / "site" / "notebooks" / name / "index.html").is_file() for name in notebooks)
 
 
-def test_every_public_name_of_the_package_is_in_the_api_reference():
+GATHERERS = ("lorp_lightning", "lorp_lightning.callbacks", "lorp_lightning.healing", "lorp_lightning.recipes")
+"""The packages whose ``__all__`` is the public API: the package itself and the subpackages a user imports from."""
+
+
+def _documented() -> list[tuple[str, str]]:
+    """Every ``::: lorp_lightning.module.Name`` entry of docs/api.md, as (module, name)."""
     import re
 
-    import lorp_lightning
+    entries = re.findall(r"^::: (lorp_lightning[\w.]*)\.(\w+)$", (ROOT / "docs" / "api.md").read_text(), flags=re.M)
+    assert entries, "docs/api.md documents nothing"
+    return entries
 
-    documented = set(re.findall(r"^::: lorp_lightning\.[\w.]+\.(\w+)$", (ROOT / "docs" / "api.md").read_text(), flags=re.M))
-    public = [name for name in lorp_lightning.__all__ if name != "__version__"]
-    assert [name for name in public if name not in documented] == []
+
+def test_every_public_name_of_the_package_is_in_the_api_reference():
+    import importlib
+
+    documented = {name for _, name in _documented()}
+    undocumented = [
+        f"{package}.{name}"
+        for package in GATHERERS
+        for name in importlib.import_module(package).__all__
+        if name != "__version__" and name not in documented
+    ]
+    assert undocumented == []
+
+
+def test_every_name_the_api_reference_documents_exists_where_it_says():
+    import importlib
+
+    missing = []
+    for module, name in _documented():
+        try:
+            getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as error:
+            missing.append(f"{module}.{name} ({error})")
+    assert missing == []
+
+
+def test_a_name_the_gatherers_export_is_the_object_documented_under_that_name():
+    import importlib
+
+    where = {name: module for module, name in _documented()}
+    for package in GATHERERS:
+        for name in importlib.import_module(package).__all__:
+            if name in where:
+                assert getattr(importlib.import_module(package), name) is getattr(importlib.import_module(where[name]), name), (
+                    f"{package}.{name} is not {where[name]}.{name}"
+                )
 
 
 def test_the_readme_lists_exactly_the_architectures_of_the_table():
@@ -53,5 +98,7 @@ def test_no_page_is_left_with_a_placeholder_for_a_figure_or_a_text_still_to_writ
         cells = json.loads(path.read_text())["cells"]
         pages[path] = "\n".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown")
     placeholder = re.compile(r"\b(TODO|TBD|FIXME|XXX)\b|\bto come\b|@@")
-    found = [f"{path.relative_to(ROOT)}: {match.group(0)!r}" for path, text in pages.items() for match in placeholder.finditer(text)]
+    found = [
+        f"{path.relative_to(ROOT)}: {match.group(0)!r}" for path, text in pages.items() for match in placeholder.finditer(text)
+    ]
     assert found == []

@@ -1,6 +1,6 @@
 """Every causal-LM type of the installed transformers, pruned exactly or refused with a reason.
 
-The sweep of ``benchmarks/family_sweep.py`` runs here on every type (about a minute on one
+The sweep of ``benchmarks/decisions/family_sweep.py`` runs here on every type (about a minute on one
 thread): each type's status must be the one ``docs/families.md`` publishes, no type may be
 *WRONG* (pruned, but not equal to skipping the blocks, or not reloading, or generating otherwise
 with its cache), and today's families are supported by name.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "decisions"))
 import family_sweep  # noqa: E402
 
 from lorp_lightning.architectures import ARCHITECTURES  # noqa: E402
@@ -23,11 +23,30 @@ from lorp_lightning.architectures import ARCHITECTURES  # noqa: E402
 # The families issue 34 names, each supported by an entry of the table (Gemma 4 with its per-layer inputs,
 # the E2B/E4B layout; Jamba with plans that keep its period).
 TODAYS_FAMILIES = [
-    "qwen3_5_text", "gpt_oss", "llama4_text", "smollm3",
-    "qwen3_moe", "mixtral", "olmoe", "deepseek_v3",
-    "granite", "olmo3", "cohere2", "glm4", "phi", "exaone4", "ernie4_5", "nemotron", "seed_oss", "minimax",
-    "qwen3_next", "lfm2", "falcon_h1", "jamba",
-    "granitemoehybrid", "gemma4_text",
+    "qwen3_5_text",
+    "gpt_oss",
+    "llama4_text",
+    "smollm3",
+    "qwen3_moe",
+    "mixtral",
+    "olmoe",
+    "deepseek_v3",
+    "granite",
+    "olmo3",
+    "cohere2",
+    "glm4",
+    "phi",
+    "exaone4",
+    "ernie4_5",
+    "nemotron",
+    "seed_oss",
+    "minimax",
+    "qwen3_next",
+    "lfm2",
+    "falcon_h1",
+    "jamba",
+    "granitemoehybrid",
+    "gemma4_text",
 ]
 
 
@@ -49,9 +68,9 @@ def test_no_type_is_pruned_wrongly(sweep):
 
 def test_every_type_has_the_status_the_families_page_publishes(sweep):
     page = published()
-    assert sorted(page) == sorted(sweep), "a type was added or removed: run python benchmarks/family_sweep.py"
+    assert sorted(page) == sorted(sweep), "a type was added or removed: run python benchmarks/decisions/family_sweep.py"
     changed = {t: (page[t], r.status, r.note) for t, r in sweep.items() if page[t] != r.status}
-    assert not changed, "statuses changed: run python benchmarks/family_sweep.py and check docs/families.md"
+    assert not changed, "statuses changed: run python benchmarks/decisions/family_sweep.py and check docs/families.md"
 
 
 @pytest.mark.parametrize("model_type", TODAYS_FAMILIES)

@@ -51,8 +51,20 @@ from lorp_lightning.search import PlanLoss
 from lorp_lightning.stats import HiddenStateRecorder, collect_layer_stats
 from lorp_lightning.surgery import PlanRefusedError, prune_layers, pruning_record
 
-CHAIN = ["qwen3_next", "qwen3_5_text", "granitemoehybrid", "lfm2", "falcon_h1", "jamba", "mixtral", "deepseek_v3", "gpt_oss",
-         "llama4_text", "minimax", "gemma4_text"]
+CHAIN = [
+    "qwen3_next",
+    "qwen3_5_text",
+    "granitemoehybrid",
+    "lfm2",
+    "falcon_h1",
+    "jamba",
+    "mixtral",
+    "deepseek_v3",
+    "gpt_oss",
+    "llama4_text",
+    "minimax",
+    "gemma4_text",
+]
 """Linear attention + MoE, linear attention, Mamba 2 + attention, short convolution + attention, Mamba and attention
 side by side, Jamba (attention in the odd blocks), MoE, MLA + MoE, MoE with sinks, MoE + NoPE, lightning attention + MoE,
 Gemma 4 (two head sizes)."""
@@ -222,9 +234,12 @@ def test_sleb_on_jamba_has_no_first_step_since_every_single_block_plan_breaks_th
     loss = PlanLoss(model, WINDOWS)
     assert [loss([b]) for b in range(1, N - 1)] == [math.inf] * (N - 2)
     assert "attn_layer_period=2" in loss.refusal([1])
-    with pytest.raises(PlanRefusedError, match=r"sleb, removing block 1 of 2: this model's family refuses every one of the 4 "
-                                               r"candidate plans, for one: cannot prune blocks \[1\] of this jamba model.*"
-                                               r"method='lorp_search' checks whole plans"):
+    with pytest.raises(
+        PlanRefusedError,
+        match=r"sleb, removing block 1 of 2: this model's family refuses every one of the 4 "
+        r"candidate plans, for one: cannot prune blocks \[1\] of this jamba model.*"
+        r"method='lorp_search' checks whole plans",
+    ):
         select_layers(None, K, method="sleb", model=model, windows=WINDOWS)
     with pytest.raises(PlanRefusedError, match=r"ppl: this model's family refuses every one of the 4 candidate plans"):
         select_layers(None, K, method="ppl", model=model, windows=WINDOWS)
@@ -234,13 +249,28 @@ def test_sleb_on_jamba_has_no_first_step_since_every_single_block_plan_breaks_th
 # --------------------------------------------------------------------------- 3. the Lightning callback
 
 
-@pytest.mark.parametrize("family, prune_on", [("granitemoehybrid", "predict_end"), ("qwen3_next", "validation_end"),
-                                              ("gemma4_text", "predict_end"), ("jamba", "validation_end")])
+@pytest.mark.parametrize(
+    "family, prune_on",
+    [
+        ("granitemoehybrid", "predict_end"),
+        ("qwen3_next", "validation_end"),
+        ("gemma4_text", "predict_end"),
+        ("jamba", "validation_end"),
+    ],
+)
 def test_the_prune_callback_prunes_the_plan_select_layers_gives_on_the_same_statistics(family, prune_on, tmp_path):
     module = LoRPModule(make(family))
     callback = LoRPPruneCallback(K, prune_on=prune_on, verbose=False)  # the default method, lorp_search
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback])
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+    )
     loader = torch.utils.data.DataLoader(WINDOWS, batch_size=BATCH)
     if prune_on == "predict_end":
         trainer.predict(module, dataloaders=loader)
@@ -278,13 +308,14 @@ LORA = {
     # MoE: the experts are fused 3-D parameters (no nn.Linear), the router a TopKRouter: attention only
     "mixtral": (["k_proj", "o_proj", "q_proj", "v_proj"], set()),
     # gate/up/down_proj: the dense blocks' MLP and the shared expert; shared_expert_gate (64 -> 1) weighs the shared expert
-    "qwen3_next": (["down_proj", "gate_proj", "in_proj_ba", "in_proj_qkvz", "k_proj", "o_proj", "out_proj", "q_proj",
-                    "up_proj", "v_proj"], {"mlp.shared_expert_gate"}),
+    "qwen3_next": (
+        ["down_proj", "gate_proj", "in_proj_ba", "in_proj_qkvz", "k_proj", "o_proj", "out_proj", "q_proj", "up_proj", "v_proj"],
+        {"mlp.shared_expert_gate"},
+    ),
     # the router is an nn.Linear that returns a tuple (scores, logits)
     "llama4_text": (["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"], {"feed_forward.router"}),
     # Mamba 2's in_proj/out_proj, attention, the shared MLP (input_linear, output_linear); experts fused, router not linear
-    "granitemoehybrid": (["in_proj", "input_linear", "k_proj", "o_proj", "out_proj", "output_linear", "q_proj", "v_proj"],
-                         set()),
+    "granitemoehybrid": (["in_proj", "input_linear", "k_proj", "o_proj", "out_proj", "output_linear", "q_proj", "v_proj"], set()),
     "lfm2": (["in_proj", "k_proj", "out_proj", "q_proj", "v_proj", "w1", "w2", "w3"], set()),
 }
 
@@ -296,16 +327,23 @@ def test_lora_adapts_the_blocks_linear_layers_but_not_the_routing_of_the_experts
     expected, left_alone = LORA[family]
     assert sorted({name.rpartition(".")[2] for name in targets}) == expected
     prefix = blocks_path(family)
-    linear = {f"{prefix}.{i}.{name}" for i, block in enumerate(model.get_submodule(prefix))
-              for name, module in block.named_modules() if isinstance(module, nn.Linear)}
+    linear = {
+        f"{prefix}.{i}.{name}"
+        for i, block in enumerate(model.get_submodule(prefix))
+        for name, module in block.named_modules()
+        if isinstance(module, nn.Linear)
+    }
     assert set(targets) <= linear
     assert {name.split(".", 3)[3] for name in linear - set(targets)} == left_alone
 
 
 def test_naming_a_router_in_target_modules_says_it_is_left_alone():
     model = prune_layers(make("llama4_text"), PRUNED)
-    with pytest.raises(ValueError, match=r"names 'router', which routes tokens among the experts of the MoE blocks: LoRA leaves "
-                                         r"the routing layers \['router'\] as they are"):
+    with pytest.raises(
+        ValueError,
+        match=r"names 'router', which routes tokens among the experts of the MoE blocks: LoRA leaves "
+        r"the routing layers \['router'\] as they are",
+    ):
         lora_targets(model, HealingSettings.checked(target_modules=["q_proj", "router"]))
 
 
@@ -326,9 +364,12 @@ def test_peft_renaming_the_targets_to_the_fused_experts_is_caught_and_the_model_
     mlp = [name for name in targets if name.endswith(("gate_proj", "up_proj", "down_proj"))]  # dense MLPs, shared experts
     moe = sorted(name.rpartition(".mlp.")[0] for name in model.state_dict() if name.endswith("mlp.experts.down_proj"))
     assert mlp and moe
-    with pytest.raises(RuntimeError, match=rf"put the LoRA adapters on other weights than the {len(targets)} linear layers asked for: "
-                                           rf"also on {2 * len(moe)} others \({moe[0]}.mlp.experts.down_proj, {moe[0]}.mlp.experts."
-                                           rf"gate_up_proj, .*\), not on {len(mlp)} of them \({sorted(mlp)[0]}, "):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"put the LoRA adapters on other weights than the {len(targets)} linear layers asked for: "
+        rf"also on {2 * len(moe)} others \({moe[0]}.mlp.experts.down_proj, {moe[0]}.mlp.experts."
+        rf"gate_up_proj, .*\), not on {len(mlp)} of them \({sorted(mlp)[0]}, ",
+    ):
         heal(model, ByteTokenizer(), steps=1, text=DOCUMENTS, window=SEQ_LEN, batch_size=BATCH, num_windows=2)
     assert [type(m) for m in model.modules()] == modules and pruning_record(model).get("healing") is None
     assert all(torch.equal(p, before[n][0]) and p.requires_grad == before[n][1] for n, p in model.named_parameters())
@@ -361,13 +402,30 @@ def test_healing_merges_into_a_plain_model_that_saves_and_reloads_with_plain_tra
 # --------------------------------------------------------------------------- 5. multimodal checkpoints on disk
 
 
-QWEN_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8, out_hidden_size=64,
-                   num_position_embeddings=16)
-QWEN_TOKENS = dict(image_token_id=VOCAB - 1, video_token_id=VOCAB - 2, vision_start_token_id=VOCAB - 3, vision_end_token_id=VOCAB - 4)
-GEMMA4_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                     head_dim=16, position_embedding_size=64)
-GEMMA4_TOKENS = dict(boi_token_id=VOCAB - 3, eoi_token_id=VOCAB - 2, image_token_id=VOCAB - 1, video_token_id=VOCAB - 4,
-                     boa_token_id=VOCAB - 5, eoa_token_index=VOCAB - 6, audio_token_id=VOCAB - 7)
+QWEN_VISION = dict(
+    depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8, out_hidden_size=64, num_position_embeddings=16
+)
+QWEN_TOKENS = dict(
+    image_token_id=VOCAB - 1, video_token_id=VOCAB - 2, vision_start_token_id=VOCAB - 3, vision_end_token_id=VOCAB - 4
+)
+GEMMA4_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=16,
+    position_embedding_size=64,
+)
+GEMMA4_TOKENS = dict(
+    boi_token_id=VOCAB - 3,
+    eoi_token_id=VOCAB - 2,
+    image_token_id=VOCAB - 1,
+    video_token_id=VOCAB - 4,
+    boa_token_id=VOCAB - 5,
+    eoa_token_index=VOCAB - 6,
+    audio_token_id=VOCAB - 7,
+)
 
 
 def text_config(family: str, **changes) -> dict:
@@ -377,26 +435,64 @@ def text_config(family: str, **changes) -> dict:
 # name -> (model_type, its tiny config: the text part as in test_surgery.py and a vision tower of 2 blocks, where the
 # blocks are in the model, written out here)
 MULTIMODAL = {
-    "qwen3_5": ("qwen3_5", lambda: transformers.Qwen3_5Config(text_config=text_config("qwen3_5_text"), vision_config=QWEN_VISION,
-                                                              **QWEN_TOKENS), "model.language_model.layers"),
-    "qwen3_5_moe": ("qwen3_5_moe", lambda: transformers.Qwen3_5MoeConfig(
-        text_config=dict(SMALL, head_dim=16, layer_types=[LIN, F, F, LIN, F, LIN], **LINEAR_ATTENTION, **MOE,
-                         shared_expert_intermediate_size=32),
-        vision_config=QWEN_VISION, **QWEN_TOKENS), "model.language_model.layers"),
+    "qwen3_5": (
+        "qwen3_5",
+        lambda: transformers.Qwen3_5Config(text_config=text_config("qwen3_5_text"), vision_config=QWEN_VISION, **QWEN_TOKENS),
+        "model.language_model.layers",
+    ),
+    "qwen3_5_moe": (
+        "qwen3_5_moe",
+        lambda: transformers.Qwen3_5MoeConfig(
+            text_config=dict(
+                SMALL,
+                head_dim=16,
+                layer_types=[LIN, F, F, LIN, F, LIN],
+                **LINEAR_ATTENTION,
+                **MOE,
+                shared_expert_intermediate_size=32,
+            ),
+            vision_config=QWEN_VISION,
+            **QWEN_TOKENS,
+        ),
+        "model.language_model.layers",
+    ),
     # Llama4ForConditionalGeneration holds a Llama4ForCausalLM as language_model: its blocks are language_model.model.layers,
     # in memory and on disk
-    "llama4": ("llama4", lambda: transformers.Llama4Config(
-        text_config=text_config("llama4_text"),
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=28,
-                           patch_size=14, vision_output_dim=64, projector_input_dim=64, projector_output_dim=64),
-        boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2, image_token_index=VOCAB - 1), "language_model.model.layers"),
+    "llama4": (
+        "llama4",
+        lambda: transformers.Llama4Config(
+            text_config=text_config("llama4_text"),
+            vision_config=dict(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                image_size=28,
+                patch_size=14,
+                vision_output_dim=64,
+                projector_input_dim=64,
+                projector_output_dim=64,
+            ),
+            boi_token_index=VOCAB - 3,
+            eoi_token_index=VOCAB - 2,
+            image_token_index=VOCAB - 1,
+        ),
+        "language_model.model.layers",
+    ),
     # the small models' layout (E2B, E4B): per-layer inputs, tables of one slice per block outside the blocks
-    "gemma4": ("gemma4", lambda: transformers.Gemma4Config(text_config=text_config("gemma4_text"), vision_config=GEMMA4_VISION,
-                                                            **GEMMA4_TOKENS), "model.language_model.layers"),
+    "gemma4": (
+        "gemma4",
+        lambda: transformers.Gemma4Config(text_config=text_config("gemma4_text"), vision_config=GEMMA4_VISION, **GEMMA4_TOKENS),
+        "model.language_model.layers",
+    ),
     # the larger models' layout: no per-layer inputs
-    "gemma4-without-per-layer-inputs": ("gemma4", lambda: transformers.Gemma4Config(
-        text_config=text_config("gemma4_text", hidden_size_per_layer_input=0), vision_config=GEMMA4_VISION, **GEMMA4_TOKENS),
-        "model.language_model.layers"),
+    "gemma4-without-per-layer-inputs": (
+        "gemma4",
+        lambda: transformers.Gemma4Config(
+            text_config=text_config("gemma4_text", hidden_size_per_layer_input=0), vision_config=GEMMA4_VISION, **GEMMA4_TOKENS
+        ),
+        "model.language_model.layers",
+    ),
 }
 
 
@@ -440,4 +536,3 @@ def test_a_pruned_multimodal_checkpoint_equals_in_memory_pruning_saved_in_tensor
     assert torch.equal(logits(pruned), logits(reload(tmp_path / "in-memory")))
     torch.testing.assert_close(logits(pruned), logits_with_blocks_skipped_at(multimodal(name), blocks, PRUNED), rtol=0, atol=1e-5)
     assert pruning_record(pruned) == pruning_record(reference)
-

@@ -50,8 +50,9 @@ def run_worker(out: Path, strategy: str, accelerator: str) -> tuple[dict, dict]:
     """Runs the worker; returns what rank 0 and rank 1 wrote."""
     launcher_variables = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in launcher_variables}
-    run = subprocess.run([sys.executable, str(WORKER), str(out), strategy, accelerator],
-                         capture_output=True, text=True, timeout=600, env=env)
+    run = subprocess.run(
+        [sys.executable, str(WORKER), str(out), strategy, accelerator], capture_output=True, text=True, timeout=600, env=env
+    )
     assert run.returncode == 0, f"the FSDP worker failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     rank0, rank1 = (json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1))
     return rank0, rank1
@@ -60,8 +61,15 @@ def run_worker(out: Path, strategy: str, accelerator: str) -> tuple[dict, dict]:
 def lightnings_answer_to_fsdp_on_cpu() -> str | None:
     """What Lightning says to FSDPStrategy on this machine's CPU: its error message, or None if it accepts it."""
     try:
-        Trainer(accelerator="cpu", devices=2, strategy="fsdp", logger=False, enable_progress_bar=False,
-                enable_model_summary=False, enable_checkpointing=False)
+        Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy="fsdp",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
     except ValueError as error:
         return str(error)
     return None
@@ -173,6 +181,9 @@ def test_the_plan_selected_under_fsdp_prunes_the_checkpoint_on_disk(model_parall
 def test_the_prune_callback_refuses_a_sharding_strategy_at_setup_naming_it(strategy):
     trainer = SimpleNamespace(strategy=strategy, callbacks=[])  # the refusal reads the strategy, and nothing else
     callback = LoRPPruneCallback(0.25, model="backbone")
-    with pytest.raises(ValueError, match=rf"^{REFUSAL} \(under {type(strategy).__name__}\).*select_layers\(stats_callback"
-                                         r"\.stats, 0\.25, method='lorp_search'\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{REFUSAL} \(under {type(strategy).__name__}\).*select_layers\(stats_callback"
+        r"\.stats, 0\.25, method='lorp_search'\)",
+    ):
         callback.setup(trainer, None, "validate")

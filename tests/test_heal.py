@@ -39,8 +39,15 @@ SEED = 0
 
 def tiny_llama(vocab_size: int, num_layers: int = 10, tie: bool = False, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=vocab_size, tie_word_embeddings=tie)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        tie_word_embeddings=tie,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -112,8 +119,15 @@ class Optimized(Callback):
 
 
 def quiet_trainer(tmp_path, **kwargs) -> Trainer:
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, default_root_dir=tmp_path)
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     options.update(kwargs)
     return Trainer(**options)
 
@@ -129,10 +143,25 @@ def healed(smollm2):
     before = copy.deepcopy(pruned)
     training = TextDataModule("wiki", tokenizer, window=WINDOW, num_calibration_windows=8, seed=SEED).windows("calibration")
     probe = Probe(training[:2])
-    result = heal(pruned, tokenizer, steps=STEPS, text="wiki", window=WINDOW, batch_size=BATCH, num_windows=8, seed=SEED,
-                  trainer_options={"callbacks": [probe]})
-    return {"before": before, "model": result, "returned_self": result is pruned, "probe": probe,
-            "training": training, "tokenizer": tokenizer}
+    result = heal(
+        pruned,
+        tokenizer,
+        steps=STEPS,
+        text="wiki",
+        window=WINDOW,
+        batch_size=BATCH,
+        num_windows=8,
+        seed=SEED,
+        trainer_options={"callbacks": [probe]},
+    )
+    return {
+        "before": before,
+        "model": result,
+        "returned_self": result is pruned,
+        "probe": probe,
+        "training": training,
+        "tokenizer": tokenizer,
+    }
 
 
 def test_a_few_lora_steps_lower_the_training_loss(healed):
@@ -196,9 +225,9 @@ def test_the_healed_model_saves_reloads_with_plain_transformers_and_generates_wi
     "num_layers, removed, expected",
     [
         (10, [2, 3, 7], [1, 2, 4, 5]),  # kept 0 1 4 5 6 8 9; neighbours 1, 4 (of 2-3) and 6, 8 (of 7)
-        (8, [0], [0]),                   # only a block above: block 1, now block 0
-        (8, [7], [6]),                   # only a block below
-        (6, [1, 3], [0, 1, 2]),          # kept 0 2 4 5; block 2 is next to both removed blocks
+        (8, [0], [0]),  # only a block above: block 1, now block 0
+        (8, [7], [6]),  # only a block below
+        (6, [1, 3], [0, 1, 2]),  # kept 0 2 4 5; block 2 is next to both removed blocks
     ],
 )
 def test_blocks_next_to_removed_are_the_nearest_kept_blocks_on_each_side(num_layers, removed, expected):
@@ -230,8 +259,17 @@ def test_lora_on_chosen_modules_changes_those_weights_only(smollm2):
     _, tokenizer = smollm2
     model = prune_layers(tiny_llama(len(tokenizer)), [2, 3, 7])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    heal(model, tokenizer, steps=2, target_modules=["q_proj", "v_proj"], rank=4, text="tinystories", window=WINDOW,
-         batch_size=BATCH, num_windows=4)
+    heal(
+        model,
+        tokenizer,
+        steps=2,
+        target_modules=["q_proj", "v_proj"],
+        rank=4,
+        text="tinystories",
+        window=WINDOW,
+        batch_size=BATCH,
+        num_windows=4,
+    )
     expected = {f"model.layers.{i}.self_attn.{m}_proj.weight" for i in range(7) for m in "qv"}
     assert changed_parameters(before, model) == expected
 
@@ -248,13 +286,22 @@ def test_a_peft_lora_config_heals_as_the_same_plain_settings_and_its_other_optio
         heal(model, tokenizer, steps=2, text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=4, **settings)
         healed[name] = (model.state_dict(), healing_records(model)[-1])
     same = ("rank", "alpha", "dropout", "target_modules", "num_trainable_parameters")
-    assert [healed["config"][1][k] for k in same] == [healed["plain"][1][k] for k in same] == [4, 8.0, 0.0, ["q_proj", "v_proj"], 7 * 4 * ((64 + 64) + (64 + 32))]  # q: 64 -> 64, v: 64 -> 32
+    assert (
+        [healed["config"][1][k] for k in same]
+        == [healed["plain"][1][k] for k in same]
+        == [4, 8.0, 0.0, ["q_proj", "v_proj"], 7 * 4 * ((64 + 64) + (64 + 32))]
+    )  # q: 64 -> 64, v: 64 -> 32
     assert all(torch.equal(healed["config"][0][k], v) for k, v in healed["plain"][0].items())  # the same run, bit for bit
     assert (healed["plain"][1]["lora_options"], healed["config"][1]["lora_options"], healed["rslora"][1]["lora_options"]) == (
-        None, {}, {"use_rslora": True})
+        None,
+        {},
+        {"use_rslora": True},
+    )
     # rsLoRA scales the update by alpha / sqrt(rank) instead of alpha / rank: another run
-    assert not torch.equal(healed["rslora"][0]["model.layers.0.self_attn.q_proj.weight"],
-                           healed["plain"][0]["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        healed["rslora"][0]["model.layers.0.self_attn.q_proj.weight"],
+        healed["plain"][0]["model.layers.0.self_attn.q_proj.weight"],
+    )
 
 
 def test_a_lora_argument_that_is_not_a_lora_config_is_a_type_error():
@@ -269,8 +316,16 @@ def test_training_reads_the_calibration_split_only(smollm2):
     heldout = {tuple(row.tolist()) for row in data.windows("heldout")}
     batches = Batches()
     model = prune_layers(tiny_llama(len(tokenizer)), [2])
-    heal(model, tokenizer, steps=4, text="tinystories", window=WINDOW, batch_size=BATCH, seed=3,
-         trainer_options={"callbacks": [batches]})
+    heal(
+        model,
+        tokenizer,
+        steps=4,
+        text="tinystories",
+        window=WINDOW,
+        batch_size=BATCH,
+        seed=3,
+        trainer_options={"callbacks": [batches]},
+    )
     trained = [tuple(row.tolist()) for row in batches.rows]
     assert len(trained) == 4 * BATCH and set(trained) <= calibration and not set(trained) & heldout
 
@@ -279,10 +334,92 @@ def test_a_healed_model_on_a_copy_leaves_the_original_alone(smollm2):
     _, tokenizer = smollm2
     model = prune_layers(tiny_llama(len(tokenizer)), [2])
     before = snapshot(model)
-    healed_copy = heal(model, tokenizer, steps=1, text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=2,
-                       inplace=False)
+    healed_copy = heal(
+        model, tokenizer, steps=1, text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=2, inplace=False
+    )
     assert healed_copy is not model and len(healing_records(healed_copy)) == 1
     assert_unchanged(model, before)
+
+
+# --------------------------------------------------------------------------- one settings object per task
+
+
+def test_the_settings_objects_heal_as_the_same_keywords_and_every_training_setting_is_recorded(smollm2):
+    from lorp_lightning.healing import HealingSettings, TrainingSettings
+
+    _, tokenizer = smollm2
+    by_keywords = prune_layers(tiny_llama(len(tokenizer)), [2])
+    by_settings = copy.deepcopy(by_keywords)
+    heal(
+        by_keywords,
+        tokenizer,
+        text="tinystories",
+        steps=2,
+        rank=4,
+        seed=3,
+        lr=2e-3,
+        weight_decay=0.01,
+        window=WINDOW,
+        batch_size=BATCH,
+        num_windows=2,
+    )
+    heal(
+        by_settings,
+        tokenizer,
+        text="tinystories",
+        settings=HealingSettings(rank=4, seed=3),
+        training=TrainingSettings(steps=2, lr=2e-3, weight_decay=0.01, window=WINDOW, batch_size=BATCH, num_windows=2),
+    )
+    [a], [b] = healing_records(by_keywords), healing_records(by_settings)
+    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    assert all(
+        torch.equal(x, y) for x, y in zip(by_keywords.state_dict().values(), by_settings.state_dict().values(), strict=True)
+    )
+    # the record holds every field of the training settings (steps as the steps done)
+    assert (
+        a["rank"],
+        a["seed"],
+        a["num_steps"],
+        a["lr"],
+        a["weight_decay"],
+        a["window"],
+        a["batch_size"],
+        a["num_windows"],
+        a["max_seconds"],
+    ) == (4, 3, 2, 2e-3, 0.01, WINDOW, BATCH, 2, None)
+
+
+def test_a_keyword_given_with_the_settings_replaces_the_settings_own():
+    from lorp_lightning.healing import DistillationSettings, HealingSettings
+
+    settings = HealingSettings(rank=4, seed=3, distillation=DistillationSettings("dense", temperature=2.0))
+    callback = LoRPHealCallback(rank=16, lm_weight=0.5, settings=settings)
+    assert callback.settings == HealingSettings(
+        rank=16, seed=3, distillation=DistillationSettings("dense", temperature=2.0, lm_weight=0.5)
+    )
+    assert LoRPHealCallback(settings=settings).settings is settings and callback.teacher == "dense"
+    assert LoRPHealCallback(mode="adjacent", settings=HealingSettings(rank=4)).settings == HealingSettings(mode="adjacent")
+
+
+def test_a_keyword_of_no_settings_object_is_a_type_error_naming_it(smollm2):
+    _, tokenizer = smollm2
+    with pytest.raises(TypeError, match="heal\\(\\) got an unexpected keyword argument 'rnak'"):
+        heal(prune_layers(tiny_llama(len(tokenizer)), [2]), tokenizer, rnak=4)
+
+
+def test_a_bad_setting_is_refused_when_the_settings_are_built_and_names_its_parameter():
+    from lorp_lightning import ParameterError
+    from lorp_lightning.healing import DistillationSettings, HealingSettings, TrainingSettings
+
+    for build, parameter in (
+        (lambda: HealingSettings(rank=0), "rank"),
+        (lambda: TrainingSettings(batch_size=0), "batch_size"),
+        (lambda: DistillationSettings("dense", temperature=0), "temperature"),
+        (lambda: HealingSettings(mode="adjacent", distillation=DistillationSettings("dense")), "teacher"),
+    ):
+        with pytest.raises(ParameterError) as error:
+            build()
+        assert error.value.parameter == parameter
 
 
 # --------------------------------------------------------------------------- the schedule and the time budget
@@ -301,6 +438,35 @@ class LearningRates(Callback):
         self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
+@pytest.mark.parametrize(
+    "warmup, first_two",
+    [
+        (0.2, [0.5e-3, 1e-3]),  # steps of progress 0.1 and 0.2: half way up the warm-up, then its top
+        (0.0, [1e-3 * (0.1 + 0.45 * (1 + math.cos(0.1 * math.pi))), 1e-3 * (0.1 + 0.45 * (1 + math.cos(0.2 * math.pi)))]),
+    ],
+)
+def test_the_warm_up_length_is_a_training_setting_read_by_the_schedule_recorded_and_a_flag(smollm2, warmup, first_two):
+    _, tokenizer = smollm2
+    model = prune_layers(tiny_llama(len(tokenizer)), [2])
+    rates = LearningRates()
+    heal(
+        model,
+        tokenizer,
+        steps=10,
+        warmup=warmup,
+        lr=1e-3,
+        text="tinystories",
+        window=16,
+        batch_size=1,
+        trainer_options={"callbacks": [rates]},
+    )
+    assert rates.rates[:2] == pytest.approx(first_two)
+    assert healing_records(model)[0]["warmup"] == warmup
+    from lorp_lightning.cli import build_parser
+
+    assert build_parser().parse_args(["heal", "DIR", "--warmup", "0.1"]).warmup == 0.1
+
+
 class FakeClock:
     """A ``time`` module whose clock advances by ``tick`` seconds at every reading, whatever the machine's speed."""
 
@@ -313,14 +479,23 @@ class FakeClock:
 
 
 def test_a_time_budget_stops_the_run_in_time_and_the_schedule_follows_the_time(smollm2, monkeypatch):
-    import lorp_lightning.healing.schedule as schedule
+    import lorp_lightning.callbacks.time_budget as time_budget
 
     _, tokenizer = smollm2
     model = prune_layers(tiny_llama(len(tokenizer)), [2])
     rates, clock = LearningRates(), FakeClock(tick=0.05)
-    monkeypatch.setattr(schedule, "time", clock)
-    heal(model, tokenizer, steps=100_000, max_seconds=5.0, lr=1e-3, text="tinystories", window=16, batch_size=1,
-         trainer_options={"callbacks": [rates]})
+    monkeypatch.setattr(time_budget, "time", clock)
+    heal(
+        model,
+        tokenizer,
+        steps=100_000,
+        max_seconds=5.0,
+        lr=1e-3,
+        text="tinystories",
+        window=16,
+        batch_size=1,
+        trainer_options={"callbacks": [rates]},
+    )
     [entry] = healing_records(model)
     # Each step reads the clock a fixed number of times, so it lasts a fixed share of the budget:
     # the run stops on the budget, long before its 100000 steps.
@@ -344,22 +519,22 @@ class _Trainer:
 
 
 def test_the_time_budget_stops_on_rank_0s_decision_and_keeps_its_clock_in_the_checkpoint(monkeypatch):
-    import lorp_lightning.healing.schedule as schedule
+    import lorp_lightning.callbacks.time_budget as time_budget
 
     clock = FakeClock(tick=1.0)
-    monkeypatch.setattr(schedule, "time", clock)
-    budget = schedule.TimeBudget(seconds=2.5)
-    budget.on_train_start(None, None)                      # t = 1
-    budget.on_train_batch_start(None, None, None, 0)       # t = 2
+    monkeypatch.setattr(time_budget, "time", clock)
+    budget = time_budget.TimeBudget(seconds=2.5)
+    budget.on_train_start(None, None)  # t = 1
+    budget.on_train_batch_start(None, None, None, 0)  # t = 2
     this_rank = _Trainer(rank0=False)
     budget.on_train_batch_end(this_rank, None, None, None, 0)  # t = 3: 2 s spent + a 1 s step > 2.5 s, but rank 0 says go on
     assert not this_rank.should_stop
     rank0 = _Trainer(rank0=True)
     budget.on_train_batch_end(rank0, None, None, None, 0)  # t = 4: the step (from t = 2) took 2 s
     assert rank0.should_stop
-    state = budget.state_dict()                            # t = 5: 4 s spent
+    state = budget.state_dict()  # t = 5: 4 s spent
     assert state == {"elapsed": 4.0, "longest_step": 2.0}
-    resumed = schedule.TimeBudget(seconds=2.5)
+    resumed = time_budget.TimeBudget(seconds=2.5)
     resumed.load_state_dict(state)
     assert resumed.elapsed() == 4.0 and resumed.share() == 4.0 / 2.5  # before the resumed run starts: the time already spent
 
@@ -383,8 +558,11 @@ def test_the_time_budget_stops_on_rank_0s_decision_and_keeps_its_clock_in_the_ch
         ({"text": "ptb"}, "text='ptb' is neither a bundled text"),
         ({"trainer_options": {"max_steps": 9}}, "trainer_options may not set 'max_steps'"),
         ({"max_seconds": 0}, "max_seconds must be a number of seconds > 0, or None, got max_seconds=0"),
-        ({"lora": LoraConfig(r=4), "rank": 4}, "pass the LoRA settings either as lora=LoraConfig(...) or as rank, alpha, "
-                                               "dropout and target_modules, not both: got lora and rank=4"),
+        (
+            {"lora": LoraConfig(r=4), "rank": 4},
+            "pass the LoRA settings either as lora=LoraConfig(...) or as rank, alpha, "
+            "dropout and target_modules, not both: got lora and rank=4",
+        ),
         ({"lora": LoraConfig(modules_to_save=["lm_head"])}, "lora.modules_to_save=['lm_head'] is not supported by healing"),
         ({"lora": LoraConfig(bias="all")}, "lora.bias='all' is not supported by healing"),
         ({"lora": LoraConfig(inference_mode=True)}, "lora.inference_mode=True is not supported by healing, which trains"),
@@ -441,8 +619,13 @@ def test_prune_with_validate_then_heal_with_fit_trains_the_adapters_only_and_mer
     data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=8, num_eval_windows=2, batch_size=BATCH)
     optimized = Optimized()
     heal_callback = LoRPHealCallback(rank=4, verbose=False)
-    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0,
-                            callbacks=[LoRPPruneCallback(2, method="lorp", verbose=False), heal_callback, optimized])
+    trainer = quiet_trainer(
+        tmp_path,
+        max_steps=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[LoRPPruneCallback(2, method="lorp", verbose=False), heal_callback, optimized],
+    )
     trainer.validate(module, datamodule=data, verbose=False)
     assert len(decoder_layers(module.model)) == 8 and not heal_callback.healing
     trainer.fit(module, datamodule=data)
@@ -453,7 +636,9 @@ def test_prune_with_validate_then_heal_with_fit_trains_the_adapters_only_and_mer
     assert entry["num_steps"] == 3 and entry["rank"] == 4 and heal_callback.records == [entry]
     # the callback keeps the loss of every step; the record, the first and the last tenth's means
     assert len(heal_callback.losses) == 3 and (heal_callback.losses[0], heal_callback.losses[-1]) == (
-        entry["initial_loss"], entry["final_loss"])
+        entry["initial_loss"],
+        entry["final_loss"],
+    )
 
 
 def test_pruning_in_the_middle_of_fit_starts_the_healing_right_after_it(smollm2, tmp_path):
@@ -461,8 +646,14 @@ def test_pruning_in_the_middle_of_fit_starts_the_healing_right_after_it(smollm2,
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3)
     data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=8, num_eval_windows=2, batch_size=BATCH)
     optimized = Optimized()
-    trainer = quiet_trainer(tmp_path, max_steps=4, val_check_interval=2, limit_val_batches=1, num_sanity_val_steps=0,
-                            callbacks=[LoRPPruneCallback(2, method="lorp", verbose=False), LoRPHealCallback(verbose=False), optimized])
+    trainer = quiet_trainer(
+        tmp_path,
+        max_steps=4,
+        val_check_interval=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[LoRPPruneCallback(2, method="lorp", verbose=False), LoRPHealCallback(verbose=False), optimized],
+    )
     trainer.fit(module, datamodule=data)
     dense = {n for n, _ in tiny_llama(len(tokenizer)).named_parameters()}
     assert optimized.names[0] == optimized.names[1] == dense  # steps 1-2: the dense model, before pruning
@@ -559,8 +750,11 @@ def fingerprint(model) -> dict:
 
 def mean_kl(student, teacher, windows: torch.Tensor) -> float:
     with torch.no_grad():
-        return float(distillation_loss(student(input_ids=windows, use_cache=False).logits,
-                                       teacher(input_ids=windows, use_cache=False).logits))
+        return float(
+            distillation_loss(
+                student(input_ids=windows, use_cache=False).logits, teacher(input_ids=windows, use_cache=False).logits
+            )
+        )
 
 
 @pytest.fixture(scope="module")
@@ -572,10 +766,28 @@ def distilled(smollm2):
     before = copy.deepcopy(pruned)
     training = TextDataModule("wiki", tokenizer, window=WINDOW, num_calibration_windows=8, seed=SEED).windows("calibration")
     probe = Probe(training[:2])
-    result = heal(pruned, tokenizer, steps=STEPS, text="wiki", window=WINDOW, batch_size=BATCH, num_windows=8, seed=SEED,
-                  teacher=model, teacher_tokenizer=tokenizer, trainer_options={"callbacks": [probe]})
-    return {"before": before, "model": result, "teacher": model, "teacher_before": teacher_before, "probe": probe,
-            "training": training, "tokenizer": tokenizer}
+    result = heal(
+        pruned,
+        tokenizer,
+        steps=STEPS,
+        text="wiki",
+        window=WINDOW,
+        batch_size=BATCH,
+        num_windows=8,
+        seed=SEED,
+        teacher=model,
+        teacher_tokenizer=tokenizer,
+        trainer_options={"callbacks": [probe]},
+    )
+    return {
+        "before": before,
+        "model": result,
+        "teacher": model,
+        "teacher_before": teacher_before,
+        "probe": probe,
+        "training": training,
+        "tokenizer": tokenizer,
+    }
 
 
 def test_distillation_lowers_the_kl_to_the_dense_model(distilled):
@@ -603,9 +815,15 @@ def test_the_teacher_is_left_as_it_was(distilled):
 def test_the_healing_record_says_distillation_and_the_distilled_model_saves_and_reloads(distilled, tmp_path):
     model = distilled["model"]
     [entry] = healing_records(model)
-    assert entry["distillation"] == {"teacher": distilled["teacher"].config._name_or_path, "shared_weights": False,
-                                     "teacher_dtype": "float32", "teacher_num_layers": 30, "loss": "kl(teacher||student)",
-                                     "temperature": 1.0, "lm_weight": 0.0}
+    assert entry["distillation"] == {
+        "teacher": distilled["teacher"].config._name_or_path,
+        "shared_weights": False,
+        "teacher_dtype": "float32",
+        "teacher_num_layers": 30,
+        "loss": "kl(teacher||student)",
+        "temperature": 1.0,
+        "lm_weight": 0.0,
+    }
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
     assert type(reloaded) is LlamaForCausalLM and reloaded.config.lorp_pruning == pruning_record(model)
@@ -642,8 +860,13 @@ def test_the_dense_teacher_of_the_callback_is_the_unpruned_model_without_a_copy_
     data = TextDataModule("tinystories", window=WINDOW, num_calibration_windows=8, num_eval_windows=2, batch_size=BATCH)
     heal_callback = LoRPHealCallback(rank=4, verbose=False, teacher="dense")
     probe = TeacherProbe(heal_callback)
-    trainer = quiet_trainer(tmp_path, max_steps=3, limit_val_batches=1, num_sanity_val_steps=0,
-                            callbacks=[LoRPPruneCallback(2, method="lorp", verbose=False), heal_callback, probe])
+    trainer = quiet_trainer(
+        tmp_path,
+        max_steps=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[LoRPPruneCallback(2, method="lorp", verbose=False), heal_callback, probe],
+    )
     trainer.validate(module, datamodule=data, verbose=False)
     kept_aside = heal_callback._dense
     assert kept_aside.num_layers == 10 and len(decoder_layers(module.model)) == 8
@@ -723,10 +946,18 @@ def other_tokenizer(tokenizer):
 @pytest.mark.parametrize(
     "make_teacher, kwargs, error, message",
     [
-        (lambda student, tok: tiny_llama(len(tok) + 8), {}, ValueError,
-         r"the teacher's logits have 49160 entries \(its vocabulary\), the student's 49152"),
-        (lambda student, tok: tiny_llama(len(tok)), {"teacher_tokenizer": "other"}, ValueError,
-         r"the teacher's tokenizer is not the student's \(49153 and 49152 tokens; the teacher's maps '<lorp-extra>' to 49152"),
+        (
+            lambda student, tok: tiny_llama(len(tok) + 8),
+            {},
+            ValueError,
+            r"the teacher's logits have 49160 entries \(its vocabulary\), the student's 49152",
+        ),
+        (
+            lambda student, tok: tiny_llama(len(tok)),
+            {"teacher_tokenizer": "other"},
+            ValueError,
+            r"the teacher's tokenizer is not the student's \(49153 and 49152 tokens; the teacher's maps '<lorp-extra>' to 49152",
+        ),
         (lambda student, tok: student, {}, ValueError, r"teacher is the student itself"),
         (lambda student, tok: copy.copy(student), {}, ValueError, r"the teacher shares \d+ parameters with the student"),
         (lambda student, tok: tiny_llama_on_meta(len(tok)), {}, ValueError, r"the teacher has weights on the meta device"),
@@ -734,12 +965,24 @@ def other_tokenizer(tokenizer):
         (lambda student, tok: "smollm2-135m", {}, ValueError, r"teacher must be a causal LM, 'dense' .* load it first"),
         (lambda student, tok: 42, {}, TypeError, r"teacher must be a causal LM \(nn.Module\), 'dense' or None, got int"),
         (lambda student, tok: tiny_llama(len(tok)), {"lm_weight": 2}, ValueError, r"lm_weight must be a number in \[0, 1\]"),
-        (lambda student, tok: None, {"temperature": 2.0}, ValueError,
-         r"temperature applies only to distillation, got temperature=2.0 without a teacher"),
-        (lambda student, tok: None, {"teacher_name": "dense-smollm2"}, ValueError,
-         r"teacher_name applies only to distillation, got teacher_name='dense-smollm2' without a teacher"),
-        (lambda student, tok: tiny_llama(len(tok)), {"teacher_name": ""}, ValueError,
-         r"teacher_name must be a non-empty str or None, got teacher_name=''"),
+        (
+            lambda student, tok: None,
+            {"temperature": 2.0},
+            ValueError,
+            r"temperature applies only to distillation, got temperature=2.0 without a teacher",
+        ),
+        (
+            lambda student, tok: None,
+            {"teacher_name": "dense-smollm2"},
+            ValueError,
+            r"teacher_name applies only to distillation, got teacher_name='dense-smollm2' without a teacher",
+        ),
+        (
+            lambda student, tok: tiny_llama(len(tok)),
+            {"teacher_name": ""},
+            ValueError,
+            r"teacher_name must be a non-empty str or None, got teacher_name=''",
+        ),
     ],
 )
 def test_bad_teachers_are_refused_before_training_and_leave_the_model_as_it_was(smollm2, make_teacher, kwargs, error, message):
@@ -749,8 +992,17 @@ def test_bad_teachers_are_refused_before_training_and_leave_the_model_as_it_was(
     if kwargs.get("teacher_tokenizer") == "other":
         kwargs = {**kwargs, "teacher_tokenizer": other_tokenizer(tokenizer)}
     with pytest.raises(error, match=message):
-        heal(model, tokenizer, steps=1, text="tinystories", window=WINDOW, batch_size=BATCH, num_windows=2,
-             teacher=make_teacher(model, tokenizer), **kwargs)
+        heal(
+            model,
+            tokenizer,
+            steps=1,
+            text="tinystories",
+            window=WINDOW,
+            batch_size=BATCH,
+            num_windows=2,
+            teacher=make_teacher(model, tokenizer),
+            **kwargs,
+        )
     assert_unchanged(model, before)
 
 
@@ -762,8 +1014,11 @@ def tiny_llama_on_meta(vocab_size: int) -> LlamaForCausalLM:
 def test_a_teacher_on_another_device_is_refused_with_the_call_that_moves_it(smollm2):
     _, tokenizer = smollm2
     student, teacher = prune_layers(tiny_llama(len(tokenizer)), [2]), tiny_llama(len(tokenizer))
-    with pytest.raises(ValueError, match=r"the teacher is on cpu, the student on cuda:0: the teacher is not moved for you "
-                                         r".* teacher.to\('cuda:0'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"the teacher is on cpu, the student on cuda:0: the teacher is not moved for you "
+        r".* teacher.to\('cuda:0'\)",
+    ):
         check_teacher(student, teacher, device="cuda:0")
     assert {p.device.type for p in teacher.parameters()} == {"cpu"}
     check_teacher(student, teacher)  # on the student's device: accepted
@@ -791,14 +1046,21 @@ def pruned_dir(smollm2, tmp_path_factory):
 
 def test_lorp_heal_with_a_teacher_distils_and_says_so_in_the_report_and_the_config(pruned_dir, tmp_path, capsys):
     out = tmp_path / "healed"
-    assert main(["heal", str(pruned_dir), "--teacher", "smollm2-135m", "--lm-weight", "0.25", *HEAL_SMALL,
-                 "--out", str(out)]) == 0
+    assert (
+        main(["heal", str(pruned_dir), "--teacher", "smollm2-135m", "--lm-weight", "0.25", *HEAL_SMALL, "--out", str(out)]) == 0
+    )
     report = json.loads((out / "report.json").read_text())
     record = report["healing"]
     assert report["teacher"] == "smollm2-135m" and record["num_steps"] == 2
-    assert record["distillation"] == {"teacher": "smollm2-135m", "shared_weights": False, "teacher_dtype": report["dtype"],
-                                      "teacher_num_layers": 30, "loss": "kl(teacher||student)", "temperature": 1.0,
-                                      "lm_weight": 0.25}
+    assert record["distillation"] == {
+        "teacher": "smollm2-135m",
+        "shared_weights": False,
+        "teacher_dtype": report["dtype"],
+        "teacher_num_layers": 30,
+        "loss": "kl(teacher||student)",
+        "temperature": 1.0,
+        "lm_weight": 0.25,
+    }
     assert report["evaluation"]["perplexity_after"] < report["evaluation"]["perplexity_before"]
     assert json.loads((out / "config.json").read_text())["lorp_pruning"]["healing"] == [record]
     assert "healed for 2 steps by distillation from smollm2-135m (LoRA rank 8" in capsys.readouterr().out
@@ -806,9 +1068,35 @@ def test_lorp_heal_with_a_teacher_distils_and_says_so_in_the_report_and_the_conf
 
 def test_lorp_prune_with_distill_heals_from_the_dense_model_it_pruned(tmp_path, capsys):
     out = tmp_path / "pruned"
-    code = main(["prune", "--amount", "3", "--method", "last", "--heal-steps", "1", "--distill", "--out", str(out),
-                 "--windows", "2", "--window", "64", "--batch-size", "2", "--quiet", "--eval-windows", "1",
-                 "--speed-repeats", "1", "--prompt-tokens", "16", "--new-tokens", "2"])
+    code = main(
+        [
+            "prune",
+            "--amount",
+            "3",
+            "--method",
+            "last",
+            "--heal-steps",
+            "1",
+            "--distill",
+            "--out",
+            str(out),
+            "--windows",
+            "2",
+            "--window",
+            "64",
+            "--batch-size",
+            "2",
+            "--quiet",
+            "--eval-windows",
+            "1",
+            "--speed-repeats",
+            "1",
+            "--prompt-tokens",
+            "16",
+            "--new-tokens",
+            "2",
+        ]
+    )
     assert code == 0
     healing = json.loads((out / "report.json").read_text())["healing"]
     assert healing["record"]["distillation"]["teacher"] == "smollm2-135m" and len(healing["losses"]) == 1
@@ -830,13 +1118,17 @@ def other_vocabulary_dir(smollm2, tmp_path_factory):
     "command, message",
     [
         (["heal", "PRUNED", "--teacher", "OTHER"], "--teacher OTHER: the teacher's logits have 49160 entries"),
-        (["heal", "PRUNED", "--lm-weight", "0.5"], "--lm-weight 0.5 mixes the next-token loss into distillation; it needs --teacher"),
+        (["heal", "PRUNED", "--lm-weight", "0.5"], "--lm-weight 0.5 is a setting of distillation; it needs --teacher MODEL"),
         (["prune", "--distill"], "--distill heals by distillation from the dense model, which needs --heal-steps N"),
-        (["prune", "--heal-steps", "1", "--lm-weight", "0.5"], "--lm-weight 0.5 mixes the next-token loss into distillation; it needs --distill"),
+        (
+            ["prune", "--heal-steps", "1", "--lm-weight", "0.5"],
+            "--lm-weight 0.5 mixes the next-token loss into distillation; it needs --distill",
+        ),
     ],
 )
-def test_bad_distillation_arguments_end_with_one_clear_line_and_write_nothing(pruned_dir, other_vocabulary_dir, tmp_path,
-                                                                               capsys, command, message):
+def test_bad_distillation_arguments_end_with_one_clear_line_and_write_nothing(
+    pruned_dir, other_vocabulary_dir, tmp_path, capsys, command, message
+):
     out = tmp_path / "out"
     names = {"PRUNED": str(pruned_dir), "OTHER": str(other_vocabulary_dir)}
     argv = [names.get(a, a) for a in command] + ["--quiet", "--out", str(out)]

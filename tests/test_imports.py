@@ -34,7 +34,7 @@ def test_the_package_names_are_still_there():
     assert lorp_lightning.healing.__name__ == "lorp_lightning.healing"  # submodules stay reachable as attributes
     # the package's ``heal`` is the function; the healing package is ``healing``, its callback one of the callbacks
     from lorp_lightning.callbacks.heal import LoRPHealCallback
-    from lorp_lightning.healing.run import heal
+    from lorp_lightning.recipes.heal import heal
 
     assert lorp_lightning.heal is heal and lorp_lightning.healing.heal is heal
     assert lorp_lightning.LoRPHealCallback is LoRPHealCallback is lorp_lightning.healing.LoRPHealCallback

@@ -11,8 +11,15 @@ from lorp_lightning._io import OutputDirectory, to_json, write_json, write_jsonl
 
 
 def test_non_finite_floats_are_null_and_scalars_plain():
-    value = {"ppl": math.inf, "stderr": float("nan"), "low": -math.inf, "steps": np.int64(3), "loss": torch.tensor(2.5),
-             "pair": (1, np.float32(0.5)), 7: "seven"}
+    value = {
+        "ppl": math.inf,
+        "stderr": float("nan"),
+        "low": -math.inf,
+        "steps": np.int64(3),
+        "loss": torch.tensor(2.5),
+        "pair": (1, np.float32(0.5)),
+        7: "seven",
+    }
     text = to_json(value)
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"ppl": None, "stderr": None, "low": None, "steps": 3, "loss": 2.5, "pair": [1, 0.5], "7": "seven"}

@@ -154,7 +154,9 @@ def test_prune_callback_rejects_an_unknown_prune_on_and_lists_the_choices():
 
 
 def test_prune_callback_rejects_an_unknown_method_and_lists_the_methods():
-    with pytest.raises(ValueError, match=r"method must be one of 'lorp_search', 'lorp', .*'last' or a callable, got method='magic'"):
+    with pytest.raises(
+        ValueError, match=r"method must be one of 'lorp_search', 'lorp', .*'last' or a callable, got method='magic'"
+    ):
         LoRPPruneCallback(0.25, method="magic")
 
 
@@ -164,7 +166,7 @@ def test_prune_callback_rejects_an_unknown_method_and_lists_the_methods():
         (dict(num_clusters=3, method="shortgpt"), "num_clusters applies only to method='lorp'"),
         (dict(num_clusters=0), "num_clusters=0"),
         (dict(protect="0"), "protect='0'"),
-        (dict(protect=[0, -1]), "protect=(0, -1)"),
+        (dict(protect=[0, -1]), "protect holds -1, which is not a block index"),
         (dict(seed=-1), "seed=-1"),
         (dict(compensate="yes"), "compensate='yes'"),
         (dict(rounds=0), "rounds must be a positive int, got rounds=0"),
@@ -197,8 +199,11 @@ def test_module_rejects_what_is_not_a_model_or_a_name():
 def test_a_model_object_keeps_its_own_dtype_and_another_is_refused(tokenizer):
     model = tiny_llama(len(tokenizer))
     assert LoRPModule(model, tokenizer, dtype=torch.float32).model.dtype == torch.float32  # its own: accepted
-    with pytest.raises(ValueError, match=r"dtype=torch.bfloat16 applies only to a model loaded by name or path; "
-                                         r"a model object keeps its own dtype \(torch.float32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dtype=torch.bfloat16 applies only to a model loaded by name or path; "
+        r"a model object keeps its own dtype \(torch.float32\)",
+    ):
         LoRPModule(model, tokenizer, dtype=torch.bfloat16)
     assert model.dtype == torch.float32
 
@@ -295,9 +300,7 @@ def test_training_step_is_the_causal_lm_loss_and_padding_is_not_predicted(tokeni
     assert module.model is model
 
 
-def test_validate_and_test_log_the_heldout_perplexity_with_the_module_tokenizer_when_the_datamodule_has_none(
-    tokenizer, tmp_path
-):
+def test_validate_and_test_log_the_heldout_perplexity_with_the_module_tokenizer_when_the_datamodule_has_none(tokenizer, tmp_path):
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer)
     dm = TextDataModule("tinystories", window=64, num_eval_windows=2, batch_size=2)
     trainer = make_trainer(tmp_path)
@@ -417,9 +420,7 @@ def test_fit_prunes_at_fit_end_from_the_statistics_of_the_last_validation(smollm
     module = LoRPModule(copy.deepcopy(model), tokenizer, lr=1e-4)
     dm = wiki(tokenizer)
     record, callback = Record(snapshot=True), LoRPPruneCallback(0.25, method="lorp", prune_on="fit_end")
-    trainer = make_trainer(
-        tmp_path, callbacks=[record, callback], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0
-    )
+    trainer = make_trainer(tmp_path, callbacks=[record, callback], max_epochs=1, limit_train_batches=1, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
 
     trained = record.snapshot  # the trained model as it was at the end of training, before the pruning
@@ -539,7 +540,7 @@ def test_prune_on_predict_end_prunes_from_the_calibration_windows(tokenizer, tmp
 
 
 def test_lorp_checked_prunes_from_the_statistics_and_the_first_eight_calibration_windows(tokenizer, tmp_path):
-    from lorp_lightning.checked import select_checked
+    from lorp_lightning.methods import select_checked
 
     model = tiny_llama(len(tokenizer))
     module = LoRPModule(copy.deepcopy(model), tokenizer)
@@ -671,3 +672,17 @@ def test_more_rounds_than_blocks_to_prune_is_refused_at_setup_before_any_batch(t
     with pytest.raises(ValueError, match=r"rounds=3 exceeds the 2 blocks amount=2 prunes; pass at most 2"):
         make_trainer(tmp_path, callbacks=[callback]).predict(module, datamodule=stories(tokenizer))
     assert callback.stats is None and len(decoder_layers(module.model)) == 8
+
+
+def test_the_prune_callback_takes_its_settings_whole_or_as_arguments_which_replace_their_own():
+    from lorp_lightning.methods import PruneSettings
+
+    settings = PruneSettings(2, method="shortgpt", seed=1, protect=(0,))
+    assert LoRPPruneCallback(settings=settings).settings is settings
+    assert LoRPPruneCallback(2, method="shortgpt", seed=1, protect=[0]).settings == settings
+    callback = LoRPPruneCallback(3, settings=settings)
+    assert (callback.amount, callback.method, callback.seed, callback.protect) == (3, "shortgpt", 1, (0,))
+    scheduled = LoRPPruneCallback([(0, 1), (4, 2)], settings=settings)
+    assert scheduled.settings.amount is None and scheduled.amount == [(0, 1), (4, 2)]
+    with pytest.raises(TypeError, match="needs an amount"):
+        LoRPPruneCallback()

@@ -45,14 +45,21 @@ def test_per_window_gives_each_windows_own_mean():
     per_window = next_token_loss(logits, ids, per_window=True)
     assert per_window.shape == (3,) and per_window.dtype == torch.float32
     for i in range(3):
-        assert per_window[i].item() == next_token_loss(logits[i:i + 1], ids[i:i + 1]).item()
+        assert per_window[i].item() == next_token_loss(logits[i : i + 1], ids[i : i + 1]).item()
     torch.testing.assert_close(per_window.mean(), next_token_loss(logits, ids))
 
 
 def test_it_is_hugging_faces_causal_lm_loss_and_the_log_of_the_perplexity():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(config).eval()
     ids = torch.randint(0, 64, (2, 16))
     mask = torch.ones_like(ids)
@@ -62,14 +69,16 @@ def test_it_is_hugging_faces_causal_lm_loss_and_the_log_of_the_perplexity():
     torch.testing.assert_close(next_token_loss(output.logits, causal_lm_labels(ids, mask)), output.loss)
     # the tools built on the rule agree with it: the calibration loss is the mean of the windows' own losses
     with torch.no_grad():
-        windows = [next_token_loss(model(input_ids=ids[i:i + 1]).logits, ids[i:i + 1]).item() for i in range(2)]
+        windows = [next_token_loss(model(input_ids=ids[i : i + 1]).logits, ids[i : i + 1]).item() for i in range(2)]
     assert calibration_loss(model, ids) == pytest.approx(sum(windows) / 2, rel=1e-6)
     with torch.no_grad():
         full = next_token_loss(model(input_ids=ids).logits, ids)
     assert math.log(perplexity(model, ids, batch_size=2)) == pytest.approx(full.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize(("logits_shape", "labels_shape"), [((2, 5), (2, 5)), ((2, 6, 3), (2, 5)), ((2, 1, 3), (2, 5)), ((1, 5, 3), (2, 5))])
+@pytest.mark.parametrize(
+    ("logits_shape", "labels_shape"), [((2, 5), (2, 5)), ((2, 6, 3), (2, 5)), ((2, 1, 3), (2, 5)), ((1, 5, 3), (2, 5))]
+)
 def test_logits_that_do_not_fit_the_labels_are_refused_with_both_shapes(logits_shape, labels_shape):
     with pytest.raises(ValueError, match=r"logits must be \(batch, L, vocabulary\) for the last L of the \(batch, T\) labels"):
         next_token_pairs(torch.zeros(logits_shape), torch.zeros(labels_shape, dtype=torch.long))

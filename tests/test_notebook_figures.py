@@ -12,26 +12,32 @@ figures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(figures)
 
 
-@pytest.mark.parametrize("stored, computed", [
-    ("Gemma 3          RLS 1.129  ->  K 2", "Gemma 3          RLS 1.128  ->  K 2"),  # the last digit of a rounding
-    ("dense        12.6", "dense        12.7"),
-    ("lorp    6.51e+03", "lorp     6.5e+03"),  # another width: the runs of spaces count as one
-    ("[4, 5, 6, 17]; RLS 0.672, K 4", "[4, 5, 6, 17]; RLS 0.674, K 4"),
-])
+@pytest.mark.parametrize(
+    "stored, computed",
+    [
+        ("Gemma 3          RLS 1.129  ->  K 2", "Gemma 3          RLS 1.128  ->  K 2"),  # the last digit of a rounding
+        ("dense        12.6", "dense        12.7"),
+        ("lorp    6.51e+03", "lorp     6.5e+03"),  # another width: the runs of spaces count as one
+        ("[4, 5, 6, 17]; RLS 0.672, K 4", "[4, 5, 6, 17]; RLS 0.674, K 4"),
+    ],
+)
 def test_figures_that_differ_within_the_tolerance_agree(stored, computed):
     assert figures.outputs_agree(stored, computed)
 
 
-@pytest.mark.parametrize("stored, computed", [
-    ("lorp: prune 7 of 30 blocks [4, 5, 6, 17]", "lorp: prune 7 of 30 blocks [4, 5, 6, 19]"),  # a plan: integers exactly
-    ("SmolLM2 (llama)  0:c0  1-10:c1  11-24:c2", "SmolLM2 (llama)  0:c0  1-9:c1  10-24:c2"),  # cluster runs
-    ("RLS 0.668  ->  K 4", "RLS 0.668  ->  K 3"),
-    ("RLS 0.668", "RLS 0.720"),  # 7.2% apart
-    ("healed is better than pruned: True", "healed is better than pruned: False"),
-    ("ppl 28.0", "ppl 28"),  # a figure printed as an integer is another output
-    ("ppl 28.0", "ppl 28.0 and more"),
-    ("qwen2.5-0.5b", "qwen2.6-0.5b"),  # digits inside a word are text
-])
+@pytest.mark.parametrize(
+    "stored, computed",
+    [
+        ("lorp: prune 7 of 30 blocks [4, 5, 6, 17]", "lorp: prune 7 of 30 blocks [4, 5, 6, 19]"),  # a plan: integers exactly
+        ("SmolLM2 (llama)  0:c0  1-10:c1  11-24:c2", "SmolLM2 (llama)  0:c0  1-9:c1  10-24:c2"),  # cluster runs
+        ("RLS 0.668  ->  K 4", "RLS 0.668  ->  K 3"),
+        ("RLS 0.668", "RLS 0.720"),  # 7.2% apart
+        ("healed is better than pruned: True", "healed is better than pruned: False"),
+        ("ppl 28.0", "ppl 28"),  # a figure printed as an integer is another output
+        ("ppl 28.0", "ppl 28.0 and more"),
+        ("qwen2.5-0.5b", "qwen2.6-0.5b"),  # digits inside a word are text
+    ],
+)
 def test_a_changed_plan_count_or_word_fails_and_so_does_a_figure_beyond_the_tolerance(stored, computed):
     assert not figures.outputs_agree(stored, computed)
 

@@ -14,18 +14,31 @@ from lorp_lightning import precision
 from lorp_lightning.precision import BF16_MIN_SPEEDUP, DtypeChoice, choose_dtype
 
 
-@pytest.mark.parametrize("requested, expected", [
-    (torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
-    ("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16),
-])
+@pytest.mark.parametrize(
+    "requested, expected",
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float16, torch.float16),
+        ("float32", torch.float32),
+        ("bfloat16", torch.bfloat16),
+        ("float16", torch.float16),
+    ],
+)
 def test_an_explicit_dtype_is_taken_as_it_is_without_a_probe(requested, expected, monkeypatch):
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: pytest.fail("an explicit dtype must not run the probe"))
     assert choose_dtype(requested) == DtypeChoice(expected, "requested")
 
 
-@pytest.mark.parametrize("speedup, expected", [
-    (3.0, torch.bfloat16), (BF16_MIN_SPEEDUP, torch.bfloat16), (1.3, torch.float32), (0.2, torch.float32),
-])
+@pytest.mark.parametrize(
+    "speedup, expected",
+    [
+        (3.0, torch.bfloat16),
+        (BF16_MIN_SPEEDUP, torch.bfloat16),
+        (1.3, torch.float32),
+        (0.2, torch.float32),
+    ],
+)
 def test_auto_on_a_cpu_takes_bf16_only_where_it_is_clearly_faster(speedup, expected, monkeypatch):
     monkeypatch.delenv("LORP_DTYPE", raising=False)
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
@@ -44,7 +57,9 @@ def test_the_lorp_dtype_variable_decides_what_auto_means_but_not_an_explicit_dty
 
 def test_a_bad_lorp_dtype_variable_names_the_variable_and_its_value(monkeypatch):
     monkeypatch.setenv("LORP_DTYPE", "fp32")
-    with pytest.raises(ValueError, match=re.escape("LORP_DTYPE must be one of float32, bfloat16, float16 (or unset), got LORP_DTYPE='fp32'")):
+    with pytest.raises(
+        ValueError, match=re.escape("LORP_DTYPE must be one of float32, bfloat16, float16 (or unset), got LORP_DTYPE='fp32'")
+    ):
         choose_dtype("auto")
 
 
@@ -73,10 +88,16 @@ def test_on_the_avx2_kernel_path_auto_chooses_float32():
     assert line.startswith("dtype: float32 (auto: this CPU has no native bf16 (bf16 matrix products run "), line
 
 
-@pytest.mark.parametrize("checkpoint, bf16_supported, expected", [
-    (torch.bfloat16, True, torch.bfloat16), (torch.bfloat16, False, torch.float16),
-    (torch.float16, False, torch.float16), (torch.float32, True, torch.float32), (None, True, torch.float32),
-])
+@pytest.mark.parametrize(
+    "checkpoint, bf16_supported, expected",
+    [
+        (torch.bfloat16, True, torch.bfloat16),
+        (torch.bfloat16, False, torch.float16),
+        (torch.float16, False, torch.float16),
+        (torch.float32, True, torch.float32),
+        (None, True, torch.float32),
+    ],
+)
 def test_auto_on_a_gpu_keeps_the_checkpoints_dtype_where_the_gpu_supports_it(checkpoint, bf16_supported, expected, monkeypatch):
     monkeypatch.delenv("LORP_DTYPE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)

@@ -29,8 +29,9 @@ WINDOWS = torch.randint(3, VOCAB - 3, (4, 16), generator=torch.Generator().manua
 # --------------------------------------------------------------------------- the mathematics
 
 
-@pytest.mark.parametrize("num_prune, rounds, sizes", [(7, 3, [3, 2, 2]), (6, 3, [2, 2, 2]), (4, 4, [1, 1, 1, 1]),
-                                                      (5, 1, [5]), (3, 2, [2, 1])])
+@pytest.mark.parametrize(
+    "num_prune, rounds, sizes", [(7, 3, [3, 2, 2]), (6, 3, [2, 2, 2]), (4, 4, [1, 1, 1, 1]), (5, 1, [5]), (3, 2, [2, 1])]
+)
 def test_the_budget_is_split_as_evenly_as_possible_the_larger_parts_first(num_prune, rounds, sizes):
     assert round_sizes(num_prune, rounds) == sizes
 
@@ -161,10 +162,21 @@ def test_the_cost_of_the_rounds_adds_each_rounds_checks_and_the_statistics_colle
 def test_shared_checks_serve_the_first_round_and_the_later_rounds_check_windows_of_the_same_shape(chosen):
     model, stats, _, _ = chosen
     shared = PlanLoss(model, WINDOWS[:2, :12], score_last=None)
-    plan = select_layers(stats, 3, method="lorp_search", model=model, windows=WINDOWS, compensate=True, rounds=2,
-                         shared_checks=shared)
-    alone = select_layers(stats, 3, method="lorp_search", model=model, windows=WINDOWS, compensate=True, rounds=2,
-                          check_windows=2, check_tokens=12, score_last=None)
+    plan = select_layers(
+        stats, 3, method="lorp_search", model=model, windows=WINDOWS, compensate=True, rounds=2, shared_checks=shared
+    )
+    alone = select_layers(
+        stats,
+        3,
+        method="lorp_search",
+        model=model,
+        windows=WINDOWS,
+        compensate=True,
+        rounds=2,
+        check_windows=2,
+        check_tokens=12,
+        score_last=None,
+    )
     assert plan.rounds == alone.rounds and plan == alone  # every round's tried losses too
 
 
@@ -192,12 +204,15 @@ def test_a_statistics_method_in_rounds_reads_statistics_collected_again():
     assert plan.cost["statistics_windows"] == 8
 
 
-@pytest.mark.parametrize("rounds, message", [
-    (0, r"rounds must be a positive int, got rounds=0"),
-    (1.5, r"rounds must be a positive int, got rounds=1.5"),
-    (True, r"rounds must be a positive int, got rounds=True"),
-    (4, r"rounds must be between 1 and the 3 blocks to prune, got rounds=4"),
-])
+@pytest.mark.parametrize(
+    "rounds, message",
+    [
+        (0, r"rounds must be a positive int, got rounds=0"),
+        (1.5, r"rounds must be a positive int, got rounds=1.5"),
+        (True, r"rounds must be a positive int, got rounds=True"),
+        (4, r"rounds must be between 1 and the 3 blocks to prune, got rounds=4"),
+    ],
+)
 def test_bad_rounds_are_refused_by_name_before_any_work(chosen, rounds, message):
     model, stats, _, _ = chosen
     with pytest.raises(ValueError, match=message):
@@ -206,5 +221,7 @@ def test_bad_rounds_are_refused_by_name_before_any_work(chosen, rounds, message)
 
 def test_rounds_need_the_model_and_the_calibration_windows(chosen):
     _, stats, _, _ = chosen
-    with pytest.raises(ValueError, match=r"rounds=2 collects the statistics again on the partly pruned model: pass model= and windows="):
+    with pytest.raises(
+        ValueError, match=r"rounds=2 collects the statistics again on the partly pruned model: pass model= and windows="
+    ):
         select_layers(stats, 3, method="shortgpt", rounds=2)

@@ -39,25 +39,34 @@ def test_a_callable_schedule_is_asked_with_the_epoch_and_may_say_nothing_yet():
     assert schedule.blocks(8, 6) is None
 
 
-@pytest.mark.parametrize("schedule, message", [
-    ([], "a schedule must be a non-empty list of (step, amount) pairs"),
-    ([(0, 1), (0, 2)], "the steps of the schedule [(0, 1), (0, 2)] must strictly increase, got [0, 0]"),
-    ([(0, 1), (-1, 2)], "holds (-1, 2), which is not a pair (step, amount)"),
-    ([(0, 1.5)], "holds (0, 1.5), which is not a pair (step, amount)"),
-    ([(0, 1, 2)], "holds (0, 1, 2), which is not a pair"),
-])
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        ([], "a schedule must be a non-empty list of (step, amount) pairs"),
+        ([(0, 1), (0, 2)], "the steps of the schedule [(0, 1), (0, 2)] must strictly increase, got [0, 0]"),
+        ([(0, 1), (-1, 2)], "holds (-1, 2), which is not a pair (step, amount)"),
+        ([(0, 1.5)], "holds (0, 1.5), which is not a pair (step, amount)"),
+        ([(0, 1, 2)], "holds (0, 1, 2), which is not a pair"),
+    ],
+)
 def test_what_is_not_a_schedule_is_refused_at_construction_naming_it(schedule, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         PruningSchedule(schedule)
 
 
-@pytest.mark.parametrize("schedule, message", [
-    ([(0, 3), (2, 2)], "the schedule [(0, 3), (2, 2)] removes [3, 2] blocks of 8 at its steps: each entry must remove at "
-                       "least one block more"),
-    ([(0, 1), (2, 0.15)], "the schedule [(0, 1), (2, 0.15)] removes [1, 1] blocks of 8"),
-    ([(0, 0.1)], "the schedule [(0, 0.1)] asks at step 0 for amount=0.1: num_prune=0.1 of 8 blocks rounds down to 0"),
-    ([(0, 2), (5, 7)], "the schedule [(0, 2), (5, 7)] asks at step 5 for amount=7: num_prune=7 exceeds the 6 unprotected"),
-])
+@pytest.mark.parametrize(
+    "schedule, message",
+    [
+        (
+            [(0, 3), (2, 2)],
+            "the schedule [(0, 3), (2, 2)] removes [3, 2] blocks of 8 at its steps: each entry must remove at "
+            "least one block more",
+        ),
+        ([(0, 1), (2, 0.15)], "the schedule [(0, 1), (2, 0.15)] removes [1, 1] blocks of 8"),
+        ([(0, 0.1)], "the schedule [(0, 0.1)] asks at step 0 for amount=0.1: num_prune=0.1 of 8 blocks rounds down to 0"),
+        ([(0, 2), (5, 7)], "the schedule [(0, 2), (5, 7)] asks at step 5 for amount=7: num_prune=7 exceeds the 6 unprotected"),
+    ],
+)
 def test_a_schedule_that_does_not_grow_by_whole_blocks_within_the_budget_is_refused_naming_it(schedule, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         PruningSchedule(schedule).blocks(8, 6)
@@ -80,8 +89,14 @@ class Depths(Callback):
 def fit_on_schedule(tokenizer, tmp_path, callbacks=(), max_steps=7, lr=1e-3, module=None, **trainer_options):
     module = module or LoRPModule(tiny_llama(len(tokenizer)), tokenizer, lr=lr)
     prune, depths = LoRPPruneCallback(SCHEDULE, method="shortgpt", verbose=False), Depths()
-    trainer = make_trainer(tmp_path, callbacks=[prune, *callbacks, depths], max_steps=max_steps, val_check_interval=2,
-                           num_sanity_val_steps=0, **trainer_options)
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[prune, *callbacks, depths],
+        max_steps=max_steps,
+        val_check_interval=2,
+        num_sanity_val_steps=0,
+        **trainer_options,
+    )
     trainer.fit(module, datamodule=stories(tokenizer, num_calibration_windows=16))
     return module, prune, depths, trainer
 
@@ -117,8 +132,11 @@ def test_a_callable_schedule_that_decreases_is_refused_naming_it(tokenizer, tmp_
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer, lr=1e-3)
     prune = LoRPPruneCallback(shrinking, method="shortgpt", verbose=False)
     trainer = make_trainer(tmp_path, callbacks=[prune], max_epochs=3, limit_train_batches=2, num_sanity_val_steps=0)
-    with pytest.raises(ValueError, match=r"the schedule shrinking asks for 1 blocks removed at epoch 1, step 4, but 2 are "
-                                         r"removed already: a schedule may not decrease"):
+    with pytest.raises(
+        ValueError,
+        match=r"the schedule shrinking asks for 1 blocks removed at epoch 1, step 4, but 2 are "
+        r"removed already: a schedule may not decrease",
+    ):
         trainer.fit(module, datamodule=stories(tokenizer))
 
 
@@ -126,13 +144,13 @@ def test_a_run_resumed_in_the_middle_of_the_schedule_goes_on_where_it_stopped(to
     # lr 0: the weights never change, so each step's statistics, and so its plan, are those of the uninterrupted run
     _, whole, _, _ = fit_on_schedule(tokenizer, tmp_path / "whole", lr=0.0)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1)
-    fit_on_schedule(tokenizer, tmp_path / "first", callbacks=[checkpoints], max_steps=3, lr=0.0,
-                    enable_checkpointing=True)
+    fit_on_schedule(tokenizer, tmp_path / "first", callbacks=[checkpoints], max_steps=3, lr=0.0, enable_checkpointing=True)
     (checkpoint,) = (tmp_path / "ckpt").glob("*step=3*.ckpt")  # after the pruning at step 2: 7 blocks
     module = LoRPModule(tiny_llama(len(tokenizer)), tokenizer, lr=0.0)
     prune, depths = LoRPPruneCallback(SCHEDULE, method="shortgpt", verbose=False), Depths()
-    trainer = make_trainer(tmp_path / "resumed", callbacks=[prune, depths], max_steps=7, val_check_interval=2,
-                           num_sanity_val_steps=0)
+    trainer = make_trainer(
+        tmp_path / "resumed", callbacks=[prune, depths], max_steps=7, val_check_interval=2, num_sanity_val_steps=0
+    )
     trainer.fit(module, datamodule=stories(tokenizer, num_calibration_windows=16), ckpt_path=checkpoint)
     assert [p.num_layers for p in prune.plans] == [8, 7, 6]
     assert prune.plans == whole.plans and prune.plan == whole.plan
@@ -144,8 +162,11 @@ def test_a_model_of_another_depth_than_the_schedule_records_is_refused_naming_bo
     prune = LoRPPruneCallback(SCHEDULE, method="shortgpt", verbose=False)
     prune.load_state_dict(done.state_dict())  # 1 of 8 blocks removed; the new module's model has all 8
     trainer = make_trainer(tmp_path, callbacks=[prune], max_steps=7, val_check_interval=2, num_sanity_val_steps=0)
-    with pytest.raises(ValueError, match=r"the model has 8 blocks, but the schedule \[\(2, 1\), \(4, 2\), \(6, 0.375\)\] "
-                                         r"of LoRPPruneCallback has removed 1 of 8 .* which leaves 7"):
+    with pytest.raises(
+        ValueError,
+        match=r"the model has 8 blocks, but the schedule \[\(2, 1\), \(4, 2\), \(6, 0.375\)\] "
+        r"of LoRPPruneCallback has removed 1 of 8 .* which leaves 7",
+    ):
         trainer.fit(LoRPModule(tiny_llama(len(tokenizer)), tokenizer), datamodule=stories(tokenizer))
 
 
@@ -159,10 +180,13 @@ def test_with_heal_callback_each_step_of_the_schedule_is_healed_and_merged_in_tu
     assert all(p.requires_grad for p in module.model.parameters())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(prune_on="fit_end"), "a schedule prunes at the validation ends of fit it reaches: pass prune_on='validation_end'"),
-    (dict(rounds=2), "rounds=2 splits a single amount into rounds; a schedule gives its own rounds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prune_on="fit_end"), "a schedule prunes at the validation ends of fit it reaches: pass prune_on='validation_end'"),
+        (dict(rounds=2), "rounds=2 splits a single amount into rounds; a schedule gives its own rounds"),
+    ],
+)
 def test_a_schedule_with_settings_of_a_single_amount_is_refused_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         LoRPPruneCallback(SCHEDULE, **kwargs)
@@ -198,15 +222,31 @@ def test_prune_and_heal_selects_each_round_on_the_model_the_healed_rounds_before
 
     windows = stories(tokenizer).windows("calibration")
     model = tiny_llama(len(tokenizer))
-    plan = prune_and_heal(model, tokenizer, collect_layer_stats(model, windows.split(4), progress=False), 3, rounds=2,
-                          steps=3, windows=windows, method="shortgpt", **HEALING)
+    plan = prune_and_heal(
+        model,
+        tokenizer,
+        collect_layer_stats(model, windows.split(4), progress=False),
+        3,
+        rounds=2,
+        steps=3,
+        windows=windows,
+        method="shortgpt",
+        **HEALING,
+    )
 
     by_hand = tiny_llama(len(tokenizer))  # round 1: 2 blocks, healed 2 steps; round 2: 1 block, healed 1 step
-    first = select_layers(collect_layer_stats(by_hand, windows.split(4), progress=False), 2, method="shortgpt",
-                          model=by_hand, windows=windows)
+    first = select_layers(
+        collect_layer_stats(by_hand, windows.split(4), progress=False), 2, method="shortgpt", model=by_hand, windows=windows
+    )
     heal(prune_layers(by_hand, first), tokenizer, steps=2, **HEALING)
-    second = select_layers(collect_layer_stats(by_hand, windows.split(4), progress=False), 1, method="shortgpt",
-                           protect=[0, 5], model=by_hand, windows=windows)
+    second = select_layers(
+        collect_layer_stats(by_hand, windows.split(4), progress=False),
+        1,
+        method="shortgpt",
+        protect=[0, 5],
+        model=by_hand,
+        windows=windows,
+    )
     heal(prune_layers(by_hand, second), tokenizer, steps=1, **HEALING)
 
     kept = [b for b in range(8) if b not in first.pruned]
@@ -223,6 +263,15 @@ def test_prune_and_heal_refuses_fewer_healing_steps_than_rounds_before_any_work(
 
     model = tiny_llama(len(tokenizer))
     with pytest.raises(ValueError, match=r"steps=2 heals fewer steps than the 3 rounds: give each round at least one"):
-        prune_and_heal(model, tokenizer, None, 3, rounds=3, steps=2, windows=stories(tokenizer).windows("calibration"),
-                       method="sleb", **HEALING)
+        prune_and_heal(
+            model,
+            tokenizer,
+            None,
+            3,
+            rounds=3,
+            steps=2,
+            windows=stories(tokenizer).windows("calibration"),
+            method="sleb",
+            **HEALING,
+        )
     assert len(decoder_layers(model)) == 8

@@ -18,9 +18,9 @@ import transformers
 from hand_matrices import sym
 
 from lorp_lightning import methods
+from lorp_lightning.baselines import contiguous_runs
 from lorp_lightning.methods import REGISTRY, SEARCH_RUNS, SelectionContext, select_layers
-from lorp_lightning.search import PlanLoss, calibration_loss, contiguous_runs, local_search, neighbours, ranked_runs, sleb_checks
-from lorp_lightning.selection import candidate_plans
+from lorp_lightning.search import PlanLoss, calibration_loss, candidate_plans, local_search, neighbours, ranked_runs, sleb_checks
 from lorp_lightning.stats import collect_layer_stats
 from lorp_lightning.surgery import prune_layers, pruning_record, temporarily_pruned
 
@@ -31,9 +31,16 @@ SCORE_LAST = 6
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=96, hidden_size=48, intermediate_size=96, num_hidden_layers=N,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      initializer_range=0.2)  # large weights: every block matters, losses differ
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=N,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+    )  # large weights: every block matters, losses differ
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     windows = torch.randint(0, 96, (5, 12), generator=torch.Generator().manual_seed(1))
     stats = collect_layer_stats(model, windows.split(1), progress=False)
@@ -122,7 +129,7 @@ def test_sleb_removes_greedily_the_block_of_lowest_loss_and_looks_again(tiny):
             removed.append(min(losses, key=losses.get))
         plan = select_layers(stats, k, method="sleb", model=model, windows=windows, check_windows=4, score_last=SCORE_LAST)
         assert plan.pruned == sorted(removed)
-        assert [c["pruned"] for c in plan.candidates] == [sorted(removed[:i + 1]) for i in range(k)]
+        assert [c["pruned"] for c in plan.candidates] == [sorted(removed[: i + 1]) for i in range(k)]
         assert plan.cost["plans_checked"] == sleb_checks(N - 2, k)
         assert plan.cost["statistics_windows"] == 0  # SLEB reads the model alone
 
@@ -152,7 +159,8 @@ def test_ppl_drops_the_k_blocks_whose_removal_alone_hurts_least(tiny):
 
 @pytest.mark.parametrize("search_runs", [SEARCH_RUNS, 1])
 def test_lorp_search_checks_the_locality_candidates_and_the_runs_most_alike_then_moves_while_the_loss_falls(
-        tiny, search_runs, monkeypatch):
+    tiny, search_runs, monkeypatch
+):
     model, windows, stats = tiny
     k = 4  # two runs are not candidates here
     monkeypatch.setattr(methods, "SEARCH_RUNS", search_runs)
@@ -161,11 +169,11 @@ def test_lorp_search_checks_the_locality_candidates_and_the_runs_most_alike_then
     others = [run for run in ranked_runs(stats.similarity, k, {0, N - 1}) if run not in [c["pruned"] for c in expected]]
     assert 1 < len(others) <= SEARCH_RUNS  # so that both settings are tried: some runs, and fewer than all
     expected += [{"pruned": run} for run in others[:search_runs]]
-    tried = plan.candidates[:len(expected)]
+    tried = plan.candidates[: len(expected)]
     assert [c["pruned"] for c in tried] == [c["pruned"] for c in expected]
     for c in tried:
         assert c["loss"] == pytest.approx(brute_loss(model, c["pruned"], windows[:4]), abs=1e-6)
-    moves = plan.candidates[len(expected):]
+    moves = plan.candidates[len(expected) :]
     current = min(tried, key=lambda c: c["loss"])
     for move in moves:  # each move goes to a neighbour, and lowers the loss
         assert move["pruned"] in neighbours(current["pruned"], N, {0, N - 1}) and move["loss"] < current["loss"]
@@ -273,8 +281,18 @@ def test_neighbours_swap_one_removed_block_for_a_kept_block_beside_the_removed_o
 
 
 def test_every_method_is_one_registry_entry_and_the_model_methods_say_so():
-    assert list(REGISTRY) == ["lorp_search", "lorp", "lorp_checked", "sleb", "ppl", "shortgpt", "streamline", "angular",
-                              "random", "last"]
+    assert list(REGISTRY) == [
+        "lorp_search",
+        "lorp",
+        "lorp_checked",
+        "sleb",
+        "ppl",
+        "shortgpt",
+        "streamline",
+        "angular",
+        "random",
+        "last",
+    ]
     assert [m for m, e in REGISTRY.items() if e.reads_model] == ["lorp_search", "lorp_checked", "sleb", "ppl"]
     assert [m for m, e in REGISTRY.items() if not e.reads_stats] == ["sleb", "ppl"]
 
@@ -290,13 +308,16 @@ def test_a_callable_is_a_method(tiny):
     assert plan.method == "middle" and plan.pruned == [3, 4] and plan.kept == [0, 1, 2, 5, 6, 7]
 
 
-@pytest.mark.parametrize("bad, problem", [
-    ([3], "has 1 blocks, not the 2 asked for"),
-    ([3, 3], "lists a block twice"),
-    ([0, 3], r"holds protected blocks \[0\]"),
-    ([3, 8], "holds blocks outside 0..7"),
-    ([3, "4"], r"holds something other than block indices \(ints\)"),
-])
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        ([3], "has 1 blocks, not the 2 asked for"),
+        ([3, 3], "lists a block twice"),
+        ([0, 3], r"holds protected blocks \[0\]"),
+        ([3, 8], "holds blocks outside 0..7"),
+        ([3, "4"], r"holds something other than block indices \(ints\)"),
+    ],
+)
 def test_a_callable_returning_a_bad_plan_is_refused_naming_the_method_and_the_plan(tiny, bad, problem):
     model, windows, stats = tiny
 

@@ -100,9 +100,11 @@ def test_protect_out_of_range_names_the_value(bad):
 
 
 def test_num_clusters_out_of_range_names_the_value():
-    for bad in (0, 7, 1.5):
-        with pytest.raises(ValueError, match=f"num_clusters.*N=6.*{bad!r}"):
+    for bad in (0, 1.5):  # refused by the settings, before the similarity is read
+        with pytest.raises(ValueError, match=f"num_clusters must be a positive int or None, got num_clusters={bad!r}"):
             select_layers(sym(6, {}, 0.5), 1, num_clusters=bad)
+    with pytest.raises(ValueError, match="num_clusters.*N=6.*7"):  # against the model's depth
+        select_layers(sym(6, {}, 0.5), 1, num_clusters=7)
 
 
 def test_num_clusters_only_for_lorp():
@@ -323,8 +325,7 @@ def test_last_prunes_the_deepest_unprotected_blocks():
 
 def test_plan_json_round_trip_with_minus_inf_scores():
     # K = 2 on PAIRS-like data with a singleton cluster gives a -inf redundancy
-    S = sym(5, {(0, 1): 0.875, (0, 2): 0.875, (1, 2): 0.875, (0, 3): 0.875, (1, 3): 0.875, (2, 3): 0.875},
-            default=-0.75)
+    S = sym(5, {(0, 1): 0.875, (0, 2): 0.875, (1, 2): 0.875, (0, 3): 0.875, (1, 3): 0.875, (2, 3): 0.875}, default=-0.75)
     plan = select_layers(S, 2, num_clusters=2, protect=[0])
     assert plan.labels == [0, 0, 0, 0, 1]
     assert plan.scores[4] == -math.inf
@@ -338,8 +339,9 @@ def test_plan_json_round_trip_of_every_method_and_infinite_rls():
     for method in STATS_METHODS:
         plan = select_layers(stats, 2, method=method)
         assert PruningPlan.from_json(plan.to_json(indent=2)) == plan, method
-    odd = PruningPlan("lorp", 3, [1], [0, 2], [0], rls=math.inf, num_clusters=2, labels=[0, 0, 1],
-                      scores=[0.5, 0.5, -math.inf], seed=0)
+    odd = PruningPlan(
+        "lorp", 3, [1], [0, 2], [0], rls=math.inf, num_clusters=2, labels=[0, 0, 1], scores=[0.5, 0.5, -math.inf], seed=0
+    )
     assert PruningPlan.from_json(odd.to_json()) == odd
 
 
@@ -386,17 +388,20 @@ def test_candidate_plans_by_hand():
     # K = 1: lorp: every block's redundancy is 3.5/5, depth order -> [1, 2] (again);
     #   influence S[l, l+1] ranks 2, 4 first -> lorp/influence and within 0: [2, 4] (again);
     #   run from 0: [1, 2] (again)
-    from lorp_lightning.selection import candidate_plans
+    from lorp_lightning.search import candidate_plans
 
     plans = candidate_plans(stats_of(PAIRS_FULL), 2)
     assert [(p["rule"], p["pruned"]) for p in plans] == [
-        ("lorp (K=3)", [1, 2]), ("spare 0 (K=3)", [2, 4]), ("spare 1 (K=3)", [1, 4]), ("within 1 (K=3)", [2, 3]),
+        ("lorp (K=3)", [1, 2]),
+        ("spare 0 (K=3)", [2, 4]),
+        ("spare 1 (K=3)", [1, 4]),
+        ("within 1 (K=3)", [2, 3]),
     ]
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_candidate_plans_hold_the_faithful_shortgpt_and_streamline_plans_and_respect_the_budget(seed):
-    from lorp_lightning.selection import candidate_plans
+    from lorp_lightning.search import candidate_plans
 
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(13, 8)).cumsum(axis=0)  # 12 blocks and the output, states drifting with depth
@@ -413,7 +418,35 @@ def test_candidate_plans_hold_the_faithful_shortgpt_and_streamline_plans_and_res
 
 
 def test_candidate_plans_need_layerstats():
-    from lorp_lightning.selection import candidate_plans
+    from lorp_lightning.search import candidate_plans
 
     with pytest.raises(ValueError, match="needs a LayerStats"):
         candidate_plans(PAIRS, 2)
+
+
+def test_the_prune_settings_select_as_the_same_arguments_and_an_argument_given_with_them_replaces_their_own():
+    from lorp_lightning.methods import PruneSettings
+
+    S = sym(10, {(4, 5): 0.99, (5, 6): 0.98}, default=0.5)
+    settings = PruneSettings(3, method="shortgpt", protect=(0, 9))
+    assert select_layers(S, settings=settings) == select_layers(S, 3, method="shortgpt", protect=(0, 9))
+    assert select_layers(S, 2, settings=settings) == select_layers(S, 2, method="shortgpt", protect=(0, 9))
+    assert select_layers(S, settings=settings, method="last").pruned == [6, 7, 8]
+
+
+def test_a_bad_prune_setting_is_refused_when_the_settings_are_built_naming_its_parameter():
+    from lorp_lightning import ParameterError
+    from lorp_lightning.methods import PruneSettings
+
+    for kwargs, parameter in (
+        (dict(amount=1.5), "amount"),
+        (dict(method="best"), "method"),
+        (dict(rounds=0), "rounds"),
+        (dict(num_clusters=2), "num_clusters"),
+        (dict(protect=[-1]), "protect"),
+        (dict(compensate=1), "compensate"),
+        (dict(seed=-1), "seed"),
+    ):
+        with pytest.raises(ParameterError) as error:
+            PruneSettings(**kwargs)
+        assert error.value.parameter == parameter, kwargs

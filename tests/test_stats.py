@@ -76,7 +76,9 @@ def test_two_half_batches_equal_one_batch_and_merged_states_equal_one_metric():
     first.merge_state(second)
     for other in (halves, first):
         torch.testing.assert_close(other.compute().similarity, whole.compute().similarity, atol=1e-12, rtol=0)
-        torch.testing.assert_close(other.compute().last_token_similarity, whole.compute().last_token_similarity, atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            other.compute().last_token_similarity, whole.compute().last_token_similarity, atol=1e-12, rtol=0
+        )
         assert other.compute().num_tokens == whole.compute().num_tokens == 26
 
 
@@ -90,7 +92,9 @@ def test_states_already_normalized_give_the_same_statistics_without_normalizing_
     raw.update(states, mask)
     normalized.update(normalize_states(states), mask, normalized=True)
     torch.testing.assert_close(normalized.compute().similarity, raw.compute().similarity, atol=1e-12, rtol=0)
-    torch.testing.assert_close(normalized.compute().last_token_similarity, raw.compute().last_token_similarity, atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        normalized.compute().last_token_similarity, raw.compute().last_token_similarity, atol=1e-12, rtol=0
+    )
 
 
 def test_update_rejects_states_of_the_wrong_depth_and_masks_of_the_wrong_shape():

@@ -42,8 +42,18 @@ LINEAR_ATTENTION = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
 MAMBA = dict(mamba_n_heads=4, mamba_d_head=32, mamba_d_state=8, mamba_n_groups=1, mamba_chunk_size=8)
 
-SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=N, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+SMALL = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=N,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 
 
 @dataclass(frozen=True)
@@ -55,58 +65,160 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "llama": Family(lambda: transformers.LlamaConfig(**SMALL), "model.layers"),
     "mistral": Family(lambda: transformers.MistralConfig(**SMALL, sliding_window=4), "model.layers"),  # one window for all blocks
-    "ministral": Family(lambda: transformers.MinistralConfig(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED), "model.layers"),
+    "ministral": Family(
+        lambda: transformers.MinistralConfig(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED), "model.layers"
+    ),
     # no layer_types given: derived from max_window_layers, sliding from block 2 on
-    "qwen2": Family(lambda: transformers.Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=4, max_window_layers=2), "model.layers"),
-    "qwen3": Family(lambda: transformers.Qwen3Config(**SMALL, head_dim=16, use_sliding_window=True, sliding_window=4, layer_types=MIXED), "model.layers"),
-    "qwen2_moe": Family(lambda: transformers.Qwen2MoeConfig(
-        **SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
-        mlp_only_layers=[0, 2, 4], decoder_sparse_step=1), "model.layers"),
+    "qwen2": Family(
+        lambda: transformers.Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=4, max_window_layers=2), "model.layers"
+    ),
+    "qwen3": Family(
+        lambda: transformers.Qwen3Config(**SMALL, head_dim=16, use_sliding_window=True, sliding_window=4, layer_types=MIXED),
+        "model.layers",
+    ),
+    "qwen2_moe": Family(
+        lambda: transformers.Qwen2MoeConfig(
+            **SMALL,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+            mlp_only_layers=[0, 2, 4],
+            decoder_sparse_step=1,
+        ),
+        "model.layers",
+    ),
     "gemma": Family(lambda: transformers.GemmaConfig(**SMALL, head_dim=16), "model.layers"),
-    "gemma2": Family(lambda: transformers.Gemma2Config(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED), "model.layers"),
-    "gemma3_text": Family(lambda: transformers.Gemma3TextConfig(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED), "model.layers"),
-    "gemma3": Family(lambda: transformers.Gemma3Config(  # multimodal: the blocks and their config are the text part's
-        text_config=dict(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14),
-        mm_tokens_per_image=4, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2, image_token_index=VOCAB - 1),
-        "model.language_model.layers"),
+    "gemma2": Family(
+        lambda: transformers.Gemma2Config(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED), "model.layers"
+    ),
+    "gemma3_text": Family(
+        lambda: transformers.Gemma3TextConfig(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED), "model.layers"
+    ),
+    "gemma3": Family(
+        lambda: transformers.Gemma3Config(  # multimodal: the blocks and their config are the text part's
+            text_config=dict(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED),
+            vision_config=dict(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14
+            ),
+            mm_tokens_per_image=4,
+            boi_token_index=VOCAB - 3,
+            eoi_token_index=VOCAB - 2,
+            image_token_index=VOCAB - 1,
+        ),
+        "model.language_model.layers",
+    ),
     "phi3": Family(lambda: transformers.Phi3Config(**SMALL, sliding_window=4), "model.layers"),
     "olmo2": Family(lambda: transformers.Olmo2Config(**SMALL), "model.layers"),
-    "gpt2": Family(lambda: transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=N, n_head=4, n_positions=128,
-                                                   bos_token_id=1, eos_token_id=2, pad_token_id=0), "transformer.h"),
-    "gpt_neox": Family(lambda: transformers.GPTNeoXConfig(**{k: v for k, v in SMALL.items() if k != "num_key_value_heads"}), "gpt_neox.layers"),
-    "opt": Family(lambda: transformers.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=N, num_attention_heads=4,
-                                                 max_position_embeddings=128, word_embed_proj_dim=64, bos_token_id=1, eos_token_id=2,
-                                                 pad_token_id=0), "model.decoder.layers"),
-    "falcon": Family(lambda: transformers.FalconConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=N, num_attention_heads=4,
-                                                       bos_token_id=1, eos_token_id=2, pad_token_id=0), "transformer.h"),
+    "gpt2": Family(
+        lambda: transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=64, n_layer=N, n_head=4, n_positions=128, bos_token_id=1, eos_token_id=2, pad_token_id=0
+        ),
+        "transformer.h",
+    ),
+    "gpt_neox": Family(
+        lambda: transformers.GPTNeoXConfig(**{k: v for k, v in SMALL.items() if k != "num_key_value_heads"}), "gpt_neox.layers"
+    ),
+    "opt": Family(
+        lambda: transformers.OPTConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=N,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            word_embed_proj_dim=64,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        "model.decoder.layers",
+    ),
+    "falcon": Family(
+        lambda: transformers.FalconConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=N,
+            num_attention_heads=4,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        "transformer.h",
+    ),
     "stablelm": Family(lambda: transformers.StableLmConfig(**SMALL), "model.layers"),
     "starcoder2": Family(lambda: transformers.Starcoder2Config(**SMALL, sliding_window=4), "model.layers"),
     # today's families (transformers 5.x): hybrids, MoE, per-block lists and per-block sub-configs
-    "qwen3_5_text": Family(lambda: transformers.Qwen3_5TextConfig(
-        **SMALL, head_dim=16, layer_types=HYBRID, **LINEAR_ATTENTION), "model.layers"),
-    "qwen3_next": Family(lambda: transformers.Qwen3NextConfig(
-        **SMALL, head_dim=16, layer_types=HYBRID, **LINEAR_ATTENTION, **MOE, mlp_only_layers=[0, 2, 4],
-        shared_expert_intermediate_size=32), "model.layers"),
-    "qwen3_moe": Family(lambda: transformers.Qwen3MoeConfig(**SMALL, head_dim=16, **MOE, mlp_only_layers=[0, 2, 4]), "model.layers"),
-    "gpt_oss": Family(lambda: transformers.GptOssConfig(**SMALL, head_dim=16, sliding_window=4, layer_types=MIXED,
-                                                        num_local_experts=4, num_experts_per_tok=2), "model.layers"),
+    "qwen3_5_text": Family(
+        lambda: transformers.Qwen3_5TextConfig(**SMALL, head_dim=16, layer_types=HYBRID, **LINEAR_ATTENTION), "model.layers"
+    ),
+    "qwen3_next": Family(
+        lambda: transformers.Qwen3NextConfig(
+            **SMALL,
+            head_dim=16,
+            layer_types=HYBRID,
+            **LINEAR_ATTENTION,
+            **MOE,
+            mlp_only_layers=[0, 2, 4],
+            shared_expert_intermediate_size=32,
+        ),
+        "model.layers",
+    ),
+    "qwen3_moe": Family(
+        lambda: transformers.Qwen3MoeConfig(**SMALL, head_dim=16, **MOE, mlp_only_layers=[0, 2, 4]), "model.layers"
+    ),
+    "gpt_oss": Family(
+        lambda: transformers.GptOssConfig(
+            **SMALL, head_dim=16, sliding_window=4, layer_types=MIXED, num_local_experts=4, num_experts_per_tok=2
+        ),
+        "model.layers",
+    ),
     # MoE blocks 0, 2, 4; no RoPE in blocks 1 and 4; chunked attention in some blocks
-    "llama4_text": Family(lambda: transformers.Llama4TextConfig(
-        **SMALL, head_dim=16, intermediate_size_mlp=128, num_local_experts=4, num_experts_per_tok=1, moe_layers=[0, 2, 4],
-        no_rope_layers=[1, 0, 1, 1, 0, 1], attention_chunk_size=4), "model.layers"),
+    "llama4_text": Family(
+        lambda: transformers.Llama4TextConfig(
+            **SMALL,
+            head_dim=16,
+            intermediate_size_mlp=128,
+            num_local_experts=4,
+            num_experts_per_tok=1,
+            moe_layers=[0, 2, 4],
+            no_rope_layers=[1, 0, 1, 1, 0, 1],
+            attention_chunk_size=4,
+        ),
+        "model.layers",
+    ),
     "smollm3": Family(lambda: transformers.SmolLM3Config(**SMALL, no_rope_layers=[1, 0, 1, 1, 0, 1]), "model.layers"),
-    "mixtral": Family(lambda: transformers.MixtralConfig(**SMALL, head_dim=16, sliding_window=4, num_local_experts=4), "model.layers"),
+    "mixtral": Family(
+        lambda: transformers.MixtralConfig(**SMALL, head_dim=16, sliding_window=4, num_local_experts=4), "model.layers"
+    ),
     "olmoe": Family(lambda: transformers.OlmoeConfig(**SMALL, num_experts=4, num_experts_per_tok=2), "model.layers"),
     # multi-head latent attention (one key/value head per head); blocks 0 and 1 dense, the rest MoE (first_k_dense_replace=2)
-    "deepseek_v3": Family(lambda: transformers.DeepseekV3Config(
-        **{**SMALL, "num_key_value_heads": 4}, first_k_dense_replace=2, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, n_group=1, topk_group=1,
-        moe_intermediate_size=32, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16),
-        "model.layers"),
+    "deepseek_v3": Family(
+        lambda: transformers.DeepseekV3Config(
+            **{**SMALL, "num_key_value_heads": 4},
+            first_k_dense_replace=2,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            n_group=1,
+            topk_group=1,
+            moe_intermediate_size=32,
+            kv_lora_rank=16,
+            q_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+        ),
+        "model.layers",
+    ),
     "granite": Family(lambda: transformers.GraniteConfig(**SMALL), "model.layers"),
     # Mamba 2 blocks and attention blocks
-    "granitemoehybrid": Family(lambda: transformers.GraniteMoeHybridConfig(
-        **SMALL, layer_types=[M, A, M, A, A, M], **MAMBA, num_local_experts=4, num_experts_per_tok=2), "model.layers"),
+    "granitemoehybrid": Family(
+        lambda: transformers.GraniteMoeHybridConfig(
+            **SMALL, layer_types=[M, A, M, A, A, M], **MAMBA, num_local_experts=4, num_experts_per_tok=2
+        ),
+        "model.layers",
+    ),
     "falcon_h1": Family(lambda: transformers.FalconH1Config(**SMALL, head_dim=16, **MAMBA, mamba_d_ssm=128), "model.layers"),
     "olmo3": Family(lambda: transformers.Olmo3Config(**SMALL, sliding_window=4, layer_types=MIXED), "model.layers"),
     "cohere2": Family(lambda: transformers.Cohere2Config(**SMALL, sliding_window=4, layer_types=MIXED), "model.layers"),
@@ -117,15 +229,26 @@ FAMILIES: dict[str, Family] = {
     "nemotron": Family(lambda: transformers.NemotronConfig(**SMALL, head_dim=16), "model.layers"),
     "seed_oss": Family(lambda: transformers.SeedOssConfig(**SMALL, head_dim=16), "model.layers"),
     # lightning (linear) attention and full attention
-    "minimax": Family(lambda: transformers.MiniMaxConfig(**SMALL, head_dim=16, layer_types=HYBRID,
-                                                         num_local_experts=4, block_size=4), "model.layers"),
+    "minimax": Family(
+        lambda: transformers.MiniMaxConfig(**SMALL, head_dim=16, layer_types=HYBRID, num_local_experts=4, block_size=4),
+        "model.layers",
+    ),
     # short convolution blocks and attention blocks, given as full_attn_idxs
     "lfm2": Family(lambda: transformers.Lfm2Config(**SMALL, full_attn_idxs=[1, 3, 4]), "model.layers"),
     # full-attention blocks have another head size (per_layer_config, renumbered by pruning); each block has
     # an input of its own besides the stream, a slice of two per-layer tables (the E2B and E4B layout)
-    "gemma4_text": Family(lambda: transformers.Gemma4TextConfig(
-        **SMALL, head_dim=16, global_head_dim=32, sliding_window=4, layer_types=[S, F, F, S, S, F], hidden_size_per_layer_input=8,
-        vocab_size_per_layer_input=VOCAB), "model.layers"),
+    "gemma4_text": Family(
+        lambda: transformers.Gemma4TextConfig(
+            **SMALL,
+            head_dim=16,
+            global_head_dim=32,
+            sliding_window=4,
+            layer_types=[S, F, F, S, S, F],
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=VOCAB,
+        ),
+        "model.layers",
+    ),
 }
 
 
@@ -179,8 +302,15 @@ def logits_with_blocks_skipped_at(model, blocks_path: str, skipped: list[int]) -
 @torch.no_grad()
 def greedy(model, use_cache: bool) -> torch.Tensor:
     ids = input_ids()[:1, :8]
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20, min_new_tokens=20,
-                         use_cache=use_cache, pad_token_id=0)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=20,
+        min_new_tokens=20,
+        use_cache=use_cache,
+        pad_token_id=0,
+    )
     assert out.shape == (1, 8 + 20)
     return out
 
@@ -421,7 +551,9 @@ def test_pruning_twice_in_memory_composes_the_record_like_after_a_reload():
     prune_layers(model, [1, 3])  # current 1 and 3 are original 2 and 4
     assert pruning_record(model)["pruned_layers"] == [0, 2, 4, 5]
     assert [s["pruned_layers"] for s in pruning_record(model)["steps"]] == [[0, 5], [2, 4]]
-    torch.testing.assert_close(logits(model), logits_with_blocks_skipped(build("llama"), "llama", [0, 2, 4, 5]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        logits(model), logits_with_blocks_skipped(build("llama"), "llama", [0, 2, 4, 5]), rtol=0, atol=1e-5
+    )
 
 
 def test_pruning_a_healed_model_again_keeps_its_healings_in_the_record():
@@ -470,11 +602,21 @@ def test_gemma3_multimodal_prunes_its_text_blocks_and_records_on_the_top_config(
 
 def test_device_map_entries_of_blocks_are_renamed_to_the_new_numbering():
     model = build("llama")
-    model.hf_device_map = {"model.embed_tokens": "cpu", **{f"model.layers.{i}": "cpu" for i in range(N)},
-                           "model.layers.3.mlp": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    model.hf_device_map = {
+        "model.embed_tokens": "cpu",
+        **{f"model.layers.{i}": "cpu" for i in range(N)},
+        "model.layers.3.mlp": "cpu",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+    }
     prune_layers(model, PRUNED)
-    assert model.hf_device_map == {"model.embed_tokens": "cpu", **{f"model.layers.{i}": "cpu" for i in range(N - 2)},
-                                   "model.layers.1.mlp": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    assert model.hf_device_map == {
+        "model.embed_tokens": "cpu",
+        **{f"model.layers.{i}": "cpu" for i in range(N - 2)},
+        "model.layers.1.mlp": "cpu",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+    }
 
 
 # --------------------------------------------------------------------------- refusals
@@ -483,7 +625,9 @@ def test_device_map_entries_of_blocks_are_renamed_to_the_new_numbering():
 def bloom(depth: int = 4):
     """A family not in the table (Bloom: ALiBi positions, blocks at transformer.h)."""
     torch.manual_seed(0)
-    return transformers.BloomForCausalLM(transformers.BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=depth, n_head=4)).eval()
+    return transformers.BloomForCausalLM(
+        transformers.BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=depth, n_head=4)
+    ).eval()
 
 
 def test_a_family_not_in_the_table_is_pruned_by_the_generic_path_with_logits_equal_to_skipping_the_blocks(tmp_path):
@@ -508,8 +652,10 @@ def test_a_generic_pruning_that_changes_the_logits_is_refused_and_the_model_is_l
     for block in model.model.layers:
         block.register_forward_hook(lambda module, args, output: output * (1 + module.self_attn.layer_idx / 10))
     before = snapshot(model, "llama")
-    message = (r"(?s)cannot prune blocks \[1, 2\] of this llama model, a family not in the table.*differ from the dense "
-               r"model's with those blocks skipped by up to .* The model is unchanged")
+    message = (
+        r"(?s)cannot prune blocks \[1, 2\] of this llama model, a family not in the table.*differ from the dense "
+        r"model's with those blocks skipped by up to .* The model is unchanged"
+    )
     with pytest.raises(ValueError, match=message):
         prune_layers(model, PRUNED)
     assert_same_snapshot(before, snapshot(model, "llama"))
@@ -536,8 +682,11 @@ def test_a_setting_that_ties_blocks_to_their_index_is_caught_by_the_structure_ch
 def test_a_model_whose_blocks_cannot_be_found_is_refused_saying_what_was_looked_for():
     model = bloom(depth=4)
     model.config.n_layer = 5  # no ModuleList of 5 modules
-    with pytest.raises(architectures.BlocksNotFoundError, match=r"looked for one nn.ModuleList of num_hidden_layers=5 modules "
-                                                                  r"under the decoder .*found none.*transformer.h \(4\)"):
+    with pytest.raises(
+        architectures.BlocksNotFoundError,
+        match=r"looked for one nn.ModuleList of num_hidden_layers=5 modules "
+        r"under the decoder .*found none.*transformer.h \(4\)",
+    ):
         prune_layers(model, [1])
     assert len(model.transformer.h) == 4
 
@@ -557,10 +706,13 @@ def test_moe_with_a_sparse_step_other_than_one_is_refused():
     assert len(blocks_of(model, "qwen2_moe")) == N
 
 
-@pytest.mark.parametrize("device_map", [
-    {"model.embed_tokens": 0, "model.layers": "cpu", "model.norm": 0, "lm_head": 0},
-    {"model.embed_tokens": "cpu", "model.layers": "disk", "model.norm": "cpu", "lm_head": "cpu"},
-])
+@pytest.mark.parametrize(
+    "device_map",
+    [
+        {"model.embed_tokens": 0, "model.layers": "cpu", "model.norm": 0, "lm_head": 0},
+        {"model.embed_tokens": "cpu", "model.layers": "disk", "model.norm": "cpu", "lm_head": "cpu"},
+    ],
+)
 def test_a_model_offloaded_by_its_device_map_is_refused(device_map):
     model = build("llama")
     model.hf_device_map = device_map
@@ -583,7 +735,9 @@ def test_a_table_entry_that_misses_a_per_block_field_fails_at_once_not_at_save_t
     monkeypatch.setitem(architectures.ARCHITECTURES, "gemma3_text", Architecture("model.layers", per_layer_fields=()))
     model = build("gemma3_text")
     before = snapshot(model, "gemma3_text")
-    with pytest.raises(NotImplementedError, match=r"(?s)invalid config .*layer_types.*ARCHITECTURES entry for model_type='gemma3_text'"):
+    with pytest.raises(
+        NotImplementedError, match=r"(?s)invalid config .*layer_types.*ARCHITECTURES entry for model_type='gemma3_text'"
+    ):
         prune_layers(model, PRUNED)
     assert_same_snapshot(before, snapshot(model, "gemma3_text"))
 
@@ -606,7 +760,12 @@ def test_llama4_moe_layers_are_renumbered_and_no_rope_layers_trimmed():
     model = prune_layers(build("llama4_text"), PRUNED)  # moe_layers [0, 2, 4] -> [0, 2]; no_rope_layers [1, 0, 1, 1, 0, 1]
     assert model.config.moe_layers == [0, 2]
     assert model.config.no_rope_layers == [1, 1, 0, 1]
-    assert block_kinds(model, "llama4_text", "feed_forward") == ["Llama4TextMoe", "Llama4TextMLP", "Llama4TextMoe", "Llama4TextMLP"]
+    assert block_kinds(model, "llama4_text", "feed_forward") == [
+        "Llama4TextMoe",
+        "Llama4TextMLP",
+        "Llama4TextMoe",
+        "Llama4TextMLP",
+    ]
 
 
 def test_deepseek_v3_first_k_dense_replace_counts_the_kept_dense_blocks():
@@ -624,8 +783,11 @@ def test_lfm2_attention_block_indices_are_renumbered_with_the_layer_types():
 def test_a_plan_that_removes_every_attention_block_of_a_hybrid_is_refused_by_name():
     model = build("qwen3_next")  # attention in blocks 1, 3, 4; the others linear attention (Gated DeltaNet)
     before = snapshot(model, "qwen3_next")
-    with pytest.raises(PlanRefusedError, match=r"cannot prune blocks \[1, 3, 4\] of this qwen3_next model: they are all its "
-                                               r"attention blocks .* cannot generate with transformers' cache. Keep one"):
+    with pytest.raises(
+        PlanRefusedError,
+        match=r"cannot prune blocks \[1, 3, 4\] of this qwen3_next model: they are all its "
+        r"attention blocks .* cannot generate with transformers' cache. Keep one",
+    ):
         prune_layers(model, [1, 3, 4])
     assert_same_snapshot(before, snapshot(model, "qwen3_next"))
 
@@ -656,17 +818,30 @@ def test_gemma4_kv_sharing_is_kept_exact_when_the_blocks_whose_cache_is_read_sta
 def test_gemma4_removing_a_block_whose_keys_and_values_later_blocks_read_is_refused_by_name():
     model = gemma4_sharing_kv()
     before = snapshot(model, "gemma4_text")
-    with pytest.raises(ValueError, match=r"block 5 reuses the keys and values of block 2 \(full_attention; num_kv_shared_layers=2 "
-                                         r"shares them with the last 2 blocks\), which the plan removes. Keep block 2, or remove block 5 too"):
+    with pytest.raises(
+        ValueError,
+        match=r"block 5 reuses the keys and values of block 2 \(full_attention; num_kv_shared_layers=2 "
+        r"shares them with the last 2 blocks\), which the plan removes. Keep block 2, or remove block 5 too",
+    ):
         prune_layers(model, [2])
     assert_same_snapshot(before, snapshot(model, "gemma4_text"))
 
 
 def jamba():
     """Jamba: attention in the odd blocks (attn_layer_period=2, offset 1), MoE in the even ones."""
-    config = transformers.JambaConfig(**SMALL, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
-                                      expert_layer_offset=0, num_experts=4, num_experts_per_tok=2, mamba_d_state=8,
-                                      mamba_dt_rank=8, mamba_expand=2, use_mamba_kernels=False)
+    config = transformers.JambaConfig(
+        **SMALL,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        expert_layer_offset=0,
+        num_experts=4,
+        num_experts_per_tok=2,
+        mamba_d_state=8,
+        mamba_dt_rank=8,
+        mamba_expand=2,
+        use_mamba_kernels=False,
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -684,9 +859,12 @@ def test_jamba_is_pruned_exactly_by_a_plan_that_keeps_its_period(tmp_path):
 def test_jamba_a_plan_that_breaks_its_period_is_refused_naming_the_placement_fields():
     model = jamba()
     before = [id(b) for b in model.model.layers]
-    with pytest.raises(PlanRefusedError, match=r"cannot prune blocks \[1\] of this jamba model: after pruning, the config would build "
-                                         r"block 2 \(block 1 of the pruned model\) otherwise.*attn_layer_period=2, "
-                                         r"attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=0"):
+    with pytest.raises(
+        PlanRefusedError,
+        match=r"cannot prune blocks \[1\] of this jamba model: after pruning, the config would build "
+        r"block 2 \(block 1 of the pruned model\) otherwise.*attn_layer_period=2, "
+        r"attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=0",
+    ):
         prune_layers(model, [1])
     assert [id(b) for b in model.model.layers] == before and model.config.num_hidden_layers == N
 
@@ -694,8 +872,11 @@ def test_jamba_a_plan_that_breaks_its_period_is_refused_naming_the_placement_fie
 def test_gemma4_a_plan_that_leaves_a_sliding_block_last_is_refused_since_its_config_would_reload_otherwise():
     model = build("gemma4_text")  # [S, F, F, S, S, F]: Gemma 4's config makes its last block full attention on load
     before = snapshot(model, "gemma4_text")
-    with pytest.raises(PlanRefusedError, match=r"config would say layer_types=\['sliding_attention', .*'sliding_attention'\], "
-                                               r"which this family's config rewrites to .*'full_attention'\] when it is loaded"):
+    with pytest.raises(
+        PlanRefusedError,
+        match=r"config would say layer_types=\['sliding_attention', .*'sliding_attention'\], "
+        r"which this family's config rewrites to .*'full_attention'\] when it is loaded",
+    ):
         prune_layers(model, [5])
     assert_same_snapshot(before, snapshot(model, "gemma4_text"))
 

@@ -70,8 +70,16 @@ def case(request, tmp_path_factory):
     with torch.no_grad():
         reloaded_output = reloaded(ids, labels=ids, use_cache=False)
     yield SimpleNamespace(
-        num_layers=num_layers, blocks_path=blocks_path, removed=removed, layer_types=layer_types, ids=ids,
-        expected=expected, pruned_logits=pruned_logits, reloaded=reloaded, info=info, reloaded_output=reloaded_output,
+        num_layers=num_layers,
+        blocks_path=blocks_path,
+        removed=removed,
+        layer_types=layer_types,
+        ids=ids,
+        expected=expected,
+        pruned_logits=pruned_logits,
+        reloaded=reloaded,
+        info=info,
+        reloaded_output=reloaded_output,
         tokenizer=tokenizer,
     )
 
@@ -102,8 +110,13 @@ def test_reload_with_plain_transformers_has_the_same_keys_and_identical_logits(c
 @torch.no_grad()
 def test_greedy_generation_with_the_cache_equals_generation_without_it(case):
     prompt = case.ids[:, :8]
-    kwargs = dict(attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=20, min_new_tokens=20,
-                  pad_token_id=case.tokenizer.pad_token_id)
+    kwargs = dict(
+        attention_mask=torch.ones_like(prompt),
+        do_sample=False,
+        max_new_tokens=20,
+        min_new_tokens=20,
+        pad_token_id=case.tokenizer.pad_token_id,
+    )
     with_cache = case.reloaded.generate(prompt, use_cache=True, **kwargs)
     without_cache = case.reloaded.generate(prompt, use_cache=False, **kwargs)
     assert with_cache.shape == (1, 8 + 20)

@@ -50,5 +50,7 @@ def test_check_real_bounds():
 def test_the_glue_takes_numpy_ints_as_the_core_does(smollm2):
     # token_windows refused np.int64 while select_layers took it; one rule now
     _, tokenizer = smollm2
-    windows = token_windows(tokenizer, "one two three four five six seven eight nine ten", window=np.int64(4), max_windows=np.int64(2))
+    windows = token_windows(
+        tokenizer, "one two three four five six seven eight nine ten", window=np.int64(4), max_windows=np.int64(2)
+    )
     assert tuple(windows.shape) == (2, 4)

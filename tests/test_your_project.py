@@ -39,8 +39,14 @@ WINDOW = 16
 
 def tiny_llama(vocab_size: int = VOCAB) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=vocab_size)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -113,8 +119,15 @@ def get_lm(pl_module):
 
 
 def make_trainer(tmp_path, **kwargs) -> Trainer:
-    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, default_root_dir=tmp_path)
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     options.update(kwargs)
     return Trainer(**options)
 
@@ -244,8 +257,12 @@ def test_the_second_tensor_of_a_tuple_batch_is_not_read_as_a_mask():
 
 def test_a_tokenizers_batch_encoding_reads_as_its_input_ids_and_attention_mask(smollm2, tmp_path):
     _, tokenizer = smollm2
-    texts = ["The river rose in the night.", "A short one.", "Maps of the old town were drawn by hand, street by street.",
-             "Then it rained."]
+    texts = [
+        "The river rose in the night.",
+        "A short one.",
+        "Maps of the old town were drawn by hand, street by street.",
+        "Then it rained.",
+    ]
 
     def loader():
         return DataLoader(texts, batch_size=2, collate_fn=lambda rows: tokenizer(rows, padding=True, return_tensors="pt"))
@@ -263,16 +280,26 @@ def test_a_tokenizers_batch_encoding_reads_as_its_input_ids_and_attention_mask(s
 @pytest.mark.parametrize(
     "batch, error, words",
     [
-        ("some text", TypeError, "a batch must be a tensor of input ids, a dict (or other Mapping) with 'input_ids', "
-                                 "or a tuple or list whose first element is the input ids; got str"),
+        (
+            "some text",
+            TypeError,
+            "a batch must be a tensor of input ids, a dict (or other Mapping) with 'input_ids', "
+            "or a tuple or list whose first element is the input ids; got str",
+        ),
         (42, TypeError, "got int"),
         ((), TypeError, "a batch tuple must hold the input ids as its first element, got an empty one"),
         ([[1, 2, 3]], TypeError, "the first element of a batch list must be a tensor of token ids, got list"),
-        ({"input_ids": [[1, 2, 3]]}, TypeError, "batch['input_ids'] must be a tensor of token ids, got list "
-                                                "(a tokenizer gives tensors with return_tensors='pt')"),
+        (
+            {"input_ids": [[1, 2, 3]]},
+            TypeError,
+            "batch['input_ids'] must be a tensor of token ids, got list (a tokenizer gives tensors with return_tensors='pt')",
+        ),
         (torch.rand(2, 4), TypeError, "the batch must hold integer token ids, got a tensor of torch.float32"),
-        ({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 3)}, ValueError,
-         "batch['attention_mask'] has shape (2, 3) but batch['input_ids'] has (2, 4)"),
+        (
+            {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 3)},
+            ValueError,
+            "batch['attention_mask'] has shape (2, 3) but batch['input_ids'] has (2, 4)",
+        ),
         ({"ids": torch.ones(2, 4, dtype=torch.long)}, ValueError, "a batch dict needs 'input_ids'; got keys ['ids']"),
     ],
 )
@@ -288,8 +315,11 @@ def test_a_batch_of_no_known_format_is_a_clear_error_naming_what_it_got(batch, e
     "model, words",
     [
         (42, "LayerStatsCallback(model=...) says where the causal LM is in your LightningModule, and got 42 (int)"),
-        (nn.Linear(2, 2), "and got the Linear itself: pass an attribute name (model='backbone', dotted paths allowed) "
-                          "or a callable pl_module -> the causal LM"),
+        (
+            nn.Linear(2, 2),
+            "and got the Linear itself: pass an attribute name (model='backbone', dotted paths allowed) "
+            "or a callable pl_module -> the causal LM",
+        ),
         ("", "LayerStatsCallback(model='') is not an attribute name"),
         ("net..lm", "LayerStatsCallback(model='net..lm') is not an attribute name"),
     ],
@@ -302,15 +332,27 @@ def test_a_model_argument_of_the_wrong_kind_is_refused_when_the_callback_is_buil
 @pytest.mark.parametrize(
     "callback, error, words",
     [
-        (LayerStatsCallback(model="backbon"), ValueError,
-         "LayerStatsCallback(model='backbon'): NestedProject has no attribute 'backbon'; its submodules are ['net']"),
-        (LoRPPruneCallback(2, model="net.llm"), ValueError,
-         "LoRPPruneCallback(model='net.llm'): NestedProject has no attribute 'net.llm'"),
-        (LoRPPruneCallback(2, model="net.head"), TypeError,
-         "LoRPPruneCallback(model='net.head') works on a Hugging Face causal LM (LoRPModule keeps one at .model), "
-         "but NestedProject.net.head is Linear"),
-        (LoRPPruneCallback(2, model=lambda module: module.backbone), ValueError,
-         "LoRPPruneCallback(model=<lambda>) raised AttributeError"),
+        (
+            LayerStatsCallback(model="backbon"),
+            ValueError,
+            "LayerStatsCallback(model='backbon'): NestedProject has no attribute 'backbon'; its submodules are ['net']",
+        ),
+        (
+            LoRPPruneCallback(2, model="net.llm"),
+            ValueError,
+            "LoRPPruneCallback(model='net.llm'): NestedProject has no attribute 'net.llm'",
+        ),
+        (
+            LoRPPruneCallback(2, model="net.head"),
+            TypeError,
+            "LoRPPruneCallback(model='net.head') works on a Hugging Face causal LM (LoRPModule keeps one at .model), "
+            "but NestedProject.net.head is Linear",
+        ),
+        (
+            LoRPPruneCallback(2, model=lambda module: module.backbone),
+            ValueError,
+            "LoRPPruneCallback(model=<lambda>) raised AttributeError",
+        ),
         (LoRPPruneCallback(2), ValueError, "LoRPPruneCallback(model='model'): NestedProject has no attribute 'model'"),
     ],
 )
@@ -324,8 +366,13 @@ def test_a_model_argument_that_leads_to_no_causal_lm_fails_at_setup_before_any_b
 def test_a_causal_lm_configure_model_does_not_build_is_missed_when_the_loop_starts_before_any_batch(tmp_path):
     module = BuiltInConfigureModel(attribute="lm")  # builds self.lm, while the callback looks at self.backbone
     callback = LoRPPruneCallback(2, model="backbone")
-    with pytest.raises(TypeError, match=re.escape("LoRPPruneCallback(model='backbone') works on a Hugging Face causal LM "
-                                                  "(LoRPModule keeps one at .model), but BuiltInConfigureModel.backbone is NoneType")):
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            "LoRPPruneCallback(model='backbone') works on a Hugging Face causal LM "
+            "(LoRPModule keeps one at .model), but BuiltInConfigureModel.backbone is NoneType"
+        ),
+    ):
         make_trainer(tmp_path, callbacks=[callback]).validate(module, tensor_loader())
     assert module.steps == 0
 

@@ -42,21 +42,35 @@ OFFICIAL = {
 FIRST = {
     "arc_easy": (
         ["Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:"],
-        [" Sunlight is the source of energy for nearly all ecosystems.", " Most ecosystems are found on land instead of in water.",
-         " Carbon dioxide is more available than other gases.", " The producers in all ecosystems are plants."],
+        [
+            " Sunlight is the source of energy for nearly all ecosystems.",
+            " Most ecosystems are found on land instead of in water.",
+            " Carbon dioxide is more available than other gases.",
+            " The producers in all ecosystems are plants.",
+        ],
         0,
     ),
     "arc_challenge": (
-        ["Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most likely "
-         "effect of this increase in rotation?\nAnswer:"],
-        [" Planetary density will decrease.", " Planetary years will become longer.", " Planetary days will become shorter.",
-         " Planetary gravity will become stronger."],
+        [
+            "Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most likely "
+            "effect of this increase in rotation?\nAnswer:"
+        ],
+        [
+            " Planetary density will decrease.",
+            " Planetary years will become longer.",
+            " Planetary days will become shorter.",
+            " Planetary gravity will become stronger.",
+        ],
         2,
     ),
     "hellaswag": (
         ["Roof shingle removal: A man is sitting on a roof. He"],
-        [" is using wrap to wrap a pair of skis.", " is ripping level tiles off.", " is holding a rubik's cube.",
-         " starts pulling up roofing on a roof."],
+        [
+            " is using wrap to wrap a pair of skis.",
+            " is ripping level tiles off.",
+            " is holding a rubik's cube.",
+            " starts pulling up roofing on a roof.",
+        ],
         3,
     ),
     "winogrande": (  # partial scoring: one context per option, the same continuation
@@ -65,14 +79,18 @@ FIRST = {
         1,
     ),
     "openbookqa": (
-        ["A person wants to start saving money so that they can afford a nice vacation at the end of the year. After looking "
-         "over their budget and expenses, they decide the best way to save money is to"],
+        [
+            "A person wants to start saving money so that they can afford a nice vacation at the end of the year. After looking "
+            "over their budget and expenses, they decide the best way to save money is to"
+        ],
         [" make more phone calls", " quit eating lunch out", " buy less with monopoly money", " have lunch with friends"],
         1,
     ),
     "rte": (
-        ["Dana Reeve, the widow of the actor Christopher Reeve, has died of lung cancer at age 44, according to the "
-         "Christopher Reeve Foundation.\nQuestion: Christopher Reeve had an accident. True or False?\nAnswer:"],
+        [
+            "Dana Reeve, the widow of the actor Christopher Reeve, has died of lung cancer at age 44, according to the "
+            "Christopher Reeve Foundation.\nQuestion: Christopher Reeve had an accident. True or False?\nAnswer:"
+        ],
         [" True", " False"],
         1,
     ),
@@ -83,18 +101,28 @@ FIRST = {
     ),
     "piqa": (
         ["Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"],
-        [" Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper strips, you will also "
-         "need to supply it with a water bottle and a food dish.",
-         " Provide the guinea pig with a cage full of a few inches of bedding made of ripped jeans material, you will also "
-         "need to supply it with a water bottle and a food dish."],
+        [
+            " Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper strips, you will also "
+            "need to supply it with a water bottle and a food dish.",
+            " Provide the guinea pig with a cage full of a few inches of bedding made of ripped jeans material, you will also "
+            "need to supply it with a water bottle and a food dish.",
+        ],
         0,
     ),
 }
 
 # What zero_shot_task_config may change in lm-eval's config; everything else must be lm-eval's.
 DATA_FIELDS = {
-    "custom_dataset", "dataset_path", "dataset_name", "dataset_kwargs", "training_split",
-    "validation_split", "test_split", "num_fewshot", "metadata", "fewshot_config",
+    "custom_dataset",
+    "dataset_path",
+    "dataset_name",
+    "dataset_kwargs",
+    "training_split",
+    "validation_split",
+    "test_split",
+    "num_fewshot",
+    "metadata",
+    "fewshot_config",
 }
 
 
@@ -120,8 +148,17 @@ def _requests(task, limit):
 
 
 def test_task_list_and_info():
-    assert ZERO_SHOT_TASKS == ("arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq",
-                               "openbookqa", "rte", "copa", "piqa")
+    assert ZERO_SHOT_TASKS == (
+        "arc_easy",
+        "arc_challenge",
+        "hellaswag",
+        "winogrande",
+        "boolq",
+        "openbookqa",
+        "rte",
+        "copa",
+        "piqa",
+    )
     info = {row["task"]: row for row in zero_shot_task_info()}
     assert list(info) == list(ZERO_SHOT_TASKS)
     for name, (split, count, _, _) in OFFICIAL.items():
@@ -145,9 +182,11 @@ def test_rebuilt_test_splits_method_gives_back_validation_splits():
     import datasets
 
     root = zeroshot._data_dir()
-    for name, hf, field in [("arc_easy", "ai2_arc/ARC-Easy", "question"),
-                            ("arc_challenge", "ai2_arc/ARC-Challenge", "question"),
-                            ("openbookqa", "openbookqa/main", "question_stem")]:
+    for name, hf, field in [
+        ("arc_easy", "ai2_arc/ARC-Easy", "question"),
+        ("arc_challenge", "ai2_arc/ARC-Challenge", "question"),
+        ("openbookqa", "openbookqa/main", "question_stem"),
+    ]:
         rebuilt = zeroshot._mc_rows_from_requests(root / f"oe_eval_tasks/{name}/val_rc_5shot/requests.jsonl.gz", field)
         hub = datasets.Dataset.from_file(str(root / f"hf_datasets/{hf}/validation/data-00000-of-00001.arrow"))
         assert len(rebuilt) == len(hub) > 0
@@ -276,8 +315,9 @@ def test_bad_arguments(kwargs, named):
 
 def test_unknown_task_lists_the_tasks():
     for function in (zero_shot_task_config, load_zero_shot_split, build_zero_shot_task):
-        with pytest.raises(ValueError, match="'race'.*arc_easy, arc_challenge, hellaswag, winogrande, boolq, "
-                                             "openbookqa, rte, copa, piqa"):
+        with pytest.raises(
+            ValueError, match="'race'.*arc_easy, arc_challenge, hellaswag, winogrande, boolq, openbookqa, rte, copa, piqa"
+        ):
             function("race")
 
 
@@ -303,11 +343,12 @@ def _direct_accuracy(model, tokenizer, task, limit):
     mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in sequences])
     with torch.no_grad():
         logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-    scores = [sum(logprobs[row, i - 1, ids[row, i]].item() for i in range(start, stop))
-              for row, (start, stop) in enumerate(spans)]
+    scores = [
+        sum(logprobs[row, i - 1, ids[row, i]].item() for i in range(start, stop)) for row, (start, stop) in enumerate(spans)
+    ]
     correct, offset = 0, 0
     for gold, size in zip(golds, sizes, strict=True):
-        doc_scores = scores[offset: offset + size]
+        doc_scores = scores[offset : offset + size]
         correct += int(doc_scores.index(max(doc_scores)) == gold)
         offset += size
     return correct / limit
@@ -359,8 +400,17 @@ def test_a_pruned_directory_loads_in_plain_lm_eval_by_path_and_scores_as_the_pru
 
     _, tokenizer = smollm2
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+        )
+    )
     prune_layers(model, [1, 2])
     model.save_pretrained(tmp_path / "pruned")
     tokenizer.save_pretrained(tmp_path / "pruned")

@@ -2,7 +2,8 @@
 
 One file per callback: ``statistics`` (``LayerStatsCallback``), ``prune``
 (``LoRPPruneCallback``), ``heal`` (``LoRPHealCallback``, whose settings, adapters and record are
-in ``lorp_lightning.healing``); ``location`` says where a callback finds the causal LM and holds
+in ``lorp_lightning.healing``), ``time_budget`` (``TimeBudget``, the clock of a healing's
+``max_seconds``); ``location`` says where a callback finds the causal LM and holds
 what they do to the Trainer around it.
 
 The statistics and prune callbacks listen to the decoder blocks of a Hugging Face causal LM inside the
@@ -20,5 +21,16 @@ from lorp_lightning.callbacks.heal import LoRPHealCallback, LossCurve
 from lorp_lightning.callbacks.location import ModelLocation, check_model_location, get_causal_lm, rebuild_optimizers
 from lorp_lightning.callbacks.prune import LoRPPruneCallback
 from lorp_lightning.callbacks.statistics import LayerStatsCallback
+from lorp_lightning.callbacks.time_budget import TimeBudget
 
-__all__ = ["LayerStatsCallback", "LoRPHealCallback", "LoRPPruneCallback", "LossCurve", "ModelLocation", "check_model_location", "get_causal_lm", "rebuild_optimizers"]
+__all__ = [
+    "LayerStatsCallback",
+    "LoRPHealCallback",
+    "LoRPPruneCallback",
+    "LossCurve",
+    "ModelLocation",
+    "check_model_location",
+    "TimeBudget",
+    "get_causal_lm",
+    "rebuild_optimizers",
+]

@@ -24,10 +24,10 @@ from typing_extensions import override
 
 from lorp_lightning.callbacks.location import ModelLocation, check_model_location, get_causal_lm, rebuild_optimizers
 from lorp_lightning.callbacks.prune import LoRPPruneCallback
-from lorp_lightning.distillation import Distillation, _check_lm_weight, _check_temperature, check_dense_stack, check_teacher
+from lorp_lightning.distillation import Distillation, check_dense_stack, check_teacher
 from lorp_lightning.healing import adapters
 from lorp_lightning.healing.record import add_entry
-from lorp_lightning.healing.settings import HealingSettings, checked_teacher
+from lorp_lightning.healing.settings import HealingSettings
 from lorp_lightning.module import LoRPModule
 from lorp_lightning.stats import model_inputs
 from lorp_lightning.surgery import SavedStack, pruning_record, save_stack
@@ -68,13 +68,15 @@ class LoRPHealCallback(Callback):
     them is not supported: save the healed model after ``fit`` (``save_pretrained``).
 
     Args:
+        settings: all of the arguments below but ``verbose`` and ``model``, as one ``HealingSettings`` (with its
+            ``DistillationSettings``); an argument given as well replaces the settings' own.
         mode: ``"lora"`` (default) or ``"adjacent"``.
         rank: LoRA rank (``"lora"`` only; default 8).
         alpha: LoRA alpha; the update is scaled by alpha / rank (``"lora"`` only; default 16).
         dropout: LoRA dropout (``"lora"`` only; default 0).
         target_modules: names of the linear layers of the blocks that get adapters, e.g.
             ``["q_proj", "v_proj"]`` (``"lora"`` only; default None: every linear layer of every block but the routers of MoE blocks).
-        seed: seed of the adapters' random initialisation.
+        seed: seed of the adapters' random initialisation (default 0).
         verbose: print a line when healing starts and ends (on rank zero).
         model: where the Hugging Face causal LM is in the LightningModule: an attribute name
             (default ``"model"``; dotted paths allowed, e.g. ``"net.lm"``) or a callable
@@ -147,12 +149,12 @@ class LoRPHealCallback(Callback):
 
     def __init__(
         self,
-        mode: str = "lora",
+        mode: str | None = None,
         rank: int | None = None,
         alpha: float | None = None,
         dropout: float | None = None,
         target_modules: Sequence[str] | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         verbose: bool = True,
         model: ModelLocation = "model",
         teacher: nn.Module | str | None = None,
@@ -161,28 +163,26 @@ class LoRPHealCallback(Callback):
         lm_weight: float | None = None,
         lora: Any = None,
         teacher_name: str | None = None,
+        *,
+        settings: HealingSettings | None = None,
     ) -> None:
-        self.settings = HealingSettings.checked(mode, rank, alpha, dropout, target_modules, seed, lora)
+        self.settings = HealingSettings.of(
+            settings,
+            mode=mode,
+            rank=rank,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
+            seed=seed,
+            lora=lora,
+            teacher=teacher,
+            teacher_tokenizer=teacher_tokenizer,
+            temperature=temperature,
+            lm_weight=lm_weight,
+            teacher_name=teacher_name,
+        )
         self.verbose = verbose
         self.model = check_model_location(model, type(self).__name__)
-        self.teacher = checked_teacher(teacher, self.settings.mode)
-        if teacher is None:
-            given = {name: value for name, value in (("teacher_tokenizer", teacher_tokenizer), ("temperature", temperature),
-                                                     ("lm_weight", lm_weight), ("teacher_name", teacher_name)) if value is not None}
-            if given:
-                name, value = next(iter(given.items()))
-                raise ValueError(f"{name} applies only to distillation, got {name}={value!r} without a teacher; pass "
-                                 "teacher='dense' or the dense model, or leave it out")
-        for name, value in (("teacher_tokenizer", teacher_tokenizer), ("teacher_name", teacher_name)):
-            if teacher == "dense" and value is not None:
-                raise ValueError(f"{name} applies to a separate teacher model; teacher='dense' is the student "
-                                 f"itself, with its own tokenizer and name: leave {name} out")
-        if teacher_name is not None and not (isinstance(teacher_name, str) and teacher_name):
-            raise ValueError(f"teacher_name must be a non-empty str or None, got teacher_name={teacher_name!r}")
-        self.teacher_name = teacher_name
-        self.teacher_tokenizer = teacher_tokenizer
-        self.temperature = 1.0 if temperature is None else _check_temperature(temperature)
-        self.lm_weight = 0.0 if lm_weight is None else _check_lm_weight(lm_weight)
         self.records: list[dict] = []
         self.losses: list[float] = []
         self._run: dict[str, Any] = {}  # heal() describes its run here, for the record
@@ -197,6 +197,11 @@ class LoRPHealCallback(Callback):
     @override
     def state_key(self) -> str:
         return self._generate_state_key(mode=self.settings.mode, rank=self.settings.rank)
+
+    @property
+    def teacher(self) -> nn.Module | str | None:
+        """The distillation's teacher (``settings.distillation.teacher``), or None."""
+        return self.settings.teacher
 
     @property
     def healing(self) -> bool:
@@ -223,10 +228,14 @@ class LoRPHealCallback(Callback):
     def _current_distillation(self, name: str) -> Distillation:
         if self._distillation is None:
             if self.teacher is None:
-                raise RuntimeError(f"LoRPHealCallback.{name}: this callback has no teacher; pass "
-                                   "LoRPHealCallback(teacher='dense' or the dense model)")
-            raise RuntimeError(f"LoRPHealCallback.{name}: no healing is running (it runs from the setup of fit, or "
-                               "from the pruning in the middle of fit, to the end of fit); check callback.healing first")
+                raise RuntimeError(
+                    f"LoRPHealCallback.{name}: this callback has no teacher; pass "
+                    "LoRPHealCallback(teacher='dense' or the dense model)"
+                )
+            raise RuntimeError(
+                f"LoRPHealCallback.{name}: no healing is running (it runs from the setup of fit, or "
+                "from the pruning in the middle of fit, to the end of fit); check callback.healing first"
+            )
         return self._distillation
 
     def _student_device(self) -> torch.device:
@@ -286,8 +295,13 @@ class LoRPHealCallback(Callback):
                     "teacher=dense_model"
                 )
             return
-        check_teacher(model, self.teacher, device=trainer.strategy.root_device,
-                      tokenizer=getattr(pl_module, "tokenizer", None), teacher_tokenizer=self.teacher_tokenizer)
+        check_teacher(
+            model,
+            self.teacher,
+            device=trainer.strategy.root_device,
+            tokenizer=getattr(pl_module, "tokenizer", None),
+            teacher_tokenizer=self.settings.distillation.teacher_tokenizer,
+        )
 
     def _pending_prune(self, trainer: pl.Trainer) -> LoRPPruneCallback | None:
         """The Trainer's LoRPPruneCallback that will prune during this fit, checked to run before this callback."""
@@ -302,7 +316,8 @@ class LoRPHealCallback(Callback):
             raise ValueError(
                 f"LoRPHealCallback(teacher='dense') with the schedule {prune.schedule!r}: the dense teacher is the model "
                 "before the pruning, whose kept blocks the first healing's merge changes; distil from a model given as "
-                "teacher=... (the dense model loaded again) across a schedule")
+                "teacher=... (the dense model loaded again) across a schedule"
+            )
         if callbacks.index(prune) > callbacks.index(self):
             raise ValueError(
                 "LoRPHealCallback comes before LoRPPruneCallback in the Trainer's callbacks, so it would see the model "
@@ -333,20 +348,27 @@ class LoRPHealCallback(Callback):
             self._start_distillation(pl_module, model)
         if self.verbose:
             healing = self._healing
-            what = (f"LoRA rank {self.settings.rank} on {', '.join(healing.target_modules)}" if self.settings.mode == "lora"
-                    else f"blocks {healing.trained_blocks}, the final norm and the head")
+            what = (
+                f"LoRA rank {self.settings.rank} on {', '.join(healing.target_modules)}"
+                if self.settings.mode == "lora"
+                else f"blocks {healing.trained_blocks}, the final norm and the head"
+            )
             loss = "" if healing.distillation is None else f", distilled from the teacher {healing.distillation['teacher']}"
-            rank_zero_info(f"LoRPHealCallback: healing {what}: {healing.num_trainable_parameters / 1e6:.2f} M trainable "
-                           f"parameters{loss}")
+            rank_zero_info(
+                f"LoRPHealCallback: healing {what}: {healing.num_trainable_parameters / 1e6:.2f} M trainable parameters{loss}"
+            )
 
     def _start_distillation(self, pl_module: pl.LightningModule, model: nn.Module) -> None:
         """Build the teacher, and hand it to a LoRPModule, whose training_step then distils."""
+        settings = self.settings.distillation
         if self.teacher == "dense":
-            distillation = Distillation.dense_student(model, self._dense, self._healing.tuner,
-                                                      temperature=self.temperature, lm_weight=self.lm_weight)
+            distillation = Distillation.dense_student(
+                model, self._dense, self._healing.tuner, temperature=settings.temperature, lm_weight=settings.lm_weight
+            )
         else:
-            distillation = Distillation.from_model(self.teacher, temperature=self.temperature, lm_weight=self.lm_weight,
-                                                   name=self.teacher_name)
+            distillation = Distillation.from_model(
+                self.teacher, temperature=settings.temperature, lm_weight=settings.lm_weight, name=settings.teacher_name
+            )
         distillation.start()
         self._distillation, self._pl_module, self._asked_teacher = distillation, pl_module, None
         self._healing.distillation = distillation.record()
@@ -379,7 +401,9 @@ class LoRPHealCallback(Callback):
                 rebuild_optimizers(trainer, pl_module)
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._healing is not None:
             loss = _step_loss(outputs)
             if loss is not None:
@@ -423,8 +447,11 @@ class LoRPHealCallback(Callback):
         self.records.append(entry)
         if self.verbose:
             kind = "" if entry["distillation"] is None else " (distillation)"
-            losses = (f"; training loss{kind} {entry['initial_loss']:.3f} -> {entry['final_loss']:.3f}"
-                      if entry["initial_loss"] is not None else "")
+            losses = (
+                f"; training loss{kind} {entry['initial_loss']:.3f} -> {entry['final_loss']:.3f}"
+                if entry["initial_loss"] is not None
+                else ""
+            )
             rank_zero_info(f"LoRPHealCallback: healed for {entry['num_steps']} steps{losses}; merged into the weights")
 
     # ------------------------------------------------------------------ state
@@ -441,15 +468,17 @@ class LoRPHealCallback(Callback):
 class LossCurve(Callback):
     """The training loss of every step of ``fit``, in ``losses`` (a list of floats).
 
-        curve = LossCurve()
-        heal(model, tokenizer, steps=200, trainer_options={"callbacks": [curve]})
-        curve.losses   # one float per step
+    curve = LossCurve()
+    heal(model, tokenizer, steps=200, trainer_options={"callbacks": [curve]})
+    curve.losses   # one float per step
     """
 
     def __init__(self) -> None:
         self.losses: list[float] = []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = _step_loss(outputs)
         if loss is not None:
             self.losses.append(loss)

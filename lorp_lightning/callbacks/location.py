@@ -100,7 +100,7 @@ def _find(pl_module: pl.LightningModule, model: ModelLocation, owner: str) -> An
             children = [name for name, _ in pl_module.named_children()]
             raise ValueError(
                 f"{owner}({_describe(model)}): {type(pl_module).__name__} has no attribute "
-                f"{'.'.join(parts[:depth + 1])!r}; its submodules are {children}. Pass model='<attribute>' naming "
+                f"{'.'.join(parts[: depth + 1])!r}; its submodules are {children}. Pass model='<attribute>' naming "
                 "the causal LM (dotted paths allowed), or a callable pl_module -> the causal LM"
             ) from None
     return found

@@ -7,8 +7,8 @@ does), or reads those of a ``LayerStatsCallback`` in the same Trainer; the selec
 from __future__ import annotations
 
 import json
-import numbers
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lorp_lightning._validation import check_choice, check_int, is_integer
+from lorp_lightning._validation import ParameterError, check_choice
 from lorp_lightning.architectures import decoder_layers
 from lorp_lightning.callbacks.location import (
     _SHARDED_STRATEGIES,
@@ -31,7 +31,7 @@ from lorp_lightning.callbacks.location import (
 )
 from lorp_lightning.callbacks.statistics import LayerStatsCallback, _Gathering, _GatheringCallback
 from lorp_lightning.compensation import check_compensable
-from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, get_method, select_layers
+from lorp_lightning.methods import CHECK_WINDOWS, DEFAULT_METHOD, PruneSettings, select_layers
 from lorp_lightning.rounds import PruningSchedule, compose_plans
 from lorp_lightning.selection import PruningPlan, is_budget, protected_blocks, resolve_budget
 from lorp_lightning.stats import LayerStats
@@ -85,7 +85,8 @@ class LoRPPruneCallback(_GatheringCallback):
     lists each step's plan, and ``plan`` is them composed in the original numbering. Resuming
     ``fit`` from a checkpoint in the middle of a schedule needs a module that rebuilds the pruned
     depth before the weights load (``LoRPModule`` does); the schedule then goes on where it
-    stopped, and a model of another depth is refused, naming both. Pruned in the middle of ``fit``, the model keeps training: the optimizers and
+    stopped, and a model of another depth is refused, naming both. Pruned in the middle of ``fit``, the model
+    keeps training: the optimizers and
     learning-rate schedulers are built again by ``configure_optimizers``, over the kept
     parameters (single-device and DDP strategies). Under DDP, every process prunes the same
     blocks, selected from the statistics of all processes. (Lightning's ``DistributedSampler``
@@ -136,6 +137,9 @@ class LoRPPruneCallback(_GatheringCallback):
             compensated), its statistics collected again on the calibration windows (all the
             unpadded ones the loop ran; with a ``LayerStatsCallback`` in the Trainer, its first 8).
             Default 1, one shot. More rounds than blocks to prune is refused at ``setup``.
+        settings: ``amount`` (a single one), ``method``, ``num_clusters``, ``protect``, ``seed``,
+            ``compensate`` and ``rounds`` as one ``PruneSettings``, checked once; an argument given
+            as well replaces its own (a schedule as ``amount`` replaces its amount).
 
     After pruning, ``plan`` is the ``PruningPlan`` and
     ``stats`` the statistics it was chosen from; both are part of the callback's state.
@@ -146,76 +150,83 @@ class LoRPPruneCallback(_GatheringCallback):
 
     def __init__(
         self,
-        amount: int | float | Sequence[tuple[int, int | float]] | Callable[[int], int | float],
-        method: str | Callable = DEFAULT_METHOD,
+        amount: int | float | Sequence[tuple[int, int | float]] | Callable[[int], int | float] | None = None,
+        method: str | Callable | None = None,
         num_clusters: int | None = None,
         protect: Iterable[int] | None = None,
         prune_on: str = "validation_end",
-        seed: int = 0,
+        seed: int | None = None,
         verbose: bool = True,
         model: ModelLocation = "model",
-        compensate: bool = False,
-        rounds: int = 1,
+        compensate: bool | None = None,
+        rounds: int | None = None,
+        *,
+        settings: PruneSettings | None = None,
     ) -> None:
+        if amount is None and settings is None:
+            raise TypeError(
+                "LoRPPruneCallback needs an amount (a count, a fraction, or a schedule) or settings=PruneSettings(...)"
+            )
         self.schedule = None
         if callable(amount) or (isinstance(amount, (list, tuple)) and not is_budget(amount)):
             self.schedule = PruningSchedule(amount)  # a ValueError naming the schedule if it is not one
             if prune_on != "validation_end":
-                raise ValueError(f"a schedule prunes at the validation ends of fit it reaches: pass prune_on='validation_end' "
-                                 f"(the default), not prune_on={prune_on!r}, or a single amount")
-            if rounds != 1:
-                raise ValueError(f"rounds={rounds!r} splits a single amount into rounds; a schedule gives its own rounds")
-        elif not is_budget(amount):  # the one budget rule (selection.is_budget); the message says what was wrong
-            if is_integer(amount):
-                raise ValueError(f"amount={amount!r} prunes no block: pass a count >= 1 or a fraction in (0, 1)")
-            if isinstance(amount, numbers.Real) and not isinstance(amount, bool):
                 raise ValueError(
-                    f"amount={float(amount)!r} is not a fraction in (0, 1): pass e.g. 0.25 for a quarter of the blocks, "
-                    "or an int count"
+                    f"a schedule prunes at the validation ends of fit it reaches: pass prune_on='validation_end' "
+                    f"(the default), not prune_on={prune_on!r}, or a single amount"
                 )
-            raise ValueError(
-                f"amount must be an int (a number of blocks) or a float in (0, 1) (a fraction of them), got amount={amount!r}"
-            )
-        if self.schedule is None:
-            amount = int(amount) if is_integer(amount) else float(amount)
-        self._method = get_method(method)  # a ValueError naming the methods for an unknown name
-        if num_clusters is not None:
-            if self._method.name != "lorp":
-                raise ValueError(
-                    f"num_clusters applies only to method='lorp', got num_clusters={num_clusters!r} with method={method!r}"
+            if rounds not in (None, 1) or (settings is not None and settings.rounds != 1):
+                raise ParameterError(
+                    "rounds",
+                    f"rounds={rounds if rounds is not None else settings.rounds!r} splits a "
+                    "single amount into rounds; a schedule gives its own rounds",
                 )
-            check_int(num_clusters, "num_clusters", what="a positive int or None")
-        if protect is not None:
-            if isinstance(protect, (str, bytes)) or not isinstance(protect, Iterable):
-                raise ValueError(f"protect must be a list of block indices or None, got protect={protect!r}")
-            protect = tuple(protect)
-            if not all(is_integer(p) and p >= 0 for p in protect):
-                raise ValueError(f"protect must hold block indices (ints >= 0), got protect={protect!r}")
-            protect = tuple(int(p) for p in protect)
+            amount = None
+        base = settings if settings is not None else PruneSettings(method=DEFAULT_METHOD)
+        if self.schedule is not None:
+            base = replace(base, amount=None)
+        self.settings = PruneSettings.of(
+            base,
+            amount=amount,
+            method=method,
+            num_clusters=num_clusters,
+            protect=protect,
+            seed=seed,
+            compensate=compensate,
+            rounds=rounds,
+        )
+        self._method = self.settings.entry
         check_choice(prune_on, "prune_on", self.PRUNE_ON)
-        seed = check_int(seed, "seed", low=0)
-        self.amount = amount
-        self.method = method
-        self.num_clusters = None if num_clusters is None else int(num_clusters)
-        self.protect = protect
         self.prune_on = prune_on
-        self.seed = int(seed)
-        if not isinstance(compensate, bool):
-            raise ValueError(f"compensate must be True or False, got compensate={compensate!r}")
-        self.compensate = compensate
-        self.rounds = int(check_int(rounds, "rounds", low=1))
         self.verbose = verbose
         self.stages = ("predict",) if prune_on == "predict_end" else ("validation",)
         self.model = check_model_location(model, type(self).__name__)
         self.stats: LayerStats | None = None
         self.windows: torch.Tensor | None = None
-        self._gathering = _Gathering(self.stages, self.model, type(self).__name__, check=self._check_model,
-                                     keep_windows=None if self.rounds > 1 else CHECK_WINDOWS)  # rounds: all, for their statistics
+        self._gathering = _Gathering(
+            self.stages,
+            self.model,
+            type(self).__name__,
+            check=self._check_model,
+            keep_windows=None if self.rounds > 1 else CHECK_WINDOWS,
+        )  # rounds: all, for their statistics
         self._listener = self._gathering.listener
         self.plan: PruningPlan | None = None
         self.plans: list[PruningPlan] = []  # with a schedule: each pruning's plan, in the numbering of the model it pruned
         self._depth: int | None = None  # the blocks of the unpruned model, once found
         self._stats_callback: LayerStatsCallback | None = None
+
+    # the settings, as the arguments they came from
+    amount = property(
+        lambda self: self.settings.amount if self.schedule is None else self.schedule.schedule,
+        doc="The amount: the settings' budget, or the schedule as given.",
+    )
+    method = property(lambda self: self.settings.method, doc="The method, a name or a callable (``settings.method``).")
+    num_clusters = property(lambda self: self.settings.num_clusters, doc="``settings.num_clusters``.")
+    protect = property(lambda self: self.settings.protect, doc="``settings.protect``.")
+    seed = property(lambda self: self.settings.seed, doc="``settings.seed``.")
+    compensate = property(lambda self: self.settings.compensate, doc="``settings.compensate``.")
+    rounds = property(lambda self: self.settings.rounds, doc="``settings.rounds``.")
 
     @property
     @override
@@ -287,15 +298,18 @@ class LoRPPruneCallback(_GatheringCallback):
             raise ValueError(f"protect={self.protect!r} holds {outside}, beyond the {num_layers} blocks of the model")
         protect = self._protected(num_layers)
         if self.num_clusters is not None and self.num_clusters > num_layers:
-            raise ValueError(
-                f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}"
+            raise ParameterError(
+                "num_clusters",
+                f"num_clusters={self.num_clusters} exceeds the {num_layers} blocks of the model; pass at most {num_layers}",
             )
         if self.schedule is not None:
             self.schedule.blocks(num_layers, num_layers - len(protect))  # a list: every entry checked now
             return
         k = resolve_budget(self.amount, num_layers, num_layers - len(protect))
         if self.rounds > k:
-            raise ValueError(f"rounds={self.rounds} exceeds the {k} blocks amount={self.amount!r} prunes; pass at most {k}")
+            raise ParameterError(
+                "rounds", f"rounds={self.rounds} exceeds the {k} blocks amount={self.amount!r} prunes; pass at most {k}"
+            )
 
     # ------------------------------------------------------------------ listening
 
@@ -329,11 +343,14 @@ class LoRPPruneCallback(_GatheringCallback):
         assert self.schedule is not None
         num_layers = self.plan.num_layers if self.plan is not None else self._depth
         done = 0 if self.plan is None else len(self.plan.pruned)
-        total = self.schedule.due(trainer.global_step, trainer.current_epoch, num_layers,
-                                  num_layers - len(self._protected(num_layers)))
+        total = self.schedule.due(
+            trainer.global_step, trainer.current_epoch, num_layers, num_layers - len(self._protected(num_layers))
+        )
         if total < done:
-            raise ValueError(f"the schedule {self.schedule!r} asks for {total} blocks removed at epoch {trainer.current_epoch}, "
-                             f"step {trainer.global_step}, but {done} are removed already: a schedule may not decrease")
+            raise ValueError(
+                f"the schedule {self.schedule!r} asks for {total} blocks removed at epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step}, but {done} are removed already: a schedule may not decrease"
+            )
         return total - done
 
     # ------------------------------------------------------------------ pruning
@@ -372,8 +389,13 @@ class LoRPPruneCallback(_GatheringCallback):
         if self._method.reads_model or self.compensate or self.rounds > 1:
             source = self._stats_callback if self._stats_callback is not None else self
             if source.windows is None:
-                what = (f"method={self._method.name!r}" if self._method.reads_model else
-                        "compensate=True" if self.compensate else f"rounds={self.rounds}")
+                what = (
+                    f"method={self._method.name!r}"
+                    if self._method.reads_model
+                    else "compensate=True"
+                    if self.compensate
+                    else f"rounds={self.rounds}"
+                )
                 raise RuntimeError(
                     f"LoRPPruneCallback({what}) checks on unpadded {self._listens_to} sequences, and none ran "
                     "through the model; give it unpadded windows (TextDataModule's are)"
@@ -388,10 +410,7 @@ class LoRPPruneCallback(_GatheringCallback):
                 raise RuntimeError(self._depth_message(len(decoder_layers(causal_lm))))
             protect = [i for i, b in enumerate(alive) if b in self._protected(num_layers)]
         with torch.inference_mode(False):  # plans tried on the model run outside Lightning's inference mode
-            plan = select_layers(
-                self.stats, amount, method=self.method, num_clusters=self.num_clusters, protect=protect,
-                seed=self.seed, model=model, windows=windows, compensate=self.compensate, rounds=self.rounds,
-            )
+            plan = select_layers(self.stats, amount, protect=protect, settings=self.settings, model=model, windows=windows)
         plan = PruningPlan.from_json(trainer.strategy.broadcast(plan.to_json()))  # the same blocks on every process
         with torch.inference_mode(False):  # Lightning's evaluation loops run in inference mode
             prune_layers(causal_lm, plan)
@@ -404,10 +423,12 @@ class LoRPPruneCallback(_GatheringCallback):
     def _depth_message(self, depth: int) -> str:
         if self.plan is None:
             return f"the model has {depth} blocks, but had {self._depth} when LoRPPruneCallback checked its schedule at setup"
-        return (f"the model has {depth} blocks, but the schedule {self.schedule!r} of LoRPPruneCallback has removed "
-                f"{len(self.plan.pruned)} of {self.plan.num_layers} (blocks {self.plan.pruned}), which leaves "
-                f"{len(self.plan.kept)}: resume from a checkpoint with a module that rebuilds the pruned depth "
-                "(LoRPModule does, from the checkpoint's pruning record)")
+        return (
+            f"the model has {depth} blocks, but the schedule {self.schedule!r} of LoRPPruneCallback has removed "
+            f"{len(self.plan.pruned)} of {self.plan.num_layers} (blocks {self.plan.pruned}), which leaves "
+            f"{len(self.plan.kept)}: resume from a checkpoint with a module that rebuilds the pruned depth "
+            "(LoRPModule does, from the checkpoint's pruning record)"
+        )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -448,8 +469,11 @@ class LoRPPruneCallback(_GatheringCallback):
     @override
     def state_dict(self) -> dict[str, Any]:
         plan = None if self.plan is None else json.loads(self.plan.to_json())  # plain Python values only
-        return {"plan": plan, "plans": [json.loads(p.to_json()) for p in self.plans],
-                "stats": None if self.stats is None else self.stats.state_dict()}
+        return {
+            "plan": plan,
+            "plans": [json.loads(p.to_json()) for p in self.plans],
+            "stats": None if self.stats is None else self.stats.state_dict(),
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -55,7 +55,11 @@ class _Listener:
         states, norms = self.recorder.pop_with_norms()
         self.metric.update(states, attention_mask, normalized=True, norms=norms)
         for ids, mask in zip(input_ids, attention_mask, strict=True):
-            if (self.keep_windows is None or len(self.windows) < self.keep_windows) and bool(mask.all()) and (not self.windows or ids.numel() == self.windows[0].numel()):
+            if (
+                (self.keep_windows is None or len(self.windows) < self.keep_windows)
+                and bool(mask.all())
+                and (not self.windows or ids.numel() == self.windows[0].numel())
+            ):
                 self.windows.append(ids.detach().to("cpu", copy=True))
 
     def finish(self) -> LayerStats:
@@ -89,8 +93,14 @@ class _Gathering:
     found: at ``setup``, or when the loop starts for a model ``configure_model`` builds later.
     """
 
-    def __init__(self, stages: tuple[str, ...], location: ModelLocation, owner: str,
-                 check: Callable[[pl.Trainer, nn.Module], None] | None = None, keep_windows: int | None = CHECK_WINDOWS) -> None:
+    def __init__(
+        self,
+        stages: tuple[str, ...],
+        location: ModelLocation,
+        owner: str,
+        check: Callable[[pl.Trainer, nn.Module], None] | None = None,
+        keep_windows: int | None = CHECK_WINDOWS,
+    ) -> None:
         self.stages, self.location, self.owner, self.check = stages, location, owner, check
         self.listener = _Listener(keep_windows)
         self._checked = False
@@ -176,7 +186,13 @@ class _GatheringCallback(Callback):
 
     @override
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         self._gathering.batch_end(batch)
 
@@ -191,7 +207,13 @@ class _GatheringCallback(Callback):
 
     @override
     def on_predict_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         self._gathering.batch_end(batch)
 
@@ -254,9 +276,7 @@ class LayerStatsCallback(_GatheringCallback):
     def __init__(self, stages: str | Iterable[str] = "predict", model: ModelLocation = "model") -> None:
         requested = (stages,) if isinstance(stages, str) else tuple(stages) if isinstance(stages, Iterable) else None
         if not requested or any(stage not in self.STAGES for stage in requested):
-            raise ValueError(
-                f"stages must be 'predict', 'validation' or both as a tuple, got stages={stages!r}"
-            )
+            raise ValueError(f"stages must be 'predict', 'validation' or both as a tuple, got stages={stages!r}")
         self.stages = tuple(dict.fromkeys(requested))
         self.model = check_model_location(model, type(self).__name__)
         self.stats: LayerStats | None = None

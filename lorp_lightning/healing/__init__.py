@@ -28,13 +28,16 @@ Two entry points:
 - ``LoRPHealCallback`` (``lorp_lightning/callbacks/heal.py``), for a Lightning user: added to the
   Trainer after ``LoRPPruneCallback``, it heals the pruned model while ``Trainer.fit`` trains it
   (the module's ``training_step`` and optimizer; ``LoRPModule`` has both).
-- ``heal`` (``run.py``), a function that runs that ``fit`` itself: the calibration windows, a
-  Trainer with ``max_steps``, AdamW with warm-up and cosine decay.
+- ``heal`` (``lorp_lightning/recipes/heal.py``), a function that runs that ``fit`` itself: the
+  calibration windows, a Trainer with ``max_steps``, AdamW with warm-up and cosine decay.
 
-One file per concern: ``settings.py`` (the checked arguments, ``HealingSettings``), ``adapters.py``
-(what trains, put in and merged), ``record.py`` (the entry in the pruning record, written once),
-``schedule.py`` (the learning-rate schedule and the time budget), ``run.py`` (``heal``),
-``progressive.py`` (``prune_and_heal``: pruning in rounds, each healed before the next).
+This package holds the parts, one file per concern: ``settings.py`` (the checked arguments,
+``HealingSettings``), ``adapters.py`` (what trains, put in and merged), ``record.py`` (the entry in
+the pruning record, written once), ``schedule.py`` (the learning-rate schedule). The parts import
+neither the callbacks nor the recipes. The drivers that wire them are recipes: ``heal`` and
+``prune_and_heal`` (pruning in rounds, each healed before the next), in ``lorp_lightning/recipes/``;
+the clock of ``max_seconds`` is a callback, ``lorp_lightning/callbacks/time_budget.py``. This file
+names the callback and the recipes too, lazily, so that one import of ``healing`` gives them all.
 """
 
 from __future__ import annotations
@@ -46,34 +49,51 @@ _EXPORTS = {
     "DEFAULT_LR": "settings",
     "MODES": "settings",
     "HealingSettings": "settings",
+    "DistillationSettings": "settings",
+    "TrainingSettings": "settings",
     "blocks_next_to_removed": "adapters",
     "healing_records": "record",
     "learning_rate_factor": "schedule",
-    "heal": "run",
-    "prune_and_heal": "progressive",
 }
-# LoRPHealCallback lives with the other callbacks; it is named here too, for one import of healing.
-_CALLBACKS = {"LoRPHealCallback": "lorp_lightning.callbacks.heal", "LossCurve": "lorp_lightning.callbacks.heal"}
+# Named here too, for one import of healing: the callback lives with the other callbacks, the drivers with the recipes.
+_ABOVE = {
+    "LoRPHealCallback": "lorp_lightning.callbacks.heal",
+    "LossCurve": "lorp_lightning.callbacks.heal",
+    "heal": "lorp_lightning.recipes.heal",
+    "prune_and_heal": "lorp_lightning.recipes.prune_and_heal",
+}
 
 if TYPE_CHECKING:
     from lorp_lightning.callbacks.heal import LoRPHealCallback, LossCurve
     from lorp_lightning.healing.adapters import blocks_next_to_removed
-    from lorp_lightning.healing.progressive import prune_and_heal
     from lorp_lightning.healing.record import healing_records
-    from lorp_lightning.healing.run import heal
     from lorp_lightning.healing.schedule import learning_rate_factor
-    from lorp_lightning.healing.settings import DEFAULT_LR, MODES, HealingSettings
+    from lorp_lightning.healing.settings import DEFAULT_LR, MODES, DistillationSettings, HealingSettings, TrainingSettings
+    from lorp_lightning.recipes.heal import heal
+    from lorp_lightning.recipes.prune_and_heal import prune_and_heal
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, as the package's own __init__: the callback imports healing's submodules, and heal's
-    # runner imports the callback, so nothing here is imported before it is asked for.
+    # Lazy, as the package's own __init__: the callback and the recipes import healing's parts, so
+    # nothing here is imported before it is asked for.
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"lorp_lightning.healing.{_EXPORTS[name]}"), name)
-    if name in _CALLBACKS:
-        return getattr(importlib.import_module(_CALLBACKS[name]), name)
+    if name in _ABOVE:
+        return getattr(importlib.import_module(_ABOVE[name]), name)
     raise AttributeError(f"module 'lorp_lightning.healing' has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_LR", "MODES", "HealingSettings", "LoRPHealCallback", "LossCurve", "blocks_next_to_removed", "heal",
-           "healing_records", "learning_rate_factor", "prune_and_heal"]
+__all__ = [
+    "DEFAULT_LR",
+    "MODES",
+    "DistillationSettings",
+    "HealingSettings",
+    "TrainingSettings",
+    "LoRPHealCallback",
+    "LossCurve",
+    "blocks_next_to_removed",
+    "heal",
+    "healing_records",
+    "learning_rate_factor",
+    "prune_and_heal",
+]

@@ -19,10 +19,19 @@ import torch
 from torch import nn
 
 from lorp_lightning.architectures import architecture_of, decoder_layers
-from lorp_lightning.healing.record import checked_record
 from lorp_lightning.healing.settings import HealingSettings, peft
+from lorp_lightning.surgery import RECORD_ATTRIBUTE, pruning_record
 
-__all__ = ["Healing", "blocks_next_to_removed", "check_model", "check_settings", "lora_targets", "merge", "start"]
+__all__ = [
+    "Healing",
+    "blocks_next_to_removed",
+    "check_model",
+    "check_settings",
+    "checked_record",
+    "lora_targets",
+    "merge",
+    "start",
+]
 
 _ADAPTER = "default"
 
@@ -49,6 +58,27 @@ def blocks_next_to_removed(original_num_layers: int, pruned_layers: Sequence[int
     return sorted(kept.index(i) for i in neighbours)
 
 
+def checked_record(model: nn.Module) -> dict:
+    """The model's pruning record, checked to be one and to match the model's depth (what healing needs)."""
+    record = pruning_record(model)
+    if record is None:
+        raise ValueError(
+            "healing recovers what pruning lost, but this model has no pruning record (config.lorp_pruning): prune it "
+            "first (prune_layers, LoRPPruneCallback or `lorp prune`); for plain fine-tuning, fit a LoRPModule"
+        )
+    try:
+        original = int(record["original_num_layers"])
+        pruned = [int(i) for i in record["pruned_layers"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"config.{RECORD_ATTRIBUTE}={record!r} is not a pruning record written by lorp_lightning") from error
+    if original - len(pruned) != len(decoder_layers(model)):
+        raise ValueError(
+            f"config.{RECORD_ATTRIBUTE} says {original} - {len(pruned)} blocks remain, but the model has "
+            f"{len(decoder_layers(model))}; the record is stale"
+        )
+    return record
+
+
 def _linear_layers_of_blocks(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
     """The linear layers inside the decoder blocks (``nn.Linear`` or GPT-2's ``Conv1D``), as two dicts of full
     name -> module: those LoRA may adapt, and the routing layers of the mixture-of-experts blocks, which it may not.
@@ -63,9 +93,13 @@ def _linear_layers_of_blocks(model: nn.Module) -> tuple[dict[str, nn.Module], di
     prefix = architecture_of(model).layers_path
     layers, routers = {}, {}
     for index, block in enumerate(decoder_layers(model)):
-        routing = {f"{owner}.{child}" if owner else child
-                   for owner, module in block.named_modules() if isinstance(getattr(module, "experts", None), nn.Module)
-                   for child, layer in module.named_children() if isinstance(layer, (nn.Linear, Conv1D))}
+        routing = {
+            f"{owner}.{child}" if owner else child
+            for owner, module in block.named_modules()
+            if isinstance(getattr(module, "experts", None), nn.Module)
+            for child, layer in module.named_children()
+            if isinstance(layer, (nn.Linear, Conv1D))
+        }
         for name, module in block.named_modules():
             if isinstance(module, (nn.Linear, Conv1D)):
                 (routers if name in routing else layers)[f"{prefix}.{index}.{name}"] = module
@@ -98,9 +132,12 @@ def lora_targets(model: nn.Module, settings: HealingSettings) -> dict[str, nn.Mo
         unknown = [t for t in settings.target_modules if t not in leaf_names]
         if unknown:
             routing = sorted({name.rpartition(".")[2] for name in routers})
-            why = (f"which routes tokens among the experts of the MoE blocks: LoRA leaves the routing layers {routing} as "
-                   "they are, so that a healing does not change which experts each token runs through"
-                   if unknown[0] in routing else "which is not a linear layer of the decoder blocks")
+            why = (
+                f"which routes tokens among the experts of the MoE blocks: LoRA leaves the routing layers {routing} as "
+                "they are, so that a healing does not change which experts each token runs through"
+                if unknown[0] in routing
+                else "which is not a linear layer of the decoder blocks"
+            )
             raise ValueError(
                 f"target_modules={list(settings.target_modules)!r} names {unknown[0]!r}, {why}; the blocks' linear "
                 f"layers are {leaf_names}"
@@ -132,7 +169,8 @@ def _final_norms(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def check_dtype(model: nn.Module, settings: HealingSettings) -> None:
-    if settings.mode == "adjacent":
+    """The model's weights refused for settings that train them in low precision (``settings.needs_float32``)."""
+    if settings.needs_float32:
         low = sorted({str(p.dtype) for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)})
         if low:
             raise ValueError(
@@ -195,10 +233,12 @@ def _misplaced(tuner: Any, targets: dict[str, nn.Module]) -> str | None:
         return None
     extra = sorted(set(placed) - set(targets)) + parameters
     missing = sorted(set(targets) - set(placed))
-    return (f"peft {peft().__version__} put the LoRA adapters on other weights than the {len(targets)} linear layers "
-            f"asked for: also on {len(extra)} others ({', '.join(extra[:3])}), not on {len(missing)} of them "
-            f"({', '.join(missing[:3])}); the model is left as it was. Heal with mode='adjacent', or with the peft "
-            "version pyproject.toml names")
+    return (
+        f"peft {peft().__version__} put the LoRA adapters on other weights than the {len(targets)} linear layers "
+        f"asked for: also on {len(extra)} others ({', '.join(extra[:3])}), not on {len(missing)} of them "
+        f"({', '.join(missing[:3])}); the model is left as it was. Heal with mode='adjacent', or with the peft "
+        "version pyproject.toml names"
+    )
 
 
 def check_model(model: nn.Module, settings: HealingSettings) -> dict:

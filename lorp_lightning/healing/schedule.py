@@ -1,21 +1,15 @@
-"""The time of a healing run: the learning-rate schedule, and the wall-clock budget.
+"""The learning-rate schedule of a healing run.
 
 ``learning_rate_factor`` is the schedule ``heal`` trains with (a linear warm-up, then a cosine
-decay), as a pure function of the run's progress. ``TimeBudget`` is the clock of ``max_seconds``,
-read both by the decision to stop and by the schedule, like Lightning's ``Timer``.
+decay), as a pure function of the run's progress. The wall-clock budget, read by the same
+schedule, is a callback: ``lorp_lightning.callbacks.time_budget.TimeBudget``.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from typing import Any
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks.callback import Callback
-from typing_extensions import override
-
-__all__ = ["FINAL_LR_FRACTION", "WARMUP", "TimeBudget", "learning_rate_factor"]
+__all__ = ["FINAL_LR_FRACTION", "WARMUP", "learning_rate_factor"]
 
 WARMUP = 0.05
 """Fraction of the healing run over which the learning rate rises linearly to ``lr``."""
@@ -24,64 +18,11 @@ FINAL_LR_FRACTION = 0.1
 """The cosine decay ends at this fraction of ``lr``."""
 
 
-def learning_rate_factor(progress: float) -> float:
+def learning_rate_factor(progress: float, warmup: float = WARMUP) -> float:
     """The multiple of ``lr`` at ``progress`` in [0, 1] of a healing run: linear warm-up over the
-    first 5%, then a cosine decay from 1 to 0.1."""
+    first ``warmup`` of the run (default 5%; 0: none), then a cosine decay from 1 to 0.1."""
     progress = min(max(progress, 0.0), 1.0)
-    if progress < WARMUP:
-        return progress / WARMUP
-    decay = (progress - WARMUP) / (1.0 - WARMUP)
+    if progress < warmup:
+        return progress / warmup
+    decay = (progress - warmup) / (1.0 - warmup)
     return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * decay))
-
-
-class TimeBudget(Callback):
-    """The wall-clock budget of a healing run: one clock, read both by the decision to stop and by
-    the learning-rate schedule (``share``).
-
-    ``fit`` stops before a step that would end after ``seconds`` (judged by the longest step so
-    far). As with Lightning's ``Timer``, the decision is rank 0's, broadcast to every rank, so that
-    under DDP all ranks stop after the same step; the time spent is kept in ``state_dict``, so a
-    run resumed from a checkpoint counts it.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._spent_before = 0.0  # seconds spent before this run (from a checkpoint)
-        self._started: float | None = None
-        self._step_started = 0.0
-        self._longest_step = 0.0
-
-    def elapsed(self, now: float | None = None) -> float:
-        """Seconds spent on the training so far."""
-        if self._started is None:
-            return self._spent_before
-        return self._spent_before + ((time.perf_counter() if now is None else now) - self._started)
-
-    def share(self) -> float:
-        """The share of the budget spent."""
-        return self.elapsed() / self.seconds
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._started = time.perf_counter()
-
-    @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
-
-    @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        now = time.perf_counter()
-        self._longest_step = max(self._longest_step, now - self._step_started)
-        stop = self.elapsed(now) + self._longest_step > self.seconds
-        if trainer.strategy.broadcast(stop, src=0):
-            trainer.should_stop = True
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"elapsed": self.elapsed(), "longest_step": self._longest_step}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._spent_before = float(state_dict.get("elapsed", 0.0))
-        self._longest_step = float(state_dict.get("longest_step", 0.0))
