@@ -164,10 +164,29 @@ class PruneSettings:
         return get_method(self.method)
 
     @classmethod
-    def of(cls, settings: PruneSettings | None, **keywords: Any) -> PruneSettings:
-        """``settings`` with the keywords given (those not None) in place of its own, or the settings of the keywords
-        alone."""
-        return with_keywords(cls, settings, keywords)
+    def of(
+        cls,
+        settings: PruneSettings | None,
+        amount: Any = None,
+        method: Any = None,
+        num_clusters: Any = None,
+        protect: Any = None,
+        seed: Any = None,
+        compensate: Any = None,
+        rounds: Any = None,
+    ) -> PruneSettings:
+        """``settings`` with the arguments given (those not None) in place of its own, or the settings of the
+        arguments alone: how ``select_layers``, the callback and the CLI take ``settings=`` as well as arguments."""
+        arguments = dict(
+            amount=amount,
+            method=method,
+            num_clusters=num_clusters,
+            protect=protect,
+            seed=seed,
+            compensate=compensate,
+            rounds=rounds,
+        )
+        return with_keywords(cls, settings, arguments)
 
 
 @dataclass(frozen=True)
@@ -553,16 +572,8 @@ def _prune_settings(
             f"num_prune must be an int >= 1 (a count of blocks) or a float in (0, 1) (a "
             f"fraction of them), got num_prune={num_prune!r}",
         )
-    settings = PruneSettings.of(
-        settings if settings is not None else PruneSettings(method="lorp"),
-        amount=num_prune,
-        method=method,
-        num_clusters=num_clusters,
-        protect=protect,
-        seed=seed,
-        compensate=compensate,
-        rounds=rounds,
-    )
+    base = settings if settings is not None else PruneSettings(method="lorp")
+    settings = PruneSettings.of(base, num_prune, method, num_clusters, protect, seed, compensate, rounds)
     if settings.amount is None:
         raise ParameterError("num_prune", "select_layers() needs the budget: num_prune, or settings with an amount")
     return settings

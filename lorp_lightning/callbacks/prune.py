@@ -185,16 +185,7 @@ class LoRPPruneCallback(_GatheringCallback):
         base = settings if settings is not None else PruneSettings(method=DEFAULT_METHOD)
         if self.schedule is not None:
             base = replace(base, amount=None)
-        self.settings = PruneSettings.of(
-            base,
-            amount=amount,
-            method=method,
-            num_clusters=num_clusters,
-            protect=protect,
-            seed=seed,
-            compensate=compensate,
-            rounds=rounds,
-        )
+        self.settings = PruneSettings.of(base, amount, method, num_clusters, protect, seed, compensate, rounds)
         self._method = self.settings.entry
         check_choice(prune_on, "prune_on", self.PRUNE_ON)
         self.prune_on = prune_on
