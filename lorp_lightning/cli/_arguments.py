@@ -7,7 +7,7 @@ import dataclasses
 import math
 from typing import Any
 
-from lorp_lightning.selection import is_budget
+from lorp_lightning.selection import is_budget, parse_budget
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -67,17 +67,9 @@ def checked_number(convert, accept, expected: str, name: str | None = None):
     return parse
 
 
-def int_or_float(text: str) -> int | float:
-    """The text as Python reads a number: "3" is the int 3, "0.25" and "3.0" are floats."""
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
-# A budget as the library reads it (selection.is_budget): "3" is 3 blocks, "0.25" a quarter of
+# A budget as the library reads it (selection.parse_budget, then is_budget): "3" is 3 blocks, "0.25" a quarter of
 # them, and "3.0", a float that is no fraction, is refused as the callback refuses it.
-fraction_or_count = checked_number(int_or_float, is_budget, "a fraction in (0, 1) or a block count >= 1", name="amount")
+fraction_or_count = checked_number(parse_budget, is_budget, "a fraction in (0, 1) or a block count >= 1", name="amount")
 
 
 positive_int = checked_number(int, lambda v: v >= 1, "a positive integer")
