@@ -91,7 +91,7 @@ def heal(
     """``lorp heal``: the pruned model in the directory ``model`` healed (``lorp_lightning.heal``; by distillation
     from ``teacher`` when given), measured before and after on ``eval_windows`` held-out windows (0: not measured),
     and saved with a report to ``out`` (``"DIR-healed"``: beside ``model``); the report. ``options``: the flags of
-    the settings' options (``add_settings``), given to ``heal`` as its keywords."""
+    the settings' options (``add_settings``), built into the settings objects once, which ``heal`` takes."""
     from lorp_lightning.evaluation import perplexity
     from lorp_lightning.surgery import pruning_record
 
@@ -103,7 +103,7 @@ def heal(
         raise UsageError(f"--{name.replace('_', '-')} {value} is a setting of distillation; it needs --teacher MODEL")
     try:  # every setting checked before anything is loaded (the teacher's, once it is loaded)
         settings = HealingSettings(**settings_arguments(HealingSettings, options))
-        TrainingSettings(**settings_arguments(TrainingSettings, options))
+        training = TrainingSettings(**settings_arguments(TrainingSettings, options))
         if distillation:
             DistillationSettings(teacher="dense", **distillation)  # the teacher's own checks come once it is loaded
     except ValueError as error:
@@ -140,8 +140,10 @@ def heal(
             tokenizer,
             quiet,
             text=text,
+            settings=settings,
+            training=training,
             max_seconds=None if max_minutes is None else 60 * max_minutes,
-            **{name: value for name, value in options.items() if value is not None},
+            **distillation,
             **distill,
         )
         if held_out is not None:
