@@ -20,7 +20,8 @@ window's loss; ``render`` (called by ``quality_study.py render``) gives each con
 its ratio to the one-shot default with a 95% paired-bootstrap interval. The JSON is written after each row.
 A budget of fewer blocks than R has no R-rounds rows.
 
-    python benchmarks/decisions/rounds_study.py run [--models smollm2-135m ...] [--rounds 2 3] [--out benchmarks/results/rounds]
+    python benchmarks/decisions/rounds_study.py run [--models smollm2-135m ...] [--budgets 1/8 1/4 1/3] [--rounds 2 3]
+        [--out benchmarks/results/rounds]
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def run_model(name: str, args, save) -> dict:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
     }
-    for budget in BUDGETS:
-        k = int(budget * N)
+    for budget in args.budgets:
+        k = int(Fraction(budget) * N)
         one_shot = None
         for configuration, rounds, compensate in configurations(tuple(args.rounds)):
             if rounds > k:  # more rounds than blocks: not a configuration at this budget
@@ -199,6 +200,7 @@ def main() -> None:
     run.add_argument("--models", nargs="+", default=list(MODELS))
     run.add_argument("--out", default="benchmarks/results/rounds")
     run.add_argument("--eval-windows", type=int, default=40)
+    run.add_argument("--budgets", nargs="+", default=[str(b) for b in BUDGETS], help="fractions of the blocks (default 1/8 1/4 1/3)")
     run.add_argument("--rounds", type=int, nargs="+", default=list(ROUNDS), help="the rounds of the iterative configurations")
     args = parser.parse_args()
     out = Path(args.out)
