@@ -64,7 +64,9 @@ def prune_and_heal(
         num_clusters: ``"lorp"`` only: each round's K forced.
         protect: the blocks never pruned, in the numbering of ``model`` as given (default: the
             first and the last).
-        seed: the selections' seed, and every healing's.
+        seed: the selections' seed; round r (from 0) heals with ``seed + r``, so that each round draws its own
+            order of the healing windows (with one seed, every round would train on the first round's first
+            batches again).
         compensate: each round's compensation chosen and folded (``select_layers(..., compensate=True)``).
         progress: show progress bars.
         heal_options: the other arguments of ``heal`` (``text``, ``mode``, ``lr``, ``window``,
@@ -108,7 +110,7 @@ def prune_and_heal(
         )
         add_round_cost(cost, plan, first=r == 0)
         prune_layers(model, plan)
-        heal(model, tokenizer, steps=round_steps, seed=seed, progress=progress, **heal_options)
+        heal(model, tokenizer, steps=round_steps, seed=seed + r, progress=progress, **heal_options)
         plans.append(plan)
         alive = [b for i, b in enumerate(alive) if i not in set(plan.pruned)]
     composed = compose_plans(plans, sorted(protected))
