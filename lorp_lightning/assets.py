@@ -479,26 +479,27 @@ def _verify_sha256(files: list[Path], expected: str, what: str, write_to: Path |
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    """Convert a GGUF file to a safetensors model directory at ``target``, atomically; a ``target`` that another
-    process completed meanwhile is kept."""
+    """Convert a GGUF file to a safetensors model directory at ``target``, atomically. A second process converting
+    the same file waits for the first (the output directory's lock) and keeps what it wrote."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _make_dirs(target.parent)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    # The weights are de-quantised to ordinary float tensors; what stays is a marker that
-    # makes save_pretrained refuse the model. Removing it gives a plain model.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     # overwrite: a directory left without config.json is incomplete
-    with OutputDirectory(target, overwrite=True) as out:
+    with OutputDirectory(target, overwrite=True, wait=True) as out:
+        if (target / "config.json").exists():
+            # Another process (a parallel test worker, a second notebook) converted the same file while this one
+            # waited. A cache entry is named by the hash of its GGUF file, so theirs is this model: keep it.
+            out.abandon()
+            return
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        # The weights are de-quantised to ordinary float tensors; what stays is a marker that
+        # makes save_pretrained refuse the model. Removing it gives a plain model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
-        if (target / "config.json").exists():
-            # Another process (a parallel test worker, a second notebook) converted the same file meanwhile. A cache
-            # entry is named by the hash of its GGUF file, so theirs is this model: keep it, which may be open already.
-            out.abandon()
 
 
 # --------------------------------------------------------------------------- texts
