@@ -45,6 +45,7 @@ __all__ = [
     "BundledModel",
     "BundledText",
     "ChecksumError",
+    "check_gguf",
     "DEVICES",
     "cache_dir",
     "check_device",
@@ -332,6 +333,8 @@ def _source(key: str) -> str:
         raise ValueError(
             f"name_or_path={key!r} is a file but not a .gguf file; pass a model directory, a .gguf file or one of {sorted(BUNDLED_MODELS)}"
         )
+    if _looks_like_path(key):
+        raise ParameterError("name_or_path", f"no such file or directory: {path} (name_or_path={key!r})")
     if _looks_like_hub_id(key):
         return key
     raise ValueError(
@@ -413,7 +416,15 @@ def _ready(model, tokenizer):
 
 
 def _looks_like_hub_id(key: str) -> bool:
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", key) is not None
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", key) is not None and not _looks_like_path(key)
+
+
+def _looks_like_path(key: str) -> bool:
+    """A name no hub id can be: it starts with ``.``, ``~`` or a separator, ends in ``.gguf`` or ``.safetensors``, or
+    holds a separator that is not the one between a hub id's ``org`` and ``name``."""
+    if key.startswith((".", "~", "/", os.sep)) or key.endswith((".gguf", ".safetensors")):
+        return True
+    return (os.sep in key or "/" in key or "\\" in key) and re.fullmatch(r"[\w][\w.-]*/[\w][\w.-]*", key) is None
 
 
 def _cached_bundled_model(model: BundledModel) -> Path:
@@ -436,6 +447,7 @@ def _cached_bundled_model(model: BundledModel) -> Path:
 
 
 def _cached_gguf_file(path: Path) -> Path:
+    check_gguf(path)
     digest = sha256_of([path])
     target = cache_dir() / "models" / f"{path.stem}-{digest[:12]}"
     if not (target / "config.json").exists():
@@ -476,6 +488,27 @@ def _verify_sha256(files: list[Path], expected: str, what: str, write_to: Path |
             f"expected {expected}. The installed files are damaged or not the published ones; "
             f"reinstall them ({SETUP_HINT} with --force-reinstall)"
         )
+
+
+def check_gguf(path: str | os.PathLike) -> None:
+    """Refuse a GGUF file that is not whole: a wrong magic, a header cut short, tensors that run past the end.
+
+    Reads the header and maps the tensors (``gguf.GGUFReader``, what transformers reads them with), without copying
+    them. Raises a ValueError naming the file (``ParameterError`` of ``name_or_path``) and what is wrong with it."""
+    import struct
+
+    from gguf import GGUFReader
+
+    path = Path(path)
+    try:
+        GGUFReader(path)
+    except (ValueError, struct.error, EOFError, IndexError, KeyError, OverflowError) as error:
+        size = path.stat().st_size
+        raise ParameterError(
+            "name_or_path",
+            f"the GGUF file {path} ({size:,} bytes) is damaged or truncated: {str(error).splitlines()[0]}. "
+            "Copy or download it again",
+        ) from error
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:

@@ -189,6 +189,10 @@ def test_an_existing_output_directory_needs_overwrite_and_is_left_as_it_was(tmp_
     "argv, message",
     [
         (["prune", "no-such-model"], "unknown model name_or_path='no-such-model'"),
+        # a path, not a hub id, though "./x/y" has the shape of one
+        (["prune", "./nope.gguf"], "no such file or directory: nope.gguf (name_or_path='./nope.gguf')"),
+        (["prune", "./models/nope"], "no such file or directory: models/nope"),
+        (["prune", "~/nope.safetensors"], "no such file or directory: "),
         (["prune", "--method", "best"], "unknown method 'best'"),
         (["prune", "--amount", "29"], "--amount: num_prune=29 exceeds the 28 unprotected blocks"),
         (["analyze", "--text", "ptb"], "--text: text='ptb' is neither a bundled text"),
@@ -227,6 +231,23 @@ def _paragraphs() -> list[str]:
 
     articles = load_documents("wiki", "calibration")[:20]
     return [p.strip() for article in articles for p in re.split(r"\n\s*\n", article) if p.strip()]
+
+
+@pytest.mark.parametrize("cut", ["truncated", "header", "magic"])
+def test_a_damaged_gguf_file_is_one_clear_line_naming_it_and_nothing_is_written(tmp_path, capsys, monkeypatch, cut):
+    from lorp_lightning.assets import BUNDLED_MODELS, package_dir
+
+    monkeypatch.setenv("LORP_CACHE_DIR", str(tmp_path / "cache"))
+    bundled = BUNDLED_MODELS["smollm2-135m"]
+    whole = (package_dir(bundled.parts[0][0]) / bundled.parts[0][1]).read_bytes()
+    damaged = tmp_path / "damaged.gguf"
+    # cut on disk: half the file (its tensors run past the end), the first 1,000 bytes (the header itself), or
+    # another format's first bytes
+    damaged.write_bytes({"truncated": whole[: len(whole) // 2], "header": whole[:1000], "magic": b"XXXX" + whole[4:1000]}[cut])
+    assert main(["prune", str(damaged), "--out", str(tmp_path / "out"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the GGUF file {damaged} ({damaged.stat().st_size:,} bytes) is damaged or truncated" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.gguf"]  # no output, and no cache entry
 
 
 def test_a_text_file_calibrates_on_its_calibration_documents_only(tmp_path):
