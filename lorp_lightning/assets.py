@@ -45,7 +45,9 @@ __all__ = [
     "BundledModel",
     "BundledText",
     "ChecksumError",
+    "ModelShape",
     "check_gguf",
+    "model_shape",
     "DEVICES",
     "cache_dir",
     "check_device",
@@ -343,6 +345,53 @@ def _source(key: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's config says before any weight is read: its depth, and its longest context (None: unknown)."""
+
+    num_layers: int
+    max_positions: int | None
+
+
+def model_shape(name_or_path: str | os.PathLike) -> ModelShape | None:
+    """The depth and longest context of a model, read from its config alone (a directory's ``config.json``, a
+    ``.gguf`` file's header, a bundled model's cache entry or table), so that a budget, a plan or a window can be
+    refused before the weights load; None when that cannot be known without loading (a hub id not in the cache).
+    Raises what `load_model` raises for a model that cannot be found or a damaged ``.gguf`` file."""
+    key = str(name_or_path)
+    path = Path(key).expanduser()
+    if key in BUNDLED_MODELS:
+        bundled = BUNDLED_MODELS[key]
+        cached = cache_dir() / "models" / f"{bundled.name}-{bundled.sha256[:12]}"
+        return _config_shape(cached) if (cached / "config.json").exists() else ModelShape(bundled.num_layers, None)
+    if path.is_file() and path.suffix == ".gguf":
+        return _gguf_shape(path)
+    if path.is_dir():
+        return _config_shape(path)
+    _source(key)  # not found, a path that does not exist, a file of another kind: refused as load_model refuses it
+    return _config_shape(key)
+
+
+def _config_shape(source: str | os.PathLike) -> ModelShape | None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True).get_text_config(decoder=True)
+    except (OSError, ValueError):
+        return None  # no readable config: load_model says why
+    depth = getattr(config, "num_hidden_layers", None)
+    return ModelShape(int(depth), getattr(config, "max_position_embeddings", None)) if depth else None
+
+
+def _gguf_shape(path: Path) -> ModelShape | None:
+    cached = _gguf_cache_entry(path)
+    if (cached / "config.json").exists():
+        return _config_shape(cached)
+    stat = path.stat()
+    depth, context = _gguf_header(path.resolve(), stat.st_size, stat.st_mtime_ns)
+    return ModelShape(int(depth), context) if depth else None
+
+
 def checkpoint_dtype(name_or_path: str | os.PathLike) -> torch.dtype | None:
     """The dtype a model's checkpoint was saved in, from its config (None when it does not say);
     ``name_or_path`` as for [`load_model`][lorp_lightning.assets.load_model]."""
@@ -446,11 +495,15 @@ def _cached_bundled_model(model: BundledModel) -> Path:
     return target
 
 
+def _gguf_cache_entry(path: Path) -> Path:
+    """Where the model of a ``.gguf`` file is cached: named by the file's stem and its content's hash."""
+    return cache_dir() / "models" / f"{path.stem}-{sha256_of([path])[:12]}"
+
+
 def _cached_gguf_file(path: Path) -> Path:
-    check_gguf(path)
-    digest = sha256_of([path])
-    target = cache_dir() / "models" / f"{path.stem}-{digest[:12]}"
+    target = _gguf_cache_entry(path)
     if not (target / "config.json").exists():
+        check_gguf(path)  # a damaged file hashes to no entry: it is read here, before any conversion
         _convert_gguf(path, target)
     return target
 
@@ -494,21 +547,35 @@ def check_gguf(path: str | os.PathLike) -> None:
     """Refuse a GGUF file that is not whole: a wrong magic, a header cut short, tensors that run past the end.
 
     Reads the header and maps the tensors (``gguf.GGUFReader``, what transformers reads them with), without copying
-    them. Raises a ValueError naming the file (``ParameterError`` of ``name_or_path``) and what is wrong with it."""
+    them; once per file and version of it in a process. Raises a ValueError naming the file (``ParameterError`` of
+    ``name_or_path``) and what is wrong with it."""
+    path = Path(path)
+    stat = path.stat()
+    _gguf_header(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_header(path: Path, size: int, mtime_ns: int) -> tuple[int | None, int | None]:
+    """(block count, context length) from a whole GGUF file's header; refused by name if it is not whole."""
     import struct
 
     from gguf import GGUFReader
 
-    path = Path(path)
     try:
-        GGUFReader(path)
+        fields = GGUFReader(path).fields
     except (ValueError, struct.error, EOFError, IndexError, KeyError, OverflowError) as error:
-        size = path.stat().st_size
         raise ParameterError(
             "name_or_path",
             f"the GGUF file {path} ({size:,} bytes) is damaged or truncated: {str(error).splitlines()[0]}. "
             "Copy or download it again",
         ) from error
+
+    def scalar(name: str):
+        field = fields.get(name)
+        return field.contents() if field is not None else None
+
+    architecture = scalar("general.architecture")
+    return scalar(f"{architecture}.block_count"), scalar(f"{architecture}.context_length")
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:

@@ -233,6 +233,32 @@ def _paragraphs() -> list[str]:
     return [p.strip() for article in articles for p in re.split(r"\n\s*\n", article) if p.strip()]
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prune", "--amount", "29"], "--amount: num_prune=29 exceeds the 28 unprotected blocks (of 30)"),
+        (["compare", "--amounts", "0.1,40"], "--amounts: num_prune=40 exceeds the 28 unprotected blocks (of 30)"),
+        (
+            ["prune", "--window", "100000"],
+            "--window: window=100000 exceeds the longest context of smollm2-135m, 8192 tokens (max_position_embeddings",
+        ),
+        (["analyze", "--window", "8193"], "--window: window=8193 exceeds the longest context of smollm2-135m, 8192 tokens"),
+        (["eval", "smollm2-135m", "--window", "9000"], "--window: window=9000 exceeds the longest context"),
+    ],
+)
+def test_what_the_config_alone_refuses_is_refused_before_any_weight_loads(tmp_path, capsys, monkeypatch, argv, message):
+    from lorp_lightning import assets
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the config was checked")
+
+    monkeypatch.setattr(assets, "load_model", no_loading)
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("cut", ["truncated", "header", "magic"])
 def test_a_damaged_gguf_file_is_one_clear_line_naming_it_and_nothing_is_written(tmp_path, capsys, monkeypatch, cut):
     from lorp_lightning.assets import BUNDLED_MODELS, package_dir
