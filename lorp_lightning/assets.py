@@ -417,6 +417,14 @@ def _load_model(key: str, dtype: torch.dtype | str, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _source(key)
+    if Path(source).is_dir():  # a damaged weight file is named, not left to the reader's own words
+        from lorp_lightning.checkpoint import check_safetensors
+
+        for weights in sorted(Path(source).glob("*.safetensors")):
+            try:
+                check_safetensors(weights)
+            except ValueError as error:
+                raise ParameterError("name_or_path", f"{error}; save or copy the model again") from error
     try:
         on = compute_device(device)
         checkpoint_dtype = _checkpoint_dtype(source) if dtype == "auto" and on.startswith("cuda") else None

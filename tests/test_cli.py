@@ -276,6 +276,29 @@ def test_a_damaged_gguf_file_is_one_clear_line_naming_it_and_nothing_is_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.gguf"]  # no output, and no cache entry
 
 
+@pytest.mark.parametrize("cut", ["half", "header"])
+def test_a_model_directory_with_a_damaged_safetensors_file_is_one_clear_line_naming_it(tmp_path, capsys, cut):
+    from transformers import AutoTokenizer
+
+    from lorp_lightning.assets import load_model
+
+    model, tokenizer = load_model("smollm2-135m", progress=False)
+    directory = tmp_path / "model"
+    tiny = type(model)(type(model.config)(**{**model.config.to_dict(), "num_hidden_layers": 4}))
+    tiny.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    assert AutoTokenizer.from_pretrained(directory) is not None
+    capsys.readouterr()
+    weights = directory / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2] if cut == "half" else whole[:20])  # cut on disk
+    for argv in (["prune", str(directory), "--amount", "1"], ["eval", str(directory)]):
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"the safetensors file {str(weights)!r} is damaged" in err[0], err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
 def test_a_text_file_calibrates_on_its_calibration_documents_only(tmp_path):
     from lorp_lightning import LayerStats
 
