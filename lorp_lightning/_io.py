@@ -144,6 +144,16 @@ def _raise_disk_error(error: BaseException, final: Path, what: str) -> None:
         raise failure from error
 
 
+def _locked(final: Path, wait: bool, what: str) -> _Lock:
+    """``final``'s folder made if needed, and ``final``'s lock taken; a disk that refuses either is an `OutputError`."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return _Lock(final, wait, what)
+    except OSError as error:
+        _raise_disk_error(error, final, what)
+        raise
+
+
 class OutputDirectory:
     """An output directory written in a staging folder beside it and renamed at the end.
 
@@ -161,8 +171,7 @@ class OutputDirectory:
 
     def __init__(self, final: str | os.PathLike, overwrite: bool, *, wait: bool = False) -> None:
         self.final = Path(final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _Lock(self.final, wait, "output directory")
+        self._lock = _locked(self.final, wait, "output directory")
         try:
             if self.final.exists() and not overwrite:
                 raise FileExistsError(f"the output directory {self.final} exists")
@@ -233,12 +242,7 @@ def atomic_file(path: str | os.PathLike, *, wait: bool = True) -> Iterator[TextI
     again as `OutputError` naming ``path``). It holds ``path``'s lock meanwhile, waiting for another writer unless
     ``wait`` is False."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        _raise_disk_error(error, path, "file")
-        raise
-    lock = _Lock(path, wait, "file")
+    lock = _locked(path, wait, "file")
     tmp = None
     try:
         remove_stale_staging(path)

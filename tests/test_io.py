@@ -181,6 +181,22 @@ def test_a_staging_folder_that_cannot_be_made_is_an_output_error_and_releases_th
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_a_folder_where_not_even_the_lock_can_be_made_is_an_output_error_naming_the_output(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".lorp-lock"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(OutputError, match=re.escape(f"could not write the output directory {tmp_path / 'out'}: Read-only")):
+        OutputDirectory(tmp_path / "out", overwrite=False)
+    with pytest.raises(OutputError, match=re.escape(f"could not write the file {tmp_path / 'a.json'}: Read-only")):
+        write_json(tmp_path / "a.json", {})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_file_whose_write_fails_on_the_disk_is_an_output_error_leaving_the_earlier_file(tmp_path):
     path = tmp_path / "rows.jsonl"
     write_jsonl(path, [{"n": 1}])
