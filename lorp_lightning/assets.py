@@ -45,6 +45,9 @@ __all__ = [
     "BundledModel",
     "BundledText",
     "ChecksumError",
+    "ModelShape",
+    "check_gguf",
+    "model_shape",
     "DEVICES",
     "cache_dir",
     "check_device",
@@ -332,12 +335,61 @@ def _source(key: str) -> str:
         raise ValueError(
             f"name_or_path={key!r} is a file but not a .gguf file; pass a model directory, a .gguf file or one of {sorted(BUNDLED_MODELS)}"
         )
+    if _looks_like_path(key):
+        raise ParameterError("name_or_path", f"no such file or directory: {path} (name_or_path={key!r})")
     if _looks_like_hub_id(key):
         return key
     raise ValueError(
         f"unknown model name_or_path={key!r}: it is not a bundled model, an existing directory or a "
         f".gguf file. Bundled models: {', '.join(sorted(BUNDLED_MODELS))}"
     )
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's config says before any weight is read: its depth, and its longest context (None: unknown)."""
+
+    num_layers: int
+    max_positions: int | None
+
+
+def model_shape(name_or_path: str | os.PathLike) -> ModelShape | None:
+    """The depth and longest context of a model, read from its config alone (a directory's ``config.json``, a
+    ``.gguf`` file's header, a bundled model's cache entry or table), so that a budget, a plan or a window can be
+    refused before the weights load; None when that cannot be known without loading (a hub id not in the cache).
+    Raises what `load_model` raises for a model that cannot be found or a damaged ``.gguf`` file."""
+    key = str(name_or_path)
+    path = Path(key).expanduser()
+    if key in BUNDLED_MODELS:
+        bundled = BUNDLED_MODELS[key]
+        cached = cache_dir() / "models" / f"{bundled.name}-{bundled.sha256[:12]}"
+        return _config_shape(cached) if (cached / "config.json").exists() else ModelShape(bundled.num_layers, None)
+    if path.is_file() and path.suffix == ".gguf":
+        return _gguf_shape(path)
+    if path.is_dir():
+        return _config_shape(path)
+    _source(key)  # not found, a path that does not exist, a file of another kind: refused as load_model refuses it
+    return _config_shape(key)
+
+
+def _config_shape(source: str | os.PathLike) -> ModelShape | None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True).get_text_config(decoder=True)
+    except (OSError, ValueError):
+        return None  # no readable config: load_model says why
+    depth = getattr(config, "num_hidden_layers", None)
+    return ModelShape(int(depth), getattr(config, "max_position_embeddings", None)) if depth else None
+
+
+def _gguf_shape(path: Path) -> ModelShape | None:
+    cached = _gguf_cache_entry(path)
+    if (cached / "config.json").exists():
+        return _config_shape(cached)
+    stat = path.stat()
+    depth, context = _gguf_header(path.resolve(), stat.st_size, stat.st_mtime_ns)
+    return ModelShape(int(depth), context) if depth else None
 
 
 def checkpoint_dtype(name_or_path: str | os.PathLike) -> torch.dtype | None:
@@ -365,6 +417,14 @@ def _load_model(key: str, dtype: torch.dtype | str, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _source(key)
+    if Path(source).is_dir():  # a damaged weight file is named, not left to the reader's own words
+        from lorp_lightning.checkpoint import check_safetensors
+
+        for weights in sorted(Path(source).glob("*.safetensors")):
+            try:
+                check_safetensors(weights)
+            except ValueError as error:
+                raise ParameterError("name_or_path", f"{error}; save or copy the model again") from error
     try:
         on = compute_device(device)
         checkpoint_dtype = _checkpoint_dtype(source) if dtype == "auto" and on.startswith("cuda") else None
@@ -413,7 +473,15 @@ def _ready(model, tokenizer):
 
 
 def _looks_like_hub_id(key: str) -> bool:
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", key) is not None
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", key) is not None and not _looks_like_path(key)
+
+
+def _looks_like_path(key: str) -> bool:
+    """A name no hub id can be: it starts with ``.``, ``~`` or a separator, ends in ``.gguf`` or ``.safetensors``, or
+    holds a separator that is not the one between a hub id's ``org`` and ``name``."""
+    if key.startswith((".", "~", "/", os.sep)) or key.endswith((".gguf", ".safetensors")):
+        return True
+    return (os.sep in key or "/" in key or "\\" in key) and re.fullmatch(r"[\w][\w.-]*/[\w][\w.-]*", key) is None
 
 
 def _cached_bundled_model(model: BundledModel) -> Path:
@@ -435,10 +503,15 @@ def _cached_bundled_model(model: BundledModel) -> Path:
     return target
 
 
+def _gguf_cache_entry(path: Path) -> Path:
+    """Where the model of a ``.gguf`` file is cached: named by the file's stem and its content's hash."""
+    return cache_dir() / "models" / f"{path.stem}-{sha256_of([path])[:12]}"
+
+
 def _cached_gguf_file(path: Path) -> Path:
-    digest = sha256_of([path])
-    target = cache_dir() / "models" / f"{path.stem}-{digest[:12]}"
+    target = _gguf_cache_entry(path)
     if not (target / "config.json").exists():
+        check_gguf(path)  # a damaged file hashes to no entry: it is read here, before any conversion
         _convert_gguf(path, target)
     return target
 
@@ -478,27 +551,63 @@ def _verify_sha256(files: list[Path], expected: str, what: str, write_to: Path |
         )
 
 
+def check_gguf(path: str | os.PathLike) -> None:
+    """Refuse a GGUF file that is not whole: a wrong magic, a header cut short, tensors that run past the end.
+
+    Reads the header and maps the tensors (``gguf.GGUFReader``, what transformers reads them with), without copying
+    them; once per file and version of it in a process. Raises a ValueError naming the file (``ParameterError`` of
+    ``name_or_path``) and what is wrong with it."""
+    path = Path(path)
+    stat = path.stat()
+    _gguf_header(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_header(path: Path, size: int, mtime_ns: int) -> tuple[int | None, int | None]:
+    """(block count, context length) from a whole GGUF file's header; refused by name if it is not whole."""
+    import struct
+
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(path).fields
+    except (ValueError, struct.error, EOFError, IndexError, KeyError, OverflowError) as error:
+        raise ParameterError(
+            "name_or_path",
+            f"the GGUF file {path} ({size:,} bytes) is damaged or truncated: {str(error).splitlines()[0]}. "
+            "Copy or download it again",
+        ) from error
+
+    def scalar(name: str):
+        field = fields.get(name)
+        return field.contents() if field is not None else None
+
+    architecture = scalar("general.architecture")
+    return scalar(f"{architecture}.block_count"), scalar(f"{architecture}.context_length")
+
+
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    """Convert a GGUF file to a safetensors model directory at ``target``, atomically; a ``target`` that another
-    process completed meanwhile is kept."""
+    """Convert a GGUF file to a safetensors model directory at ``target``, atomically. A second process converting
+    the same file waits for the first (the output directory's lock) and keeps what it wrote."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _make_dirs(target.parent)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    # The weights are de-quantised to ordinary float tensors; what stays is a marker that
-    # makes save_pretrained refuse the model. Removing it gives a plain model.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     # overwrite: a directory left without config.json is incomplete
-    with OutputDirectory(target, overwrite=True) as out:
+    with OutputDirectory(target, overwrite=True, wait=True) as out:
+        if (target / "config.json").exists():
+            # Another process (a parallel test worker, a second notebook) converted the same file while this one
+            # waited. A cache entry is named by the hash of its GGUF file, so theirs is this model: keep it.
+            out.abandon()
+            return
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        # The weights are de-quantised to ordinary float tensors; what stays is a marker that
+        # makes save_pretrained refuse the model. Removing it gives a plain model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(out.path)
         tokenizer.save_pretrained(out.path)
-        if (target / "config.json").exists():
-            # Another process (a parallel test worker, a second notebook) converted the same file meanwhile. A cache
-            # entry is named by the hash of its GGUF file, so theirs is this model: keep it, which may be open already.
-            out.abandon()
 
 
 # --------------------------------------------------------------------------- texts

@@ -43,7 +43,7 @@ from lorp_lightning.architectures import Architecture, architecture_of, skeleton
 from lorp_lightning.selection import PruningPlan
 from lorp_lightning.surgery import _pruned_config
 
-__all__ = ["prune_checkpoint"]
+__all__ = ["check_safetensors", "prune_checkpoint"]
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -241,6 +241,12 @@ class _Shard:
     data_start: int  # 8 + header length: where the tensors' bytes begin
     tensors: list[_Tensor]  # in the order of their bytes
     metadata: dict[str, str] | None
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Refuse a safetensors file that is not whole (its header cut, unreadable, or accounting for other than the file's
+    bytes) with a ValueError naming the file and what is wrong; reads the header only."""
+    _read_shard(Path(path))
 
 
 def _read_shard(path: Path) -> _Shard:

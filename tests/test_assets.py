@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -45,38 +47,52 @@ def test_second_load_reads_the_cache_and_gives_the_same_logits(tmp_path, monkeyp
 
 
 class _Saved:
-    """Stands for a converted model or tokenizer: save_pretrained writes one file, and can run ``meanwhile`` first."""
+    """Stands for a converted model or tokenizer: save_pretrained writes one file."""
 
-    def __init__(self, name, meanwhile=None):
-        self.name, self.meanwhile, self.hf_quantizer, self.config = name, meanwhile, None, type("Config", (), {})()
+    def __init__(self, name):
+        self.name, self.hf_quantizer, self.config = name, None, type("Config", (), {})()
 
     def save_pretrained(self, path):
-        if self.meanwhile is not None:
-            self.meanwhile()
         (path / self.name).write_text("ours")
 
 
-@pytest.mark.parametrize("other_process_done", [False, True])
-def test_a_conversion_keeps_the_cache_entry_another_process_completed_meanwhile(tmp_path, monkeypatch, other_process_done):
-    # Parallel test workers or notebooks may convert the same GGUF file at once. The entry is named by the file's
-    # hash, so one completed meanwhile is the same model, and possibly open: it is kept, not replaced under a reader.
+_OTHER_CONVERSION = """
+import sys, time
+from lorp_lightning._io import OutputDirectory
+with OutputDirectory(sys.argv[1], overwrite=True, wait=True) as out:
+    print("started", flush=True)
+    time.sleep(2)
+    (out.path / "config.json").write_text("theirs")
+"""
+
+
+@pytest.mark.parametrize("other_process", [False, True])
+def test_a_conversion_waits_for_another_process_converting_the_same_file_and_keeps_its_entry(
+    tmp_path, monkeypatch, other_process
+):
+    # Parallel test workers or notebooks may convert the same GGUF file at once. The second waits for the first (the
+    # output's lock) and keeps its entry: named by the file's hash, it is the same model, and possibly open already.
     import transformers
 
     target = tmp_path / "models" / "m-0123456789ab"
+    converted = []
 
-    def other_process():
-        if other_process_done:
-            target.mkdir(parents=True)
-            (target / "config.json").write_text("theirs")
+    def convert(*args, **kwargs):
+        converted.append(True)
+        return _Saved("config.json")
 
-    monkeypatch.setattr(
-        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: _Saved("config.json", other_process)
-    )
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", convert)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _Saved("tokenizer.json"))
+    if other_process:
+        target.parent.mkdir(parents=True)
+        other = subprocess.Popen([sys.executable, "-c", _OTHER_CONVERSION, str(target)], stdout=subprocess.PIPE, text=True)
+        assert other.stdout.readline() == "started\n"  # it holds the lock, and writes for 2 s
     assets._convert_gguf(tmp_path / "m.gguf", target)
-    expected = {"config.json": "theirs"} if other_process_done else {"config.json": "ours", "tokenizer.json": "ours"}
+    if other_process:
+        assert other.wait() == 0 and converted == []  # waited, then kept theirs without converting again
+    expected = {"config.json": "theirs"} if other_process else {"config.json": "ours", "tokenizer.json": "ours"}
     assert {p.name: p.read_text() for p in target.iterdir()} == expected
-    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary folder left
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no staging folder or lock file left
 
 
 def test_load_model_returns_the_requested_dtype_and_a_pad_token():

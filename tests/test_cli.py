@@ -189,6 +189,10 @@ def test_an_existing_output_directory_needs_overwrite_and_is_left_as_it_was(tmp_
     "argv, message",
     [
         (["prune", "no-such-model"], "unknown model name_or_path='no-such-model'"),
+        # a path, not a hub id, though "./x/y" has the shape of one
+        (["prune", "./nope.gguf"], "no such file or directory: nope.gguf (name_or_path='./nope.gguf')"),
+        (["prune", "./models/nope"], "no such file or directory: models/nope"),
+        (["prune", "~/nope.safetensors"], "no such file or directory: "),
         (["prune", "--method", "best"], "unknown method 'best'"),
         (["prune", "--amount", "29"], "--amount: num_prune=29 exceeds the 28 unprotected blocks"),
         (["analyze", "--text", "ptb"], "--text: text='ptb' is neither a bundled text"),
@@ -227,6 +231,72 @@ def _paragraphs() -> list[str]:
 
     articles = load_documents("wiki", "calibration")[:20]
     return [p.strip() for article in articles for p in re.split(r"\n\s*\n", article) if p.strip()]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prune", "--amount", "29"], "--amount: num_prune=29 exceeds the 28 unprotected blocks (of 30)"),
+        (["compare", "--amounts", "0.1,40"], "--amounts: num_prune=40 exceeds the 28 unprotected blocks (of 30)"),
+        (
+            ["prune", "--window", "100000"],
+            "--window: window=100000 exceeds the longest context of smollm2-135m, 8192 tokens (max_position_embeddings",
+        ),
+        (["analyze", "--window", "8193"], "--window: window=8193 exceeds the longest context of smollm2-135m, 8192 tokens"),
+        (["eval", "smollm2-135m", "--window", "9000"], "--window: window=9000 exceeds the longest context"),
+    ],
+)
+def test_what_the_config_alone_refuses_is_refused_before_any_weight_loads(tmp_path, capsys, monkeypatch, argv, message):
+    from lorp_lightning import assets
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the config was checked")
+
+    monkeypatch.setattr(assets, "load_model", no_loading)
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cut", ["truncated", "header", "magic"])
+def test_a_damaged_gguf_file_is_one_clear_line_naming_it_and_nothing_is_written(tmp_path, capsys, monkeypatch, cut):
+    from lorp_lightning.assets import BUNDLED_MODELS, package_dir
+
+    monkeypatch.setenv("LORP_CACHE_DIR", str(tmp_path / "cache"))
+    bundled = BUNDLED_MODELS["smollm2-135m"]
+    whole = (package_dir(bundled.parts[0][0]) / bundled.parts[0][1]).read_bytes()
+    damaged = tmp_path / "damaged.gguf"
+    # cut on disk: half the file (its tensors run past the end), the first 1,000 bytes (the header itself), or
+    # another format's first bytes
+    damaged.write_bytes({"truncated": whole[: len(whole) // 2], "header": whole[:1000], "magic": b"XXXX" + whole[4:1000]}[cut])
+    assert main(["prune", str(damaged), "--out", str(tmp_path / "out"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the GGUF file {damaged} ({damaged.stat().st_size:,} bytes) is damaged or truncated" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.gguf"]  # no output, and no cache entry
+
+
+@pytest.mark.parametrize("cut", ["half", "header"])
+def test_a_model_directory_with_a_damaged_safetensors_file_is_one_clear_line_naming_it(tmp_path, capsys, cut):
+    from transformers import AutoTokenizer
+
+    from lorp_lightning.assets import load_model
+
+    model, tokenizer = load_model("smollm2-135m", progress=False)
+    directory = tmp_path / "model"
+    tiny = type(model)(type(model.config)(**{**model.config.to_dict(), "num_hidden_layers": 4}))
+    tiny.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    assert AutoTokenizer.from_pretrained(directory) is not None
+    capsys.readouterr()
+    weights = directory / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2] if cut == "half" else whole[:20])  # cut on disk
+    for argv in (["prune", str(directory), "--amount", "1"], ["eval", str(directory)]):
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"the safetensors file {str(weights)!r} is damaged" in err[0], err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_a_text_file_calibrates_on_its_calibration_documents_only(tmp_path):

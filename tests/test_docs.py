@@ -102,3 +102,20 @@ def test_no_page_is_left_with_a_placeholder_for_a_figure_or_a_text_still_to_writ
         f"{path.relative_to(ROOT)}: {match.group(0)!r}" for path, text in pages.items() for match in placeholder.finditer(text)
     ]
     assert found == []
+
+
+def test_every_test_the_fault_table_names_exists():
+    import re
+
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    named, missing = [], []
+    for cell in re.findall(r"^\|[^\n]*\| ([^|\n]*tests/[^|\n]*)\|$", text, flags=re.M):
+        file = None
+        for part in re.findall(r"`([^`]+)`", cell):
+            path, _, name = part.partition("::")
+            file = path if path.startswith("tests/") else file
+            if name:
+                named.append((file, name))
+                if not re.search(rf"^def {re.escape(name)}\(", (ROOT / file).read_text(), flags=re.M):
+                    missing.append(f"{file}::{name}")
+    assert len(named) >= 10 and missing == []

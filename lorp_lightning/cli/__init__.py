@@ -10,8 +10,10 @@
 
 Every command but apply writes a ``report.json`` into its output directory and prints a table
 (apply writes the pruned checkpoint, whose config.json records the pruning). Output
-directories are written to a temporary folder beside them and renamed at the end, so a failed
-run leaves nothing half-written; an existing directory needs ``--overwrite``.
+directories are written to a staging folder beside them and renamed at the end, so a failed
+run leaves nothing half-written; an existing directory needs ``--overwrite``; a second run
+writing the same directory at once is refused (exit status 1), as is a write the disk refuses,
+each naming the directory and the cause.
 
 One file per command, each with its ``add_arguments`` and its function side by side: ``analyze.py``,
 ``prune.py``, ``compare.py``, ``evaluate.py`` (``lorp eval``), ``heal.py``, ``apply.py``; the argument types
@@ -29,6 +31,7 @@ import signal
 import sys
 import threading
 
+from lorp_lightning._io import OutputError
 from lorp_lightning.cli import analyze, apply, compare, evaluate, heal, prune
 from lorp_lightning.cli._arguments import UsageError, flags
 from lorp_lightning.cli._shared import resolve_dtype
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         flag = parser.flags[args.command].get(error.parameter) if error.parameter else None
         print(f"lorp {args.command}: error: {f'{flag}: ' if flag else ''}{error}", file=sys.stderr)
         return 2
+    except OutputError as error:  # the disk refused a write, or another process writes the same output
+        print(f"lorp {args.command}: error: {error}", file=sys.stderr)
+        return 1
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

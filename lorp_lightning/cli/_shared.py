@@ -21,6 +21,32 @@ def output_directory(path: str, overwrite: bool):
         raise UsageError(f"{error}; pass --overwrite to replace it or --out to choose another") from error
 
 
+def check_model_first(model: str, *, windows: dict[str, int] | None = None, amounts=(), protect=None) -> None:
+    """What the model's config alone refuses, before any weight loads (``assets.model_shape``): a model that
+    cannot be found or a damaged ``.gguf`` file, each budget of ``amounts`` against the unprotected blocks, and
+    each window length of ``windows`` (by its parameter, ``{"window": 512}``) against the model's longest context.
+    A model whose config cannot be read without loading it is checked after it loads, as before."""
+    from lorp_lightning.assets import model_shape
+    from lorp_lightning.selection import protected_blocks, resolve_budget
+
+    try:
+        shape = model_shape(model)
+        if shape is None:
+            return
+        N = shape.num_layers
+        for amount in amounts:
+            resolve_budget(amount, N, N - len(protected_blocks(protect, N)))
+    except ValueError as error:
+        raise UsageError.of(error) from error
+    for name, length in (windows or {}).items():
+        if shape.max_positions and length > shape.max_positions:
+            raise UsageError(
+                f"{name}={length} exceeds the longest context of {model}, {shape.max_positions} tokens "
+                f"(max_position_embeddings in its config); pass at most {shape.max_positions}",
+                name,
+            )
+
+
 def versions() -> dict[str, str]:
     import torch
     import transformers

@@ -6,7 +6,15 @@ import argparse
 
 from lorp_lightning._io import write_json
 from lorp_lightning.cli._arguments import DEFAULT_MODEL, MODEL_HELP, add_calibration, add_common, positive_int
-from lorp_lightning.cli._shared import calibrate, load, output_directory, select_plan, stats_summary, versions
+from lorp_lightning.cli._shared import (
+    calibrate,
+    check_model_first,
+    load,
+    output_directory,
+    select_plan,
+    stats_summary,
+    versions,
+)
 from lorp_lightning.selection import format_clusters
 
 RENAMED = {"num_windows": "windows"}
@@ -44,6 +52,7 @@ def analyze(
     clusters, and a heatmap, written to ``out``; the report."""
     from lorp_lightning.plots import save_similarity_heatmap
 
+    check_model_first(model, windows={"window": window})
     with output_directory(out, overwrite) as output:
         lm, tokenizer = load(model, dtype, quiet, device)
         layer_stats, seconds = calibrate(

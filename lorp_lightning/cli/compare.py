@@ -17,6 +17,7 @@ from lorp_lightning.cli._arguments import (
 from lorp_lightning.cli._shared import (
     calibrate,
     check_method,
+    check_model_first,
     held_out_windows,
     load,
     output_directory,
@@ -81,6 +82,7 @@ def compare(
     for method in method_names:
         check_method(method)
     budgets = [_fraction_or_count_or_usage(a) for a in amounts.split(",") if a]
+    check_model_first(model, windows={"window": window}, amounts=budgets)
     with output_directory(out, overwrite) as output:
         dense, tokenizer = load(model, dtype, quiet, device)
         layer_stats, seconds = calibrate(

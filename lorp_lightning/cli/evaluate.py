@@ -6,7 +6,7 @@ import argparse
 
 from lorp_lightning._io import write_json
 from lorp_lightning.cli._arguments import MODEL_HELP, UsageError, add_common, add_evaluation, positive_int
-from lorp_lightning.cli._shared import held_out_text, load, output_directory, versions
+from lorp_lightning.cli._shared import check_model_first, held_out_text, load, output_directory, versions
 
 
 def add_arguments(commands) -> argparse.ArgumentParser:
@@ -57,6 +57,7 @@ def evaluate(
     from lorp_lightning.evaluation import measure_speed, model_size, perplexity, token_windows
 
     task_names = _zero_shot_tasks(tasks)
+    check_model_first(model, windows={"window": window})
     with output_directory(out, overwrite) as output:
         lm, tokenizer = load(model, dtype, quiet, device)
         ppl = {}

@@ -18,6 +18,7 @@ from lorp_lightning.cli._arguments import (
 )
 from lorp_lightning.cli._shared import (
     check_calibration_text,
+    check_model_first,
     healing_line,
     held_out_windows,
     load,
@@ -114,6 +115,7 @@ def heal(
             "AdamW's small updates would be lost); or heal with --mode lora"
         )
     check_calibration_text(text)
+    check_model_first(model, windows={"window": training.window, **({"eval_window": eval_window} if eval_windows else {})})
     with output_directory(out, overwrite) as output:
         student, tokenizer = load(model, dtype, quiet, device)
         if pruning_record(student) is None:

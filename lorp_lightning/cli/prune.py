@@ -25,6 +25,7 @@ from lorp_lightning.cli._shared import (
     calibrate,
     check_calibration_text,
     check_method,
+    check_model_first,
     healing_line,
     held_out_windows,
     lightning_warnings_only,
@@ -105,6 +106,7 @@ def prune(
     them); the report. ``options``: the flags of ``PruneSettings`` (``add_settings``), checked before anything is
     loaded."""
     settings = _checked_settings(options, heal_steps=heal_steps, distill=distill, lm_weight=lm_weight, text=text)
+    check_model_first(model, windows={"window": window}, amounts=[settings.amount], protect=settings.protect)
     if out == "pruned/MODEL-METHOD-AMOUNT":
         out = f"pruned/{Path(model).name}-{settings.method}-{settings.amount}"
     with output_directory(out, overwrite) as output:
