@@ -11,7 +11,8 @@ calibration split) and held-out windows (40 of 512 tokens of `wiki` and of `lamb
     progressive, same minutes    the same with ``--minutes`` of training in all (each round its share), the
                                  steps as many as fit
 
-Every configuration starts from the dense model loaded again, with the same seed. The results hold each
+Every configuration starts from the dense model loaded again, with the same seed (``prune_and_heal`` heals
+round r with seed + r, so that the rounds do not train on the same windows again). The results hold each
 window's held-out loss; ``render`` (called by ``quality_study.py render``) gives each row's ratio to dense
 and its ratio to "one-shot, then heal" with a 95% paired-bootstrap interval. The JSON is written after each
 configuration, and a rerun of the same command skips what it holds.
@@ -150,7 +151,8 @@ def prune_heal_section(folder: Path) -> list[str]:
         "",
         "Pruning once and then healing against pruning in rounds with healing between them (`healing.prune_and_heal`), "
         "with the same optimizer steps and with the same minutes of training; every row from the dense model loaded "
-        'again, with the same seed. Held-out perplexity relative to dense, and the ratio to "one-shot, then heal" with '
+        "again, with the same seed (round r of a progressive row heals with seed + r: its own order of the healing "
+        'windows). Held-out perplexity relative to dense, and the ratio to "one-shot, then heal" with '
         "its 95% paired-bootstrap interval (below 1: better). Made by the command under each model's heading, then "
         "`python benchmarks/decisions/quality_study.py render`.",
         "",

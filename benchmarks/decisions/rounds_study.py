@@ -200,7 +200,9 @@ def main() -> None:
     run.add_argument("--models", nargs="+", default=list(MODELS))
     run.add_argument("--out", default="benchmarks/results/rounds")
     run.add_argument("--eval-windows", type=int, default=40)
-    run.add_argument("--budgets", nargs="+", default=[str(b) for b in BUDGETS], help="fractions of the blocks (default 1/8 1/4 1/3)")
+    run.add_argument(
+        "--budgets", nargs="+", default=[str(b) for b in BUDGETS], help="fractions of the blocks (default 1/8 1/4 1/3)"
+    )
     run.add_argument("--rounds", type=int, nargs="+", default=list(ROUNDS), help="the rounds of the iterative configurations")
     args = parser.parse_args()
     out = Path(args.out)
