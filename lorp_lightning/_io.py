@@ -145,11 +145,17 @@ def _raise_disk_error(error: BaseException, final: Path, what: str) -> None:
 
 
 def _locked(final: Path, wait: bool, what: str) -> _Lock:
-    """``final``'s folder made if needed, and ``final``'s lock taken; a disk that refuses either is an `OutputError`."""
+    """``final``'s folder made if needed, ``final``'s lock taken, and the staging entries of ``final`` whose owner is
+    gone removed under it; a disk that refuses any of it is an `OutputError`, and the lock is not kept."""
+    lock = None
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        return _Lock(final, wait, what)
+        lock = _Lock(final, wait, what)
+        remove_stale_staging(final)
+        return lock
     except OSError as error:
+        if lock is not None:
+            lock.release()
         _raise_disk_error(error, final, what)
         raise
 
@@ -175,7 +181,6 @@ class OutputDirectory:
         try:
             if self.final.exists() and not overwrite:
                 raise FileExistsError(f"the output directory {self.final} exists")
-            remove_stale_staging(self.final)
             self.path = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=_staging_prefix(self.final)))
         except BaseException as error:
             self._lock.release()
@@ -245,7 +250,6 @@ def atomic_file(path: str | os.PathLike, *, wait: bool = True) -> Iterator[TextI
     lock = _locked(path, wait, "file")
     tmp = None
     try:
-        remove_stale_staging(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_staging_prefix(path))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
