@@ -361,9 +361,8 @@ def model_shape(name_or_path: str | os.PathLike) -> ModelShape | None:
     key = str(name_or_path)
     path = Path(key).expanduser()
     if key in BUNDLED_MODELS:
-        bundled = BUNDLED_MODELS[key]
-        cached = cache_dir() / "models" / f"{bundled.name}-{bundled.sha256[:12]}"
-        return _config_shape(cached) if (cached / "config.json").exists() else ModelShape(bundled.num_layers, None)
+        cached = _bundled_cache_entry(BUNDLED_MODELS[key])
+        return _config_shape(cached) if (cached / "config.json").exists() else ModelShape(BUNDLED_MODELS[key].num_layers, None)
     if path.is_file() and path.suffix == ".gguf":
         return _gguf_shape(path)
     if path.is_dir():
@@ -387,8 +386,7 @@ def _gguf_shape(path: Path) -> ModelShape | None:
     cached = _gguf_cache_entry(path)
     if (cached / "config.json").exists():
         return _config_shape(cached)
-    stat = path.stat()
-    depth, context = _gguf_header(path.resolve(), stat.st_size, stat.st_mtime_ns)
+    depth, context = _gguf_header(*_file_version(path))
     return ModelShape(int(depth), context) if depth else None
 
 
@@ -472,20 +470,28 @@ def _ready(model, tokenizer):
     return model, tokenizer
 
 
+_WEIGHT_FILE_SUFFIXES = (".gguf", ".safetensors")
+
+
 def _looks_like_hub_id(key: str) -> bool:
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", key) is not None and not _looks_like_path(key)
+    """``org/name``: one separator, each side starting with a word character, and no weight file's suffix."""
+    return re.fullmatch(r"\w[\w.-]*/\w[\w.-]*", key) is not None and not key.endswith(_WEIGHT_FILE_SUFFIXES)
 
 
 def _looks_like_path(key: str) -> bool:
-    """A name no hub id can be: it starts with ``.``, ``~`` or a separator, ends in ``.gguf`` or ``.safetensors``, or
-    holds a separator that is not the one between a hub id's ``org`` and ``name``."""
-    if key.startswith((".", "~", "/", os.sep)) or key.endswith((".gguf", ".safetensors")):
-        return True
-    return (os.sep in key or "/" in key or "\\" in key) and re.fullmatch(r"[\w][\w.-]*/[\w][\w.-]*", key) is None
+    """A name that is no hub id and holds a separator, starts with ``.`` or ``~``, or ends in a weight file's suffix."""
+    if _looks_like_hub_id(key):
+        return False
+    return key.startswith((".", "~")) or any(sep in key for sep in ("/", "\\", os.sep)) or key.endswith(_WEIGHT_FILE_SUFFIXES)
+
+
+def _bundled_cache_entry(model: BundledModel) -> Path:
+    """Where a bundled model is cached: named by its name and its published sha256."""
+    return cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}"
 
 
 def _cached_bundled_model(model: BundledModel) -> Path:
-    target = cache_dir() / "models" / f"{model.name}-{model.sha256[:12]}"
+    target = _bundled_cache_entry(model)
     if (target / "config.json").exists():
         return target
     parts = [package_dir(pkg) / rel for pkg, rel in model.parts]
@@ -505,7 +511,19 @@ def _cached_bundled_model(model: BundledModel) -> Path:
 
 def _gguf_cache_entry(path: Path) -> Path:
     """Where the model of a ``.gguf`` file is cached: named by the file's stem and its content's hash."""
-    return cache_dir() / "models" / f"{path.stem}-{sha256_of([path])[:12]}"
+    return cache_dir() / "models" / f"{path.stem}-{_file_digest(*_file_version(path))[:12]}"
+
+
+def _file_version(path: Path) -> tuple[Path, int, int]:
+    """A file as the caches below know it: its resolved path, size and modification time (a change is another file)."""
+    stat = path.stat()
+    return path.resolve(), stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """The sha256 of a file, once per version of it in a process (``model_shape`` and the load both ask)."""
+    return sha256_of([path])
 
 
 def _cached_gguf_file(path: Path) -> Path:
@@ -557,9 +575,7 @@ def check_gguf(path: str | os.PathLike) -> None:
     Reads the header and maps the tensors (``gguf.GGUFReader``, what transformers reads them with), without copying
     them; once per file and version of it in a process. Raises a ValueError naming the file (``ParameterError`` of
     ``name_or_path``) and what is wrong with it."""
-    path = Path(path)
-    stat = path.stat()
-    _gguf_header(path.resolve(), stat.st_size, stat.st_mtime_ns)
+    _gguf_header(*_file_version(Path(path)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -591,7 +607,6 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     the same file waits for the first (the output directory's lock) and keeps what it wrote."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _make_dirs(target.parent)
     # overwrite: a directory left without config.json is incomplete
     with OutputDirectory(target, overwrite=True, wait=True) as out:
         if (target / "config.json").exists():
