@@ -31,7 +31,60 @@ from lorp_lightning._validation import ParameterError, check_choice, check_int
 from lorp_lightning.assets import BUNDLED_TEXTS, SPLITS, load_documents, split_documents
 from lorp_lightning.evaluation import check_window, token_windows
 
-__all__ = ["TextDataModule", "calibration_documents", "calibration_windows", "text_documents"]
+__all__ = ["ShuffledLoader", "TextDataModule", "calibration_documents", "calibration_windows", "text_documents"]
+
+
+class ShuffledLoader(DataLoader):
+    """A DataLoader that shuffles with a generator seeded by ``seed``, and resumes in the middle of an epoch.
+
+    It serves the batches of ``DataLoader(dataset, shuffle=True, generator=torch.Generator().manual_seed(seed))``,
+    in the same order, epoch after epoch, and it has ``state_dict`` and ``load_state_dict``, so Lightning keeps its
+    place in a checkpoint and gives it back on ``fit(ckpt_path=...)``: the resumed run is served the batches an
+    uninterrupted run would have been served next. The state is the number of batches served in the current epoch
+    and the generator's state at its start and now. (Lightning's training loop takes one batch per step from a loader
+    with a length, and stops at its length, so that number is the batches trained; a new epoch then begins from the
+    generator as it is, not from the state after a further draw that running the sampler to its end would make.)
+
+    Given a ``sampler`` (as Lightning gives a ``DistributedSampler`` under DDP), it serves that sampler's order
+    instead, and still resumes: its state is then the batches served.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int = 1, *, seed: int = 0, **kwargs: Any) -> None:
+        kwargs.pop("shuffle", None)
+        if kwargs.get("sampler") is None and kwargs.get("batch_sampler") is None:
+            kwargs.update(shuffle=True, generator=torch.Generator().manual_seed(seed))
+        super().__init__(dataset, batch_size=batch_size, **kwargs)
+        self.seed = seed
+        self._epoch_start: Tensor | None = None  # the generator's state when the current epoch began
+        self._served = 0
+        self._resume: dict[str, Any] | None = None
+
+    def __iter__(self):
+        skip = 0
+        if self._resume is not None:
+            state, self._resume = self._resume, None
+            skip = int(state["served"])
+            at_end = skip >= len(self)  # taken after the last batch of an epoch: the next epoch begins
+            if self.generator is not None:
+                self.generator.set_state(state["generator"] if at_end else state["epoch_start"])
+            skip = 0 if at_end else skip
+        self._epoch_start = None if self.generator is None else self.generator.get_state()
+        batches = super().__iter__()
+        for _ in range(skip):
+            next(batches)
+        self._served = skip
+        for batch in batches:
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader is: the batches served in this epoch, the generator's state at its start and now."""
+        now = None if self.generator is None else self.generator.get_state()
+        return {"served": self._served, "epoch_start": self._epoch_start, "generator": now}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Go on from ``state_dict`` (``state_dict()`` of a loader of the same data and seed) at the next ``iter``."""
+        self._resume = dict(state_dict)
 
 
 class _Windows(Dataset):
@@ -264,8 +317,9 @@ class TextDataModule(pl.LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader("calibration", shuffle=True, generator=generator)
+        return ShuffledLoader(
+            _Windows(self.windows("calibration")), batch_size=self.batch_size, seed=self.seed, num_workers=self.num_workers
+        )
 
     @override
     def val_dataloader(self) -> DataLoader:

@@ -10,6 +10,7 @@ its own.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,8 +65,13 @@ class LoRPHealCallback(Callback):
     after the first, the healing so far is merged and recorded, and a new one begins after the
     pruning, so the record holds one healing per step of the schedule.
 
-    Checkpoints written during healing hold the adapters unmerged, and resuming a healing from
-    them is not supported: save the healed model after ``fit`` (``save_pretrained``).
+    Checkpoints written during healing hold the adapters unmerged, and ``fit(ckpt_path=...)``
+    resumes the healing from them: the adapters go back in before the checkpoint's weights load
+    (with ``LoRPModule``, which rebuilds the pruned depth, also for a healing begun by a pruning in
+    the middle of ``fit``), the optimizer's state follows, and the callback's state carries the
+    healing's losses, tokens and time so far. With a loader that resumes where it stopped
+    (``TextDataModule``'s and ``heal``'s do, see ``ShuffledLoader``), the result equals that of an
+    uninterrupted run; the record notes the resume (``"resumed_at"``: the checkpoints' steps).
 
     Args:
         settings: all of the arguments below but ``verbose`` and ``model``, as one ``HealingSettings`` (with its
@@ -192,6 +198,8 @@ class LoRPHealCallback(Callback):
         self._distillation: Distillation | None = None
         self._pl_module: pl.LightningModule | None = None
         self._asked_teacher: bool | None = None
+        self._step = 0  # the global step after the latest healing step
+        self._weights_hook: Any = None  # a resume's hook that puts the adapters back before the weights load
 
     @property
     @override
@@ -262,6 +270,33 @@ class LoRPHealCallback(Callback):
             self._begin(trainer, pl_module)  # before the strategy builds the optimizers and the DDP wrapper
         else:  # the checks that do not need the pruning, now rather than in the middle of fit
             adapters.check_settings(model, self.settings)
+            self._resume_before_weights(trainer, pl_module)
+
+    def _resume_before_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """On ``fit(ckpt_path=...)`` from a checkpoint taken after the pruning in the middle of fit, begin the healing
+        before the checkpoint's weights load into ``pl_module``, which holds the adapters then.
+
+        Lightning loads a checkpoint after ``setup`` and before it builds the optimizers. The module's
+        ``on_load_checkpoint`` runs first (``LoRPModule``'s removes the blocks the checkpoint's pruning record
+        names); if it pruned the model, the checkpoint was taken while healing, so the healing begins again here.
+        """
+
+        def before_weights(*_: Any) -> None:
+            self._drop_weights_hook()
+            if pruning_record(self._causal_lm(pl_module)) is not None and self._healing is None:
+                self._check_ready(self._causal_lm(pl_module))
+                self._begin(trainer, pl_module)
+
+        self._weights_hook = pl_module.register_load_state_dict_pre_hook(before_weights)
+
+    def _drop_weights_hook(self) -> None:
+        if self._weights_hook is not None:
+            self._weights_hook.remove()
+            self._weights_hook = None
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._drop_weights_hook()  # no checkpoint loaded, or loaded already
 
     def _causal_lm(self, pl_module: pl.LightningModule) -> nn.Module:
         return get_causal_lm(pl_module, self.model, type(self).__name__)
@@ -410,6 +445,7 @@ class LoRPHealCallback(Callback):
                 self._healing.losses.append(loss)
             input_ids, _ = model_inputs(batch, pl_module.device)
             self._healing.tokens += int(input_ids.numel())
+            self._step = trainer.global_step
             if self._distillation is not None and self._asked_teacher is None:  # once, after the first healing step
                 self._asked_teacher = self._distillation.calls > 0
                 if not self._asked_teacher:
@@ -458,11 +494,46 @@ class LoRPHealCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"records": copy.deepcopy(self.records)}
+        state: dict[str, Any] = {"records": copy.deepcopy(self.records), "healing": None}
+        healing = self._healing
+        if healing is not None:  # a checkpoint in the middle of a healing: what its record will need
+            state["healing"] = {
+                "start_step": healing.start_step,
+                "step": self._step,
+                "losses": list(healing.losses),
+                "tokens": healing.tokens,
+                "seconds": healing.seconds,
+                "resumed_at": list(healing.resumed_at),
+                "run": copy.deepcopy(self._run),
+            }
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.records = copy.deepcopy(list(state_dict.get("records", [])))
+        saved = state_dict.get("healing")
+        if saved is None:
+            return
+        healing = self._healing
+        if healing is None:  # the weights would not have loaded: the adapters were not there
+            raise RuntimeError(
+                "LoRPHealCallback: the checkpoint was taken in the middle of a healing, but no healing began before "
+                "its weights loaded; resume with the model pruned as it was (LoRPModule rebuilds it from the "
+                "checkpoint's pruning record)"
+            )
+        if self._run and saved["run"] and saved["run"] != self._run:
+            changed = sorted(k for k in {*saved["run"], *self._run} if saved["run"].get(k) != self._run.get(k))
+            raise ValueError(
+                "LoRPHealCallback: the checkpoint's healing ran with other settings than this one: "
+                + ", ".join(f"{k}={saved['run'].get(k)!r} there, {self._run.get(k)!r} here" for k in changed)
+            )
+        healing.start_step = int(saved["start_step"])
+        healing.losses[:] = [float(x) for x in saved["losses"]]
+        healing.tokens = int(saved["tokens"])
+        healing.seconds_before = float(saved["seconds"])
+        healing.started = time.perf_counter()
+        healing.resumed_at = [*saved["resumed_at"], int(saved["step"])]
+        self._step = int(saved["step"])
 
 
 class LossCurve(Callback):
@@ -475,6 +546,12 @@ class LossCurve(Callback):
 
     def __init__(self) -> None:
         self.losses: list[float] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": list(self.losses)}  # a resumed run's curve goes on from the checkpoint's
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.losses = [float(x) for x in state_dict.get("losses", [])]
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

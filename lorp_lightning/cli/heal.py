@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+from pathlib import Path
 from typing import Any
 
 from lorp_lightning._io import write_json
@@ -67,6 +69,20 @@ def add_arguments(commands) -> argparse.ArgumentParser:
         help="evaluation windows of --eval-window tokens; 0 skips the evaluation (default: 40)",
     )
     parser.add_argument("--eval-window", type=positive_int, default=512, help="tokens per evaluation window (default: 512)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=25,
+        metavar="N",
+        help="write a Lightning checkpoint of the run every N steps to OUT.checkpoints/last.ckpt, so that a killed "
+        "run can go on with --resume; removed once the healed model is saved; 0 writes none (default: 25)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from OUT.checkpoints/last.ckpt, left by a run of this command with the same arguments that was "
+        "killed; the healed model equals that of the run never stopped",
+    )
     for settings in (HealingSettings, TrainingSettings, DistillationSettings):  # the flags of their options
         add_settings(parser, settings)
     add_common(parser, "DIR-healed")
@@ -87,6 +103,8 @@ def heal(
     eval_text: str,
     eval_windows: int,
     eval_window: int,
+    checkpoint_every: int = 25,
+    resume: bool = False,
     **options: Any,
 ) -> dict:
     """``lorp heal``: the pruned model in the directory ``model`` healed (``lorp_lightning.heal``; by distillation
@@ -116,6 +134,17 @@ def heal(
         )
     check_calibration_text(text)
     check_model_first(model, windows={"window": training.window, **({"eval_window": eval_window} if eval_windows else {})})
+    checkpoints = Path(f"{str(out).rstrip('/')}.checkpoints") if checkpoint_every else None
+    if resume and checkpoints is None:
+        raise UsageError("--resume goes on from the checkpoints a run wrote; it cannot go with --checkpoint-every 0")
+    last = None if checkpoints is None else checkpoints / "last.ckpt"
+    if resume and not last.is_file():
+        raise UsageError(f"--resume: there is no checkpoint to go on from, {last} does not exist")
+    if not resume and last is not None and last.exists():
+        raise UsageError(
+            f"{last} holds a checkpoint of a run of this command that did not end: pass --resume to go on from it, "
+            "or remove it to start afresh"
+        )
     with output_directory(out, overwrite) as output:
         student, tokenizer = load(model, dtype, quiet, device)
         if pruning_record(student) is None:
@@ -145,6 +174,9 @@ def heal(
             settings=settings,
             training=training,
             max_seconds=None if max_minutes is None else 60 * max_minutes,
+            checkpoint_dir=checkpoints,
+            checkpoint_every=max(checkpoint_every, 1),
+            resume=resume,
             **distillation,
             **distill,
         )
@@ -174,6 +206,8 @@ def heal(
         }
         write_json(output.path / "report.json", report)
     final = output.final
+    if checkpoints is not None:  # the healed model is saved: the run's checkpoints have done their job
+        shutil.rmtree(checkpoints, ignore_errors=True)
     print(healing_line(record, before, after))
     print(f"saved the healed model to {final} (report.json beside it)")
     return report

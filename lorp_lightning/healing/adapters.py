@@ -196,6 +196,13 @@ class Healing:
     tokens: int = 0
     losses: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    seconds_before: float = 0.0  # spent before a resume, in the run that wrote the checkpoint
+    resumed_at: list[int] = field(default_factory=list)  # the global steps of the checkpoints it was resumed from
+
+    @property
+    def seconds(self) -> float:
+        """The time this healing has trained, across resumes."""
+        return self.seconds_before + time.perf_counter() - self.started
 
 
 def check_settings(model: nn.Module, settings: HealingSettings) -> None:

@@ -9,7 +9,6 @@ ends (``add_entry``). ``healing_records`` reads them back.
 from __future__ import annotations
 
 import copy
-import time
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -49,8 +48,9 @@ def add_entry(model: nn.Module, healing: Healing, num_steps: int, completed: boo
         "tokens": healing.tokens,
         "initial_loss": sum(losses[:tenth]) / tenth if losses else None,
         "final_loss": sum(losses[-tenth:]) / tenth if losses else None,
-        "seconds": time.perf_counter() - healing.started,
+        "seconds": healing.seconds,
         "completed": bool(completed),
+        "resumed_at": list(healing.resumed_at),  # the global steps of the checkpoints it was resumed from, if any
         "seed": settings.seed,
         "distillation": copy.deepcopy(healing.distillation),
         **copy.deepcopy(run or {}),  # what heal() adds about its run: the data and the optimizer's settings

@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lorp_lightning._validation import ParameterError
+from lorp_lightning._validation import ParameterError, check_int, tagged
 from lorp_lightning.callbacks.heal import LoRPHealCallback
 from lorp_lightning.callbacks.time_budget import TimeBudget
 from lorp_lightning.distillation import check_teacher
@@ -39,6 +40,8 @@ class _HealingModule(LoRPModule):
 
     def __init__(self, model: Any, tokenizer: Any, lr: float, training: TrainingSettings, budget: TimeBudget | None) -> None:
         super().__init__(model, tokenizer, lr=lr, weight_decay=training.weight_decay)
+        # plain values only in a checkpoint's hyper-parameters, which then loads with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["model", "tokenizer", "training", "budget"])
         self.training_settings = training
         self.budget = budget
 
@@ -69,6 +72,9 @@ def heal(
     progress: bool = False,
     inplace: bool = True,
     trainer_options: dict[str, Any] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 25,
+    resume: bool = False,
     **options: Any,
 ) -> nn.Module:
     """Heal a pruned model by a short Lightning training run on calibration text, and return it.
@@ -107,6 +113,15 @@ def heal(
         inplace: heal ``model`` itself (True) or a deep copy of it, leaving ``model`` as it was.
         trainer_options: extra keyword arguments for the ``Trainer`` (e.g. ``logger``,
             ``precision``); ``callbacks`` listed there are added after the healing callback.
+        checkpoint_dir: a directory for Lightning checkpoints of the run, so that a killed run can resume
+            (default None: none are written). ``last.ckpt`` there is replaced every ``checkpoint_every`` steps;
+            it holds the model with its adapters unmerged, the optimizer, the learning-rate schedule, the place in
+            the shuffled windows and the healing so far. It is left there when the run ends.
+        checkpoint_every: steps between checkpoints (default 25).
+        resume: go on from ``checkpoint_dir``'s ``last.ckpt``, written by a run of this call with the same model,
+            text and settings; the result equals that of the uninterrupted run (on the same machine), and the
+            healing record's ``"resumed_at"`` gives the checkpoint's step. Without ``resume``, a ``last.ckpt``
+            already there is refused rather than overwritten.
         **options: any field of the three settings objects as a keyword, in place of the object's: ``mode``,
             ``rank``, ``alpha``, ``dropout``, ``target_modules``, ``lora``, ``seed`` (``HealingSettings``); ``teacher``,
             ``teacher_tokenizer``, ``temperature``, ``lm_weight``, ``teacher_name`` (``DistillationSettings``);
@@ -132,6 +147,8 @@ def heal(
             shares weights with the student. Everything is checked before anything changes: on an
             error the model is left as it was.
         TypeError: a teacher that is not a causal LM.
+        FileExistsError: ``checkpoint_dir`` holds a ``last.ckpt`` and ``resume`` is False.
+        FileNotFoundError: ``resume`` is True and ``checkpoint_dir`` holds no ``last.ckpt``.
     """
     healing_options, training_options = split_keywords(options, "heal()")
     settings = HealingSettings.of(settings, **healing_options)
@@ -143,6 +160,8 @@ def heal(
     for owned in ("max_steps", "max_epochs", "limit_val_batches"):
         if owned in options:
             raise ValueError(f"trainer_options may not set {owned!r}: heal() sets it from its own arguments")
+    check_int(checkpoint_every, "checkpoint_every", low=1)
+    last = _checkpoint_to_resume(checkpoint_dir, resume)
     teacher = settings.teacher
     if isinstance(teacher, str) and teacher == "dense":
         raise ParameterError(
@@ -155,7 +174,7 @@ def heal(
     check_model(model, settings)
     if teacher is not None:
         check_teacher(model, teacher, tokenizer=tokenizer, teacher_tokenizer=settings.distillation.teacher_tokenizer)
-    from lorp_lightning.data import TextDataModule
+    from lorp_lightning.data import ShuffledLoader, TextDataModule
 
     data = TextDataModule(
         text,
@@ -178,11 +197,17 @@ def heal(
         model = copy.deepcopy(model)
     device = next(model.parameters()).device
     extra_callbacks = list(options.pop("callbacks", None) or [])
+    if checkpoint_dir is not None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        extra_callbacks.append(
+            ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every)
+        )
     trainer_arguments = dict(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=[device.index or 0] if device.type == "cuda" else 1,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=checkpoint_dir is not None,
         enable_model_summary=False,
         enable_progress_bar=progress,
         gradient_clip_val=1.0,
@@ -198,9 +223,7 @@ def heal(
         **trainer_arguments,
     )
     module = _HealingModule(model, tokenizer, lr=lr, training=training, budget=budget)
-    loader = torch.utils.data.DataLoader(
-        windows, batch_size=training.batch_size, shuffle=True, generator=torch.Generator().manual_seed(settings.seed)
-    )
+    loader = ShuffledLoader(windows, batch_size=training.batch_size, seed=settings.seed)  # resumes where it stopped
     callback._run = {  # written into the healing record, once, when the run ends: the data and every training setting
         "text": text if isinstance(text, str) else os.fspath(text) if isinstance(text, os.PathLike) else f"{len(text)} documents",
         "split": "calibration",
@@ -212,8 +235,36 @@ def heal(
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
-        trainer.fit(module, train_dataloaders=loader)
+        warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=last)
     model.to(device)  # Lightning's teardown moves a model trained on a GPU back to the CPU
     if not callback.records:
         raise RuntimeError("heal(): the training run ended without healing; see the Trainer's messages above")
     return model
+
+
+def _checkpoint_to_resume(checkpoint_dir: str | os.PathLike | None, resume: bool) -> str | None:
+    """The checkpoint ``heal(checkpoint_dir=..., resume=True)`` goes on from, or None for a fresh run.
+
+    Raises:
+        ValueError: ``resume`` not a bool, or True without a ``checkpoint_dir``.
+        FileNotFoundError: ``resume`` and no ``last.ckpt`` in ``checkpoint_dir``.
+        FileExistsError: not ``resume``, and a ``last.ckpt`` of an earlier run there, which a fresh run would replace.
+    """
+    if not isinstance(resume, bool):
+        raise ParameterError("resume", f"resume must be True or False, got resume={resume!r}")
+    if checkpoint_dir is None:
+        if resume:
+            raise ParameterError("resume", "resume=True needs the checkpoint_dir the interrupted run wrote its checkpoints to")
+        return None
+    last = Path(checkpoint_dir) / "last.ckpt"
+    if resume and not last.is_file():
+        raise tagged(
+            FileNotFoundError(f"resume=True, but there is no checkpoint to resume from: {last} does not exist"), "checkpoint_dir"
+        )
+    if not resume and last.exists():
+        error = FileExistsError(
+            f"{last} holds a checkpoint of an earlier run: resume=True goes on from it; remove it to start afresh"
+        )
+        raise tagged(error, "checkpoint_dir")
+    return str(last) if resume else None
