@@ -230,6 +230,11 @@ def test_lorp_heal_killed_goes_on_with_resume_and_says_so_in_its_report(tiny_pru
     assert "healed.checkpoints/last.ckpt holds a checkpoint of a run of this command that did not end: pass --resume" in (
         capsys.readouterr().err
     )
+    assert main([*args, "--resume", "--lr", "5e-4"]) == 2  # another run's checkpoint is not gone on from
+    assert "the checkpoint's healing ran with other settings than this one: lr=0.001 there, 0.0005 here" in (
+        capsys.readouterr().err
+    )
+    assert checkpoint.is_file() and not out.exists()
     assert main([*args, "--resume"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["healing"]["resumed_at"] == [4] and report["healing"]["num_steps"] == 8
