@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from test_lightning import tiny_llama
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from lorp_lightning.healing import heal, healing_records
 from lorp_lightning.surgery import prune_layers
@@ -29,16 +30,7 @@ SETTINGS = dict(text="tinystories", steps=STEPS, window=32, num_windows=8, batch
 
 
 def pruned_model(vocab_size: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-    )
-    return prune_layers(LlamaForCausalLM(config).eval(), [2, 5])
+    return prune_layers(tiny_llama(vocab_size), [2, 5])  # the tests' tiny random Llama of 8 blocks
 
 
 class KillAt(Callback):
