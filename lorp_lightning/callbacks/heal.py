@@ -504,9 +504,16 @@ class LoRPHealCallback(Callback):
                 "tokens": healing.tokens,
                 "seconds": healing.seconds,
                 "resumed_at": list(healing.resumed_at),
-                "run": copy.deepcopy(self._run),
+                "run": self._run_settings(),
             }
         return state
+
+    def _run_settings(self) -> dict[str, Any]:
+        """What a resumed healing must share with the checkpoint's: heal()'s run, and this callback's own settings."""
+        settings = self.settings
+        own = {name: getattr(settings, name) for name in ("mode", "rank", "alpha", "dropout", "seed")}
+        own["target_modules"] = None if settings.target_modules is None else list(settings.target_modules)
+        return {**copy.deepcopy(self._run), **own}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -521,11 +528,12 @@ class LoRPHealCallback(Callback):
                 "its weights loaded; resume with the model pruned as it was (LoRPModule rebuilds it from the "
                 "checkpoint's pruning record)"
             )
-        if self._run and saved["run"] and saved["run"] != self._run:
-            changed = sorted(k for k in {*saved["run"], *self._run} if saved["run"].get(k) != self._run.get(k))
+        there, here = saved["run"], self._run_settings()
+        changed = sorted(k for k in {*there, *here} if there.get(k) != here.get(k))
+        if changed:
             raise ValueError(
                 "LoRPHealCallback: the checkpoint's healing ran with other settings than this one: "
-                + ", ".join(f"{k}={saved['run'].get(k)!r} there, {self._run.get(k)!r} here" for k in changed)
+                + ", ".join(f"{k}={there.get(k)!r} there, {here.get(k)!r} here" for k in changed)
             )
         healing.start_step = int(saved["start_step"])
         healing.losses[:] = [float(x) for x in saved["losses"]]
