@@ -59,8 +59,30 @@ def configurations(rounds: tuple[int, ...] = ROUNDS) -> list[tuple[str, int, boo
     return out
 
 
-def run_model(name: str, args, save) -> dict:
-    """One model's rows, budget by budget; ``save(result)`` after each row, so a stopped run keeps what it measured."""
+def keep_other_budgets(result: dict, previous: dict | None, budgets: list[int]) -> dict:
+    """``result`` with the rows of ``previous`` (the model's file of an earlier run) at budgets this run does not
+    measure, when both runs measured the same model on the same held-out windows (the dense losses agree to 1e-3 per
+    window); its command then names both runs. Otherwise ``result`` as it is: the file is written anew."""
+    if previous is None or (previous["model"], previous["num_layers"], previous["evaluation"]) != (
+        result["model"],
+        result["num_layers"],
+        result["evaluation"],
+    ):
+        return result
+    for t, losses in result["dense"]["window_losses"].items():
+        earlier, losses = [float(x) for x in previous["dense"]["window_losses"][t]], [float(x) for x in losses]
+        if len(earlier) != len(losses) or max(abs(a - b) for a, b in zip(earlier, losses, strict=True)) > 1e-3:
+            return result
+    kept = [row for row in previous["rows"] if row["num_pruned"] not in budgets]
+    if kept:
+        result["rows"] = kept
+        result["command"] = f"{previous['command']}; {result['command']}"
+    return result
+
+
+def run_model(name: str, args, save, previous: dict | None = None) -> dict:
+    """One model's rows, budget by budget; ``save(result)`` after each row, so a stopped run keeps what it measured.
+    The rows of ``previous`` (the model's file of an earlier run) at other budgets are kept (``keep_other_budgets``)."""
     torch.manual_seed(0)
     model, tokenizer = load_model(name, progress=False)
     calibration = token_windows(tokenizer, load_text("wiki", "calibration"), window=512, max_windows=32)
@@ -88,6 +110,7 @@ def run_model(name: str, args, save) -> dict:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
     }
+    result = keep_other_budgets(result, previous, [int(Fraction(b) * N) for b in args.budgets])
     for budget in args.budgets:
         k = int(Fraction(budget) * N)
         one_shot = None
@@ -208,7 +231,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.models:
-        run_model(name, args, lambda result, path=out / f"{name}.json": write_json(path, result, indent=1))
+        path = out / f"{name}.json"
+        previous = json.loads(path.read_text()) if path.is_file() else None
+        run_model(name, args, lambda result, path=path: write_json(path, result, indent=1), previous)
         print(f"wrote {out / (name + '.json')}", flush=True)
 
 
