@@ -15,7 +15,8 @@ Every configuration starts from the dense model loaded again, with the same seed
 round r with seed + r, so that the rounds do not train on the same windows again). The results hold each
 window's held-out loss; ``render`` (called by ``quality_study.py render``) gives each row's ratio to dense
 and its ratio to "one-shot, then heal" with a 95% paired-bootstrap interval. The JSON is written after each
-configuration, and a rerun of the same command skips what it holds.
+configuration, a rerun of the same command skips what it holds, and the file's ``command`` names every run
+that made its rows (``; ``-separated).
 
     python benchmarks/decisions/prune_heal_study.py run [--models smollm2-135m gemma3-270m] [--budgets 1/4] [--minutes 10] [--rounds 3]
 """
@@ -212,8 +213,9 @@ def main() -> None:
                 "rounds": args.rounds,
             }
         )
+        runs = [c for c in result.get("command", "").split("; ") if c and c != command]  # the runs of the other rows
         result.update(
-            command=command,
+            command="; ".join([*runs, command]),
             date=date.today().isoformat(),
             torch=torch.__version__,
             machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
