@@ -26,6 +26,24 @@ def test_the_docs_build_in_strict_mode_without_a_warning(tmp_path):
     assert "select_layers" in (tmp_path / "site" / "api" / "index.html").read_text()
     notebooks = sorted(path.stem for path in (ROOT / "notebooks").glob("*.ipynb"))
     assert notebooks and all((tmp_path / "site" / "notebooks" / name / "index.html").is_file() for name in notebooks)
+    _formulas_are_typeset_by_mathjax_from_the_site(tmp_path / "site", notebooks)
+
+
+def _formulas_are_typeset_by_mathjax_from_the_site(site: Path, notebooks: list[str]) -> None:
+    """The formulas are marked for MathJax, and every page loads MathJax from the site itself, none from elsewhere."""
+    import re
+
+    assert (site / "assets" / "mathjax" / "MathJax.js").is_file()
+    assert (site / "assets" / "mathjax" / "config" / "TeX-AMS-MML_HTMLorMML-full.js").is_file()
+    assert (site / "assets" / "mathjax" / "config" / "local" / "lorp.js").is_file()  # the fonts it ships
+    method = (site / "method" / "index.html").read_text()
+    assert '<span class="arithmatex">\\(\\mathrm{RLS} = -\\log_2' in method
+    pages = {path: path.read_text() for path in site.rglob("*.html")}
+    sources = {src for text in pages.values() for src in re.findall(r'<script[^>]*\bsrc="([^"]*)"', text)}
+    assert not [src for src in sources if re.match(r"(https?:)?//", src)], "a script from another site"
+    for name in notebooks:
+        text = pages[site / "notebooks" / name / "index.html"]
+        assert '<script src="../../assets/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/lorp">' in text
 
 
 GATHERERS = ("lorp_lightning", "lorp_lightning.callbacks", "lorp_lightning.healing", "lorp_lightning.recipes")
