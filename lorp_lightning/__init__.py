@@ -60,6 +60,8 @@ _EXPORTS = {
     "LayerSimilarity": "stats",
     "LayerStats": "stats",
     "collect_layer_stats": "stats",
+    "Stability": "stability",
+    "plan_stability": "stability",
     "PlanRefusedError": "surgery",
     "ParameterError": "_validation",
     "prune_layers": "surgery",
@@ -77,6 +79,7 @@ if TYPE_CHECKING:
     from lorp_lightning.methods import DEFAULT_METHOD, METHODS, PruneSettings, SelectionContext, select_checked, select_layers
     from lorp_lightning.module import LoRPModule
     from lorp_lightning.selection import PruningPlan
+    from lorp_lightning.stability import Stability, plan_stability
     from lorp_lightning.stats import LayerSimilarity, LayerStats, collect_layer_stats
     from lorp_lightning.surgery import PlanRefusedError, prune_layers, pruning_record
 
@@ -115,6 +118,7 @@ __all__ = [
     "PruneSettings",
     "PruningPlan",
     "SelectionContext",
+    "Stability",
     "TextDataModule",
     "__version__",
     "clusters_for_rls",
@@ -125,6 +129,7 @@ __all__ = [
     "list_texts",
     "load_model",
     "load_text",
+    "plan_stability",
     "prune_checkpoint",
     "prune_layers",
     "pruning_record",

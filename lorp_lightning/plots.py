@@ -8,7 +8,13 @@ import math
 import os
 from typing import Any
 
-__all__ = ["save_perplexity_by_budget", "save_similarity_heatmap", "similarity_heatmap"]
+__all__ = [
+    "save_perplexity_by_budget",
+    "save_similarity_heatmap",
+    "save_stability_heatmap",
+    "similarity_heatmap",
+    "stability_heatmap",
+]
 
 
 def similarity_heatmap(
@@ -104,5 +110,54 @@ def save_perplexity_by_budget(
     if title:
         ax.set_title(title)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def stability_heatmap(reports: Any, ax: Any = None, title: str | None = None) -> Any:
+    """Each block's removal frequency over the resamples, one row per method (a seaborn heatmap).
+
+    Args:
+        reports: ``Stability`` reports (``lorp_lightning.stability``) of one model and budget.
+        ax: a matplotlib ``Axes`` (default: the current one).
+        title: the axis title.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    reports = list(reports)
+    matrix = np.array([report.removal_frequency for report in reports], dtype=float)
+    ax = ax or plt.gca()
+    sns.heatmap(
+        matrix,
+        ax=ax,
+        cmap="rocket_r",
+        vmin=0.0,
+        vmax=1.0,
+        annot=matrix.shape[1] <= 32,
+        fmt=".1f",
+        annot_kws={"fontsize": 5},
+        xticklabels=[str(b) for b in range(matrix.shape[1])],
+        yticklabels=[f"{r.method} ({r.agreement:.0%} same)" for r in reports],
+        cbar_kws={"label": "share of resamples that remove the block"},
+    )
+    ax.tick_params(labelsize=6)
+    for row, report in enumerate(reports):  # the full-data plan, outlined
+        for block in report.plan:
+            ax.add_patch(plt.Rectangle((block, row), 1, 1, fill=False, edgecolor="black", linewidth=1.2))
+    ax.set_xlabel("block")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def save_stability_heatmap(reports: Any, path: str | os.PathLike, title: str | None = None) -> None:
+    """``stability_heatmap`` on a figure of its own, written to ``path`` (PNG)."""
+    from matplotlib.figure import Figure
+
+    reports = list(reports)
+    fig = Figure(figsize=(max(6.0, 0.28 * reports[0].num_layers + 3), 1.2 + 0.45 * len(reports)))
+    stability_heatmap(reports, ax=fig.subplots(), title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

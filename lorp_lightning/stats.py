@@ -13,6 +13,11 @@ For every non-padding token t, f_l(t) = h_l(t) / (||h_l(t)||_2 + 1e-8), in float
 and S_last is the same over only the last non-padding token of each sequence. The same pass also
 gives m_l, the mean of ||h_l(t)||_2 over the tokens: the stream's magnitude at each depth, which
 compensation (``lorp_lightning.compensation``) reads.
+
+Asked for (``per_window=True``), the pass also keeps each calibration window's own sums: G_w, its
+token count n_w, its last-token product and its norm sums (`WindowStats`). Every statistic is a
+sum over windows, so the statistics of any multiset of the windows (a bootstrap resample,
+``lorp_lightning.stability``) are weighted sums of these, with no forward pass.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ __all__ = [
     "HiddenStateRecorder",
     "LayerSimilarity",
     "LayerStats",
+    "WindowStats",
     "collect_layer_stats",
     "gram_of_states",
     "last_token_index",
@@ -102,6 +108,64 @@ def _similarity_from_gram(gram: Tensor, count: Tensor) -> Tensor:
 
 
 @dataclass
+class WindowStats:
+    """Each calibration window's own sums, in the order the windows were seen.
+
+    Attributes:
+        gram: (W, N+1, N+1) float64, G_w = sum over window w's tokens of f(t) f(t)^T.
+        last_token_gram: (W, N+1, N+1) float64, the same for the window's last non-padding token.
+        num_tokens: (W,) float64, the tokens each G_w sums over.
+        norm_sum: (W, N+1) float64, each window's sum of ||h_l(t)||_2; None when norms were not recorded.
+    """
+
+    gram: Tensor
+    last_token_gram: Tensor
+    num_tokens: Tensor
+    norm_sum: Tensor | None = None
+
+    @property
+    def num_windows(self) -> int:
+        return self.gram.shape[0]
+
+    def combine(self, counts: Tensor | Sequence[float] | None = None) -> LayerStats:
+        """The statistics of the windows taken ``counts[w]`` times each (a bootstrap resample's
+        counts); all of them once when None.
+
+        S = (sum_w c_w G_w) / (sum_w c_w n_w), and likewise S_last and the norms, so the result is
+        what one pass over that multiset of windows gives (up to the order of float64 sums).
+        """
+        weights = torch.ones(self.num_windows, dtype=torch.float64) if counts is None else torch.as_tensor(counts)
+        weights = weights.to(dtype=torch.float64, device=self.gram.device)
+        if weights.shape != (self.num_windows,) or bool((weights < 0).any()):
+            raise ValueError(
+                f"counts must be {self.num_windows} non-negative numbers, one per window; got shape {tuple(weights.shape)}"
+            )
+        has_token = (self.num_tokens > 0).double()
+        num_tokens, num_sequences = weights @ self.num_tokens, weights @ has_token
+        if num_tokens.item() == 0:
+            raise ValueError("counts select no window with a token")
+        gram = torch.einsum("w,wij->ij", weights, self.gram)
+        last = torch.einsum("w,wij->ij", weights, self.last_token_gram)
+        return LayerStats(
+            similarity=_similarity_from_gram(gram, num_tokens).cpu(),
+            last_token_similarity=_similarity_from_gram(last, num_sequences).cpu(),
+            num_tokens=int(num_tokens.item()),
+            num_sequences=int(num_sequences.item()),
+            norms=None if self.norm_sum is None else ((weights @ self.norm_sum) / num_tokens).cpu(),
+        )
+
+    def state_dict(self) -> dict[str, Tensor]:
+        state = {"gram": self.gram, "last_token_gram": self.last_token_gram, "num_tokens": self.num_tokens}
+        if self.norm_sum is not None:
+            state["norm_sum"] = self.norm_sum
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> WindowStats:
+        return cls(state["gram"], state["last_token_gram"], state["num_tokens"], state.get("norm_sum"))
+
+
+@dataclass
 class LayerStats:
     """Similarity statistics of one model over one calibration set.
 
@@ -113,6 +177,8 @@ class LayerStats:
         num_sequences: how many sequences (last tokens) S_last averages over.
         norms: m_0..m_N, the mean L2 norm of each hidden state over the same tokens as S, an (N+1,)
             float64 tensor; None for statistics saved before it was recorded.
+        per_window: each window's own sums (`WindowStats`), when the pass was asked to keep them
+            (``collect_layer_stats(..., per_window=True)``); None otherwise.
     """
 
     similarity: Tensor
@@ -120,6 +186,7 @@ class LayerStats:
     num_tokens: int
     num_sequences: int
     norms: Tensor | None = None
+    per_window: WindowStats | None = None
 
     @property
     def num_layers(self) -> int:
@@ -136,6 +203,8 @@ class LayerStats:
         }
         if self.norms is not None:
             state["norms"] = self.norms
+        if self.per_window is not None:
+            state["per_window"] = self.per_window.state_dict()
         return state
 
     @classmethod
@@ -146,6 +215,7 @@ class LayerStats:
             num_tokens=int(state["num_tokens"]),
             num_sequences=int(state["num_sequences"]),
             norms=state.get("norms"),
+            per_window=WindowStats.from_state_dict(state["per_window"]) if "per_window" in state else None,
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -182,8 +252,9 @@ class LayerSimilarity(Metric):
     higher_is_better = None
     full_state_update = False
 
-    def __init__(self, num_layers: int, **kwargs: Any) -> None:
+    def __init__(self, num_layers: int, per_window: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.per_window = bool(per_window)
         self.num_layers = num_layers = check_int(num_layers, "num_layers", what="a positive int (the number of decoder blocks)")
         size = num_layers + 1
         self.add_state("gram", torch.zeros(size, size, dtype=torch.float64), dist_reduce_fx="sum")
@@ -191,6 +262,9 @@ class LayerSimilarity(Metric):
         self.add_state("num_tokens", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_sequences", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("norm_sum", torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")  # NaN: norms not given
+        if self.per_window:  # each window's own sums (WindowStats), gathered in rank order across processes
+            for name in ("window_gram", "window_last_token_gram", "window_num_tokens", "window_norm_sum"):
+                self.add_state(name, [], dist_reduce_fx="cat")
 
     def update(
         self,
@@ -223,10 +297,16 @@ class LayerSimilarity(Metric):
         if tuple(attention_mask.shape) != (batch, length):
             raise ValueError(f"attention_mask must have shape {(batch, length)}, got {tuple(attention_mask.shape)}")
         attention_mask = attention_mask.to(hidden_states.device)
-        gram, count = gram_of_states(hidden_states, attention_mask.bool(), normalized)  # (1) G
+        real = attention_mask.bool()
         if not normalized:
             norms = torch.linalg.vector_norm(hidden_states.float(), dim=-1)
-        real = attention_mask.bool()
+        has_tokens = real.any(dim=1)
+        last = last_token_index(attention_mask)
+        last_states = hidden_states[:, torch.arange(batch, device=last.device), last]  # (N+1, B, D)
+        if self.per_window:  # one G_w per sequence; the batch's G is their sum (the same products)
+            self._update_per_window(hidden_states, real, normalized, norms, last_states, has_tokens)
+            return
+        gram, count = gram_of_states(hidden_states, real, normalized)  # (1) G
         self.norm_sum += (
             norms[:, real].double().sum(dim=1).to(self.norm_sum.device)
             if norms is not None
@@ -234,12 +314,31 @@ class LayerSimilarity(Metric):
         )
         self.gram += gram.to(self.gram.device)
         self.num_tokens += count
-        has_tokens = attention_mask.bool().any(dim=1)
-        last = last_token_index(attention_mask)
-        last_states = hidden_states[:, torch.arange(batch, device=last.device), last]  # (N+1, B, D)
         last_gram, num_sequences = gram_of_states(last_states, has_tokens, normalized)
         self.last_token_gram += last_gram.to(self.last_token_gram.device)
         self.num_sequences += num_sequences
+
+    def _update_per_window(
+        self, states: Tensor, real: Tensor, normalized: bool, norms: Tensor | None, last_states: Tensor, has_tokens: Tensor
+    ) -> None:
+        size = self.num_layers + 1
+        for b in range(states.shape[1]):
+            gram, count = gram_of_states(states[:, b], real[b], normalized)
+            last_gram, _ = gram_of_states(last_states[:, b : b + 1], has_tokens[b : b + 1], normalized)
+            norm_sum = (
+                norms[:, b, real[b]].double().sum(dim=1)
+                if norms is not None
+                else torch.full((size,), math.nan, dtype=torch.float64, device=states.device)
+            )
+            self.window_gram.append(gram.to(self.gram.device))
+            self.window_last_token_gram.append(last_gram.to(self.gram.device))
+            self.window_num_tokens.append(torch.tensor([float(count)], dtype=torch.float64, device=self.gram.device))
+            self.window_norm_sum.append(norm_sum.to(self.gram.device))
+            self.gram += self.window_gram[-1]
+            self.last_token_gram += self.window_last_token_gram[-1]
+            self.num_tokens += count
+            self.num_sequences += int(bool(has_tokens[b]))
+            self.norm_sum += self.window_norm_sum[-1]
 
     def compute(self) -> LayerStats:
         if self.num_tokens.item() == 0:
@@ -250,6 +349,23 @@ class LayerSimilarity(Metric):
             num_tokens=int(self.num_tokens.item()),
             num_sequences=int(self.num_sequences.item()),
             norms=None if torch.isnan(self.norm_sum).any() else (self.norm_sum / self.num_tokens).cpu(),
+            per_window=self._window_stats() if self.per_window else None,
+        )
+
+    def _window_stats(self) -> WindowStats:
+        size = self.num_layers + 1
+
+        def stacked(state: Any, shape: tuple[int, ...]) -> Tensor:
+            # one tensor per window here; after a sync across processes, torchmetrics has cat them
+            tensor = torch.stack(state) if isinstance(state, list) else state
+            return tensor.reshape(-1, *shape).cpu()
+
+        norm_sum = stacked(self.window_norm_sum, (size,))
+        return WindowStats(
+            gram=stacked(self.window_gram, (size, size)),
+            last_token_gram=stacked(self.window_last_token_gram, (size, size)),
+            num_tokens=stacked(self.window_num_tokens, ()).reshape(-1),
+            norm_sum=None if torch.isnan(norm_sum).any() else norm_sum,
         )
 
 
@@ -406,7 +522,10 @@ def backbone(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def collect_layer_stats(
-    model: nn.Module, batches: Iterable[Tensor | Mapping[str, Any] | Sequence[Any]], progress: bool = True
+    model: nn.Module,
+    batches: Iterable[Tensor | Mapping[str, Any] | Sequence[Any]],
+    progress: bool = True,
+    per_window: bool = False,
 ) -> LayerStats:
     """Run a Hugging Face causal LM over calibration batches and return its [`LayerStats`][lorp_lightning.stats.LayerStats].
 
@@ -416,6 +535,9 @@ def collect_layer_stats(
             tensors ((B, T) or (T,)), dicts with ``input_ids`` and optionally ``attention_mask``,
             or tuples whose first element is the input ids.
         progress: show a progress bar.
+        per_window: also keep each window's (sequence's) own sums, ``stats.per_window``, which
+            plan stability (``lorp_lightning.stability``) resamples. The same products, summed per
+            window first.
 
     Runs under ``torch.no_grad()`` and holds at most one batch's normalised states at a time.
     The language-model head is skipped: statistics need only the decoder blocks.
@@ -423,7 +545,7 @@ def collect_layer_stats(
     from tqdm.auto import tqdm
 
     recorder = HiddenStateRecorder(model)
-    metric = LayerSimilarity(recorder.num_layers)
+    metric = LayerSimilarity(recorder.num_layers, per_window=per_window)
     device = next(model.parameters()).device
     metric.to(device)
     stack = backbone(model)

@@ -602,3 +602,47 @@ def test_prune_in_rounds_with_heal_steps_heals_each_round_before_the_next_and_re
     assert config["lorp_pruning"]["pruned_layers"] == plan["pruned"] and len(config["lorp_pruning"]["healing"]) == 2
     printed = capsys.readouterr().out
     assert "round 1: healed for 2 steps" in printed and "round 2: healed for 1 steps" in printed
+
+
+def test_analyze_with_stability_reports_each_methods_resamples_and_saves_what_prune_resamples_again(tmp_path, capsys):
+    from lorp_lightning import LayerStats, plan_stability
+
+    analysis = tmp_path / "analysis"
+    assert main(["analyze", *SMALL, "--stability", "6", "--out", str(analysis)]) == 0
+    assert sorted(p.name for p in analysis.iterdir()) == ["report.json", "similarity.png", "stability.png", "stats.pt"]
+    report = json.loads((analysis / "report.json").read_text())
+    stats = LayerStats.load(analysis / "stats.pt")
+    assert stats.per_window.num_windows == 4
+    assert [r["method"] for r in report["stability"]] == ["lorp", "shortgpt", "streamline", "angular"]
+    for entry in report["stability"]:  # what the library gives on the saved statistics
+        assert entry == json.loads(json.dumps(plan_stability(stats, 0.25, entry["method"], 6).summary())) | {
+            "cost": entry["cost"]
+        }
+    assert "lorp over 6 resamples: the plan" in capsys.readouterr().out
+
+    out = tmp_path / "pruned"
+    argv = ["prune", "--method", "shortgpt", "--stats", str(analysis / "stats.pt"), "--stability", "6"]
+    assert main([*argv, "--out", str(out), *SMALL, *SMALL_EVAL]) == 0
+    pruned = json.loads((out / "report.json").read_text())
+    assert pruned["stability"]["plan"] == pruned["plan"]["pruned"]
+    assert pruned["stability"]["removal_frequency"] == report["stability"][1]["removal_frequency"]
+    assert (out / "stability.png").is_file()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "10001", "many"])
+def test_a_number_of_resamples_out_of_range_is_refused_by_the_parser_naming_it(value, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        main(["analyze", "--stability", value])
+    assert exit_status.value.code == 2
+    assert f"argument --stability: B must be an int from 1 to 10,000, got {value!r}" in capsys.readouterr().err
+
+
+def test_stability_from_saved_statistics_without_per_window_sums_is_one_clear_line(tmp_path, capsys):
+    analysis = tmp_path / "analysis"
+    assert main(["analyze", *SMALL, "--out", str(analysis)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "pruned"
+    assert main(["prune", "--stats", str(analysis / "stats.pt"), "--stability", "5", "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no per-window statistics, which --stability resamples" in err[0], err
+    assert not out.exists()

@@ -84,6 +84,21 @@ positive_float = checked_number(float, lambda v: v > 0 and math.isfinite(v), "a 
 unit_float = checked_number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
+def add_stability(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--stability B``: plan stability over B bootstrap resamples of the calibration windows (``lorp_lightning.stability``)."""
+    from lorp_lightning.stability import MAX_RESAMPLES
+
+    parser.add_argument(
+        "--stability",
+        metavar="B",
+        type=checked_number(int, lambda v: 1 <= v <= MAX_RESAMPLES, f"an int from 1 to {MAX_RESAMPLES:,}", name="B"),
+        help=f"also select {what} on B bootstrap resamples of the calibration windows and report how often each block "
+        'is removed and how often the plan stays the same (stability.png, and report.json\'s "stability"); the '
+        "resamples reuse the per-window statistics, so methods that read the statistics alone run no forward pass "
+        "(default: off)",
+    )
+
+
 def add_common(parser: argparse.ArgumentParser, out_default: str | None) -> None:
     parser.add_argument(
         "--dtype",

@@ -134,8 +134,20 @@ def calibration_windows(tokenizer, text: str, window: int, count: int):
         raise UsageError.of(error) from error
 
 
-def calibrate(model, tokenizer, *, stats_file: str | None, text: str, window: int, count: int, batch_size: int, quiet: bool):
-    """The statistics: read from ``stats_file`` (--stats), or one pass over the calibration windows; and its seconds."""
+def calibrate(
+    model,
+    tokenizer,
+    *,
+    stats_file: str | None,
+    text: str,
+    window: int,
+    count: int,
+    batch_size: int,
+    quiet: bool,
+    per_window: bool = False,
+):
+    """The statistics: read from ``stats_file`` (--stats), or one pass over the calibration windows; and its seconds.
+    With ``per_window`` (--stability), each window's own sums too."""
     from lorp_lightning.stats import LayerStats, collect_layer_stats
 
     if stats_file:
@@ -146,11 +158,44 @@ def calibrate(model, tokenizer, *, stats_file: str | None, text: str, window: in
             raise UsageError(
                 f"--stats {stats_file} holds statistics of {stats.num_layers} blocks; the model has {len(decoder_layers(model))}"
             )
+        if per_window and stats.per_window is None:
+            raise UsageError(
+                f"--stats {stats_file} holds no per-window statistics, which --stability resamples: write them with "
+                "`lorp analyze --stability B`, or leave out --stats to calibrate here"
+            )
         return stats, 0.0
     windows = calibration_windows(tokenizer, text, window, count)
     start = time.perf_counter()
-    stats = collect_layer_stats(model, windows.split(batch_size), progress=not quiet)
+    stats = collect_layer_stats(model, windows.split(batch_size), progress=not quiet, per_window=per_window)
     return stats, time.perf_counter() - start
+
+
+def stability_reports(
+    stats, amount, methods: list[str], resamples: int, *, seed: int, quiet: bool, plans=None, model=None, windows=None, **options
+):
+    """``plan_stability`` of each of ``methods`` at ``amount`` (--stability B); ``plans``: their full-data plans, where chosen."""
+    from lorp_lightning.stability import plan_stability
+
+    reports = []
+    for method in methods:
+        try:
+            reports.append(
+                plan_stability(
+                    stats,
+                    amount,
+                    method,
+                    resamples,
+                    plan=(plans or {}).get(method),
+                    model=model,
+                    windows=windows,
+                    seed=seed,
+                    progress=not quiet,
+                    **options,
+                )
+            )
+        except ValueError as error:
+            raise UsageError.of(error) from error
+    return reports
 
 
 def check_method(method: str) -> None:

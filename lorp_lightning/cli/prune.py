@@ -17,6 +17,7 @@ from lorp_lightning.cli._arguments import (
     add_common,
     add_evaluation,
     add_settings,
+    add_stability,
     non_negative_int,
     settings_arguments,
     unit_float,
@@ -33,6 +34,7 @@ from lorp_lightning.cli._shared import (
     output_directory,
     run_healing,
     select_plan,
+    stability_reports,
     stats_summary,
     versions,
     windows_for_checks,
@@ -40,7 +42,7 @@ from lorp_lightning.cli._shared import (
 from lorp_lightning.evaluation import compare_models, comparison_table
 from lorp_lightning.methods import PruneSettings
 
-RENAMED = {"num_prune": "amount", "steps": "heal_steps", "num_windows": "windows"}
+RENAMED = {"num_prune": "amount", "steps": "heal_steps", "num_windows": "windows", "resamples": "stability"}
 """The library's parameters that are this command's arguments under other names (see ``_arguments.flags``)."""
 
 
@@ -51,6 +53,7 @@ def add_arguments(commands) -> argparse.ArgumentParser:
     add_settings(parser, PruneSettings)  # --amount, --method, --num-clusters, --seed, --compensate, --rounds
     add_calibration(parser)
     add_evaluation(parser)
+    add_stability(parser, "the plan of --method")
     parser.add_argument(
         "--heal-steps",
         type=non_negative_int,
@@ -97,6 +100,7 @@ def prune(
     heal_steps: int,
     distill: bool,
     lm_weight: float | None,
+    stability: int | None = None,
     **options: Any,
 ) -> dict:
     """``lorp prune``: the statistics, the plan of ``method`` for ``amount`` (compensated with ``compensate``,
@@ -106,6 +110,8 @@ def prune(
     them); the report. ``options``: the flags of ``PruneSettings`` (``add_settings``), checked before anything is
     loaded."""
     settings = _checked_settings(options, heal_steps=heal_steps, distill=distill, lm_weight=lm_weight, text=text)
+    if stability is not None and settings.rounds > 1:
+        raise UsageError(f"--stability resamples one-shot plans; it cannot be combined with --rounds {settings.rounds}")
     check_model_first(model, windows={"window": window}, amounts=[settings.amount], protect=settings.protect)
     if out == "pruned/MODEL-METHOD-AMOUNT":
         out = f"pruned/{Path(model).name}-{settings.method}-{settings.amount}"
@@ -122,7 +128,15 @@ def prune(
             except ValueError as error:
                 raise UsageError(f"--compensate: {error}") from error
         layer_stats, timings["calibration_seconds"] = calibrate(
-            dense, tokenizer, stats_file=stats, text=text, window=window, count=windows, batch_size=batch_size, quiet=quiet
+            dense,
+            tokenizer,
+            stats_file=stats,
+            text=text,
+            window=window,
+            count=windows,
+            batch_size=batch_size,
+            quiet=quiet,
+            per_window=stability is not None,
         )
         analysis = select_plan(layer_stats, 1, "lorp", seed=settings.seed, quiet=quiet)
         on_model = settings.compensate or settings.rounds > 1
@@ -143,6 +157,26 @@ def prune(
             progress=not quiet,
         )
         timings["evaluation_seconds"] = time.perf_counter() - start
+        reports = []
+        if stability is not None:  # the plan's stability, before the files are written (on the dense model, as selected)
+            from lorp_lightning.plots import save_stability_heatmap
+
+            start = time.perf_counter()
+            reports = stability_reports(
+                layer_stats,
+                settings.amount,
+                [settings.method],
+                stability,
+                seed=settings.seed,
+                quiet=quiet,
+                plans={settings.method: plan},
+                model=dense,
+                windows=calibration,
+                num_clusters=settings.num_clusters,
+                protect=settings.protect,
+            )
+            timings["stability_seconds"] = time.perf_counter() - start
+            save_stability_heatmap(reports, output.path / "stability.png", title=f"{model}: {stability} resamples")
         eval_setup = {"text": eval_text, "split": "heldout", "windows": int(held_out.shape[0]), "window": window}
         pruned.save_pretrained(output.path)
         tokenizer.save_pretrained(output.path)
@@ -161,8 +195,12 @@ def prune(
         }
         if healing is not None:
             report["healing"] = healing
+        if reports:
+            report["stability"] = reports[0].summary()
         write_json(output.path / "report.json", report)
     _print_summary(plan, healing, metrics, output.final)
+    for r in reports:
+        print(r.describe())
     return report
 
 
