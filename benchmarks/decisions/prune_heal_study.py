@@ -7,7 +7,7 @@ calibration split) and held-out windows (40 of 512 tokens of `wiki` and of `lamb
                                  ``heal`` for ``--minutes`` of training (LoRA rank 8 on every linear layer,
                                  lr 1e-3, windows of 256 tokens of the `wiki` calibration split, 4 per step);
                                  its steps, N, are the budget of the next row
-    progressive, same steps      ``healing.prune_and_heal`` in ``--rounds`` rounds, healing N steps in all
+    progressive, same steps      ``healing.prune_and_heal`` in ``--rounds`` rounds (at most k), healing N steps in all
     progressive, same minutes    the same with ``--minutes`` of training in all (each round its share), the
                                  steps as many as fit
 
@@ -107,11 +107,12 @@ def run_cell(name: str, k: int, args, result: dict, save) -> None:
         add("one-shot, then heal", plan.pruned, healing_records(model), {"selection_seconds": selection}, model)
         one_shot = result["rows"][-1:]
     steps = one_shot[0]["steps"]
+    rounds = min(args.rounds, k)  # at most a block a round: 2 blocks (Gemma 3 at an eighth) go in 2 rounds
     for configuration, options in (
-        (f"progressive ({args.rounds} rounds), same steps", {"steps": steps}),
+        (f"progressive ({rounds} rounds), same steps", {"steps": steps}),
         (
-            f"progressive ({args.rounds} rounds), same minutes",
-            {"steps": MANY_STEPS, "max_seconds": 60 * args.minutes / args.rounds},
+            f"progressive ({rounds} rounds), same minutes",
+            {"steps": MANY_STEPS, "max_seconds": 60 * args.minutes / rounds},
         ),
     ):
         if configuration in done:
@@ -123,7 +124,7 @@ def run_cell(name: str, k: int, args, result: dict, save) -> None:
             tokenizer,
             stats,
             k,
-            rounds=args.rounds,
+            rounds=rounds,
             windows=calibration,
             method=DEFAULT_METHOD,
             seed=0,
