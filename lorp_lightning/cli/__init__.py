@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -34,7 +35,7 @@ import threading
 from lorp_lightning._io import OutputError
 from lorp_lightning.cli import analyze, apply, compare, evaluate, heal, prune
 from lorp_lightning.cli._arguments import UsageError, flags
-from lorp_lightning.cli._shared import resolve_dtype
+from lorp_lightning.cli._shared import COMMAND_LINE, resolve_dtype
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -65,6 +66,7 @@ def _run(name: str, arguments: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    COMMAND_LINE.set(shlex.join(["lorp", *(sys.argv[1:] if argv is None else argv)]))
     if getattr(args, "quiet", False):  # apply has no --quiet (nor --dtype): it copies bytes
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     in_main_thread = threading.current_thread() is threading.main_thread()

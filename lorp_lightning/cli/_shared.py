@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from lorp_lightning.cli._arguments import UsageError
 from lorp_lightning.healing.settings import HealingSettings
+
+COMMAND_LINE: ContextVar[str] = ContextVar("COMMAND_LINE", default="lorp")
+"""The command line being run (``main`` sets it), which the model cards quote."""
 
 
 def output_directory(path: str, overwrite: bool):

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from lorp_lightning.cli._arguments import UsageError
+from lorp_lightning.cli._shared import COMMAND_LINE
+from lorp_lightning.model_card import write_model_card
 
 RENAMED = {"plan_or_blocks": "plan", "checkpoint_dir": "checkpoint", "out_dir": "out"}
 """The library's parameters that are this command's arguments under other names (see ``_arguments.flags``)."""
@@ -47,6 +49,8 @@ def apply(*, plan: str, checkpoint: str, out: str, overwrite: bool) -> dict:
     except (ValueError, TypeError, NotImplementedError, FileNotFoundError, FileExistsError) as error:
         raise UsageError.of(error) from error
     record = json.loads((final / "config.json").read_text())["lorp_pruning"]
+    # the checkpoint's own card, copied with its other files, describes the model before pruning: replace it
+    write_model_card(final, {}, COMMAND_LINE.get(), checkpoint)
     removed = record["steps"][-1]["pruned_layers"]
     remaining = record["original_num_layers"] - len(record["pruned_layers"])
     print(

@@ -19,6 +19,7 @@ from lorp_lightning.cli._arguments import (
     settings_arguments,
 )
 from lorp_lightning.cli._shared import (
+    COMMAND_LINE,
     check_calibration_text,
     check_model_first,
     healing_line,
@@ -29,6 +30,7 @@ from lorp_lightning.cli._shared import (
     versions,
 )
 from lorp_lightning.healing.settings import DistillationSettings, HealingSettings, TrainingSettings
+from lorp_lightning.model_card import write_model_card
 
 
 def add_arguments(commands) -> argparse.ArgumentParser:
@@ -205,6 +207,7 @@ def heal(
             "versions": versions(),
         }
         write_json(output.path / "report.json", report)
+        write_model_card(output.path, report, COMMAND_LINE.get(), model)
     final = output.final
     if checkpoints is not None:  # the healed model is saved: the run's checkpoints have done their job
         shutil.rmtree(checkpoints, ignore_errors=True)

@@ -23,6 +23,7 @@ from lorp_lightning.cli._arguments import (
     unit_float,
 )
 from lorp_lightning.cli._shared import (
+    COMMAND_LINE,
     calibrate,
     check_calibration_text,
     check_method,
@@ -41,6 +42,7 @@ from lorp_lightning.cli._shared import (
 )
 from lorp_lightning.evaluation import compare_models, comparison_table
 from lorp_lightning.methods import PruneSettings
+from lorp_lightning.model_card import write_model_card
 
 RENAMED = {"num_prune": "amount", "steps": "heal_steps", "num_windows": "windows", "resamples": "stability"}
 """The library's parameters that are this command's arguments under other names (see ``_arguments.flags``)."""
@@ -198,6 +200,7 @@ def prune(
         if reports:
             report["stability"] = reports[0].summary()
         write_json(output.path / "report.json", report)
+        write_model_card(output.path, report, COMMAND_LINE.get(), model)
     _print_summary(plan, healing, metrics, output.final)
     for r in reports:
         print(r.describe())
