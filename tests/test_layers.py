@@ -3,8 +3,8 @@
 Each module of the package has a layer (``LAYERS``, by the longest matching prefix of its name):
 
 0. foundations: argument checks, files, versions, the table of architectures, dtypes, the next-token rule, pictures;
-1. the core: statistics, locality, selection, search, surgery, compensation, rounds, evaluation, assets, the
-   healing parts; plain PyTorch and Hugging Face, usable from any script;
+1. the core: statistics, locality, selection, search, plan stability, surgery, compensation, rounds, evaluation,
+   assets, model cards, the healing parts; plain PyTorch and Hugging Face, usable from any script;
 2. the Lightning glue: ``LoRPModule``, ``TextDataModule`` and the callbacks;
 3. the drivers: the recipes (``heal``, ``prune_and_heal``) and the command line.
 
@@ -40,12 +40,14 @@ LAYERS = {
     "lorp_lightning.checked": CORE,
     "lorp_lightning.baselines": CORE,
     "lorp_lightning.methods": CORE,
+    "lorp_lightning.stability": CORE,
     "lorp_lightning.surgery": CORE,
     "lorp_lightning.compensation": CORE,
     "lorp_lightning.rounds": CORE,
     "lorp_lightning.checkpoint": CORE,
     "lorp_lightning.evaluation": CORE,
     "lorp_lightning.assets": CORE,
+    "lorp_lightning.model_card": CORE,
     "lorp_lightning.zeroshot": CORE,
     "lorp_lightning.distillation": CORE,
     "lorp_lightning.healing.": CORE,
