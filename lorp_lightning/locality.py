@@ -36,6 +36,7 @@ from lorp_lightning._validation import ParameterError, is_integer
 __all__ = [
     "Similarities",
     "allocate_lorp",
+    "angular_similarity",
     "block_redundancy",
     "clear_cluster_cache",
     "cluster_layers",
@@ -94,6 +95,18 @@ def as_similarity_matrix(similarity: Any, *, name: str = "similarity", min_size:
 
 # --------------------------------------------------------------------------------------------
 # (2) representation locality score and (3) granularity
+
+
+def angular_similarity(similarity: Any) -> np.ndarray:
+    """An alternative locality metric: 1 - arccos(S) / pi, the cosine similarity turned into one minus the angular
+    distance (Gromov et al. 2024; 1 for the same direction, 0.5 at right angles, 0 for opposite ones).
+
+    The same order of pairs as S, but spread out near S = 1, where depth pruning's decisions lie: fed through the
+    same RLS, clustering and allocation, it may choose other blocks (docs/calibration.md). Takes and returns a
+    square matrix of any size (the N x N S, or a LayerStats' (N+1) x (N+1) one).
+    """
+    S = as_similarity_matrix(similarity)
+    return 1.0 - np.arccos(np.clip(S, -1.0, 1.0)) / np.pi
 
 
 def representation_locality_score(similarity: Any) -> float:

@@ -67,6 +67,7 @@ from lorp_lightning.surgery import PlanRefusedError, pruned_config, temporarily_
 __all__ = [
     "LOGITS_BYTES",
     "PlanLoss",
+    "ResampledPlanLoss",
     "as_windows",
     "calibration_loss",
     "candidate_plans",
@@ -215,6 +216,13 @@ class PlanLoss:
         return len(self.windows) * (len(self.asked) - len(settled) + self._prefix_asked) + sum(
             self._settled[key] for key in settled
         )
+
+    @property
+    def passes_run(self) -> int:
+        """Window passes actually run, over every selection this PlanLoss served: the plans run in full,
+        the windows of those settled early by ``below``, and the dense prefix once recorded."""
+        partial = sum(n for key, n in self._settled.items() if key not in self.window_losses)
+        return len(self.windows) * (len(self.window_losses) + (self._inputs is not None)) + partial
 
     def __call__(self, pruned: Iterable[int]) -> float:
         key = self._ask(self.key(pruned))
@@ -377,6 +385,70 @@ class PlanLoss:
                     handle.remove()
             self._inputs = inputs
         return self._inputs
+
+
+class ResampledPlanLoss:
+    """A ``PlanLoss`` on a bootstrap resample of its windows: window w counts ``counts[w]`` times.
+
+        base = PlanLoss(model, windows)
+        loss = ResampledPlanLoss(base, counts)   # counts: how often each of base's windows is drawn
+        loss([12, 13, 14])                       # sum_w counts[w] * loss_w / sum_w counts[w]
+
+    Each plan is run once on all of the base's windows (``base.window_losses``); every resample of
+    the same base then reweights those window losses, so a plan that several resamples check costs
+    one pass of the windows, not one per resample (``lorp_lightning.stability``). It answers as a
+    ``PlanLoss`` on the repeated windows would, and counts its own selection (``start``,
+    ``plans_checked``, ``asked``) as if run alone; ``window_passes`` counts the passes as if run
+    alone too, while ``base.window_losses`` says which plans were actually run.
+    """
+
+    def __init__(self, base: PlanLoss, counts: Any) -> None:
+        weights = [float(c) for c in counts]
+        if len(weights) != len(base.windows) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"counts must give each of the {len(base.windows)} windows a count >= 0, not all 0; got {counts!r}")
+        self.base, self.weights = base, weights
+        self.model, self.windows, self.score_last = base.model, base.windows, base.score_last
+        self.num_layers = base.num_layers
+        self.asked: set[tuple] = set()
+
+    def start(self) -> ResampledPlanLoss:
+        self.asked = set()
+        return self
+
+    @property
+    def plans_checked(self) -> int:
+        return len(self.asked)
+
+    @property
+    def window_passes(self) -> int:
+        return len(self.windows) * len(self.asked)
+
+    def __call__(self, pruned: Iterable[int]) -> float:
+        key = self.base.key(pruned)
+        self.asked.add(key)
+        self.base(key)
+        return self._weighted(self.base.window_losses[key])
+
+    def below(self, pruned: Iterable[int], bound: float) -> bool:
+        return self(pruned) < bound
+
+    def compensated(self, pruned: Iterable[int], factors: Mapping[int, float]) -> float:
+        entry = self.base.key(pruned, factors)
+        if entry[:1] != ("compensated",):
+            return self(entry)
+        self.asked.add(entry)
+        self.base.compensated(pruned, factors)
+        return self._weighted(self.base.window_losses[entry])
+
+    key = staticmethod(PlanLoss.key)
+
+    def refusal(self, pruned: Iterable[int]) -> str | None:
+        return self.base.refusal(pruned)
+
+    def _weighted(self, losses: list[float]) -> float:
+        if not all(math.isfinite(x) for x in losses):
+            return math.inf
+        return sum(w * x for w, x in zip(self.weights, losses, strict=True)) / sum(self.weights)
 
 
 def finite_best(losses: dict[Any, float], what: str, refusal: Callable[[Any], str | None] | None = None) -> Any:

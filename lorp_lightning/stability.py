@@ -8,7 +8,10 @@ windows, so the resample's statistics are ``stats.per_window.combine(c_b)``,
 
 and no forward pass is needed for a method that reads the statistics alone. A method that tries
 plans on the model (``lorp_search``, ``sleb``, ``ppl``, ...) also checks them on a bootstrap of its
-check windows, and pays for it in window passes, which the report states.
+check windows: resample b weighs window w's loss by how often it is drawn (``ResampledPlanLoss``).
+Every plan is run once on the check windows and its window losses are shared by all resamples, so
+the resamples cost the window passes of the plans that no earlier resample (nor the full-data
+selection) checked; the report states them.
 
 The report (`Stability`) gives each block's removal frequency, how often the plan equals the
 full-data plan (``agreement``), the mean share of the full-data plan's blocks a resample keeps
@@ -27,7 +30,8 @@ import torch
 from torch import Tensor
 
 from lorp_lightning._validation import ParameterError, is_integer
-from lorp_lightning.methods import CHECK_WINDOWS, get_method, select_layers
+from lorp_lightning.methods import CHECK_TOKENS, CHECK_WINDOWS, SCORE_LAST, get_method, select_layers
+from lorp_lightning.search import PlanLoss, ResampledPlanLoss, as_windows
 from lorp_lightning.selection import PruningPlan
 from lorp_lightning.stats import LayerStats
 
@@ -63,8 +67,8 @@ class Stability:
         plans: the blocks each resample's plan removes, one list per resample.
         rls: the RLS of each resample's statistics (methods built on LoRP's analysis), else None.
         num_clusters: the K of each resample, likewise.
-        window_passes: the check windows the resamples ran through the model (0 for a method
-            that reads the statistics alone).
+        window_passes: the window passes the resamples ran on the model, for the plans no earlier
+            selection had checked (0 for a method that reads the statistics alone).
         seconds: the resamples' selection time (the full-data plan's not included).
         resample_seed: the seed of the resample draws.
     """
@@ -152,6 +156,7 @@ def plan_stability(
     model: Any = None,
     windows: Any = None,
     check_windows: int | None = None,
+    shared_checks: PlanLoss | None = None,
     progress: bool = False,
     **options: Any,
 ) -> Stability:
@@ -170,6 +175,9 @@ def plan_stability(
         windows: for such a method, the calibration windows; each resample checks its plans on a
             bootstrap of the first ``check_windows`` of them.
         check_windows: how many of ``windows`` the checks resample (default ``CHECK_WINDOWS``).
+        shared_checks: instead of ``model``, ``windows`` and ``check_windows``, the ``PlanLoss`` whose windows the
+            checks resample, e.g. the one the full-data ``plan`` was chosen with: the plans it has run cost the
+            resamples nothing.
         progress: a progress bar over the resamples.
         **options: further ``select_layers`` arguments (``protect``, ``num_clusters``, ``seed``, ...).
             Plans in rounds are not resampled: ``rounds`` must be 1.
@@ -188,26 +196,26 @@ def plan_stability(
             "collect_layer_stats(..., per_window=True) (lorp analyze --stability writes them to stats.pt)",
         )
     entry = get_method(method)
-    on_model = dict(model=model, windows=windows, check_windows=check_windows) if entry.reads_model else {}
-    if plan is None:
-        plan = select_layers(stats, num_prune, method=method, **on_model, **options)
-    counts = resample_counts(stats.per_window.num_windows, resamples, resample_seed)
-    check_draws = None
+    base = None  # the check windows' PlanLoss, whose plan losses every resample reweights
     if entry.reads_model:
-        given = len(windows) if windows is not None else 0
-        c = min(check_windows or CHECK_WINDOWS, given)
-        check_draws = torch.randint(c, (resamples, c), generator=torch.Generator().manual_seed(resample_seed + 1))
-    plans, rls, clusters, passes = [], [], [], 0
+        base = shared_checks if shared_checks is not None else _check_loss(model, windows, check_windows, options)
+    if plan is None:
+        plan = select_layers(stats, num_prune, method=method, shared_checks=base, **options)
+    counts = resample_counts(stats.per_window.num_windows, resamples, resample_seed)
+    check_counts = None
+    if base is not None:  # the check windows' draws: resample_counts again, with the next seed
+        check_counts = resample_counts(len(base.windows), resamples, resample_seed + 1)
+        passes_before = base.passes_run
+    plans, rls, clusters = [], [], []
     start = time.perf_counter()
     for b in tqdm(range(resamples), desc=f"stability of {method}", unit="resample", disable=not progress):
         resampled = stats.per_window.combine(counts[b])
-        if check_draws is not None:
-            on_model = dict(model=model, windows=_rows(windows, check_draws[b]), check_windows=check_draws.shape[1])
-        chosen = select_layers(resampled, len(plan.pruned), method=method, **on_model, **options)
+        checks = ResampledPlanLoss(base, check_counts[b]) if base is not None else None
+        chosen = select_layers(resampled, len(plan.pruned), method=method, shared_checks=checks, **options)
         plans.append(list(chosen.pruned))
         rls.append(chosen.rls)
         clusters.append(chosen.num_clusters)
-        passes += int((chosen.cost or {}).get("check_windows", 0))
+    passes = base.passes_run - passes_before if base is not None else 0  # the plans no earlier selection had run
     return Stability(
         method=plan.method,
         num_layers=plan.num_layers,
@@ -222,8 +230,18 @@ def plan_stability(
     )
 
 
-def _rows(windows: Any, index: Tensor) -> Tensor:
-    """The windows at ``index`` (repeats allowed), as one (len(index), T) tensor."""
-    if isinstance(windows, Tensor):
-        return windows[index]
-    return torch.stack([windows[int(i)] for i in index])
+def _check_loss(model: Any, windows: Any, check_windows: int | None, options: dict[str, Any]) -> PlanLoss:
+    """The ``PlanLoss`` a method that tries plans on the model checks them with: the first ``check_windows`` of
+    ``windows``, cut to ``check_tokens`` and scored on ``score_last`` as ``select_layers`` would (these two are taken
+    out of ``options``)."""
+    if model is None or windows is None:
+        raise ParameterError("model", "this method tries plans on the model: pass model= and windows= (calibration windows)")
+    windows = as_windows(windows)
+    given = check_windows if check_windows is not None else min(CHECK_WINDOWS, len(windows))
+    if not is_integer(given) or not 1 <= given <= len(windows):
+        raise ParameterError(
+            "check_windows", f"check_windows must be an int between 1 and the {len(windows)} windows given, got {check_windows!r}"
+        )
+    check_tokens = options.pop("check_tokens", CHECK_TOKENS)
+    score_last = options.pop("score_last", SCORE_LAST)
+    return PlanLoss(model, windows[:given, :check_tokens], score_last=score_last)

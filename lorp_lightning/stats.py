@@ -154,6 +154,33 @@ class WindowStats:
             norms=None if self.norm_sum is None else ((weights @ self.norm_sum) / num_tokens).cpu(),
         )
 
+    def take(self, index: slice | Sequence[int]) -> LayerStats:
+        """The statistics of the windows at ``index`` alone (a slice, e.g. ``slice(0, 8)`` for the first 8, or
+        positions), keeping their per-window sums: what a pass over those windows with ``per_window=True`` gives
+        (up to the order of float64 sums). Statistics of 8, 16, 32 windows are prefixes of one pass over 32."""
+        index = range(self.num_windows)[index] if isinstance(index, slice) else [int(i) for i in index]
+        if len(index) == 0:
+            raise ValueError(f"index selects none of the {self.num_windows} windows")
+        index = torch.as_tensor(list(index), dtype=torch.long)
+        return WindowStats.concat([self], index)
+
+    @staticmethod
+    def concat(parts: Sequence[WindowStats], index: Tensor | None = None) -> LayerStats:
+        """The statistics of the windows of all ``parts`` together (e.g. a mix of texts), keeping their per-window
+        sums; with ``index``, of those windows only (positions in the joined order)."""
+
+        def joined(field: str) -> Tensor | None:
+            values = [getattr(part, field) for part in parts]
+            if any(v is None for v in values):
+                return None
+            tensor = torch.cat(values)
+            return tensor if index is None else tensor[index]
+
+        per_window = WindowStats(joined("gram"), joined("last_token_gram"), joined("num_tokens"), joined("norm_sum"))
+        stats = per_window.combine()
+        stats.per_window = per_window
+        return stats
+
     def state_dict(self) -> dict[str, Tensor]:
         state = {"gram": self.gram, "last_token_gram": self.last_token_gram, "num_tokens": self.num_tokens}
         if self.norm_sum is not None:

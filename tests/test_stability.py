@@ -14,6 +14,8 @@ import torch
 from hand_matrices import sym
 
 from lorp_lightning import ParameterError, plan_stability, select_layers
+from lorp_lightning.locality import angular_similarity
+from lorp_lightning.search import PlanLoss, ResampledPlanLoss
 from lorp_lightning.stability import MAX_RESAMPLES, resample_counts
 from lorp_lightning.stats import LayerSimilarity, LayerStats, WindowStats, collect_layer_stats
 
@@ -66,6 +68,27 @@ def test_combine_weights_each_window_by_its_count():
         stats.per_window.combine([1, 1, 1])
     with pytest.raises(ValueError, match="no window"):
         stats.per_window.combine([0, 0])
+
+
+def test_take_and_concat_give_the_statistics_of_those_windows_with_their_own_sums():
+    stats = hand_stats("AABB")
+    first_three = stats.per_window.take(slice(0, 3))
+    np.testing.assert_allclose(first_three.similarity.numpy(), (2 * A + B) / 3, rtol=0, atol=1e-15)
+    assert first_three.per_window.num_windows == 3 and first_three.num_tokens == 300
+    assert stats.per_window.take([3]).similarity.equal(stats.per_window.combine([0, 0, 0, 1]).similarity)
+    mix = WindowStats.concat([hand_stats("A").per_window, hand_stats("BBB").per_window])
+    np.testing.assert_allclose(mix.similarity.numpy(), (A + 3 * B) / 4, rtol=0, atol=1e-15)
+    assert mix.per_window.num_windows == 4
+    assert plan_stability(mix, 1, "shortgpt", 20) == plan_stability(hand_stats("ABBB"), 1, "shortgpt", 20)
+    with pytest.raises(ValueError, match="none of the 4 windows"):
+        stats.per_window.take(slice(4, 8))
+
+
+def test_angular_similarity_is_one_minus_the_angle_over_pi():
+    S = np.array([[1.0, 0.5, 0.0], [0.5, 1.0, -1.0], [0.0, -1.0, 1.0]])
+    np.testing.assert_allclose(angular_similarity(S), [[1, 2 / 3, 0.5], [2 / 3, 1, 0], [0.5, 0, 1]], atol=1e-15)
+    near = angular_similarity(np.array([[1.0, 0.99], [0.99, 1.0]]))[0, 1]
+    assert near < 0.99  # spread out near 1: cos 0.99 is 8.1 degrees
 
 
 def test_removal_frequency_and_agreement_are_those_the_counts_decide():
@@ -163,13 +186,41 @@ def test_statistics_without_per_window_sums_and_rounds_are_refused():
         plan_stability(stats, 2, "lorp", rounds=2)
 
 
-def test_a_searched_method_checks_each_resample_on_a_bootstrap_of_its_check_windows(smollm2, wiki_windows):
+def test_a_searched_method_plans_each_resample_as_on_its_drawn_check_windows(smollm2, wiki_windows):
+    model, windows = smollm2[0], wiki_windows
+    stats = collect_layer_stats(model, [windows], progress=False, per_window=True)
+    settings = dict(model=model, check_tokens=None)
+    report = plan_stability(stats, 1, "ppl", resamples=3, windows=windows, check_windows=3, **settings)
+    full = select_layers(stats, 1, method="ppl", windows=windows, check_windows=3, **settings)
+    statistics_draws, check_draws = resample_counts(len(windows), 3, 0), resample_counts(3, 3, 1)
+    for b in range(3):  # resample b: its statistics, and the check windows repeated as often as drawn
+        drawn = windows[:3].repeat_interleave(check_draws[b], dim=0)
+        alone = select_layers(stats.per_window.combine(statistics_draws[b]), 1, method="ppl", windows=drawn, **settings)
+        assert report.plans[b] == alone.pruned
+    assert report.plan == full.pruned and report.rls is None
+
+
+def test_resamples_share_the_check_windows_losses_of_every_plan(smollm2, wiki_windows):
     model, windows = smollm2[0], wiki_windows
     stats = collect_layer_stats(model, [windows], progress=False, per_window=True)
     full = select_layers(stats, 1, method="ppl", model=model, windows=windows, check_windows=2, check_tokens=None)
     report = plan_stability(
-        stats, 1, "ppl", resamples=2, model=model, windows=windows, check_windows=2, check_tokens=None, plan=full
+        stats, 1, "ppl", resamples=4, model=model, windows=windows, check_windows=2, check_tokens=None, plan=full
     )
-    assert report.plan == full.pruned and len(report.plans) == 2
-    assert report.window_passes == 2 * full.cost["check_windows"]  # each resample pays for its own checks
-    assert report.rls is None
+    # ppl checks the same one-block plans in every resample: they run once, for all four
+    assert report.window_passes == full.cost["check_windows"]
+    again = plan_stability(stats, 1, "ppl", resamples=4, model=model, windows=windows, check_windows=2, check_tokens=None)
+    assert again.window_passes == 0  # the full-data selection here ran them already
+    assert again.plans == report.plans
+
+
+def test_a_resampled_plan_loss_weighs_each_window_by_its_count(smollm2, wiki_windows):
+    model, windows = smollm2[0], wiki_windows[:3, :64]
+    base = PlanLoss(model, windows)
+    resampled = ResampledPlanLoss(base, [2, 0, 1])
+    repeated = PlanLoss(model, windows[[0, 0, 2]])
+    assert resampled([5]) == pytest.approx(repeated([5]), rel=1e-5)
+    assert resampled.below([5], repeated([5]) + 1e-3) and not resampled.below([5], repeated([5]) - 1e-3)
+    assert resampled.plans_checked == 1 and len(base.window_losses) == 1
+    with pytest.raises(ValueError, match="each of the 3 windows a count >= 0"):
+        ResampledPlanLoss(base, [1, 1])
