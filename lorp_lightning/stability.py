@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from lorp_lightning._validation import ParameterError, is_integer
-from lorp_lightning.methods import CHECK_TOKENS, CHECK_WINDOWS, SCORE_LAST, get_method, select_layers
-from lorp_lightning.search import PlanLoss, ResampledPlanLoss, as_windows
+from lorp_lightning.methods import CHECK_TOKENS, SCORE_LAST, _checks, get_method, select_layers
+from lorp_lightning.search import PlanLoss, ResampledPlanLoss
 from lorp_lightning.selection import PruningPlan
 from lorp_lightning.stats import LayerStats
 
@@ -198,7 +198,7 @@ def plan_stability(
     entry = get_method(method)
     base = None  # the check windows' PlanLoss, whose plan losses every resample reweights
     if entry.reads_model:
-        base = shared_checks if shared_checks is not None else _check_loss(model, windows, check_windows, options)
+        base = shared_checks if shared_checks is not None else _check_loss(method, model, windows, check_windows, options)
     if plan is None:
         plan = select_layers(stats, num_prune, method=method, shared_checks=base, **options)
     counts = resample_counts(stats.per_window.num_windows, resamples, resample_seed)
@@ -230,18 +230,16 @@ def plan_stability(
     )
 
 
-def _check_loss(model: Any, windows: Any, check_windows: int | None, options: dict[str, Any]) -> PlanLoss:
-    """The ``PlanLoss`` a method that tries plans on the model checks them with: the first ``check_windows`` of
-    ``windows``, cut to ``check_tokens`` and scored on ``score_last`` as ``select_layers`` would (these two are taken
-    out of ``options``)."""
-    if model is None or windows is None:
-        raise ParameterError("model", "this method tries plans on the model: pass model= and windows= (calibration windows)")
-    windows = as_windows(windows)
-    given = check_windows if check_windows is not None else min(CHECK_WINDOWS, len(windows))
-    if not is_integer(given) or not 1 <= given <= len(windows):
-        raise ParameterError(
-            "check_windows", f"check_windows must be an int between 1 and the {len(windows)} windows given, got {check_windows!r}"
-        )
-    check_tokens = options.pop("check_tokens", CHECK_TOKENS)
-    score_last = options.pop("score_last", SCORE_LAST)
-    return PlanLoss(model, windows[:given, :check_tokens], score_last=score_last)
+def _check_loss(method: str, model: Any, windows: Any, check_windows: int | None, options: dict[str, Any]) -> PlanLoss:
+    """The ``PlanLoss`` that ``select_layers`` would check ``method``'s plans with (the first ``check_windows`` of
+    ``windows``, cut to ``check_tokens`` and scored on ``score_last``, both taken out of ``options``), checked alike."""
+    model, windows, check_windows, check_tokens, score_last = _checks(
+        method,
+        model,
+        windows,
+        check_windows,
+        options.pop("check_tokens", CHECK_TOKENS),
+        options.pop("score_last", SCORE_LAST),
+        None,
+    )
+    return PlanLoss(model, windows[:check_windows, :check_tokens], score_last=score_last)
