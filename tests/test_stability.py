@@ -224,3 +224,13 @@ def test_a_resampled_plan_loss_weighs_each_window_by_its_count(smollm2, wiki_win
     assert resampled.plans_checked == 1 and len(base.window_losses) == 1
     with pytest.raises(ValueError, match="each of the 3 windows a count >= 0"):
         ResampledPlanLoss(base, [1, 1])
+
+
+def test_a_calibration_text_too_short_for_the_windows_asked_says_how_many_it_holds(smollm2):
+    from lorp_lightning.data import calibration_windows
+
+    with pytest.raises(
+        ParameterError,
+        match=r"num_windows=10000 but the calibration split of text='tinystories' has only (\d+) windows of 512 tokens; ask for at most \1",
+    ):
+        calibration_windows(smollm2[1], "tinystories", window=512, num_windows=10_000)
