@@ -79,58 +79,21 @@ def angular(stats):
 def cells(passes: dict[str, WindowStats], windows: dict[str, torch.Tensor]) -> list[dict]:
     """Every cell: its name, its statistics (with per-window sums) and its check windows."""
     out = []
-    held = passes["wiki"].num_windows
-    for n in SIZES:
-        if n <= held:
-            out.append(
-                dict(
-                    cell=f"{n} wiki",
-                    axis="size",
-                    source="wiki",
-                    size=n,
-                    metric="cosine",
-                    stats=passes["wiki"].take(slice(0, n)),
-                    checks=windows["wiki"][: max(1, n // 4)],
-                )
-            )
+
+    def cell(axis: str, source: str, size: int, stats, checks: torch.Tensor, metric: str = "cosine") -> None:
+        name = f"{size} {source}" + (f", {metric}" if metric != "cosine" else "")
+        out.append(dict(cell=name, axis=axis, source=source, size=size, metric=metric, stats=stats, checks=checks))
+
+    for n in (n for n in SIZES if n <= passes["wiki"].num_windows):
+        cell("size", "wiki", n, passes["wiki"].take(slice(0, n)), windows["wiki"][: max(1, n // 4)])
     for source in SOURCES[1:]:
         n = min(DEFAULT_SIZE, passes[source].num_windows)
-        out.append(
-            dict(
-                cell=f"{n} {source}",
-                axis="source",
-                source=source,
-                size=n,
-                metric="cosine",
-                stats=passes[source].take(slice(0, n)),
-                checks=windows[source][: max(1, n // 4)],
-            )
-        )
-    part = DEFAULT_SIZE // len(SOURCES)
+        cell("source", source, n, passes[source].take(slice(0, n)), windows[source][: max(1, n // 4)])
+    part = DEFAULT_SIZE // len(SOURCES)  # the mix: the first 8 windows of each text, and the first 2 of each checked
     mix = WindowStats.concat([passes[s].take(slice(0, part)).per_window for s in SOURCES])
-    mix_checks = torch.cat([windows[s][: part // 4] for s in SOURCES])
-    out.append(
-        dict(
-            cell=f"{DEFAULT_SIZE} mix",
-            axis="source",
-            source="mix",
-            size=DEFAULT_SIZE,
-            metric="cosine",
-            stats=mix,
-            checks=mix_checks,
-        )
-    )
-    out.append(
-        dict(
-            cell=f"{DEFAULT_SIZE} wiki, angular",
-            axis="metric",
-            source="wiki",
-            size=DEFAULT_SIZE,
-            metric="angular",
-            stats=passes["wiki"].take(slice(0, DEFAULT_SIZE)),
-            checks=windows["wiki"][:8],
-        )
-    )
+    cell("source", "mix", DEFAULT_SIZE, mix, torch.cat([windows[s][: part // 4] for s in SOURCES]))
+    wiki = passes["wiki"].take(slice(0, DEFAULT_SIZE))
+    cell("metric", "wiki", DEFAULT_SIZE, wiki, windows["wiki"][: DEFAULT_SIZE // 4], metric="angular")
     return out
 
 
