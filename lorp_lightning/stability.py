@@ -23,6 +23,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +158,7 @@ def plan_stability(
     windows: Any = None,
     check_windows: int | None = None,
     shared_checks: PlanLoss | None = None,
+    transform: Callable[[LayerStats], Any] | None = None,
     progress: bool = False,
     **options: Any,
 ) -> Stability:
@@ -178,6 +180,9 @@ def plan_stability(
         shared_checks: instead of ``model``, ``windows`` and ``check_windows``, the ``PlanLoss`` whose windows the
             checks resample, e.g. the one the full-data ``plan`` was chosen with: the plans it has run cost the
             resamples nothing.
+        transform: a function of each resample's statistics (and of ``stats``, for the full-data plan when
+            ``plan`` is not given) whose result the method selects on instead: another locality metric, say
+            (``locality.angular_similarity``); default None, the statistics themselves.
         progress: a progress bar over the resamples.
         **options: further ``select_layers`` arguments (``protect``, ``num_clusters``, ``seed``, ...).
             Plans in rounds are not resampled: ``rounds`` must be 1.
@@ -196,11 +201,12 @@ def plan_stability(
             "collect_layer_stats(..., per_window=True) (lorp analyze --stability writes them to stats.pt)",
         )
     entry = get_method(method)
+    transform = transform or (lambda given: given)
     base = None  # the check windows' PlanLoss, whose plan losses every resample reweights
     if entry.reads_model:
         base = shared_checks if shared_checks is not None else _check_loss(method, model, windows, check_windows, options)
     if plan is None:
-        plan = select_layers(stats, num_prune, method=method, shared_checks=base, **options)
+        plan = select_layers(transform(stats), num_prune, method=method, shared_checks=base, **options)
     counts = resample_counts(stats.per_window.num_windows, resamples, resample_seed)
     check_counts = None
     if base is not None:  # the check windows' draws: resample_counts again, with the next seed
@@ -209,7 +215,7 @@ def plan_stability(
     plans, rls, clusters = [], [], []
     start = time.perf_counter()
     for b in tqdm(range(resamples), desc=f"stability of {method}", unit="resample", disable=not progress):
-        resampled = stats.per_window.combine(counts[b])
+        resampled = transform(stats.per_window.combine(counts[b]))
         checks = ResampledPlanLoss(base, check_counts[b]) if base is not None else None
         chosen = select_layers(resampled, len(plan.pruned), method=method, shared_checks=checks, **options)
         plans.append(list(chosen.pruned))

@@ -70,6 +70,14 @@ def test_combine_weights_each_window_by_its_count():
         stats.per_window.combine([0, 0])
 
 
+def test_a_transform_is_applied_to_the_full_data_and_to_every_resample_before_selecting():
+    stats = hand_stats("ABBB")  # plain: shortgpt removes block 4 (kind B is the majority)
+    only_a = stats.per_window.combine([1, 0, 0, 0])  # what the transform returns: kind A, whose block is 2
+    report = plan_stability(stats, 1, "shortgpt", 30, transform=lambda resampled: only_a)
+    assert report.plan == [2] and report.plans == [[2]] * 30
+    assert plan_stability(stats, 1, "shortgpt", 30).plan == [4]
+
+
 def test_take_and_concat_give_the_statistics_of_those_windows_with_their_own_sums():
     stats = hand_stats("AABB")
     first_three = stats.per_window.take(slice(0, 3))

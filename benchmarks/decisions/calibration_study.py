@@ -53,8 +53,8 @@ from lorp_lightning.assets import load_model, load_text  # noqa: E402
 from lorp_lightning.evaluation import token_windows  # noqa: E402
 from lorp_lightning.locality import angular_similarity  # noqa: E402
 from lorp_lightning.methods import CHECK_TOKENS, SCORE_LAST, select_layers  # noqa: E402
-from lorp_lightning.search import PlanLoss, ResampledPlanLoss  # noqa: E402
-from lorp_lightning.stability import Stability, plan_stability, resample_counts  # noqa: E402
+from lorp_lightning.search import PlanLoss  # noqa: E402
+from lorp_lightning.stability import plan_stability  # noqa: E402
 from lorp_lightning.stats import WindowStats, collect_layer_stats  # noqa: E402
 
 SOURCES = ("wiki", "c4", "tinystories", "lambada")
@@ -97,32 +97,6 @@ def cells(passes: dict[str, WindowStats], windows: dict[str, torch.Tensor]) -> l
     return out
 
 
-def angular_stability(stats, k: int, method: str, resamples: int, plan: list[int], checks: PlanLoss | None) -> Stability:
-    """``plan_stability`` for the angular metric: each resample's statistics made angular before selecting."""
-    counts = resample_counts(stats.per_window.num_windows, resamples, 0)
-    check_counts = resample_counts(len(checks.windows), resamples, 1) if checks is not None else None
-    before = checks.passes_run if checks is not None else 0
-    plans, rls, clusters = [], [], []
-    start = time.perf_counter()
-    for b in range(resamples):
-        shared = ResampledPlanLoss(checks, check_counts[b]) if checks is not None else None
-        chosen = select_layers(angular(stats.per_window.combine(counts[b])), k, method=method, shared_checks=shared)
-        plans.append(list(chosen.pruned))
-        rls.append(chosen.rls)
-        clusters.append(chosen.num_clusters)
-    return Stability(
-        method,
-        stats.num_layers,
-        k,
-        plan,
-        plans,
-        rls=[float(x) for x in rls],
-        num_clusters=[int(x) for x in clusters],
-        seconds=time.perf_counter() - start,
-        window_passes=(checks.passes_run - before) if checks is not None else 0,
-    )
-
-
 def run_model(name: str, args) -> dict:
     torch.manual_seed(0)
     model, tokenizer = load_model(name, progress=False)
@@ -148,10 +122,8 @@ def run_model(name: str, args) -> dict:
             plan = select_layers(selected, k, method=method, shared_checks=checks)
             select_seconds = time.perf_counter() - start
             resamples = args.search_resamples if searched else args.resamples
-            if cell["metric"] == "angular":
-                report = angular_stability(stats, k, method, resamples, plan.pruned, checks)
-            else:
-                report = plan_stability(stats, k, method, resamples, plan=plan, shared_checks=checks)
+            transform = angular if cell["metric"] == "angular" else None
+            report = plan_stability(stats, k, method, resamples, plan=plan, shared_checks=checks, transform=transform)
             row = dict(
                 cell,
                 method=method,
