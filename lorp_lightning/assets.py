@@ -23,8 +23,10 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -640,10 +642,13 @@ def _gguf_header(path: Path, size: int, mtime_ns: int) -> tuple[int | None, int 
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    """Convert a GGUF file to a safetensors model directory at ``target``, atomically. A second process converting
-    the same file waits for the first (the output directory's lock) and keeps what it wrote."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Convert a GGUF file to a float32 safetensors model directory at ``target``, atomically. A second process
+    converting the same file waits for the first (the output directory's lock) and keeps what it wrote.
 
+    The weights are streamed: each tensor is de-quantised, put in transformers' layout and written to a shard of at
+    most ``_SHARD_BYTES`` before the next is read, so the memory is one shard (or one tensor, if larger) plus the
+    mapped file, not the whole model. ``from_pretrained(gguf_file=...)`` would first de-quantise every tensor and then
+    build the model, two float32 copies at once (12.5 GB for the 1.5B model, a 7.1 GB float32 model)."""
     # overwrite: a directory left without config.json is incomplete
     with OutputDirectory(target, overwrite=True, wait=True) as out:
         if (target / "config.json").exists():
@@ -651,15 +656,116 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
             # waited. A cache entry is named by the hash of its GGUF file, so theirs is this model: keep it.
             out.abandon()
             return
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-        # The weights are de-quantised to ordinary float tensors; what stays is a marker that
-        # makes save_pretrained refuse the model. Removing it gives a plain model.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(out.path)
-        tokenizer.save_pretrained(out.path)
+        _write_converted(gguf_path, out.path)
+
+
+def _write_converted(gguf_path: Path, directory: Path) -> None:
+    """The model directory of a GGUF file: config, generation config, tokenizer and float32 weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    config.dtype = torch.float32
+    with torch.device("meta"):  # the parameters' names and shapes, no memory
+        skeleton = AutoModelForCausalLM.from_config(config)
+    config.architectures = [type(skeleton).__name__]  # as save_pretrained writes it
+    _stream_gguf_weights(gguf_path, skeleton, directory)
+    config.save_pretrained(directory)
+    GenerationConfig.from_model_config(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(directory)
+
+
+_SHARD_BYTES = 1 << 30  # 1 GiB: a shard in the making is the conversion's memory
+
+
+def _stream_gguf_weights(gguf_path: Path, skeleton, directory: Path) -> None:
+    """Write the tensors of a GGUF file as float32 safetensors shards (and their index) in ``directory``, named and
+    laid out as ``skeleton``'s parameters, with transformers' own GGUF name map and tensor processors.
+
+    A tensor the model ties to another (the output head of a tied model) is written once, under the name
+    ``save_pretrained`` keeps. A tensor a processor fills across several GGUF tensors (the experts of the MoE
+    families) is held until the file is read."""
+    import numpy as np
+    from gguf import GGUFReader, dequantize
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        load_gguf_checkpoint,
+    )
+
+    parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=False)  # the config as the processors read it
+    reader = GGUFReader(gguf_path)
+    architecture = reader.fields["general.architecture"].contents()
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
+    key_mapping = get_gguf_hf_weights_map(skeleton, processor)
+    expected = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}  # tied names: both
+    kept = set(skeleton.state_dict(keep_vars=True))
+    for tied in getattr(skeleton, "_tied_weights_keys", None) or ():
+        if getattr(skeleton.config, "tie_word_embeddings", False) and isinstance(tied, str):
+            kept.discard(tied)
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    weight_map: dict[str, int] = {}
+    filled_by_processor: dict = {}  # what processors write into, kept whole until the end
+    written: set[str] = set()
+
+    def add(name: str, tensor: torch.Tensor) -> None:
+        if name not in kept or name in written:
+            return
+        if tuple(tensor.shape) != expected[name]:
+            raise ValueError(
+                f"the GGUF file {gguf_path} gives {name} the shape {tuple(tensor.shape)}, the model {expected[name]}"
+            )
+        written.add(name)
+        size = tensor.numel() * 4
+        if shards[-1] and sum(t.numel() * 4 for t in shards[-1].values()) + size > _SHARD_BYTES:
+            _write_shard_file(directory, len(shards), shards[-1])
+            shards[-1] = {}  # written: its tensors are freed
+            shards.append({})
+        shards[-1][name] = tensor
+        weight_map[name] = len(shards)
+
+    parsed_parameters = {"config": parsed["config"], "tensors": filled_by_processor}
+    for gguf_tensor in reader.tensors:
+        weights = dequantize(gguf_tensor.data, gguf_tensor.tensor_type)
+        result = processor.process(
+            weights=weights, name=gguf_tensor.name, tensor_key_mapping=key_mapping, parsed_parameters=parsed_parameters
+        )
+        if result.name in key_mapping:
+            add(key_mapping[result.name], torch.from_numpy(np.array(result.weights, dtype=np.float32)))
+    for name, tensor in filled_by_processor.items():
+        add(name, tensor.float())
+    missing = kept - written
+    if missing:
+        raise ValueError(f"the GGUF file {gguf_path} holds no tensor for {sorted(missing)[:5]} ({len(missing)} in all)")
+    _write_shard_file(directory, len(shards), shards[-1])
+    count = len(shards)
+    if count == 1:  # one file, named as save_pretrained names it
+        os.replace(directory / "shard-1.safetensors", directory / "model.safetensors")
+        return
+    names = {i: f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)}
+    for i in range(1, count + 1):
+        os.replace(directory / f"shard-{i}.safetensors", directory / names[i])
+    total = sum(math.prod(expected[name]) * 4 for name in written)
+    index = {"metadata": {"total_size": total}, "weight_map": {n: names[i] for n, i in sorted(weight_map.items())}}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _write_shard_file(directory: Path, number: int, tensors: dict[str, torch.Tensor]) -> None:
+    """One float32 safetensors file, written from the tensors' own memory (no serialised copy of the shard)."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    position = 0
+    for name, tensor in tensors.items():
+        length = tensor.numel() * 4
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [position, position + length]}
+        position += length
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    with open(directory / f"shard-{number}.safetensors", "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for tensor in tensors.values():
+            file.write(memoryview(tensor.contiguous().numpy()).cast("B"))
 
 
 # --------------------------------------------------------------------------- texts

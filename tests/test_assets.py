@@ -34,7 +34,7 @@ def test_second_load_reads_the_cache_and_gives_the_same_logits(tmp_path, monkeyp
     first, tokenizer = load_model("smollm2-135m", dtype=torch.float32, progress=False)
     cached = list((tmp_path / "models").iterdir())
     assert [p.name for p in cached] == [f"smollm2-135m-{BUNDLED_MODELS['smollm2-135m'].sha256[:12]}"]
-    assert (cached[0] / "model.safetensors").is_file()
+    assert (cached[0] / "config.json").is_file() and (cached[0] / "model.safetensors").is_file()  # one file: 538 MB
 
     def no_second_conversion(*args, **kwargs):
         raise AssertionError("the second load converted the GGUF file again instead of reading the cache")
@@ -47,14 +47,29 @@ def test_second_load_reads_the_cache_and_gives_the_same_logits(tmp_path, monkeyp
         assert torch.equal(first(ids).logits, second(ids).logits)
 
 
-class _Saved:
-    """Stands for a converted model or tokenizer: save_pretrained writes one file."""
+def test_the_conversion_streams_the_gguf_into_shards_equal_to_transformers_own_load(tmp_path, monkeypatch):
+    """The conversion writes tensor by tensor into shards (here of at most 64 MiB, so the 538 MB SmolLM2 needs
+    several), and what it writes is what ``from_pretrained(gguf_file=...)`` makes of the file, bit for bit."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
 
-    def __init__(self, name):
-        self.name, self.hf_quantizer, self.config = name, None, type("Config", (), {})()
+    model = BUNDLED_MODELS["smollm2-135m"]
+    gguf = assets.package_dir(*model.parts[0][:1]) / model.parts[0][1]
+    monkeypatch.setattr(assets, "_SHARD_BYTES", 64 << 20)
+    assets._convert_gguf(gguf, tmp_path / "converted")
+    shards = sorted(p.name for p in (tmp_path / "converted").glob("*.safetensors"))
+    assert len(shards) >= 8 and (tmp_path / "converted" / "model.safetensors.index.json").is_file()
+    for shard in (tmp_path / "converted").glob("*.safetensors"):  # at most 64 MiB, or one larger tensor alone
+        with safe_open(shard, "pt") as tensors:
+            assert shard.stat().st_size <= (64 << 20) + (1 << 20) or len(tensors.keys()) == 1
 
-    def save_pretrained(self, path):
-        (path / self.name).write_text("ours")
+    streamed = AutoModelForCausalLM.from_pretrained(tmp_path / "converted")
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    assert streamed.dtype == torch.float32 and streamed.config.architectures == ["LlamaForCausalLM"]
+    expected = reference.state_dict()
+    actual = streamed.state_dict()
+    assert sorted(actual) == sorted(expected)
+    assert all(torch.equal(actual[name], expected[name]) for name in expected)
 
 
 _OTHER_CONVERSION = """
@@ -73,17 +88,15 @@ def test_a_conversion_waits_for_another_process_converting_the_same_file_and_kee
 ):
     # Parallel test workers or notebooks may convert the same GGUF file at once. The second waits for the first (the
     # output's lock) and keeps its entry: named by the file's hash, it is the same model, and possibly open already.
-    import transformers
-
     target = tmp_path / "models" / "m-0123456789ab"
     converted = []
 
-    def convert(*args, **kwargs):
+    def convert(gguf_path, directory):
         converted.append(True)
-        return _Saved("config.json")
+        (directory / "config.json").write_text("ours")
+        (directory / "tokenizer.json").write_text("ours")
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", convert)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _Saved("tokenizer.json"))
+    monkeypatch.setattr(assets, "_write_converted", convert)
     if other_process:
         target.parent.mkdir(parents=True)
         other = subprocess.Popen([sys.executable, "-c", _OTHER_CONVERSION, str(target)], stdout=subprocess.PIPE, text=True)

@@ -66,7 +66,7 @@ from lorp_lightning.stats import collect_layer_stats
 
 BUDGETS = (Fraction(1, 8), Fraction(1, 4), Fraction(1, 3))
 TEXTS = ("wiki", "lambada")
-MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b")
+MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b")  # the last is optional: rendered if run
 BOOTSTRAP = 10_000
 
 
@@ -140,9 +140,12 @@ def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = 
         "code": code_fingerprint(),
         "methods": list(args.methods),
         "budgets": budgets,
+        "only_at": args.only_at,
         "window": args.window,
         "calibration_windows": args.calibration_windows,
     }
+    only_at = dict(item.split("=", 1) for item in args.only_at)
+    only_at = {m: budgets.split(",") for m, budgets in only_at.items()}
     kept = json.loads(selection.read_text()) if selection is not None and selection.is_file() else None
     if kept is not None and kept["key"] == key:  # a stopped run's selection, by the same code: not run again
         rows, stats_seconds = kept["rows"], kept["statistics_seconds"]
@@ -153,6 +156,8 @@ def run_model(name: str, args, earlier: list[dict] = (), partial: Path | None = 
     for method in args.methods if not rows else ():
         entry = REGISTRY[method]
         for k in sorted(budgets, reverse=True):
+            if method in only_at and k not in [int(Fraction(b) * N) for b in only_at[method]]:
+                continue
             plan = select_layers(stats, k, method=method, shared_checks=checks if entry.reads_model else None)
             cost = dict(plan.cost)
             cost["window_passes"] = cost["statistics_windows"] + cost["check_windows"]
@@ -738,6 +743,13 @@ def main() -> None:
         action="store_true",
         help="the sweep: every k from 1 to N // 3 (not 1/8, 1/4, 1/3), with every plan's check loss and "
         "the default's swap neighbourhood checked; write it under --out benchmarks/results/sweep",
+    )
+    run.add_argument(
+        "--only-at",
+        nargs="*",
+        default=[],
+        metavar="METHOD=BUDGETS",
+        help="run METHOD only at these budgets, fractions separated by commas (sleb=1/8: the 1.5B model's SLEB)",
     )
     run.add_argument(
         "--reuse-from",
