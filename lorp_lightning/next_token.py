@@ -66,7 +66,9 @@ def next_token_loss(logits: Tensor, labels: Tensor, per_window: bool = False) ->
     ``model(..., labels=labels).loss``: a scalar; or with ``per_window``, each window's own mean,
     a ``(B,)`` tensor. See ``next_token_pairs`` for the alignment.
     """
-    predictions, targets = next_token_pairs(logits, labels)
     if per_window:  # a window without a scored position has no mean: nan
-        return torch.stack([F.cross_entropy(p, t, ignore_index=IGNORE_INDEX) for p, t in zip(predictions, targets, strict=True)])
+        # Window by window, so that one window's logits are in float32 at a time (8 windows of 128 scored positions
+        # over a 151,936-token vocabulary would be 620 MB at once), with the same arithmetic as for one window.
+        return torch.stack([next_token_loss(logits[i : i + 1], labels[i : i + 1]) for i in range(logits.shape[0])])
+    predictions, targets = next_token_pairs(logits, labels)
     return F.cross_entropy(predictions.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
