@@ -585,6 +585,7 @@ def collect_layer_stats(
                 stack(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
                 states, norms = recorder.pop_with_norms()
                 metric.update(states, attention_mask, normalized=True, norms=norms)
+                del states, norms  # else they stay alive through the next batch's forward: two batches' states at once
     finally:
         model.train(was_training)
     return metric.compute()

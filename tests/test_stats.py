@@ -228,3 +228,29 @@ def test_collect_layer_stats_leaves_the_model_in_its_mode(smollm2, calibration_b
         assert model.training
     finally:
         model.eval()
+
+
+def test_a_batchs_states_are_freed_before_the_next_batch_runs(smollm2, calibration_batches, monkeypatch):
+    """One batch's normalised states, (N+1)·B·T·D float32 (365 MB for the 1.5B model's batch of 4 × 512 tokens), are
+    the statistics' memory: the pass must not hold the last batch's while the next one runs."""
+    import weakref
+
+    from lorp_lightning.stats import HiddenStateRecorder
+
+    model, _ = smollm2
+    popped = []
+    pop = HiddenStateRecorder.pop_with_norms
+
+    def recorded(self):
+        states, norms = pop(self)
+        popped.append(weakref.ref(states))
+        return states, norms
+
+    monkeypatch.setattr(HiddenStateRecorder, "pop_with_norms", recorded)
+    alive = []  # at the start of each batch: how many popped states still exist
+    handle = decoder_layers(model)[0].register_forward_pre_hook(lambda *_: alive.append(sum(r() is not None for r in popped)))
+    try:
+        collect_layer_stats(model, calibration_batches.split(1), progress=False)
+    finally:
+        handle.remove()
+    assert len(popped) == 4 and alive == [0, 0, 0, 0]
