@@ -66,7 +66,8 @@ from lorp_lightning.stats import collect_layer_stats
 
 BUDGETS = (Fraction(1, 8), Fraction(1, 4), Fraction(1, 3))
 TEXTS = ("wiki", "lambada")
-MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b")  # the last is optional: rendered if run
+MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-0.5b")
+OPTIONAL_MODELS = ("qwen2.5-1.5b",)  # installed by `bash setup.sh --large`: run by name, rendered when its results exist
 BOOTSTRAP = 10_000
 
 
@@ -490,9 +491,19 @@ def _zero_shot_table(result: dict) -> list[str]:
     return lines
 
 
+def _partial_methods(result: dict) -> dict[str, list[int]]:
+    """The methods run at some of the result's budgets only (``--only-at``): method -> its budgets."""
+    at: dict[str, list[int]] = {}
+    for row in result["rows"]:
+        at.setdefault(row["method"], []).append(row["num_pruned"])
+    return {m: sorted(b) for m, b in at.items() if len(b) < len(result["budgets"])}
+
+
 def cmd_render(args) -> None:
     results = [
-        json.loads((Path(args.results) / f"{m}.json").read_text()) for m in MODELS if (Path(args.results) / f"{m}.json").is_file()
+        json.loads((Path(args.results) / f"{m}.json").read_text())
+        for m in MODELS + OPTIONAL_MODELS
+        if (Path(args.results) / f"{m}.json").is_file()
     ]
     if not results:
         raise SystemExit(f"no results in {args.results}: run `python benchmarks/decisions/quality_study.py run` first")
@@ -521,7 +532,14 @@ def cmd_render(args) -> None:
             f"{n} non-overlapping windows of {first['evaluation']['window']} tokens of `{t}`"
             for t, n in first["evaluation"]["windows"].items()
         )
-        + " (held-out splits; `wiki` stands in for WikiText-2, `lambada` is the LAMBADA test set).",
+        + " (held-out splits; `wiki` stands in for WikiText-2, `lambada` is the LAMBADA test set)."
+        + "".join(
+            f" For {r['model']}: {', '.join(f'{n} windows of `{t}`' for t, n in r['evaluation']['windows'].items())}"
+            + "".join(f", `{m}` at {' and '.join(map(str, at))} blocks only" for m, at in _partial_methods(r).items())
+            + " (a larger model on the same CPU)."
+            for r in results
+            if r["evaluation"]["windows"] != first["evaluation"]["windows"]
+        ),
         "",
         "## Summary",
         "",

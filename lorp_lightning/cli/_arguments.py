@@ -13,7 +13,8 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 MODEL_HELP = (
-    "a bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b), a local Hugging Face model directory, "
+    "a bundled name (smollm2-135m, gemma3-270m, qwen2.5-0.5b; qwen2.5-1.5b once installed by setup.sh --large), "
+    "a local Hugging Face model directory, "
     "a .gguf file, or a hub id org/name (read from the Hugging Face cache; with HF_HUB_OFFLINE=1 from "
     "the cache only)"
 )
