@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import re
-import struct
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -704,12 +703,14 @@ def _stream_gguf_weights(gguf_path: Path, skeleton, directory: Path) -> None:
         if getattr(skeleton.config, "tie_word_embeddings", False) and isinstance(tied, str):
             kept.discard(tied)
 
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    shard: dict[str, torch.Tensor] = {}  # the shard in the making; the earlier ones are written and freed
+    number, shard_bytes = 1, 0
     weight_map: dict[str, int] = {}
     filled_by_processor: dict = {}  # what processors write into, kept whole until the end
     written: set[str] = set()
 
     def add(name: str, tensor: torch.Tensor) -> None:
+        nonlocal shard, number, shard_bytes
         if name not in kept or name in written:
             return
         if tuple(tensor.shape) != expected[name]:
@@ -718,12 +719,12 @@ def _stream_gguf_weights(gguf_path: Path, skeleton, directory: Path) -> None:
             )
         written.add(name)
         size = tensor.numel() * 4
-        if shards[-1] and sum(t.numel() * 4 for t in shards[-1].values()) + size > _SHARD_BYTES:
-            _write_shard_file(directory, len(shards), shards[-1])
-            shards[-1] = {}  # written: its tensors are freed
-            shards.append({})
-        shards[-1][name] = tensor
-        weight_map[name] = len(shards)
+        if shard and shard_bytes + size > _SHARD_BYTES:
+            _write_shard_file(directory, number, shard)
+            shard, number, shard_bytes = {}, number + 1, 0
+        shard[name] = tensor
+        shard_bytes += size
+        weight_map[name] = number
 
     parsed_parameters = {"config": parsed["config"], "tensors": filled_by_processor}
     for gguf_tensor in reader.tensors:
@@ -738,8 +739,8 @@ def _stream_gguf_weights(gguf_path: Path, skeleton, directory: Path) -> None:
     missing = kept - written
     if missing:
         raise ValueError(f"the GGUF file {gguf_path} holds no tensor for {sorted(missing)[:5]} ({len(missing)} in all)")
-    _write_shard_file(directory, len(shards), shards[-1])
-    count = len(shards)
+    _write_shard_file(directory, number, shard)
+    count = number
     if count == 1:  # one file, named as save_pretrained names it
         os.replace(directory / "shard-1.safetensors", directory / "model.safetensors")
         return
@@ -753,17 +754,11 @@ def _stream_gguf_weights(gguf_path: Path, skeleton, directory: Path) -> None:
 
 def _write_shard_file(directory: Path, number: int, tensors: dict[str, torch.Tensor]) -> None:
     """One float32 safetensors file, written from the tensors' own memory (no serialised copy of the shard)."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    position = 0
-    for name, tensor in tensors.items():
-        length = tensor.numel() * 4
-        header[name] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [position, position + length]}
-        position += length
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    from lorp_lightning.checkpoint import safetensors_header
+
+    entries = [(name, "F32", list(t.shape), t.numel() * 4) for name, t in tensors.items()]
     with open(directory / f"shard-{number}.safetensors", "wb") as file:
-        file.write(struct.pack("<Q", len(encoded)))
-        file.write(encoded)
+        file.write(safetensors_header(entries, {"format": "pt"}))
         for tensor in tensors.values():
             file.write(memoryview(tensor.contiguous().numpy()).cast("B"))
 

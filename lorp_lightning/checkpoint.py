@@ -538,20 +538,26 @@ def _copy(source: Any, target: Any, shard: _Shard, tensor: _Tensor, start: int, 
         length -= count
 
 
-def _write_shard(shard: _Shard, path: Path, tensors: list[tuple[_Tensor, str]], buffer: bytearray) -> None:
-    """Write the safetensors file ``path`` holding ``tensors`` (under their new names), copied from ``shard``."""
-    header: dict[str, Any] = {} if shard.metadata is None else {"__metadata__": shard.metadata}
+def safetensors_header(entries: list[tuple[str, str, list[int], int]], metadata: dict | None = None) -> bytes:
+    """The start of a safetensors file whose tensors follow in the order of ``entries`` (name, dtype, shape, bytes):
+    the 8-byte little-endian header length, then the JSON header, padded with spaces as safetensors writes it, so
+    that the tensors' bytes start 8-byte aligned."""
+    header: dict[str, Any] = {} if metadata is None else {"__metadata__": metadata}
     position = 0
-    for tensor, name in tensors:
-        length = tensor.written_bytes
-        header[name] = {"dtype": tensor.dtype, "shape": tensor.written_shape, "data_offsets": [position, position + length]}
+    for name, dtype, shape, length in entries:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [position, position + length]}
         position += length
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # as safetensors writes it: the tensors' bytes start 8-byte aligned
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded
+
+
+def _write_shard(shard: _Shard, path: Path, tensors: list[tuple[_Tensor, str]], buffer: bytearray) -> None:
+    """Write the safetensors file ``path`` holding ``tensors`` (under their new names), copied from ``shard``."""
+    entries = [(name, tensor.dtype, tensor.written_shape, tensor.written_bytes) for tensor, name in tensors]
     view = memoryview(buffer)
     with open(shard.path, "rb", buffering=0) as source, open(path, "wb") as target:
-        target.write(struct.pack("<Q", len(encoded)))
-        target.write(encoded)
+        target.write(safetensors_header(entries, shard.metadata))
         for tensor, _ in tensors:
             if tensor.cut is None:
                 _copy(source, target, shard, tensor, shard.data_start + tensor.begin, tensor.end - tensor.begin, view)
