@@ -25,9 +25,11 @@ cheaper without changing its value:
   the cost for models with big vocabularies) runs on those positions alone;
 - *windows run together,* ``batch_windows`` of them per forward pass (default: as many as keep
   their scored logits within ``LOGITS_BYTES``), which spends less time per window than one
-  window per pass (``python benchmarks/performance/selection_cost.py --batching``). Each window's loss is
-  still its own; on the CPU measured (AVX2, float32) it equals the one-window pass bit for bit,
-  though another CPU's matrix kernels may round a batch's last bits differently.
+  window per pass on a small vocabulary (``python benchmarks/performance/selection_cost.py --batching``)
+  and, on a large one, only memory: Qwen2.5's 151,936 tokens take 3 windows per pass, Gemma 3's
+  262,144 one (``benchmarks/performance/check_batch.py``). Each window's loss is still its own; on
+  the CPUs measured (AVX2 in float32, AVX-512-BF16 in bf16) it equals the one-window pass bit for
+  bit, though another CPU's matrix kernels may round a batch's last bits differently.
 
 A plan the model's family cannot take exactly (``PlanRefusedError``: Jamba's period broken, a
 block whose keys and values a kept block reads removed) has an infinite loss, so the searches
@@ -114,7 +116,11 @@ def _window_losses(model: nn.Module, ids: Tensor, scored: int) -> list[float]:
     return next_token_loss(logits, ids, per_window=True).tolist()
 
 
-LOGITS_BYTES = 2**30  # the most float32 logits one batched check pass may hold (see PlanLoss's batch_windows)
+# The most scored logits, counted in float32, that one batched check pass may hold (see PlanLoss's batch_windows).
+# 256 MiB: SmolLM2's 49,152-token head still runs all 8 check windows together, where batching saves time; a
+# larger vocabulary runs fewer, where batching saved no time and cost memory (check_batch.py: at 1.5B, 8 windows
+# per pass held 817 MB above the start of the checks and 2 windows 430 MB, in the same time within 4%).
+LOGITS_BYTES = 2**28
 
 
 def _batch_windows(model: nn.Module, scored: int, num_windows: int) -> int:

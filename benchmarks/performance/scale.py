@@ -180,6 +180,7 @@ def pipeline(model_name: str, dtype: str) -> dict:
                 "seconds": plan.cost["seconds"],
             }
     checks = PlanLoss(model, windows[:CHECK_WINDOWS, :CHECK_TOKENS], score_last=SCORE_LAST)
+    result["check_batch_windows"] = checks.batch_windows
     lorp_plans = {f"{a}/{b}": select_layers(stats, N * a // b, method="lorp").pruned for a, b in SPEED_BUDGETS}
     with phases.phase("checks"):  # three plans' loss checks: what a search repeats
         for plan in lorp_plans.values():
@@ -351,10 +352,23 @@ def main() -> None:
 
 BATCH, WINDOW = 4, 512  # the statistics pass: batches of 4 windows of 512 tokens
 CHECKS, CHECK_LENGTH, SCORED = 8, 256, 128  # the checks: 8 windows of 256 tokens, the last 128 predictions scored
+OLD_LOGITS_BYTES = 2**30  # search.LOGITS_BYTES until 2026-12-06, under which the JSONs without check_batch_windows ran
+
+
+def check_batch(V: int, logits_bytes: int) -> int:
+    """C, the check windows per forward pass for a vocabulary of V (search._batch_windows's rule)."""
+    return max(1, min(CHECKS, logits_bytes // (4 * (SCORED + 1) * V)))
+
+
+def measured_check_batch(p: dict) -> int:
+    """The C a measured pipeline ran with: recorded, or the rule of the time for the JSONs from before it was."""
+    return p.get("check_batch_windows") or check_batch(p["vocab_size"], OLD_LOGITS_BYTES)
+
+
 BYTES = {"bfloat16": 2, "float32": 4}
 
 
-def memory_terms(N: int, D: int, F: int, V: int, b: int) -> dict[str, float]:
+def memory_terms(N: int, D: int, F: int, V: int, b: int, C: int) -> dict[str, float]:
     """The memory a step needs on top of the weights, in MB, from the shapes (docs/scaling.md's model):
 
     - statistics: the recorder's float32 copy of the N+1 normalised states of one batch, (N+1)·B·T·D·4 bytes, and
@@ -365,16 +379,17 @@ def memory_terms(N: int, D: int, F: int, V: int, b: int) -> dict[str, float]:
     - evaluation (one window of T tokens): the logits of every position, T·V·b, in float32 with their log-softmax,
       2·T·V·4, and the MLP's activations, T·F·3·b.
 
-    b is the bytes of the computing dtype; B = 4, T = 512, C = 8, T_c = 256, s = 128 (the defaults). In float32
+    b is the bytes of the computing dtype; C the check windows per pass; B = 4, T = 512, T_c = 256, s = 128 and 8
+    check windows in all (the defaults). In float32
     the logits are not copied to float32: one of the two float32 terms of the logits goes."""
     upcast = 2 if b < 4 else 1  # float32 copies of the logits: the copy (unless already float32) and the log-softmax
     return {
         "statistics": ((N + 1) * BATCH * WINDOW * D * 4 + 3 * BATCH * WINDOW * F * b) / MB,
         "checks": (
             N * CHECKS * CHECK_LENGTH * D * b
-            + CHECKS * (SCORED + 1) * V * b
+            + C * (SCORED + 1) * V * b
             + upcast * (SCORED + 1) * V * 4
-            + 3 * CHECKS * CHECK_LENGTH * F * b
+            + 3 * C * CHECK_LENGTH * F * b
         )
         / MB,
         "evaluation": (WINDOW * V * b + upcast * WINDOW * V * 4 + 3 * WINDOW * F * b) / MB,
@@ -508,7 +523,9 @@ def render_tables(results: list[dict]) -> str:
     for r in results:
         for dtype in ("bfloat16", "float32"):
             p, ph = r[dtype], r[dtype]["phases"]
-            terms = memory_terms(p["num_layers"], p["hidden_size"], p["intermediate_size"], p["vocab_size"], BYTES[dtype])
+            terms = memory_terms(
+                p["num_layers"], p["hidden_size"], p["intermediate_size"], p["vocab_size"], BYTES[dtype], measured_check_batch(p)
+            )
             load = ph["load"]["start_rss_mb"] + p["weights_mb"]
             cells = [
                 f"{_gb(load)} / {_gb(ph['load']['peak_anonymous_mb'])} ({_miss(load, ph['load']['peak_anonymous_mb'])})"
@@ -575,20 +592,23 @@ GPUS = 8
 
 def render_extrapolation() -> list[str]:
     """The model's bill for Llama-3.1-8B and 70B in bf16, per device, by way of running."""
+    from lorp_lightning.search import LOGITS_BYTES
+
+    C = check_batch(LARGE["8B"][3], LOGITS_BYTES)  # both share Llama-3.1's vocabulary
     lines = [
         "### 8B and 70B, from the model",
         "",
         f"Llama-3.1 shapes in bf16; GiB per device; {GPUS} GPUs where several. The host's imports (0.3-0.5 GB above) are "
         "left out: on a GPU they are not in its memory.",
         "",
-        "| model | weights W | statistics (B·T = 4 × 512) | checks (8 × 256) | evaluation (512) |"
+        f"| model | weights W | statistics (B·T = 4 × 512) | checks (8 × 256, {C} per pass) | evaluation (512) |"
         f" one device: W + the largest | DDP, each GPU: W + statistics | FSDP over {GPUS}: W/{GPUS} + one block + statistics |"
         f" `--device auto` over {GPUS}: W/{GPUS} + checks |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, (N, D, F, V, params) in LARGE.items():
         W = params * 2 / MB
-        t = memory_terms(N, D, F, V, 2)
+        t = memory_terms(N, D, F, V, 2, C)
         block = (W - 2 * V * D * 2 / MB) / N  # the weights of one block, the embedding and head left out
         lines.append(
             f"| {name} | {_gb(W)} | {_gb(t['statistics'])} | {_gb(t['checks'])} | {_gb(t['evaluation'])} |"
