@@ -707,9 +707,10 @@ def best_baselines(rows: dict[str, dict], count: int = 2) -> tuple[list[str], li
 
 def cmd_zeroshot(args) -> None:
     """Zero-shot accuracy at one budget: dense, the default, the faithful lorp and the two best baselines
-    (by held-out wiki perplexity) whose plans differ from the default's."""
+    (by held-out wiki perplexity) whose plans differ from the default's. Task by task: each finished task
+    is kept in ``<model>.zeroshot.partial.json``, which the same command run again continues from."""
     from lorp_lightning.surgery import temporarily_pruned
-    from lorp_lightning.zeroshot import evaluate_zero_shot
+    from lorp_lightning.zeroshot import ZERO_SHOT_TASKS, evaluate_zero_shot
 
     for name in args.models:
         path = Path(args.results) / f"{name}.json"
@@ -719,28 +720,46 @@ def cmd_zeroshot(args) -> None:
         rows = {r["method"]: r for r in result["rows"] if r["num_pruned"] == k}
         baselines, same = best_baselines(rows)
         chosen = [DEFAULT_METHOD, "lorp"] + baselines
-        figures = {}
-        for label, pruned in [("dense", [])] + [(m, rows[m]["pruned"]) for m in chosen]:
-            start = time.perf_counter()
-            with temporarily_pruned(model, pruned) if pruned else torch.no_grad():
-                figures[label] = evaluate_zero_shot(model, tokenizer, limit=args.limit, batch_size=8, progress=False)
-            print(
-                f"  {name} {label} {pruned}: average {figures[label]['average']['acc']:.3f} "
-                f"({time.perf_counter() - start:.0f} s)",
-                flush=True,
-            )
-        tasks = [t for t in figures["dense"] if t != "average"]
+        configs = [("dense", [])] + [(m, rows[m]["pruned"]) for m in chosen]
+        partial = path.with_suffix(".zeroshot.partial.json")
+        state = {"limit": args.limit, "num_pruned": k, "plans": dict(configs)}
+        figures = stopped_zero_shot(partial, state)
+        for label, pruned in configs:
+            done = figures.setdefault(label, {})
+            for task in [t for t in ZERO_SHOT_TASKS if t not in done]:
+                with temporarily_pruned(model, pruned) if pruned else torch.no_grad():
+                    done[task] = evaluate_zero_shot(model, tokenizer, task, limit=args.limit, batch_size=8, progress=False)[task]
+                write_json(partial, {**state, "results": figures}, indent=1)
+                print(f"  {name} {label} {task}: acc {done[task]['acc']:.3f} ({done[task]['seconds']:.0f} s)", flush=True)
+            accs = [done[t]["acc"] for t in ZERO_SHOT_TASKS]
+            done["average"] = {"acc": sum(accs) / len(accs), "num_tasks": len(accs)}
+            print(f"  {name} {label} {pruned}: average {done['average']['acc']:.3f}", flush=True)
         result["zero_shot"] = {
             "num_pruned": k,
             "limit": args.limit,
-            "tasks": tasks,
+            "tasks": list(ZERO_SHOT_TASKS),
             "results": figures,
             "same_plan_as_default": same,
             "plans": {m: rows[m]["pruned"] for m in chosen + same},
             "command": "python benchmarks/decisions/quality_study.py zeroshot " + " ".join(sys.argv[2:]),
         }
         write_json(path, result, indent=1)
+        partial.unlink(missing_ok=True)
         print(f"wrote {path}", flush=True)
+
+
+def stopped_zero_shot(partial: Path, state: dict) -> dict:
+    """The per-task figures a stopped ``zeroshot`` run kept in ``partial``, if it measured the same plans
+    with the same limit; else none."""
+    if not partial.is_file():
+        return {}
+    kept = json.loads(partial.read_text())
+    if {key: kept.get(key) for key in state} != state:
+        print(f"  {partial} measured other plans or another limit: starting again", flush=True)
+        return {}
+    done = sum(len([t for t in tasks if t != "average"]) for tasks in kept["results"].values())
+    print(f"  continuing from {partial}: {done} task figures kept", flush=True)
+    return kept["results"]
 
 
 def main() -> None:
