@@ -118,8 +118,8 @@ def _window_losses(model: nn.Module, ids: Tensor, scored: int) -> list[float]:
 
 # The most scored logits, counted in float32, that one batched check pass may hold (see PlanLoss's batch_windows).
 # 256 MiB: SmolLM2's 49,152-token head still runs all 8 check windows together, where batching saves time; a
-# larger vocabulary runs fewer, where batching saved no time and cost memory (check_batch.py: at 1.5B, 8 windows
-# per pass held 817 MB above the start of the checks and 2 windows 430 MB, in the same time within 4%).
+# larger vocabulary runs fewer, where batching saved no time and cost memory (benchmarks/results/check_batch.txt:
+# at 1.5B, 3 windows per pass against 8 took 0.96x the time, and the checks' peak growth fell from 769 to 490 MB).
 LOGITS_BYTES = 2**28
 
 
