@@ -491,6 +491,27 @@ def _zero_shot_table(result: dict) -> list[str]:
     return lines
 
 
+def _missed_on_calibration(result: dict, rows_by: dict) -> list[str]:
+    """Where the default is significantly worse on held-out text, the calibration check loss of its plan against
+    that of the better plan, when the default's search checked that plan too (its candidates keep every loss)."""
+    said = []
+    for cell in target_cells(result):
+        k = cell["num_pruned"]
+        checked = {tuple(c["pruned"]): c["loss"] for c in rows_by[(k, DEFAULT_METHOD)].get("candidates", []) if "loss" in c}
+        mine = checked.get(tuple(rows_by[(k, DEFAULT_METHOD)]["pruned"]))
+        for other in dict.fromkeys(cell[t]["best_other"] for t in TEXTS if not cell[t]["met"]):
+            theirs = checked.get(tuple(rows_by[(k, other)]["pruned"]))
+            if mine is not None and theirs is not None:
+                said.append(f"{k}/{result['num_layers']}: {mine:.3f} against `{other}`'s {theirs:.3f}")
+    if not said:
+        return []
+    return [
+        "Where the default is worse, the calibration check loss (the only text a method reads) of its plan against "
+        "that of the better plan, both checked by its search: " + "; ".join(said) + ".",
+        "",
+    ]
+
+
 def _partial_methods(result: dict) -> dict[str, list[int]]:
     """The methods run at some of the result's budgets only (``--only-at``): method -> its budgets."""
     at: dict[str, list[int]] = {}
@@ -574,6 +595,7 @@ def cmd_render(args) -> None:
                     f"[{c['low']:.3f}, {c['high']:.3f}] | {passes} |"
                 )
         lines.append("")
+        lines += _missed_on_calibration(result, rows_by)
     lines += [f"Met at {met} of {cells_measured} cells measured (both texts).", ""]
     missing = [m for m in MODELS if m not in {r["model"] for r in results}]
     if missing:
