@@ -129,7 +129,14 @@ def _batch_windows(model: nn.Module, scored: int, num_windows: int) -> int:
     vocab = getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", None)
     if not vocab:
         return 1
-    return max(1, min(num_windows, LOGITS_BYTES // (4 * (scored + 1) * int(vocab))))
+    return _windows_per_pass(int(vocab), scored, num_windows)
+
+
+def _windows_per_pass(vocab: int, scored: int, num_windows: int, logits_bytes: int | None = None) -> int:
+    """Windows per forward pass such that their ``scored + 1`` logits each over ``vocab`` tokens, counted in float32,
+    stay within ``logits_bytes`` (default ``LOGITS_BYTES``); at least one, at most ``num_windows``."""
+    budget = LOGITS_BYTES if logits_bytes is None else logits_bytes
+    return max(1, min(num_windows, budget // (4 * (scored + 1) * vocab)))
 
 
 @torch.no_grad()

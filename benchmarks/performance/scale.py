@@ -356,8 +356,10 @@ OLD_LOGITS_BYTES = 2**30  # search.LOGITS_BYTES until 2026-12-06, under which th
 
 
 def check_batch(V: int, logits_bytes: int) -> int:
-    """C, the check windows per forward pass for a vocabulary of V (search._batch_windows's rule)."""
-    return max(1, min(CHECKS, logits_bytes // (4 * (SCORED + 1) * V)))
+    """C, the check windows per forward pass for a vocabulary of V under ``logits_bytes`` (the library's rule)."""
+    from lorp_lightning.search import _windows_per_pass
+
+    return _windows_per_pass(V, SCORED, CHECKS, logits_bytes)
 
 
 def measured_check_batch(p: dict) -> int:

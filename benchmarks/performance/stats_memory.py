@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from scale import BYTES, MB, Phases, memory_terms
+from scale import BYTES, MB, Phases, check_batch, memory_terms
 
 
 def main() -> None:
@@ -34,7 +34,10 @@ def main() -> None:
         collect_layer_stats(model, windows.split(4), progress=False)
     config = model.config
     N, D = config.num_hidden_layers, config.hidden_size
-    term = memory_terms(N, D, config.intermediate_size, config.vocab_size, BYTES[args.dtype])["statistics"]
+    from lorp_lightning.search import LOGITS_BYTES
+
+    C = check_batch(config.vocab_size, LOGITS_BYTES)  # the checks' windows per pass; the statistics term does not use it
+    term = memory_terms(N, D, config.intermediate_size, config.vocab_size, BYTES[args.dtype], C)["statistics"]
     states = (N + 1) * 4 * 512 * D * 4 / MB
     growth = phase["peak_anonymous_mb"] - phase["start_anonymous_mb"]
     print(f"model {args.model} ({args.dtype}), {len(windows)} windows of 512 tokens in batches of 4, {phase['seconds']:.0f} s")
