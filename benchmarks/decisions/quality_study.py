@@ -491,11 +491,11 @@ def _zero_shot_table(result: dict) -> list[str]:
     return lines
 
 
-def _missed_on_calibration(result: dict, rows_by: dict) -> list[str]:
+def _missed_on_calibration(result: dict, cells: list[dict], rows_by: dict) -> list[str]:
     """Where the default is significantly worse on held-out text, the calibration check loss of its plan against
     that of the better plan, when the default's search checked that plan too (its candidates keep every loss)."""
     said = []
-    for cell in target_cells(result):
+    for cell in cells:
         k = cell["num_pruned"]
         checked = {tuple(c["pruned"]): c["loss"] for c in rows_by[(k, DEFAULT_METHOD)].get("candidates", []) if "loss" in c}
         mine = checked.get(tuple(rows_by[(k, DEFAULT_METHOD)]["pruned"]))
@@ -581,7 +581,8 @@ def cmd_render(args) -> None:
             "| k | text | default (x dense) | best other (x dense) | default / best other [95%] | passes / sleb's |",
             "|---|---|---|---|---|---|",
         ]
-        for cell in target_cells(result):
+        cells = target_cells(result)
+        for cell in cells:
             k = cell["num_pruned"]
             cells_measured += 1
             met += cell["wiki"]["met"] and cell["lambada"]["met"]
@@ -595,7 +596,7 @@ def cmd_render(args) -> None:
                     f"[{c['low']:.3f}, {c['high']:.3f}] | {passes} |"
                 )
         lines.append("")
-        lines += _missed_on_calibration(result, rows_by)
+        lines += _missed_on_calibration(result, cells, rows_by)
     lines += [f"Met at {met} of {cells_measured} cells measured (both texts).", ""]
     missing = [m for m in MODELS if m not in {r["model"] for r in results}]
     if missing:

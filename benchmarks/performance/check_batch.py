@@ -4,7 +4,7 @@
 batches of ``batch_windows`` per forward pass; by default as many as keep their scored logits, counted in float32,
 within ``search.LOGITS_BYTES``. For each model and each batch size given, a fresh Python process loads the model
 (bf16), builds the checks and asks four plans (one pass of the dense prefix, then the four plans from it), while a
-thread samples its resident memory every 5 ms. Runs alternate between the batch sizes, ``--repeats`` times; the
+thread samples its resident memory every 5 ms (``scale.Phases``). Runs alternate between the batch sizes, ``--repeats`` times; the
 script prints each run, then per model the median seconds and the peak growth above the start of the checks, their
 ratios against the first batch size, and whether every plan's loss came out the same bit for bit.
 
@@ -22,14 +22,14 @@ import statistics
 import subprocess
 import sys
 
+from scale import Phases
+
 PLANS = ([10, 11, 12, 13], [12, 13, 14, 15], [5, 6, 7], [14, 15, 16])
 
 
 def child(model_name: str, batch: str) -> None:
-    import threading
     import time
 
-    import psutil
     import torch
 
     from lorp_lightning import load_model, load_text
@@ -37,29 +37,17 @@ def child(model_name: str, batch: str) -> None:
     from lorp_lightning.methods import CHECK_TOKENS, CHECK_WINDOWS, SCORE_LAST
     from lorp_lightning.search import PlanLoss
 
-    process, peak = psutil.Process(), [0]
-
-    def sample() -> None:
-        while True:
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.005)
-
+    phases = Phases()
     model, tokenizer = load_model(model_name, dtype=torch.bfloat16, progress=False)
     windows = token_windows(tokenizer, load_text("wiki", "calibration"), window=512, max_windows=CHECK_WINDOWS)
     windows = windows[:, :CHECK_TOKENS]
-    start = process.memory_info().rss
-    peak[0] = start
-    threading.Thread(target=sample, daemon=True).start()
-    checks = PlanLoss(model, windows, score_last=SCORE_LAST, batch_windows=None if batch == "default" else int(batch))
-    began = time.perf_counter()
-    losses = [checks(plan) for plan in PLANS]
-    seconds = time.perf_counter() - began
-    time.sleep(0.02)
-    print(
-        json.dumps(
-            {"batch_windows": checks.batch_windows, "seconds": seconds, "growth_mb": (peak[0] - start) / 2**20, "losses": losses}
-        )
-    )
+    with phases.phase("checks") as phase:
+        checks = PlanLoss(model, windows, score_last=SCORE_LAST, batch_windows=None if batch == "default" else int(batch))
+        began = time.perf_counter()
+        losses = [checks(plan) for plan in PLANS]
+        seconds = time.perf_counter() - began
+    growth = phase["peak_rss_mb"] - phase["start_rss_mb"]
+    print(json.dumps({"batch_windows": checks.batch_windows, "seconds": seconds, "growth_mb": growth, "losses": losses}))
 
 
 def main() -> None:
